@@ -1,0 +1,1 @@
+//! Rust client for visage (filled in by the server issue).

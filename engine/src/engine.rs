@@ -1,0 +1,179 @@
+//! The engine: a data directory holding many galleries, under an exclusive lock.
+//!
+//! Layout: `DIR/LOCK` (the lock file) and `DIR/galleries/NAME/` (one directory
+//! per gallery, see [`crate::format`]). Creating a gallery writes its first
+//! WAL and manifest before the directory counts; a directory without a
+//! manifest is a creation that crashed and is removed at open. Dropping renames
+//! the directory to `NAME.dropping` (durably) and then removes it, so a crash
+//! mid-drop cannot leave a half-deleted gallery that opens.
+
+use crate::error::{Error, Result};
+use crate::fs::DirLock;
+use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Settings of an engine (applied to every gallery).
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Settings of each gallery.
+    pub gallery: GalleryOptions,
+}
+
+const DROPPING: &str = ".dropping";
+
+/// An open data directory.
+#[derive(Debug)]
+pub struct Engine {
+    root: PathBuf,
+    galleries_dir: PathBuf,
+    opts: EngineOptions,
+    galleries: RwLock<BTreeMap<String, Arc<Gallery>>>,
+    _lock: DirLock,
+}
+
+/// Check a gallery name: 1 to 64 characters from `A-Z a-z 0-9 _ -`, starting with a letter or digit.
+pub fn check_gallery_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "is empty"
+    } else if name.len() > 64 {
+        "is longer than 64 characters"
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        "may hold only letters, digits, '_' and '-'"
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        "must start with a letter or digit"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+impl Engine {
+    /// Open (creating if needed) the data directory `root` and every gallery in it.
+    pub fn open(root: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
+        let root = root.as_ref().to_owned();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let lock = DirLock::acquire(&root)?;
+        let galleries_dir = root.join("galleries");
+        std::fs::create_dir_all(&galleries_dir).map_err(|e| Error::io(&galleries_dir, e))?;
+        let mut galleries = BTreeMap::new();
+        for entry in std::fs::read_dir(&galleries_dir).map_err(|e| Error::io(&galleries_dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&galleries_dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if name.ends_with(DROPPING) {
+                tracing::info!(dir = %path.display(), "finishing an interrupted gallery drop");
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                continue;
+            }
+            if check_gallery_name(&name).is_err() {
+                tracing::warn!(dir = %path.display(), "ignoring directory that is not a gallery");
+                continue;
+            }
+            if !path.join(MANIFEST).exists() {
+                tracing::info!(dir = %path.display(), "removing gallery whose creation was interrupted");
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                continue;
+            }
+            let g = Gallery::open(&name, &path, opts.gallery.clone())?;
+            galleries.insert(name, g);
+        }
+        crate::fs::fsync_dir(&galleries_dir)?;
+        Ok(Engine {
+            root,
+            galleries_dir,
+            opts,
+            galleries: RwLock::new(galleries),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Create an empty gallery.
+    pub fn create_gallery(&self, name: &str) -> Result<Arc<Gallery>> {
+        check_gallery_name(name)?;
+        let mut map = self.galleries.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(name) {
+            return Err(Error::GalleryExists(name.to_owned()));
+        }
+        let dir = self.galleries_dir.join(name);
+        if dir.exists() {
+            // Left behind by a creation that crashed after the last open: start over.
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        if let Err(e) = Gallery::create_files(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        crate::fs::fsync_dir(&self.galleries_dir)?;
+        let g = Gallery::open(name, &dir, self.opts.gallery.clone())?;
+        map.insert(name.to_owned(), g.clone());
+        Ok(g)
+    }
+
+    /// Drop a gallery and delete its files.
+    pub fn drop_gallery(&self, name: &str) -> Result<()> {
+        let mut map = self.galleries.write().unwrap_or_else(|e| e.into_inner());
+        let g = map
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::GalleryNotFound(name.to_owned()))?;
+        g.close();
+        let dir = self.galleries_dir.join(name);
+        let doomed = self.galleries_dir.join(format!("{name}{DROPPING}"));
+        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+        map.remove(name);
+        crate::fs::fsync_dir(&self.galleries_dir)?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+        Ok(())
+    }
+
+    /// The gallery called `name`.
+    pub fn gallery(&self, name: &str) -> Result<Arc<Gallery>> {
+        self.galleries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::GalleryNotFound(name.to_owned()))
+    }
+
+    /// Names of all galleries, sorted.
+    pub fn list_galleries(&self) -> Vec<String> {
+        self.galleries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Stop background work and refuse further writes through handles that
+        // outlive the engine: the directory lock is released with `self`.
+        for g in self
+            .galleries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            g.close();
+        }
+    }
+}

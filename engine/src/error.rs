@@ -1,0 +1,215 @@
+//! The engine's one error type.
+//!
+//! Every variant says what went wrong and where. Each is documented as a
+//! *caller* error (the request was wrong; nothing changed), *corruption* (bytes
+//! on disk are not what we wrote) or *I/O* (the operating system refused); the
+//! server maps them to status codes on that basis and nowhere else.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Caller error: a vector at position `index` of the batch has the wrong length.
+    #[error("{what}[{index}]: expected {expected} values, got {got}")]
+    DimensionMismatch {
+        /// Which field of the request (`embeddings`, `probes`, ...).
+        what: &'static str,
+        /// Position in the batch.
+        index: usize,
+        /// Expected dimension (128).
+        expected: usize,
+        /// Dimension received.
+        got: usize,
+    },
+    /// Caller error: a vector holds a NaN or infinite value.
+    #[error("{what}[{index}]: value {position} is {value} (every value must be finite)")]
+    NonFiniteValue {
+        /// Which field of the request.
+        what: &'static str,
+        /// Position in the batch.
+        index: usize,
+        /// Position of the bad value inside the vector.
+        position: usize,
+        /// The value itself.
+        value: f32,
+    },
+    /// Caller error: a subject string is empty, too long or holds control characters.
+    #[error("{what}[{index}].subject: {reason}")]
+    InvalidSubject {
+        /// Which field of the request.
+        what: &'static str,
+        /// Position in the batch.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Caller error: the same id appears twice in one insert batch.
+    #[error(
+        "embeddings[{second}]: id {id} already appears at embeddings[{first}] of the same batch"
+    )]
+    DuplicateId {
+        /// The repeated id.
+        id: u64,
+        /// First position.
+        first: usize,
+        /// Second position.
+        second: usize,
+    },
+    /// Caller error: a gallery name is not acceptable.
+    #[error("invalid gallery name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Caller error: some other argument is out of range (k = 0, batch too large, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Caller error: the batch is larger than the engine accepts in one call.
+    #[error("{what}: {got} exceeds the limit of {limit}")]
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// Size received.
+        got: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Caller error: no gallery of that name.
+    #[error("gallery {0:?} does not exist")]
+    GalleryNotFound(String),
+    /// Caller error: a gallery of that name exists already.
+    #[error("gallery {0:?} already exists")]
+    GalleryExists(String),
+    /// Caller error (environment): another process holds the data directory.
+    #[error(
+        "data directory {path} is locked by another process (only one visage may open it at a time)"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Corruption: a checksum does not match.
+    #[error(
+        "checksum mismatch in {path}, {section}: expected {expected:#010x}, computed {got:#010x}"
+    )]
+    ChecksumMismatch {
+        /// File.
+        path: PathBuf,
+        /// Which part of the file (header, section name, record at offset ...).
+        section: String,
+        /// Stored checksum.
+        expected: u32,
+        /// Computed checksum.
+        got: u32,
+    },
+    /// Corruption: the bytes do not decode.
+    #[error("corrupt file {path} at offset {offset}: {reason}")]
+    Corruption {
+        /// File.
+        path: PathBuf,
+        /// Byte offset of the problem.
+        offset: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// Corruption or version skew: the file was written by an incompatible version.
+    #[error(
+        "{path} has format version {found}; this build reads versions {oldest} to {newest} \
+         (open it with a visage release that supports version {found}, or restore from backup)"
+    )]
+    UnsupportedVersion {
+        /// File.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Oldest version this build reads.
+        oldest: u32,
+        /// Newest version this build reads.
+        newest: u32,
+    },
+    /// I/O: the operating system refused an operation on `path`.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// I/O (latched): an earlier write or fsync failed, so this gallery refuses
+    /// writes until it is reopened; nothing unacknowledged was reported durable.
+    #[error(
+        "gallery {gallery:?} refuses writes after an earlier failure ({reason}); reopen it to recover"
+    )]
+    Poisoned {
+        /// Gallery name.
+        gallery: String,
+        /// The failure that latched.
+        reason: String,
+    },
+    /// The engine is shutting down.
+    #[error("the engine is closed")]
+    Closed,
+}
+
+impl Error {
+    /// True when the error was caused by the request, not by the storage.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(
+            self,
+            Error::DimensionMismatch { .. }
+                | Error::NonFiniteValue { .. }
+                | Error::InvalidSubject { .. }
+                | Error::DuplicateId { .. }
+                | Error::InvalidName { .. }
+                | Error::InvalidArgument(_)
+                | Error::TooLarge { .. }
+                | Error::GalleryNotFound(_)
+                | Error::GalleryExists(_)
+        )
+    }
+
+    /// True when bytes on disk are damaged (checksum, decoding or version).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::ChecksumMismatch { .. }
+                | Error::Corruption { .. }
+                | Error::UnsupportedVersion { .. }
+        )
+    }
+
+    /// True when the underlying I/O error means the disk is full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(28), // ENOSPC
+            Error::Poisoned { reason, .. } => reason.contains("No space left"),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::Corruption {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! File-system protocol: atomic replacement, directory fsync and the data-directory lock.
+//!
+//! `atomic_write` means: create a temporary file in the same directory, write,
+//! `sync_data`, rename over the target, then fsync the directory, so that after
+//! a crash the target holds either the old or the new contents, never a mix.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Suffix of temporary files; any left over after a crash are removed at open.
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// Make the directory entry changes in `dir` durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
+    f.sync_all().map_err(|e| Error::io(dir, e))
+}
+
+/// Why an atomic write failed, and whether the new contents may already be in place.
+#[derive(Debug)]
+pub struct AtomicWriteError {
+    /// The failure.
+    pub error: Error,
+    /// True when the rename happened but the directory fsync failed: the
+    /// target may hold either version after a crash, so the caller must not
+    /// act as if the old one were still authoritative, nor the new one durable.
+    pub renamed: bool,
+}
+
+/// Replace `path` with `bytes` atomically and durably (see module docs).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::result::Result<(), AtomicWriteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_data().map_err(|e| Error::io(&tmp, e))
+    })();
+    if let Err(error) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(AtomicWriteError {
+            error,
+            renamed: false,
+        });
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(AtomicWriteError {
+            error: Error::io(path, e),
+            renamed: false,
+        });
+    }
+    fsync_dir(dir).map_err(|error| AtomicWriteError {
+        error,
+        renamed: true,
+    })
+}
+
+/// An exclusive lock on a data directory, held for the life of the value.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Take the lock file `LOCK` in `dir`, or fail with [`Error::Locked`].
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+}

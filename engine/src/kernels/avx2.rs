@@ -1,0 +1,74 @@
+//! AVX2 + FMA kernels (x86_64). Callers check `Kernel::Avx2Fma.is_available()`.
+
+use crate::DIM;
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Load 8 floats from `s[at..at + 8]` (bounds-checked slice access).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load8(s: &[f32], at: usize) -> __m256 {
+    let c: &[f32; 8] = s[at..at + 8].try_into().expect("8 floats");
+    // SAFETY: `c` is a valid reference to 8 contiguous f32; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_ps(c.as_ptr()) }
+}
+
+/// Squared L2 of two equal-length slices.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let d = _mm256_sub_ps(load8(a, i + 8 * j), load8(b, i + 8 * j));
+            *acc = _mm256_fmadd_ps(d, d, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let d = _mm256_sub_ps(load8(a, i), load8(b, i));
+        acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        let d = a[i] - b[i];
+        s += d * d;
+        i += 1;
+    }
+    s
+}
+
+/// Squared L2 from `q` to each row: the probe stays in registers.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+    let mut qv = [_mm256_setzero_ps(); DIM / 8];
+    for (j, v) in qv.iter_mut().enumerate() {
+        *v = load8(q, 8 * j);
+    }
+    for (o, r) in out.iter_mut().zip(rows) {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for j in 0..DIM / 8 {
+            let d = _mm256_sub_ps(load8(r, 8 * j), qv[j]);
+            acc[j % 4] = _mm256_fmadd_ps(d, d, acc[j % 4]);
+        }
+        *o = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! Distance kernels: one scalar reference and SIMD versions chosen once at run time.
+//!
+//! Distances are squared L2 throughout (as faiss reports them); any square root
+//! or probability is taken at the API edge. [`scalar`] is the reference and the
+//! fallback; every other implementation is tested against it (see the tests at
+//! the bottom, which run over every implementation in [`Kernel::available`]).
+//!
+//! This module and [`crate::mmap`] are the only places that may use `unsafe`:
+//! calling a `#[target_feature]` function is `unsafe`, and each call below is
+//! guarded by [`Kernel::is_available`].
+#![allow(unsafe_code)]
+
+use crate::DIM;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod scalar;
+
+/// One implementation of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512F (x86_64).
+    Avx512,
+    /// AVX2 with FMA (x86_64).
+    Avx2Fma,
+    /// Portable scalar reference.
+    Scalar,
+}
+
+impl Kernel {
+    /// Every implementation, in order of preference.
+    pub const IMPLS: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Scalar];
+
+    /// Whether this CPU can run the implementation.
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            Kernel::Scalar => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// All implementations this CPU can run.
+    pub fn available() -> Vec<Kernel> {
+        Self::IMPLS
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+
+    /// Name for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2+fma",
+            Kernel::Scalar => "scalar",
+        }
+    }
+
+    /// Parse a name as printed by [`Kernel::name`].
+    pub fn from_name(s: &str) -> Option<Kernel> {
+        Self::IMPLS.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Squared L2 distance between two slices of equal length (any length).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[inline]
+    pub fn l2sq(self, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "l2sq of slices of different lengths");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self` is only Avx512 when chosen from `available()`/`selected()`,
+            // which checked `is_available()`; callers constructing it by hand must do the same
+            // (the public constructors below all do).
+            Kernel::Avx512 if self.is_available() => unsafe { avx512::l2sq(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() on the same line.
+            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::l2sq(a, b) },
+            _ => scalar::l2sq(a, b),
+        }
+    }
+
+    /// Squared L2 distance from `q` to each row, written to `out[i]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `rows`.
+    #[inline]
+    pub fn l2sq_many(self, q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+        let out = &mut out[..rows.len()];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx512 if self.is_available() => unsafe { avx512::l2sq_many(q, rows, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::l2sq_many(q, rows, out) },
+            _ => scalar::l2sq_many(q, rows, out),
+        }
+    }
+}
+
+/// The implementation used by the engine: the best available, chosen once.
+/// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
+/// can force a slower one for testing; an unavailable choice is ignored.
+pub fn selected() -> Kernel {
+    static CHOSEN: OnceLock<Kernel> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let forced = std::env::var("VISAGE_KERNEL")
+            .ok()
+            .and_then(|s| Kernel::from_name(&s));
+        match forced {
+            Some(k) if k.is_available() => k,
+            _ => Kernel::available()[0],
+        }
+    })
+}
+
+/// Squared L2 distance between two embeddings with the selected kernel.
+#[inline]
+pub fn l2sq(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
+    selected().l2sq(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn scalar_is_always_available_and_selected_is_available() {
+        assert!(Kernel::available().contains(&Kernel::Scalar));
+        assert!(selected().is_available());
+    }
+
+    #[test]
+    fn integer_vectors_are_exact_on_every_kernel() {
+        // Small integers: every partial sum is exactly representable, so all
+        // implementations must agree bit for bit whatever the order of addition.
+        for len in [
+            0usize, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128, 129, 300,
+        ] {
+            let a: Vec<f32> = (0..len).map(|i| (i % 13) as f32 - 6.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            for k in Kernel::available() {
+                assert_eq!(k.l2sq(&a, &b), want, "{} len {len}", k.name());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn every_kernel_matches_scalar(
+            (a, b) in (0usize..400).prop_flat_map(|n| (
+                prop::collection::vec(-100.0f32..100.0, n),
+                prop::collection::vec(-100.0f32..100.0, n),
+            ))
+        ) {
+            let want = scalar::l2sq(&a, &b);
+            for k in Kernel::available() {
+                let got = k.l2sq(&a, &b);
+                prop_assert!(close(got, want), "{}: {got} vs {want} (len {})", k.name(), a.len());
+            }
+        }
+
+        #[test]
+        fn every_many_kernel_matches_scalar(
+            q in prop::collection::vec(-10.0f32..10.0, DIM),
+            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..40),
+        ) {
+            let q: [f32; DIM] = q.try_into().unwrap();
+            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let mut want = vec![0f32; rows.len()];
+            scalar::l2sq_many(&q, &rows, &mut want);
+            for k in Kernel::available() {
+                let mut got = vec![f32::NAN; rows.len() + 3];
+                k.l2sq_many(&q, &rows, &mut got);
+                for i in 0..rows.len() {
+                    prop_assert!(close(got[i], want[i]), "{} row {i}: {} vs {}", k.name(), got[i], want[i]);
+                    prop_assert!(close(got[i], scalar::l2sq(&q, &rows[i])));
+                }
+                prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
+            }
+        }
+    }
+}

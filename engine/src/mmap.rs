@@ -1,0 +1,67 @@
+//! The only memory-mapping code in the engine.
+//!
+//! # Safety
+//! A memory map is sound only while nobody truncates or rewrites the file
+//! beneath it. The engine maps only *sealed* segment files: written once,
+//! fsynced, never opened for writing again, and removed by unlinking (which
+//! keeps existing mappings valid). Every gallery directory is guarded by the
+//! data directory's exclusive lock ([`crate::fs::DirLock`]), so no other visage
+//! process writes there. A user who edits segment files by hand while the
+//! engine runs is outside what we can defend against; checksums catch it at
+//! the next open. Typed views are made with `bytemuck::try_cast_slice`, which
+//! checks length and alignment, so no `unsafe` is needed beyond the map itself.
+#![allow(unsafe_code)]
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A read-only mapping of a sealed file.
+pub(crate) struct MappedFile {
+    map: memmap2::Mmap,
+    path: PathBuf,
+}
+
+impl MappedFile {
+    /// Map `path` read-only.
+    pub(crate) fn open(path: &Path) -> Result<MappedFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is a sealed segment (see the module's Safety note): it is never
+        // written or truncated while mapped, and the directory lock keeps other visage
+        // processes out.
+        let map =
+            unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// View `bytes` as a slice of `T`, or say why not.
+pub(crate) fn cast<'a, T: bytemuck::Pod>(
+    path: &Path,
+    offset: u64,
+    bytes: &'a [u8],
+) -> Result<&'a [T]> {
+    bytemuck::try_cast_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            path,
+            offset,
+            format!(
+                "section cannot be viewed as {}: {e:?}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}

@@ -1,0 +1,191 @@
+//! Exact search over a snapshot: top-k embeddings and subject-level identification.
+//!
+//! The scan is split into blocks of rows across segments and memtable chunks;
+//! rayon runs the blocks in parallel, each worker keeping one bounded max-heap
+//! per probe, and the heaps are merged at the end. Within a block, each
+//! sub-block of rows stays in cache while every probe of the batch is scored
+//! against it. Order is total: by distance, then by id, so results are
+//! deterministic and equal to a brute-force scan's.
+
+use crate::DIM;
+use crate::gallery::Snapshot;
+use crate::kernels;
+use rayon::prelude::*;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+
+/// Rows per parallel work unit.
+const BLOCK_ROWS: usize = 16 * 1024;
+/// Rows scored against every probe while they sit in cache (128 KiB of vectors).
+const SUB_ROWS: usize = 256;
+
+/// A candidate row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cand {
+    pub dist: f32,
+    pub id: u64,
+    pub src: u32,
+    pub row: u32,
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.dist.total_cmp(&o.dist).then(self.id.cmp(&o.id))
+    }
+}
+
+/// The k smallest candidates seen so far.
+#[derive(Debug, Clone)]
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Cand>,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.min(1024) + 1),
+        }
+    }
+    /// Distances above this cannot enter.
+    #[inline]
+    fn bound(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::INFINITY
+        } else {
+            self.heap.peek().map_or(f32::INFINITY, |c| c.dist)
+        }
+    }
+    /// Offer a candidate; true if it entered.
+    #[inline]
+    fn push(&mut self, c: Cand) -> bool {
+        if self.heap.len() < self.k {
+            self.heap.push(c);
+            true
+        } else if self.heap.peek().is_some_and(|w| c < *w) {
+            self.heap.pop();
+            self.heap.push(c);
+            true
+        } else {
+            false
+        }
+    }
+    fn merge(&mut self, other: TopK) {
+        for c in other.heap {
+            self.push(c);
+        }
+    }
+    fn into_sorted(self) -> Vec<Cand> {
+        self.heap.into_sorted_vec()
+    }
+}
+
+/// Exact top-`k` live rows for each probe, ascending by (distance, id).
+pub(crate) fn top_k(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+    if probes.is_empty() {
+        return Vec::new();
+    }
+    let mut units = Vec::new();
+    for s in 0..snap.source_count() {
+        let n = snap.vectors(s).len();
+        let mut a = 0;
+        while a < n {
+            let b = (a + BLOCK_ROWS).min(n);
+            units.push((s, a, b));
+            a = b;
+        }
+    }
+    let kernel = kernels::selected();
+    let empty = || vec![TopK::new(k); probes.len()];
+    let tops = units
+        .par_iter()
+        .fold(empty, |mut acc, &(s, a, b)| {
+            let vecs = &snap.vectors(s)[a..b];
+            let mut dists = [0f32; SUB_ROWS];
+            for (sub_i, sub) in vecs.chunks(SUB_ROWS).enumerate() {
+                let base = a + sub_i * SUB_ROWS;
+                for (q, top) in probes.iter().zip(acc.iter_mut()) {
+                    kernel.l2sq_many(q, sub, &mut dists);
+                    let mut bound = top.bound();
+                    for (i, &d) in dists[..sub.len()].iter().enumerate() {
+                        if d <= bound {
+                            let row = base + i;
+                            if snap.deleted(s, row) {
+                                continue;
+                            }
+                            let c = Cand {
+                                dist: d,
+                                id: snap.id(s, row),
+                                src: s as u32,
+                                row: row as u32,
+                            };
+                            if top.push(c) {
+                                bound = top.bound();
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .reduce(empty, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+            a
+        });
+    tops.into_iter().map(TopK::into_sorted).collect()
+}
+
+/// For each probe, the `k` best distinct subjects, each represented by its
+/// best row, ranked exactly as a brute-force scan ranks them.
+///
+/// Subjects are ranked by their best row's (distance, id). Scanning the top
+/// `K` rows finds every subject whose best row is among them, in order; once
+/// that yields `k` distinct subjects, no unseen subject can rank higher (its
+/// best row is beyond the K-th). Otherwise `K` grows until it covers every
+/// live row, so the answer is exact in every case.
+pub(crate) fn identify(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+    let live = snap.live_rows();
+    let mut results = vec![Vec::new(); probes.len()];
+    if live == 0 || k == 0 {
+        return results;
+    }
+    let mut kk = k.saturating_mul(10).max(32).min(live);
+    let mut pending: Vec<usize> = (0..probes.len()).collect();
+    loop {
+        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let tops = top_k(snap, &qs, kk);
+        let mut next = Vec::new();
+        for (j, cands) in tops.into_iter().enumerate() {
+            let mut seen = HashSet::new();
+            let picked: Vec<Cand> = cands
+                .into_iter()
+                .filter(|c| seen.insert(snap.subject(c.src as usize, c.row as usize)))
+                .take(k)
+                .collect();
+            if picked.len() >= k || kk >= live {
+                results[pending[j]] = picked;
+            } else {
+                next.push(pending[j]);
+            }
+        }
+        if next.is_empty() {
+            return results;
+        }
+        pending = next;
+        kk = kk.saturating_mul(4).min(live);
+    }
+}

@@ -1,0 +1,502 @@
+//! Segments: immutable files of embeddings, written once by [`write_segment`]
+//! and read through a memory map by [`Segment`] with no parse and no copy.
+//!
+//! The layout is defined in [`crate::format`]. Deciding *when* to write a
+//! segment (flush, compaction) belongs to the gallery; this module only turns
+//! rows into a file and a file back into typed views.
+
+use crate::DIM;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
+};
+use crate::mmap::{self, MappedFile};
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::Path;
+
+/// How much of a segment to check against its CRCs when opening it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyChecksums {
+    /// Header and every metadata section (ids, subjects, postings): O(rows × 32 bytes).
+    #[default]
+    Metadata,
+    /// Everything, vectors included: reads the whole file.
+    Full,
+}
+
+/// One row handed to the writer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowRef<'a> {
+    pub id: u64,
+    pub subject: &'a str,
+    pub vector: &'a [f32; DIM],
+}
+
+/// Write `rows` (ids unique) as segment file `file_no` at `path`, fsynced.
+/// The caller fsyncs the directory and records the file in the manifest.
+pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> Result<u64> {
+    let n = rows.len();
+    // Subject table: sorted distinct subjects; ordinal per row; postings.
+    let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    let ords: Vec<u32> = rows
+        .iter()
+        .map(|r| {
+            subjects
+                .binary_search(&r.subject)
+                .map(|i| i as u32)
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut posting_offsets = vec![0u32; subjects.len() + 1];
+    for &o in &ords {
+        posting_offsets[o as usize + 1] += 1;
+    }
+    for i in 0..subjects.len() {
+        posting_offsets[i + 1] += posting_offsets[i];
+    }
+    let mut fill = posting_offsets.clone();
+    let mut posting_rows = vec![0u32; n];
+    for (row, &o) in ords.iter().enumerate() {
+        posting_rows[fill[o as usize] as usize] = row as u32;
+        fill[o as usize] += 1;
+    }
+    let mut subject_offsets = Vec::with_capacity(subjects.len() + 1);
+    let mut subject_bytes = Vec::new();
+    for s in &subjects {
+        subject_offsets.push(subject_bytes.len() as u64);
+        subject_bytes.extend_from_slice(s.as_bytes());
+    }
+    subject_offsets.push(subject_bytes.len() as u64);
+    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_unstable_by_key(|&r| ids[r as usize]);
+    let sorted_ids: Vec<u64> = order.iter().map(|&r| ids[r as usize]).collect();
+    let norms: Vec<f32> = rows
+        .iter()
+        .map(|r| r.vector.iter().map(|x| x * x).sum())
+        .collect();
+
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    w.write_all(&[0u8; SEGMENT_HEADER_LEN]).map_err(io)?;
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut sections = [SectionEntry::default(); SECTION_COUNT];
+    for sec in Section::ALL {
+        let aligned = format::align_up(pos);
+        w.write_all(&vec![0u8; (aligned - pos) as usize])
+            .map_err(io)?;
+        pos = aligned;
+        let mut h = crc32fast::Hasher::new();
+        let mut len = 0u64;
+        let mut put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> Result<()> {
+            h.update(b);
+            len += b.len() as u64;
+            w.write_all(b).map_err(io)
+        };
+        match sec {
+            Section::Vectors => {
+                for r in rows {
+                    put(&mut w, bytemuck::cast_slice(r.vector))?;
+                }
+            }
+            Section::Ids => put(&mut w, &le_u64s(&ids))?,
+            Section::SubjectOrds => put(&mut w, &le_u32s(&ords))?,
+            Section::Norms => put(&mut w, &le_f32s(&norms))?,
+            Section::SortedIds => put(&mut w, &le_u64s(&sorted_ids))?,
+            Section::SortedRows => put(&mut w, &le_u32s(&order))?,
+            Section::SubjectOffsets => put(&mut w, &le_u64s(&subject_offsets))?,
+            Section::SubjectBytes => put(&mut w, &subject_bytes)?,
+            Section::PostingOffsets => put(&mut w, &le_u32s(&posting_offsets))?,
+            Section::PostingRows => put(&mut w, &le_u32s(&posting_rows))?,
+        }
+        sections[sec as usize] = SectionEntry {
+            offset: pos,
+            len,
+            crc: h.finalize(),
+        };
+        pos += len;
+    }
+    let header = SegmentHeader {
+        version: format::FORMAT_VERSION,
+        rows: n as u64,
+        subjects: subjects.len() as u64,
+        file_no,
+        sections,
+    };
+    let mut file = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(&header.encode()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(pos)
+}
+
+// Vectors are written with `cast_slice` (native order) which is little-endian on
+// every target we build for; refuse to compile elsewhere rather than write
+// big-endian files.
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "visage writes little-endian files and maps them directly: big-endian targets are not supported"
+);
+
+fn le_u64s(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn le_u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn le_f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// An open, memory-mapped segment.
+pub(crate) struct Segment {
+    file_no: u64,
+    map: MappedFile,
+    header: SegmentHeader,
+    ranges: [Range<usize>; SECTION_COUNT],
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("file_no", &self.file_no)
+            .field("rows", &self.header.rows)
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Map and check the segment at `path`.
+    pub(crate) fn open(path: &Path, file_no: u64, verify: VerifyChecksums) -> Result<Segment> {
+        let map = MappedFile::open(path)?;
+        let bytes = map.bytes();
+        let file_len = bytes.len() as u64;
+        let header = SegmentHeader::decode(path, bytes, file_len)?;
+        if header.file_no != file_no {
+            return Err(Error::corrupt(
+                path,
+                32,
+                format!(
+                    "header says file {:016x}, expected {file_no:016x}",
+                    header.file_no
+                ),
+            ));
+        }
+        let ranges: [Range<usize>; SECTION_COUNT] = std::array::from_fn(|i| {
+            let e = header.sections[i];
+            e.offset as usize..(e.offset + e.len) as usize
+        });
+        for sec in Section::ALL {
+            if sec == Section::Vectors && verify == VerifyChecksums::Metadata {
+                continue;
+            }
+            let e = header.sections[sec as usize];
+            let got = crc32fast::hash(&bytes[ranges[sec as usize].clone()]);
+            if got != e.crc {
+                return Err(Error::ChecksumMismatch {
+                    path: path.into(),
+                    section: format!("section {} at offset {}", sec.name(), e.offset),
+                    expected: e.crc,
+                    got,
+                });
+            }
+        }
+        let seg = Segment {
+            file_no,
+            map,
+            header,
+            ranges,
+        };
+        seg.check_structure()?;
+        Ok(seg)
+    }
+
+    /// Check every index stored in the metadata sections, so later accesses cannot go out of bounds.
+    fn check_structure(&self) -> Result<()> {
+        let rows = self.rows();
+        let nsub = self.header.subjects as usize;
+        let bad = |sec: Section, i: usize, what: String| {
+            let e = self.header.sections[sec as usize];
+            Error::corrupt(
+                self.path(),
+                e.offset + i as u64,
+                format!("section {}: {what}", sec.name()),
+            )
+        };
+        // Typed views (alignment and length).
+        self.vectors_checked()?;
+        for (i, &o) in self.subject_ords_raw()?.iter().enumerate() {
+            if o as usize >= nsub {
+                return Err(bad(
+                    Section::SubjectOrds,
+                    i * 4,
+                    format!("ordinal {o} of {nsub} subjects"),
+                ));
+            }
+        }
+        let sorted = self.u64s(Section::SortedIds)?;
+        for i in 1..sorted.len() {
+            if sorted[i - 1] >= sorted[i] {
+                return Err(bad(
+                    Section::SortedIds,
+                    i * 8,
+                    "ids not strictly ascending".into(),
+                ));
+            }
+        }
+        for (sec, list) in [
+            (Section::SortedRows, self.u32s(Section::SortedRows)?),
+            (Section::PostingRows, self.u32s(Section::PostingRows)?),
+        ] {
+            if let Some(i) = list.iter().position(|&r| r as usize >= rows) {
+                return Err(bad(sec, i * 4, format!("row {} of {rows}", list[i])));
+            }
+        }
+        let po = self.u32s(Section::PostingOffsets)?;
+        if po.first() != Some(&0)
+            || po.last() != Some(&(rows as u32))
+            || po.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(bad(
+                Section::PostingOffsets,
+                0,
+                "offsets not ascending from 0 to rows".into(),
+            ));
+        }
+        let so = self.u64s(Section::SubjectOffsets)?;
+        let sb = self.section(Section::SubjectBytes);
+        if so.first() != Some(&0)
+            || so.last() != Some(&(sb.len() as u64))
+            || so.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(bad(
+                Section::SubjectOffsets,
+                0,
+                "offsets not strictly ascending over the subject bytes".into(),
+            ));
+        }
+        for i in 0..nsub {
+            let s = &sb[so[i] as usize..so[i + 1] as usize];
+            if std::str::from_utf8(s).is_err() {
+                return Err(bad(
+                    Section::SubjectBytes,
+                    so[i] as usize,
+                    format!("subject {i} is not UTF-8"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn section(&self, s: Section) -> &[u8] {
+        &self.map.bytes()[self.ranges[s as usize].clone()]
+    }
+    fn u64s(&self, s: Section) -> Result<&[u64]> {
+        mmap::cast(
+            self.path(),
+            self.header.sections[s as usize].offset,
+            self.section(s),
+        )
+    }
+    fn u32s(&self, s: Section) -> Result<&[u32]> {
+        mmap::cast(
+            self.path(),
+            self.header.sections[s as usize].offset,
+            self.section(s),
+        )
+    }
+    fn subject_ords_raw(&self) -> Result<&[u32]> {
+        self.u32s(Section::SubjectOrds)
+    }
+    fn vectors_checked(&self) -> Result<&[[f32; DIM]]> {
+        mmap::cast(
+            self.path(),
+            self.header.sections[0].offset,
+            self.section(Section::Vectors),
+        )
+    }
+
+    /// File number.
+    pub(crate) fn file_no(&self) -> u64 {
+        self.file_no
+    }
+    /// Path of the file.
+    pub(crate) fn path(&self) -> &Path {
+        self.map.path()
+    }
+    /// Rows (live and deleted).
+    pub(crate) fn rows(&self) -> usize {
+        self.header.rows as usize
+    }
+    /// Distinct subjects.
+    pub(crate) fn subject_count(&self) -> usize {
+        self.header.subjects as usize
+    }
+
+    // The views below were checked (length, alignment, bounds) by `open`;
+    // a failure here would be a bug, so they fall back to empty slices rather than panic.
+
+    /// Row-major vectors.
+    pub(crate) fn vectors(&self) -> &[[f32; DIM]] {
+        self.vectors_checked().unwrap_or(&[])
+    }
+    /// Id of each row.
+    pub(crate) fn ids(&self) -> &[u64] {
+        self.u64s(Section::Ids).unwrap_or(&[])
+    }
+    /// Subject ordinal of each row.
+    pub(crate) fn subject_ords(&self) -> &[u32] {
+        self.subject_ords_raw().unwrap_or(&[])
+    }
+    /// Squared norm of each row.
+    #[allow(dead_code)]
+    pub(crate) fn norms(&self) -> &[f32] {
+        mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
+    }
+    /// Subject string of ordinal `ord`.
+    pub(crate) fn subject(&self, ord: u32) -> &str {
+        let so = self.u64s(Section::SubjectOffsets).unwrap_or(&[]);
+        let sb = self.section(Section::SubjectBytes);
+        let i = ord as usize;
+        match (so.get(i), so.get(i + 1)) {
+            (Some(&a), Some(&b)) => std::str::from_utf8(&sb[a as usize..b as usize]).unwrap_or(""),
+            _ => "",
+        }
+    }
+    /// Subject of row `row`.
+    pub(crate) fn row_subject(&self, row: usize) -> &str {
+        self.subject(self.subject_ords().get(row).copied().unwrap_or(u32::MAX))
+    }
+    /// Row holding `id`, if any.
+    pub(crate) fn find_id(&self, id: u64) -> Option<usize> {
+        let sorted = self.u64s(Section::SortedIds).ok()?;
+        let i = sorted.binary_search(&id).ok()?;
+        self.u32s(Section::SortedRows)
+            .ok()?
+            .get(i)
+            .map(|&r| r as usize)
+    }
+    /// Rows of `subject` in this segment (deleted ones included).
+    pub(crate) fn subject_rows(&self, subject: &str) -> &[u32] {
+        let so = self.u64s(Section::SubjectOffsets).unwrap_or(&[]);
+        let n = so.len().saturating_sub(1);
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.subject(mid as u32).cmp(subject) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return self.posting(mid),
+            }
+        }
+        &[]
+    }
+    /// Rows of subject ordinal `ord`.
+    pub(crate) fn posting(&self, ord: usize) -> &[u32] {
+        let po = self.u32s(Section::PostingOffsets).unwrap_or(&[]);
+        let pr = self.u32s(Section::PostingRows).unwrap_or(&[]);
+        match (po.get(ord), po.get(ord + 1)) {
+            (Some(&a), Some(&b)) => &pr[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vec_of(x: f32) -> [f32; DIM] {
+        std::array::from_fn(|i| x + i as f32 * 0.01)
+    }
+
+    #[test]
+    fn write_then_open_gives_back_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg.vseg");
+        let vs: Vec<[f32; DIM]> = (0..50).map(|i| vec_of(i as f32)).collect();
+        let subjects = ["bob", "alice", "carol", "alice", "émile"];
+        let rows: Vec<RowRef> = (0..50)
+            .map(|i| RowRef {
+                id: 1000 - i as u64 * 7,
+                subject: subjects[i % 5],
+                vector: &vs[i],
+            })
+            .collect();
+        write_segment(&path, 42, &rows).unwrap();
+        for verify in [VerifyChecksums::Metadata, VerifyChecksums::Full] {
+            let seg = Segment::open(&path, 42, verify).unwrap();
+            assert_eq!(seg.rows(), 50);
+            assert_eq!(seg.subject_count(), 4);
+            for (i, r) in rows.iter().enumerate() {
+                assert_eq!(seg.vectors()[i], *r.vector);
+                assert_eq!(seg.ids()[i], r.id);
+                assert_eq!(seg.row_subject(i), r.subject);
+                assert_eq!(seg.find_id(r.id), Some(i));
+                assert!(seg.subject_rows(r.subject).contains(&(i as u32)));
+                let norm: f32 = r.vector.iter().map(|x| x * x).sum();
+                assert_eq!(seg.norms()[i], norm);
+            }
+            assert_eq!(seg.find_id(1), None);
+            assert_eq!(seg.subject_rows("alice").len(), 20);
+            assert!(seg.subject_rows("dave").is_empty());
+        }
+        assert!(
+            Segment::open(&path, 43, VerifyChecksums::Metadata).is_err(),
+            "wrong file number"
+        );
+    }
+
+    #[test]
+    fn every_corrupted_metadata_byte_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg.vseg");
+        let vs: Vec<[f32; DIM]> = (0..3).map(|i| vec_of(i as f32)).collect();
+        let rows: Vec<RowRef> = (0..3)
+            .map(|i| RowRef {
+                id: i as u64,
+                subject: "s",
+                vector: &vs[i],
+            })
+            .collect();
+        write_segment(&path, 1, &rows).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let ranges = Segment::open(&path, 1, VerifyChecksums::Full)
+            .unwrap()
+            .ranges
+            .clone();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            // Zero padding between sections is the only part no CRC covers.
+            let padding = i >= SEGMENT_HEADER_LEN && !ranges.iter().any(|r| r.contains(&i));
+            if padding {
+                continue;
+            }
+            assert!(
+                Segment::open(&path, 1, VerifyChecksums::Full).is_err(),
+                "flipped byte {i} went unnoticed"
+            );
+            if !ranges[0].contains(&i) {
+                assert!(
+                    Segment::open(&path, 1, VerifyChecksums::Metadata).is_err(),
+                    "byte {i}"
+                );
+            }
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(Segment::open(&path, 1, VerifyChecksums::Metadata).is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! The write-ahead log: append-only files of framed batch records.
+//!
+//! [`WalWriter`] appends records to a plain file (never through an mmap) and
+//! syncs on request; [`replay`] reads a file back, truncating a torn tail and
+//! reporting corruption. Grouping of concurrent batches into one write and one
+//! fsync (group commit) is the gallery's; record layout is [`crate::format`]'s.
+
+use crate::error::{Error, Result};
+use crate::format::{self, Frame, WalOp};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name of WAL number `n`.
+pub(crate) fn file_name(n: u64) -> String {
+    format!("wal-{n:016x}.log")
+}
+
+/// An open WAL file being appended to.
+#[derive(Debug)]
+pub(crate) struct WalWriter {
+    file: File,
+    path: PathBuf,
+    file_no: u64,
+    salt: u32,
+    len: u64,
+}
+
+fn random_salt(file_no: u64) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(file_no);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    (h.finish() >> 16) as u32
+}
+
+impl WalWriter {
+    /// Create WAL file `file_no` in `dir` with a fresh salt; header synced, directory synced.
+    pub(crate) fn create(dir: &Path, file_no: u64) -> Result<WalWriter> {
+        let path = dir.join(file_name(file_no));
+        let salt = random_salt(file_no);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.write_all(&format::encode_wal_header(salt, file_no))
+            .map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        crate::fs::fsync_dir(dir)?;
+        Ok(WalWriter {
+            file,
+            path,
+            file_no,
+            salt,
+            len: format::WAL_HEADER_LEN as u64,
+        })
+    }
+
+    /// Reopen an existing WAL for appending at `len` (after replay validated it up to there).
+    pub(crate) fn reopen(path: &Path, file_no: u64, salt: u32, len: u64) -> Result<WalWriter> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(WalWriter {
+            file,
+            path: path.to_owned(),
+            file_no,
+            salt,
+            len,
+        })
+    }
+
+    /// File number.
+    pub(crate) fn file_no(&self) -> u64 {
+        self.file_no
+    }
+    /// Salt of this file's record CRCs.
+    pub(crate) fn salt(&self) -> u32 {
+        self.salt
+    }
+    /// Bytes written so far.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+    /// Path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append already-framed records (one `write_all`).
+    pub(crate) fn append(&mut self, framed: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(framed)?;
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Make everything appended durable (`fdatasync`).
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// What a replayed WAL file held.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    pub salt: u32,
+    pub ops: Vec<WalOp>,
+    /// Length of the valid prefix.
+    pub valid_len: u64,
+    /// Length of the file as found.
+    pub file_len: u64,
+}
+
+/// Read WAL file `path` (number `file_no`). A torn tail is reported through
+/// `valid_len < file_len` when `is_last`; otherwise it is corruption. A bad
+/// record followed by a valid one is always corruption.
+pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replayed> {
+    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if buf.len() < format::WAL_HEADER_LEN && is_last {
+        // A crash while creating the file: no record can have been acknowledged in it.
+        return Ok(Replayed {
+            salt: 0,
+            ops: Vec::new(),
+            valid_len: 0,
+            file_len: buf.len() as u64,
+        });
+    }
+    let (salt, n) = format::decode_wal_header(path, &buf)?;
+    if n != file_no {
+        return Err(Error::corrupt(
+            path,
+            16,
+            format!("header says WAL {n:016x}, expected {file_no:016x}"),
+        ));
+    }
+    let mut at = format::WAL_HEADER_LEN;
+    let mut ops = Vec::new();
+    loop {
+        match format::read_frame(salt, &buf, at) {
+            Frame::End => break,
+            Frame::Record { payload, next } => {
+                ops.push(format::decode_op(
+                    path,
+                    (at + format::RECORD_FRAME_LEN) as u64,
+                    payload,
+                )?);
+                at = next;
+            }
+            Frame::Bad(why) => {
+                if !is_last {
+                    return Err(Error::corrupt(
+                        path,
+                        at as u64,
+                        format!("{why} in a WAL file that was sealed"),
+                    ));
+                }
+                if let Some(later) = find_valid_record_after(salt, &buf, at) {
+                    return Err(Error::corrupt(
+                        path,
+                        at as u64,
+                        format!(
+                            "{why}, but a valid record follows at offset {later}: not a torn tail"
+                        ),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    Ok(Replayed {
+        salt,
+        ops,
+        valid_len: at as u64,
+        file_len: buf.len() as u64,
+    })
+}
+
+/// Offset of any valid record starting after `bad` (records are byte-aligned, so try every offset).
+fn find_valid_record_after(salt: u32, buf: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..buf.len().saturating_sub(format::RECORD_FRAME_LEN))
+        .find(|&at| matches!(format::read_frame(salt, buf, at), Frame::Record { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_delete, frame_record};
+
+    fn write_records(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
+        let mut w = WalWriter::create(dir, 5).unwrap();
+        let mut ends = vec![];
+        for i in 0..n {
+            let mut p = Vec::new();
+            encode_delete(&[i as u64], &mut p);
+            let mut f = Vec::new();
+            frame_record(w.salt(), &p, &mut f);
+            w.append(&f).unwrap();
+            ends.push(w.len());
+        }
+        w.sync().unwrap();
+        (w.path().to_owned(), ends)
+    }
+
+    #[test]
+    fn every_truncation_is_a_torn_tail_keeping_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ends) = write_records(dir.path(), 4);
+        let full = std::fs::read(&path).unwrap();
+        for cut in format::WAL_HEADER_LEN..=full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let r = replay(&path, 5, true).unwrap();
+            let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
+            assert_eq!(r.ops.len(), whole, "cut at {cut}");
+            assert_eq!(
+                r.valid_len,
+                if whole == 0 {
+                    format::WAL_HEADER_LEN as u64
+                } else {
+                    ends[whole - 1]
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_tail_is_torn_but_damage_before_a_valid_record_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ends) = write_records(dir.path(), 3);
+        let mut full = std::fs::read(&path).unwrap();
+        full.extend_from_slice(&[0xAB; 37]);
+        std::fs::write(&path, &full).unwrap();
+        let r = replay(&path, 5, true).unwrap();
+        assert_eq!((r.ops.len(), r.valid_len), (3, ends[2]));
+        // The same garbage in a sealed file is corruption.
+        assert!(replay(&path, 5, false).is_err());
+        // Damage in the middle record, with a valid record after it.
+        let mut mid = std::fs::read(&path).unwrap();
+        mid[ends[0] as usize + 10] ^= 1;
+        std::fs::write(&path, &mid).unwrap();
+        let err = replay(&path, 5, true).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("offset {}", ends[0])),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ends) = write_records(dir.path(), 2);
+        let mut full = std::fs::read(&path).unwrap();
+        full.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &full).unwrap();
+        let r = replay(&path, 5, true).unwrap();
+        assert_eq!((r.ops.len(), r.valid_len), (2, ends[1]));
+    }
+}

@@ -1,0 +1,1 @@
+//! gRPC contract of visage (filled in by the server issue).
