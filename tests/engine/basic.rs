@@ -1,0 +1,116 @@
+//! Basic behaviour: create, insert, search, delete, flush, compact, reopen.
+
+use std::collections::BTreeMap;
+use visage_engine::{Engine, EngineOptions, Error};
+use visage_tests::{Rng, embedding, l2sq_f64};
+
+fn opts() -> EngineOptions {
+    let mut o = EngineOptions::default();
+    o.gallery.background = false;
+    o
+}
+
+#[test]
+fn insert_search_delete_flush_compact_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(7);
+    let mut model: BTreeMap<u64, visage_engine::Embedding> = BTreeMap::new();
+    {
+        let engine = Engine::open(dir.path(), opts()).unwrap();
+        let g = engine.create_gallery("staff").unwrap();
+        assert!(matches!(
+            engine.create_gallery("staff"),
+            Err(Error::GalleryExists(_))
+        ));
+        let batch: Vec<_> = (0..500)
+            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 50)))
+            .collect();
+        let out = g.insert(&batch).unwrap();
+        assert_eq!((out.inserted, out.replaced), (500, 0));
+        for e in batch {
+            model.insert(e.id, e);
+        }
+        g.flush().unwrap();
+        let more: Vec<_> = (400..700)
+            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 50)))
+            .collect();
+        let out = g.insert(&more).unwrap();
+        assert_eq!((out.inserted, out.replaced), (200, 100));
+        for e in more {
+            model.insert(e.id, e);
+        }
+        let n = g.delete(&[1, 2, 3, 100_000], &["p7".to_string()]).unwrap();
+        let gone: Vec<u64> = model
+            .keys()
+            .copied()
+            .filter(|&id| [1, 2, 3].contains(&id) || model[&id].subject == "p7")
+            .collect();
+        assert_eq!(n, gone.len() as u64);
+        for id in gone {
+            model.remove(&id);
+        }
+        check(&g, &model, &mut rng);
+        g.compact().unwrap();
+        check(&g, &model, &mut rng);
+        let s = g.stats();
+        assert_eq!(s.live, model.len() as u64);
+        assert_eq!(s.deleted, 0);
+        assert_eq!(s.subjects, 49);
+    }
+    let engine = Engine::open(dir.path(), opts()).unwrap();
+    assert_eq!(engine.list_galleries(), vec!["staff".to_string()]);
+    let g = engine.gallery("staff").unwrap();
+    check(&g, &model, &mut rng);
+    // Writes after reopen, without flushing, survive another reopen through the WAL.
+    g.insert(&[embedding(&mut rng, 5000, "late")]).unwrap();
+    model.insert(5000, g.get(&[5000])[0].clone());
+    drop(g);
+    drop(engine);
+    let engine = Engine::open(dir.path(), opts()).unwrap();
+    check(&engine.gallery("staff").unwrap(), &model, &mut rng);
+    engine.drop_gallery("staff").unwrap();
+    assert!(engine.list_galleries().is_empty());
+    assert!(matches!(
+        engine.gallery("staff"),
+        Err(Error::GalleryNotFound(_))
+    ));
+}
+
+fn check(
+    g: &visage_engine::Gallery,
+    model: &BTreeMap<u64, visage_engine::Embedding>,
+    rng: &mut Rng,
+) {
+    // Every live embedding is there with identical bytes; get of absent ids returns nothing.
+    let ids: Vec<u64> = model.keys().copied().collect();
+    let got = g.get(&ids);
+    assert_eq!(got.len(), model.len());
+    for e in got {
+        assert_eq!(&e, &model[&e.id]);
+    }
+    assert!(g.get(&[1, 2, 3]).is_empty() || model.contains_key(&1));
+    // Search equals brute force.
+    let probes: Vec<Vec<f32>> = (0..5).map(|_| rng.vector()).collect();
+    let res = g.search(&probes, 10).unwrap();
+    for (p, hits) in probes.iter().zip(&res) {
+        let mut all: Vec<(f64, u64)> = model
+            .values()
+            .map(|e| (l2sq_f64(p, &e.vector), e.id))
+            .collect();
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let want: Vec<u64> = all.iter().take(10).map(|x| x.1).collect();
+        let got: Vec<u64> = hits.iter().map(|h| h.id).collect();
+        assert_eq!(got, want);
+        for (h, w) in hits.iter().zip(&all) {
+            assert!((h.distance as f64 - w.0).abs() <= 1e-4 * w.0.max(1.0));
+        }
+    }
+}
+
+#[test]
+fn second_open_of_a_locked_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _a = Engine::open(dir.path(), opts()).unwrap();
+    let err = Engine::open(dir.path(), opts()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the engine used as a library.
+
+mod basic;
