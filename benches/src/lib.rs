@@ -1,1 +1,93 @@
-//! Benchmark helpers shared by the criterion benches.
+//! Shared pieces of the benchmarks: seeded data, cached galleries, machine bounds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use visage_engine::{Durability, Embedding, Engine, EngineOptions, DIM};
+
+/// splitmix64, for reproducible data.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A vector with values uniform in [-1, 1).
+    pub fn vector(&mut self) -> Vec<f32> {
+        (0..DIM).map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+    }
+}
+
+/// `n` embeddings with ids `first..first + n`, ten per subject.
+pub fn embeddings(rng: &mut Rng, first: u64, n: usize) -> Vec<Embedding> {
+    (0..n as u64)
+        .map(|i| Embedding { id: first + i, subject: format!("subject-{:08}", (first + i) / 10), vector: rng.vector() })
+        .collect()
+}
+
+/// Where cached benchmark galleries live (under the target directory).
+pub fn data_root() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    });
+    target.join("bench-data")
+}
+
+/// Options for benchmarks: no background work, so timings are of the measured path alone.
+pub fn quiet_options(durability: Durability) -> EngineOptions {
+    let mut o = EngineOptions::default();
+    o.gallery.durability = durability;
+    o.gallery.background = false;
+    o
+}
+
+/// Open the data directory for a gallery of `n` random embeddings (seed 42),
+/// building it (one compacted segment) the first time.
+pub fn cached_gallery(n: usize) -> (Engine, PathBuf) {
+    let dir = data_root().join(format!("gallery-{n}"));
+    let name = "bench";
+    if let Ok(engine) = Engine::open(&dir, quiet_options(Durability::ProcessCrash))
+        && let Ok(g) = engine.gallery(name)
+        && g.stats().live == n as u64
+        && g.stats().memtable_rows == 0
+    {
+        return (engine, dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = Engine::open(&dir, quiet_options(Durability::ProcessCrash)).expect("open bench dir");
+    let g = engine.create_gallery(name).expect("create");
+    let mut rng = Rng(42);
+    let mut done = 0;
+    while done < n {
+        let b = (n - done).min(10_000);
+        g.insert(&embeddings(&mut rng, done as u64, b)).expect("insert");
+        done += b;
+        if g.stats().memtable_rows >= 1 << 18 {
+            g.flush().expect("flush");
+        }
+    }
+    g.compact().expect("compact");
+    drop(g);
+    (engine, dir)
+}
+
+/// Time to read `bytes` of memory once with every core (the floor of an exact
+/// single-probe scan, which must read every vector once): median of `reps`.
+pub fn memory_read_time(bytes: usize, reps: usize) -> Duration {
+    use rayon::prelude::*;
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let x = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a ^ b)).reduce(|| 0, |a, b| a ^ b);
+        std::hint::black_box(x);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}

@@ -103,6 +103,11 @@
 //! # Version history
 //! - 1 (visage 0.1): first format.
 
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "visage writes little-endian files and maps them directly: big-endian targets are not supported"
+);
+
 use crate::DIM;
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -460,6 +465,24 @@ pub fn record_crc(salt: u32, len_field: [u8; 4], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The 8-byte frame of a record, from a CRC state already fed the payload
+/// (started with `crc32fast::Hasher::new()`), so the payload's CRC can be
+/// computed by the thread that encoded it and only combined here.
+pub fn frame_header(
+    salt: u32,
+    payload_len: usize,
+    payload_crc: &crc32fast::Hasher,
+) -> [u8; RECORD_FRAME_LEN] {
+    let len = (payload_len as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new_with_initial(salt);
+    h.update(&len);
+    h.combine(payload_crc);
+    let crc = h.finalize().to_le_bytes();
+    [
+        len[0], len[1], len[2], len[3], crc[0], crc[1], crc[2], crc[3],
+    ]
+}
+
 /// Append one framed record holding `payload` to `out`.
 pub fn frame_record(salt: u32, payload: &[u8], out: &mut Vec<u8>) {
     let len = (payload.len() as u32).to_le_bytes();
@@ -547,9 +570,8 @@ pub fn encode_insert<'a>(
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&(subject.len() as u16).to_le_bytes());
         out.extend_from_slice(subject.as_bytes());
-        for x in v {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+        // f32 bytes in memory order are little-endian: big-endian targets are refused at compile time.
+        out.extend_from_slice(bytemuck::cast_slice(v));
     }
 }
 
@@ -946,6 +968,13 @@ mod tests {
             WalOp::Delete(vec![1, 2, 3])
         );
         assert_eq!(read_frame(0xdead_beef, &file, end), Frame::End);
+        // A CRC computed in two parts and combined gives the same frame.
+        let mut h = crc32fast::Hasher::new();
+        h.update(&del);
+        assert_eq!(
+            &frame_header(0xdead_beef, del.len(), &h)[..],
+            &file[next..next + 8]
+        );
         // Another salt never validates the same bytes.
         assert!(matches!(read_frame(0x1234, &file, 0), Frame::Bad(_)));
         // Every truncation is a bad frame, never a panic.

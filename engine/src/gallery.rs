@@ -24,7 +24,7 @@
 use crate::compaction::{self, CompactionPolicy, SegmentStat};
 use crate::error::{Error, Result};
 use crate::format::{self, ManifestData, ManifestSegment, WalOp};
-use crate::memtable::{MemChunk, MemLoc, Memtable};
+use crate::memtable::{Chunk, MemChunk, MemLoc, Memtable};
 use crate::segment::{self, RowRef, Segment, VerifyChecksums};
 use crate::tombstones::Tombstones;
 use crate::wal::{self, WalWriter};
@@ -292,18 +292,19 @@ impl WriteState {
         }
     }
 
-    /// Upsert: returns (inserted, replaced).
-    fn apply_insert(&mut self, rows: &[(u64, &str, &[f32; DIM])]) -> InsertOutcome {
+    /// Upsert the rows of `chunk` (ids unique within it).
+    fn apply_insert(&mut self, chunk: Chunk) -> InsertOutcome {
         let mut replaced = 0;
-        for &(id, _, _) in rows {
+        for &id in &chunk.ids {
             if let Some(loc) = self.find_live(id) {
                 self.delete_loc(loc);
                 replaced += 1;
             }
         }
-        self.active.append(rows);
+        let n = chunk.len() as u64;
+        self.active.append(chunk);
         InsertOutcome {
-            inserted: rows.len() as u64 - replaced,
+            inserted: n - replaced,
             replaced,
         }
     }
@@ -322,11 +323,15 @@ impl WriteState {
     fn apply_op(&mut self, op: &WalOp) {
         match op {
             WalOp::Insert(items) => {
-                let rows: Vec<(u64, &str, &[f32; DIM])> = items
-                    .iter()
-                    .map(|e| (e.id, e.subject.as_str(), &e.vector))
-                    .collect();
-                self.apply_insert(&rows);
+                let chunk = Chunk::new(
+                    items.iter().map(|e| e.id).collect(),
+                    items
+                        .iter()
+                        .map(|e| Arc::from(e.subject.as_str()))
+                        .collect(),
+                    items.iter().map(|e| e.vector).collect(),
+                );
+                self.apply_insert(chunk);
             }
             WalOp::Delete(ids) => {
                 self.apply_delete(ids);
@@ -398,11 +403,11 @@ impl WriteState {
 
 /// A validated write waiting in the commit queue.
 enum Op {
+    /// The rows (taken by the leader) and the WAL payload with its CRC state.
     Insert {
-        ids: Vec<u64>,
-        subjects: Vec<String>,
-        vectors: Vec<[f32; DIM]>,
+        chunk: Mutex<Option<Chunk>>,
         payload: Vec<u8>,
+        crc: crc32fast::Hasher,
     },
     Delete {
         ids: Vec<u64>,
@@ -764,7 +769,8 @@ impl Gallery {
                 limit: MAX_INSERT_BATCH,
             });
         }
-        let mut seen = std::collections::HashMap::with_capacity(batch.len());
+        let mut seen =
+            crate::memtable::IdMap::with_capacity_and_hasher(batch.len(), Default::default());
         let mut vectors = Vec::with_capacity(batch.len());
         for (i, e) in batch.iter().enumerate() {
             vectors.push(check_vector("embeddings", i, &e.vector)?);
@@ -788,11 +794,18 @@ impl Gallery {
                 .map(|(e, v)| (e.id, e.subject.as_str(), v)),
             &mut payload,
         );
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&payload);
+        let ids = batch.iter().map(|e| e.id).collect();
+        let subjects = batch
+            .iter()
+            .map(|e| Arc::from(e.subject.as_str()))
+            .collect();
+        let chunk = Chunk::new(ids, subjects, vectors);
         let op = Op::Insert {
-            ids: batch.iter().map(|e| e.id).collect(),
-            subjects: batch.iter().map(|e| e.subject.clone()).collect(),
-            vectors,
+            chunk: Mutex::new(Some(chunk)),
             payload,
+            crc,
         };
         match self.submit(op)? {
             Outcome::Insert(o) => Ok(o),
@@ -893,39 +906,59 @@ impl Gallery {
             return fail_all(&e);
         }
         let salt = st.wal.salt();
-        let mut buf = Vec::new();
+        // Apply in queue order; frame each record. Insert payloads are written
+        // from where their callers encoded them (one vectored write for the group).
+        enum Body {
+            Insert(usize),
+            Delete(Vec<u8>),
+        }
+        let mut records: Vec<([u8; format::RECORD_FRAME_LEN], Body)> =
+            Vec::with_capacity(group.len());
         let mut outs = Vec::with_capacity(group.len());
-        for p in group {
+        for (i, p) in group.iter().enumerate() {
             match &p.op {
                 Op::Insert {
-                    ids,
-                    subjects,
-                    vectors,
+                    chunk,
                     payload,
+                    crc,
                 } => {
-                    format::frame_record(salt, payload, &mut buf);
-                    let rows: Vec<(u64, &str, &[f32; DIM])> = ids
-                        .iter()
-                        .zip(subjects)
-                        .zip(vectors)
-                        .map(|((&i, s), v)| (i, s.as_str(), v))
-                        .collect();
-                    outs.push(Ok(Outcome::Insert(st.apply_insert(&rows))));
+                    records.push((
+                        format::frame_header(salt, payload.len(), crc),
+                        Body::Insert(i),
+                    ));
+                    let chunk = lock(chunk).take().unwrap_or_default();
+                    outs.push(Ok(Outcome::Insert(st.apply_insert(chunk))));
                 }
                 Op::Delete { ids, subjects } => {
                     let resolved = st.resolve_delete(ids, subjects);
                     if !resolved.is_empty() {
                         let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
                         format::encode_delete(&resolved, &mut payload);
-                        format::frame_record(salt, &payload, &mut buf);
+                        let mut crc = crc32fast::Hasher::new();
+                        crc.update(&payload);
+                        records.push((
+                            format::frame_header(salt, payload.len(), &crc),
+                            Body::Delete(payload),
+                        ));
                     }
                     outs.push(Ok(Outcome::Delete(st.apply_delete(&resolved))));
                 }
             }
         }
-        if !buf.is_empty() {
+        if !records.is_empty() {
+            let mut parts = Vec::with_capacity(records.len() * 2);
+            for (frame, body) in &records {
+                parts.push(std::io::IoSlice::new(frame));
+                parts.push(std::io::IoSlice::new(match body {
+                    Body::Insert(i) => match &group[*i].op {
+                        Op::Insert { payload, .. } => payload,
+                        Op::Delete { .. } => &[][..],
+                    },
+                    Body::Delete(payload) => payload,
+                }));
+            }
             let path = st.wal.path().to_owned();
-            let res = st.wal.append(&buf).and_then(|_| {
+            let res = st.wal.append_vectored(&mut parts).and_then(|_| {
                 if self.opts.durability == Durability::PowerLoss {
                     if self.fail_next_sync.swap(false, Ordering::SeqCst) {
                         return Err(std::io::Error::other("injected fsync failure"));

@@ -8,12 +8,59 @@
 
 use crate::DIM;
 use crate::tombstones::Tombstones;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 /// A last chunk smaller than this grows in place (copy-on-write) instead of
 /// starting a new chunk, so single-row inserts do not make one chunk each.
 const MERGE_BELOW: usize = 256;
+
+/// Hashes u64 ids with a per-map random key and the splitmix64 finaliser:
+/// far cheaper than SipHash for the write path, and not predictable by a
+/// client choosing ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdHashBuilder(u64);
+
+impl Default for IdHashBuilder {
+    fn default() -> Self {
+        IdHashBuilder(std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64))
+    }
+}
+
+impl BuildHasher for IdHashBuilder {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher { key: self.0, h: 0 }
+    }
+}
+
+/// See [`IdHashBuilder`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdHasher {
+    key: u64,
+    h: u64,
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.h = (self.h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.h ^= x;
+    }
+    fn finish(&self) -> u64 {
+        let mut z = self.h ^ self.key;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A map keyed by embedding id.
+pub(crate) type IdMap<V> = HashMap<u64, V, IdHashBuilder>;
 
 /// A block of rows, never changed once published.
 #[derive(Debug, Clone, Default)]
@@ -26,8 +73,29 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Row holding `id`, deleted or not (ids are unique among live rows only,
-    /// so the caller checks tombstones; the last match is the newest).
+    /// A chunk of rows (ids unique within it); builds the sorted index.
+    pub(crate) fn new(ids: Vec<u64>, subjects: Vec<Arc<str>>, vectors: Vec<[f32; DIM]>) -> Chunk {
+        let mut sorted: Vec<(u64, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(r, &id)| (id, r as u32))
+            .collect();
+        sorted.sort_unstable();
+        Chunk {
+            ids,
+            subjects,
+            vectors,
+            sorted,
+        }
+    }
+
+    /// Rows.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The live row holding `id` (ids are unique among live rows only, so
+    /// deleted rows with the same id are skipped).
     pub(crate) fn find_live(&self, id: u64, tomb: &Tombstones) -> Option<usize> {
         let start = self.sorted.partition_point(|&(i, _)| i < id);
         self.sorted[start..]
@@ -56,8 +124,8 @@ pub(crate) struct MemLoc {
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
     pub chunks: Vec<MemChunk>,
-    index: HashMap<u64, MemLoc>,
-    by_subject: HashMap<Arc<str>, HashSet<u64>>,
+    index: IdMap<MemLoc>,
+    by_subject: HashMap<Arc<str>, Vec<u64>>,
     rows: usize,
 }
 
@@ -80,48 +148,57 @@ impl Memtable {
         self.by_subject.get(subject).into_iter().flatten().copied()
     }
 
-    /// Append rows whose ids are not live anywhere (the caller removed old versions).
-    pub(crate) fn append(&mut self, rows: &[(u64, &str, &[f32; DIM])]) {
-        if rows.is_empty() {
+    /// Append a chunk whose ids are not live anywhere (the caller removed old versions).
+    pub(crate) fn append(&mut self, new: Chunk) {
+        let n = new.len();
+        if n == 0 {
             return;
         }
-        let merge = self
-            .chunks
-            .last()
-            .is_some_and(|c| c.chunk.ids.len() < MERGE_BELOW);
-        if !merge {
+        let merge = n < MERGE_BELOW
+            && self
+                .chunks
+                .last()
+                .is_some_and(|c| c.chunk.len() < MERGE_BELOW);
+        let (ci, first_row) = if merge {
+            let ci = self.chunks.len() - 1;
+            let mc = &mut self.chunks[ci];
+            let chunk = Arc::make_mut(&mut mc.chunk);
+            let first = chunk.len();
+            chunk.ids.extend_from_slice(&new.ids);
+            chunk.subjects.extend(new.subjects.iter().cloned());
+            chunk.vectors.extend_from_slice(&new.vectors);
+            chunk
+                .sorted
+                .extend(new.sorted.iter().map(|&(id, r)| (id, r + first as u32)));
+            chunk.sorted.sort_unstable();
+            Arc::make_mut(&mut mc.tomb).grow(chunk.len());
+            (ci, first)
+        } else {
             self.chunks.push(MemChunk {
-                chunk: Arc::new(Chunk::default()),
-                tomb: Arc::new(Tombstones::new(0)),
+                chunk: Arc::new(new),
+                tomb: Arc::new(Tombstones::new(n)),
             });
-        }
-        let ci = self.chunks.len() - 1;
-        let mc = &mut self.chunks[ci];
-        let chunk = Arc::make_mut(&mut mc.chunk);
-        chunk.ids.reserve(rows.len());
-        chunk.vectors.reserve(rows.len());
-        for &(id, subject, v) in rows {
-            let row = chunk.ids.len() as u32;
-            let subject = match self.by_subject.get_key_value(subject) {
-                Some((k, _)) => k.clone(),
-                None => Arc::<str>::from(subject),
-            };
-            chunk.ids.push(id);
-            chunk.vectors.push(*v);
-            chunk.sorted.push((id, row));
-            chunk.subjects.push(subject.clone());
+            (self.chunks.len() - 1, 0)
+        };
+        let chunk = &self.chunks[ci].chunk;
+        self.index.reserve(n);
+        for r in first_row..first_row + n {
+            let id = chunk.ids[r];
             self.index.insert(
                 id,
                 MemLoc {
                     chunk: ci as u32,
-                    row,
+                    row: r as u32,
                 },
             );
-            self.by_subject.entry(subject).or_default().insert(id);
+            match self.by_subject.get_mut(&*chunk.subjects[r]) {
+                Some(v) => v.push(id),
+                None => {
+                    self.by_subject.insert(chunk.subjects[r].clone(), vec![id]);
+                }
+            }
         }
-        chunk.sorted.sort_unstable();
-        Arc::make_mut(&mut mc.tomb).grow(chunk.ids.len());
-        self.rows += rows.len();
+        self.rows += n;
     }
 
     /// Delete the live row at `loc`.
@@ -131,10 +208,12 @@ impl Memtable {
         let subject = mc.chunk.subjects[loc.row as usize].clone();
         Arc::make_mut(&mut mc.tomb).set(loc.row as usize);
         self.index.remove(&id);
-        if let Some(set) = self.by_subject.get_mut(&subject) {
-            set.remove(&id);
-            if set.is_empty() {
-                self.by_subject.remove(&subject);
+        if let Some(ids) = self.by_subject.get_mut(&*subject) {
+            if let Some(i) = ids.iter().position(|&x| x == id) {
+                ids.swap_remove(i);
+            }
+            if ids.is_empty() {
+                self.by_subject.remove(&*subject);
             }
         }
     }
@@ -154,12 +233,20 @@ impl Memtable {
 mod tests {
     use super::*;
 
+    fn chunk(rows: &[(u64, &str, &[f32; DIM])]) -> Chunk {
+        Chunk::new(
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| Arc::from(r.1)).collect(),
+            rows.iter().map(|r| *r.2).collect(),
+        )
+    }
+
     #[test]
     fn append_find_delete() {
         let mut m = Memtable::default();
         let v = [1.0; DIM];
-        m.append(&[(1, "a", &v), (2, "b", &v)]);
-        m.append(&[(3, "a", &v)]);
+        m.append(chunk(&[(1, "a", &v), (2, "b", &v)]));
+        m.append(chunk(&[(3, "a", &v)]));
         assert_eq!(m.chunks.len(), 1, "small chunks merge");
         assert_eq!(m.live(), 3);
         let loc = m.find(1).unwrap();
@@ -177,9 +264,9 @@ mod tests {
     fn snapshot_chunks_do_not_change_under_readers() {
         let mut m = Memtable::default();
         let v = [1.0; DIM];
-        m.append(&[(1, "a", &v)]);
+        m.append(chunk(&[(1, "a", &v)]));
         let seen = m.chunks.clone();
-        m.append(&[(2, "a", &v)]);
+        m.append(chunk(&[(2, "a", &v)]));
         m.delete(m.find(1).unwrap());
         assert_eq!(seen[0].chunk.ids, vec![1]);
         assert!(!seen[0].tomb.get(0));

@@ -381,6 +381,10 @@ impl Segment {
     /// Row holding `id`, if any.
     pub(crate) fn find_id(&self, id: u64) -> Option<usize> {
         let sorted = self.u64s(Section::SortedIds).ok()?;
+        // Cheap range check first: segments often hold disjoint id ranges.
+        if sorted.first().is_none_or(|&f| id < f) || sorted.last().is_none_or(|&l| id > l) {
+            return None;
+        }
         let i = sorted.binary_search(&id).ok()?;
         self.u32s(Section::SortedRows)
             .ok()?

@@ -97,9 +97,27 @@ impl WalWriter {
     }
 
     /// Append already-framed records (one `write_all`).
+    #[cfg(test)]
     pub(crate) fn append(&mut self, framed: &[u8]) -> std::io::Result<()> {
         self.file.write_all(framed)?;
         self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Append records given as slices, with as few `writev` calls as the OS allows.
+    pub(crate) fn append_vectored(
+        &mut self,
+        mut parts: &mut [std::io::IoSlice<'_>],
+    ) -> std::io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        while !parts.is_empty() {
+            let n = self.file.write_vectored(parts)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut parts, n);
+        }
+        self.len += total as u64;
         Ok(())
     }
 
