@@ -1,3 +1,5 @@
 //! Integration tests of the engine used as a library.
 
 mod basic;
+mod search;
+mod support;
