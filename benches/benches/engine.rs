@@ -5,10 +5,10 @@
 //! Run: `cargo bench -p visage-bench --bench engine` (builds cached galleries
 //! under `target/bench-data` the first time).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::io::Write;
 use std::time::{Duration, Instant};
-use visage_bench::{cached_gallery, embeddings, memory_read_time, quiet_options, Rng};
+use visage_bench::{Rng, cached_gallery, embeddings, memory_read_time, quiet_options};
 use visage_engine::{Durability, Engine, VerifyChecksums};
 
 const BATCH: usize = 1000;
@@ -18,8 +18,13 @@ fn insert(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(30).measurement_time(Duration::from_secs(8));
     let mut rng = Rng(1);
-    let batches: Vec<_> = (0..64).map(|i| embeddings(&mut rng, i * BATCH as u64, BATCH)).collect();
-    for (label, durability) in [("durable", Durability::PowerLoss), ("not_durable", Durability::ProcessCrash)] {
+    let batches: Vec<_> = (0..64)
+        .map(|i| embeddings(&mut rng, i * BATCH as u64, BATCH))
+        .collect();
+    for (label, durability) in [
+        ("durable", Durability::PowerLoss),
+        ("not_durable", Durability::ProcessCrash),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut opts = quiet_options(durability);
         // Flushes are part of sustained insert cost: let the background thread do them.
@@ -39,6 +44,34 @@ fn insert(c: &mut Criterion) {
             })
         });
     }
+    // The foreground write path alone: WAL write (no fsync) and memtable, with no
+    // flush running (a fresh gallery every 100 batches, not timed).
+    g.bench_function(BenchmarkId::new("not_durable_no_flush", BATCH), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut opts = quiet_options(Durability::ProcessCrash);
+                opts.gallery.memtable_rows = usize::MAX;
+                let engine = Engine::open(dir.path(), opts).expect("open");
+                let gal = engine.create_gallery("bench").expect("create");
+                let n = (iters - done).min(100);
+                for k in 0..n {
+                    let batch = &batches[(k % 64) as usize];
+                    let mut batch = batch.clone();
+                    for (j, e) in batch.iter_mut().enumerate() {
+                        e.id = k * BATCH as u64 + j as u64;
+                    }
+                    let t = Instant::now();
+                    std::hint::black_box(gal.insert(&batch).expect("insert"));
+                    total += t.elapsed();
+                }
+                done += n;
+            }
+            total
+        })
+    });
     // The bound: the same number of bytes (one WAL record of 1,000 embeddings), written and fdatasync'ed.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
@@ -81,7 +114,10 @@ fn open(c: &mut Criterion) {
     g.sample_size(10);
     let (engine, dir) = cached_gallery(1_000_000);
     drop(engine);
-    for (label, verify) in [("metadata_checksums", VerifyChecksums::Metadata), ("full_checksums", VerifyChecksums::Full)] {
+    for (label, verify) in [
+        ("metadata_checksums", VerifyChecksums::Metadata),
+        ("full_checksums", VerifyChecksums::Full),
+    ] {
         g.bench_function(BenchmarkId::new(label, 1_000_000), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -103,7 +139,11 @@ fn open(c: &mut Criterion) {
 fn memory_bound_sanity(_c: &mut Criterion) {
     // Printed once so the README figures can quote the bound beside the scans.
     let t = memory_read_time(512 << 20, 5);
-    println!("memory read of 512 MiB with all cores: median {:.1} ms ({:.1} GB/s)", t.as_secs_f64() * 1e3, 512.0 * 1.048576 / 1e3 / t.as_secs_f64());
+    println!(
+        "memory read of 512 MiB with all cores: median {:.1} ms ({:.1} GB/s)",
+        t.as_secs_f64() * 1e3,
+        512.0 * 1.048576 / 1e3 / t.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, memory_bound_sanity, insert, search, open);

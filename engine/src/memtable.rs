@@ -31,14 +31,14 @@ impl Default for IdHashBuilder {
 impl BuildHasher for IdHashBuilder {
     type Hasher = IdHasher;
     fn build_hasher(&self) -> IdHasher {
-        IdHasher { key: self.0, h: 0 }
+        IdHasher { h: self.0 }
     }
 }
 
-/// See [`IdHashBuilder`].
+/// See [`IdHashBuilder`]: the state starts from the map's random key, so which
+/// inputs collide depends on a key the client cannot see.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdHasher {
-    key: u64,
     h: u64,
 }
 
@@ -49,10 +49,12 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, x: u64) {
-        self.h ^= x;
+        self.h = (self.h ^ x)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
     }
     fn finish(&self) -> u64 {
-        let mut z = self.h ^ self.key;
+        let mut z = self.h;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -125,7 +127,7 @@ pub(crate) struct MemLoc {
 pub(crate) struct Memtable {
     pub chunks: Vec<MemChunk>,
     index: IdMap<MemLoc>,
-    by_subject: HashMap<Arc<str>, Vec<u64>>,
+    by_subject: HashMap<Arc<str>, Vec<u64>, IdHashBuilder>,
     rows: usize,
 }
 
