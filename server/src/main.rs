@@ -1,1 +1,136 @@
-fn main() {}
+//! `visage-server`: serve a visage data directory over gRPC.
+//!
+//! With no arguments it opens `./visage-data` and listens on `127.0.0.1:50051`.
+//! At startup it prints one line, `visage-server listening on ADDR`, on
+//! stdout (with `--listen 127.0.0.1:0` the port is the one the OS chose).
+//! SIGINT or SIGTERM: stop accepting, finish calls in flight, flush every
+//! gallery, exit 0.
+
+use clap::{Parser, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use visage_engine::{Durability, Engine, EngineOptions};
+use visage_server::{ServerOptions, limits};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// fsync the WAL before acknowledging a write: survives power loss.
+    PowerLoss,
+    /// Write the WAL to the OS before acknowledging, without fsync: survives
+    /// the server process being killed, not an OS crash or power loss.
+    ProcessCrash,
+}
+
+/// Serve visage galleries of 128-d face embeddings over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "visage-server", version, about, long_about = None)]
+struct Args {
+    /// Data directory (created if missing; one server at a time may open it).
+    #[arg(long, env = "VISAGE_DATA_DIR", default_value = "./visage-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at startup).
+    #[arg(long, env = "VISAGE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// What an acknowledged write survives.
+    #[arg(
+        long,
+        env = "VISAGE_DURABILITY",
+        value_enum,
+        default_value = "power-loss"
+    )]
+    durability: DurabilityArg,
+    /// Largest request message in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "VISAGE_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Seconds a shutdown waits for calls in flight before flushing anyway.
+    #[arg(long, env = "VISAGE_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("visage-server: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped with an error");
+            eprintln!("visage-server: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), visage_server::BoxError> {
+    // Install the handlers first: a signal that arrives during startup must
+    // shut down gracefully, not kill the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let mut opts = EngineOptions::default();
+    opts.gallery.durability = match args.durability {
+        DurabilityArg::PowerLoss => Durability::PowerLoss,
+        DurabilityArg::ProcessCrash => Durability::ProcessCrash,
+    };
+    let dir = args.data_dir.clone();
+    tracing::info!(data_dir = %dir.display(), durability = ?args.durability, "opening data directory");
+    let engine = tokio::task::spawn_blocking(move || Engine::open(&dir, opts))
+        .await?
+        .map_err(|e| {
+            format!(
+                "cannot open data directory {}: {e}",
+                args.data_dir.display()
+            )
+        })?;
+    let engine = Arc::new(engine);
+    tracing::info!(
+        galleries = engine.list_galleries().len(),
+        "data directory open"
+    );
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "visage-server listening on {addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, "serving visage.v1.Visage, grpc.health.v1.Health and reflection");
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    let server_opts = ServerOptions {
+        max_message_bytes: args.max_message_bytes,
+        shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+    };
+    visage_server::serve(engine, listener, server_opts, shutdown).await
+}

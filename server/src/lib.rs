@@ -1,0 +1,172 @@
+//! visage-server: the engine over gRPC (`visage.v1.Visage`), with the standard
+//! health service (`grpc.health.v1`) and server reflection (v1 and v1alpha),
+//! so `grpcurl` works without the proto file.
+//!
+//! - [`service`]: the handlers, thin: validate, convert, call the engine on the
+//!   blocking pool, convert back.
+//! - [`status`]: the one mapping from engine errors to status codes.
+//! - [`convert`]: wire ⇄ engine types.
+//! - [`serve`]: run the server until a shutdown signal, then stop accepting,
+//!   finish calls in flight, flush every gallery.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod convert;
+pub mod service;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use visage_engine::Engine;
+use visage_proto::v1::visage_server::VisageServer;
+
+pub use service::VisageService;
+
+/// Limits the server adds to the engine's (documented in the proto file).
+pub mod limits {
+    /// Largest number of ids in one Get.
+    pub const MAX_GET_IDS: usize = 100_000;
+    /// Largest `queries × k` (Search) or `probes × k` (Identify) in one request.
+    pub const MAX_RESULTS: usize = 1_000_000;
+    /// Default largest request message, in bytes.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+}
+
+/// Any error that stops the server.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Settings of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request message in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// How long a shutdown waits for calls in flight before flushing anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_message_bytes: limits::DEFAULT_MAX_MESSAGE_BYTES,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// tonic reports an oversized request as OUT_OF_RANGE; gRPC (and our
+/// contract) say RESOURCE_EXHAUSTED. Rewrites trailers-only error responses.
+fn rewrite_oversized<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    if let Some(s) = Status::from_header_map(resp.headers())
+        && s.code() == tonic::Code::OutOfRange
+    {
+        let fixed = service::oversized(s);
+        if fixed.code() != tonic::Code::OutOfRange
+            && let Err(e) = fixed.add_header(resp.headers_mut())
+        {
+            tracing::warn!(error = %e, "could not rewrite an oversized-message status");
+        }
+    }
+    resp
+}
+
+/// Serve `engine` on `listener` until `signal` completes, then shut down
+/// gracefully: stop accepting connections, let calls in flight finish (up to
+/// `opts.shutdown_grace`), stop streaming inserts between messages, and flush
+/// every gallery. Returns an error if the server failed or a flush failed.
+pub async fn serve<F>(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    opts: ServerOptions,
+    signal: F,
+) -> Result<(), BoxError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // The engine (and so the data directory) is open: serving.
+    health.set_serving::<VisageServer<VisageService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(visage_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(visage_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let visage = VisageServer::new(VisageService::new(engine.clone(), stop_rx.clone()))
+        .max_decoding_message_size(opts.max_message_bytes);
+
+    let router = Server::builder()
+        // Batches of a thousand embeddings are half a megabyte: open the
+        // HTTP/2 windows so a batch does not wait for window updates.
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(rewrite_oversized))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(visage);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut stop_wait = stop_rx.clone();
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop_wait.wait_for(|stop| *stop).await;
+    }));
+
+    tokio::select! {
+        () = signal => {}
+        r = &mut server => {
+            // The server stopped on its own: an error (it only stops on the signal otherwise).
+            r??;
+            return Err("server stopped unexpectedly".into());
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing calls in flight");
+    health
+        .set_not_serving::<VisageServer<VisageService>>()
+        .await;
+    let _ = stop_tx.send(true);
+    let mut failure: Option<BoxError> = None;
+    match tokio::time::timeout(opts.shutdown_grace, &mut server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("all calls finished"),
+        Ok(Ok(Err(e))) => failure = Some(e.into()),
+        Ok(Err(e)) => failure = Some(e.into()),
+        Err(_) => {
+            tracing::warn!(grace = ?opts.shutdown_grace, "calls still in flight after the grace period; flushing anyway (unacknowledged calls may be lost)");
+            server.abort();
+        }
+    }
+    let flushed = tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        for name in engine.list_galleries() {
+            let Ok(g) = engine.gallery(&name) else { continue };
+            match g.flush() {
+                Ok(r) => tracing::info!(gallery = %name, live = r.after.live, segments = r.after.segments, "flushed"),
+                Err(e) => {
+                    tracing::error!(gallery = %name, error = %e, "flush at shutdown failed (the WAL still holds every acknowledged write)");
+                    errors.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        errors
+    })
+    .await?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if !flushed.is_empty() {
+        return Err(format!("flush at shutdown failed: {}", flushed.join("; ")).into());
+    }
+    Ok(())
+}

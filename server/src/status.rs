@@ -1,0 +1,300 @@
+//! The one mapping from engine errors to gRPC status codes.
+//!
+//! Every [`visage_engine::Error`] variant is matched explicitly (no wildcard),
+//! so a new engine error cannot reach a client without a decision here. The
+//! message is the engine's `Display` text, which names the field and, in a
+//! batch, the position (`embeddings[3]: expected 128 values, got 127`).
+
+use tonic::{Code, Status};
+use visage_engine::Error;
+
+/// An error on its way to the client: always a gRPC status.
+///
+/// Handlers return `Result<T, ApiError>` so `?` converts engine errors through
+/// [`status_of`] and nothing else.
+#[derive(Debug)]
+pub struct ApiError(pub Status);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(status_of(&e))
+    }
+}
+
+impl From<Status> for ApiError {
+    fn from(s: Status) -> Self {
+        ApiError(s)
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        e.0
+    }
+}
+
+/// The status code for an engine error.
+pub fn code_of(e: &Error) -> Code {
+    match e {
+        Error::DimensionMismatch { .. }
+        | Error::NonFiniteValue { .. }
+        | Error::InvalidSubject { .. }
+        | Error::DuplicateId { .. }
+        | Error::InvalidName { .. }
+        | Error::InvalidArgument(_) => Code::InvalidArgument,
+        // `k` too large is a bad argument, not a lack of resources.
+        Error::TooLarge { what: "k", .. } => Code::InvalidArgument,
+        Error::TooLarge { .. } => Code::ResourceExhausted,
+        Error::GalleryNotFound(_) => Code::NotFound,
+        Error::GalleryExists(_) => Code::AlreadyExists,
+        Error::Locked { .. } => Code::FailedPrecondition,
+        Error::ChecksumMismatch { .. }
+        | Error::Corruption { .. }
+        | Error::UnsupportedVersion { .. } => Code::DataLoss,
+        Error::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
+        Error::Io { .. } => Code::Internal,
+        Error::Poisoned { .. } if e.is_no_space() => Code::ResourceExhausted,
+        Error::Poisoned { .. } => Code::Unavailable,
+        Error::Closed => Code::Unavailable,
+    }
+}
+
+/// The status for an engine error: its code and its message.
+pub fn status_of(e: &Error) -> Status {
+    let code = code_of(e);
+    if e.is_caller_error() {
+        tracing::debug!(error = %e, ?code, "request rejected");
+    } else {
+        tracing::error!(error = %e, ?code, "request failed");
+    }
+    Status::new(code, e.to_string())
+}
+
+/// An engine error about request field `field`: the message starts with the field.
+pub fn at(field: &str, e: Error) -> ApiError {
+    let s = status_of(&e);
+    ApiError(Status::new(s.code(), format!("{field}: {}", s.message())))
+}
+
+/// Rename the request field an engine error refers to.
+///
+/// The engine names batch fields generically (`probes`); a request whose field
+/// is called otherwise (`queries` in Search) renames it so the message points
+/// at the field the client actually filled in.
+pub fn in_field(e: Error, field: &'static str) -> Error {
+    match e {
+        Error::DimensionMismatch {
+            index,
+            expected,
+            got,
+            ..
+        } => Error::DimensionMismatch {
+            what: field,
+            index,
+            expected,
+            got,
+        },
+        Error::NonFiniteValue {
+            index,
+            position,
+            value,
+            ..
+        } => Error::NonFiniteValue {
+            what: field,
+            index,
+            position,
+            value,
+        },
+        Error::InvalidSubject { index, reason, .. } => Error::InvalidSubject {
+            what: field,
+            index,
+            reason,
+        },
+        Error::TooLarge {
+            what: "k",
+            got,
+            limit,
+        } => Error::TooLarge {
+            what: "k",
+            got,
+            limit,
+        },
+        Error::TooLarge { got, limit, .. } => Error::TooLarge {
+            what: field,
+            got,
+            limit,
+        },
+        other => other,
+    }
+}
+
+/// INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError(Status::invalid_argument(format!("{field}: {msg}")))
+}
+
+/// RESOURCE_EXHAUSTED naming `field`.
+pub fn too_large(field: &str, got: usize, limit: usize) -> ApiError {
+    ApiError(Status::resource_exhausted(format!(
+        "{field}: {got} exceeds the limit of {limit}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn io(kind: i32) -> Error {
+        Error::Io {
+            path: PathBuf::from("/x"),
+            source: std::io::Error::from_raw_os_error(kind),
+        }
+    }
+
+    #[test]
+    fn every_variant_has_the_documented_code() {
+        let cases: Vec<(Error, Code)> = vec![
+            (
+                Error::DimensionMismatch {
+                    what: "embeddings",
+                    index: 3,
+                    expected: 128,
+                    got: 127,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::NonFiniteValue {
+                    what: "probes",
+                    index: 0,
+                    position: 5,
+                    value: f32::NAN,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::InvalidSubject {
+                    what: "embeddings",
+                    index: 1,
+                    reason: "is empty".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::DuplicateId {
+                    id: 1,
+                    first: 0,
+                    second: 2,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::InvalidName {
+                    name: String::new(),
+                    reason: "is empty",
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::InvalidArgument("k must be at least 1".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::TooLarge {
+                    what: "k",
+                    got: 20_000,
+                    limit: 10_000,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::TooLarge {
+                    what: "embeddings",
+                    got: 200_000,
+                    limit: 100_000,
+                },
+                Code::ResourceExhausted,
+            ),
+            (Error::GalleryNotFound("x".into()), Code::NotFound),
+            (Error::GalleryExists("x".into()), Code::AlreadyExists),
+            (
+                Error::Locked {
+                    path: PathBuf::from("/x/LOCK"),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::ChecksumMismatch {
+                    path: PathBuf::from("/x"),
+                    section: "header".into(),
+                    expected: 1,
+                    got: 2,
+                },
+                Code::DataLoss,
+            ),
+            (
+                Error::Corruption {
+                    path: PathBuf::from("/x"),
+                    offset: 0,
+                    reason: "bad".into(),
+                },
+                Code::DataLoss,
+            ),
+            (
+                Error::UnsupportedVersion {
+                    path: PathBuf::from("/x"),
+                    found: 9,
+                    oldest: 1,
+                    newest: 1,
+                },
+                Code::DataLoss,
+            ),
+            (io(28), Code::ResourceExhausted),
+            (io(5), Code::Internal),
+            (
+                Error::Poisoned {
+                    gallery: "g".into(),
+                    reason: "WAL write failed: No space left on device (os error 28)".into(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Poisoned {
+                    gallery: "g".into(),
+                    reason: "injected fsync failure".into(),
+                },
+                Code::Unavailable,
+            ),
+            (Error::Closed, Code::Unavailable),
+        ];
+        for (e, code) in cases {
+            let s = status_of(&e);
+            assert_eq!(s.code(), code, "{e}");
+            assert_eq!(s.message(), e.to_string());
+        }
+    }
+
+    #[test]
+    fn renaming_the_field_changes_the_message() {
+        let e = in_field(
+            Error::DimensionMismatch {
+                what: "probes",
+                index: 2,
+                expected: 128,
+                got: 3,
+            },
+            "queries",
+        );
+        assert_eq!(e.to_string(), "queries[2]: expected 128 values, got 3");
+        let k = in_field(
+            Error::TooLarge {
+                what: "k",
+                got: 5,
+                limit: 1,
+            },
+            "queries",
+        );
+        assert_eq!(k.to_string(), "k: 5 exceeds the limit of 1");
+    }
+}
