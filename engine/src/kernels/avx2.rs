@@ -72,3 +72,59 @@ pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
         ));
     }
 }
+
+/// Weighted L1 of equal-length slices.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn wl1(w: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    let n = w.len().min(a.len()).min(b.len());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let d = _mm256_andnot_ps(
+                sign,
+                _mm256_sub_ps(load8(a, i + 8 * j), load8(b, i + 8 * j)),
+            );
+            *acc = _mm256_fmadd_ps(load8(w, i + 8 * j), d, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let d = _mm256_andnot_ps(sign, _mm256_sub_ps(load8(a, i), load8(b, i)));
+        acc[0] = _mm256_fmadd_ps(load8(w, i), d, acc[0]);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += w[i] * (a[i] - b[i]).abs();
+        i += 1;
+    }
+    s
+}
+
+/// Weighted L1 from `q` to each row: probe and weights stay in registers.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut qv = [_mm256_setzero_ps(); DIM / 8];
+    let mut wv = [_mm256_setzero_ps(); DIM / 8];
+    for j in 0..DIM / 8 {
+        qv[j] = load8(q, 8 * j);
+        wv[j] = load8(w, 8 * j);
+    }
+    for (o, r) in out.iter_mut().zip(rows) {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for j in 0..DIM / 8 {
+            let d = _mm256_andnot_ps(sign, _mm256_sub_ps(load8(r, 8 * j), qv[j]));
+            acc[j % 4] = _mm256_fmadd_ps(wv[j], d, acc[j % 4]);
+        }
+        *o = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+    }
+}

@@ -111,6 +111,48 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Weighted L1 distance `Σ w_k·|a_k − b_k|` of equal-length slices: the
+    /// head's score before its bias.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[inline]
+    pub fn wl1(self, w: &[f32], a: &[f32], b: &[f32]) -> f32 {
+        assert!(
+            w.len() == a.len() && a.len() == b.len(),
+            "wl1 of slices of different lengths"
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx512 if self.is_available() => unsafe { avx512::wl1(w, a, b) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::wl1(w, a, b) },
+            _ => scalar::wl1(w, a, b),
+        }
+    }
+
+    /// Weighted L1 from `q` to each row, written to `out[i]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `rows`.
+    #[inline]
+    pub fn wl1_many(self, w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+        let out = &mut out[..rows.len()];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx512 if self.is_available() => unsafe { avx512::wl1_many(w, q, rows, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::wl1_many(w, q, rows, out) },
+            _ => scalar::wl1_many(w, q, rows, out),
+        }
+    }
+}
+
 /// The implementation used by the engine: the best available, chosen once.
 /// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
 /// can force a slower one for testing; an unavailable choice is ignored.
@@ -158,8 +200,16 @@ mod tests {
             let a: Vec<f32> = (0..len).map(|i| (i % 13) as f32 - 6.0).collect();
             let b: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
             let want: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            let w: Vec<f32> = (0..len).map(|i| (i % 5) as f32 - 2.0).collect();
+            let want_wl1: f32 = w
+                .iter()
+                .zip(&a)
+                .zip(&b)
+                .map(|((w, x), y)| w * (x - y).abs())
+                .sum();
             for k in Kernel::available() {
                 assert_eq!(k.l2sq(&a, &b), want, "{} len {len}", k.name());
+                assert_eq!(k.wl1(&w, &a, &b), want_wl1, "{} wl1 len {len}", k.name());
             }
         }
     }
@@ -177,6 +227,44 @@ mod tests {
             for k in Kernel::available() {
                 let got = k.l2sq(&a, &b);
                 prop_assert!(close(got, want), "{}: {got} vs {want} (len {})", k.name(), a.len());
+            }
+        }
+
+        #[test]
+        fn every_wl1_kernel_matches_scalar(
+            (w, a, b) in (0usize..400).prop_flat_map(|n| (
+                prop::collection::vec(-3.0f32..3.0, n),
+                prop::collection::vec(-100.0f32..100.0, n),
+                prop::collection::vec(-100.0f32..100.0, n),
+            ))
+        ) {
+            let want = scalar::wl1(&w, &a, &b);
+            // Weighted sums cancel: scale the tolerance by the sum of magnitudes.
+            let mag: f32 = w.iter().zip(&a).zip(&b).map(|((w, x), y)| (w * (x - y)).abs()).sum();
+            for k in Kernel::available() {
+                let got = k.wl1(&w, &a, &b);
+                prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{}: {got} vs {want}", k.name());
+            }
+        }
+
+        #[test]
+        fn every_wl1_many_kernel_matches_scalar(
+            w in prop::collection::vec(-3.0f32..3.0, DIM),
+            q in prop::collection::vec(-10.0f32..10.0, DIM),
+            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..20),
+        ) {
+            let w: [f32; DIM] = w.try_into().unwrap();
+            let q: [f32; DIM] = q.try_into().unwrap();
+            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            for k in Kernel::available() {
+                let mut got = vec![f32::NAN; rows.len() + 2];
+                k.wl1_many(&w, &q, &rows, &mut got);
+                for (i, r) in rows.iter().enumerate() {
+                    let want = scalar::wl1(&w, &q, r);
+                    let mag: f32 = w.iter().zip(&q).zip(r).map(|((w, x), y)| (w * (x - y)).abs()).sum();
+                    prop_assert!((got[i] - want).abs() <= 1e-4 * mag.max(1.0), "{} row {i}", k.name());
+                }
+                prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
         }
 
