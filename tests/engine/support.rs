@@ -6,6 +6,8 @@
 //! model) so that it shares no code or shortcut with the engine.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use visage_engine::{DIM, Embedding, EngineOptions, Hit};
 use visage_tests::{Rng, l2sq_f64};
 
@@ -18,6 +20,11 @@ pub fn opts(background: bool, memtable_rows: usize) -> EngineOptions {
     o.gallery.background = background;
     o.gallery.memtable_rows = memtable_rows;
     o
+}
+
+/// A seed derived from two numbers (splitmix of a mix), for per-item data.
+pub fn mix(a: u64, b: u64) -> u64 {
+    Rng(a ^ b.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()
 }
 
 /// A vector of multiples of 1/4 in [-4, 4], with the occasional `-0.0`.
@@ -323,5 +330,16 @@ pub fn check_identify(
             c.ambiguous += 1;
         }
     }
+    c
+}
+
+/// A command re-running this test binary with only the test `name`
+/// (module path inside the binary, e.g. `crash::child`), for tests that need
+/// a second process. The child recognises its role by an environment variable
+/// the caller sets.
+pub fn rerun_self(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let mut c = Command::new(exe);
+    c.args([name, "--exact", "--nocapture", "--test-threads=1"]);
     c
 }
