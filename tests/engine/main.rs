@@ -2,6 +2,7 @@
 
 mod basic;
 mod crash;
+mod lock;
 mod model;
 mod search;
 mod support;

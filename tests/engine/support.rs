@@ -333,6 +333,24 @@ pub fn check_identify(
     c
 }
 
+/// Every regular file under `dir`, recursively.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A command re-running this test binary with only the test `name`
 /// (module path inside the binary, e.g. `crash::child`), for tests that need
 /// a second process. The child recognises its role by an environment variable
