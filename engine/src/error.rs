@@ -80,6 +80,13 @@ pub enum Error {
         /// Limit.
         limit: usize,
     },
+    /// Caller error: the request needs something the gallery does not have yet
+    /// (e.g. ranking by the head before a head is trained).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Caller error: an embedding id or subject named by the request does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Caller error: no gallery of that name.
     #[error("gallery {0:?} does not exist")]
     GalleryNotFound(String),
@@ -171,6 +178,8 @@ impl Error {
                 | Error::InvalidArgument(_)
                 | Error::TooLarge { .. }
                 | Error::GalleryNotFound(_)
+                | Error::FailedPrecondition(_)
+                | Error::NotFound(_)
                 | Error::GalleryExists(_)
         )
     }

@@ -24,6 +24,7 @@
 use crate::compaction::{self, CompactionPolicy, SegmentStat};
 use crate::error::{Error, Result};
 use crate::format::{self, ManifestData, ManifestSegment, WalOp};
+use crate::head::{self, HeadInfo, TrainOptions, sigmoid};
 use crate::memtable::{Chunk, MemChunk, MemLoc, Memtable};
 use crate::segment::{self, RowRef, Segment, VerifyChecksums};
 use crate::tombstones::Tombstones;
@@ -120,6 +121,143 @@ pub struct MaintenanceReport {
     pub after: GalleryStats,
 }
 
+/// What to rank search results by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RankBy {
+    /// Squared L2 distance, smallest first.
+    #[default]
+    Distance,
+    /// The head's probability, highest first (needs a trained head).
+    Head,
+}
+
+/// Parameters of a search.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    /// Results per probe.
+    pub k: usize,
+    /// Ranking.
+    pub rank_by: RankBy,
+    /// Drop hits farther than this (squared L2).
+    pub max_distance: Option<f32>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            k: 10,
+            rank_by: RankBy::Distance,
+            max_distance: None,
+        }
+    }
+}
+
+/// Parameters of open-set identification.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdentifyOptions {
+    /// Candidate subjects per probe.
+    pub k: usize,
+    /// Accept the best candidate only at or above this probability (needs a head).
+    pub min_probability: Option<f32>,
+    /// Accept the best candidate only within this squared distance.
+    pub max_distance: Option<f32>,
+}
+
+impl Default for IdentifyOptions {
+    fn default() -> Self {
+        IdentifyOptions {
+            k: 5,
+            min_probability: None,
+            max_distance: None,
+        }
+    }
+}
+
+/// The answer to "who is this?" for one probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identification {
+    /// Whether the best candidate passed the threshold.
+    pub known: bool,
+    /// The best candidate's subject when known.
+    pub subject: Option<String>,
+    /// The best subjects, each with its best-matching embedding.
+    pub candidates: Vec<Hit>,
+}
+
+/// What a probe is verified against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VerifyTarget {
+    /// Another vector.
+    Vector(Vec<f32>),
+    /// An enrolled embedding.
+    Id(u64),
+    /// Every embedding of a subject (the best counts).
+    Subject(String),
+}
+
+/// One verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyPair {
+    /// The probe.
+    pub a: Vec<f32>,
+    /// What it is compared with.
+    pub b: VerifyTarget,
+}
+
+/// Decision overrides for verification.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct VerifyOptions {
+    /// Same iff probability ≥ this (needs a head).
+    pub min_probability: Option<f32>,
+    /// Same iff squared distance ≤ this.
+    pub max_distance: Option<f32>,
+}
+
+/// The answer to "is this the same person?".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The decision.
+    pub same: bool,
+    /// The head's probability (when trained).
+    pub probability: Option<f32>,
+    /// Squared L2 distance (to the best embedding, for a subject).
+    pub distance: f32,
+    /// The embedding compared with, for an id or a subject.
+    pub matched_id: Option<u64>,
+}
+
+enum Target<'a> {
+    Vector([f32; DIM]),
+    Id(u64),
+    Subject(&'a str),
+}
+
+/// A decision rule: accept iff logit ≥ t, or distance ≤ t.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Logit(f32),
+    Distance(f32),
+}
+
+impl Decision {
+    fn accepts(
+        &self,
+        best: &Hit,
+        head: Option<&HeadInfo>,
+        q: &[f32; DIM],
+        snap: &Snapshot,
+        c: &search::Cand,
+    ) -> bool {
+        match *self {
+            Decision::Distance(t) => best.distance <= t,
+            Decision::Logit(t) => head.filter(|h| h.trained).is_some_and(|h| {
+                let v = &snap.vectors(c.src as usize)[c.row as usize];
+                h.logit(q, v) >= t
+            }),
+        }
+    }
+}
+
 /// A segment with its tombstones.
 #[derive(Debug, Clone)]
 pub(crate) struct SegState {
@@ -205,12 +343,51 @@ impl Snapshot {
         }
         set.len()
     }
-    fn hit(&self, c: &search::Cand) -> Hit {
+    /// A result row: exact distance to the probe, and the head's probability when trained.
+    fn hit(
+        &self,
+        c: &search::Cand,
+        probe: &[f32; DIM],
+        head: Option<&HeadInfo>,
+        metric_is_l2: bool,
+    ) -> Hit {
+        let (s, r) = (c.src as usize, c.row as usize);
+        let v = &self.vectors(s)[r];
+        let distance = if metric_is_l2 {
+            c.dist
+        } else {
+            crate::kernels::l2sq(probe, v)
+        };
         Hit {
             id: c.id,
-            subject: self.subject(c.src as usize, c.row as usize).to_owned(),
-            distance: c.dist,
+            subject: self.subject(s, r).to_owned(),
+            distance,
+            probability: head
+                .filter(|h| h.trained)
+                .map(|h| sigmoid(h.logit(probe, v))),
         }
+    }
+    /// Live rows of `subject`.
+    fn subject_rows(&self, subject: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (i, ss) in self.segments.iter().enumerate() {
+            out.extend(
+                ss.seg
+                    .subject_rows(subject)
+                    .iter()
+                    .map(|&r| r as usize)
+                    .filter(|&r| !ss.tomb.get(r))
+                    .map(|r| (i, r)),
+            );
+        }
+        for (j, c) in self.chunks.iter().enumerate() {
+            for (r, s) in c.chunk.subjects.iter().enumerate() {
+                if &**s == subject && !c.tomb.get(r) {
+                    out.push((self.segments.len() + j, r));
+                }
+            }
+        }
+        out
     }
     fn get(&self, id: u64) -> Option<Embedding> {
         for c in self.chunks.iter().rev() {
@@ -446,6 +623,8 @@ pub struct Gallery {
     closed: AtomicBool,
     signal: Arc<Signal>,
     fail_next_sync: AtomicBool,
+    head: RwLock<Option<Arc<HeadInfo>>>,
+    head_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Gallery {
@@ -462,6 +641,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // our purposes (all mutations are completed before publication).
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Name of the head file.
+pub(crate) const HEAD: &str = "HEAD";
 
 /// Name of the manifest file.
 pub(crate) const MANIFEST: &str = "MANIFEST";
@@ -605,17 +787,21 @@ impl Gallery {
                 tracing::info!(file = %path.display(), "removing temporary file left by an interrupted write");
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             } else if let Some(n) = parse_file_no(&fname, "seg-", ".vseg") {
-                max_no = max_no.max(n);
-                if !listed.contains(&n) {
+                // Only kept files reserve their numbers: a removed orphan cannot
+                // collide, and a stray `seg-ffffffffffffffff.vseg` must not push
+                // the counter to overflow.
+                if listed.contains(&n) {
+                    max_no = max_no.max(n);
+                } else {
                     tracing::info!(file = %path.display(), "removing segment not in the manifest (interrupted flush or compaction)");
                     std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 }
             } else if let Some(n) = parse_file_no(&fname, "wal-", ".log") {
-                max_no = max_no.max(n);
                 if n < manifest.wal_start {
                     tracing::info!(file = %path.display(), "removing WAL already covered by segments");
                     std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 } else {
+                    max_no = max_no.max(n);
                     wals.push(n);
                 }
             }
@@ -631,7 +817,7 @@ impl Gallery {
                 ),
             ));
         }
-        let next_file_no = manifest.next_file_no.max(max_no + 1);
+        let next_file_no = manifest.next_file_no.max(max_no.saturating_add(1));
         // Replay.
         let mut active = Memtable::default();
         let mut tmp = WriteState {
@@ -674,6 +860,14 @@ impl Gallery {
         if let Some(w) = writer {
             tmp.wal = w;
         }
+        let head_path = dir.join(HEAD);
+        let head_info = match std::fs::read(&head_path) {
+            Ok(bytes) => Some(HeadInfo::from_data(&format::decode_head(
+                &head_path, &bytes,
+            )?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&head_path, e)),
+        };
         let snapshot = Arc::new(tmp.snapshot());
         let gallery = Arc::new(Gallery {
             name: name.to_owned(),
@@ -688,6 +882,8 @@ impl Gallery {
             closed: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
             fail_next_sync: AtomicBool::new(false),
+            head: RwLock::new(head_info.map(Arc::new)),
+            head_lock: Mutex::new(()),
         });
         if gallery.opts.background {
             let weak = Arc::downgrade(&gallery);
@@ -999,23 +1195,282 @@ impl Gallery {
 
     /// Exact top-`k` embeddings for each probe, ascending by (distance, id).
     pub fn search<P: AsRef<[f32]>>(&self, probes: &[P], k: usize) -> Result<Vec<Vec<Hit>>> {
-        let probes = check_probes(probes, k, MAX_K)?;
+        self.search_with(
+            probes,
+            &SearchOptions {
+                k,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Exact top-`k` by distance or by the head's score, optionally only hits
+    /// within `max_distance`.
+    pub fn search_with<P: AsRef<[f32]>>(
+        &self,
+        probes: &[P],
+        opts: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let probes = check_probes(probes, opts.k, MAX_K)?;
+        let head = self.head();
         let snap = self.snapshot();
-        Ok(search::top_k(&snap, &probes, k)
+        let w;
+        let metric = match opts.rank_by {
+            RankBy::Distance => search::Metric::L2,
+            RankBy::Head => {
+                let h = head.as_ref().filter(|h| h.trained).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "gallery {:?} has no trained head: call TrainHead before ranking by HEAD",
+                        self.name
+                    ))
+                })?;
+                w = h.weight_array();
+                search::Metric::Head(&w)
+            }
+        };
+        let is_l2 = matches!(metric, search::Metric::L2);
+        Ok(search::top_k(&snap, &probes, opts.k, metric)
             .into_iter()
-            .map(|cs| cs.iter().map(|c| snap.hit(c)).collect())
+            .zip(&probes)
+            .map(|(cs, q)| {
+                cs.iter()
+                    .map(|c| snap.hit(c, q, head.as_deref(), is_l2))
+                    .filter(|h| opts.max_distance.is_none_or(|m| h.distance <= m))
+                    .collect()
+            })
             .collect())
     }
 
     /// For each probe, the `k` best distinct subjects, each with its best-matching
-    /// embedding, ranked exactly as a brute-force scan ranks them.
+    /// embedding, ranked by distance exactly as a brute-force scan ranks them.
     pub fn identify<P: AsRef<[f32]>>(&self, probes: &[P], k: usize) -> Result<Vec<Vec<Hit>>> {
         let probes = check_probes(probes, k, MAX_IDENTIFY_K)?;
+        let head = self.head();
         let snap = self.snapshot();
-        Ok(search::identify(&snap, &probes, k)
+        Ok(search::identify(&snap, &probes, k, search::Metric::L2)
             .into_iter()
-            .map(|cs| cs.iter().map(|c| snap.hit(c)).collect())
+            .zip(&probes)
+            .map(|(cs, q)| {
+                cs.iter()
+                    .map(|c| snap.hit(c, q, head.as_deref(), true))
+                    .collect()
+            })
             .collect())
+    }
+
+    /// Open-set identification: the `k` best subjects (ranked by the head's
+    /// probability when a head is trained, else by distance), and whether the
+    /// best passes the decision threshold (the request's `min_probability` or
+    /// `max_distance`, else the gallery's calibrated one).
+    pub fn identify_open<P: AsRef<[f32]>>(
+        &self,
+        probes: &[P],
+        opts: &IdentifyOptions,
+    ) -> Result<Vec<Identification>> {
+        let probes = check_probes(probes, opts.k, MAX_IDENTIFY_K)?;
+        let decision = self.decision(opts.min_probability, opts.max_distance)?;
+        let head = self.head();
+        let snap = self.snapshot();
+        let w = head
+            .as_ref()
+            .map(|h| h.weight_array())
+            .unwrap_or([0.0; DIM]);
+        let trained = head.as_ref().is_some_and(|h| h.trained);
+        let metric = if trained {
+            search::Metric::Head(&w)
+        } else {
+            search::Metric::L2
+        };
+        Ok(search::identify(&snap, &probes, opts.k, metric)
+            .into_iter()
+            .zip(&probes)
+            .map(|(cs, q)| {
+                let candidates: Vec<Hit> = cs
+                    .iter()
+                    .map(|c| snap.hit(c, q, head.as_deref(), !trained))
+                    .collect();
+                let known = candidates
+                    .first()
+                    .is_some_and(|best| decision.accepts(best, head.as_deref(), q, &snap, &cs[0]));
+                Identification {
+                    known,
+                    subject: if known {
+                        candidates.first().map(|c| c.subject.clone())
+                    } else {
+                        None
+                    },
+                    candidates,
+                }
+            })
+            .collect())
+    }
+
+    /// 1:1 verification of each pair: probability (with a head), distance, and the decision.
+    /// Against a subject, the best over that subject's embeddings counts.
+    pub fn verify(&self, pairs: &[VerifyPair], opts: &VerifyOptions) -> Result<Vec<Verdict>> {
+        if pairs.len() > MAX_PROBES {
+            return Err(Error::TooLarge {
+                what: "pairs",
+                got: pairs.len(),
+                limit: MAX_PROBES,
+            });
+        }
+        let mut checked = Vec::with_capacity(pairs.len());
+        for (i, p) in pairs.iter().enumerate() {
+            let a = check_vector("pairs.a", i, &p.a)?;
+            let b = match &p.b {
+                VerifyTarget::Vector(v) => Target::Vector(check_vector("pairs.b", i, v)?),
+                VerifyTarget::Id(id) => Target::Id(*id),
+                VerifyTarget::Subject(s) => {
+                    check_subject("pairs", i, s)?;
+                    Target::Subject(s.as_str())
+                }
+            };
+            checked.push((a, b));
+        }
+        let decision = self.decision(opts.min_probability, opts.max_distance)?;
+        let head = self.head();
+        let head = head.as_deref().filter(|h| h.trained);
+        let snap = self.snapshot();
+        let mut out = Vec::with_capacity(pairs.len());
+        for (i, (a, b)) in checked.iter().enumerate() {
+            let score = |v: &[f32; DIM]| -> (f32, Option<f32>) {
+                (crate::kernels::l2sq(a, v), head.map(|h| h.logit(a, v)))
+            };
+            let best: Option<(f32, Option<f32>, Option<u64>)> = match b {
+                Target::Vector(v) => {
+                    let (d, l) = score(v);
+                    Some((d, l, None))
+                }
+                Target::Id(id) => {
+                    let e = snap.get(*id).ok_or_else(|| {
+                        Error::NotFound(format!("pairs[{i}].id: no embedding with id {id}"))
+                    })?;
+                    let v = check_vector("stored", 0, &e.vector)?;
+                    let (d, l) = score(&v);
+                    Some((d, l, Some(*id)))
+                }
+                Target::Subject(s) => {
+                    let rows = snap.subject_rows(s);
+                    if rows.is_empty() {
+                        return Err(Error::NotFound(format!(
+                            "pairs[{i}].subject: no embedding of subject {s:?}"
+                        )));
+                    }
+                    rows.iter()
+                        .map(|&(src, r)| {
+                            let (d, l) = score(&snap.vectors(src)[r]);
+                            (d, l, Some(snap.id(src, r)))
+                        })
+                        .min_by(|x, y| match (x.1, y.1) {
+                            // Best = highest logit with a head, else smallest distance; ties by id.
+                            (Some(lx), Some(ly)) => ly.total_cmp(&lx).then(x.2.cmp(&y.2)),
+                            _ => x.0.total_cmp(&y.0).then(x.2.cmp(&y.2)),
+                        })
+                }
+            };
+            let Some((distance, logit, matched)) = best else {
+                continue;
+            };
+            let same = match decision {
+                Decision::Logit(t) => logit.is_some_and(|l| l >= t),
+                Decision::Distance(t) => distance <= t,
+            };
+            out.push(Verdict {
+                same,
+                probability: logit.map(sigmoid),
+                distance,
+                matched_id: matched,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The threshold decisions use: request overrides first, then the calibrated one.
+    fn decision(
+        &self,
+        min_probability: Option<f32>,
+        max_distance: Option<f32>,
+    ) -> Result<Decision> {
+        let head = self.head();
+        if let Some(p) = min_probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::InvalidArgument(format!(
+                    "min_probability must be in [0, 1], got {p}"
+                )));
+            }
+            if !head.as_ref().is_some_and(|h| h.trained) {
+                return Err(Error::FailedPrecondition(format!(
+                    "min_probability needs a trained head, and gallery {:?} has none: train one or pass max_distance",
+                    self.name
+                )));
+            }
+            let logit = if p <= 0.0 {
+                f32::NEG_INFINITY
+            } else if p >= 1.0 {
+                f32::INFINITY
+            } else {
+                (p / (1.0 - p)).ln()
+            };
+            return Ok(Decision::Logit(logit));
+        }
+        if let Some(d) = max_distance {
+            if !(d >= 0.0) || !d.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "max_distance must be finite and at least 0, got {d}"
+                )));
+            }
+            return Ok(Decision::Distance(d));
+        }
+        match head.as_deref() {
+            Some(h) if h.trained => Ok(Decision::Logit(h.logit_threshold)),
+            Some(h) => Ok(Decision::Distance(h.distance_threshold)),
+            None => {
+                // No threshold yet: calibrate the distance threshold now from the gallery's own pairs.
+                let h = self.calibrate(&TrainOptions::default()).map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "gallery {:?} has no calibrated threshold and could not calibrate one ({e}); pass max_distance or min_probability",
+                        self.name
+                    ))
+                })?;
+                Ok(Decision::Distance(h.distance_threshold))
+            }
+        }
+    }
+
+    /// The gallery's head and calibration, if any.
+    pub fn head(&self) -> Option<Arc<HeadInfo>> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Train the scoring head on the gallery's own labels, calibrate it and
+    /// the distance threshold at `opts.target_far`, and persist both
+    /// (replacing any previous head atomically).
+    pub fn train_head(&self, opts: &TrainOptions) -> Result<HeadInfo> {
+        self.train_or_calibrate(opts, true)
+    }
+
+    /// Calibrate only the distance threshold (keeping a trained head, if any).
+    pub fn calibrate(&self, opts: &TrainOptions) -> Result<HeadInfo> {
+        self.train_or_calibrate(opts, false)
+    }
+
+    fn train_or_calibrate(&self, opts: &TrainOptions, fit: bool) -> Result<HeadInfo> {
+        let _h = lock(&self.head_lock);
+        self.check_writable()?;
+        let snap = self.snapshot();
+        let previous = self.head();
+        let info = head::train(&snap, opts, fit, previous.as_deref())?;
+        let path = self.dir.join(HEAD);
+        match crate::fs::atomic_write(&path, &format::encode_head(&info.to_data())) {
+            Ok(()) => {}
+            Err(e) if e.renamed => {
+                return Err(self.set_poison(format!("head directory sync failed: {}", e.error)));
+            }
+            Err(e) => return Err(e.error),
+        }
+        *self.head.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(info.clone()));
+        Ok(info)
     }
 
     /// Current statistics.

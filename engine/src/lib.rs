@@ -24,11 +24,13 @@ mod error;
 pub mod format;
 pub mod fs;
 pub mod gallery;
+pub mod head;
 pub mod kernels;
 mod memtable;
 mod mmap;
 mod search;
 mod segment;
+pub mod synth;
 mod tombstones;
 mod wal;
 
@@ -36,9 +38,11 @@ pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name};
 pub use error::{Error, Result};
 pub use gallery::{
-    Durability, Gallery, GalleryOptions, GalleryStats, InsertOutcome, MAX_DELETE_BATCH,
-    MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES, MaintenanceReport,
+    Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
+    InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,
+    MaintenanceReport, RankBy, SearchOptions, Verdict, VerifyOptions, VerifyPair, VerifyTarget,
 };
+pub use head::{HeadInfo, TrainOptions};
 pub use segment::VerifyChecksums;
 
 /// Dimension of every embedding.
@@ -64,4 +68,6 @@ pub struct Hit {
     pub subject: String,
     /// Squared L2 distance to the probe.
     pub distance: f32,
+    /// The head's probability that the probe shows the same person (when a head is trained).
+    pub probability: Option<f32>,
 }

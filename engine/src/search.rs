@@ -19,7 +19,16 @@ const BLOCK_ROWS: usize = 16 * 1024;
 /// Rows scored against every probe while they sit in cache (128 KiB of vectors).
 const SUB_ROWS: usize = 256;
 
-/// A candidate row.
+/// What a scan ranks by: the key is "smaller is better".
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Metric<'a> {
+    /// Squared L2 distance.
+    L2,
+    /// The head's score: key = −Σ w_k·|q_k − x_k| (the bias does not change the order).
+    Head(&'a [f32; DIM]),
+}
+
+/// A candidate row; `dist` is the metric's key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cand {
     pub dist: f32,
@@ -93,7 +102,12 @@ impl TopK {
 }
 
 /// Exact top-`k` live rows for each probe, ascending by (distance, id).
-pub(crate) fn top_k(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+pub(crate) fn top_k(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    metric: Metric<'_>,
+) -> Vec<Vec<Cand>> {
     if probes.is_empty() {
         return Vec::new();
     }
@@ -117,7 +131,15 @@ pub(crate) fn top_k(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec
             for (sub_i, sub) in vecs.chunks(SUB_ROWS).enumerate() {
                 let base = a + sub_i * SUB_ROWS;
                 for (q, top) in probes.iter().zip(acc.iter_mut()) {
-                    kernel.l2sq_many(q, sub, &mut dists);
+                    match metric {
+                        Metric::L2 => kernel.l2sq_many(q, sub, &mut dists),
+                        Metric::Head(w) => {
+                            kernel.wl1_many(w, q, sub, &mut dists);
+                            for d in dists.iter_mut() {
+                                *d = -*d;
+                            }
+                        }
+                    }
                     let mut bound = top.bound();
                     for (i, &d) in dists[..sub.len()].iter().enumerate() {
                         if d <= bound {
@@ -157,7 +179,12 @@ pub(crate) fn top_k(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec
 /// that yields `k` distinct subjects, no unseen subject can rank higher (its
 /// best row is beyond the K-th). Otherwise `K` grows until it covers every
 /// live row, so the answer is exact in every case.
-pub(crate) fn identify(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+pub(crate) fn identify(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    metric: Metric<'_>,
+) -> Vec<Vec<Cand>> {
     let live = snap.live_rows();
     let mut results = vec![Vec::new(); probes.len()];
     if live == 0 || k == 0 {
@@ -167,7 +194,7 @@ pub(crate) fn identify(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<
     let mut pending: Vec<usize> = (0..probes.len()).collect();
     loop {
         let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
-        let tops = top_k(snap, &qs, kk);
+        let tops = top_k(snap, &qs, kk, metric);
         let mut next = Vec::new();
         for (j, cands) in tops.into_iter().enumerate() {
             let mut seen = HashSet::new();

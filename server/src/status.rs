@@ -45,7 +45,8 @@ pub fn code_of(e: &Error) -> Code {
         // `k` too large is a bad argument, not a lack of resources.
         Error::TooLarge { what: "k", .. } => Code::InvalidArgument,
         Error::TooLarge { .. } => Code::ResourceExhausted,
-        Error::GalleryNotFound(_) => Code::NotFound,
+        Error::GalleryNotFound(_) | Error::NotFound(_) => Code::NotFound,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::GalleryExists(_) => Code::AlreadyExists,
         Error::Locked { .. } => Code::FailedPrecondition,
         Error::ChecksumMismatch { .. }

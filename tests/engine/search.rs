@@ -358,6 +358,7 @@ mod checker_rejects {
                 id: e.id,
                 subject: e.subject.clone(),
                 distance: l2sq_f64(&probe, &e.vector) as f32,
+                probability: None,
             })
             .collect();
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
@@ -394,6 +395,7 @@ mod checker_rejects {
             id: far.id,
             subject: far.subject.clone(),
             distance: l2sq_f64(&probe, &far.vector) as f32 + 1e9,
+            probability: None,
         };
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         check_search(&hits, &model, &probe, 10, false, "wrong row");
