@@ -333,6 +333,32 @@ pub fn check_identify(
     c
 }
 
+/// The directory of gallery `name` under data directory `root`.
+pub fn gallery_dir(root: &Path, name: &str) -> PathBuf {
+    root.join("galleries").join(name)
+}
+
+/// Files in `dir` whose names start with `prefix` and end with `suffix`, sorted by name.
+pub fn files_like(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The WAL file being appended to (the highest-numbered one).
+pub fn last_wal(gdir: &Path) -> PathBuf {
+    files_like(gdir, "wal-", ".log")
+        .pop()
+        .expect("a gallery always has a WAL file")
+}
+
 /// Every regular file under `dir`, recursively.
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
