@@ -3,6 +3,7 @@
 mod basic;
 mod corruption;
 mod crash;
+mod erasure;
 mod lock;
 mod model;
 mod search;
