@@ -1594,6 +1594,15 @@ impl Gallery {
         let old_wal_start;
         {
             let mut st = lock(&self.state);
+            // A write that failed while the segment was written poisoned the
+            // gallery after applying its batch to `st`: installing now would
+            // publish that batch and persist its tombstones.
+            if let Err(e) = self.check_writable() {
+                if let Some(seg) = new_seg {
+                    let _ = std::fs::remove_file(seg.path());
+                }
+                return Err(e);
+            }
             let mut segments = st.segments.clone();
             if let Some(seg) = new_seg.clone() {
                 let mut tomb = Tombstones::new(seg.rows());
@@ -1686,6 +1695,13 @@ impl Gallery {
         }
         let new_seg = self.write_new_segment(file_no, &rows)?;
         let mut st = lock(&self.state);
+        // As in `flush_locked`: never install over the state a failed write left.
+        if let Err(e) = self.check_writable() {
+            if let Some(seg) = new_seg {
+                let _ = std::fs::remove_file(seg.path());
+            }
+            return Err(e);
+        }
         let current: Vec<Arc<Tombstones>> = captured
             .iter()
             .map(|c| {
