@@ -6,5 +6,6 @@ mod crash;
 mod erasure;
 mod lock;
 mod model;
+mod poison;
 mod search;
 mod support;
