@@ -10,3 +10,4 @@ mod model;
 mod poison;
 mod search;
 mod support;
+mod validation;
