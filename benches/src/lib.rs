@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use visage_engine::{Durability, Embedding, Engine, EngineOptions, DIM};
+use visage_engine::{DIM, Durability, Embedding, Engine, EngineOptions};
 
 /// splitmix64, for reproducible data.
 #[derive(Debug, Clone)]
@@ -19,22 +19,32 @@ impl Rng {
     }
     /// A vector with values uniform in [-1, 1).
     pub fn vector(&mut self) -> Vec<f32> {
-        (0..DIM).map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+        (0..DIM)
+            .map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect()
     }
 }
 
 /// `n` embeddings with ids `first..first + n`, ten per subject.
 pub fn embeddings(rng: &mut Rng, first: u64, n: usize) -> Vec<Embedding> {
     (0..n as u64)
-        .map(|i| Embedding { id: first + i, subject: format!("subject-{:08}", (first + i) / 10), vector: rng.vector() })
+        .map(|i| Embedding {
+            id: first + i,
+            subject: format!("subject-{:08}", (first + i) / 10),
+            vector: rng.vector(),
+        })
         .collect()
 }
 
 /// Where cached benchmark galleries live (under the target directory).
 pub fn data_root() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
-    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("bench-data")
 }
 
@@ -59,13 +69,15 @@ pub fn cached_gallery(n: usize) -> (Engine, PathBuf) {
         return (engine, dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open(&dir, quiet_options(Durability::ProcessCrash)).expect("open bench dir");
+    let engine =
+        Engine::open(&dir, quiet_options(Durability::ProcessCrash)).expect("open bench dir");
     let g = engine.create_gallery(name).expect("create");
     let mut rng = Rng(42);
     let mut done = 0;
     while done < n {
         let b = (n - done).min(10_000);
-        g.insert(&embeddings(&mut rng, done as u64, b)).expect("insert");
+        g.insert(&embeddings(&mut rng, done as u64, b))
+            .expect("insert");
         done += b;
         if g.stats().memtable_rows >= 1 << 18 {
             g.flush().expect("flush");
@@ -84,10 +96,42 @@ pub fn memory_read_time(bytes: usize, reps: usize) -> Duration {
     let mut times = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
-        let x = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a ^ b)).reduce(|| 0, |a, b| a ^ b);
+        let x = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &b| a ^ b))
+            .reduce(|| 0, |a, b| a ^ b);
         std::hint::black_box(x);
         times.push(t.elapsed());
     }
     times.sort();
     times[times.len() / 2]
+}
+
+/// Minimal `.npy` (format version 1.0) writing for exports.
+pub mod npy {
+    use std::io::Write;
+    use std::path::Path;
+
+    /// Write a little-endian float32 C-order array of `shape`.
+    pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> std::io::Result<()> {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+        let total = 10 + header.len() + 1;
+        header.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
+        header.push('\n');
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        f.write_all(b"\x93NUMPY\x01\x00")?;
+        f.write_all(&(header.len() as u16).to_le_bytes())?;
+        f.write_all(header.as_bytes())?;
+        for x in data {
+            f.write_all(&x.to_le_bytes())?;
+        }
+        f.flush()
+    }
 }

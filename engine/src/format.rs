@@ -113,7 +113,7 @@
 //! | 528 | 4 | f32 | bias `β` |
 //! | 532 | 4 | f32 | decision threshold on the logit `Σ w_k·|a_k − b_k| + β` |
 //! | 536 | 4 | f32 | decision threshold on the squared L2 distance |
-//! | 540 | 4 | | reserved, 0 |
+//! | 540 | 4 | f32 | weight `w_d` of the squared distance |
 //! | 544 | 7 × 8 | f64 | target FAR, head AUC, head TAR at FAR, head EER, distance AUC, distance TAR at FAR, distance EER |
 //! | 600 | 4 × 8 | u64 | training pairs, held-out genuine pairs, held-out impostor pairs, seed |
 //! | 632 | 4 | u32 | crc32 of bytes 0..632 |
@@ -172,7 +172,7 @@ const SEG_CRC_OFF: usize = SEGMENT_HEADER_LEN - size_of::<u32>();
 const _: () = assert!(SEG_TABLE_OFF == 48);
 const _: () = assert!(SEG_TABLE_END == 432);
 const _: () = assert!(SEG_TABLE_END <= SEG_CRC_OFF);
-const _: () = assert!(SEGMENT_HEADER_LEN as u64 % SECTION_ALIGN == 0);
+const _: () = assert!((SEGMENT_HEADER_LEN as u64).is_multiple_of(SECTION_ALIGN));
 
 /// The sections of a version-1 segment, in slot order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +373,7 @@ impl SegmentHeader {
                 crc: get_u32(b, at + 16),
             };
             let end = e.offset.checked_add(e.len);
-            if e.offset % SECTION_ALIGN != 0
+            if !e.offset.is_multiple_of(SECTION_ALIGN)
                 || e.offset < SEGMENT_HEADER_LEN as u64
                 || end.is_none_or(|end| end > file_len)
             {
@@ -837,6 +837,8 @@ pub struct HeadData {
     pub flags: u32,
     /// Weights.
     pub weights: Vec<f32>,
+    /// Weight of the squared distance.
+    pub distance_weight: f32,
     /// Bias.
     pub bias: f32,
     /// Threshold on the logit.
@@ -918,6 +920,7 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         bias: f32_at(HEAD_BIAS_OFF),
         logit_threshold: f32_at(HEAD_BIAS_OFF + 4),
         distance_threshold: f32_at(HEAD_BIAS_OFF + 8),
+        distance_weight: f32_at(HEAD_BIAS_OFF + 12),
         stats: std::array::from_fn(|i| f64::from_bits(get_u64(b, HEAD_STATS_OFF + 8 * i))),
         counts: std::array::from_fn(|i| get_u64(b, HEAD_COUNTS_OFF + 8 * i)),
     };
@@ -1159,6 +1162,7 @@ mod tests {
         let h = HeadData {
             flags: 3,
             weights: (0..DIM).map(|i| -(i as f32) / 10.0).collect(),
+            distance_weight: -3.0,
             bias: 2.5,
             logit_threshold: 0.75,
             distance_threshold: 1.25,

@@ -227,7 +227,7 @@ pub struct Verdict {
 }
 
 enum Target<'a> {
-    Vector([f32; DIM]),
+    Vector(Box<[f32; DIM]>),
     Id(u64),
     Subject(&'a str),
 }
@@ -1225,7 +1225,7 @@ impl Gallery {
                     ))
                 })?;
                 w = h.weight_array();
-                search::Metric::Head(&w)
+                search::Metric::Head(&w, h.distance_weight)
             }
         };
         let is_l2 = matches!(metric, search::Metric::L2);
@@ -1276,8 +1276,9 @@ impl Gallery {
             .map(|h| h.weight_array())
             .unwrap_or([0.0; DIM]);
         let trained = head.as_ref().is_some_and(|h| h.trained);
+        let wd = head.as_ref().map_or(0.0, |h| h.distance_weight);
         let metric = if trained {
-            search::Metric::Head(&w)
+            search::Metric::Head(&w, wd)
         } else {
             search::Metric::L2
         };
@@ -1319,7 +1320,7 @@ impl Gallery {
         for (i, p) in pairs.iter().enumerate() {
             let a = check_vector("pairs.a", i, &p.a)?;
             let b = match &p.b {
-                VerifyTarget::Vector(v) => Target::Vector(check_vector("pairs.b", i, v)?),
+                VerifyTarget::Vector(v) => Target::Vector(Box::new(check_vector("pairs.b", i, v)?)),
                 VerifyTarget::Id(id) => Target::Id(*id),
                 VerifyTarget::Subject(s) => {
                     check_subject("pairs", i, s)?;
@@ -1415,7 +1416,7 @@ impl Gallery {
             return Ok(Decision::Logit(logit));
         }
         if let Some(d) = max_distance {
-            if !(d >= 0.0) || !d.is_finite() {
+            if d.is_nan() || d < 0.0 || !d.is_finite() {
                 return Err(Error::InvalidArgument(format!(
                     "max_distance must be finite and at least 0, got {d}"
                 )));
@@ -1453,6 +1454,22 @@ impl Gallery {
     /// Calibrate only the distance threshold (keeping a trained head, if any).
     pub fn calibrate(&self, opts: &TrainOptions) -> Result<HeadInfo> {
         self.train_or_calibrate(opts, false)
+    }
+
+    /// The features `|a − b|` and labels (true: same subject) of exactly the
+    /// training and held-out pairs that [`Gallery::train_head`] with the same
+    /// options would draw, for evaluation against other implementations.
+    #[allow(clippy::type_complexity)]
+    pub fn export_pairs(
+        &self,
+        opts: &TrainOptions,
+    ) -> Result<((Vec<[f32; DIM]>, Vec<bool>), (Vec<[f32; DIM]>, Vec<bool>))> {
+        let snap = self.snapshot();
+        let pairs = head::sample_pairs(&snap, opts, true)?;
+        Ok((
+            head::features(&snap, &pairs.train),
+            head::features(&snap, &pairs.heldout),
+        ))
     }
 
     fn train_or_calibrate(&self, opts: &TrainOptions, fit: bool) -> Result<HeadInfo> {

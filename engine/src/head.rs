@@ -1,6 +1,10 @@
 //! The learned scoring head: training, calibration and scoring.
 //!
-//! `p(same | a, b) = σ(Σ_k w_k·|a_k − b_k| + β)`, trained per gallery from its
+//! `p(same | a, b) = σ(Σ_k w_k·|a_k − b_k| + w_d·‖a − b‖² + β)`: the article's
+//! logistic unit over the 128 features |a_k − b_k|, plus one feature, the
+//! squared distance itself. Without it, a weighted-L1 head cannot express the
+//! plain L2 rule and loses to it on isotropic data; with it, plain L2 is the
+//! special case `w = 0`, so the head can only match or beat it. Trained per gallery from its
 //! own labels: positive pairs within subjects, negative pairs both random and
 //! hard (the nearest embeddings of other subjects, found with the engine's own
 //! exact search). Subjects are split into a training set and a held-out set;
@@ -60,6 +64,8 @@ pub struct HeadInfo {
     pub trained: bool,
     /// Weights `w_k`.
     pub weights: Vec<f32>,
+    /// Weight `w_d` of the squared distance ‖a − b‖².
+    pub distance_weight: f32,
     /// Bias `β`.
     pub bias: f32,
     /// Decision threshold on the probability.
@@ -93,9 +99,10 @@ pub struct HeadInfo {
 }
 
 impl HeadInfo {
-    /// The head's logit for a pair.
+    /// The head's logit for a pair: `Σ w_k·|a_k − b_k| + w_d·‖a − b‖² + β`.
     pub fn logit(&self, a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
-        kernels::selected().wl1(&self.weights, a, b) + self.bias
+        let k = kernels::selected();
+        k.wl1(&self.weights, a, b) + self.distance_weight * k.l2sq(a, b) + self.bias
     }
 
     /// The weights as an array (zeros if not trained).
@@ -111,6 +118,7 @@ impl HeadInfo {
         HeadData {
             flags: if self.trained { 3 } else { 2 },
             weights: self.weight_array().to_vec(),
+            distance_weight: self.distance_weight,
             bias: self.bias,
             logit_threshold: self.logit_threshold,
             distance_threshold: self.distance_threshold,
@@ -136,6 +144,7 @@ impl HeadInfo {
         HeadInfo {
             trained: d.flags & 1 == 1,
             weights: d.weights.clone(),
+            distance_weight: d.distance_weight,
             bias: d.bias,
             threshold: sigmoid(d.logit_threshold),
             logit_threshold: d.logit_threshold,
@@ -333,12 +342,16 @@ pub(crate) fn features(
     (x, pairs.iter().map(|p| p.2).collect())
 }
 
-const P: usize = DIM + 1;
+/// Unknowns: 128 weights of |a_k − b_k|, the weight of ‖a − b‖², the bias.
+const P: usize = DIM + 2;
 
-/// Fit `σ(w·x + b)` by Newton's method on the class-balanced, L2-penalised log-loss.
-/// Returns (weights, bias, Newton steps). Deterministic: partial sums over
+/// Fit `σ(w·x + w_d·‖x‖² + b)` by Newton's method on the class-balanced,
+/// L2-penalised log-loss, where `x` holds the |a_k − b_k| of a pair (so
+/// `‖x‖²` is its squared distance). Returns (weights, distance weight, bias,
+/// Newton steps). Deterministic: partial sums over
 /// fixed chunks, added in order.
-pub fn fit(x: &[[f32; DIM]], y: &[bool], l2: f64) -> Result<([f64; DIM], f64, usize)> {
+#[allow(clippy::type_complexity)]
+pub fn fit(x: &[[f32; DIM]], y: &[bool], l2: f64) -> Result<([f64; DIM], f64, f64, usize)> {
     let n = x.len();
     let n_pos = y.iter().filter(|&&l| l).count();
     let n_neg = n - n_pos;
@@ -364,7 +377,8 @@ pub fn fit(x: &[[f32; DIM]], y: &[bool], l2: f64) -> Result<([f64; DIM], f64, us
                     for k in 0..DIM {
                         xt[k] = xi[k] as f64;
                     }
-                    xt[DIM] = 1.0;
+                    xt[DIM] = xt[..DIM].iter().map(|v| v * v).sum();
+                    xt[DIM + 1] = 1.0;
                     let z: f64 = xt.iter().zip(&theta).map(|(a, b)| a * b).sum();
                     let p = 1.0 / (1.0 + (-z).exp());
                     let c = if yi { c_pos } else { c_neg };
@@ -392,11 +406,11 @@ pub fn fit(x: &[[f32; DIM]], y: &[bool], l2: f64) -> Result<([f64; DIM], f64, us
                 *a += b;
             }
         }
-        for j in 0..DIM {
+        for j in 0..=DIM {
             g[j] += l2 * theta[j];
             h[j * P + j] += l2;
         }
-        h[DIM * P + DIM] += 1e-9;
+        h[(DIM + 1) * P + DIM + 1] += 1e-9;
         for j in 0..P {
             for k in 0..j {
                 h[j * P + k] = h[k * P + j];
@@ -405,18 +419,62 @@ pub fn fit(x: &[[f32; DIM]], y: &[bool], l2: f64) -> Result<([f64; DIM], f64, us
         let delta = cholesky_solve(&mut h, &g).ok_or_else(|| {
             Error::InvalidArgument("training pairs are degenerate (singular Hessian)".into())
         })?;
-        let mut max = 0f64;
-        for (t, d) in theta.iter_mut().zip(&delta) {
-            *t -= d;
-            max = max.max(d.abs());
+        // Damped Newton: halve the step until the penalised loss does not increase.
+        let before = loss(x, y, &theta, c_pos, c_neg, l2);
+        let mut step = 1.0;
+        let mut next = theta;
+        loop {
+            for ((n, t), d) in next.iter_mut().zip(&theta).zip(&delta) {
+                *n = t - step * d;
+            }
+            if loss(x, y, &next, c_pos, c_neg, l2) <= before || step < 1e-6 {
+                break;
+            }
+            step /= 2.0;
         }
+        let max = delta.iter().map(|d| (d * step).abs()).fold(0.0, f64::max);
+        theta = next;
         if max < 1e-7 {
             break;
         }
     }
     let mut w = [0f64; DIM];
     w.copy_from_slice(&theta[..DIM]);
-    Ok((w, theta[DIM], steps))
+    Ok((w, theta[DIM], theta[DIM + 1], steps))
+}
+
+/// The penalised, class-balanced log-loss at `theta` (summed in fixed chunks, in order).
+fn loss(x: &[[f32; DIM]], y: &[bool], theta: &[f64; P], c_pos: f64, c_neg: f64, l2: f64) -> f64 {
+    let parts: Vec<f64> = x
+        .par_chunks(2048)
+        .zip(y.par_chunks(2048))
+        .map(|(xc, yc)| {
+            let mut sum = 0f64;
+            for (xi, &yi) in xc.iter().zip(yc) {
+                let mut z = theta[DIM + 1];
+                let mut d2 = 0f64;
+                for k in 0..DIM {
+                    let v = xi[k] as f64;
+                    z += theta[k] * v;
+                    d2 += v * v;
+                }
+                z += theta[DIM] * d2;
+                // log(1 + e^z) − y·z, computed stably.
+                let softplus = if z > 0.0 {
+                    z + (-z).exp().ln_1p()
+                } else {
+                    z.exp().ln_1p()
+                };
+                sum += if yi {
+                    c_pos * (softplus - z)
+                } else {
+                    c_neg * softplus
+                };
+            }
+            sum
+        })
+        .collect();
+    parts.iter().sum::<f64>() + 0.5 * l2 * theta[..=DIM].iter().map(|t| t * t).sum::<f64>()
 }
 
 /// Solve `A x = b` for symmetric positive-definite `A` (row-major, P×P), in place.
@@ -593,6 +651,7 @@ pub(crate) fn train(
         _ => HeadInfo {
             trained: false,
             weights: vec![0.0; DIM],
+            distance_weight: 0.0,
             bias: 0.0,
             threshold: 1.0,
             logit_threshold: f32::INFINITY,
@@ -612,9 +671,10 @@ pub(crate) fn train(
     };
     if fit_head {
         let (x, y) = features(snap, &pairs.train);
-        let (w, b, _) = fit(&x, &y, opts.l2)?;
+        let (w, wd, b, _) = fit(&x, &y, opts.l2)?;
         info.trained = true;
         info.weights = w.iter().map(|&v| v as f32).collect();
+        info.distance_weight = wd as f32;
         info.bias = b as f32;
         info.pairs = pairs.train.len() as u64;
     }
@@ -648,7 +708,11 @@ pub(crate) fn train(
         let zero = [0f32; DIM];
         let hscores: Vec<f64> = xh
             .iter()
-            .map(|f| (kernel.wl1(&w, f, &zero) + info.bias) as f64)
+            .map(|f| {
+                (kernel.wl1(&w, f, &zero)
+                    + info.distance_weight * kernel.l2sq(f, &zero)
+                    + info.bias) as f64
+            })
             .collect();
         let (g, i) = split(hscores);
         let hc = calibrate(&g, &i, opts.target_far);
@@ -717,7 +781,8 @@ mod tests {
             x.push(f);
             y.push(rng.uniform() < p);
         }
-        let (w, _, steps) = fit(&x, &y, 1e-6).unwrap();
+        let (w, wd, _, steps) = fit(&x, &y, 1e-6).unwrap();
+        assert!(wd.abs() < 0.3, "no distance term in the true model: {wd}");
         assert!((w[0] - -4.0).abs() < 0.3, "w0 {}", w[0]);
         assert!((w[5] - 3.0).abs() < 0.3, "w5 {}", w[5]);
         assert!(w[1].abs() < 0.3);

@@ -24,8 +24,8 @@ const SUB_ROWS: usize = 256;
 pub(crate) enum Metric<'a> {
     /// Squared L2 distance.
     L2,
-    /// The head's score: key = −Σ w_k·|q_k − x_k| (the bias does not change the order).
-    Head(&'a [f32; DIM]),
+    /// The head's score: key = −(Σ w_k·|q_k − x_k| + w_d·‖q − x‖²) (the bias does not change the order).
+    Head(&'a [f32; DIM], f32),
 }
 
 /// A candidate row; `dist` is the metric's key.
@@ -128,15 +128,17 @@ pub(crate) fn top_k(
         .fold(empty, |mut acc, &(s, a, b)| {
             let vecs = &snap.vectors(s)[a..b];
             let mut dists = [0f32; SUB_ROWS];
+            let mut extra = [0f32; SUB_ROWS];
             for (sub_i, sub) in vecs.chunks(SUB_ROWS).enumerate() {
                 let base = a + sub_i * SUB_ROWS;
                 for (q, top) in probes.iter().zip(acc.iter_mut()) {
                     match metric {
                         Metric::L2 => kernel.l2sq_many(q, sub, &mut dists),
-                        Metric::Head(w) => {
+                        Metric::Head(w, wd) => {
                             kernel.wl1_many(w, q, sub, &mut dists);
-                            for d in dists.iter_mut() {
-                                *d = -*d;
+                            kernel.l2sq_many(q, sub, &mut extra);
+                            for (d, e) in dists.iter_mut().zip(&extra) {
+                                *d = -(*d + wd * e);
                             }
                         }
                     }

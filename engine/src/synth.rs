@@ -35,8 +35,8 @@ impl Nuisance {
     /// The default anisotropic setting (24 of 128 coordinates carry most of the noise).
     pub const ANISOTROPIC: Nuisance = Nuisance::Anisotropic {
         strong_dims: 24,
-        strong_sigma: 0.25,
-        weak_sigma: 0.04,
+        strong_sigma: 0.22,
+        weak_sigma: 0.075,
     };
 
     /// Isotropic noise with the same total energy as [`Nuisance::ANISOTROPIC`].
