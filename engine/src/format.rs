@@ -860,7 +860,7 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
     for (i, w) in h.weights.iter().take(DIM).enumerate() {
         b[HEAD_WEIGHTS_OFF + 4 * i..HEAD_WEIGHTS_OFF + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
-    for (i, v) in [h.bias, h.logit_threshold, h.distance_threshold, 0.0]
+    for (i, v) in [h.bias, h.logit_threshold, h.distance_threshold, h.distance_weight]
         .iter()
         .enumerate()
     {
@@ -926,7 +926,7 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
     };
     if h.weights
         .iter()
-        .chain([h.bias, h.logit_threshold, h.distance_threshold].iter())
+        .chain([h.bias, h.logit_threshold, h.distance_threshold, h.distance_weight].iter())
         .any(|x| x.is_nan())
     {
         return Err(Error::corrupt(
