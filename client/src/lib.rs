@@ -1,1 +1,779 @@
-//! Rust client for visage (filled in by the server issue).
+//! Async, typed Rust client for a visage server.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), visage_client::Error> {
+//! use visage_client::{Client, Embedding};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! client.create_gallery("staff").await?;
+//! let staff = client.gallery("staff");
+//! staff
+//!     .insert(&[Embedding { id: 1, subject: "emp-00123".into(), vector: vec![0.1; 128] }])
+//!     .await?;
+//! let hits = staff.search(&[vec![0.1f32; 128]], 10).await?; // exact top-10 per query
+//! let who = staff.identify(&[vec![0.1f32; 128]], 5).await?; // 5 best distinct subjects, known or not
+//! staff.delete(&[], &["emp-00123".to_string()]).await?; // a person leaves
+//! staff.compact().await?; // ... and their vectors leave the disk
+//! # Ok(()) }
+//! ```
+//!
+//! Results are the wire messages of [`proto`] (plain structs: [`Hit`],
+//! [`Identification`], [`Verdict`], [`GalleryInfo`] ...). Errors from the
+//! server keep their gRPC status ([`Error::code`]) and print as one line,
+//! `NOT_FOUND: gallery "x" does not exist`.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod npy;
+
+use std::fmt;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use visage_proto::v1::visage_client::VisageClient;
+
+pub use proto::{
+    Candidate, Embedding, GalleryInfo, GalleryStats, HeadInfo, Hit, Identification, Verdict,
+};
+/// The wire messages of `visage.v1`.
+pub use visage_proto::v1 as proto;
+
+/// Default embeddings per Insert request in [`Gallery::insert`].
+pub const DEFAULT_BATCH: usize = 1000;
+/// Default Insert requests in flight at once in [`Gallery::insert`].
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// Largest response the client accepts (a Get of 100,000 embeddings is about 53 MB).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+/// Everything a client call can fail with.
+#[derive(Debug)]
+pub enum Error {
+    /// The server address is malformed or the server cannot be reached.
+    Connect {
+        /// The address tried.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The server answered with an error status.
+    Status(Status),
+    /// One batch of a chunked insert failed (other batches may have been committed).
+    Insert {
+        /// Position of the batch's first embedding in the caller's input.
+        offset: usize,
+        /// Embeddings in the failed batch.
+        len: usize,
+        /// Embeddings of other batches acknowledged before the failure was seen.
+        committed: u64,
+        /// The server's answer, with positions made relative to the caller's input.
+        status: Status,
+    },
+}
+
+impl Error {
+    /// The gRPC status code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Connect { .. } => None,
+            Error::Status(s) | Error::Insert { status: s, .. } => Some(s.code()),
+        }
+    }
+
+    /// The server's message, if it answered.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Error::Connect { .. } => None,
+            Error::Status(s) | Error::Insert { status: s, .. } => Some(s.message()),
+        }
+    }
+}
+
+/// The canonical gRPC name of a status code (`NOT_FOUND`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_line(s: &Status) -> String {
+    // Transport failures arrive as UNAVAILABLE/UNKNOWN with the cause in the source.
+    let mut msg = s.message().to_owned();
+    if msg.is_empty() {
+        msg = "(no message)".into();
+    }
+    if matches!(s.code(), Code::Unavailable | Code::Unknown)
+        && let Some(src) = std::error::Error::source(s)
+    {
+        let src = src.to_string();
+        if !msg.contains(&src) {
+            msg = format!("{msg}: {src}");
+        }
+    }
+    format!("{}: {msg}", code_name(s.code()))
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { url, reason } => {
+                write!(
+                    f,
+                    "cannot connect to {url}: {reason} (is visage-server running there?)"
+                )
+            }
+            Error::Status(s) => f.write_str(&status_line(s)),
+            Error::Insert {
+                offset,
+                len,
+                committed,
+                status,
+            } => write!(
+                f,
+                "batch embeddings[{offset}..{}] rejected: {}; {committed} embeddings of other batches were committed",
+                offset + len,
+                status_line(status)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Status(s)
+    }
+}
+
+/// Result of client calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counts of an insert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    /// Ids that were new.
+    pub inserted: u64,
+    /// Ids that existed and were replaced.
+    pub replaced: u64,
+    /// Batches (requests or stream messages) committed.
+    pub batches: u64,
+}
+
+impl InsertOutcome {
+    /// Embeddings written (new plus replaced).
+    pub fn total(&self) -> u64 {
+        self.inserted + self.replaced
+    }
+
+    fn add(&mut self, r: &proto::InsertResponse) {
+        self.inserted += r.inserted;
+        self.replaced += r.replaced;
+        self.batches += r.batches;
+    }
+}
+
+/// Statistics before and after a flush or compaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Before.
+    pub before: GalleryStats,
+    /// After.
+    pub after: GalleryStats,
+}
+
+/// The other side of a verification pair.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Against {
+    /// Another vector.
+    Vector(Vec<f32>),
+    /// An enrolled embedding, by id.
+    Id(u64),
+    /// An enrolled subject (the best of its embeddings counts).
+    Subject(String),
+}
+
+/// Which threshold decides "same person" / "known" in identify and verify.
+/// The default (both `None`) is the gallery's calibrated threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Threshold {
+    /// Same iff the squared distance is at most this.
+    pub max_distance: Option<f32>,
+    /// Same iff the head's probability is at least this (needs a trained head;
+    /// takes precedence over `max_distance`).
+    pub min_probability: Option<f32>,
+}
+
+/// Parameters of [`Gallery::search_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    /// Hits per query.
+    pub k: u32,
+    /// Rank by the head's probability instead of distance (needs a trained head).
+    pub rank_by_head: bool,
+    /// Drop hits farther than this squared distance.
+    pub max_distance: Option<f32>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            k: 10,
+            rank_by_head: false,
+            max_distance: None,
+        }
+    }
+}
+
+/// Parameters of [`Gallery::train_head`]; `None` means the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrainHead {
+    /// False-accept rate the thresholds are calibrated for (default 0.001).
+    pub target_far: Option<f32>,
+    /// Upper bound on the pairs drawn (default 200,000).
+    pub max_pairs: Option<u32>,
+    /// Seed of the pair sampling (default 1).
+    pub seed: Option<u64>,
+}
+
+/// How [`Gallery::insert_with`] splits and sends a large input.
+#[derive(Debug, Clone, Copy)]
+pub struct InsertOptions {
+    /// Embeddings per request (at most 100,000).
+    pub batch: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for InsertOptions {
+    fn default() -> Self {
+        InsertOptions {
+            batch: DEFAULT_BATCH,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// A connection to a visage server. Cheap to clone (clones share the connection).
+#[derive(Debug, Clone)]
+pub struct Client {
+    rpc: VisageClient<Channel>,
+    channel: Channel,
+}
+
+/// `host:port` becomes `http://host:port`.
+fn normalise_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl Client {
+    /// Connect to `url` (`http://host:port`, or just `host:port`).
+    pub async fn connect(url: &str) -> Result<Client> {
+        let url = normalise_url(url);
+        let connect_err = |reason: String| Error::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| connect_err(format!("invalid address: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20);
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut reason = e.to_string();
+            if let Some(src) = std::error::Error::source(&e) {
+                reason = format!("{reason}: {src}");
+            }
+            connect_err(reason)
+        })?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// A client over an existing channel.
+    pub fn from_channel(channel: Channel) -> Client {
+        let rpc = VisageClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Client { rpc, channel }
+    }
+
+    /// The generated tonic client, for calls this API does not wrap.
+    pub fn rpc(&self) -> VisageClient<Channel> {
+        self.rpc.clone()
+    }
+
+    /// The server's health (`grpc.health.v1`) for the visage service: true when SERVING.
+    pub async fn serving(&self) -> Result<bool> {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: visage_proto::SERVICE_NAME.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    }
+
+    /// Create an empty gallery.
+    pub async fn create_gallery(&self, name: &str) -> Result<GalleryInfo> {
+        Ok(self
+            .rpc()
+            .create_gallery(proto::CreateGalleryRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Drop a gallery and delete its files; returns its statistics just before.
+    pub async fn drop_gallery(&self, name: &str) -> Result<GalleryInfo> {
+        let r = self
+            .rpc()
+            .drop_gallery(proto::DropGalleryRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.dropped.unwrap_or_default())
+    }
+
+    /// Every gallery with its statistics, sorted by name.
+    pub async fn list_galleries(&self) -> Result<Vec<GalleryInfo>> {
+        Ok(self
+            .rpc()
+            .list_galleries(proto::ListGalleriesRequest {})
+            .await?
+            .into_inner()
+            .galleries)
+    }
+
+    /// A handle on gallery `name` (no request is made).
+    pub fn gallery(&self, name: &str) -> Gallery {
+        Gallery {
+            rpc: self.rpc.clone(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// A handle on one gallery. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gallery {
+    rpc: VisageClient<Channel>,
+    name: String,
+}
+
+/// Rewrite `embeddings[i]` in a server message to `embeddings[offset + i]`.
+fn shift_positions(msg: &str, offset: usize) -> String {
+    const KEY: &str = "embeddings[";
+    let mut out = String::with_capacity(msg.len() + 8);
+    let mut rest = msg;
+    while let Some(p) = rest.find(KEY) {
+        out.push_str(&rest[..p + KEY.len()]);
+        rest = &rest[p + KEY.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(i) if rest[digits..].starts_with(']') => {
+                out.push_str(&(i + offset).to_string());
+                rest = &rest[digits..];
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn vectors<V: AsRef<[f32]>>(vs: &[V]) -> Vec<proto::Vector> {
+    vs.iter()
+        .map(|v| proto::Vector {
+            values: v.as_ref().to_vec(),
+        })
+        .collect()
+}
+
+impl Gallery {
+    /// The gallery's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Current statistics.
+    pub async fn stats(&self) -> Result<GalleryInfo> {
+        Ok(self
+            .rpc
+            .clone()
+            .get_gallery(proto::GetGalleryRequest {
+                name: self.name.clone(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Insert (upsert) `embeddings` in batches of [`DEFAULT_BATCH`], with up
+    /// to [`DEFAULT_CONCURRENCY`] requests in flight.
+    pub async fn insert(&self, embeddings: &[Embedding]) -> Result<InsertOutcome> {
+        let opts = InsertOptions::default();
+        self.insert_batches(
+            embeddings
+                .chunks(opts.batch.max(1))
+                .map(<[Embedding]>::to_vec),
+            opts.concurrency,
+            |_| {},
+        )
+        .await
+    }
+
+    /// Insert with explicit batching; `progress` is called with the size of
+    /// every acknowledged batch.
+    pub async fn insert_with(
+        &self,
+        embeddings: &[Embedding],
+        opts: InsertOptions,
+        progress: impl FnMut(u64),
+    ) -> Result<InsertOutcome> {
+        self.insert_batches(
+            embeddings
+                .chunks(opts.batch.max(1))
+                .map(<[Embedding]>::to_vec),
+            opts.concurrency,
+            progress,
+        )
+        .await
+    }
+
+    /// Insert batches as separate requests, up to `concurrency` in flight.
+    ///
+    /// Each batch is atomic; the batches are not (a duplicate id in two
+    /// batches is an upsert, not an error). On the first failure no further
+    /// batch is sent, the ones in flight are awaited, and [`Error::Insert`]
+    /// says which batch failed and how many embeddings were committed.
+    /// `progress` is called with the size of every acknowledged batch.
+    pub async fn insert_batches<I>(
+        &self,
+        batches: I,
+        concurrency: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<InsertOutcome>
+    where
+        I: IntoIterator<Item = Vec<Embedding>>,
+    {
+        let mut batches = batches.into_iter();
+        let mut in_flight = JoinSet::new();
+        let mut total = InsertOutcome::default();
+        let mut failure: Option<(usize, usize, Status)> = None;
+        let mut offset = 0usize;
+        loop {
+            while failure.is_none() && in_flight.len() < concurrency.max(1) {
+                let Some(batch) = batches.next() else { break };
+                let len = batch.len();
+                let start = offset;
+                offset += len;
+                let mut rpc = self.rpc.clone();
+                let req = proto::InsertRequest {
+                    gallery: self.name.clone(),
+                    embeddings: batch,
+                };
+                in_flight.spawn(async move { (start, len, rpc.insert(req).await) });
+            }
+            let Some(done) = in_flight.join_next().await else {
+                break;
+            };
+            match done {
+                Ok((_, len, Ok(r))) => {
+                    total.add(r.get_ref());
+                    progress(len as u64);
+                }
+                Ok((start, len, Err(s))) => {
+                    // Keep the earliest failing batch.
+                    if failure.as_ref().is_none_or(|(o, _, _)| start < *o) {
+                        failure = Some((start, len, s));
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert((
+                        offset,
+                        0,
+                        Status::internal(format!("insert task failed: {e}")),
+                    ));
+                }
+            }
+        }
+        match failure {
+            None => Ok(total),
+            Some((offset, len, s)) => Err(Error::Insert {
+                offset,
+                len,
+                committed: total.total(),
+                status: Status::with_metadata(
+                    s.code(),
+                    shift_positions(s.message(), offset),
+                    s.metadata().clone(),
+                ),
+            }),
+        }
+    }
+
+    /// Insert through one client-streaming call: every item of `batches` is
+    /// one message (one atomic batch). On failure the status message (and the
+    /// trailing metadata `visage-committed-embeddings`) says what was committed.
+    pub async fn insert_stream<S>(&self, batches: S) -> Result<InsertOutcome>
+    where
+        S: tokio_stream::Stream<Item = Vec<Embedding>> + Send + 'static,
+    {
+        use tokio_stream::StreamExt;
+        let name = self.name.clone();
+        let requests = batches.map(move |embeddings| proto::InsertRequest {
+            gallery: name.clone(),
+            embeddings,
+        });
+        let r = self.rpc.clone().insert_stream(requests).await?.into_inner();
+        let mut total = InsertOutcome::default();
+        total.add(&r);
+        Ok(total)
+    }
+
+    /// Delete embeddings by id and every embedding of `subjects`; returns how
+    /// many live embeddings were removed.
+    pub async fn delete(&self, ids: &[u64], subjects: &[String]) -> Result<u64> {
+        Ok(self
+            .rpc
+            .clone()
+            .delete(proto::DeleteRequest {
+                gallery: self.name.clone(),
+                ids: ids.to_vec(),
+                subjects: subjects.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
+    /// The embeddings with these ids that exist, in request order.
+    pub async fn get(&self, ids: &[u64]) -> Result<Vec<Embedding>> {
+        Ok(self
+            .rpc
+            .clone()
+            .get(proto::GetRequest {
+                gallery: self.name.clone(),
+                ids: ids.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .embeddings)
+    }
+
+    /// Exact `k` nearest embeddings of each query, ascending by (distance, id).
+    pub async fn search<V: AsRef<[f32]>>(&self, queries: &[V], k: u32) -> Result<Vec<Vec<Hit>>> {
+        self.search_with(
+            queries,
+            &SearchOptions {
+                k,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Search with a ranking and a distance limit.
+    pub async fn search_with<V: AsRef<[f32]>>(
+        &self,
+        queries: &[V],
+        opts: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let rank_by = if opts.rank_by_head {
+            proto::RankBy::Head
+        } else {
+            proto::RankBy::Distance
+        };
+        let r = self
+            .rpc
+            .clone()
+            .search(proto::SearchRequest {
+                gallery: self.name.clone(),
+                queries: vectors(queries),
+                k: opts.k,
+                rank_by: rank_by as i32,
+                max_distance: opts.max_distance,
+            })
+            .await?
+            .into_inner();
+        Ok(r.results.into_iter().map(|r| r.hits).collect())
+    }
+
+    /// For each probe, the `k` best distinct subjects; `known` is decided by
+    /// the gallery's calibrated threshold.
+    pub async fn identify<V: AsRef<[f32]>>(
+        &self,
+        probes: &[V],
+        k: u32,
+    ) -> Result<Vec<Identification>> {
+        self.identify_with(probes, k, Threshold::default()).await
+    }
+
+    /// [`Gallery::identify`] with an explicit threshold.
+    pub async fn identify_with<V: AsRef<[f32]>>(
+        &self,
+        probes: &[V],
+        k: u32,
+        threshold: Threshold,
+    ) -> Result<Vec<Identification>> {
+        Ok(self
+            .rpc
+            .clone()
+            .identify(proto::IdentifyRequest {
+                gallery: self.name.clone(),
+                probes: vectors(probes),
+                k,
+                min_probability: threshold.min_probability,
+                max_distance: threshold.max_distance,
+            })
+            .await?
+            .into_inner()
+            .results)
+    }
+
+    /// 1:1 verification of each pair, decided by the gallery's calibrated threshold.
+    pub async fn verify(&self, pairs: &[(Vec<f32>, Against)]) -> Result<Vec<Verdict>> {
+        self.verify_with(pairs, Threshold::default()).await
+    }
+
+    /// [`Gallery::verify`] with an explicit threshold.
+    pub async fn verify_with(
+        &self,
+        pairs: &[(Vec<f32>, Against)],
+        threshold: Threshold,
+    ) -> Result<Vec<Verdict>> {
+        use proto::verify_pair::B;
+        let pairs = pairs
+            .iter()
+            .map(|(a, b)| proto::VerifyPair {
+                a: Some(proto::Vector { values: a.clone() }),
+                b: Some(match b {
+                    Against::Vector(v) => B::Vector(proto::Vector { values: v.clone() }),
+                    Against::Id(id) => B::Id(*id),
+                    Against::Subject(s) => B::Subject(s.clone()),
+                }),
+            })
+            .collect();
+        Ok(self
+            .rpc
+            .clone()
+            .verify(proto::VerifyRequest {
+                gallery: self.name.clone(),
+                pairs,
+                max_distance: threshold.max_distance,
+                min_probability: threshold.min_probability,
+            })
+            .await?
+            .into_inner()
+            .verdicts)
+    }
+
+    /// Train the gallery's scoring head and calibrate its thresholds.
+    pub async fn train_head(&self, opts: &TrainHead) -> Result<HeadInfo> {
+        Ok(self
+            .rpc
+            .clone()
+            .train_head(proto::TrainHeadRequest {
+                gallery: self.name.clone(),
+                target_far: opts.target_far.unwrap_or(0.0),
+                max_pairs: opts.max_pairs.unwrap_or(0),
+                seed: opts.seed,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The gallery's scoring head and thresholds (`trained` is false while it has no head).
+    pub async fn head(&self) -> Result<HeadInfo> {
+        Ok(self
+            .rpc
+            .clone()
+            .get_head(proto::GetHeadRequest {
+                gallery: self.name.clone(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Flush, then rewrite segments without deleted rows.
+    pub async fn compact(&self) -> Result<Maintenance> {
+        let r = self
+            .rpc
+            .clone()
+            .compact(proto::CompactRequest {
+                gallery: self.name.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(Maintenance {
+            before: r.before.unwrap_or_default(),
+            after: r.after.unwrap_or_default(),
+        })
+    }
+
+    /// Write the in-memory rows to a segment.
+    pub async fn flush(&self) -> Result<Maintenance> {
+        let r = self
+            .rpc
+            .clone()
+            .flush(proto::FlushRequest {
+                gallery: self.name.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(Maintenance {
+            before: r.before.unwrap_or_default(),
+            after: r.after.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_shifted_to_the_callers_input() {
+        assert_eq!(
+            shift_positions("embeddings[3]: expected 128 values, got 127", 1000),
+            "embeddings[1003]: expected 128 values, got 127"
+        );
+        assert_eq!(
+            shift_positions(
+                "embeddings[5]: id 9 already appears at embeddings[2] of the same batch",
+                10
+            ),
+            "embeddings[15]: id 9 already appears at embeddings[12] of the same batch"
+        );
+        assert_eq!(shift_positions("embeddings[x]", 5), "embeddings[x]");
+        assert_eq!(shift_positions("no positions", 5), "no positions");
+    }
+
+    #[test]
+    fn errors_print_as_one_line_with_the_code_name() {
+        let e = Error::from(Status::not_found("gallery \"x\" does not exist"));
+        assert_eq!(e.to_string(), "NOT_FOUND: gallery \"x\" does not exist");
+        assert_eq!(e.code(), Some(Code::NotFound));
+        assert_eq!(normalise_url("localhost:1"), "http://localhost:1");
+        assert_eq!(normalise_url("http://h:2"), "http://h:2");
+    }
+}

@@ -56,9 +56,10 @@ mod tests {
         let back = v1::InsertRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, req);
         let v = v1::Verdict {
-            same: None,
+            same: false,
             probability: None,
             distance: 1.0,
+            matched_id: Some(3),
         };
         assert_eq!(
             v1::Verdict::decode(v.encode_to_vec().as_slice()).unwrap(),

@@ -1,9 +1,12 @@
 //! Conversions between the wire messages (`visage_proto::v1`) and the engine's
-//! types, and the few checks the engine does not make itself (thresholds,
-//! vectors given to Verify).
+//! types, and the few checks the engine does not make itself (presence of
+//! message fields, Search's distance threshold).
 
 use crate::status::{ApiError, invalid};
-use visage_engine::{DIM, Embedding, GalleryStats, Hit};
+use visage_engine::{
+    DIM, Embedding, Gallery, GalleryStats, HeadInfo, Hit, Identification, TrainOptions, Verdict,
+    VerifyPair, VerifyTarget,
+};
 use visage_proto::v1 as pb;
 
 /// Wire embeddings to engine embeddings (moves the vectors, no copy).
@@ -32,37 +35,125 @@ pub fn vectors_in(vs: Vec<pb::Vector>) -> Vec<Vec<f32>> {
     vs.into_iter().map(|v| v.values).collect()
 }
 
-/// A search hit (no head yet: no probability).
+/// A search hit.
 pub fn hit_out(h: Hit) -> pb::Hit {
     pb::Hit {
         id: h.id,
         subject: h.subject,
         distance: h.distance,
-        probability: None,
+        probability: h.probability,
     }
 }
 
-/// An identification candidate (no head yet: no probability).
+/// An identification candidate.
 pub fn candidate_out(h: Hit) -> pb::Candidate {
     pb::Candidate {
         subject: h.subject,
         id: h.id,
         distance: h.distance,
-        probability: None,
+        probability: h.probability,
+    }
+}
+
+/// One probe's identification.
+pub fn identification_out(i: Identification) -> pb::Identification {
+    pb::Identification {
+        known: i.known,
+        subject: i.subject.unwrap_or_default(),
+        candidates: i.candidates.into_iter().map(candidate_out).collect(),
+    }
+}
+
+/// A wire verification pair; `None` names the missing field.
+pub fn pair_in(i: usize, p: pb::VerifyPair) -> Result<VerifyPair, ApiError> {
+    use pb::verify_pair::B;
+    let a =
+        p.a.ok_or_else(|| invalid(&format!("pairs[{i}].a"), "missing"))?
+            .values;
+    let b = match p.b {
+        Some(B::Vector(v)) => VerifyTarget::Vector(v.values),
+        Some(B::Id(id)) => VerifyTarget::Id(id),
+        Some(B::Subject(s)) => VerifyTarget::Subject(s),
+        None => {
+            return Err(invalid(
+                &format!("pairs[{i}].b"),
+                "missing (set vector, id or subject)",
+            ));
+        }
+    };
+    Ok(VerifyPair { a, b })
+}
+
+/// One verdict.
+pub fn verdict_out(v: Verdict) -> pb::Verdict {
+    pb::Verdict {
+        same: v.same,
+        probability: v.probability,
+        distance: v.distance,
+        matched_id: v.matched_id,
+    }
+}
+
+/// A gallery's head (or its absence) as `HeadInfo`.
+pub fn head_out(h: Option<&HeadInfo>) -> pb::HeadInfo {
+    let Some(h) = h else {
+        return pb::HeadInfo::default();
+    };
+    pb::HeadInfo {
+        trained: h.trained,
+        weights: if h.trained {
+            h.weights.clone()
+        } else {
+            Vec::new()
+        },
+        bias: h.bias,
+        threshold: h.threshold,
+        target_far: h.target_far as f32,
+        auc: h.auc as f32,
+        tar_at_far: h.tar_at_far as f32,
+        pairs: h.pairs,
+        eer: h.eer as f32,
+        distance_threshold: h.distance_threshold,
+        distance_auc: h.distance_auc as f32,
+        distance_tar_at_far: h.distance_tar_at_far as f32,
+        distance_eer: h.distance_eer as f32,
+        heldout_genuine: h.heldout_genuine,
+        heldout_impostor: h.heldout_impostor,
+        seed: h.seed,
+    }
+}
+
+/// Training options from a request: zero (or unset) means the default.
+pub fn train_options_in(r: &pb::TrainHeadRequest) -> TrainOptions {
+    let d = TrainOptions::default();
+    TrainOptions {
+        target_far: if r.target_far == 0.0 {
+            d.target_far
+        } else {
+            f64::from(r.target_far)
+        },
+        max_pairs: if r.max_pairs == 0 {
+            d.max_pairs
+        } else {
+            r.max_pairs as usize
+        },
+        seed: r.seed.unwrap_or(d.seed),
+        ..d
     }
 }
 
 /// Gallery statistics as `GalleryInfo`.
-pub fn info_out(name: &str, s: GalleryStats) -> pb::GalleryInfo {
+pub fn info_out(g: &Gallery) -> pb::GalleryInfo {
+    let s = g.stats();
     pb::GalleryInfo {
-        name: name.to_owned(),
+        name: g.name().to_owned(),
         dim: DIM as u32,
         live: s.live,
         deleted: s.deleted,
         subjects: s.subjects,
         segments: s.segments,
         bytes_on_disk: s.bytes_on_disk,
-        head_trained: false,
+        head_trained: g.head().is_some_and(|h| h.trained),
         memtable_rows: s.memtable_rows,
     }
 }
@@ -90,45 +181,6 @@ pub fn distance_threshold(field: &str, v: Option<f32>) -> Result<Option<f32>, Ap
     }
 }
 
-/// An optional probability: in [0, 1] when present.
-pub fn probability(field: &str, v: Option<f32>) -> Result<Option<f32>, ApiError> {
-    match v {
-        Some(p) if !(0.0..=1.0).contains(&p) => Err(invalid(
-            field,
-            format_args!("must be a probability in [0, 1], got {p}"),
-        )),
-        other => Ok(other),
-    }
-}
-
-/// A vector given inline (Verify): 128 finite values. `field` is its full path.
-pub fn check_vector(field: &str, v: &[f32]) -> Result<(), ApiError> {
-    if v.len() != DIM {
-        return Err(invalid(
-            field,
-            format_args!("expected {DIM} values, got {}", v.len()),
-        ));
-    }
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(invalid(
-            field,
-            format_args!("value {i} is {} (every value must be finite)", v[i]),
-        ));
-    }
-    Ok(())
-}
-
-/// Squared L2 distance, accumulated in f64 (exact to f32 rounding).
-pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = f64::from(*x) - f64::from(*y);
-            d * d
-        })
-        .sum::<f64>() as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,31 +200,42 @@ mod tests {
             e.0.message()
         );
         assert!(distance_threshold("max_distance", Some(-1.0)).is_err());
-        assert!(probability("min_probability", Some(1.5)).is_err());
-        assert!(probability("min_probability", Some(0.5)).is_ok());
+        assert!(distance_threshold("max_distance", Some(f32::INFINITY)).is_err());
     }
 
     #[test]
-    fn inline_vectors_are_checked() {
-        let mut v = vec![0.0f32; DIM];
-        assert!(check_vector("pairs[0].a", &v).is_ok());
-        v[7] = f32::INFINITY;
-        let e = check_vector("pairs[0].a", &v).unwrap_err();
-        assert_eq!(
-            e.0.message(),
-            "pairs[0].a: value 7 is inf (every value must be finite)"
-        );
-        let e = check_vector("pairs[1].b.vector", &v[..3]).unwrap_err();
-        assert_eq!(
-            e.0.message(),
-            "pairs[1].b.vector: expected 128 values, got 3"
-        );
+    fn pairs_name_their_missing_parts() {
+        let e = pair_in(3, pb::VerifyPair { a: None, b: None }).unwrap_err();
+        assert_eq!(e.0.message(), "pairs[3].a: missing");
+        let e = pair_in(
+            4,
+            pb::VerifyPair {
+                a: Some(pb::Vector {
+                    values: vec![0.0; 128],
+                }),
+                b: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.0.message().starts_with("pairs[4].b: missing"));
     }
 
     #[test]
-    fn l2sq_matches_hand_computation() {
-        let a = [1.0f32, 2.0, 3.0];
-        let b = [1.5f32, 0.0, 3.0];
-        assert_eq!(l2sq(&a, &b), 0.25 + 4.0);
+    fn zero_training_options_mean_defaults() {
+        let o = train_options_in(&pb::TrainHeadRequest {
+            gallery: "g".into(),
+            target_far: 0.0,
+            max_pairs: 0,
+            seed: None,
+        });
+        assert_eq!(o, TrainOptions::default());
+        let o = train_options_in(&pb::TrainHeadRequest {
+            gallery: "g".into(),
+            target_far: 0.01,
+            max_pairs: 5000,
+            seed: Some(9),
+        });
+        assert_eq!((o.max_pairs, o.seed), (5000, 9));
+        assert!((o.target_far - 0.01).abs() < 1e-9);
     }
 }

@@ -6,17 +6,18 @@
 //! the async runtime), and converts back. Engine errors become statuses in
 //! [`crate::status`] only.
 
-use crate::convert::{self, check_vector, distance_threshold, l2sq, probability};
+use crate::convert::{self, distance_threshold};
 use crate::limits::{MAX_GET_IDS, MAX_RESULTS};
 use crate::status::{ApiError, at, in_field, invalid, too_large};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
-use visage_engine::{Engine, Gallery, InsertOutcome, MAX_IDENTIFY_K, MAX_K, MAX_PROBES};
+use visage_engine::{
+    Engine, Gallery, IdentifyOptions, InsertOutcome, MAX_IDENTIFY_K, MAX_K, MAX_PROBES, RankBy,
+    SearchOptions, VerifyOptions,
+};
 use visage_proto::v1 as pb;
-use visage_proto::v1::verify_pair::B;
 use visage_proto::v1::visage_server::Visage;
 
 /// The service implementation, sharing one engine.
@@ -66,13 +67,6 @@ fn check_results(field: &str, n: usize, k: usize, max_k: usize) -> Result<(), Ap
         ))));
     }
     Ok(())
-}
-
-fn no_head(gallery: &str, what: &str) -> ApiError {
-    ApiError(Status::failed_precondition(format!(
-        "{what} needs a trained scoring head and gallery {gallery:?} has none \
-         (heads are not available in this server version; use max_distance)"
-    )))
 }
 
 /// OUT_OF_RANGE "decoded message length too large" from tonic's decoder, as
@@ -131,7 +125,7 @@ impl Visage for VisageService {
                 visage_engine::check_gallery_name(&name).map_err(|e| at("name", e))?;
                 let g = engine.create_gallery(&name)?;
                 tracing::info!(gallery = %name, "gallery created");
-                Ok(convert::info_out(&name, g.stats()))
+                Ok(convert::info_out(&g))
             })
             .await?;
         Ok(Response::new(info))
@@ -145,10 +139,10 @@ impl Visage for VisageService {
         let dropped = self
             .blocking(move |engine| {
                 visage_engine::check_gallery_name(&name).map_err(|e| at("name", e))?;
-                let stats = engine.gallery(&name)?.stats();
+                let before = convert::info_out(&*engine.gallery(&name)?);
                 engine.drop_gallery(&name)?;
                 tracing::info!(gallery = %name, "gallery dropped");
-                Ok(convert::info_out(&name, stats))
+                Ok(before)
             })
             .await?;
         Ok(Response::new(pb::DropGalleryResponse {
@@ -167,7 +161,7 @@ impl Visage for VisageService {
                     .into_iter()
                     // A gallery dropped since the listing is simply skipped.
                     .filter_map(|n| engine.gallery(&n).ok())
-                    .map(|g| convert::info_out(g.name(), g.stats()))
+                    .map(|g| convert::info_out(&g))
                     .collect())
             })
             .await?;
@@ -182,8 +176,7 @@ impl Visage for VisageService {
         let info = self
             .blocking(move |engine| {
                 visage_engine::check_gallery_name(&name).map_err(|e| at("name", e))?;
-                let g = engine.gallery(&name)?;
-                Ok(convert::info_out(&name, g.stats()))
+                Ok(convert::info_out(&*engine.gallery(&name)?))
             })
             .await?;
         Ok(Response::new(info))
@@ -302,33 +295,35 @@ impl Visage for VisageService {
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let req = request.into_inner();
-        let rank_by = pb::RankBy::try_from(req.rank_by)
-            .map_err(|_| invalid("rank_by", format_args!("unknown value {}", req.rank_by)))?;
-        let max_distance = distance_threshold("max_distance", req.max_distance)?;
-        let k = req.k as usize;
-        check_results("queries", req.queries.len(), k, MAX_K)?;
+        let rank_by = match pb::RankBy::try_from(req.rank_by) {
+            Ok(pb::RankBy::Distance) => RankBy::Distance,
+            Ok(pb::RankBy::Head) => RankBy::Head,
+            Err(_) => {
+                return Err(
+                    invalid("rank_by", format_args!("unknown value {}", req.rank_by)).into(),
+                );
+            }
+        };
+        let opts = SearchOptions {
+            k: req.k as usize,
+            rank_by,
+            max_distance: distance_threshold("max_distance", req.max_distance)?,
+        };
+        check_results("queries", req.queries.len(), opts.k, MAX_K)?;
         let queries = convert::vectors_in(req.queries);
         let gallery = req.gallery;
         let results = self
             .blocking(move |engine| {
-                let g = open(engine, &gallery)?;
-                if rank_by == pb::RankBy::Head {
-                    return Err(no_head(&gallery, "rank_by HEAD"));
-                }
-                g.search(&queries, k)
+                open(engine, &gallery)?
+                    .search_with(&queries, &opts)
                     .map_err(|e| in_field(e, "queries").into())
             })
             .await?;
-        let within = |h: &visage_engine::Hit| max_distance.is_none_or(|m| h.distance <= m);
         Ok(Response::new(pb::SearchResponse {
             results: results
                 .into_iter()
                 .map(|hits| pb::SearchResult {
-                    hits: hits
-                        .into_iter()
-                        .filter(within)
-                        .map(convert::hit_out)
-                        .collect(),
+                    hits: hits.into_iter().map(convert::hit_out).collect(),
                 })
                 .collect(),
         }))
@@ -339,40 +334,21 @@ impl Visage for VisageService {
         request: Request<pb::IdentifyRequest>,
     ) -> Result<Response<pb::IdentifyResponse>, Status> {
         let req = request.into_inner();
-        let max_distance = distance_threshold("max_distance", req.max_distance)?;
-        let min_probability = probability("min_probability", req.min_probability)?;
-        let k = req.k as usize;
-        check_results("probes", req.probes.len(), k, MAX_IDENTIFY_K)?;
+        let opts = IdentifyOptions {
+            k: req.k as usize,
+            min_probability: req.min_probability,
+            max_distance: req.max_distance,
+        };
+        check_results("probes", req.probes.len(), opts.k, MAX_IDENTIFY_K)?;
         let probes = convert::vectors_in(req.probes);
         let gallery = req.gallery;
         let results = self
-            .blocking(move |engine| {
-                let g = open(engine, &gallery)?;
-                if min_probability.is_some() {
-                    return Err(no_head(&gallery, "min_probability"));
-                }
-                Ok(g.identify(&probes, k)?)
-            })
+            .blocking(move |engine| Ok(open(engine, &gallery)?.identify_open(&probes, &opts)?))
             .await?;
-        let within = |h: &visage_engine::Hit| max_distance.is_none_or(|m| h.distance <= m);
         Ok(Response::new(pb::IdentifyResponse {
             results: results
                 .into_iter()
-                .map(|hits| {
-                    let candidates: Vec<pb::Candidate> = hits
-                        .into_iter()
-                        .filter(within)
-                        .map(convert::candidate_out)
-                        .collect();
-                    pb::Identification {
-                        known: !candidates.is_empty(),
-                        subject: candidates
-                            .first()
-                            .map(|c| c.subject.clone())
-                            .unwrap_or_default(),
-                        candidates,
-                    }
-                })
+                .map(convert::identification_out)
                 .collect(),
         }))
     }
@@ -385,83 +361,40 @@ impl Visage for VisageService {
         if req.pairs.len() > MAX_PROBES {
             return Err(too_large("pairs", req.pairs.len(), MAX_PROBES).into());
         }
-        let max_distance = distance_threshold("max_distance", req.max_distance)?;
-        // Validate every pair before touching the gallery.
-        let mut pairs = Vec::with_capacity(req.pairs.len());
-        for (i, p) in req.pairs.into_iter().enumerate() {
-            let a =
-                p.a.ok_or_else(|| invalid(&format!("pairs[{i}].a"), "missing"))?
-                    .values;
-            check_vector(&format!("pairs[{i}].a"), &a)?;
-            match &p.b {
-                None => {
-                    return Err(invalid(
-                        &format!("pairs[{i}].b"),
-                        "missing (set vector, id or subject)",
-                    )
-                    .into());
-                }
-                Some(B::Vector(v)) => check_vector(&format!("pairs[{i}].b.vector"), &v.values)?,
-                Some(B::Id(_)) => {}
-                Some(B::Subject(_)) => {
-                    return Err(Status::unimplemented(format!(
-                        "pairs[{i}].b.subject: verification against a subject is not implemented yet; \
-                         pass b.id (an enrolled embedding) or b.vector"
-                    )));
-                }
-            }
-            pairs.push((a, p.b));
-        }
+        let pairs = req
+            .pairs
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| convert::pair_in(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opts = VerifyOptions {
+            min_probability: req.min_probability,
+            max_distance: req.max_distance,
+        };
         let gallery = req.gallery;
         let verdicts = self
-            .blocking(move |engine| {
-                let g = open(engine, &gallery)?;
-                let ids: Vec<u64> = pairs
-                    .iter()
-                    .filter_map(|(_, b)| match b {
-                        Some(B::Id(id)) => Some(*id),
-                        _ => None,
-                    })
-                    .collect();
-                let enrolled: HashMap<u64, Vec<f32>> =
-                    g.get(&ids).into_iter().map(|e| (e.id, e.vector)).collect();
-                let mut out = Vec::with_capacity(pairs.len());
-                for (i, (a, b)) in pairs.iter().enumerate() {
-                    let distance = match b {
-                        Some(B::Vector(v)) => l2sq(a, &v.values),
-                        Some(B::Id(id)) => {
-                            let v = enrolled.get(id).ok_or_else(|| {
-                                ApiError(Status::not_found(format!(
-                                    "pairs[{i}].b.id: gallery {gallery:?} has no embedding with id {id}"
-                                )))
-                            })?;
-                            l2sq(a, v)
-                        }
-                        // Rejected above.
-                        Some(B::Subject(_)) | None => {
-                            return Err(ApiError(Status::internal("unvalidated pair")));
-                        }
-                    };
-                    out.push(pb::Verdict {
-                        same: max_distance.map(|m| distance <= m),
-                        probability: None,
-                        distance,
-                    });
-                }
-                Ok(out)
-            })
+            .blocking(move |engine| Ok(open(engine, &gallery)?.verify(&pairs, &opts)?))
             .await?;
-        Ok(Response::new(pb::VerifyResponse { verdicts }))
+        Ok(Response::new(pb::VerifyResponse {
+            verdicts: verdicts.into_iter().map(convert::verdict_out).collect(),
+        }))
     }
 
     async fn train_head(
         &self,
-        _request: Request<pb::TrainHeadRequest>,
+        request: Request<pb::TrainHeadRequest>,
     ) -> Result<Response<pb::HeadInfo>, Status> {
-        Err(Status::unimplemented(
-            "TrainHead is not implemented in this server version; \
-             identify and verify with max_distance instead",
-        ))
+        let req = request.into_inner();
+        let opts = convert::train_options_in(&req);
+        let head = self
+            .blocking(move |engine| {
+                let g = open(engine, &req.gallery)?;
+                let h = g.train_head(&opts)?;
+                tracing::info!(gallery = %req.gallery, auc = h.auc, tar_at_far = h.tar_at_far, target_far = h.target_far, "head trained");
+                Ok(h)
+            })
+            .await?;
+        Ok(Response::new(convert::head_out(Some(&head))))
     }
 
     async fn get_head(
@@ -469,12 +402,10 @@ impl Visage for VisageService {
         request: Request<pb::GetHeadRequest>,
     ) -> Result<Response<pb::HeadInfo>, Status> {
         let gallery = request.into_inner().gallery;
-        self.blocking(move |engine| open(engine, &gallery).map(|_| ()))
+        let head = self
+            .blocking(move |engine| Ok(open(engine, &gallery)?.head()))
             .await?;
-        Ok(Response::new(pb::HeadInfo {
-            trained: false,
-            ..Default::default()
-        }))
+        Ok(Response::new(convert::head_out(head.as_deref())))
     }
 
     async fn compact(

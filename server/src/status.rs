@@ -218,6 +218,14 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (Error::GalleryNotFound("x".into()), Code::NotFound),
+            (
+                Error::NotFound("pairs[0].id: no embedding with id 9".into()),
+                Code::NotFound,
+            ),
+            (
+                Error::FailedPrecondition("gallery \"g\" has no trained head".into()),
+                Code::FailedPrecondition,
+            ),
             (Error::GalleryExists("x".into()), Code::AlreadyExists),
             (
                 Error::Locked {

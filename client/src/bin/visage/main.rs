@@ -1,0 +1,959 @@
+//! `visage`: the command-line client of a visage server.
+//!
+//! ```text
+//! visage gallery create staff
+//! visage insert staff --vectors faces.npy --subjects names.txt
+//! visage search staff --probes probe.npy -k 5
+//! visage identify staff --probes probe.npy --max-distance 0.6
+//! visage delete staff --subjects emp-00123
+//! visage compact staff
+//! ```
+//! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
+//! Errors are printed as one line on stderr and the exit code is 1.
+
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use output::{Table, bytes, count, distance, probability};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+use visage_client::npy::{self, Matrix};
+use visage_client::{
+    Against, Client, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome, Maintenance,
+    SearchOptions, Threshold, TrainHead,
+};
+
+const DIM: usize = 128;
+
+/// Command-line client for a visage server (galleries of 128-d face embeddings).
+#[derive(Debug, Parser)]
+#[command(name = "visage", version, about, propagate_version = true)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        env = "VISAGE_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, drop, list and describe galleries.
+    #[command(subcommand)]
+    Gallery(GalleryCommand),
+    /// Insert (upsert) embeddings from an .npy file of float32 [N, 128].
+    Insert(InsertArgs),
+    /// Nearest embeddings of each probe.
+    Search(SearchArgs),
+    /// The best distinct subjects for each probe (who is this?).
+    Identify(IdentifyArgs),
+    /// Distances of pairs (is this the same person?).
+    Verify(VerifyArgs),
+    /// Fetch embeddings by id.
+    Get(GetArgs),
+    /// Delete embeddings by id and every embedding of some subjects.
+    Delete(DeleteArgs),
+    /// Rewrite the gallery's files without deleted embeddings.
+    Compact(GalleryArg),
+    /// Write in-memory rows of the gallery to a segment file.
+    Flush(GalleryArg),
+    /// Train or show the gallery's scoring head and thresholds.
+    #[command(subcommand)]
+    Head(HeadCommand),
+    /// Whether the server is serving (exit code 0 if so).
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+enum HeadCommand {
+    /// Train the head on the gallery's own subjects and calibrate thresholds.
+    Train {
+        /// Gallery name.
+        gallery: String,
+        /// False-accept rate to calibrate for (server default 0.001).
+        #[arg(long)]
+        target_far: Option<f32>,
+        /// Upper bound on the pairs drawn (server default 200,000).
+        #[arg(long)]
+        max_pairs: Option<u32>,
+        /// Seed of the pair sampling (server default 1).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Show the head and thresholds.
+    Info {
+        /// Gallery name.
+        gallery: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Rank {
+    /// Smallest squared distance first.
+    Distance,
+    /// Highest head probability first (needs a trained head).
+    Head,
+}
+
+#[derive(Debug, Subcommand)]
+enum GalleryCommand {
+    /// Create an empty gallery.
+    Create {
+        /// Gallery name (1-64 of A-Z a-z 0-9 _ -).
+        name: String,
+    },
+    /// Drop a gallery and delete all its data.
+    Drop {
+        /// Gallery name.
+        name: String,
+        /// Confirm: the gallery's embeddings are deleted for good.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List galleries with their sizes.
+    List,
+    /// Show one gallery's statistics.
+    Info {
+        /// Gallery name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GalleryArg {
+    /// Gallery name.
+    gallery: String,
+}
+
+#[derive(Debug, Args)]
+struct InsertArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Vectors: .npy float32 (or float64) of shape [N, 128].
+    #[arg(long, value_name = "FILE.npy")]
+    vectors: PathBuf,
+    /// Subjects: a text file with one subject per line (N lines).
+    #[arg(long, value_name = "FILE")]
+    subjects: PathBuf,
+    /// Ids: .npy of integers or a text file with one id per line (N ids).
+    /// Without it, ids are sequential from --start-id.
+    #[arg(long, value_name = "FILE")]
+    ids: Option<PathBuf>,
+    /// First id when ids are sequential.
+    #[arg(long, default_value_t = 0, conflicts_with = "ids")]
+    start_id: u64,
+    /// Embeddings per request.
+    #[arg(long, default_value_t = visage_client::DEFAULT_BATCH)]
+    batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = visage_client::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Send all batches through one streaming call instead of separate requests.
+    #[arg(long)]
+    stream: bool,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Probes: .npy float32 of shape [P, 128] (or [128]).
+    #[arg(long, value_name = "FILE.npy")]
+    probes: PathBuf,
+    /// Hits per probe.
+    #[arg(short, long, default_value_t = 10)]
+    k: u32,
+    /// Drop hits farther than this squared L2 distance.
+    #[arg(long)]
+    max_distance: Option<f32>,
+    /// Ranking.
+    #[arg(long, value_enum, default_value = "distance")]
+    rank_by: Rank,
+}
+
+#[derive(Debug, Args)]
+struct IdentifyArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Probes: .npy float32 of shape [P, 128] (or [128]).
+    #[arg(long, value_name = "FILE.npy")]
+    probes: PathBuf,
+    /// Candidate subjects per probe.
+    #[arg(short, long, default_value_t = 5)]
+    k: u32,
+    /// Known only if the best candidate is within this squared distance
+    /// (default: the gallery's calibrated threshold).
+    #[arg(long)]
+    max_distance: Option<f32>,
+    /// Known only if the best candidate's head probability is at least this.
+    #[arg(long)]
+    min_probability: Option<f32>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("other").required(true).multiple(false))]
+struct VerifyArgs {
+    /// Gallery name.
+    gallery: String,
+    /// First vector of every pair: .npy float32 [N, 128].
+    #[arg(long, value_name = "FILE.npy")]
+    a: PathBuf,
+    /// Second vector of every pair: .npy float32 [N, 128].
+    #[arg(long, value_name = "FILE.npy", group = "other")]
+    b: Option<PathBuf>,
+    /// Or: enrolled embedding ids to compare with (.npy or text, N ids).
+    #[arg(long, value_name = "FILE", group = "other")]
+    b_ids: Option<PathBuf>,
+    /// Or: enrolled subjects to compare with (text, one per line, N subjects).
+    #[arg(long, value_name = "FILE", group = "other")]
+    b_subjects: Option<PathBuf>,
+    /// Same person iff the distance is at most this (default: the gallery's
+    /// calibrated threshold).
+    #[arg(long)]
+    max_distance: Option<f32>,
+    /// Same person iff the head's probability is at least this.
+    #[arg(long)]
+    min_probability: Option<f32>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    ids: Vec<u64>,
+    /// Also write the vectors found to this .npy file (float32 [N, 128]).
+    #[arg(long, value_name = "FILE.npy")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["ids", "subjects", "subjects_file"]))]
+struct DeleteArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Ids, comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    ids: Vec<u64>,
+    /// Subjects, comma-separated: every embedding of each is deleted.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    subjects: Vec<String>,
+    /// Subjects from a text file, one per line (for names holding commas).
+    #[arg(long, value_name = "FILE")]
+    subjects_file: Option<PathBuf>,
+}
+
+/// An error of this tool: one line.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+type Res<T = ()> = Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(Failure(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(v: &Value) -> Res {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Res<ExitCode> {
+    let client = Client::connect(&cli.server).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Gallery(g) => gallery(&client, g, json).await?,
+        Command::Insert(a) => insert(&client, a, json).await?,
+        Command::Search(a) => search(&client, a, json).await?,
+        Command::Identify(a) => identify(&client, a, json).await?,
+        Command::Verify(a) => verify(&client, a, json).await?,
+        Command::Get(a) => get(&client, a, json).await?,
+        Command::Delete(a) => delete(&client, a, json).await?,
+        Command::Compact(a) => {
+            let t = Instant::now();
+            let r = client.gallery(&a.gallery).compact().await?;
+            maintenance("compacted", &a.gallery, r, t, json)?;
+        }
+        Command::Flush(a) => {
+            let t = Instant::now();
+            let r = client.gallery(&a.gallery).flush().await?;
+            maintenance("flushed", &a.gallery, r, t, json)?;
+        }
+        Command::Head(h) => head(&client, h, json).await?,
+        Command::Health => {
+            let serving = client.serving().await?;
+            if json {
+                print_json(&json!({ "serving": serving }))?;
+            } else {
+                println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+            }
+            if !serving {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info_json(g: &GalleryInfo) -> Value {
+    json!({
+        "name": g.name, "dim": g.dim, "live": g.live, "deleted": g.deleted,
+        "subjects": g.subjects, "segments": g.segments, "memtable_rows": g.memtable_rows,
+        "bytes_on_disk": g.bytes_on_disk, "head_trained": g.head_trained,
+    })
+}
+
+fn stats_json(s: &GalleryStats) -> Value {
+    json!({
+        "live": s.live, "deleted": s.deleted, "subjects": s.subjects, "segments": s.segments,
+        "memtable_rows": s.memtable_rows, "bytes_on_disk": s.bytes_on_disk,
+    })
+}
+
+fn info_text(g: &GalleryInfo) -> String {
+    let mut t = Table::new(&["", ""], &[false, true]);
+    for (k, v) in [
+        ("live embeddings", count(g.live)),
+        ("deleted (until compaction)", count(g.deleted)),
+        ("subjects", count(g.subjects)),
+        ("segments", count(g.segments)),
+        ("in memory (not in a segment)", count(g.memtable_rows)),
+        ("on disk", bytes(g.bytes_on_disk)),
+        ("dimension", g.dim.to_string()),
+        (
+            "scoring head",
+            if g.head_trained { "trained" } else { "none" }.to_string(),
+        ),
+    ] {
+        t.row(vec![k.to_string(), v]);
+    }
+    // Skip the empty header line.
+    t.render()
+        .lines()
+        .skip(1)
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
+    match cmd {
+        GalleryCommand::Create { name } => {
+            let g = client.create_gallery(&name).await?;
+            if json {
+                print_json(&info_json(&g))?;
+            } else {
+                println!("created gallery {}", g.name);
+            }
+        }
+        GalleryCommand::Drop { name, yes } => {
+            if !yes {
+                return Err(Failure(format!(
+                    "dropping gallery {name} deletes all of its embeddings; add --yes to confirm"
+                )));
+            }
+            let g = client.drop_gallery(&name).await?;
+            if json {
+                print_json(&info_json(&g))?;
+            } else {
+                println!(
+                    "dropped gallery {name} ({} embeddings of {} subjects)",
+                    count(g.live),
+                    count(g.subjects)
+                );
+            }
+        }
+        GalleryCommand::List => {
+            let all = client.list_galleries().await?;
+            if json {
+                print_json(&Value::Array(all.iter().map(info_json).collect()))?;
+            } else if all.is_empty() {
+                println!("no galleries (create one with: visage gallery create NAME)");
+            } else {
+                let mut t = Table::new(
+                    &[
+                        "NAME", "LIVE", "DELETED", "SUBJECTS", "SEGMENTS", "ON DISK", "HEAD",
+                    ],
+                    &[false, true, true, true, true, true, false],
+                );
+                for g in &all {
+                    t.row(vec![
+                        g.name.clone(),
+                        count(g.live),
+                        count(g.deleted),
+                        count(g.subjects),
+                        count(g.segments),
+                        bytes(g.bytes_on_disk),
+                        if g.head_trained { "trained" } else { "none" }.into(),
+                    ]);
+                }
+                print!("{}", t.render());
+            }
+        }
+        GalleryCommand::Info { name } => {
+            let g = client.gallery(&name).stats().await?;
+            if json {
+                print_json(&info_json(&g))?;
+            } else {
+                println!("gallery {}", g.name);
+                print!("{}", info_text(&g));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lines of a text file, with the line number of each (1-based); blank lines are errors.
+fn read_lines(path: &Path, what: &str) -> Res<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure(format!("{}: cannot read {what}: {e}", path.display())))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = l.strip_suffix('\r').unwrap_or(l);
+            if l.is_empty() {
+                Err(Failure(format!(
+                    "{}:{}: empty {what}",
+                    path.display(),
+                    i + 1
+                )))
+            } else {
+                Ok(l.to_owned())
+            }
+        })
+        .collect()
+}
+
+/// Ids from an .npy file or a text file with one id per line.
+fn read_ids(path: &Path) -> Res<Vec<u64>> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        return Ok(npy::read_ids(path)?);
+    }
+    read_lines(path, "id")?
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.trim().parse::<u64>().map_err(|_| {
+                Failure(format!(
+                    "{}:{}: {l:?} is not an id (a non-negative integer)",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A float matrix with 128 columns.
+fn read_vectors(path: &Path) -> Res<Matrix> {
+    let m = npy::read_matrix(path)?;
+    if m.cols != DIM {
+        return Err(Failure(format!(
+            "{}: vectors must have {DIM} values, this file has shape [{}, {}]",
+            path.display(),
+            m.rows,
+            m.cols
+        )));
+    }
+    Ok(m)
+}
+
+fn progress_bar(len: u64, hidden: bool) -> ProgressBar {
+    let target = if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:32}] {human_pos}/{human_len} {per_sec} ETA {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
+    if a.batch == 0 || a.batch > 100_000 {
+        return Err(Failure(format!(
+            "--batch must be 1 to 100000, got {}",
+            a.batch
+        )));
+    }
+    let m = read_vectors(&a.vectors)?;
+    let n = m.rows;
+    let subjects = read_lines(&a.subjects, "subject")?;
+    if subjects.len() != n {
+        return Err(Failure(format!(
+            "{} has {} subjects but {} has {n} vectors (one subject per line, one per vector)",
+            a.subjects.display(),
+            subjects.len(),
+            a.vectors.display()
+        )));
+    }
+    let ids = match &a.ids {
+        Some(p) => {
+            let ids = read_ids(p)?;
+            if ids.len() != n {
+                return Err(Failure(format!(
+                    "{} has {} ids but {} has {n} vectors",
+                    p.display(),
+                    ids.len(),
+                    a.vectors.display()
+                )));
+            }
+            ids
+        }
+        None => {
+            let last = a.start_id.checked_add(n as u64);
+            if last.is_none() {
+                return Err(Failure(
+                    "--start-id + number of vectors overflows a u64".into(),
+                ));
+            }
+            (a.start_id..a.start_id + n as u64).collect()
+        }
+    };
+    let data = Arc::new((m, subjects, ids));
+    let batch = a.batch;
+    let make = {
+        let data = data.clone();
+        move |start: usize| -> Vec<Embedding> {
+            let (m, subjects, ids) = &*data;
+            (start..(start + batch).min(m.rows))
+                .map(|i| Embedding {
+                    id: ids[i],
+                    subject: subjects[i].clone(),
+                    vector: m.row(i).to_vec(),
+                })
+                .collect()
+        }
+    };
+    let g = client.gallery(&a.gallery);
+    // Fail early and clearly if the gallery does not exist.
+    g.stats().await?;
+    let pb = progress_bar(n as u64, a.no_progress || json);
+    pb.set_message(format!("inserting into {}", a.gallery));
+    let t = Instant::now();
+    let result: Result<InsertOutcome, visage_client::Error> = if a.stream {
+        let pb2 = pb.clone();
+        let batches = (0..n).step_by(batch).map(move |s| {
+            let b = make(s);
+            pb2.inc(b.len() as u64);
+            b
+        });
+        g.insert_stream(tokio_stream::iter(batches)).await
+    } else {
+        g.insert_batches((0..n).step_by(batch).map(make), a.concurrency, |len| {
+            pb.inc(len)
+        })
+        .await
+    };
+    pb.finish_and_clear();
+    let out = result?;
+    let secs = t.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    if json {
+        print_json(&json!({
+            "gallery": a.gallery, "inserted": out.inserted, "replaced": out.replaced,
+            "batches": out.batches, "seconds": secs, "per_second": rate,
+        }))?;
+    } else {
+        println!(
+            "inserted {} embeddings into {} ({} new, {} replaced) in {:.2} s ({}/s)",
+            count(out.total()),
+            a.gallery,
+            count(out.inserted),
+            count(out.replaced),
+            secs,
+            count(rate as u64)
+        );
+    }
+    Ok(())
+}
+
+async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
+    let probes = read_vectors(&a.probes)?;
+    let rows: Vec<&[f32]> = probes.rows().collect();
+    let opts = SearchOptions {
+        k: a.k,
+        rank_by_head: matches!(a.rank_by, Rank::Head),
+        max_distance: a.max_distance,
+    };
+    let results = client.gallery(&a.gallery).search_with(&rows, &opts).await?;
+    if json {
+        let v: Vec<Value> = results
+            .iter()
+            .enumerate()
+            .map(|(p, hits)| {
+                let hits: Vec<Value> = hits
+                    .iter()
+                    .map(|h| {
+                        json!({"id": h.id, "subject": h.subject, "distance": h.distance, "probability": h.probability})
+                    })
+                    .collect();
+                json!({ "probe": p, "hits": hits })
+            })
+            .collect();
+        return print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(
+        &["PROBE", "RANK", "ID", "SUBJECT", "DISTANCE", "PROBABILITY"],
+        &[true, true, true, false, true, true],
+    );
+    for (p, hits) in results.iter().enumerate() {
+        if hits.is_empty() {
+            let mut row = vec![p.to_string(), "-".into(), "-".into(), "(no hit)".into()];
+            row.extend(dashes(2));
+            t.row(row);
+        }
+        for (r, h) in hits.iter().enumerate() {
+            t.row(vec![
+                p.to_string(),
+                (r + 1).to_string(),
+                h.id.to_string(),
+                h.subject.clone(),
+                distance(h.distance),
+                probability(h.probability),
+            ]);
+        }
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+fn dashes(n: usize) -> impl Iterator<Item = String> {
+    std::iter::repeat_n("-".to_string(), n)
+}
+
+async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
+    let probes = read_vectors(&a.probes)?;
+    let rows: Vec<&[f32]> = probes.rows().collect();
+    let threshold = Threshold {
+        max_distance: a.max_distance,
+        min_probability: a.min_probability,
+    };
+    let results = client
+        .gallery(&a.gallery)
+        .identify_with(&rows, a.k, threshold)
+        .await?;
+    if json {
+        let v: Vec<Value> = results
+            .iter()
+            .enumerate()
+            .map(|(p, r)| {
+                let candidates: Vec<Value> = r
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        json!({"subject": c.subject, "id": c.id, "distance": c.distance, "probability": c.probability})
+                    })
+                    .collect();
+                json!({ "probe": p, "known": r.known, "subject": r.subject, "candidates": candidates })
+            })
+            .collect();
+        return print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(
+        &[
+            "PROBE",
+            "ANSWER",
+            "RANK",
+            "SUBJECT",
+            "ID",
+            "DISTANCE",
+            "PROBABILITY",
+        ],
+        &[true, false, true, false, true, true, true],
+    );
+    for (p, r) in results.iter().enumerate() {
+        let answer = if r.known {
+            r.subject.clone()
+        } else {
+            "unknown".into()
+        };
+        if r.candidates.is_empty() {
+            let mut row = vec![p.to_string(), answer.clone()];
+            row.extend(dashes(5));
+            t.row(row);
+        }
+        for (i, c) in r.candidates.iter().enumerate() {
+            let answer = if i == 0 {
+                answer.clone()
+            } else {
+                String::new()
+            };
+            t.row(vec![
+                p.to_string(),
+                answer,
+                (i + 1).to_string(),
+                c.subject.clone(),
+                c.id.to_string(),
+                distance(c.distance),
+                probability(c.probability),
+            ]);
+        }
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
+    let left = read_vectors(&a.a)?;
+    let others: Vec<Against> = match (&a.b, &a.b_ids, &a.b_subjects) {
+        (Some(p), _, _) => read_vectors(p)?
+            .rows()
+            .map(|r| Against::Vector(r.to_vec()))
+            .collect(),
+        (None, Some(p), _) => read_ids(p)?.into_iter().map(Against::Id).collect(),
+        (None, None, Some(p)) => read_lines(p, "subject")?
+            .into_iter()
+            .map(Against::Subject)
+            .collect(),
+        (None, None, None) => {
+            return Err(Failure(
+                "give --b FILE.npy, --b-ids FILE or --b-subjects FILE".into(),
+            ));
+        }
+    };
+    if others.len() != left.rows {
+        return Err(Failure(format!(
+            "{} has {} vectors but the other side has {} (pairs are taken row by row)",
+            a.a.display(),
+            left.rows,
+            others.len()
+        )));
+    }
+    let pairs: Vec<(Vec<f32>, Against)> = left.rows().map(<[f32]>::to_vec).zip(others).collect();
+    let threshold = Threshold {
+        max_distance: a.max_distance,
+        min_probability: a.min_probability,
+    };
+    let verdicts = client
+        .gallery(&a.gallery)
+        .verify_with(&pairs, threshold)
+        .await?;
+    if json {
+        let v: Vec<Value> = verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                json!({"pair": i, "same": v.same, "distance": v.distance, "probability": v.probability, "matched_id": v.matched_id})
+            })
+            .collect();
+        return print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(
+        &["PAIR", "SAME", "DISTANCE", "PROBABILITY", "MATCHED ID"],
+        &[true, false, true, true, true],
+    );
+    for (i, v) in verdicts.iter().enumerate() {
+        t.row(vec![
+            i.to_string(),
+            if v.same { "yes" } else { "no" }.into(),
+            distance(v.distance),
+            probability(v.probability),
+            v.matched_id.map_or("-".into(), |id| id.to_string()),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+async fn get(client: &Client, a: GetArgs, json: bool) -> Res {
+    let found = client.gallery(&a.gallery).get(&a.ids).await?;
+    if let Some(out) = &a.out {
+        let m = Matrix {
+            rows: found.len(),
+            cols: DIM,
+            data: found
+                .iter()
+                .flat_map(|e| e.vector.iter().copied())
+                .collect(),
+        };
+        npy::write_matrix(out, &m)?;
+    }
+    if json {
+        let v: Vec<Value> = found
+            .iter()
+            .map(|e| json!({"id": e.id, "subject": e.subject, "vector": e.vector}))
+            .collect();
+        return print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(&["ID", "SUBJECT", "VECTOR"], &[true, false, false]);
+    for e in &found {
+        let head: Vec<String> = e.vector.iter().take(4).map(|x| format!("{x:.4}")).collect();
+        t.row(vec![
+            e.id.to_string(),
+            e.subject.clone(),
+            format!("[{}, ...]", head.join(", ")),
+        ]);
+    }
+    print!("{}", t.render());
+    let missing = a.ids.len() - found.len();
+    if missing > 0 {
+        eprintln!("{missing} of {} ids not found", a.ids.len());
+    }
+    Ok(())
+}
+
+async fn delete(client: &Client, a: DeleteArgs, json: bool) -> Res {
+    let mut subjects = a.subjects;
+    if let Some(p) = &a.subjects_file {
+        subjects.extend(read_lines(p, "subject")?);
+    }
+    let n = client.gallery(&a.gallery).delete(&a.ids, &subjects).await?;
+    if json {
+        print_json(&json!({"gallery": a.gallery, "deleted": n}))?;
+    } else {
+        println!("deleted {} embeddings from {}", count(n), a.gallery);
+    }
+    Ok(())
+}
+
+fn maintenance(verb: &str, gallery: &str, r: Maintenance, t: Instant, json: bool) -> Res {
+    let secs = t.elapsed().as_secs_f64();
+    if json {
+        return print_json(&json!({
+            "gallery": gallery, "seconds": secs,
+            "before": stats_json(&r.before), "after": stats_json(&r.after),
+        }));
+    }
+    println!("{verb} {gallery} in {secs:.2} s");
+    let mut t = Table::new(&["", "BEFORE", "AFTER"], &[false, true, true]);
+    let (b, a) = (r.before, r.after);
+    for (k, x, y) in [
+        ("live", count(b.live), count(a.live)),
+        ("deleted", count(b.deleted), count(a.deleted)),
+        ("subjects", count(b.subjects), count(a.subjects)),
+        ("segments", count(b.segments), count(a.segments)),
+        ("in memory", count(b.memtable_rows), count(a.memtable_rows)),
+        ("on disk", bytes(b.bytes_on_disk), bytes(a.bytes_on_disk)),
+    ] {
+        t.row(vec![k.into(), x, y]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+fn head_json(h: &HeadInfo) -> Value {
+    json!({
+        "trained": h.trained, "weights": h.weights, "bias": h.bias, "threshold": h.threshold,
+        "target_far": h.target_far, "auc": h.auc, "tar_at_far": h.tar_at_far, "eer": h.eer,
+        "pairs": h.pairs, "distance_threshold": h.distance_threshold,
+        "distance_auc": h.distance_auc, "distance_tar_at_far": h.distance_tar_at_far,
+        "distance_eer": h.distance_eer, "heldout_genuine": h.heldout_genuine,
+        "heldout_impostor": h.heldout_impostor, "seed": h.seed,
+    })
+}
+
+async fn head(client: &Client, cmd: HeadCommand, json: bool) -> Res {
+    let (gallery, h) = match cmd {
+        HeadCommand::Train {
+            gallery,
+            target_far,
+            max_pairs,
+            seed,
+        } => {
+            let opts = TrainHead {
+                target_far,
+                max_pairs,
+                seed,
+            };
+            let h = client.gallery(&gallery).train_head(&opts).await?;
+            (gallery, h)
+        }
+        HeadCommand::Info { gallery } => {
+            let h = client.gallery(&gallery).head().await?;
+            (gallery, h)
+        }
+    };
+    if json {
+        return print_json(&head_json(&h));
+    }
+    if !h.trained && h.distance_threshold == 0.0 {
+        println!(
+            "gallery {gallery} has no head and no calibrated threshold (train one with: visage head train {gallery})"
+        );
+        return Ok(());
+    }
+    println!(
+        "gallery {gallery}: {}",
+        if h.trained {
+            "trained scoring head"
+        } else {
+            "no head; distance threshold calibrated"
+        }
+    );
+    let mut t = Table::new(&["", "HEAD", "DISTANCE"], &[false, true, true]);
+    let head_col = |v: String| if h.trained { v } else { "-".into() };
+    t.row(vec![
+        format!("threshold (at FAR {})", h.target_far),
+        head_col(format!("p >= {:.4}", h.threshold)),
+        format!("d <= {:.4}", h.distance_threshold),
+    ]);
+    t.row(vec![
+        "TAR at that FAR".into(),
+        head_col(format!("{:.4}", h.tar_at_far)),
+        format!("{:.4}", h.distance_tar_at_far),
+    ]);
+    t.row(vec![
+        "AUC".into(),
+        head_col(format!("{:.4}", h.auc)),
+        format!("{:.4}", h.distance_auc),
+    ]);
+    t.row(vec![
+        "EER".into(),
+        head_col(format!("{:.4}", h.eer)),
+        format!("{:.4}", h.distance_eer),
+    ]);
+    print!("{}", t.render());
+    if h.trained {
+        println!(
+            "trained on {} pairs; calibrated on {} genuine and {} impostor held-out pairs (seed {})",
+            count(h.pairs),
+            count(h.heldout_genuine),
+            count(h.heldout_impostor),
+            h.seed
+        );
+    }
+    Ok(())
+}
