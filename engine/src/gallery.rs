@@ -140,6 +140,20 @@ pub struct SearchOptions {
     pub rank_by: RankBy,
     /// Drop hits farther than this (squared L2).
     pub max_distance: Option<f32>,
+    /// How distance ranking scans the vectors (results are exact distances either way).
+    pub mode: ScanMode,
+}
+
+/// How a distance search scans the gallery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScanMode {
+    /// Every f32 vector: the exact top-k.
+    #[default]
+    Exact,
+    /// 8-bit codes first (a quarter of the memory traffic), then an exact f32
+    /// re-rank of the best candidates; returned distances are exact, the set can
+    /// in rare cases miss a true neighbour the codes ranked too low.
+    Quantized,
 }
 
 impl Default for SearchOptions {
@@ -148,6 +162,7 @@ impl Default for SearchOptions {
             k: 10,
             rank_by: RankBy::Distance,
             max_distance: None,
+            mode: ScanMode::Exact,
         }
     }
 }

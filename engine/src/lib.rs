@@ -40,7 +40,8 @@ pub use error::{Error, Result};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
     InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,
-    MaintenanceReport, RankBy, SearchOptions, Verdict, VerifyOptions, VerifyPair, VerifyTarget,
+    MaintenanceReport, RankBy, ScanMode, SearchOptions, Verdict, VerifyOptions, VerifyPair,
+    VerifyTarget,
 };
 pub use head::{HeadInfo, TrainOptions};
 pub use segment::VerifyChecksums;
