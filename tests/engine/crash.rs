@@ -1,17 +1,20 @@
 //! Process crashes: this test binary re-runs itself as a child that writes to a
-//! gallery (default durable mode, background flushes and merges on a small
-//! memtable, an occasional explicit compaction) and, after each acknowledged
-//! batch, appends a line naming the batch to an acknowledgement log with
-//! `sync_data`. The parent kills the child with SIGKILL at random moments,
-//! reopens the gallery, and checks it against a model built from the
-//! acknowledged batches alone: every acknowledged insert is there with
-//! identical bytes (unless later deleted or replaced), every acknowledged
-//! delete is absent, and the batch that was in flight is wholly present or
-//! wholly absent (the whole gallery must equal the model with or without it).
+//! gallery (background flushes and merges on a small memtable, an occasional
+//! explicit compaction) from two threads, so batches also share group commits.
+//! After each acknowledged batch a thread appends a line naming it to its own
+//! acknowledgement log with `sync_data`. The parent kills the child with
+//! SIGKILL at random moments, reopens the gallery, and checks it against a
+//! model built from the acknowledged batches alone: every acknowledged insert
+//! is there with identical bytes (unless later deleted or replaced), every
+//! acknowledged delete is absent, and the batch each thread had in flight is
+//! wholly present or wholly absent (each thread's id range must equal its
+//! model with or without that batch). Threads use disjoint ids and subjects.
 //!
-//! Batches are regenerated from `(run seed, batch number)`; each log line also
-//! carries the batch's seed and a fingerprint of its contents, so parent and
-//! child provably agree on what was written.
+//! Batches are regenerated from `(run seed, thread, batch number)`; each log
+//! line also carries the batch's seed and a fingerprint of its contents, so
+//! parent and child provably agree on what was written. The default durable
+//! mode is tested with 30 kills, `Durability::ProcessCrash` (which promises to
+//! survive exactly this) with 10.
 
 use crate::support::{Model, assert_same, check_search, mix, opts, rerun_self, subject_count};
 use std::fs::OpenOptions;
@@ -19,7 +22,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use visage_engine::{Embedding, Engine};
+use visage_engine::{Durability, Embedding, Engine};
 use visage_tests::Rng;
 
 const CHILD_ENV: &str = "VISAGE_CRASH_CHILD";
@@ -27,7 +30,8 @@ const GALLERY: &str = "crash";
 /// Ids are drawn from this range, so upserts and deletes hit live ids often.
 const ID_SPACE: u64 = 1500;
 const SUBJECTS: u64 = 60;
-const KILLS: usize = 30;
+/// Writer threads in the child.
+const THREADS: u64 = 2;
 
 enum Batch {
     Insert(Vec<Embedding>),
@@ -37,14 +41,17 @@ enum Batch {
     },
 }
 
-/// Batch number `n` of the run: its seed and contents.
-fn batch(run_seed: u64, n: u64) -> (u64, Batch) {
-    let bseed = mix(run_seed, n);
+/// Batch number `n` of thread `t` of the run: its seed and contents.
+fn batch(run_seed: u64, t: u64, n: u64) -> (u64, Batch) {
+    let bseed = mix(mix(run_seed, t), n);
     let mut rng = Rng(bseed);
+    let base = t * ID_SPACE;
     if rng.below(4) == 0 {
-        let ids = (0..1 + rng.below(6)).map(|_| rng.below(ID_SPACE)).collect();
+        let ids = (0..1 + rng.below(6))
+            .map(|_| base + rng.below(ID_SPACE))
+            .collect();
         let subjects = if rng.below(6) == 0 {
-            vec![format!("s{}", rng.below(SUBJECTS))]
+            vec![format!("t{t}-s{}", rng.below(SUBJECTS))]
         } else {
             vec![]
         };
@@ -57,7 +64,7 @@ fn batch(run_seed: u64, n: u64) -> (u64, Batch) {
     };
     let mut ids = std::collections::BTreeSet::new();
     while (ids.len() as u64) < n {
-        ids.insert(rng.below(ID_SPACE));
+        ids.insert(base + rng.below(ID_SPACE));
     }
     // Several embeddings of the same subject in one batch, in random id order.
     let subject = rng.below(SUBJECTS);
@@ -65,7 +72,7 @@ fn batch(run_seed: u64, n: u64) -> (u64, Batch) {
         .into_iter()
         .map(|id| Embedding {
             id,
-            subject: format!("s{}", (subject + rng.below(3)) % SUBJECTS),
+            subject: format!("t{t}-s{}", (subject + rng.below(3)) % SUBJECTS),
             vector: rng.vector(),
         })
         .collect();
@@ -103,8 +110,8 @@ fn fingerprint(b: &Batch) -> u64 {
     h
 }
 
-fn ack_line(n: u64, run_seed: u64) -> String {
-    let (bseed, b) = batch(run_seed, n);
+fn ack_line(run_seed: u64, t: u64, n: u64) -> String {
+    let (bseed, b) = batch(run_seed, t, n);
     format!("{n} {bseed:016x} {:016x}\n", fingerprint(&b))
 }
 
@@ -124,7 +131,19 @@ fn apply(model: &mut Model, b: &Batch) {
     }
 }
 
-/// The child: write batches from `VISAGE_CRASH_START` on until killed.
+fn ack_path(dir: &Path, t: u64) -> std::path::PathBuf {
+    dir.join(format!("acks-{t}.log"))
+}
+
+fn durability(mode: &str) -> Durability {
+    match mode {
+        "power-loss" => Durability::PowerLoss,
+        "process-crash" => Durability::ProcessCrash,
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+/// The child: each thread writes its batches from `VISAGE_CRASH_START_<t>` on until killed.
 #[test]
 fn child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -133,39 +152,46 @@ fn child() {
     let dir = Path::new(&dir);
     let env_u64 = |k: &str| std::env::var(k).unwrap().parse::<u64>().unwrap();
     let run_seed = env_u64("VISAGE_CRASH_SEED");
-    let start = env_u64("VISAGE_CRASH_START");
     let mut o = opts(true, 64);
+    o.gallery.durability = durability(&std::env::var("VISAGE_CRASH_MODE").unwrap());
     o.gallery.compaction.min_small_to_merge = 3;
     let engine = Engine::open(dir.join("data"), o).expect("child: open");
     let g = engine.gallery(GALLERY).expect("child: gallery");
-    let mut ack = OpenOptions::new()
-        .append(true)
-        .open(dir.join("acks.log"))
-        .expect("child: ack log");
-    let t0 = Instant::now();
-    for n in start.. {
-        match batch(run_seed, n).1 {
-            Batch::Insert(items) => {
-                g.insert(&items).expect("child: insert");
-            }
-            Batch::Delete { ids, subjects } => {
-                g.delete(&ids, &subjects).expect("child: delete");
-            }
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (g, start) = (&g, env_u64(&format!("VISAGE_CRASH_START_{t}")));
+            scope.spawn(move || {
+                let mut ack = OpenOptions::new()
+                    .append(true)
+                    .open(ack_path(dir, t))
+                    .expect("child: ack log");
+                let t0 = Instant::now();
+                for n in start.. {
+                    match batch(run_seed, t, n).1 {
+                        Batch::Insert(items) => {
+                            g.insert(&items).expect("child: insert");
+                        }
+                        Batch::Delete { ids, subjects } => {
+                            g.delete(&ids, &subjects).expect("child: delete");
+                        }
+                    }
+                    ack.write_all(ack_line(run_seed, t, n).as_bytes()).unwrap();
+                    ack.sync_data().unwrap();
+                    if t == 0 && n % 50 == 49 {
+                        g.compact().expect("child: compact");
+                    }
+                    if t0.elapsed() > Duration::from_secs(20) {
+                        break; // never reached when the parent is alive: it kills much sooner
+                    }
+                }
+            });
         }
-        ack.write_all(ack_line(n, run_seed).as_bytes()).unwrap();
-        ack.sync_data().unwrap();
-        if n % 50 == 49 {
-            g.compact().expect("child: compact");
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            break; // never reached when the parent is alive: it kills much sooner
-        }
-    }
+    });
 }
 
 /// Read the complete lines of the acknowledgement log from batch `next` on,
 /// checking that they name consecutive batches with the contents we regenerate.
-fn read_acks(path: &Path, next: u64, run_seed: u64) -> Vec<u64> {
+fn read_acks(path: &Path, run_seed: u64, t: u64, next: u64) -> Vec<u64> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     let mut expect = next;
@@ -177,11 +203,11 @@ fn read_acks(path: &Path, next: u64, run_seed: u64) -> Vec<u64> {
         if n < next {
             continue;
         }
-        assert_eq!(n, expect, "acknowledgement log skips a batch");
+        assert_eq!(n, expect, "thread {t}: acknowledgement log skips a batch");
         assert_eq!(
             line,
-            ack_line(n, run_seed),
-            "batch {n}: child and parent disagree on its contents"
+            ack_line(run_seed, t, n),
+            "thread {t} batch {n}: child and parent disagree on its contents"
         );
         out.push(n);
         expect += 1;
@@ -192,7 +218,7 @@ fn read_acks(path: &Path, next: u64, run_seed: u64) -> Vec<u64> {
 /// Describe how `state` differs from `model`.
 fn diff(state: &Model, model: &Model) -> String {
     let mut out = Vec::new();
-    for id in 0..ID_SPACE {
+    for id in 0..THREADS * ID_SPACE {
         match (state.get(&id), model.get(&id)) {
             (None, None) => {}
             (Some(_), None) => out.push(format!("id {id} present, model says deleted")),
@@ -219,13 +245,13 @@ fn same(state: &Model, model: &Model) -> bool {
         })
 }
 
-#[test]
-fn acknowledged_batches_survive_sigkill_and_none_is_half_applied() {
+/// Kill the child `kills` times in `mode` and verify after each kill.
+fn run(mode: &str, kills: usize) {
     let run_seed: u64 = std::env::var("VISAGE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_C4A5);
-    println!("crash test run seed {run_seed} (set VISAGE_CRASH_SEED to repeat)");
+    println!("{mode}: crash test run seed {run_seed} (set VISAGE_CRASH_SEED to repeat)");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = dir.join("data");
@@ -233,23 +259,29 @@ fn acknowledged_batches_survive_sigkill_and_none_is_half_applied() {
         let e = Engine::open(&data, opts(false, 64)).unwrap();
         e.create_gallery(GALLERY).unwrap();
     }
-    let acks = dir.join("acks.log");
-    std::fs::write(&acks, "").unwrap();
+    for t in 0..THREADS {
+        std::fs::write(ack_path(dir, t), "").unwrap();
+    }
     let mut rng = Rng(run_seed ^ 0xA11CE);
-    let mut model = Model::new();
-    let mut next = 0u64;
+    let mut models = vec![Model::new(); THREADS as usize];
+    let mut next = vec![0u64; THREADS as usize];
     let (mut in_flight_applied, mut productive_runs, mut max_segments) = (0, 0, 0);
     let t0 = Instant::now();
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         let stderr_path = dir.join("child.stderr");
-        let mut child = rerun_self("crash::child")
-            .env(CHILD_ENV, dir)
+        let mut cmd = rerun_self("crash::child");
+        cmd.env(CHILD_ENV, dir)
             .env("VISAGE_CRASH_SEED", run_seed.to_string())
-            .env("VISAGE_CRASH_START", next.to_string())
+            .env("VISAGE_CRASH_MODE", mode)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for t in 0..THREADS {
+            cmd.env(
+                format!("VISAGE_CRASH_START_{t}"),
+                next[t as usize].to_string(),
+            );
+        }
+        let mut child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
@@ -260,59 +292,91 @@ fn acknowledged_batches_survive_sigkill_and_none_is_half_applied() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
-        let acked = read_acks(&acks, next, run_seed);
-        if !acked.is_empty() {
+        let engine = Engine::open(&data, opts(false, 64))
+            .unwrap_or_else(|e| panic!("{mode}, kill {kill}: reopen after SIGKILL failed: {e}"));
+        let g = engine.gallery(GALLERY).unwrap();
+        let mut acked_any = false;
+        for t in 0..THREADS {
+            let ti = t as usize;
+            let acked = read_acks(&ack_path(dir, t), run_seed, t, next[ti]);
+            acked_any |= !acked.is_empty();
+            for &n in &acked {
+                apply(&mut models[ti], &batch(run_seed, t, n).1);
+            }
+            next[ti] += acked.len() as u64;
+            let ids: Vec<u64> = (t * ID_SPACE..(t + 1) * ID_SPACE).collect();
+            let state: Model = g.get(&ids).into_iter().map(|e| (e.id, e)).collect();
+            if !same(&state, &models[ti]) {
+                // The batch in flight may have been committed before its acknowledgement was logged.
+                let mut with_next = models[ti].clone();
+                apply(&mut with_next, &batch(run_seed, t, next[ti]).1);
+                assert!(
+                    same(&state, &with_next),
+                    "{mode}, kill {kill} (run seed {run_seed}), thread {t}: its ids match neither its {} \
+                     acknowledged batches ({}) nor them plus batch {} in flight ({})",
+                    next[ti],
+                    diff(&state, &models[ti]),
+                    next[ti],
+                    diff(&state, &with_next),
+                );
+                models[ti] = with_next;
+                next[ti] += 1;
+                in_flight_applied += 1;
+            }
+            // Keep only whole lines, so the next child appends after a clean end.
+            let lines: String = (0..next[ti]).map(|n| ack_line(run_seed, t, n)).collect();
+            std::fs::write(ack_path(dir, t), lines).unwrap();
+        }
+        if acked_any {
             productive_runs += 1;
         }
-        for &n in &acked {
-            apply(&mut model, &batch(run_seed, n).1);
-        }
-        next += acked.len() as u64;
-        // Keep only whole lines, so the next child appends after a clean end.
-        let mut lines: String = (0..next).map(|n| ack_line(n, run_seed)).collect();
-
-        let engine = Engine::open(&data, opts(false, 64))
-            .unwrap_or_else(|e| panic!("kill {kill}: reopen after SIGKILL failed: {e}"));
-        let g = engine.gallery(GALLERY).unwrap();
-        let ids: Vec<u64> = (0..ID_SPACE).collect();
-        let state: Model = g.get(&ids).into_iter().map(|e| (e.id, e)).collect();
-        if !same(&state, &model) {
-            // The batch in flight may have been committed before its acknowledgement was logged.
-            let mut with_next = model.clone();
-            apply(&mut with_next, &batch(run_seed, next).1);
-            assert!(
-                same(&state, &with_next),
-                "kill {kill} (run seed {run_seed}): the gallery matches neither the {next} acknowledged \
-                 batches ({}) nor them plus batch {next} in flight ({})",
-                diff(&state, &model),
-                diff(&state, &with_next),
-            );
-            model = with_next;
-            lines.push_str(&ack_line(next, run_seed));
-            next += 1;
-            in_flight_applied += 1;
-        }
-        std::fs::write(&acks, lines).unwrap();
-        for e in g.get(&ids) {
-            assert_same(&e, &model[&e.id], &format!("kill {kill}"));
+        let model: Model = models
+            .iter()
+            .flatten()
+            .map(|(&k, v)| (k, v.clone()))
+            .collect();
+        let all: Vec<u64> = (0..THREADS * ID_SPACE).collect();
+        for e in g.get(&all) {
+            assert_same(&e, &model[&e.id], &format!("{mode}, kill {kill}"));
         }
         let s = g.stats();
-        assert_eq!(s.live, model.len() as u64, "kill {kill}: live");
-        assert_eq!(s.subjects, subject_count(&model), "kill {kill}: subjects");
+        assert_eq!(s.live, model.len() as u64, "{mode}, kill {kill}: live");
+        assert_eq!(
+            s.subjects,
+            subject_count(&model),
+            "{mode}, kill {kill}: subjects"
+        );
         max_segments = max_segments.max(s.segments);
         let probe = rng.vector();
         let hits = g.search(std::slice::from_ref(&probe), 20).unwrap();
-        check_search(&hits[0], &model, &probe, 20, false, &format!("kill {kill}"));
+        check_search(
+            &hits[0],
+            &model,
+            &probe,
+            20,
+            false,
+            &format!("{mode}, kill {kill}"),
+        );
     }
+    let batches: u64 = next.iter().sum();
     println!(
-        "{KILLS} kills, {next} batches verified ({in_flight_applied} in flight at the kill were found \
-         committed), {productive_runs} runs acknowledged writes, up to {max_segments} segments, \
-         {} live at the end, {:.1} s",
-        model.len(),
+        "{mode}: {kills} kills, {batches} batches verified ({in_flight_applied} in flight at a kill \
+         were found committed), {productive_runs} runs acknowledged writes, up to {max_segments} \
+         segments, {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     assert!(
-        productive_runs >= KILLS / 2 && next >= 200,
+        productive_runs >= kills / 2 && batches >= 20 * kills as u64,
         "too little was written to prove anything"
     );
+}
+
+#[test]
+fn acknowledged_batches_survive_sigkill_and_none_is_half_applied() {
+    run("power-loss", 30);
+}
+
+#[test]
+fn process_crash_mode_also_survives_sigkill() {
+    run("process-crash", 10);
 }
