@@ -329,3 +329,95 @@ fn every_rejection_names_the_position_and_changes_nothing() {
     let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
     assert_contents(&engine.gallery("g").unwrap(), &model, 0..300, "reopened");
 }
+
+#[test]
+fn invalid_gallery_names_are_refused_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+    let long = "a".repeat(65);
+    for name in [
+        "",
+        "..",
+        "../escape",
+        "a/b",
+        "-dash-first",
+        "sp ace",
+        "é",
+        long.as_str(),
+    ] {
+        match engine.create_gallery(name) {
+            Err(Error::InvalidName { name: n, .. }) => assert_eq!(n, name),
+            other => panic!("{name:?}: {other:?}"),
+        }
+    }
+    assert!(engine.list_galleries().is_empty());
+    assert!(
+        all_files(tmp.path())
+            .iter()
+            .all(|p| p.file_name().unwrap() == "LOCK")
+    );
+    assert!(!tmp.path().join("escape").exists());
+    engine.create_gallery(&"a".repeat(64)).unwrap();
+    engine.create_gallery("0_ok-Name").unwrap();
+    assert_eq!(engine.list_galleries().len(), 2);
+}
+
+/// Extreme but valid values: ids 0 and u64::MAX, -0.0, subnormals, ±f32::MAX
+/// (whose distances overflow f32 to infinity). They round-trip bit for bit
+/// through the memtable, a segment and a reopen, and a search with k above the
+/// live count still returns every row, in (distance, id) order.
+#[test]
+fn extreme_values_round_trip_and_stay_searchable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(4);
+    let special = |id: u64, f: &dyn Fn(usize) -> f32| Embedding {
+        id,
+        subject: format!("edge-{}", id % 3),
+        vector: (0..DIM).map(f).collect(),
+    };
+    let rows = vec![
+        special(0, &|i| if i % 2 == 0 { -0.0 } else { 0.0 }),
+        special(u64::MAX, &|i| f32::from_bits(1 + i as u32)), // subnormals
+        special(u64::MAX - 1, &|i| {
+            if i % 2 == 0 { f32::MAX } else { -f32::MAX }
+        }),
+        special(1 << 63, &|_| f32::MIN_POSITIVE),
+        special(7, &|i| i as f32 * 1e30),
+        embedding(&mut rng, 8, "plain"),
+    ];
+    let model: Model = rows.iter().map(|e| (e.id, e.clone())).collect();
+    let ids: Vec<u64> = model.keys().copied().collect();
+    let check = |g: &Gallery, ctx: &str| {
+        let got = g.get(&ids);
+        assert_eq!(got.len(), ids.len(), "{ctx}");
+        for e in &got {
+            crate::support::assert_same(e, &model[&e.id], ctx);
+        }
+        for probe in [
+            vec![0.0f32; DIM],
+            vec![f32::MAX; DIM],
+            rows[5].vector.clone(),
+        ] {
+            let hits = g.search(std::slice::from_ref(&probe), 10).unwrap();
+            let mut got: Vec<u64> = hits[0].iter().map(|h| h.id).collect();
+            got.sort_unstable();
+            assert_eq!(got, ids, "{ctx}: k above the live count returns every row");
+            for w in hits[0].windows(2) {
+                let key = |h: &visage_engine::Hit| (h.distance, h.id);
+                assert!(key(&w[0]) < key(&w[1]), "{ctx}: order {:?}", hits[0]);
+            }
+            let cands = g.identify(std::slice::from_ref(&probe), 10).unwrap();
+            assert_eq!(cands[0].len(), 4, "{ctx}: every subject identified");
+        }
+    };
+    {
+        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+        let g = engine.create_gallery("g").unwrap();
+        g.insert(&rows).unwrap();
+        check(&g, "memtable");
+        g.flush().unwrap();
+        check(&g, "segment");
+    }
+    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+    check(&engine.gallery("g").unwrap(), "reopened");
+}
