@@ -455,3 +455,30 @@ fn orphan_segments_and_temporary_files_are_removed_at_open() {
         "reopen after orphans",
     );
 }
+
+#[test]
+fn interrupted_gallery_creations_and_drops_are_cleaned_up_at_open() {
+    let p = pristine();
+    let d = scratch(&p);
+    let galleries = d.path().join("galleries");
+    // A creation that crashed before its manifest, and a drop that crashed after the rename.
+    std::fs::create_dir(galleries.join("half-created")).unwrap();
+    std::fs::write(
+        galleries
+            .join("half-created")
+            .join("wal-0000000000000001.log"),
+        b"",
+    )
+    .unwrap();
+    copy_dir(&galleries.join(G), &galleries.join("gone.dropping"));
+    // Neither a gallery nor ours to delete.
+    std::fs::create_dir(galleries.join("not a gallery")).unwrap();
+    std::fs::write(galleries.join("stray-file"), b"x").unwrap();
+    let e = open_ok(d.path(), opts(false, 1 << 17), &p.models[4], "leftovers");
+    assert_eq!(e.list_galleries(), vec![G.to_string()]);
+    assert!(!galleries.join("half-created").exists());
+    assert!(!galleries.join("gone.dropping").exists());
+    assert!(galleries.join("not a gallery").exists());
+    // The name of the half-created gallery is free again.
+    e.create_gallery("half-created").unwrap();
+}
