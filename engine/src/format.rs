@@ -860,9 +860,14 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
     for (i, w) in h.weights.iter().take(DIM).enumerate() {
         b[HEAD_WEIGHTS_OFF + 4 * i..HEAD_WEIGHTS_OFF + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
-    for (i, v) in [h.bias, h.logit_threshold, h.distance_threshold, h.distance_weight]
-        .iter()
-        .enumerate()
+    for (i, v) in [
+        h.bias,
+        h.logit_threshold,
+        h.distance_threshold,
+        h.distance_weight,
+    ]
+    .iter()
+    .enumerate()
     {
         b[HEAD_BIAS_OFF + 4 * i..HEAD_BIAS_OFF + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
     }
@@ -926,7 +931,15 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
     };
     if h.weights
         .iter()
-        .chain([h.bias, h.logit_threshold, h.distance_threshold, h.distance_weight].iter())
+        .chain(
+            [
+                h.bias,
+                h.logit_threshold,
+                h.distance_threshold,
+                h.distance_weight,
+            ]
+            .iter(),
+        )
         .any(|x| x.is_nan())
     {
         return Err(Error::corrupt(

@@ -298,6 +298,10 @@ impl Snapshot {
             None => &self.chunks[s - self.segments.len()].chunk.vectors,
         }
     }
+    /// Precomputed squared norms of a source's rows (segments have them; memtable chunks do not).
+    pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {
+        self.segments.get(s).map(|ss| ss.seg.norms())
+    }
     #[inline]
     pub(crate) fn deleted(&self, s: usize, row: usize) -> bool {
         match self.segments.get(s) {

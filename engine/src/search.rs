@@ -108,6 +108,19 @@ pub(crate) fn top_k(
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
+    if matches!(metric, Metric::L2) && probes.len() >= TILED_MIN_PROBES {
+        return top_k_tiled(snap, probes, k);
+    }
+    top_k_direct(snap, probes, k, metric)
+}
+
+/// The per-probe scan: exact distances from the start.
+fn top_k_direct(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    metric: Metric<'_>,
+) -> Vec<Vec<Cand>> {
     if probes.is_empty() {
         return Vec::new();
     }
@@ -171,6 +184,148 @@ pub(crate) fn top_k(
             a
         });
     tops.into_iter().map(TopK::into_sorted).collect()
+}
+
+/// Batches at least this large use the tiled scan.
+const TILED_MIN_PROBES: usize = 4;
+/// Rows per work unit of the tiled scan (packed, 512 KiB: stays in L2 while every probe tile passes).
+const TILED_UNIT_ROWS: usize = 1024;
+
+/// The batch scan: dot products of probe tiles × packed row groups give the
+/// distance through `‖q‖² + ‖x‖² − 2·q·x`, which rounds differently from the
+/// direct form. Each probe keeps `k + max(k, 8)` candidates by that estimate;
+/// their distances are then recomputed exactly, and the result is accepted
+/// only if no row outside the candidates can beat the k-th: the worst kept
+/// estimate minus an error bound must exceed the k-th exact distance. A probe
+/// failing that test (near-ties, duplicates) is rescanned directly, so the
+/// answer is always exactly the direct scan's.
+fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+    use kernels::{LANES, PACKED_GROUP, TILE_PROBES};
+    let kernel = kernels::selected();
+    let keep = k + k.max(8);
+    let qn: Vec<f32> = probes
+        .iter()
+        .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
+        .collect();
+    let mut units = Vec::new();
+    for s in 0..snap.source_count() {
+        let n = snap.vectors(s).len();
+        let mut a = 0;
+        while a < n {
+            let b = (a + TILED_UNIT_ROWS).min(n);
+            units.push((s, a, b));
+            a = b;
+        }
+    }
+    struct Acc {
+        tops: Vec<TopK>,
+        max_norm: f32,
+        packed: Vec<[f32; PACKED_GROUP]>,
+        norms: Vec<f32>,
+    }
+    let empty = || Acc {
+        tops: vec![TopK::new(keep); probes.len()],
+        max_norm: 0.0,
+        packed: Vec::new(),
+        norms: Vec::new(),
+    };
+    let acc = units
+        .par_iter()
+        .fold(empty, |mut acc, &(s, a, b)| {
+            let vecs = &snap.vectors(s)[a..b];
+            let groups = vecs.len().div_ceil(LANES);
+            acc.packed.resize(groups, [0f32; PACKED_GROUP]);
+            for (g, rows) in vecs.chunks(LANES).enumerate() {
+                kernels::pack_group(rows, &mut acc.packed[g]);
+            }
+            acc.norms.clear();
+            match snap.norms(s) {
+                Some(n) => acc.norms.extend_from_slice(&n[a..b]),
+                None => acc
+                    .norms
+                    .extend(vecs.iter().map(|v| v.iter().map(|x| x * x).sum::<f32>())),
+            }
+            acc.norms.resize(groups * LANES, 0.0);
+            acc.max_norm = acc.norms.iter().fold(acc.max_norm, |m, &x| m.max(x));
+            let mut out = [0f32; TILE_PROBES * LANES];
+            for t in (0..probes.len()).step_by(TILE_PROBES) {
+                let qs = &probes[t..(t + TILE_PROBES).min(probes.len())];
+                for g in 0..groups {
+                    kernel.dots_tile(qs, &acc.packed[g], &mut out);
+                    let xn = &acc.norms[g * LANES..g * LANES + LANES];
+                    let live = (vecs.len() - g * LANES).min(LANES);
+                    for p in 0..qs.len() {
+                        let top = &mut acc.tops[t + p];
+                        let mut bound = top.bound();
+                        let dots = &out[p * LANES..p * LANES + LANES];
+                        for lane in 0..live {
+                            let d = qn[t + p] + xn[lane] - 2.0 * dots[lane];
+                            if d <= bound {
+                                let row = a + g * LANES + lane;
+                                if snap.deleted(s, row) {
+                                    continue;
+                                }
+                                let c = Cand {
+                                    dist: d,
+                                    id: snap.id(s, row),
+                                    src: s as u32,
+                                    row: row as u32,
+                                };
+                                if top.push(c) {
+                                    bound = top.bound();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .reduce(empty, |mut a, b| {
+            for (x, y) in a.tops.iter_mut().zip(b.tops) {
+                x.merge(y);
+            }
+            a.max_norm = a.max_norm.max(b.max_norm);
+            a
+        });
+    let max_x = acc.max_norm.sqrt();
+    let live = snap.live_rows();
+    let mut results = Vec::with_capacity(probes.len());
+    let mut rescan = Vec::new();
+    for (i, top) in acc.tops.into_iter().enumerate() {
+        let kept = top.heap.len();
+        let full = kept == keep;
+        let worst_estimate = top.heap.peek().map_or(f32::INFINITY, |c| c.dist);
+        let mut cands = top.into_sorted();
+        for c in cands.iter_mut() {
+            c.dist = kernel.l2sq(&probes[i], &snap.vectors(c.src as usize)[c.row as usize]);
+        }
+        cands.sort_unstable();
+        cands.truncate(k);
+        if full && cands.len() == k {
+            // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)², u = 2⁻²⁴: generous for 128-term sums.
+            let e = 512.0 * f32::EPSILON / 2.0 * (qn[i].sqrt() + max_x).powi(2);
+            let kth = cands[k - 1].dist;
+            if !(worst_estimate - e > kth) {
+                rescan.push(i);
+            }
+        }
+        if !full && kept < live {
+            // Some live row never got an estimate below infinity (overflowing values).
+            rescan.push(i);
+        }
+        results.push(cands);
+    }
+    if !rescan.is_empty() {
+        let qs: Vec<[f32; DIM]> = rescan.iter().map(|&i| probes[i]).collect();
+        for (i, r) in rescan
+            .into_iter()
+            .zip(top_k_direct(snap, &qs, k, Metric::L2))
+        {
+            results[i] = r;
+        }
+    }
+    results
 }
 
 /// For each probe, the `k` best distinct subjects, each represented by its

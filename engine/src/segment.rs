@@ -360,7 +360,6 @@ impl Segment {
         self.subject_ords_raw().unwrap_or(&[])
     }
     /// Squared norm of each row.
-    #[allow(dead_code)]
     pub(crate) fn norms(&self) -> &[f32] {
         mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
     }

@@ -128,3 +128,56 @@ pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out:
         ));
     }
 }
+
+/// Dot products of up to 8 probes with 16 packed rows (two 8-lane halves).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn dots_tile(
+    qs: &[[f32; DIM]],
+    packed: &[f32; super::PACKED_GROUP],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) {
+    // Six accumulator pairs fit the 16 ymm registers with the two row halves.
+    let mut start = 0;
+    while start < qs.len() {
+        let end = (start + 6).min(qs.len());
+        match end - start {
+            6 => tile::<6>(&qs[start..end], start, packed, out),
+            5 => tile::<5>(&qs[start..end], start, packed, out),
+            4 => tile::<4>(&qs[start..end], start, packed, out),
+            3 => tile::<3>(&qs[start..end], start, packed, out),
+            2 => tile::<2>(&qs[start..end], start, packed, out),
+            _ => tile::<1>(&qs[start..end], start, packed, out),
+        }
+        start = end;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tile<const P: usize>(
+    qs: &[[f32; DIM]],
+    first: usize,
+    packed: &[f32; super::PACKED_GROUP],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) {
+    let mut lo = [_mm256_setzero_ps(); P];
+    let mut hi = [_mm256_setzero_ps(); P];
+    for d in 0..DIM {
+        let xl = load8(packed, d * 16);
+        let xh = load8(packed, d * 16 + 8);
+        for p in 0..P {
+            let q = _mm256_set1_ps(qs[p][d]);
+            lo[p] = _mm256_fmadd_ps(q, xl, lo[p]);
+            hi[p] = _mm256_fmadd_ps(q, xh, hi[p]);
+        }
+    }
+    for p in 0..P {
+        let at = (first + p) * 16;
+        let dst: &mut [f32; 16] = (&mut out[at..at + 16]).try_into().expect("16 floats");
+        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous f32; storeu has no alignment requirement.
+        unsafe {
+            _mm256_storeu_ps(dst.as_mut_ptr(), lo[p]);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(8), hi[p]);
+        }
+    }
+}

@@ -100,3 +100,47 @@ pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out:
         *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
     }
 }
+
+/// Dot products of up to 8 probes with 16 packed rows: one accumulator per probe,
+/// each FMA takes its probe value as a broadcast.
+#[target_feature(enable = "avx512f")]
+pub(super) fn dots_tile(
+    qs: &[[f32; DIM]],
+    packed: &[f32; super::PACKED_GROUP],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) {
+    match qs.len() {
+        8 => tile::<8>(qs, packed, out),
+        7 => tile::<7>(qs, packed, out),
+        6 => tile::<6>(qs, packed, out),
+        5 => tile::<5>(qs, packed, out),
+        4 => tile::<4>(qs, packed, out),
+        3 => tile::<3>(qs, packed, out),
+        2 => tile::<2>(qs, packed, out),
+        1 => tile::<1>(qs, packed, out),
+        _ => {}
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tile<const P: usize>(
+    qs: &[[f32; DIM]],
+    packed: &[f32; super::PACKED_GROUP],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) {
+    let mut acc = [_mm512_setzero_ps(); P];
+    for d in 0..DIM {
+        let x = load16(packed, d * 16);
+        for p in 0..P {
+            acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[p][d]), x, acc[p]);
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        let dst: &mut [f32; 16] = (&mut out[p * 16..p * 16 + 16])
+            .try_into()
+            .expect("16 floats");
+        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous f32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *a) };
+    }
+}

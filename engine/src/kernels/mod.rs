@@ -153,6 +153,53 @@ impl Kernel {
     }
 }
 
+/// Rows per packed group of the batch (tiled) kernels.
+pub const LANES: usize = 16;
+/// Most probes one call of [`Kernel::dots_tile`] scores.
+pub const TILE_PROBES: usize = 8;
+/// Floats in one packed group: `DIM × LANES`, dimension-major.
+pub const PACKED_GROUP: usize = DIM * LANES;
+
+/// Pack up to [`LANES`] rows dimension-major (`out[d·LANES + lane] = rows[lane][d]`),
+/// zero-filling missing lanes, so a batch kernel reads one row-group per load.
+pub fn pack_group(rows: &[[f32; DIM]], out: &mut [f32; PACKED_GROUP]) {
+    out.fill(0.0);
+    for (lane, r) in rows.iter().take(LANES).enumerate() {
+        for (d, &x) in r.iter().enumerate() {
+            out[d * LANES + lane] = x;
+        }
+    }
+}
+
+impl Kernel {
+    /// Dot products of up to [`TILE_PROBES`] probes with one packed group of
+    /// [`LANES`] rows: `out[p·LANES + lane] = qs[p] · row[lane]`.
+    ///
+    /// # Panics
+    /// If more than [`TILE_PROBES`] probes are given.
+    #[inline]
+    pub fn dots_tile(
+        self,
+        qs: &[[f32; DIM]],
+        packed: &[f32; PACKED_GROUP],
+        out: &mut [f32; TILE_PROBES * LANES],
+    ) {
+        assert!(
+            qs.len() <= TILE_PROBES,
+            "at most {TILE_PROBES} probes per tile"
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx512 if self.is_available() => unsafe { avx512::dots_tile(qs, packed, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::dots_tile(qs, packed, out) },
+            _ => scalar::dots_tile(qs, packed, out),
+        }
+    }
+}
+
 /// The implementation used by the engine: the best available, chosen once.
 /// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
 /// can force a slower one for testing; an unavailable choice is ignored.
@@ -265,6 +312,29 @@ mod tests {
                     prop_assert!((got[i] - want).abs() <= 1e-4 * mag.max(1.0), "{} row {i}", k.name());
                 }
                 prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
+            }
+        }
+
+        #[test]
+        fn every_dots_tile_kernel_matches_scalar(
+            qs in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 1..=TILE_PROBES),
+            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..=LANES),
+        ) {
+            let qs: Vec<[f32; DIM]> = qs.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let mut packed = [f32::NAN; PACKED_GROUP];
+            pack_group(&rows, &mut packed);
+            for k in Kernel::available() {
+                let mut out = [f32::NAN; TILE_PROBES * LANES];
+                k.dots_tile(&qs, &packed, &mut out);
+                for (p, q) in qs.iter().enumerate() {
+                    for lane in 0..LANES {
+                        let want: f32 = rows.get(lane).map_or(0.0, |r| q.iter().zip(r).map(|(a, b)| a * b).sum());
+                        let mag: f32 = rows.get(lane).map_or(0.0, |r| q.iter().zip(r).map(|(a, b)| (a * b).abs()).sum());
+                        let got = out[p * LANES + lane];
+                        prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{} p {p} lane {lane}: {got} vs {want}", k.name());
+                    }
+                }
             }
         }
 

@@ -29,3 +29,22 @@ pub fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [
         *o = wl1(w, q, r);
     }
 }
+
+/// Dot products of a probe tile with a packed row group (see `Kernel::dots_tile`).
+pub fn dots_tile(
+    qs: &[[f32; DIM]],
+    packed: &[f32; super::PACKED_GROUP],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) {
+    use super::LANES;
+    for (p, q) in qs.iter().enumerate() {
+        let mut acc = [0f32; LANES];
+        for (d, &qd) in q.iter().enumerate() {
+            let col = &packed[d * LANES..d * LANES + LANES];
+            for (a, &x) in acc.iter_mut().zip(col) {
+                *a += qd * x;
+            }
+        }
+        out[p * LANES..p * LANES + LANES].copy_from_slice(&acc);
+    }
+}
