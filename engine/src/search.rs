@@ -298,7 +298,11 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
         let worst_estimate = top.heap.peek().map_or(f32::INFINITY, |c| c.dist);
         let mut cands = top.into_sorted();
         for c in cands.iter_mut() {
-            c.dist = kernel.l2sq(&probes[i], &snap.vectors(c.src as usize)[c.row as usize]);
+            // The same kernel call as the direct scan, so both paths agree to the bit.
+            let row = &snap.vectors(c.src as usize)[c.row as usize];
+            let mut d = [0f32];
+            kernel.l2sq_many(&probes[i], std::slice::from_ref(row), &mut d);
+            c.dist = d[0];
         }
         cands.sort_unstable();
         cands.truncate(k);

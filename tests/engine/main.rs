@@ -10,4 +10,5 @@ mod model;
 mod poison;
 mod search;
 mod support;
+mod tiled;
 mod validation;
