@@ -107,6 +107,7 @@ pub fn head_out(h: Option<&HeadInfo>) -> pb::HeadInfo {
             Vec::new()
         },
         bias: h.bias,
+        distance_weight: h.distance_weight,
         threshold: h.threshold,
         target_far: h.target_far as f32,
         auc: h.auc as f32,

@@ -308,6 +308,7 @@ impl Visage for VisageService {
             k: req.k as usize,
             rank_by,
             max_distance: distance_threshold("max_distance", req.max_distance)?,
+            ..SearchOptions::default()
         };
         check_results("queries", req.queries.len(), opts.k, MAX_K)?;
         let queries = convert::vectors_in(req.queries);

@@ -876,7 +876,7 @@ fn maintenance(verb: &str, gallery: &str, r: Maintenance, t: Instant, json: bool
 
 fn head_json(h: &HeadInfo) -> Value {
     json!({
-        "trained": h.trained, "weights": h.weights, "bias": h.bias, "threshold": h.threshold,
+        "trained": h.trained, "weights": h.weights, "distance_weight": h.distance_weight, "bias": h.bias, "threshold": h.threshold,
         "target_far": h.target_far, "auc": h.auc, "tar_at_far": h.tar_at_far, "eer": h.eer,
         "pairs": h.pairs, "distance_threshold": h.distance_threshold,
         "distance_auc": h.distance_auc, "distance_tar_at_far": h.distance_tar_at_far,

@@ -1,0 +1,15 @@
+//! Integration tests of `visage-server`, the Rust client and the `visage`
+//! CLI: each test starts the real server binary on an ephemeral port with a
+//! temporary data directory.
+//!
+//! The binaries are found next to this test executable's directory; `cargo
+//! test --workspace` builds them (the server and client packages have
+//! integration tests of their own, which makes cargo build their binaries).
+
+mod cli;
+mod concurrency;
+mod errors;
+mod harness;
+mod health;
+mod restart;
+mod rpc;
