@@ -1,4 +1,8 @@
-//! Shared pieces of the benchmarks: seeded data, cached galleries, machine bounds.
+//! Shared pieces of the benchmarks: seeded data, cached galleries, machine
+//! bounds ([`bounds`]) and `.npy` files ([`npy`]).
+
+pub mod bounds;
+pub mod npy;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,16 +40,20 @@ pub fn embeddings(rng: &mut Rng, first: u64, n: usize) -> Vec<Embedding> {
         .collect()
 }
 
-/// Where cached benchmark galleries live (under the target directory).
-pub fn data_root() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// The workspace's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("..")
                 .join("target")
-        });
-    target.join("bench-data")
+        })
+}
+
+/// Where cached benchmark galleries live (under the target directory).
+pub fn data_root() -> PathBuf {
+    target_dir().join("bench-data")
 }
 
 /// Options for benchmarks: no background work, so timings are of the measured path alone.
@@ -105,33 +113,4 @@ pub fn memory_read_time(bytes: usize, reps: usize) -> Duration {
     }
     times.sort();
     times[times.len() / 2]
-}
-
-/// Minimal `.npy` (format version 1.0) writing for exports.
-pub mod npy {
-    use std::io::Write;
-    use std::path::Path;
-
-    /// Write a little-endian float32 C-order array of `shape`.
-    pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> std::io::Result<()> {
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let shape = if dims.len() == 1 {
-            format!("({},)", dims[0])
-        } else {
-            format!("({})", dims.join(", "))
-        };
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-        // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
-        let total = 10 + header.len() + 1;
-        header.push_str(&" ".repeat(total.div_ceil(64) * 64 - total));
-        header.push('\n');
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-        f.write_all(b"\x93NUMPY\x01\x00")?;
-        f.write_all(&(header.len() as u16).to_le_bytes())?;
-        f.write_all(header.as_bytes())?;
-        for x in data {
-            f.write_all(&x.to_le_bytes())?;
-        }
-        f.flush()
-    }
 }
