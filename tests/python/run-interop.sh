@@ -41,11 +41,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$server_bin" --data-dir "$tmp/data" --listen 127.0.0.1:0 >"$tmp/stdout" 2>"$tmp/server.log" &
+: >"$tmp/stdout"
+"$server_bin" --data-dir "$tmp/data" --listen 127.0.0.1:0 >>"$tmp/stdout" 2>"$tmp/server.log" &
 pid=$!
 addr=""
 for _ in $(seq 1 600); do
-    addr="$(sed -n 's/^visage-server listening on //p' "$tmp/stdout")"
+    addr="$(sed -n 's/^visage-server listening on //p' "$tmp/stdout" || true)"
     [ -n "$addr" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then
         echo "run-interop: the server exited at startup:" >&2
