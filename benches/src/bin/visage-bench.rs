@@ -1,0 +1,702 @@
+//! `visage-bench`: measure visage on your own embeddings.
+//!
+//! ```text
+//! visage-bench search --base BASE.npy --probes PROBES.npy [--k 10] [--mode exact|sq8]
+//!                     [--out-ids IDS.npy] [--json] [--batch N] [--single N] [--data-dir DIR]
+//! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic]
+//! visage-bench bounds [--bytes B] [--json]
+//! ```
+//!
+//! `search` loads BASE (float32 `[N, 128]`, row `i` gets id `i`) into a data
+//! directory cached under `target/visage-bench-data/` (keyed by the file's
+//! canonical path, size and modification time), or reopens the one built
+//! before, then measures single-probe latency, batch throughput and resident
+//! memory. See `benches/harness/README.md`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use visage_bench::{bounds, npy, quiet_options};
+use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
+use visage_engine::{DIM, Durability, Embedding, Engine, MAX_PROBES, ScanMode, SearchOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "visage-bench",
+    version,
+    about = "Measure visage's exact search on .npy galleries; generate data; measure the machine's bounds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load a gallery from BASE.npy and measure search with PROBES.npy.
+    Search(SearchArgs),
+    /// Write a synthetic gallery and probes as .npy files.
+    Gen(GenArgs),
+    /// Measure memory read bandwidth and the FMA peak with every core.
+    Bounds(BoundsArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Scan every f32 vector.
+    Exact,
+    /// Scan 8-bit codes, re-rank exactly.
+    Sq8,
+}
+
+impl Mode {
+    fn scan(self) -> ScanMode {
+        match self {
+            Mode::Exact => ScanMode::Exact,
+            Mode::Sq8 => ScanMode::Quantized,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Exact => "exact",
+            Mode::Sq8 => "sq8",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SearchArgs {
+    /// Gallery: float32 .npy of shape [N, 128]; row i is stored with id i.
+    #[arg(long)]
+    base: PathBuf,
+    /// Probes: float32 .npy of shape [P, 128].
+    #[arg(long)]
+    probes: PathBuf,
+    /// Results per probe.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Scan mode.
+    #[arg(long, value_enum, default_value_t = Mode::Exact)]
+    mode: Mode,
+    /// Write the batch run's top-k row indices of BASE as int64 .npy [probes, k]
+    /// (-1 where a probe has fewer than k results).
+    #[arg(long)]
+    out_ids: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Probes in the batch call: the first N (default: all, at most 10,000).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Timed batch runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    batch_runs: usize,
+    /// Probes searched one at a time for latency (default: all).
+    #[arg(long)]
+    single: Option<usize>,
+    /// Stop the single-probe loop after this many seconds (the count used is reported).
+    #[arg(long, default_value_t = 120.0)]
+    single_budget: f64,
+    /// Untimed single-probe searches before timing.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Data directory for the gallery (default: cached under target/visage-bench-data/).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Rebuild the data directory even if a matching one exists.
+    #[arg(long)]
+    rebuild: bool,
+    /// Consecutive rows that share a subject (subject = row / this).
+    #[arg(long, default_value_t = 10)]
+    rows_per_subject: usize,
+    /// Build time carried from the building process to the measuring one (internal).
+    #[arg(long, hide = true)]
+    built_secs: Option<f64>,
+    /// .npy read time carried likewise (internal).
+    #[arg(long, hide = true)]
+    read_secs: Option<f64>,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Gallery embeddings.
+    #[arg(long)]
+    n: usize,
+    /// Probes (half new images of enrolled subjects, half strangers).
+    #[arg(long, default_value_t = 1000)]
+    probes: usize,
+    /// Output directory (base.npy and probes.npy are written there).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Isotropic image-to-image noise (default: anisotropic, like pose and light).
+    #[arg(long)]
+    isotropic: bool,
+}
+
+#[derive(clap::Args)]
+struct BoundsArgs {
+    /// Buffer read for the bandwidth.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: usize,
+    /// Reads of the buffer (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seconds per run of the FMA loop.
+    #[arg(long, default_value_t = 0.5)]
+    fma_secs: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+type Res<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Search(a) => search(a),
+        Cmd::Gen(a) => gen_data(a),
+        Cmd::Bounds(a) => bounds_cmd(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("visage-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------- search
+
+const GALLERY: &str = "bench";
+/// Written into a data directory when a build starts; only directories holding
+/// it (or empty ones) are ever wiped.
+const MARKER: &str = "visage-bench.json";
+const INSERT_BATCH: usize = 10_000;
+
+/// What the cached data directory was built from.
+fn source_key(base: &Path, rows_per_subject: usize) -> Res<Value> {
+    let canon = base
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", base.display()))?;
+    let meta = std::fs::metadata(&canon).map_err(|e| format!("{}: {e}", canon.display()))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Ok(json!({
+        "base": canon.display().to_string(),
+        "size": meta.len(),
+        "mtime_ns": mtime_ns,
+        "rows_per_subject": rows_per_subject,
+    }))
+}
+
+/// FNV-1a, for a directory name that stays the same across builds of this tool.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// `VmRSS` and `VmHWM` of this process, in bytes (Linux).
+fn rss() -> (Option<u64>, Option<u64>) {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Reset `VmHWM` to the current RSS (Linux ≥ 4.0); false where that is not possible.
+fn reset_hwm() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Sum of the sizes of the gallery's segment files (what search maps).
+fn segment_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "vseg"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether `dir` holds a complete build of `key` with `rows` embeddings.
+fn cached(dir: &Path, key: &Value, rows: Option<u64>) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(MARKER)) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    v.get("source") == Some(key)
+        && v.get("complete") == Some(&Value::Bool(true))
+        && rows.is_none_or(|r| v.get("rows").and_then(Value::as_u64) == Some(r))
+}
+
+/// Empty `dir` for a fresh build, refusing to touch a directory this tool did not make.
+fn prepare_dir(dir: &Path) -> Res<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(format!(
+                "{} exists and was not made by visage-bench; choose another --data-dir",
+                dir.display()
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+fn write_marker(dir: &Path, key: &Value, rows: usize, complete: bool) -> Res<()> {
+    let v = json!({ "source": key, "rows": rows, "complete": complete });
+    std::fs::write(dir.join(MARKER), format!("{v:#}\n"))
+        .map_err(|e| format!("{}: {e}", dir.join(MARKER).display()))
+}
+
+/// Insert BASE (ids = row numbers) in batches of 10,000 and compact; returns the time.
+fn build(dir: &Path, base: &npy::Array2<f32>, rows_per_subject: usize) -> Res<Duration> {
+    let opts = quiet_options(Durability::ProcessCrash);
+    let flush_at = opts.gallery.memtable_rows as u64;
+    let t = Instant::now();
+    let engine = Engine::open(dir, opts).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let g = engine
+        .create_gallery(GALLERY)
+        .map_err(|e| format!("creating the gallery: {e}"))?;
+    let mut last_report = Instant::now();
+    for start in (0..base.rows).step_by(INSERT_BATCH) {
+        let end = (start + INSERT_BATCH).min(base.rows);
+        let batch: Vec<Embedding> = (start..end)
+            .map(|i| Embedding {
+                id: i as u64,
+                subject: format!("s{}", i / rows_per_subject.max(1)),
+                vector: base.row(i).to_vec(),
+            })
+            .collect();
+        g.insert(&batch)
+            .map_err(|e| format!("inserting rows {start}..{end} of BASE: {e}"))?;
+        if g.stats().memtable_rows >= flush_at {
+            g.flush().map_err(|e| format!("flush: {e}"))?;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!("  inserted {end} of {} rows", base.rows);
+            last_report = Instant::now();
+        }
+    }
+    g.compact().map_err(|e| format!("compact: {e}"))?;
+    let elapsed = t.elapsed();
+    drop(g);
+    drop(engine);
+    Ok(elapsed)
+}
+
+fn search(a: SearchArgs) -> Res<ExitCode> {
+    if a.k == 0 {
+        return Err("--k must be at least 1".into());
+    }
+    let key = source_key(&a.base, a.rows_per_subject)?;
+    let key_text = key.to_string();
+    let dir = a.data_dir.clone().unwrap_or_else(|| {
+        let root = visage_bench::target_dir();
+        root.canonicalize()
+            .unwrap_or(root)
+            .join("visage-bench-data")
+            .join(format!("{:016x}", fnv1a(&key_text)))
+    });
+
+    let mut build_secs = a.built_secs;
+    let mut read_secs = a.read_secs;
+    let measuring_child = a.built_secs.is_some();
+    if !measuring_child && (a.rebuild || !cached(&dir, &key, None)) {
+        // Build in this process, then measure in a fresh one that never held the
+        // data, so its resident memory is the engine's alone.
+        let t = Instant::now();
+        let base = npy::read_f32(&a.base).map_err(|e| e.to_string())?;
+        let read = t.elapsed();
+        if base.cols != DIM {
+            return Err(format!(
+                "{}: vectors have {} dimensions; visage stores {DIM}",
+                a.base.display(),
+                base.cols
+            ));
+        }
+        eprintln!(
+            "building {} ({} rows) from {}",
+            dir.display(),
+            base.rows,
+            a.base.display()
+        );
+        prepare_dir(&dir)?;
+        write_marker(&dir, &key, base.rows, false)?;
+        let took = build(&dir, &base, a.rows_per_subject)?;
+        write_marker(&dir, &key, base.rows, true)?;
+        eprintln!("  built in {:.1} s", took.as_secs_f64());
+        drop(base);
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let mut args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|s| s != "--rebuild")
+            .collect();
+        args.extend([
+            "--built-secs".into(),
+            took.as_secs_f64().to_string(),
+            "--read-secs".into(),
+            read.as_secs_f64().to_string(),
+        ]);
+        let status = std::process::Command::new(exe)
+            .args(&args)
+            .status()
+            .map_err(|e| format!("re-running to measure: {e}"))?;
+        if status.success() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Measure here instead (the resident memory may then include freed heap).
+        eprintln!("the measuring process failed ({status}); measuring in this one");
+        build_secs = Some(took.as_secs_f64());
+        read_secs = Some(read.as_secs_f64());
+    }
+
+    let t = Instant::now();
+    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    let probes_read = t.elapsed();
+    if probes.cols != DIM {
+        return Err(format!(
+            "{}: probes have {} dimensions; visage stores {DIM}",
+            a.probes.display(),
+            probes.cols
+        ));
+    }
+    if probes.rows == 0 {
+        return Err(format!("{}: no probes", a.probes.display()));
+    }
+
+    let t = Instant::now();
+    let engine = Engine::open(&dir, quiet_options(Durability::ProcessCrash))
+        .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let g = engine
+        .gallery(GALLERY)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let open = t.elapsed();
+    let stats = g.stats();
+    if !cached(&dir, &key, Some(stats.live)) || stats.memtable_rows != 0 {
+        return Err(format!(
+            "{} holds {} live rows ({} unflushed), not the complete build its {MARKER} \
+             describes (rerun with --rebuild)",
+            dir.display(),
+            stats.live,
+            stats.memtable_rows
+        ));
+    }
+    let hwm_reset = reset_hwm();
+    let (load_kind, load_secs) = match build_secs {
+        Some(b) => ("built", b),
+        None => ("reopened", open.as_secs_f64()),
+    };
+
+    let opts = SearchOptions {
+        k: a.k,
+        mode: a.mode.scan(),
+        ..Default::default()
+    };
+    let search_err = |e: visage_engine::Error| format!("search: {e}");
+
+    // Single probes.
+    let n_single = a.single.unwrap_or(probes.rows).min(probes.rows);
+    for i in 0..a.warmup.min(probes.rows) {
+        g.search_with(&[probes.row(i)], &opts).map_err(search_err)?;
+    }
+    let mut lat = Vec::with_capacity(n_single);
+    let loop_start = Instant::now();
+    for i in 0..n_single {
+        let t = Instant::now();
+        let hits = g.search_with(&[probes.row(i)], &opts).map_err(search_err)?;
+        lat.push(t.elapsed());
+        std::hint::black_box(hits);
+        if loop_start.elapsed().as_secs_f64() > a.single_budget {
+            eprintln!(
+                "  single-probe budget of {} s reached after {} probes",
+                a.single_budget,
+                lat.len()
+            );
+            break;
+        }
+    }
+    let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+
+    // One batch call.
+    let n_batch = a
+        .batch
+        .unwrap_or(probes.rows)
+        .min(probes.rows)
+        .min(MAX_PROBES);
+    if n_batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let batch: Vec<&[f32]> = (0..n_batch).map(|i| probes.row(i)).collect();
+    let mut runs = Vec::new();
+    let mut last = Vec::new();
+    for _ in 0..a.batch_runs.max(1) {
+        let t = Instant::now();
+        last = g.search_with(&batch, &opts).map_err(search_err)?;
+        runs.push(t.elapsed());
+    }
+    let mut sorted_runs = runs.clone();
+    sorted_runs.sort();
+    let batch_median = sorted_runs[sorted_runs.len() / 2];
+    let throughput = n_batch as f64 / batch_median.as_secs_f64();
+
+    let (vm_rss, vm_hwm) = rss();
+    let mapped = segment_bytes(g.dir());
+    let vectors_bytes = stats.live * (DIM as u64) * 4;
+
+    if let Some(path) = &a.out_ids {
+        let mut ids = vec![-1i64; n_batch * a.k];
+        for (i, hits) in last.iter().enumerate() {
+            for (j, h) in hits.iter().take(a.k).enumerate() {
+                ids[i * a.k + j] = h.id as i64;
+            }
+        }
+        npy::write_i64(path, &ids, &[n_batch, a.k])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+
+    let ratio = |x: Option<u64>| x.map(|x| x as f64 / mapped.max(1) as f64);
+    let out = json!({
+        "engine": "visage",
+        "mode": a.mode.name(),
+        "k": a.k,
+        "rows": stats.live,
+        "dim": DIM,
+        "segments": stats.segments,
+        "threads": rayon::current_num_threads(),
+        "base": a.base.display().to_string(),
+        "probes_file": a.probes.display().to_string(),
+        "data_dir": dir.display().to_string(),
+        "load": {
+            "kind": load_kind,
+            "secs": load_secs,
+            "build_secs": build_secs,
+            "open_secs": open.as_secs_f64(),
+            "read_base_npy_secs": read_secs,
+            "read_probes_npy_secs": probes_read.as_secs_f64(),
+        },
+        "single": {
+            "probes": lat.len(),
+            "warmup": a.warmup.min(probes.rows),
+            "p50_ms": millis(p50),
+            "p99_ms": millis(p99),
+            "mean_ms": millis(mean),
+            "min_ms": millis(lat.first().copied().unwrap_or_default()),
+            "max_ms": millis(lat.last().copied().unwrap_or_default()),
+        },
+        "batch": {
+            "probes": n_batch,
+            "runs_secs": runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "median_secs": batch_median.as_secs_f64(),
+            "probes_per_sec": throughput,
+        },
+        "memory": {
+            "vm_rss_bytes": vm_rss,
+            "vm_hwm_bytes": vm_hwm,
+            "hwm_reset_after_open": hwm_reset,
+            "mapped_segment_bytes": mapped,
+            "vector_bytes": vectors_bytes,
+            "rss_over_mapped": ratio(vm_rss),
+            "hwm_over_mapped": ratio(vm_hwm),
+        },
+        "out_ids": a.out_ids.as_ref().map(|p| p.display().to_string()),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        let mib = |b: Option<u64>| {
+            b.map_or("?".to_string(), |b| {
+                format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+            })
+        };
+        println!(
+            "visage {} search, k = {}, {} rows × {DIM} in {} segment(s), {} threads",
+            a.mode.name(),
+            a.k,
+            stats.live,
+            stats.segments,
+            rayon::current_num_threads()
+        );
+        println!("  data directory   {}", dir.display());
+        match build_secs {
+            Some(b) => println!(
+                "  load             {b:.2} s (built: insert + compact; reopen {:.3} s)",
+                open.as_secs_f64()
+            ),
+            None => println!(
+                "  load             {:.3} s (reopened a directory built before)",
+                open.as_secs_f64()
+            ),
+        }
+        println!(
+            "  single probe     p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms over {} probes",
+            millis(p50),
+            millis(p99),
+            millis(mean),
+            lat.len()
+        );
+        println!(
+            "  batch            {throughput:.1} probes/s ({n_batch} probes in one call, median {:.3} s of {})",
+            batch_median.as_secs_f64(),
+            runs.len()
+        );
+        println!(
+            "  resident memory  VmRSS {}, VmHWM {}; segments mapped {} ({:.2}× RSS/mapped)",
+            mib(vm_rss),
+            mib(vm_hwm),
+            mib(Some(mapped)),
+            ratio(vm_rss).unwrap_or(f64::NAN)
+        );
+        if let Some(p) = &a.out_ids {
+            println!(
+                "  ids              {} [{n_batch}, {}] int64",
+                p.display(),
+                a.k
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- gen
+
+fn gen_data(a: GenArgs) -> Res<ExitCode> {
+    if a.n == 0 {
+        return Err("--n must be at least 1".into());
+    }
+    let nuisance = if a.isotropic {
+        Nuisance::isotropic_matching(Nuisance::ANISOTROPIC)
+    } else {
+        Nuisance::ANISOTROPIC
+    };
+    let t = Instant::now();
+    // About ten images per subject; subjects are generated in order from one
+    // stream, so more subjects only extend the same prefix.
+    let mut subjects = (a.n / 10).max(1);
+    let g = loop {
+        let g = SynthGallery::generate(SynthConfig {
+            subjects,
+            nuisance,
+            seed: a.seed,
+            ..Default::default()
+        });
+        if g.embeddings.len() >= a.n {
+            break g;
+        }
+        subjects += (a.n - g.embeddings.len()).div_ceil(8);
+    };
+    let probes = g.probes(
+        a.probes / 2,
+        a.probes - a.probes / 2,
+        a.seed.wrapping_add(1),
+    );
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let base: Vec<f32> = g.embeddings[..a.n]
+        .iter()
+        .flat_map(|e| e.vector.iter().copied())
+        .collect();
+    drop(g);
+    let pv: Vec<f32> = probes
+        .iter()
+        .flat_map(|p| p.vector.iter().copied())
+        .collect();
+    let bp = a.out.join("base.npy");
+    let pp = a.out.join("probes.npy");
+    npy::write_f32(&bp, &base, &[a.n, DIM]).map_err(|e| format!("{}: {e}", bp.display()))?;
+    npy::write_f32(&pp, &pv, &[probes.len(), DIM]).map_err(|e| format!("{}: {e}", pp.display()))?;
+    eprintln!(
+        "wrote {} [{}, {DIM}] and {} [{}, {DIM}] in {:.1} s",
+        bp.display(),
+        a.n,
+        pp.display(),
+        probes.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- bounds
+
+fn bounds_cmd(a: BoundsArgs) -> Res<ExitCode> {
+    if a.bytes < 1 << 20 {
+        return Err("--bytes must be at least 1 MiB".into());
+    }
+    let bw = bounds::memory_read_bandwidth(a.bytes, a.reps);
+    let fma = bounds::fma_peak(a.fma_secs, 3);
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "memory_read": {
+                    "bytes": bw.bytes,
+                    "reps": a.reps,
+                    "threads": bw.threads,
+                    "median_secs": bw.median.as_secs_f64(),
+                    "bytes_per_sec": bw.bytes_per_sec(),
+                },
+                "fma": {
+                    "isa": fma.isa.name(),
+                    "threads": fma.threads,
+                    "flops_per_sec": fma.flops_per_sec,
+                    "flop_convention": "a fused multiply-add counts 2 flops",
+                },
+            })
+        );
+    } else {
+        println!(
+            "memory read bandwidth  {:.2} GB/s ({} threads, {:.0} MiB buffer, median of {})",
+            bw.bytes_per_sec() / 1e9,
+            bw.threads,
+            bw.bytes as f64 / (1 << 20) as f64,
+            a.reps
+        );
+        println!(
+            "FMA peak               {:.1} GFLOP/s ({}, {} threads; multiply-add = 2 flops)",
+            fma.flops_per_sec / 1e9,
+            fma.isa.name(),
+            fma.threads
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
