@@ -565,6 +565,13 @@ pub fn calibrate(genuine: &[f64], impostor: &[f64], target_far: f64) -> Calibrat
     }
 }
 
+/// The smallest f32 at or above `t`: for an f32 score `s`, `s ≥ t` iff
+/// `s ≥ f32_at_or_above(t)`, so an f64 threshold stored as f32 decides alike.
+fn f32_at_or_above(t: f64) -> f32 {
+    let r = t as f32;
+    if (r as f64) < t { r.next_up() } else { r }
+}
+
 fn next_up(x: f64) -> f64 {
     if x.is_nan() || x == f64::INFINITY {
         return x;
@@ -687,14 +694,16 @@ pub(crate) fn train(
         }
         (g, i)
     };
-    // Distance: "higher means same" is −distance.
-    let dscores: Vec<f64> = xh
-        .iter()
-        .map(|f| -(f.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()))
-        .collect();
+    // Distance: "higher means same" is −distance, computed with the f32
+    // kernel decisions use (l2sq(|a − b|, 0) is l2sq(a, b) to the bit), so
+    // the stored threshold decides every held-out pair as calibrated.
+    let kernel = kernels::selected();
+    let zero = [0f32; DIM];
+    let dscores: Vec<f64> = xh.iter().map(|f| -(kernel.l2sq(f, &zero) as f64)).collect();
     let (g, i) = split(dscores);
     let dc = calibrate(&g, &i, opts.target_far);
-    info.distance_threshold = (-dc.threshold) as f32;
+    // Accept iff distance ≤ −t: the largest f32 at or below −t keeps that for f32 distances.
+    info.distance_threshold = -f32_at_or_above(dc.threshold);
     info.distance_auc = dc.auc;
     info.distance_tar_at_far = dc.tar;
     info.distance_eer = dc.eer;
@@ -704,8 +713,6 @@ pub(crate) fn train(
     info.seed = opts.seed;
     if info.trained {
         let w = info.weight_array();
-        let kernel = kernels::selected();
-        let zero = [0f32; DIM];
         let hscores: Vec<f64> = xh
             .iter()
             .map(|f| {
@@ -716,7 +723,9 @@ pub(crate) fn train(
             .collect();
         let (g, i) = split(hscores);
         let hc = calibrate(&g, &i, opts.target_far);
-        info.logit_threshold = hc.threshold as f32;
+        // Accept iff logit ≥ t: rounding t to the nearest f32 could land on
+        // (or below) the highest rejected impostor's f32 score and accept it.
+        info.logit_threshold = f32_at_or_above(hc.threshold);
         info.threshold = sigmoid(info.logit_threshold);
         info.auc = hc.auc;
         info.tar_at_far = hc.tar;
