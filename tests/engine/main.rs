@@ -5,6 +5,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod erasure;
+mod head;
 mod lock;
 mod model;
 mod poison;
