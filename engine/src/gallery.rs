@@ -1470,7 +1470,9 @@ impl Gallery {
         self.train_or_calibrate(opts, true)
     }
 
-    /// Calibrate only the distance threshold (keeping a trained head, if any).
+    /// Calibrate without training: the distance threshold and, if a head is
+    /// trained, its threshold, both at `opts.target_far` on freshly drawn
+    /// held-out pairs; a trained head's weights are kept.
     pub fn calibrate(&self, opts: &TrainOptions) -> Result<HeadInfo> {
         self.train_or_calibrate(opts, false)
     }
