@@ -109,6 +109,24 @@ fn search(c: &mut Criterion) {
     g.finish();
 }
 
+fn search_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("search_batch_top10");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let mut rng = Rng(7);
+    let probes: Vec<Vec<f32>> = (0..1000).map(|_| rng.vector()).collect();
+    for n in [100_000usize, 1_000_000] {
+        let (engine, _) = cached_gallery(n);
+        let gal = engine.gallery("bench").expect("gallery");
+        for batch in [10usize, 100, 1000] {
+            g.throughput(Throughput::Elements(batch as u64));
+            g.bench_function(BenchmarkId::new(format!("exact_{n}"), batch), |b| {
+                b.iter(|| gal.search(&probes[..batch], 10).expect("search"))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("open");
     g.sample_size(10);
@@ -146,5 +164,12 @@ fn memory_bound_sanity(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, memory_bound_sanity, insert, search, open);
+criterion_group!(
+    benches,
+    memory_bound_sanity,
+    insert,
+    search,
+    search_batch,
+    open
+);
 criterion_main!(benches);

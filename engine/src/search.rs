@@ -187,9 +187,9 @@ fn top_k_direct(
 }
 
 /// Batches at least this large use the tiled scan.
-const TILED_MIN_PROBES: usize = 4;
+const TILED_MIN_PROBES: usize = 32;
 /// Rows per work unit of the tiled scan (packed, 512 KiB: stays in L2 while every probe tile passes).
-const TILED_UNIT_ROWS: usize = 1024;
+const TILED_UNIT_ROWS: usize = 256;
 
 /// The batch scan: dot products of probe tiles × packed row groups give the
 /// distance through `‖q‖² + ‖x‖² − 2·q·x`, which rounds differently from the
@@ -254,26 +254,48 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
                     kernel.dots_tile(qs, &acc.packed[g], &mut out);
                     let xn = &acc.norms[g * LANES..g * LANES + LANES];
                     let live = (vecs.len() - g * LANES).min(LANES);
+                    let live_mask = if live == LANES {
+                        u32::MAX
+                    } else {
+                        (1u32 << live) - 1
+                    };
                     for p in 0..qs.len() {
                         let top = &mut acc.tops[t + p];
                         let mut bound = top.bound();
-                        let dots = &out[p * LANES..p * LANES + LANES];
-                        for lane in 0..live {
-                            let d = qn[t + p] + xn[lane] - 2.0 * dots[lane];
-                            if d <= bound {
-                                let row = a + g * LANES + lane;
-                                if snap.deleted(s, row) {
-                                    continue;
-                                }
-                                let c = Cand {
-                                    dist: d,
-                                    id: snap.id(s, row),
-                                    src: s as u32,
-                                    row: row as u32,
-                                };
-                                if top.push(c) {
-                                    bound = top.bound();
-                                }
+                        let dots: &[f32; LANES] = (&out[p * LANES..p * LANES + LANES])
+                            .try_into()
+                            .unwrap_or(&[0.0; LANES]);
+                        let xn: &[f32; LANES] = xn.try_into().unwrap_or(&[0.0; LANES]);
+                        // Estimates and the comparison for all lanes at once (vectorised);
+                        // only lanes under the bound go on to the heap.
+                        let qp = qn[t + p];
+                        let mut d = [0f32; LANES];
+                        for lane in 0..LANES {
+                            d[lane] = qp + xn[lane] - 2.0 * dots[lane];
+                        }
+                        let mut mask = 0u32;
+                        for lane in 0..LANES {
+                            mask |= ((d[lane] <= bound) as u32) << lane;
+                        }
+                        mask &= live_mask;
+                        while mask != 0 {
+                            let lane = mask.trailing_zeros() as usize;
+                            mask &= mask - 1;
+                            if d[lane] > bound {
+                                continue;
+                            }
+                            let row = a + g * LANES + lane;
+                            if snap.deleted(s, row) {
+                                continue;
+                            }
+                            let c = Cand {
+                                dist: d[lane],
+                                id: snap.id(s, row),
+                                src: s as u32,
+                                row: row as u32,
+                            };
+                            if top.push(c) {
+                                bound = top.bound();
                             }
                         }
                     }

@@ -48,8 +48,8 @@ fn check(duplicates: bool) {
         let mut rng = Rng(seed);
         let (engine, base) = gallery_with_everything(dir.path(), &mut rng, duplicates);
         let g = engine.gallery("t").unwrap();
-        // 37 probes: several full tiles of 8 and a remainder; some equal to stored vectors.
-        let probes: Vec<Vec<f32>> = (0..37)
+        // 61 probes (above the tiled threshold): full tiles of 8 and a remainder; some equal to stored vectors.
+        let probes: Vec<Vec<f32>> = (0..61)
             .map(|i| {
                 if i % 5 == 0 {
                     base[i % base.len()].clone()
