@@ -68,7 +68,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// Caller error: some other argument is out of range (k = 0, batch too large, ...).
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
     /// Caller error: the batch is larger than the engine accepts in one call.
     #[error("{what}: {got} exceeds the limit of {limit}")]

@@ -116,7 +116,16 @@
 //! | 540 | 4 | f32 | weight `w_d` of the squared distance |
 //! | 544 | 7 × 8 | f64 | target FAR, head AUC, head TAR at FAR, head EER, distance AUC, distance TAR at FAR, distance EER |
 //! | 600 | 4 × 8 | u64 | training pairs, held-out genuine pairs, held-out impostor pairs, seed |
-//! | 632 | 4 | u32 | crc32 of bytes 0..632 |
+//! | 632 | 4 | f32 | open-set (1:N) decision threshold on the logit |
+//! | 636 | 4 | f32 | open-set decision threshold on the squared distance |
+//! | 640 | 2 × 8 | f64 | open-set TAR of the head, of the distance |
+//! | 656 | 8 | u64 | probes used for the open-set calibration |
+//! | 664 | 4 | u32 | crc32 of bytes 0..664 |
+//!
+//! The 1:1 thresholds (verification) are set on held-out impostor *pairs*; the
+//! open-set thresholds (identification, flag bit 2) on the best match of
+//! held-out embeddings among all *other* subjects, so that a stranger is
+//! accepted as someone at about the target rate whatever the gallery's size.
 //!
 //! # Version history
 //! - 1 (visage 0.1): first format.
@@ -821,13 +830,15 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
 /// Magic number of the head file.
 pub const HEAD_MAGIC: [u8; 8] = *b"\x89VHD\r\n\x1a\n";
 /// Length of the head file.
-pub const HEAD_LEN: usize = 636;
+pub const HEAD_LEN: usize = 668;
 const HEAD_WEIGHTS_OFF: usize = 16;
 const HEAD_BIAS_OFF: usize = HEAD_WEIGHTS_OFF + VECTOR_BYTES;
 const HEAD_STATS_OFF: usize = HEAD_BIAS_OFF + 4 * size_of::<f32>();
 const HEAD_COUNTS_OFF: usize = HEAD_STATS_OFF + 7 * size_of::<f64>();
-const HEAD_CRC_OFF: usize = HEAD_COUNTS_OFF + 4 * size_of::<u64>();
+const HEAD_OPEN_OFF: usize = HEAD_COUNTS_OFF + 4 * size_of::<u64>();
+const HEAD_CRC_OFF: usize = HEAD_OPEN_OFF + 2 * size_of::<f32>() + 3 * size_of::<u64>();
 const _: () = assert!(HEAD_BIAS_OFF == 528 && HEAD_STATS_OFF == 544 && HEAD_COUNTS_OFF == 600);
+const _: () = assert!(HEAD_OPEN_OFF == 632 && HEAD_CRC_OFF == 664);
 const _: () = assert!(HEAD_CRC_OFF + 4 == HEAD_LEN);
 
 /// Decoded head file.
@@ -849,6 +860,12 @@ pub struct HeadData {
     pub stats: [f64; 7],
     /// Training pairs, held-out genuine, held-out impostor, seed.
     pub counts: [u64; 4],
+    /// Open-set thresholds: on the logit, on the squared distance.
+    pub open_thresholds: [f32; 2],
+    /// Open-set TAR of the head, of the distance.
+    pub open_tar: [f64; 2],
+    /// Probes used for the open-set calibration.
+    pub open_probes: u64,
 }
 
 /// Encode the head file.
@@ -877,6 +894,13 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
     for (i, v) in h.counts.iter().enumerate() {
         put_u64(&mut b, HEAD_COUNTS_OFF + 8 * i, *v);
     }
+    for (i, v) in h.open_thresholds.iter().enumerate() {
+        b[HEAD_OPEN_OFF + 4 * i..HEAD_OPEN_OFF + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    for (i, v) in h.open_tar.iter().enumerate() {
+        b[HEAD_OPEN_OFF + 8 + 8 * i..HEAD_OPEN_OFF + 16 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    put_u64(&mut b, HEAD_OPEN_OFF + 24, h.open_probes);
     let crc = crc32fast::hash(&b[..HEAD_CRC_OFF]);
     put_u32(&mut b, HEAD_CRC_OFF, crc);
     b
@@ -928,6 +952,9 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         distance_weight: f32_at(HEAD_BIAS_OFF + 12),
         stats: std::array::from_fn(|i| f64::from_bits(get_u64(b, HEAD_STATS_OFF + 8 * i))),
         counts: std::array::from_fn(|i| get_u64(b, HEAD_COUNTS_OFF + 8 * i)),
+        open_thresholds: std::array::from_fn(|i| f32_at(HEAD_OPEN_OFF + 4 * i)),
+        open_tar: std::array::from_fn(|i| f64::from_bits(get_u64(b, HEAD_OPEN_OFF + 8 + 8 * i))),
+        open_probes: get_u64(b, HEAD_OPEN_OFF + 24),
     };
     if h.weights
         .iter()
@@ -1181,6 +1208,9 @@ mod tests {
             distance_threshold: 1.25,
             stats: [1e-3, 0.99, 0.9, 0.01, 0.95, 0.7, 0.05],
             counts: [1000, 200, 3000, 42],
+            open_thresholds: [3.5, 0.25],
+            open_tar: [0.8, 0.6],
+            open_probes: 2000,
         };
         let b = encode_head(&h);
         assert_eq!(b.len(), HEAD_LEN);
@@ -1188,6 +1218,8 @@ mod tests {
         assert_eq!(&b[528..532], &2.5f32.to_le_bytes());
         assert_eq!(&b[544..552], &1e-3f64.to_le_bytes());
         assert_eq!(&b[624..632], &42u64.to_le_bytes());
+        assert_eq!(&b[632..636], &3.5f32.to_le_bytes());
+        assert_eq!(&b[656..664], &2000u64.to_le_bytes());
         assert_eq!(decode_head(Path::new("h"), &b).unwrap(), h);
         for i in 0..b.len() {
             let mut c = b.clone();

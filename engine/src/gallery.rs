@@ -1230,6 +1230,13 @@ impl Gallery {
         probes: &[P],
         opts: &SearchOptions,
     ) -> Result<Vec<Vec<Hit>>> {
+        if let Some(d) = opts.max_distance
+            && (d.is_nan() || d < 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "max_distance must be a number at least 0, got {d}"
+            )));
+        }
         let probes = check_probes(probes, opts.k, MAX_K)?;
         let head = self.head();
         let snap = self.snapshot();
@@ -1287,7 +1294,7 @@ impl Gallery {
         opts: &IdentifyOptions,
     ) -> Result<Vec<Identification>> {
         let probes = check_probes(probes, opts.k, MAX_IDENTIFY_K)?;
-        let decision = self.decision(opts.min_probability, opts.max_distance)?;
+        let decision = self.decision_for(opts.min_probability, opts.max_distance, true)?;
         let head = self.head();
         let snap = self.snapshot();
         let w = head
@@ -1412,6 +1419,17 @@ impl Gallery {
         min_probability: Option<f32>,
         max_distance: Option<f32>,
     ) -> Result<Decision> {
+        self.decision_for(min_probability, max_distance, false)
+    }
+
+    /// As [`Gallery::decision`]; `open_set` picks the identification (1:N)
+    /// thresholds instead of the verification (1:1) ones.
+    fn decision_for(
+        &self,
+        min_probability: Option<f32>,
+        max_distance: Option<f32>,
+        open_set: bool,
+    ) -> Result<Decision> {
         let head = self.head();
         if let Some(p) = min_probability {
             if !(0.0..=1.0).contains(&p) {
@@ -1443,6 +1461,11 @@ impl Gallery {
             return Ok(Decision::Distance(d));
         }
         match head.as_deref() {
+            Some(h) if open_set && h.open_probes > 0 => Ok(if h.trained {
+                Decision::Logit(h.open_logit_threshold)
+            } else {
+                Decision::Distance(h.open_distance_threshold)
+            }),
             Some(h) if h.trained => Ok(Decision::Logit(h.logit_threshold)),
             Some(h) => Ok(Decision::Distance(h.distance_threshold)),
             None => {
@@ -1453,7 +1476,11 @@ impl Gallery {
                         self.name
                     ))
                 })?;
-                Ok(Decision::Distance(h.distance_threshold))
+                Ok(Decision::Distance(if open_set && h.open_probes > 0 {
+                    h.open_distance_threshold
+                } else {
+                    h.distance_threshold
+                }))
             }
         }
     }

@@ -96,6 +96,18 @@ pub struct HeadInfo {
     pub distance_eer: f64,
     /// Seed used.
     pub seed: u64,
+    /// Open-set (1:N identification) threshold on the logit: a probe is
+    /// "known" iff its best candidate's logit reaches it.
+    pub open_logit_threshold: f32,
+    /// Open-set threshold on the squared distance (without a head).
+    pub open_distance_threshold: f32,
+    /// Open-set TAR of the head: held-out embeddings whose best match of their
+    /// own subject passes the open-set threshold.
+    pub open_tar: f64,
+    /// The same for plain distance.
+    pub open_distance_tar: f64,
+    /// Probes used for the open-set calibration (0: not calibrated).
+    pub open_probes: u64,
 }
 
 impl HeadInfo {
@@ -116,7 +128,7 @@ impl HeadInfo {
 
     pub(crate) fn to_data(&self) -> HeadData {
         HeadData {
-            flags: if self.trained { 3 } else { 2 },
+            flags: if self.trained { 3 } else { 2 } | if self.open_probes > 0 { 4 } else { 0 },
             weights: self.weight_array().to_vec(),
             distance_weight: self.distance_weight,
             bias: self.bias,
@@ -137,6 +149,9 @@ impl HeadInfo {
                 self.heldout_impostor,
                 self.seed,
             ],
+            open_thresholds: [self.open_logit_threshold, self.open_distance_threshold],
+            open_tar: [self.open_tar, self.open_distance_tar],
+            open_probes: self.open_probes,
         }
     }
 
@@ -160,6 +175,11 @@ impl HeadInfo {
             distance_tar_at_far: d.stats[5],
             distance_eer: d.stats[6],
             seed: d.counts[3],
+            open_logit_threshold: d.open_thresholds[0],
+            open_distance_threshold: d.open_thresholds[1],
+            open_tar: d.open_tar[0],
+            open_distance_tar: d.open_tar[1],
+            open_probes: if d.flags & 4 == 4 { d.open_probes } else { 0 },
         }
     }
 }
@@ -177,7 +197,14 @@ type RowRef = (u32, u32);
 pub(crate) struct Pairs {
     pub train: Vec<(RowRef, RowRef, bool)>,
     pub heldout: Vec<(RowRef, RowRef, bool)>,
+    /// Held-out rows to probe the gallery with for the open-set calibration.
+    pub open_probes: Vec<RowRef>,
 }
+
+/// Most probes of the open-set calibration.
+const OPEN_PROBES: usize = 2000;
+/// Candidates examined per open-set probe.
+const OPEN_K: usize = 32;
 
 /// Live rows grouped by subject, in a deterministic order.
 fn rows_by_subject(snap: &Snapshot) -> Vec<Vec<RowRef>> {
@@ -314,6 +341,21 @@ pub(crate) fn sample_pairs(
             &mut pairs.train,
             n_neg.saturating_sub(hard),
         );
+    }
+    // Open-set probes: one row of each held-out subject with two or more rows, in turn.
+    for round in 0.. {
+        let before = pairs.open_probes.len();
+        for &s in held {
+            if pairs.open_probes.len() >= OPEN_PROBES {
+                break;
+            }
+            if let Some(&r) = groups[s].get(round).filter(|_| groups[s].len() >= 2) {
+                pairs.open_probes.push(r);
+            }
+        }
+        if pairs.open_probes.len() == before || pairs.open_probes.len() >= OPEN_PROBES {
+            break;
+        }
     }
     genuine(&mut rng, held, &mut pairs.heldout, held_budget / 4);
     let n_gen = pairs.heldout.len();
@@ -674,6 +716,11 @@ pub(crate) fn train(
             distance_tar_at_far: f64::NAN,
             distance_eer: f64::NAN,
             seed: opts.seed,
+            open_logit_threshold: f32::INFINITY,
+            open_distance_threshold: 0.0,
+            open_tar: f64::NAN,
+            open_distance_tar: f64::NAN,
+            open_probes: 0,
         },
     };
     if fit_head {
@@ -731,7 +778,70 @@ pub(crate) fn train(
         info.tar_at_far = hc.tar;
         info.eer = hc.eer;
     }
+    open_set(snap, &pairs.open_probes, opts.target_far, &mut info);
     Ok(info)
+}
+
+/// Calibrate the open-set thresholds: each probe is a held-out embedding; its
+/// best match among *other* subjects is a stranger's best match (the gallery
+/// minus one subject), its best *other* embedding of its own subject a genuine
+/// best match. Scores are computed exactly as identification computes them.
+fn open_set(snap: &Snapshot, probes: &[RowRef], target_far: f64, info: &mut HeadInfo) {
+    if probes.is_empty() {
+        return;
+    }
+    let qs: Vec<[f32; DIM]> = probes
+        .iter()
+        .map(|&(s, r)| snap.vectors(s as usize)[r as usize])
+        .collect();
+    let best = |metric: Metric<'_>,
+                score: &dyn Fn(&[f32; DIM], &search::Cand) -> f64|
+     -> (Vec<f64>, Vec<f64>) {
+        let tops = search::top_k(snap, &qs, OPEN_K, metric);
+        let (mut genuine, mut stranger) = (Vec::new(), Vec::new());
+        for ((&(ps, pr), q), cands) in probes.iter().zip(&qs).zip(&tops) {
+            let own = snap.subject(ps as usize, pr as usize);
+            let mut seen_same = false;
+            let mut seen_other = false;
+            for c in cands {
+                if (c.src, c.row) == (ps, pr) {
+                    continue;
+                }
+                let same = snap.subject(c.src as usize, c.row as usize) == own;
+                if same && !seen_same {
+                    seen_same = true;
+                    genuine.push(score(q, c));
+                } else if !same && !seen_other {
+                    seen_other = true;
+                    stranger.push(score(q, c));
+                }
+                if seen_same && seen_other {
+                    break;
+                }
+            }
+        }
+        (genuine, stranger)
+    };
+    let (g, s) = best(Metric::L2, &|_, c| -(c.dist as f64));
+    if s.is_empty() {
+        return;
+    }
+    let dc = calibrate(&g, &s, target_far);
+    info.open_distance_threshold = -f32_at_or_above(dc.threshold);
+    info.open_distance_tar = dc.tar;
+    info.open_probes = s.len() as u64;
+    if info.trained {
+        let w = info.weight_array();
+        let head = info.clone();
+        let (g, s) = best(Metric::Head(&w, info.distance_weight), &|q, c| {
+            head.logit(q, &snap.vectors(c.src as usize)[c.row as usize]) as f64
+        });
+        if !s.is_empty() {
+            let hc = calibrate(&g, &s, target_far);
+            info.open_logit_threshold = f32_at_or_above(hc.threshold);
+            info.open_tar = hc.tar;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -270,12 +270,12 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
                         // only lanes under the bound go on to the heap.
                         let qp = qn[t + p];
                         let mut d = [0f32; LANES];
-                        for lane in 0..LANES {
-                            d[lane] = qp + xn[lane] - 2.0 * dots[lane];
+                        for ((dl, &x), &dot) in d.iter_mut().zip(xn).zip(dots) {
+                            *dl = qp + x - 2.0 * dot;
                         }
                         let mut mask = 0u32;
-                        for lane in 0..LANES {
-                            mask |= ((d[lane] <= bound) as u32) << lane;
+                        for (lane, &dl) in d.iter().enumerate() {
+                            mask |= ((dl <= bound) as u32) << lane;
                         }
                         mask &= live_mask;
                         while mask != 0 {
@@ -332,7 +332,8 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
             // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)², u = 2⁻²⁴: generous for 128-term sums.
             let e = 512.0 * f32::EPSILON / 2.0 * (qn[i].sqrt() + max_x).powi(2);
             let kth = cands[k - 1].dist;
-            if !(worst_estimate - e > kth) {
+            let proven = worst_estimate - e > kth;
+            if !proven {
                 rescan.push(i);
             }
         }

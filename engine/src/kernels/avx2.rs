@@ -3,6 +3,8 @@
 use crate::DIM;
 use std::arch::x86_64::*;
 
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn hsum(v: __m256) -> f32 {
@@ -15,6 +17,8 @@ fn hsum(v: __m256) -> f32 {
 }
 
 /// Load 8 floats from `s[at..at + 8]` (bounds-checked slice access).
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn load8(s: &[f32], at: usize) -> __m256 {
@@ -152,6 +156,8 @@ pub(super) fn dots_tile(
     }
 }
 
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn tile<const P: usize>(

@@ -4,6 +4,8 @@ use crate::DIM;
 use std::arch::x86_64::*;
 
 /// Load 16 floats from `s[at..at + 16]` (bounds-checked slice access).
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn load16(s: &[f32], at: usize) -> __m512 {
@@ -122,6 +124,8 @@ pub(super) fn dots_tile(
     }
 }
 
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn tile<const P: usize>(
