@@ -3,8 +3,8 @@
 #
 #   bash benches/python/run-head-check.sh [path/to/head_eval]
 #
-# Without an argument, builds target/release/head_eval (cargo does nothing if
-# it is up to date). Runs it on $SUBJECTS (default 1000) synthetic subjects per
+# Without an argument, builds target/release/head_eval (under $CARGO_TARGET_DIR
+# if set; cargo does nothing if it is up to date). Runs it on $SUBJECTS (default 1000) synthetic subjects per
 # data set with --export into $OUT (default target/head-check), creates (or
 # reuses) a virtual environment at $VENV (default target/venv-head) with
 # benches/python/requirements.txt from the package registry (wheels only), and
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 
 bin="${1:-}"
 if [ -z "$bin" ]; then
-    bin=target/release/head_eval
+    bin="${CARGO_TARGET_DIR:-target}/release/head_eval"
     cargo build --release --locked -p visage-bench --bin head_eval
 fi
 if [ ! -x "$bin" ]; then
