@@ -29,7 +29,7 @@
 //! | 16 | 8 | u64 | rows |
 //! | 24 | 8 | u64 | distinct subjects |
 //! | 32 | 8 | u64 | segment file number |
-//! | 40 | 4 | u32 | number of used section slots (10 in version 1) |
+//! | 40 | 4 | u32 | number of used section slots (10 in version 1, 12 in version 2) |
 //! | 44 | 4 | u32 | reserved, 0 |
 //! | 48 | 16 × 24 | section table | per slot: offset u64, length u64, crc32 u32, reserved u32 |
 //! | 432 | 76 | | reserved, 0 |
@@ -50,6 +50,8 @@
 //! | 7 | subject_bytes | Σ | UTF-8 subject strings, in ascending byte order, concatenated |
 //! | 8 | posting_offsets | (subjects + 1) × 4 | u32 start of each subject's rows in `posting_rows`, then `rows` |
 //! | 9 | posting_rows | rows × 4 | u32 rows grouped by subject ordinal, ascending within a subject |
+//! | 10 | sq8_params | 1024 | version 2: f32 minimum of each dimension, then f32 step of each dimension |
+//! | 11 | sq8_codes | rows × 128 | version 2: u8 code per value, `x ≈ min + step·code` (round to nearest, clamped) |
 //!
 //! A segment holds each id at most once. Sections 1–9 are verified against their
 //! CRC at every open (they are small); the vector section on request
@@ -128,7 +130,10 @@
 //! accepted as someone at about the target rate whatever the gallery's size.
 //!
 //! # Version history
-//! - 1 (visage 0.1): first format.
+//! - 1: first format. Still read: segments without the 8-bit codes are
+//!   scanned exactly by every mode (fixture `tests/fixtures/format-v1`).
+//! - 2: segments carry 8-bit scalar-quantised codes (sections 10 and 11);
+//!   the head file gained the open-set thresholds. WAL and manifest unchanged.
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -140,7 +145,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
@@ -207,10 +212,22 @@ pub enum Section {
     PostingOffsets,
     /// Rows grouped by subject.
     PostingRows,
+    /// Scalar-quantiser parameters (version 2).
+    Sq8Params,
+    /// 8-bit codes (version 2).
+    Sq8Codes,
 }
 
-/// Number of sections in a version-1 segment.
-pub const SECTION_COUNT: usize = 10;
+/// Number of sections in a segment of the newest version.
+pub const SECTION_COUNT: usize = 12;
+
+/// Number of sections in a segment of `version`.
+pub fn sections_in(version: u32) -> usize {
+    if version >= 2 { 12 } else { 10 }
+}
+
+/// Bytes of the scalar-quantiser parameters: per dimension a minimum and a step (f32 each).
+pub const SQ8_PARAMS_BYTES: u64 = 2 * DIM as u64 * 4;
 
 impl Section {
     /// All sections in slot order.
@@ -225,6 +242,8 @@ impl Section {
         Section::SubjectBytes,
         Section::PostingOffsets,
         Section::PostingRows,
+        Section::Sq8Params,
+        Section::Sq8Codes,
     ];
 
     /// Name used in error messages.
@@ -240,6 +259,8 @@ impl Section {
             Section::SubjectBytes => "subject_bytes",
             Section::PostingOffsets => "posting_offsets",
             Section::PostingRows => "posting_rows",
+            Section::Sq8Params => "sq8_params",
+            Section::Sq8Codes => "sq8_codes",
         }
     }
 
@@ -255,6 +276,8 @@ impl Section {
             Section::SubjectOffsets => subjects.checked_add(1)?.checked_mul(8)?,
             Section::PostingOffsets => subjects.checked_add(1)?.checked_mul(4)?,
             Section::SubjectBytes => return None,
+            Section::Sq8Params => SQ8_PARAMS_BYTES,
+            Section::Sq8Codes => rows.checked_mul(DIM as u64)?,
         })
     }
 }
@@ -295,8 +318,9 @@ impl SegmentHeader {
         put_u64(&mut b, SEG_ROWS_OFF, self.rows);
         put_u64(&mut b, SEG_SUBJECTS_OFF, self.subjects);
         put_u64(&mut b, SEG_FILE_NO_OFF, self.file_no);
-        put_u32(&mut b, SEG_SECTION_COUNT_OFF, SECTION_COUNT as u32);
-        for (i, s) in self.sections.iter().enumerate() {
+        let n = sections_in(self.version);
+        put_u32(&mut b, SEG_SECTION_COUNT_OFF, n as u32);
+        for (i, s) in self.sections.iter().take(n).enumerate() {
             let at = SEG_TABLE_OFF + i * SECTION_ENTRY_LEN;
             put_u64(&mut b, at, s.offset);
             put_u64(&mut b, at + 8, s.len);
@@ -366,15 +390,17 @@ impl SegmentHeader {
             ));
         }
         let count = get_u32(b, SEG_SECTION_COUNT_OFF);
-        if count as usize != SECTION_COUNT {
+        let n = sections_in(version);
+        if count as usize != n {
             return Err(Error::corrupt(
                 path,
                 SEG_SECTION_COUNT_OFF as u64,
-                format!("{count} sections, version {version} has {SECTION_COUNT}"),
+                format!("{count} sections, version {version} has {n}"),
             ));
         }
+        // Sections a version does not have stay empty (offset 0, length 0).
         let mut sections = [SectionEntry::default(); SECTION_COUNT];
-        for (i, sec) in Section::ALL.iter().enumerate() {
+        for (i, sec) in Section::ALL.iter().take(n).enumerate() {
             let at = SEG_TABLE_OFF + i * SECTION_ENTRY_LEN;
             let e = SectionEntry {
                 offset: get_u64(b, at),
@@ -1062,7 +1088,7 @@ mod tests {
             };
         }
         let h = SegmentHeader {
-            version: 1,
+            version: 2,
             rows: 0,
             subjects: 0,
             file_no: 0x0102,
@@ -1070,10 +1096,10 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"\x89VSG\r\n\x1a\n");
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(&b[12..16], &[128, 0, 0, 0]);
         assert_eq!(&b[32..40], &[2, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(&b[40..44], &[10, 0, 0, 0]);
+        assert_eq!(&b[40..44], &[12, 0, 0, 0]);
         // Section 1: offset 576 at 48 + 24.
         assert_eq!(&b[72..80], &576u64.to_le_bytes());
         assert_eq!(&b[88..92], &1u32.to_le_bytes());

@@ -298,6 +298,11 @@ impl Snapshot {
             None => &self.chunks[s - self.segments.len()].chunk.vectors,
         }
     }
+    /// The 8-bit codes of a source (version-2 segments only).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
+        self.segments.get(s).and_then(|ss| ss.seg.sq8())
+    }
     /// Precomputed squared norms of a source's rows (segments have them; memtable chunks do not).
     pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {
         self.segments.get(s).map(|ss| ss.seg.norms())
@@ -1255,7 +1260,12 @@ impl Gallery {
             }
         };
         let is_l2 = matches!(metric, search::Metric::L2);
-        Ok(search::top_k(&snap, &probes, opts.k, metric)
+        let cands = if is_l2 && opts.mode == ScanMode::Quantized {
+            search::top_k_quantized(&snap, &probes, opts.k)
+        } else {
+            search::top_k(&snap, &probes, opts.k, metric)
+        };
+        Ok(cands
             .into_iter()
             .zip(&probes)
             .map(|(cs, q)| {

@@ -80,6 +80,8 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
         .map(|r| r.vector.iter().map(|x| x * x).sum())
         .collect();
 
+    let (sq_min, sq_step) = sq8_params(rows);
+
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -117,6 +119,17 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
             Section::SubjectBytes => put(&mut w, &subject_bytes)?,
             Section::PostingOffsets => put(&mut w, &le_u32s(&posting_offsets))?,
             Section::PostingRows => put(&mut w, &le_u32s(&posting_rows))?,
+            Section::Sq8Params => {
+                put(&mut w, &le_f32s(&sq_min))?;
+                put(&mut w, &le_f32s(&sq_step))?;
+            }
+            Section::Sq8Codes => {
+                let mut code = [0u8; DIM];
+                for r in rows {
+                    sq8_encode(r.vector, &sq_min, &sq_step, &mut code);
+                    put(&mut w, &code)?;
+                }
+            }
         }
         sections[sec as usize] = SectionEntry {
             offset: pos,
@@ -148,6 +161,41 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
 compile_error!(
     "visage writes little-endian files and maps them directly: big-endian targets are not supported"
 );
+
+/// Per-dimension minimum and step of the 8-bit scalar quantiser of `rows`.
+fn sq8_params(rows: &[RowRef<'_>]) -> ([f32; DIM], [f32; DIM]) {
+    let mut lo = [f32::INFINITY; DIM];
+    let mut hi = [f32::NEG_INFINITY; DIM];
+    for r in rows {
+        for d in 0..DIM {
+            lo[d] = lo[d].min(r.vector[d]);
+            hi[d] = hi[d].max(r.vector[d]);
+        }
+    }
+    let mut step = [0f32; DIM];
+    for d in 0..DIM {
+        if !lo[d].is_finite() || !hi[d].is_finite() {
+            lo[d] = 0.0;
+            continue;
+        }
+        let s = (hi[d] - lo[d]) / 255.0;
+        // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
+        // give a poor estimate, which the exact re-rank or the exact mode corrects.
+        step[d] = if s.is_finite() { s } else { 0.0 };
+    }
+    (lo, step)
+}
+
+/// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
+pub(crate) fn sq8_encode(v: &[f32; DIM], min: &[f32; DIM], step: &[f32; DIM], out: &mut [u8; DIM]) {
+    for d in 0..DIM {
+        out[d] = if step[d] > 0.0 {
+            ((v[d] - min[d]) / step[d]).round().clamp(0.0, 255.0) as u8
+        } else {
+            0
+        };
+    }
+}
 
 fn le_u64s(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -197,8 +245,9 @@ impl Segment {
             let e = header.sections[i];
             e.offset as usize..(e.offset + e.len) as usize
         });
-        for sec in Section::ALL {
-            if sec == Section::Vectors && verify == VerifyChecksums::Metadata {
+        for &sec in &Section::ALL[..format::sections_in(header.version)] {
+            let bulk = matches!(sec, Section::Vectors | Section::Sq8Codes);
+            if bulk && verify == VerifyChecksums::Metadata {
                 continue;
             }
             let e = header.sections[sec as usize];
@@ -296,6 +345,17 @@ impl Segment {
                 ));
             }
         }
+        if self.header.version >= 2 {
+            let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params))?;
+            let bad_param = |(i, x): (usize, &f32)| !x.is_finite() || (i >= DIM && *x < 0.0);
+            if let Some(i) = params.iter().enumerate().position(bad_param) {
+                return Err(bad(
+                    Section::Sq8Params,
+                    i * 4,
+                    format!("quantiser parameter {i} is {}", params[i]),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -362,6 +422,19 @@ impl Segment {
     /// Squared norm of each row.
     pub(crate) fn norms(&self) -> &[f32] {
         mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
+    }
+    /// The 8-bit codes with the quantiser's per-dimension minimum and step
+    /// (version 2 segments; `None` for version 1).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sq8(&self) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
+        if self.header.version < 2 {
+            return None;
+        }
+        let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params)).ok()?;
+        let codes: &[[u8; DIM]] = bytemuck::try_cast_slice(self.section(Section::Sq8Codes)).ok()?;
+        let min: &[f32; DIM] = params.get(..DIM)?.try_into().ok()?;
+        let step: &[f32; DIM] = params.get(DIM..)?.try_into().ok()?;
+        (codes.len() == self.rows()).then_some((min, step, codes))
     }
     /// Subject string of ordinal `ord`.
     pub(crate) fn subject(&self, ord: u32) -> &str {

@@ -10,6 +10,7 @@ mod head;
 mod lock;
 mod model;
 mod poison;
+mod quantized;
 mod search;
 mod support;
 mod tiled;

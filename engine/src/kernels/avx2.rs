@@ -187,3 +187,28 @@ fn tile<const P: usize>(
         }
     }
 }
+
+/// Squared L2 from a probe to 8-bit coded rows (see `scalar::sq8_l2_many`).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn sq8_l2_many(
+    qm: &[f32; DIM],
+    step: &[f32; DIM],
+    codes: &[[u8; DIM]],
+    out: &mut [f32],
+) {
+    for (o, c) in out.iter_mut().zip(codes) {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for j in 0..DIM / 8 {
+            let bytes: &[u8; 8] = c[8 * j..8 * j + 8].try_into().expect("8 codes");
+            // SAFETY: `bytes` is a valid reference to 8 bytes; loadl reads exactly 8 bytes, unaligned.
+            let raw = unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) };
+            let x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw));
+            let t = _mm256_fnmadd_ps(load8(step, 8 * j), x, load8(qm, 8 * j));
+            acc[j % 4] = _mm256_fmadd_ps(t, t, acc[j % 4]);
+        }
+        *o = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+    }
+}

@@ -148,3 +148,31 @@ fn tile<const P: usize>(
         unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *a) };
     }
 }
+
+/// Squared L2 from a probe to 8-bit coded rows (see `scalar::sq8_l2_many`).
+#[target_feature(enable = "avx512f")]
+pub(super) fn sq8_l2_many(
+    qm: &[f32; DIM],
+    step: &[f32; DIM],
+    codes: &[[u8; DIM]],
+    out: &mut [f32],
+) {
+    let mut qv = [_mm512_setzero_ps(); DIM / 16];
+    let mut sv = [_mm512_setzero_ps(); DIM / 16];
+    for j in 0..DIM / 16 {
+        qv[j] = load16(qm, 16 * j);
+        sv[j] = load16(step, 16 * j);
+    }
+    for (o, c) in out.iter_mut().zip(codes) {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for j in 0..DIM / 16 {
+            let bytes: &[u8; 16] = c[16 * j..16 * j + 16].try_into().expect("16 codes");
+            // SAFETY: `bytes` is a valid reference to 16 bytes; loadu has no alignment requirement.
+            let raw = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+            let x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(raw));
+            let t = _mm512_fnmadd_ps(sv[j], x, qv[j]);
+            acc[j % 2] = _mm512_fmadd_ps(t, t, acc[j % 2]);
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    }
+}

@@ -200,6 +200,37 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Squared L2 from a probe to 8-bit coded rows: `out[i] = Σ (qm_d − step_d·codes[i]_d)²`,
+    /// where `qm = q − min` (see the segment format's scalar quantiser).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `codes`.
+    #[inline]
+    pub fn sq8_l2_many(
+        self,
+        qm: &[f32; DIM],
+        step: &[f32; DIM],
+        codes: &[[u8; DIM]],
+        out: &mut [f32],
+    ) {
+        let out = &mut out[..codes.len()];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx512 if self.is_available() => unsafe {
+                avx512::sq8_l2_many(qm, step, codes, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: guarded by is_available() (cached CPUID check).
+            Kernel::Avx2Fma if self.is_available() => unsafe {
+                avx2::sq8_l2_many(qm, step, codes, out)
+            },
+            _ => scalar::sq8_l2_many(qm, step, codes, out),
+        }
+    }
+}
+
 /// The implementation used by the engine: the best available, chosen once.
 /// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
 /// can force a slower one for testing; an unavailable choice is ignored.
@@ -335,6 +366,27 @@ mod tests {
                         prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{} p {p} lane {lane}: {got} vs {want}", k.name());
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn every_sq8_kernel_matches_scalar(
+            qm in prop::collection::vec(-2.0f32..2.0, DIM),
+            step in prop::collection::vec(0.0f32..0.02, DIM),
+            codes in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..20),
+        ) {
+            let qm: [f32; DIM] = qm.try_into().unwrap();
+            let step: [f32; DIM] = step.try_into().unwrap();
+            let codes: Vec<[u8; DIM]> = codes.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let mut want = vec![0f32; codes.len()];
+            scalar::sq8_l2_many(&qm, &step, &codes, &mut want);
+            for k in Kernel::available() {
+                let mut got = vec![f32::NAN; codes.len() + 2];
+                k.sq8_l2_many(&qm, &step, &codes, &mut got);
+                for i in 0..codes.len() {
+                    prop_assert!(close(got[i], want[i]), "{} row {i}: {} vs {}", k.name(), got[i], want[i]);
+                }
+                prop_assert!(got[codes.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
         }
 

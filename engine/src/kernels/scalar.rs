@@ -48,3 +48,19 @@ pub fn dots_tile(
         out[p * LANES..p * LANES + LANES].copy_from_slice(&acc);
     }
 }
+
+/// Squared L2 from a probe to 8-bit coded rows: `Σ (qm_d − step_d·code_d)²`
+/// where `qm = q − min` (the quantiser's minimum subtracted once per probe).
+pub fn sq8_l2_many(qm: &[f32; DIM], step: &[f32; DIM], codes: &[[u8; DIM]], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(codes) {
+        *o = qm
+            .iter()
+            .zip(step)
+            .zip(c)
+            .map(|((q, s), &c)| {
+                let t = q - s * c as f32;
+                t * t
+            })
+            .sum();
+    }
+}
