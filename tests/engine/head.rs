@@ -133,6 +133,8 @@ fn fingerprint(h: &HeadInfo) -> Vec<u64> {
             h.threshold,
             h.logit_threshold,
             h.distance_threshold,
+            h.open_logit_threshold,
+            h.open_distance_threshold,
         ]
         .map(|x| x.to_bits() as u64),
     );
@@ -145,10 +147,13 @@ fn fingerprint(h: &HeadInfo) -> Vec<u64> {
             h.distance_auc,
             h.distance_tar_at_far,
             h.distance_eer,
+            h.open_tar,
+            h.open_distance_tar,
         ]
         .map(f64::to_bits),
     );
     v.extend([
+        h.open_probes,
         h.pairs,
         h.heldout_genuine,
         h.heldout_impostor,
@@ -576,6 +581,8 @@ fn calibrated_thresholds_accept_the_target_far_of_fresh_impostors() {
         "distance threshold (calibrate), fresh genuine",
     );
 
+    open_set_rates(&fx.g, &data, &o, "distance");
+
     // With a head: the default decision is the head's threshold.
     let h = fx.g.train_head(&o).unwrap();
     assert!(h.trained);
@@ -611,6 +618,65 @@ fn calibrated_thresholds_accept_the_target_far_of_fresh_impostors() {
         h.distance_tar_at_far,
         h.heldout_genuine,
         "distance threshold (train_head), fresh genuine",
+    );
+    open_set_rates(&fx.g, &data, &o, "head");
+}
+
+/// Identification of fresh strangers: the fraction told "known" (as anyone)
+/// must be the target within the binomial bound of the open-set calibration,
+/// whose probes come from the held-out subjects; and fresh images of enrolled
+/// people must be known (as themselves) at no less than the reported open-set TAR.
+fn open_set_rates(g: &Gallery, data: &SynthGallery, o: &TrainOptions, what: &str) {
+    let h = g.head().unwrap();
+    assert!(h.open_probes > 0, "{what}: no open-set calibration");
+    let strangers: Vec<Vec<f32>> = data
+        .probes(0, 3_000, 79)
+        .into_iter()
+        .map(|p| p.vector)
+        .collect();
+    let io = IdentifyOptions {
+        k: 1,
+        ..Default::default()
+    };
+    let known = g
+        .identify_open(&strangers, &io)
+        .unwrap()
+        .iter()
+        .filter(|i| i.known)
+        .count();
+    // The calibration's probes are several embeddings of each held-out
+    // subject; their best matches are not independent, so count subjects.
+    let held = (data.config.subjects as f64 * o.heldout_fraction).round() as u64;
+    assert_rate(
+        known,
+        strangers.len(),
+        o.target_far,
+        held.min(h.open_probes),
+        &format!("{what}: open-set threshold, fresh strangers known"),
+    );
+    let people = data.probes(2_000, 0, 80);
+    let vectors: Vec<Vec<f32>> = people.iter().map(|p| p.vector.clone()).collect();
+    let right = g
+        .identify_open(&vectors, &io)
+        .unwrap()
+        .iter()
+        .zip(&people)
+        .filter(|(i, p)| i.known && i.subject == p.subject)
+        .count();
+    let tar = if h.trained {
+        h.open_tar
+    } else {
+        h.open_distance_tar
+    };
+    let rate = right as f64 / people.len() as f64;
+    let se = (tar * (1.0 - tar) * (1.0 / people.len() as f64 + 1.0 / held as f64)).sqrt();
+    println!(
+        "{what}: open-set threshold, fresh enrolled known as themselves: {right}/{} = {rate:.4}, reported open-set TAR {tar:.4}",
+        people.len()
+    );
+    assert!(
+        rate >= tar - 4.0 * se - 1.0 / held as f64,
+        "{what}: fresh enrolled people known as themselves {rate} < open-set TAR {tar} (se {se})"
     );
 }
 
@@ -1160,7 +1226,8 @@ fn without_a_head_verify_and_identify_go_by_distance() {
         assert_eq!(v.same, v.distance <= max_distance, "pair {i}");
     }
 
-    // Identify without a threshold: the distance threshold is calibrated on the spot.
+    // Identify without a threshold: the distance thresholds are calibrated on
+    // the spot, and the open-set (1:N) one decides.
     let io = IdentifyOptions {
         k: 4,
         ..Default::default()
@@ -1169,13 +1236,22 @@ fn without_a_head_verify_and_identify_go_by_distance() {
     let h = g.head().expect("calibrated on the spot");
     assert!(!h.trained);
     assert!(h.distance_threshold > 0.0 && h.heldout_impostor > 0);
+    assert!(
+        h.open_probes > 0 && h.open_distance_threshold > 0.0,
+        "{h:?}"
+    );
+    assert!(h.open_distance_threshold < h.distance_threshold, "{h:?}");
     assert_eq!(h.seed, TrainOptions::default().seed);
     let mut known = 0;
     for (i, (p, id)) in vectors.iter().zip(&ids).enumerate() {
         check_identify(&id.candidates, &model, p, 4, false, &format!("probe {i}"));
         assert!(id.candidates.iter().all(|c| c.probability.is_none()));
         let best = &id.candidates[0];
-        assert_eq!(id.known, best.distance <= h.distance_threshold, "probe {i}");
+        assert_eq!(
+            id.known,
+            best.distance <= h.open_distance_threshold,
+            "probe {i}"
+        );
         assert_eq!(
             id.subject.as_deref(),
             id.known.then_some(best.subject.as_str())
@@ -1187,7 +1263,7 @@ fn without_a_head_verify_and_identify_go_by_distance() {
         "{known} of {} known",
         ids.len()
     );
-    // And verify's default decision uses the same threshold.
+    // And verify's default decision uses the 1:1 threshold.
     let verdicts = g.verify(&pairs, &VerifyOptions::default()).unwrap();
     for (i, v) in verdicts.iter().enumerate() {
         assert_eq!(v.same, v.distance <= h.distance_threshold, "pair {i}");
@@ -1235,12 +1311,15 @@ fn identify_open_ranks_by_the_head_and_follows_its_thresholds() {
     }
     assert!(ambiguous <= 2, "{ambiguous} near-ties");
 
-    // No override: the calibrated logit threshold decides, on the best candidate.
+    // No override: the calibrated open-set (1:N) logit threshold decides, on
+    // the best candidate (not the 1:1 threshold verify uses).
+    assert!(h.open_probes > 0, "no open-set calibration: {h:?}");
+    assert!(h.open_logit_threshold > h.logit_threshold, "{h:?}");
     let mut known = 0;
     for (i, id) in base.iter().enumerate() {
         let best = &id.candidates[0];
         let sc = score(h, &vectors[i], &model[&best.id].vector);
-        let t = h.logit_threshold as f64;
+        let t = h.open_logit_threshold as f64;
         if (sc.z - t).abs() > sc.tol + 1e-5 * t.abs() {
             assert_eq!(id.known, sc.z >= t, "probe {i}: logit {} vs {t}", sc.z);
         }
