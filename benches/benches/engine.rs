@@ -9,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::io::Write;
 use std::time::{Duration, Instant};
 use visage_bench::{Rng, cached_gallery, embeddings, memory_read_time, quiet_options};
-use visage_engine::{Durability, Engine, VerifyChecksums};
+use visage_engine::{Durability, Engine, ScanMode, SearchOptions, VerifyChecksums};
 
 const BATCH: usize = 1000;
 
@@ -98,6 +98,18 @@ fn search(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 gal.search(&probes[i % 64..i % 64 + 1], 10).expect("search")
+            })
+        });
+        g.bench_function(BenchmarkId::new("sq8_single_probe", n), |b| {
+            let opts = SearchOptions {
+                k: 10,
+                mode: ScanMode::Quantized,
+                ..Default::default()
+            };
+            b.iter(|| {
+                i += 1;
+                gal.search_with(&probes[i % 64..i % 64 + 1], &opts)
+                    .expect("search")
             })
         });
         // The floor: reading the vectors once from memory, with every core.

@@ -53,7 +53,11 @@ pub fn target_dir() -> PathBuf {
 
 /// Where cached benchmark galleries live (under the target directory).
 pub fn data_root() -> PathBuf {
-    target_dir().join("bench-data")
+    // Keyed by format version: a cache written by an older build lacks newer sections.
+    target_dir().join(format!(
+        "bench-data-v{}",
+        visage_engine::format::FORMAT_VERSION
+    ))
 }
 
 /// Options for benchmarks: no background work, so timings are of the measured path alone.

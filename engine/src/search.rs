@@ -101,6 +101,40 @@ impl TopK {
     }
 }
 
+/// Offer the rows `first..first + dists.len()` of source `s` to `top`. The
+/// comparison with the heap's bound runs sixteen lanes at a time (vectorised);
+/// only rows under it reach the tombstone check and the heap.
+#[inline]
+fn offer(top: &mut TopK, dists: &[f32], snap: &Snapshot, s: usize, first: usize) {
+    let mut bound = top.bound();
+    for (ci, chunk) in dists.chunks(16).enumerate() {
+        let mut mask = 0u32;
+        for (lane, &d) in chunk.iter().enumerate() {
+            mask |= ((d <= bound) as u32) << lane;
+        }
+        while mask != 0 {
+            let lane = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let d = chunk[lane];
+            if d > bound {
+                continue;
+            }
+            let row = first + ci * 16 + lane;
+            if snap.deleted(s, row) {
+                continue;
+            }
+            if top.push(Cand {
+                dist: d,
+                id: snap.id(s, row),
+                src: s as u32,
+                row: row as u32,
+            }) {
+                bound = top.bound();
+            }
+        }
+    }
+}
+
 /// Exact top-`k` live rows for each probe, ascending by (distance, id).
 pub(crate) fn top_k(
     snap: &Snapshot,
@@ -155,24 +189,7 @@ fn top_k_direct(
                             }
                         }
                     }
-                    let mut bound = top.bound();
-                    for (i, &d) in dists[..sub.len()].iter().enumerate() {
-                        if d <= bound {
-                            let row = base + i;
-                            if snap.deleted(s, row) {
-                                continue;
-                            }
-                            let c = Cand {
-                                dist: d,
-                                id: snap.id(s, row),
-                                src: s as u32,
-                                row: row as u32,
-                            };
-                            if top.push(c) {
-                                bound = top.bound();
-                            }
-                        }
-                    }
+                    offer(top, &dists[..sub.len()], snap, s, base);
                 }
             }
             acc
@@ -232,24 +249,7 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
                             kernel.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists)
                         }
                     }
-                    let mut bound = top.bound();
-                    for (i, &d) in dists[..end - start].iter().enumerate() {
-                        if d <= bound {
-                            let row = start + i;
-                            if snap.deleted(s, row) {
-                                continue;
-                            }
-                            let c = Cand {
-                                dist: d,
-                                id: snap.id(s, row),
-                                src: s as u32,
-                                row: row as u32,
-                            };
-                            if top.push(c) {
-                                bound = top.bound();
-                            }
-                        }
-                    }
+                    offer(top, &dists[..end - start], snap, s, start);
                 }
             }
             acc

@@ -48,14 +48,65 @@ pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
     for (j, v) in qv.iter_mut().enumerate() {
         *v = load16(q, 16 * j);
     }
-    for (o, r) in out.iter_mut().zip(rows) {
+    let row = |r: &[f32; DIM]| {
         let mut acc = [_mm512_setzero_ps(); 2];
         for j in 0..DIM / 16 {
             let d = _mm512_sub_ps(load16(r, 16 * j), qv[j]);
             acc[j % 2] = _mm512_fmadd_ps(d, d, acc[j % 2]);
         }
-        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        _mm512_add_ps(acc[0], acc[1])
+    };
+    // Sixteen rows at a time share one transposing reduction (two instructions a
+    // row instead of a serial horizontal sum each).
+    // Every row goes through the same reduction tree, whatever its position,
+    // so a distance does not depend on which other rows were scored with it.
+    for (g, o) in rows.chunks(16).zip(out.chunks_mut(16)) {
+        let accs: [__m512; 16] =
+            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_ps(), &row));
+        store_n(o, hsum16(&accs));
     }
+}
+
+/// Store the first `s.len()` (at most 16) lanes of `v` to `s`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store_n(s: &mut [f32], v: __m512) {
+    let mut tmp = [0f32; 16];
+    // SAFETY: `tmp` is a valid, exclusive array of 16 f32; storeu has no alignment requirement.
+    unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), v) };
+    let n = s.len().min(16);
+    s[..n].copy_from_slice(&tmp[..n]);
+}
+
+/// Lane `i` of the result is the sum of the sixteen lanes of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16(v: &[__m512; 16]) -> __m512 {
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3].
+    let l1: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Per 128-bit lane: the partial sums of four rows [a, b, c, d].
+    let l2: [__m512; 4] = std::array::from_fn(|i| {
+        let (x, y) = (l1[2 * i], l1[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(x, y),
+            _mm512_shuffle_ps::<0xEE>(x, y),
+        )
+    });
+    // Fold the four 128-bit lanes of two four-row groups into two lanes each.
+    let l3: [__m512; 2] = std::array::from_fn(|i| {
+        let (x, y) = (l2[2 * i], l2[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(l3[0], l3[1]),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(l3[0], l3[1]),
+    )
 }
 
 /// Weighted L1 of equal-length slices.
@@ -163,7 +214,7 @@ pub(super) fn sq8_l2_many(
         qv[j] = load16(qm, 16 * j);
         sv[j] = load16(step, 16 * j);
     }
-    for (o, c) in out.iter_mut().zip(codes) {
+    let row = |c: &[u8; DIM]| {
         let mut acc = [_mm512_setzero_ps(); 2];
         for j in 0..DIM / 16 {
             let bytes: &[u8; 16] = c[16 * j..16 * j + 16].try_into().expect("16 codes");
@@ -173,6 +224,11 @@ pub(super) fn sq8_l2_many(
             let t = _mm512_fnmadd_ps(sv[j], x, qv[j]);
             acc[j % 2] = _mm512_fmadd_ps(t, t, acc[j % 2]);
         }
-        *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        _mm512_add_ps(acc[0], acc[1])
+    };
+    for (g, o) in codes.chunks(16).zip(out.chunks_mut(16)) {
+        let accs: [__m512; 16] =
+            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_ps(), &row));
+        store_n(o, hsum16(&accs));
     }
 }
