@@ -121,6 +121,12 @@ pub fn head_out(h: Option<&HeadInfo>) -> pb::HeadInfo {
         heldout_genuine: h.heldout_genuine,
         heldout_impostor: h.heldout_impostor,
         seed: h.seed,
+        logit_threshold: h.logit_threshold,
+        open_logit_threshold: h.open_logit_threshold,
+        open_distance_threshold: h.open_distance_threshold,
+        open_tar: h.open_tar as f32,
+        open_distance_tar: h.open_distance_tar as f32,
+        open_probes: h.open_probes,
     }
 }
 
@@ -219,6 +225,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.message().starts_with("pairs[4].b: missing"));
+    }
+
+    #[test]
+    fn head_out_carries_the_open_set_calibration() {
+        assert_eq!(head_out(None), pb::HeadInfo::default());
+        let h = HeadInfo {
+            trained: true,
+            weights: vec![0.5; DIM],
+            distance_weight: -2.0,
+            bias: 3.0,
+            threshold: 0.75,
+            logit_threshold: 1.1,
+            target_far: 0.01,
+            auc: 0.99,
+            tar_at_far: 0.9,
+            eer: 0.02,
+            pairs: 1000,
+            heldout_genuine: 10,
+            heldout_impostor: 20,
+            distance_threshold: 1.5,
+            distance_auc: 0.95,
+            distance_tar_at_far: 0.6,
+            distance_eer: 0.05,
+            seed: 4,
+            open_logit_threshold: 6.5,
+            open_distance_threshold: 0.8,
+            open_tar: 0.85,
+            open_distance_tar: 0.25,
+            open_probes: 300,
+        };
+        let p = head_out(Some(&h));
+        assert_eq!((p.trained, p.weights.len()), (true, DIM));
+        assert_eq!((p.distance_weight, p.bias), (-2.0, 3.0));
+        assert_eq!((p.threshold, p.logit_threshold), (0.75, 1.1));
+        assert_eq!(
+            (p.open_logit_threshold, p.open_distance_threshold),
+            (6.5, 0.8)
+        );
+        assert_eq!((p.open_tar, p.open_distance_tar), (0.85, 0.25));
+        assert_eq!(p.open_probes, 300);
+        assert_eq!((p.distance_threshold, p.pairs, p.seed), (1.5, 1000, 4));
     }
 
     #[test]
