@@ -11,7 +11,8 @@
 //! Read: vectors as `float32` or `float64` (converted to `f32`), either byte
 //! order, shape `(N, D)` or `(D,)` (one vector), C or Fortran order; ids as
 //! signed or unsigned 32- or 64-bit integers, shape `(N,)` or `(N, 1)`.
-//! Write: little-endian `float32` matrices and `uint64` vectors, version 1.
+//! Write: little-endian `float32` matrices and `uint64` or `int64` vectors,
+//! version 1.
 
 use std::fmt;
 use std::io::{BufReader, Read, Write};
@@ -561,6 +562,20 @@ pub fn write_ids(path: impl AsRef<Path>, ids: &[u64]) -> Result<(), NpyError> {
     write_file(path, &header, ids.iter().map(|v| v.to_le_bytes()), 8)
 }
 
+/// Write ids as little-endian int64 of shape `(N,)` (NumPy's default integer
+/// type); an id above `i64::MAX` is refused.
+pub fn write_ids_i64(path: impl AsRef<Path>, ids: &[u64]) -> Result<(), NpyError> {
+    let path = path.as_ref();
+    if let Some(i) = ids.iter().position(|&v| i64::try_from(v).is_err()) {
+        return Err(err(
+            path,
+            format!("ids[{i}] = {} does not fit int64", ids[i]),
+        ));
+    }
+    let header = header_bytes("<i8", &[ids.len()]);
+    write_file(path, &header, ids.iter().map(|v| v.to_le_bytes()), 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +627,11 @@ mod tests {
         let q = dir.path().join("ids.npy");
         write_ids(&q, &ids).unwrap();
         assert_eq!(read_ids(&q).unwrap(), ids);
+        let r = dir.path().join("ids64.npy");
+        write_ids_i64(&r, &ids[..2]).unwrap();
+        assert!(std::fs::read(&r).unwrap().windows(5).any(|w| w == b"'<i8'"));
+        assert_eq!(read_ids(&r).unwrap(), &ids[..2]);
+        assert!(write_ids_i64(&r, &ids).is_err());
     }
 
     /// Hand-built files: version 2 header, big-endian float64 in Fortran order.

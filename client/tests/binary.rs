@@ -11,8 +11,23 @@ fn help_lists_the_subcommands() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in [
-        "gallery", "insert", "search", "identify", "verify", "get", "delete", "compact", "flush",
-        "head", "health", "--server", "--json",
+        "gallery",
+        "insert",
+        "search",
+        "identify",
+        "verify",
+        "get",
+        "delete",
+        "compact",
+        "flush",
+        "train-head",
+        "head-info",
+        "head",
+        "health",
+        "synth",
+        "demo",
+        "--server",
+        "--json",
     ] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }

@@ -4,14 +4,22 @@
 //! visage gallery create staff
 //! visage insert staff --vectors faces.npy --subjects names.txt
 //! visage search staff --probes probe.npy -k 5
-//! visage identify staff --probes probe.npy --max-distance 0.6
+//! visage train-head staff
+//! visage identify staff --probes probe.npy
+//! visage verify staff --a probe.npy --b-subjects claimed.txt
 //! visage delete staff --subjects emp-00123
 //! visage compact staff
 //! ```
 //! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
 //! Errors are printed as one line on stderr and the exit code is 1.
+//!
+//! Two commands need no server: `visage synth` writes the engine's synthetic
+//! face-like data as files the others read, and `visage demo` runs the whole
+//! story on an embedded engine.
 
+mod demo;
 mod output;
+mod synth;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -69,34 +77,46 @@ enum Command {
     Compact(GalleryArg),
     /// Write in-memory rows of the gallery to a segment file.
     Flush(GalleryArg),
-    /// Train or show the gallery's scoring head and thresholds.
+    /// Train the gallery's scoring head on its own subjects and calibrate the
+    /// 1:1 (verify) and open-set (identify) thresholds.
+    TrainHead(TrainHeadArgs),
+    /// Show the gallery's scoring head and thresholds.
+    HeadInfo(GalleryArg),
+    /// The same as train-head and head-info, as `head train` and `head info`.
     #[command(subcommand)]
     Head(HeadCommand),
     /// Whether the server is serving (exit code 0 if so).
     Health,
+    /// Write synthetic face-like embeddings and probes as .npy and text files
+    /// (no server needed).
+    Synth(synth::SynthArgs),
+    /// Enrol a synthetic organisation in an embedded engine, train the head,
+    /// identify probes, delete a person and compact, with a report (no server
+    /// needed; --server is not used).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum HeadCommand {
-    /// Train the head on the gallery's own subjects and calibrate thresholds.
-    Train {
-        /// Gallery name.
-        gallery: String,
-        /// False-accept rate to calibrate for (server default 0.001).
-        #[arg(long)]
-        target_far: Option<f32>,
-        /// Upper bound on the pairs drawn (server default 200,000).
-        #[arg(long)]
-        max_pairs: Option<u32>,
-        /// Seed of the pair sampling (server default 1).
-        #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Show the head and thresholds.
-    Info {
-        /// Gallery name.
-        gallery: String,
-    },
+    /// Train the head on the gallery's own subjects and calibrate thresholds (= train-head).
+    Train(TrainHeadArgs),
+    /// Show the head and thresholds (= head-info).
+    Info(GalleryArg),
+}
+
+#[derive(Debug, Args)]
+struct TrainHeadArgs {
+    /// Gallery name.
+    gallery: String,
+    /// False-accept rate to calibrate for (server default 0.001).
+    #[arg(long)]
+    target_far: Option<f32>,
+    /// Upper bound on the pairs drawn (server default 200,000).
+    #[arg(long)]
+    max_pairs: Option<u32>,
+    /// Seed of the pair sampling (server default 1).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -272,6 +292,22 @@ type Res<T = ()> = Result<T, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let local = match cli.command {
+        Command::Synth(a) => synth::run(a, cli.json),
+        Command::Demo(a) => demo::run(a, cli.json),
+        command => return remote(Cli { command, ..cli }),
+    };
+    match local {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run a command against the server.
+fn remote(cli: Cli) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -318,7 +354,20 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             let r = client.gallery(&a.gallery).flush().await?;
             maintenance("flushed", &a.gallery, r, t, json)?;
         }
-        Command::Head(h) => head(&client, h, json).await?,
+        Command::TrainHead(a) | Command::Head(HeadCommand::Train(a)) => {
+            let opts = TrainHead {
+                target_far: a.target_far,
+                max_pairs: a.max_pairs,
+                seed: a.seed,
+            };
+            let h = client.gallery(&a.gallery).train_head(&opts).await?;
+            head(&a.gallery, &h, json)?;
+        }
+        Command::HeadInfo(a) | Command::Head(HeadCommand::Info(a)) => {
+            let h = client.gallery(&a.gallery).head().await?;
+            head(&a.gallery, &h, json)?;
+        }
+        Command::Synth(_) | Command::Demo(_) => unreachable!("run without a server"),
         Command::Health => {
             let serving = client.serving().await?;
             if json {
@@ -874,44 +923,109 @@ fn maintenance(verb: &str, gallery: &str, r: Maintenance, t: Instant, json: bool
     Ok(())
 }
 
+/// A head as JSON: every field of `HeadInfo`.
 fn head_json(h: &HeadInfo) -> Value {
     json!({
-        "trained": h.trained, "weights": h.weights, "distance_weight": h.distance_weight, "bias": h.bias, "threshold": h.threshold,
+        "trained": h.trained, "weights": h.weights, "distance_weight": h.distance_weight,
+        "bias": h.bias, "threshold": h.threshold, "logit_threshold": h.logit_threshold,
         "target_far": h.target_far, "auc": h.auc, "tar_at_far": h.tar_at_far, "eer": h.eer,
         "pairs": h.pairs, "distance_threshold": h.distance_threshold,
         "distance_auc": h.distance_auc, "distance_tar_at_far": h.distance_tar_at_far,
         "distance_eer": h.distance_eer, "heldout_genuine": h.heldout_genuine,
         "heldout_impostor": h.heldout_impostor, "seed": h.seed,
+        "open_logit_threshold": h.open_logit_threshold,
+        "open_distance_threshold": h.open_distance_threshold,
+        "open_tar": h.open_tar, "open_distance_tar": h.open_distance_tar,
+        "open_probes": h.open_probes,
     })
 }
 
-async fn head(client: &Client, cmd: HeadCommand, json: bool) -> Res {
-    let (gallery, h) = match cmd {
-        HeadCommand::Train {
-            gallery,
-            target_far,
-            max_pairs,
-            seed,
-        } => {
-            let opts = TrainHead {
-                target_far,
-                max_pairs,
-                seed,
-            };
-            let h = client.gallery(&gallery).train_head(&opts).await?;
-            (gallery, h)
-        }
-        HeadCommand::Info { gallery } => {
-            let h = client.gallery(&gallery).head().await?;
-            (gallery, h)
-        }
-    };
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// A head's thresholds and quality, head against plain distance, as a table
+/// and a few lines.
+fn head_text(h: &HeadInfo) -> String {
+    let mut t = Table::new(&["", "HEAD", "DISTANCE"], &[false, true, true]);
+    let head_col = |v: String| if h.trained { v } else { "-".into() };
+    let p_at = |logit: f32| format!("p >= {:.6} (logit >= {logit:.3})", sigmoid(logit));
+    t.row(vec![
+        format!("1:1 threshold (verify; FAR {})", h.target_far),
+        head_col(p_at(h.logit_threshold)),
+        format!("d <= {:.4}", h.distance_threshold),
+    ]);
+    t.row(vec![
+        "  TAR at that FAR".into(),
+        head_col(format!("{:.4}", h.tar_at_far)),
+        format!("{:.4}", h.distance_tar_at_far),
+    ]);
+    t.row(vec![
+        "  AUC".into(),
+        head_col(format!("{:.4}", h.auc)),
+        format!("{:.4}", h.distance_auc),
+    ]);
+    t.row(vec![
+        "  EER".into(),
+        head_col(format!("{:.4}", h.eer)),
+        format!("{:.4}", h.distance_eer),
+    ]);
+    if h.open_probes > 0 {
+        t.row(vec![
+            format!("open-set threshold (identify; FAR {})", h.target_far),
+            head_col(p_at(h.open_logit_threshold)),
+            format!("d <= {:.4}", h.open_distance_threshold),
+        ]);
+        t.row(vec![
+            "  open-set TAR".into(),
+            head_col(format!("{:.4}", h.open_tar)),
+            format!("{:.4}", h.open_distance_tar),
+        ]);
+    }
+    let mut out = t.render();
+    if h.trained {
+        let (lo, hi) = h
+            .weights
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), w| {
+                (lo.min(*w), hi.max(*w))
+            });
+        out.push_str(&format!(
+            "p = sigmoid(sum_k w_k |a_k - b_k| + w_d |a - b|^2 + bias): {} weights in [{lo:.3}, {hi:.3}], w_d = {:.4}, bias = {:.4}\n",
+            h.weights.len(),
+            h.distance_weight,
+            h.bias
+        ));
+        out.push_str(&format!(
+            "trained on {} pairs; calibrated on {} genuine and {} impostor held-out pairs",
+            count(h.pairs),
+            count(h.heldout_genuine),
+            count(h.heldout_impostor),
+        ));
+    } else {
+        out.push_str(&format!(
+            "calibrated on {} genuine and {} impostor held-out pairs",
+            count(h.heldout_genuine),
+            count(h.heldout_impostor),
+        ));
+    }
+    if h.open_probes > 0 {
+        out.push_str(&format!(
+            " and {} held-out probes (open set)",
+            count(h.open_probes)
+        ));
+    }
+    out.push_str(&format!(" (seed {})\n", h.seed));
+    out
+}
+
+fn head(gallery: &str, h: &HeadInfo, json: bool) -> Res {
     if json {
-        return print_json(&head_json(&h));
+        return print_json(&head_json(h));
     }
     if !h.trained && h.distance_threshold == 0.0 {
         println!(
-            "gallery {gallery} has no head and no calibrated threshold (train one with: visage head train {gallery})"
+            "gallery {gallery} has no head and no calibrated threshold (train one with: visage train-head {gallery})"
         );
         return Ok(());
     }
@@ -920,40 +1034,9 @@ async fn head(client: &Client, cmd: HeadCommand, json: bool) -> Res {
         if h.trained {
             "trained scoring head"
         } else {
-            "no head; distance threshold calibrated"
+            "no head; distance thresholds calibrated"
         }
     );
-    let mut t = Table::new(&["", "HEAD", "DISTANCE"], &[false, true, true]);
-    let head_col = |v: String| if h.trained { v } else { "-".into() };
-    t.row(vec![
-        format!("threshold (at FAR {})", h.target_far),
-        head_col(format!("p >= {:.4}", h.threshold)),
-        format!("d <= {:.4}", h.distance_threshold),
-    ]);
-    t.row(vec![
-        "TAR at that FAR".into(),
-        head_col(format!("{:.4}", h.tar_at_far)),
-        format!("{:.4}", h.distance_tar_at_far),
-    ]);
-    t.row(vec![
-        "AUC".into(),
-        head_col(format!("{:.4}", h.auc)),
-        format!("{:.4}", h.distance_auc),
-    ]);
-    t.row(vec![
-        "EER".into(),
-        head_col(format!("{:.4}", h.eer)),
-        format!("{:.4}", h.distance_eer),
-    ]);
-    print!("{}", t.render());
-    if h.trained {
-        println!(
-            "trained on {} pairs; calibrated on {} genuine and {} impostor held-out pairs (seed {})",
-            count(h.pairs),
-            count(h.heldout_genuine),
-            count(h.heldout_impostor),
-            h.seed
-        );
-    }
+    print!("{}", head_text(h));
     Ok(())
 }
