@@ -9,12 +9,12 @@ use visage_client::Embedding;
 use visage_client::npy::{self, Matrix};
 use visage_tests::Rng;
 
-struct Cli {
-    url: String,
+pub(crate) struct Cli {
+    pub url: String,
 }
 
 impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         Command::new(binary("visage"))
             .args(["--server", &self.url])
             .args(args)
@@ -23,7 +23,7 @@ impl Cli {
     }
 
     /// Run, expect success, return stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -34,14 +34,14 @@ impl Cli {
     }
 
     /// Run with --json, expect success, parse.
-    fn json(&self, args: &[&str]) -> Value {
+    pub fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         serde_json::from_str(&self.ok(&a)).expect("JSON output")
     }
 
     /// Run, expect failure; return the one stderr line.
-    fn fails(&self, args: &[&str]) -> String {
+    pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(!out.status.success(), "visage {args:?} should fail");
         assert_eq!(out.status.code(), Some(1));
@@ -52,7 +52,7 @@ impl Cli {
     }
 }
 
-fn write_vectors(path: &Path, rows: &[Vec<f32>]) {
+pub(crate) fn write_vectors(path: &Path, rows: &[Vec<f32>]) {
     let m = Matrix {
         rows: rows.len(),
         cols: 128,
@@ -61,7 +61,7 @@ fn write_vectors(path: &Path, rows: &[Vec<f32>]) {
     npy::write_matrix(path, &m).unwrap();
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 

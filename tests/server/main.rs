@@ -7,6 +7,7 @@
 //! integration tests of their own, which makes cargo build their binaries).
 
 mod cli;
+mod cli_head;
 mod concurrency;
 mod errors;
 mod harness;
