@@ -67,7 +67,7 @@ enum Command {
     Search(SearchArgs),
     /// The best distinct subjects for each probe (who is this?).
     Identify(IdentifyArgs),
-    /// Distances of pairs (is this the same person?).
+    /// Same person or not, with probability and distance, for pairs (is this the same person?).
     Verify(VerifyArgs),
     /// Fetch embeddings by id.
     Get(GetArgs),
