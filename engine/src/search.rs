@@ -203,7 +203,8 @@ fn top_k_direct(
     tops.into_iter().map(TopK::into_sorted).collect()
 }
 
-/// The 8-bit path: scan each segment's codes (a quarter of the bytes of the
+/// The 8-bit path (for batches below the tiled threshold; larger batches take
+/// the exact tiled scan, which is faster there): scan each segment's codes (a quarter of the bytes of the
 /// vectors) for `8k + 32` candidates per probe by the code estimate, then
 /// re-rank them with the exact kernel call of the direct scan. Returned
 /// distances are exact; a true neighbour whose code estimate ranked below the
@@ -212,6 +213,11 @@ fn top_k_direct(
 pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
     if probes.is_empty() {
         return Vec::new();
+    }
+    // A large batch is compute-bound, not bandwidth-bound: the tiled exact scan
+    // is faster than decoding codes probe by probe, and exact.
+    if probes.len() >= TILED_MIN_PROBES {
+        return top_k_tiled(snap, probes, k);
     }
     let keep = k.saturating_mul(8).saturating_add(32);
     let mut units = Vec::new();

@@ -37,16 +37,21 @@ fn run(embeddings: &[visage_engine::Embedding], probes: &[Vec<f32>], min_recall:
                 },
             )
             .unwrap();
-        let quant = g
-            .search_with(
-                probes,
-                &SearchOptions {
-                    k,
-                    mode: ScanMode::Quantized,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        // Batches of 16: below the size where the engine switches to the exact tiled scan.
+        let quant: Vec<Vec<visage_engine::Hit>> = probes
+            .chunks(16)
+            .flat_map(|c| {
+                g.search_with(
+                    c,
+                    &SearchOptions {
+                        k,
+                        mode: ScanMode::Quantized,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
         let (mut found, mut total) = (0usize, 0usize);
         for (e, q) in exact.iter().zip(&quant) {
             assert_eq!(q.len(), e.len());
