@@ -364,14 +364,7 @@ impl SegmentHeader {
                 got: computed,
             });
         }
-        if !(OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&version) {
-            return Err(Error::UnsupportedVersion {
-                path: path.into(),
-                found: version,
-                oldest: OLDEST_SUPPORTED_VERSION,
-                newest: FORMAT_VERSION,
-            });
-        }
+        check_version(path, version)?;
         let dim = get_u32(b, SEG_DIM_OFF);
         if dim as usize != DIM {
             return Err(Error::corrupt(
@@ -499,14 +492,7 @@ pub fn decode_wal_header(path: &Path, b: &[u8]) -> Result<(u32, u64)> {
         });
     }
     let version = get_u32(b, 8);
-    if !(OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&version) {
-        return Err(Error::UnsupportedVersion {
-            path: path.into(),
-            found: version,
-            oldest: OLDEST_SUPPORTED_VERSION,
-            newest: FORMAT_VERSION,
-        });
-    }
+    check_version(path, version)?;
     Ok((get_u32(b, 12), get_u64(b, 16)))
 }
 
@@ -771,14 +757,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         ));
     }
     let version = get_u32(b, 8);
-    if !(OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&version) {
-        return Err(Error::UnsupportedVersion {
-            path: path.into(),
-            found: version,
-            oldest: OLDEST_SUPPORTED_VERSION,
-            newest: FORMAT_VERSION,
-        });
-    }
+    check_version(path, version)?;
     let body_len = get_u64(b, 16);
     let total = (MANIFEST_PREFIX_LEN as u64)
         .checked_add(body_len)
@@ -959,14 +938,7 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         });
     }
     let version = get_u32(b, 8);
-    if !(OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&version) {
-        return Err(Error::UnsupportedVersion {
-            path: path.into(),
-            found: version,
-            oldest: OLDEST_SUPPORTED_VERSION,
-            newest: FORMAT_VERSION,
-        });
-    }
+    check_version(path, version)?;
     let f32_at = |at: usize| f32::from_bits(get_u32(b, at));
     let weights: Vec<f32> = (0..DIM).map(|i| f32_at(HEAD_WEIGHTS_OFF + 4 * i)).collect();
     let h = HeadData {
@@ -1002,6 +974,19 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         ));
     }
     Ok(h)
+}
+
+/// A file of `version` can be read by this build, or the error says which versions can.
+fn check_version(path: &Path, version: u32) -> Result<()> {
+    if (OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Ok(());
+    }
+    Err(Error::UnsupportedVersion {
+        path: path.into(),
+        found: version,
+        oldest: OLDEST_SUPPORTED_VERSION,
+        newest: FORMAT_VERSION,
+    })
 }
 
 // ---- little-endian helpers -------------------------------------------------

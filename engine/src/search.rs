@@ -101,6 +101,18 @@ impl TopK {
     }
 }
 
+/// The scan's work units: (source, first row, end row), `rows` at most each.
+fn work_units(snap: &Snapshot, rows: usize) -> Vec<(usize, usize, usize)> {
+    let mut units = Vec::new();
+    for s in 0..snap.source_count() {
+        let n = snap.vectors(s).len();
+        for a in (0..n).step_by(rows) {
+            units.push((s, a, (a + rows).min(n)));
+        }
+    }
+    units
+}
+
 /// Offer the rows `first..first + dists.len()` of source `s` to `top`. The
 /// comparison with the heap's bound runs sixteen lanes at a time (vectorised);
 /// only rows under it reach the tombstone check and the heap.
@@ -158,16 +170,7 @@ fn top_k_direct(
     if probes.is_empty() {
         return Vec::new();
     }
-    let mut units = Vec::new();
-    for s in 0..snap.source_count() {
-        let n = snap.vectors(s).len();
-        let mut a = 0;
-        while a < n {
-            let b = (a + BLOCK_ROWS).min(n);
-            units.push((s, a, b));
-            a = b;
-        }
-    }
+    let units = work_units(snap, BLOCK_ROWS);
     let kernel = kernels::selected();
     let empty = || vec![TopK::new(k); probes.len()];
     let tops = units
@@ -220,16 +223,7 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
         return top_k_tiled(snap, probes, k);
     }
     let keep = k.saturating_mul(8).saturating_add(32);
-    let mut units = Vec::new();
-    for s in 0..snap.source_count() {
-        let n = snap.vectors(s).len();
-        let mut a = 0;
-        while a < n {
-            let b = (a + BLOCK_ROWS).min(n);
-            units.push((s, a, b));
-            a = b;
-        }
-    }
+    let units = work_units(snap, BLOCK_ROWS);
     let kernel = kernels::selected();
     let empty = || vec![TopK::new(keep); probes.len()];
     let tops = units
@@ -304,16 +298,7 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
         .iter()
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
         .collect();
-    let mut units = Vec::new();
-    for s in 0..snap.source_count() {
-        let n = snap.vectors(s).len();
-        let mut a = 0;
-        while a < n {
-            let b = (a + TILED_UNIT_ROWS).min(n);
-            units.push((s, a, b));
-            a = b;
-        }
-    }
+    let units = work_units(snap, TILED_UNIT_ROWS);
     struct Acc {
         tops: Vec<TopK>,
         max_norm: f32,
