@@ -5,6 +5,7 @@ mod compat;
 mod concurrency;
 mod corruption;
 mod crash;
+mod docs;
 mod erasure;
 mod head;
 mod lock;
