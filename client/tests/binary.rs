@@ -53,3 +53,26 @@ fn usage_errors_exit_2_and_unreachable_servers_exit_1() {
     );
     assert_eq!(err.trim_end().lines().count(), 1);
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["synth", "--subjects", "200", "--probes", "0", "--out"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the tool prints anything (`visage … | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.code() == Some(141) || out.status.signal().is_some(),
+        "{:?}",
+        out.status
+    );
+}

@@ -290,7 +290,27 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 type Res<T = ()> = Result<T, Failure>;
 
+/// Output piped into a command that stops reading (`visage search … | head`)
+/// makes `println!` panic with "Broken pipe": end quietly instead, as a Unix
+/// tool killed by SIGPIPE would (exit status 141), and leave other panics alone.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let local = match cli.command {
         Command::Synth(a) => synth::run(a, cli.json),
