@@ -59,13 +59,13 @@ fn output_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["synth", "--subjects", "200", "--probes", "0", "--out"])
+        .args(["synth", "--subjects", "3000", "--probes", "0", "--out"])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Close the reading end before the tool prints anything (`visage … | head -0`).
+    // Close the reading end long before the tool prints (generating 30,000 embeddings first).
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
