@@ -231,6 +231,8 @@ pub struct SearchOptions {
     pub rank_by_head: bool,
     /// Drop hits farther than this squared distance.
     pub max_distance: Option<f32>,
+    /// Scan the 8-bit codes first, then re-rank exactly (distance ranking only).
+    pub quantized: bool,
 }
 
 impl Default for SearchOptions {
@@ -239,6 +241,7 @@ impl Default for SearchOptions {
             k: 10,
             rank_by_head: false,
             max_distance: None,
+            quantized: false,
         }
     }
 }
@@ -612,6 +615,11 @@ impl Gallery {
                 k: opts.k,
                 rank_by: rank_by as i32,
                 max_distance: opts.max_distance,
+                mode: if opts.quantized {
+                    proto::ScanMode::Quantized
+                } else {
+                    proto::ScanMode::Exact
+                } as i32,
             })
             .await?
             .into_inner();

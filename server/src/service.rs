@@ -15,7 +15,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use visage_engine::{
     Engine, Gallery, IdentifyOptions, InsertOutcome, MAX_IDENTIFY_K, MAX_K, MAX_PROBES, RankBy,
-    SearchOptions, VerifyOptions,
+    ScanMode, SearchOptions, VerifyOptions,
 };
 use visage_proto::v1 as pb;
 use visage_proto::v1::visage_server::Visage;
@@ -304,11 +304,18 @@ impl Visage for VisageService {
                 );
             }
         };
+        let mode = match pb::ScanMode::try_from(req.mode) {
+            Ok(pb::ScanMode::Exact) => ScanMode::Exact,
+            Ok(pb::ScanMode::Quantized) => ScanMode::Quantized,
+            Err(_) => {
+                return Err(invalid("mode", format_args!("unknown value {}", req.mode)).into());
+            }
+        };
         let opts = SearchOptions {
             k: req.k as usize,
             rank_by,
             max_distance: distance_threshold("max_distance", req.max_distance)?,
-            ..SearchOptions::default()
+            mode,
         };
         check_results("queries", req.queries.len(), opts.k, MAX_K)?;
         let queries = convert::vectors_in(req.queries);

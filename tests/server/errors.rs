@@ -326,6 +326,7 @@ async fn query_errors() {
                 k: 5,
                 rank_by: 0,
                 max_distance: Some(bad),
+                mode: 0,
             })
             .await);
         assert_status(r, Code::InvalidArgument, &["max_distance"]);
@@ -357,9 +358,21 @@ async fn query_errors() {
             k: 5,
             rank_by: 7,
             max_distance: None,
+            mode: 0,
         })
         .await);
     assert_status(r, Code::InvalidArgument, &["rank_by", "7"]);
+    let r = raw(rpc
+        .search(proto::SearchRequest {
+            gallery: "g".into(),
+            queries: vec![proto::Vector { values: q.clone() }],
+            k: 5,
+            rank_by: 0,
+            max_distance: None,
+            mode: 9,
+        })
+        .await);
+    assert_status(r, Code::InvalidArgument, &["mode", "9"]);
     // Result volume and batch sizes.
     let many: Vec<&[f32]> = (0..200).map(|_| q.as_slice()).collect();
     assert_status(

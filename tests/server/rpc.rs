@@ -474,6 +474,7 @@ async fn head_training_scores_and_decides() {
                 k: 5,
                 rank_by_head: true,
                 max_distance: None,
+                ..Default::default()
             },
         )
         .await,
@@ -536,6 +537,7 @@ async fn head_training_scores_and_decides() {
                 k: 5,
                 rank_by_head: true,
                 max_distance: None,
+                ..Default::default()
             },
         )
         .await
@@ -640,4 +642,57 @@ async fn flush_and_compact_report_before_and_after() {
     // Flushing an empty memtable changes nothing.
     let f = g.flush().await.unwrap();
     assert_eq!(f.before, f.after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_search_returns_exact_distances() {
+    let t = TempData::new();
+    let server = Server::start(&t.data());
+    let c = server.client().await;
+    c.create_gallery("q").await.unwrap();
+    let g = c.gallery("q");
+    let data = SynthGallery::generate(SynthConfig {
+        subjects: 300,
+        seed: 5,
+        ..Default::default()
+    });
+    let wire: Vec<_> = data
+        .embeddings
+        .iter()
+        .map(|e| visage_client::Embedding {
+            id: e.id,
+            subject: e.subject.clone(),
+            vector: e.vector.clone(),
+        })
+        .collect();
+    g.insert(&wire).await.unwrap();
+    g.flush().await.unwrap(); // codes exist only in segments
+    let probes: Vec<Vec<f32>> = data.probes(8, 8, 6).into_iter().map(|p| p.vector).collect();
+    let exact = g.search(&probes, 10).await.unwrap();
+    let quant = g
+        .search_with(
+            &probes,
+            &SearchOptions {
+                k: 10,
+                quantized: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (mut same, mut total) = (0, 0);
+    for (pi, (e, q)) in exact.iter().zip(&quant).enumerate() {
+        assert_eq!(q.len(), 10);
+        for h in q {
+            // Every hit carries its exact distance, as brute force computes it.
+            let v = &data.embeddings[h.id as usize].vector;
+            assert_close(h.distance, l2sq_f64(&probes[pi], v), "quantized hit");
+            if let Some(x) = e.iter().find(|x| x.id == h.id) {
+                assert_eq!(x.distance, h.distance);
+                same += 1;
+            }
+        }
+        total += e.len();
+    }
+    assert!(same as f64 / total as f64 >= 0.99, "recall {same}/{total}");
 }

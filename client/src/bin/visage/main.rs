@@ -204,6 +204,9 @@ struct SearchArgs {
     /// Ranking.
     #[arg(long, value_enum, default_value = "distance")]
     rank_by: Rank,
+    /// Scan the 8-bit codes first, then re-rank the best exactly (distances stay exact).
+    #[arg(long)]
+    quantized: bool,
 }
 
 #[derive(Debug, Args)]
@@ -686,6 +689,7 @@ async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
         k: a.k,
         rank_by_head: matches!(a.rank_by, Rank::Head),
         max_distance: a.max_distance,
+        quantized: a.quantized,
     };
     let results = client.gallery(&a.gallery).search_with(&rows, &opts).await?;
     if json {
