@@ -336,50 +336,15 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
                     kernel.dots_tile(qs, &acc.packed[g], &mut out);
                     let xn = &acc.norms[g * LANES..g * LANES + LANES];
                     let live = (vecs.len() - g * LANES).min(LANES);
-                    let live_mask = if live == LANES {
-                        u32::MAX
-                    } else {
-                        (1u32 << live) - 1
-                    };
                     for p in 0..qs.len() {
-                        let top = &mut acc.tops[t + p];
-                        let mut bound = top.bound();
-                        let dots: &[f32; LANES] = (&out[p * LANES..p * LANES + LANES])
-                            .try_into()
-                            .unwrap_or(&[0.0; LANES]);
-                        let xn: &[f32; LANES] = xn.try_into().unwrap_or(&[0.0; LANES]);
-                        // Estimates and the comparison for all lanes at once (vectorised);
-                        // only lanes under the bound go on to the heap.
+                        let dots = &out[p * LANES..p * LANES + LANES];
                         let qp = qn[t + p];
+                        // Estimates for all lanes at once (vectorised); `offer` filters them.
                         let mut d = [0f32; LANES];
                         for ((dl, &x), &dot) in d.iter_mut().zip(xn).zip(dots) {
                             *dl = qp + x - 2.0 * dot;
                         }
-                        let mut mask = 0u32;
-                        for (lane, &dl) in d.iter().enumerate() {
-                            mask |= ((dl <= bound) as u32) << lane;
-                        }
-                        mask &= live_mask;
-                        while mask != 0 {
-                            let lane = mask.trailing_zeros() as usize;
-                            mask &= mask - 1;
-                            if d[lane] > bound {
-                                continue;
-                            }
-                            let row = a + g * LANES + lane;
-                            if snap.deleted(s, row) {
-                                continue;
-                            }
-                            let c = Cand {
-                                dist: d[lane],
-                                id: snap.id(s, row),
-                                src: s as u32,
-                                row: row as u32,
-                            };
-                            if top.push(c) {
-                                bound = top.bound();
-                            }
-                        }
+                        offer(&mut acc.tops[t + p], &d[..live], snap, s, a + g * LANES);
                     }
                 }
             }

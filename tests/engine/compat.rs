@@ -3,7 +3,7 @@
 //! build of that version, opened and checked by every later build.
 //!
 //! To write the fixture of the current version (only when the format version
-//! changes): `VISAGE_WRITE_FIXTURE=1 cargo test -p visage-tests --test engine compat`.
+//! changes): `cargo test -p visage-tests --test engine write_fixture -- --ignored`.
 
 use std::path::{Path, PathBuf};
 use visage_engine::{Embedding, Engine, EngineOptions};
@@ -36,10 +36,8 @@ fn opts() -> EngineOptions {
 }
 
 #[test]
-fn write_fixture_of_the_current_version_on_request() {
-    if std::env::var_os("VISAGE_WRITE_FIXTURE").is_none() {
-        return;
-    }
+#[ignore = "writes the fixture of the current format version; run only when the version changes"]
+fn write_fixture_of_the_current_version() {
     let dir = fixture(visage_engine::format::FORMAT_VERSION);
     let _ = std::fs::remove_dir_all(&dir);
     let engine = Engine::open(&dir, opts()).unwrap();
