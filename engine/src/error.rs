@@ -160,6 +160,22 @@ pub enum Error {
         /// The failure that latched.
         reason: String,
     },
+    /// Resource: the disk has not enough free space for the operation, which
+    /// was refused before it changed anything; retry once space is freed.
+    #[error(
+        "not enough free disk space for {what} in {path}: needs about {needed} bytes, \
+         {available} available; nothing was changed (free space, then retry)"
+    )]
+    NoSpace {
+        /// What was refused ("this write", "compaction", "flush").
+        what: &'static str,
+        /// Directory whose file system is full.
+        path: PathBuf,
+        /// Bytes the operation needs (an estimate for flush and compaction).
+        needed: u64,
+        /// Bytes available to this process on that file system.
+        available: u64,
+    },
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
@@ -197,7 +213,9 @@ impl Error {
     /// True when the underlying I/O error means the disk is full.
     pub fn is_no_space(&self) -> bool {
         match self {
-            Error::Io { source, .. } => source.raw_os_error() == Some(28), // ENOSPC
+            // ENOSPC, EDQUOT
+            Error::Io { source, .. } => matches!(source.raw_os_error(), Some(28 | 122)),
+            Error::NoSpace { .. } => true,
             Error::Poisoned { reason, .. } => reason.contains("No space left"),
             _ => false,
         }

@@ -18,6 +18,26 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(dir, e))
 }
 
+/// Bytes available to this process on the file system holding `dir` (`statvfs`).
+pub fn available_space(dir: &Path) -> Result<u64> {
+    let s = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, e.into()))?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Refuse `what` with [`Error::NoSpace`] unless `needed` bytes are free in `dir`.
+pub fn check_space(dir: &Path, what: &'static str, needed: u64) -> Result<()> {
+    let available = available_space(dir)?;
+    if available < needed {
+        return Err(Error::NoSpace {
+            what,
+            path: dir.to_owned(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
 /// Why an atomic write failed, and whether the new contents may already be in place.
 #[derive(Debug)]
 pub struct AtomicWriteError {

@@ -647,6 +647,8 @@ pub struct Gallery {
     closed: AtomicBool,
     signal: Arc<Signal>,
     fail_next_sync: AtomicBool,
+    fail_next_write: AtomicBool,
+    fail_next_reserve: AtomicBool,
     head: RwLock<Option<Arc<HeadInfo>>>,
     head_lock: Mutex<()>,
 }
@@ -906,6 +908,8 @@ impl Gallery {
             closed: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
             fail_next_sync: AtomicBool::new(false),
+            fail_next_write: AtomicBool::new(false),
+            fail_next_reserve: AtomicBool::new(false),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),
         });
@@ -969,6 +973,43 @@ impl Gallery {
     #[doc(hidden)]
     pub fn inject_sync_failure(&self) {
         self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// Make the next WAL append fail with EIO after writing part of the group's
+    /// bytes, as a failing disk would (for tests of the poisoning path).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.fail_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// Make the next WAL space reservation fail with ENOSPC, as a full disk
+    /// would (for tests of the no-space path on any file system).
+    #[doc(hidden)]
+    pub fn inject_no_space(&self) {
+        self.fail_next_reserve.store(true, Ordering::SeqCst);
+    }
+
+    /// Reserve WAL space for `bytes` more bytes past what this group already
+    /// framed (`framed`), or say why not.
+    fn reserve_wal(&self, st: &mut WriteState, framed: u64, bytes: u64) -> Result<()> {
+        let res = if self.fail_next_reserve.swap(false, Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            st.wal.reserve(framed + bytes)
+        };
+        res.map_err(|e| {
+            let e = Error::io(st.wal.path(), e);
+            if e.is_no_space() {
+                Error::NoSpace {
+                    what: "this write",
+                    path: self.dir.clone(),
+                    needed: bytes,
+                    available: crate::fs::available_space(&self.dir).unwrap_or(0),
+                }
+            } else {
+                e
+            }
+        })
     }
 
     pub(crate) fn close(&self) {
@@ -1135,6 +1176,10 @@ impl Gallery {
         let mut records: Vec<([u8; format::RECORD_FRAME_LEN], Body)> =
             Vec::with_capacity(group.len());
         let mut outs = Vec::with_capacity(group.len());
+        // Bytes framed so far in this group: each batch reserves its WAL space
+        // before it is applied, so a full disk refuses it (and the batches
+        // after it) whole, leaving the state and the gallery as they were.
+        let mut framed = 0u64;
         for (i, p) in group.iter().enumerate() {
             match &p.op {
                 Op::Insert {
@@ -1142,6 +1187,12 @@ impl Gallery {
                     payload,
                     crc,
                 } => {
+                    let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                    if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
+                        outs.push(Err(e));
+                        break;
+                    }
+                    framed += bytes;
                     records.push((
                         format::frame_header(salt, payload.len(), crc),
                         Body::Insert(i),
@@ -1154,6 +1205,12 @@ impl Gallery {
                     if !resolved.is_empty() {
                         let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
                         format::encode_delete(&resolved, &mut payload);
+                        let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                        if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
+                            outs.push(Err(e));
+                            break;
+                        }
+                        framed += bytes;
                         let mut crc = crc32fast::Hasher::new();
                         crc.update(&payload);
                         records.push((
@@ -1164,6 +1221,19 @@ impl Gallery {
                     outs.push(Ok(Outcome::Delete(st.apply_delete(&resolved))));
                 }
             }
+        }
+        // Batches after one refused for space are refused too (they were not applied).
+        for p in &group[outs.len()..] {
+            let needed = match &p.op {
+                Op::Insert { payload, .. } => payload.len(),
+                Op::Delete { ids, .. } => ids.len() * 8,
+            };
+            outs.push(Err(Error::NoSpace {
+                what: "this write",
+                path: self.dir.clone(),
+                needed: (format::RECORD_FRAME_LEN + needed) as u64,
+                available: crate::fs::available_space(&self.dir).unwrap_or(0),
+            }));
         }
         if !records.is_empty() {
             let mut parts = Vec::with_capacity(records.len() * 2);
@@ -1178,7 +1248,14 @@ impl Gallery {
                 }));
             }
             let path = st.wal.path().to_owned();
-            let res = st.wal.append_vectored(&mut parts).and_then(|_| {
+            let res = if self.fail_next_write.swap(false, Ordering::SeqCst) {
+                // Write part of the group, then fail, as a dying disk might.
+                let _ = st.wal.append_vectored(&mut parts[..1]);
+                Err(std::io::Error::from_raw_os_error(5))
+            } else {
+                st.wal.append_vectored(&mut parts)
+            };
+            let res = res.and_then(|_| {
                 if self.opts.durability == Durability::PowerLoss {
                     if self.fail_next_sync.swap(false, Ordering::SeqCst) {
                         return Err(std::io::Error::other("injected fsync failure"));
@@ -1664,7 +1741,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment(file_no, &rows)?;
+        let new_seg = self.write_new_segment("flush", file_no, &rows)?;
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
         let old_wal_start;
         {
@@ -1723,10 +1800,23 @@ impl Gallery {
     }
 
     /// Write `rows` as segment `file_no`, sync it and the directory, and open it.
-    fn write_new_segment(&self, file_no: u64, rows: &[RowRef<'_>]) -> Result<Option<Arc<Segment>>> {
+    /// Refuses with [`Error::NoSpace`] before writing anything when the disk
+    /// has not room for the segment (an estimate from the rows, with slack).
+    fn write_new_segment(
+        &self,
+        what: &'static str,
+        file_no: u64,
+        rows: &[RowRef<'_>],
+    ) -> Result<Option<Arc<Segment>>> {
         if rows.is_empty() {
             return Ok(None);
         }
+        // Per row: the vector, its 8-bit code, id, norm, subject index and
+        // offsets; plus the subject strings, headers and the manifest after.
+        let per_row = (format::VECTOR_BYTES + DIM + 32) as u64;
+        let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
+        let needed = rows.len() as u64 * per_row + strings + (1 << 20);
+        crate::fs::check_space(&self.dir, what, needed)?;
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&path, file_no, rows)
             .and_then(|_| crate::fs::fsync_dir(&self.dir))
@@ -1768,7 +1858,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment(file_no, &rows)?;
+        let new_seg = self.write_new_segment("compaction", file_no, &rows)?;
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
         if let Err(e) = self.check_writable() {
@@ -1846,6 +1936,9 @@ impl Gallery {
 }
 
 fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
+    // A failure that persists (a full disk) is retried every second but
+    // logged again only when it changes or once a minute.
+    let mut last_failure: Option<(String, std::time::Instant)> = None;
     loop {
         {
             let f = lock(&signal.flag);
@@ -1859,8 +1952,22 @@ fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
         if g.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = g.maintain() {
-            tracing::error!(gallery = %g.name, error = %e, "background maintenance failed; will retry");
+        match g.maintain() {
+            Ok(()) => {
+                if last_failure.take().is_some() {
+                    tracing::info!(gallery = %g.name, "background maintenance works again");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let repeat = last_failure
+                    .as_ref()
+                    .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));
+                if !repeat {
+                    tracing::error!(gallery = %g.name, error = %msg, "background maintenance failed; retrying every second");
+                    last_failure = Some((msg, std::time::Instant::now()));
+                }
+            }
         }
     }
 }

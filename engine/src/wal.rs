@@ -24,7 +24,14 @@ pub(crate) struct WalWriter {
     file_no: u64,
     salt: u32,
     len: u64,
+    /// Bytes allocated on disk for this file (`len` ≤ `reserved`), see [`WalWriter::reserve`].
+    reserved: u64,
+    /// False once the file system said it cannot preallocate.
+    can_reserve: bool,
 }
+
+/// Disk space is reserved for the WAL ahead of appends in steps of this size.
+const RESERVE_STEP: u64 = 8 << 20;
 
 fn random_salt(file_no: u64) -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -50,16 +57,27 @@ impl WalWriter {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        file.write_all(&format::encode_wal_header(salt, file_no))
-            .map_err(|e| Error::io(&path, e))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
-        crate::fs::fsync_dir(dir)?;
+        let written = file
+            .write_all(&format::encode_wal_header(salt, file_no))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&path, e))
+            .and_then(|()| crate::fs::fsync_dir(dir));
+        if let Err(e) = written {
+            // A WAL with a partial header is only harmless as the last file:
+            // remove it so a later WAL cannot follow it (e.g. on a full disk).
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let len = format::WAL_HEADER_LEN as u64;
         Ok(WalWriter {
             file,
             path,
             file_no,
             salt,
-            len: format::WAL_HEADER_LEN as u64,
+            len,
+            reserved: len,
+            can_reserve: true,
         })
     }
 
@@ -75,7 +93,47 @@ impl WalWriter {
             file_no,
             salt,
             len,
+            reserved: len,
+            can_reserve: true,
         })
+    }
+
+    /// Make sure the next `extra` bytes appended cannot fail for lack of
+    /// space: allocate disk blocks past the end of the file without changing
+    /// its size (`fallocate` with `FALLOC_FL_KEEP_SIZE`), a step at a time.
+    ///
+    /// The gallery calls this *before* it applies a batch, so a full disk
+    /// rejects the batch cleanly (nothing applied, nothing written, the
+    /// gallery stays writable) instead of failing the append half-way, which
+    /// could only be answered by refusing all writes until a reopen. File
+    /// systems without preallocation get `Ok` and the old behaviour.
+    pub(crate) fn reserve(&mut self, extra: u64) -> std::io::Result<()> {
+        let want = self.len + extra;
+        if want <= self.reserved || !self.can_reserve {
+            return Ok(());
+        }
+        let stepped = want.div_ceil(RESERVE_STEP) * RESERVE_STEP;
+        let alloc = |end: u64| {
+            rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                self.len,
+                end - self.len,
+            )
+        };
+        match alloc(stepped) {
+            Ok(()) => self.reserved = stepped,
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+                tracing::warn!(file = %self.path.display(), "the file system cannot preallocate: a full disk will stop writes until the gallery is reopened");
+                self.can_reserve = false;
+            }
+            // Not room for a whole step: try for exactly what is needed.
+            Err(_) => {
+                alloc(want).map_err(std::io::Error::from)?;
+                self.reserved = want;
+            }
+        }
+        Ok(())
     }
 
     /// File number.
@@ -101,6 +159,7 @@ impl WalWriter {
     pub(crate) fn append(&mut self, framed: &[u8]) -> std::io::Result<()> {
         self.file.write_all(framed)?;
         self.len += framed.len() as u64;
+        self.reserved = self.reserved.max(self.len);
         Ok(())
     }
 
@@ -118,6 +177,7 @@ impl WalWriter {
             std::io::IoSlice::advance_slices(&mut parts, n);
         }
         self.len += total as u64;
+        self.reserved = self.reserved.max(self.len);
         Ok(())
     }
 
@@ -143,6 +203,16 @@ pub(crate) struct Replayed {
 /// record followed by a valid one is always corruption.
 pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replayed> {
     let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    replay_bytes(path, &buf, file_no, is_last)
+}
+
+/// [`replay`] of the bytes `buf` of WAL file `path`, already read.
+pub(crate) fn replay_bytes(
+    path: &Path,
+    buf: &[u8],
+    file_no: u64,
+    is_last: bool,
+) -> Result<Replayed> {
     if buf.len() < format::WAL_HEADER_LEN && is_last {
         // A crash while creating the file: no record can have been acknowledged in it.
         return Ok(Replayed {
@@ -152,7 +222,7 @@ pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replaye
             file_len: buf.len() as u64,
         });
     }
-    let (salt, n) = format::decode_wal_header(path, &buf)?;
+    let (salt, n) = format::decode_wal_header(path, buf)?;
     if n != file_no {
         return Err(Error::corrupt(
             path,
@@ -163,7 +233,7 @@ pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replaye
     let mut at = format::WAL_HEADER_LEN;
     let mut ops = Vec::new();
     loop {
-        match format::read_frame(salt, &buf, at) {
+        match format::read_frame(salt, buf, at) {
             Frame::End => break,
             Frame::Record { payload, next } => {
                 ops.push(format::decode_op(
@@ -181,7 +251,7 @@ pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replaye
                         format!("{why} in a WAL file that was sealed"),
                     ));
                 }
-                if let Some(later) = find_valid_record_after(salt, &buf, at) {
+                if let Some(later) = find_valid_record_after(salt, buf, at) {
                     return Err(Error::corrupt(
                         path,
                         at as u64,

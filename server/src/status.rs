@@ -52,6 +52,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::ChecksumMismatch { .. }
         | Error::Corruption { .. }
         | Error::UnsupportedVersion { .. } => Code::DataLoss,
+        Error::NoSpace { .. } => Code::ResourceExhausted,
         Error::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
         Error::Io { .. } => Code::Internal,
         Error::Poisoned { .. } if e.is_no_space() => Code::ResourceExhausted,
@@ -258,6 +259,15 @@ mod tests {
                     newest: 1,
                 },
                 Code::DataLoss,
+            ),
+            (
+                Error::NoSpace {
+                    what: "compaction",
+                    path: PathBuf::from("/x"),
+                    needed: 10,
+                    available: 1,
+                },
+                Code::ResourceExhausted,
             ),
             (io(28), Code::ResourceExhausted),
             (io(5), Code::Internal),

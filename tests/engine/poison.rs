@@ -204,3 +204,98 @@ fn a_flush_in_progress_does_not_publish_a_failed_batch() {
         "never caught the flush mid-write; the test proved nothing"
     );
 }
+
+/// A WAL append that fails half-way (EIO after part of the group's bytes,
+/// injected with `Gallery::inject_write_failure`) latches the gallery like a
+/// failed fsync: the batch is not acknowledged, readers never see it, later
+/// writes are refused until reopen, and the partial record is a torn tail that
+/// recovery drops.
+#[test]
+fn a_failed_wal_write_poisons_and_its_partial_record_is_dropped_at_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0xE10);
+    let mut model = Model::new();
+    let failed: Vec<Embedding>;
+    {
+        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+        let g = engine.create_gallery("g").unwrap();
+        let a: Vec<Embedding> = (0..100)
+            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
+            .collect();
+        g.insert(&a).unwrap();
+        model.extend(a.into_iter().map(|e| (e.id, e)));
+        g.inject_write_failure();
+        failed = [5u64, 500]
+            .iter()
+            .map(|&id| embedding(&mut rng, id, "intruder"))
+            .collect();
+        let err = g.insert(&failed).unwrap_err();
+        assert!(
+            matches!(err, Error::Poisoned { .. }),
+            "a failed append reports the failure: {err}"
+        );
+        assert!(err.to_string().contains("os error 5"), "{err}");
+        assert!(is_poisoned(&g.insert(&[embedding(&mut rng, 900, "late")])));
+        assert!(is_poisoned(&g.delete(&[1], &[])));
+        assert_readers_see(&g, &model, &failed, "poisoned by a failed write");
+    }
+    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+    let g = engine.gallery("g").unwrap();
+    // Only a frame header reached the file: the batch cannot be there.
+    assert!(
+        !assert_all_or_nothing(&g, &model, &failed, "reopened after a failed write"),
+        "a batch whose record was cut short came back"
+    );
+    g.insert(&[embedding(&mut rng, 901, "after")]).unwrap();
+    assert_eq!(g.get(&[901]).len(), 1);
+}
+
+/// A full disk (ENOSPC from the WAL space reservation, injected with
+/// `Gallery::inject_no_space`) refuses the batch whole with `Error::NoSpace`
+/// before anything is applied, and does not latch: the next write works. The
+/// real file-system version of this runs against the server on a small tmpfs
+/// (`tests/server/full_disk.rs`).
+#[test]
+fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x5BACE);
+    let mut model = Model::new();
+    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+    let g = engine.create_gallery("g").unwrap();
+    let a: Vec<Embedding> = (0..100)
+        .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
+        .collect();
+    g.insert(&a).unwrap();
+    model.extend(a.into_iter().map(|e| (e.id, e)));
+
+    g.inject_no_space();
+    let refused: Vec<Embedding> = [7u64, 700]
+        .iter()
+        .map(|&id| embedding(&mut rng, id, "refused"))
+        .collect();
+    let err = g.insert(&refused).unwrap_err();
+    assert!(
+        matches!(err, Error::NoSpace { .. }) && err.is_no_space(),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert_readers_see(&g, &model, &refused, "after a refused insert");
+
+    g.inject_no_space();
+    let err = g.delete(&[1, 2], &["p3".to_string()]).unwrap_err();
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
+    assert_readers_see(&g, &model, &refused, "after a refused delete");
+
+    // Not latched: writes go on.
+    let b = [embedding(&mut rng, 800, "later")];
+    g.insert(&b).unwrap();
+    model.insert(800, b[0].clone());
+    assert_eq!(g.delete(&[1], &[]).unwrap(), 1);
+    model.remove(&1);
+    drop(g);
+    drop(engine);
+    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+    let g = engine.gallery("g").unwrap();
+    let ids: Vec<u64> = (0..1000).collect();
+    assert_contents(&g, &model, ids, "reopened after refusals");
+}
