@@ -42,6 +42,17 @@ impl Server {
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log_dir = data_dir.parent().unwrap_or(data_dir);
+        let mut cmd = Command::new(binary("visage-server"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        Server::spawn(cmd, log_dir)
+    }
+
+    /// Run `cmd` (a visage-server command line, possibly behind a wrapper
+    /// that execs it) with its log in `log_dir`, and wait for its address.
+    pub fn spawn(mut cmd: Command, log_dir: &Path) -> Server {
         let stderr = log_dir.join(format!(
             "server-{}-{}.log",
             std::process::id(),
@@ -51,12 +62,10 @@ impl Server {
                 .unwrap_or(0)
         ));
         let err_file = std::fs::File::create(&stderr).expect("server log file");
-        let mut child = Command::new(binary("visage-server"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(err_file)
             .spawn()
