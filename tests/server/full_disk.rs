@@ -175,7 +175,10 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_recovers_when_space_
     let e = assert_status(
         g.compact().await,
         Code::ResourceExhausted,
-        &["not enough free disk space for compaction", "nothing was changed"],
+        &[
+            "not enough free disk space for compaction",
+            "nothing was changed",
+        ],
     );
     println!("compaction on a full disk: {e}");
     assert_eq!(fs.free(), free_before, "a refused compaction wrote files");
@@ -198,7 +201,10 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_recovers_when_space_
     }
     let (err, refused_rows) = refused.expect("64 MB never filled up");
     assert!(
-        matches!(err.code(), Some(Code::ResourceExhausted | Code::Unavailable)),
+        matches!(
+            err.code(),
+            Some(Code::ResourceExhausted | Code::Unavailable)
+        ),
         "full disk gave {err}"
     );
     println!(
