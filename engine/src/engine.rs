@@ -33,6 +33,21 @@ pub struct Engine {
     _lock: DirLock,
 }
 
+/// A caller's name as error messages quote it: at most 64 bytes, so a
+/// hostile megabyte-long name cannot make a megabyte-long status message
+/// (which would not even fit in the HTTP/2 trailers that carry it).
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &name[..end], name.len())
+}
+
 /// Check a gallery name: 1 to 64 characters from `A-Z a-z 0-9 _ -`, starting with a letter or digit.
 pub fn check_gallery_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
@@ -50,7 +65,7 @@ pub fn check_gallery_name(name: &str) -> Result<()> {
         return Ok(());
     };
     Err(Error::InvalidName {
-        name: name.to_owned(),
+        name: shown(name),
         reason,
     })
 }
@@ -131,7 +146,7 @@ impl Engine {
         let g = map
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::GalleryNotFound(name.to_owned()))?;
+            .ok_or_else(|| Error::GalleryNotFound(shown(name)))?;
         g.close();
         let dir = self.galleries_dir.join(name);
         let doomed = self.galleries_dir.join(format!("{name}{DROPPING}"));
@@ -149,7 +164,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::GalleryNotFound(name.to_owned()))
+            .ok_or_else(|| Error::GalleryNotFound(shown(name)))
     }
 
     /// Names of all galleries, sorted.

@@ -1468,7 +1468,8 @@ impl Gallery {
                     let rows = snap.subject_rows(s);
                     if rows.is_empty() {
                         return Err(Error::NotFound(format!(
-                            "pairs[{i}].subject: no embedding of subject {s:?}"
+                            "pairs[{i}].subject: no embedding of subject {:?}",
+                            crate::engine::shown(s)
                         )));
                     }
                     rows.iter()

@@ -25,13 +25,28 @@ use visage_proto::v1::visage_server::Visage;
 pub struct VisageService {
     engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
+    stream_idle: std::time::Duration,
 }
+
+/// Default longest wait for the next message of a streaming insert.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl VisageService {
     /// A service over `engine`. When `shutdown` turns true, streaming inserts
     /// stop taking messages (unary calls in flight finish normally).
     pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Self {
-        VisageService { engine, shutdown }
+        VisageService {
+            engine,
+            shutdown,
+            stream_idle: DEFAULT_STREAM_IDLE_TIMEOUT,
+        }
+    }
+
+    /// End a streaming insert whose next message does not arrive within
+    /// `timeout` (DEADLINE_EXCEEDED; the batches before it stay committed).
+    pub fn with_stream_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stream_idle = timeout;
+        self
     }
 
     /// Run engine work on the blocking pool.
@@ -217,7 +232,15 @@ impl Visage for VisageService {
                         "the server is shutting down and takes no further messages; resend the rest",
                     )));
                 }
-                m = stream.message() => m,
+                m = tokio::time::timeout(self.stream_idle, stream.message()) => match m {
+                    Ok(m) => m,
+                    Err(_) => {
+                        return Err(progress.fail(index, Status::deadline_exceeded(format!(
+                            "no message arrived for {} s: the stream is closed; resend the rest",
+                            self.stream_idle.as_secs_f64()
+                        ))));
+                    }
+                },
             };
             let msg = match next {
                 Ok(Some(m)) => m,
@@ -232,7 +255,11 @@ impl Visage for VisageService {
                         index,
                         invalid(
                             "gallery",
-                            format_args!("{n:?} differs from {g:?} named by the first message"),
+                            format_args!(
+                                "{:?} differs from {:?} named by the first message",
+                                visage_engine::shown(&n),
+                                visage_engine::shown(g)
+                            ),
                         )
                         .0,
                     ));
