@@ -9,6 +9,7 @@
 mod cli;
 mod cli_head;
 mod concurrency;
+mod crash;
 mod errors;
 mod harness;
 mod health;
