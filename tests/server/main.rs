@@ -10,6 +10,7 @@ mod cli;
 mod cli_head;
 mod concurrency;
 mod crash;
+mod erasure;
 mod errors;
 mod harness;
 mod health;
