@@ -1,6 +1,7 @@
 //! Accepting connections within bounds: at most `max_connections` at once
-//! (the next waits in the kernel's listen backlog until one closes), a
-//! connection that sends nothing for `idle_timeout` is closed (the server
+//! (one more is accepted and closed at once, so a flood of connections cannot
+//! queue up in front of clients that come later; gRPC clients reconnect with
+//! back-off), a connection that sends nothing for `idle_timeout` is closed (the server
 //! pings HTTP/2 clients more often than that, so a live client that merely
 //! waits for a long call stays), and accept errors such as running out of
 //! file descriptors back off instead of spinning.
@@ -105,27 +106,28 @@ pub fn incoming(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
         let mut warned_full: Option<std::time::Instant> = None;
+        let mut shed = 0u64;
         loop {
-            let slot = tokio::select! {
-                () = tx.closed() => return,
-                s = slots.clone().acquire_owned() => s,
-            };
-            let Ok(slot) = slot else { return };
-            if slots.available_permits() == 0
-                && warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-            {
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "connection limit reached: further connections wait until one closes"
-                );
-                warned_full = Some(std::time::Instant::now());
-            }
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((io, _)) => {
+                Ok((io, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        shed += 1;
+                        if warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            tracing::warn!(
+                                max_connections = limits.max_connections,
+                                %peer,
+                                shed,
+                                "connection limit reached: closing new connections until one closes"
+                            );
+                            warned_full = Some(std::time::Instant::now());
+                        }
+                        drop(io);
+                        continue;
+                    };
                     if let Err(e) = io.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
