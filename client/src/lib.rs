@@ -17,6 +17,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Over TLS, with an API key ([`Client::connect_with`]):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), visage_client::Error> {
+//! use visage_client::{Client, ConnectOptions};
+//!
+//! let client = Client::connect_with(
+//!     "https://faces.internal:50051",
+//!     ConnectOptions {
+//!         ca_cert_pem: Some(std::fs::read("ca.pem").expect("CA certificate")),
+//!         api_key: std::env::var("VISAGE_API_KEY").ok(),
+//!         ..ConnectOptions::default()
+//!     },
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Results are the wire messages of [`proto`] (plain structs: [`Hit`],
 //! [`Identification`], [`Verdict`], [`GalleryInfo`] ...). Errors from the
 //! server keep their gRPC status ([`Error::code`]) and print as one line,
@@ -30,8 +48,11 @@ pub mod npy;
 use std::fmt;
 use std::time::Duration;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
 use visage_proto::v1::visage_client::VisageClient;
 
 pub use proto::{
@@ -58,6 +79,9 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The client's own settings are unusable (a CA certificate for a plaintext
+    /// address, an API key that cannot be sent as metadata ...).
+    Config(String),
     /// The server answered with an error status.
     Status(Status),
     /// One batch of a chunked insert failed (other batches may have been committed).
@@ -77,7 +101,7 @@ impl Error {
     /// The gRPC status code, if the server answered.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Connect { .. } => None,
+            Error::Connect { .. } | Error::Config(_) => None,
             Error::Status(s) | Error::Insert { status: s, .. } => Some(s.code()),
         }
     }
@@ -85,7 +109,7 @@ impl Error {
     /// The server's message, if it answered.
     pub fn message(&self) -> Option<&str> {
         match self {
-            Error::Connect { .. } => None,
+            Error::Connect { .. } | Error::Config(_) => None,
             Error::Status(s) | Error::Insert { status: s, .. } => Some(s.message()),
         }
     }
@@ -128,6 +152,10 @@ fn status_line(s: &Status) -> String {
             msg = format!("{msg}: {src}");
         }
     }
+    // What a plaintext client sees when the server speaks TLS.
+    if s.code() == Code::Internal && msg.starts_with("h2 protocol error") {
+        msg.push_str(" (if the server uses TLS, connect with an https:// address)");
+    }
     format!("{}: {msg}", code_name(s.code()))
 }
 
@@ -135,11 +163,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Connect { url, reason } => {
-                write!(
-                    f,
-                    "cannot connect to {url}: {reason} (is visage-server running there?)"
-                )
+                let hint = if reason.contains("certificate") {
+                    "is the CA certificate given (--tls-ca) the one that signed the server's, \
+                     and does the server's certificate carry the host name (or --tls-domain)?"
+                } else {
+                    "is visage-server running there?"
+                };
+                write!(f, "cannot connect to {url}: {reason} ({hint})")
             }
+            Error::Config(msg) => write!(f, "invalid client settings: {msg}"),
             Error::Status(s) => f.write_str(&status_line(s)),
             Error::Insert {
                 offset,
@@ -275,60 +307,194 @@ impl Default for InsertOptions {
     }
 }
 
+/// How [`Client::connect_with`] connects: whom to trust over TLS, and the API
+/// key to send. The default is what [`Client::connect`] does.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// PEM of the CA certificate(s) that signed the server's certificate. When
+    /// set, the connection uses TLS and trusts these CAs only; when not set,
+    /// an `https://` address is checked against the system's trusted roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host (for example when connecting by IP address).
+    pub domain: Option<String>,
+    /// API key sent with every call as `authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(Vec::len))
+            .field("domain", &self.domain)
+            // Never the key itself.
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    fn wants_tls(&self) -> bool {
+        self.ca_cert_pem.is_some() || self.domain.is_some()
+    }
+}
+
+/// Adds the API key (if any) to every call's metadata.
+#[derive(Clone, Default)]
+pub struct ApiKey {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.header.is_some() {
+            "ApiKey(<redacted>)"
+        } else {
+            "ApiKey(none)"
+        })
+    }
+}
+
+impl ApiKey {
+    /// `authorization: Bearer KEY` metadata, marked sensitive (never indexed
+    /// by HTTP/2 header compression, redacted in debug output).
+    pub fn new(key: &str) -> Result<ApiKey> {
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Config(
+                "an API key is one or more visible ASCII characters without spaces".into(),
+            ));
+        }
+        let mut v = MetadataValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| Error::Config("the API key cannot be sent as metadata".into()))?;
+        v.set_sensitive(true);
+        Ok(ApiKey { header: Some(v) })
+    }
+
+    /// No key.
+    pub fn none() -> ApiKey {
+        ApiKey { header: None }
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The client's transport: a channel that adds the API key to every call.
+pub type Transport = InterceptedService<Channel, ApiKey>;
+
 /// A connection to a visage server. Cheap to clone (clones share the connection).
 #[derive(Debug, Clone)]
 pub struct Client {
-    rpc: VisageClient<Channel>,
-    channel: Channel,
+    rpc: VisageClient<Transport>,
+    transport: Transport,
 }
 
-/// `host:port` becomes `http://host:port`.
-fn normalise_url(url: &str) -> String {
+/// `host:port` becomes `http://host:port` (`https://` with `tls`).
+fn normalise_url(url: &str, tls: bool) -> String {
     if url.contains("://") {
         url.to_owned()
+    } else if tls {
+        format!("https://{url}")
     } else {
         format!("http://{url}")
     }
 }
 
+/// An error and its sources on one line, each said once.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        src = s.source();
+    }
+    out
+}
+
 impl Client {
-    /// Connect to `url` (`http://host:port`, or just `host:port`).
+    /// Connect to `url` (`http://host:port`, or just `host:port`), without an
+    /// API key; an `https://` address is checked against the system's trusted roots.
     pub async fn connect(url: &str) -> Result<Client> {
-        let url = normalise_url(url);
+        Client::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connect to `url` with TLS settings and an API key. `https://` addresses
+    /// use TLS, and so does `host:port` when a CA certificate or domain is
+    /// given; giving them with an `http://` address is an error.
+    pub async fn connect_with(url: &str, opts: ConnectOptions) -> Result<Client> {
+        let url = normalise_url(url, opts.wants_tls());
+        let key = match &opts.api_key {
+            Some(k) => ApiKey::new(k)?,
+            None => ApiKey::none(),
+        };
         let connect_err = |reason: String| Error::Connect {
             url: url.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| connect_err(format!("invalid address: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20);
-        let channel = endpoint.connect().await.map_err(|e| {
-            let mut reason = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                reason = format!("{reason}: {src}");
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().timeout(Duration::from_secs(10));
+            tls = match &opts.ca_cert_pem {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some(d) = &opts.domain {
+                tls = tls.domain_name(d.clone());
             }
-            connect_err(reason)
-        })?;
-        Ok(Client::from_channel(channel))
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("TLS: {}", error_chain(&e))))?;
+        } else if opts.wants_tls() {
+            return Err(Error::Config(format!(
+                "a CA certificate or TLS domain was given, but {url} is not an https:// address"
+            )));
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_err(error_chain(&e)))?;
+        Ok(Client::with_transport(InterceptedService::new(
+            channel, key,
+        )))
     }
 
-    /// A client over an existing channel.
+    /// A client over an existing channel, without an API key.
     pub fn from_channel(channel: Channel) -> Client {
-        let rpc = VisageClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Client { rpc, channel }
+        Client::with_transport(InterceptedService::new(channel, ApiKey::none()))
     }
 
-    /// The generated tonic client, for calls this API does not wrap.
-    pub fn rpc(&self) -> VisageClient<Channel> {
+    /// A client over a transport: a channel with its API key, as in
+    /// `InterceptedService::new(channel, ApiKey::new(key)?)`.
+    pub fn with_transport(transport: Transport) -> Client {
+        let rpc =
+            VisageClient::new(transport.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Client { rpc, transport }
+    }
+
+    /// The generated tonic client, for calls this API does not wrap (it sends
+    /// the API key too).
+    pub fn rpc(&self) -> VisageClient<Transport> {
         self.rpc.clone()
     }
 
     /// The server's health (`grpc.health.v1`) for the visage service: true when SERVING.
     pub async fn serving(&self) -> Result<bool> {
-        let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let mut h = tonic_health::pb::health_client::HealthClient::new(self.transport.clone());
         let r = h
             .check(tonic_health::pb::HealthCheckRequest {
                 service: visage_proto::SERVICE_NAME.to_owned(),
@@ -379,7 +545,7 @@ impl Client {
 /// A handle on one gallery. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Gallery {
-    rpc: VisageClient<Channel>,
+    rpc: VisageClient<Transport>,
     name: String,
 }
 
@@ -781,7 +947,30 @@ mod tests {
         let e = Error::from(Status::not_found("gallery \"x\" does not exist"));
         assert_eq!(e.to_string(), "NOT_FOUND: gallery \"x\" does not exist");
         assert_eq!(e.code(), Some(Code::NotFound));
-        assert_eq!(normalise_url("localhost:1"), "http://localhost:1");
-        assert_eq!(normalise_url("http://h:2"), "http://h:2");
+        assert_eq!(normalise_url("localhost:1", false), "http://localhost:1");
+        assert_eq!(normalise_url("http://h:2", false), "http://h:2");
+        assert_eq!(normalise_url("localhost:1", true), "https://localhost:1");
+        assert_eq!(normalise_url("http://h:2", true), "http://h:2");
+    }
+
+    #[test]
+    fn api_keys_are_redacted_and_checked() {
+        let k = ApiKey::new(" key-0123456789abcdef\n").expect("valid key");
+        assert_eq!(format!("{k:?}"), "ApiKey(<redacted>)");
+        let mut k2 = k.clone();
+        let req = k2.call(Request::new(())).expect("intercept");
+        let v = req.metadata().get("authorization").expect("header");
+        assert_eq!(v.to_str().ok(), Some("Bearer key-0123456789abcdef"));
+        assert!(v.is_sensitive());
+        for bad in ["", "two words", "caf\u{e9}"] {
+            assert!(matches!(ApiKey::new(bad), Err(Error::Config(_))), "{bad:?}");
+        }
+        let opts = ConnectOptions {
+            api_key: Some("key-0123456789abcdef".into()),
+            ..ConnectOptions::default()
+        };
+        assert!(!format!("{opts:?}").contains("0123456789"));
+        let none = ApiKey::none().call(Request::new(())).expect("intercept");
+        assert!(none.metadata().get("authorization").is_none());
     }
 }

@@ -6,12 +6,14 @@
 //!   blocking pool, convert back.
 //! - [`status`]: the one mapping from engine errors to status codes.
 //! - [`convert`]: wire ⇄ engine types.
+//! - [`auth`]: API keys and roles, checked by a tower layer before any service.
 //! - [`serve`]: run the server until a shutdown signal, then stop accepting,
 //!   finish calls in flight, flush every gallery.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod convert;
 pub mod service;
 pub mod status;
@@ -22,11 +24,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::Status;
-use tonic::transport::Server;
+use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server};
 use visage_engine::Engine;
 use visage_proto::v1::visage_server::VisageServer;
 
+pub use auth::ApiKeys;
 pub use service::VisageService;
 
 /// Limits the server adds to the engine's (documented in the proto file).
@@ -49,6 +53,10 @@ pub struct ServerOptions {
     pub max_message_bytes: usize,
     /// How long a shutdown waits for calls in flight before flushing anyway.
     pub shutdown_grace: Duration,
+    /// Serve TLS only, with this certificate and key (`None`: plaintext).
+    pub tls: Option<TlsIdentity>,
+    /// Require these API keys (`None`: no authentication).
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl Default for ServerOptions {
@@ -56,8 +64,76 @@ impl Default for ServerOptions {
         ServerOptions {
             max_message_bytes: limits::DEFAULT_MAX_MESSAGE_BYTES,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
+            api_keys: None,
         }
     }
+}
+
+/// The server's TLS certificate chain and private key (PEM), checked when made.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    identity: Identity,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.write_str("TlsIdentity(..)")
+    }
+}
+
+impl TlsIdentity {
+    /// A certificate chain and its private key, both PEM. Fails if rustls
+    /// cannot use them (no certificate, no key, a key that is not PKCS#8,
+    /// PKCS#1 or SEC1, or a key that does not match the certificate).
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<TlsIdentity, BoxError> {
+        let id = TlsIdentity {
+            identity: Identity::from_pem(cert, key),
+        };
+        // The same check the server makes when it starts, but now, with a message.
+        Server::builder()
+            .tls_config(id.config())
+            .map_err(|e| format!("unusable TLS certificate or key: {}", error_chain(&e)))?;
+        Ok(id)
+    }
+
+    /// Read the certificate chain and the private key from PEM files.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsIdentity, BoxError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read the TLS {what} {}: {e}", p.display()))
+        };
+        let (c, k) = (read("certificate", cert)?, read("key", key)?);
+        TlsIdentity::from_pem(&c, &k).map_err(|e| {
+            format!(
+                "{e} (certificate {}, key {})",
+                cert.display(),
+                key.display()
+            )
+            .into()
+        })
+    }
+
+    fn config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            // A client that connects and never finishes the handshake does not hold a task.
+            .timeout(Duration::from_secs(10))
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out = format!("{out}: {s_text}");
+        }
+        src = s.source();
+    }
+    out
 }
 
 /// tonic reports an oversized request as OUT_OF_RANGE; gRPC (and our
@@ -107,13 +183,25 @@ where
     let visage = VisageServer::new(VisageService::new(engine.clone(), stop_rx.clone()))
         .max_decoding_message_size(opts.max_message_bytes);
 
-    let router = Server::builder()
+    tracing::info!("tls: {}", if opts.tls.is_some() { "on" } else { "off" });
+    match &opts.api_keys {
+        // Counts per role only, never keys.
+        Some(keys) => tracing::info!(?keys, "api keys: on"),
+        None => tracing::info!("api keys: off (no authentication)"),
+    }
+    let mut builder = Server::builder();
+    if let Some(tls) = &opts.tls {
+        builder = builder.tls_config(tls.config())?;
+    }
+    let router = builder
         // Batches of a thousand embeddings are half a megabyte: open the
         // HTTP/2 windows so a batch does not wait for window updates.
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(rewrite_oversized))
+        // Before any service: a refused call never reaches the engine.
+        .layer(auth::AuthLayer::new(opts.api_keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

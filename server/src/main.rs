@@ -5,6 +5,9 @@
 //! stdout (with `--listen 127.0.0.1:0` the port is the one the OS chose).
 //! SIGINT or SIGTERM: stop accepting, finish calls in flight, flush every
 //! gallery, exit 0.
+//!
+//! `--tls-cert`/`--tls-key` serve TLS only; `--api-keys` requires an API key
+//! of the right role on every call but health checks (see `visage_server::auth`).
 
 use clap::{Parser, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use visage_engine::{Durability, Engine, EngineOptions};
-use visage_server::{ServerOptions, limits};
+use visage_server::{ApiKeys, ServerOptions, TlsIdentity, limits};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DurabilityArg {
@@ -49,6 +52,16 @@ struct Args {
     /// Seconds a shutdown waits for calls in flight before flushing anyway.
     #[arg(long, env = "VISAGE_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     shutdown_timeout: u64,
+    /// TLS certificate chain (PEM); with --tls-key, serve TLS only.
+    #[arg(long, env = "VISAGE_TLS_CERT", value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "VISAGE_TLS_KEY", value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+    /// API key file: lines `ROLE KEY` (ROLE: read, write or admin; # comments).
+    /// When given, every call but health checks needs a key of the right role.
+    #[arg(long, env = "VISAGE_API_KEYS", value_name = "PATH")]
+    api_keys: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +102,32 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
     // shut down gracefully, not kill the process.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+
+    // Settings that can be wrong are checked before the data directory opens.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key (or VISAGE_TLS_KEY)".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert (or VISAGE_TLS_CERT)".into()),
+    };
+    let api_keys = match &args.api_keys {
+        Some(path) => Some(ApiKeys::load(path)?),
+        None => None,
+    };
+    if api_keys.is_some() && tls.is_none() {
+        tracing::warn!(
+            "API keys without TLS: keys travel in clear text (add --tls-cert and --tls-key)"
+        );
+    }
+    #[cfg(unix)]
+    if let Some(path) = &args.api_keys
+        && let Ok(meta) = std::fs::metadata(path)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %path.display(), "the API key file is readable by every user; chmod 600 it");
+        }
+    }
 
     let mut opts = EngineOptions::default();
     opts.gallery.durability = match args.durability {
@@ -131,6 +170,8 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
     let server_opts = ServerOptions {
         max_message_bytes: args.max_message_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+        tls,
+        api_keys,
     };
     visage_server::serve(engine, listener, server_opts, shutdown).await
 }

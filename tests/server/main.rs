@@ -16,3 +16,4 @@ mod harness;
 mod health;
 mod restart;
 mod rpc;
+mod security;

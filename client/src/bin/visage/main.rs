@@ -11,6 +11,8 @@
 //! visage compact staff
 //! ```
 //! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
+//! `--tls-ca` (or `VISAGE_TLS_CA`) trusts a CA for an `https://` server;
+//! `VISAGE_API_KEY` (or `--api-key-file`) sends an API key with every call.
 //! Errors are printed as one line on stderr and the exit code is 1.
 //!
 //! Two commands need no server: `visage synth` writes the engine's synthetic
@@ -31,8 +33,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use visage_client::npy::{self, Matrix};
 use visage_client::{
-    Against, Client, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome, Maintenance,
-    SearchOptions, Threshold, TrainHead,
+    Against, Client, ConnectOptions, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome,
+    Maintenance, SearchOptions, Threshold, TrainHead,
 };
 
 const DIM: usize = 128;
@@ -52,6 +54,26 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// CA certificate (PEM) to trust for the server's TLS certificate; implies
+    /// TLS (an address without a scheme becomes https://).
+    #[arg(long, env = "VISAGE_TLS_CA", value_name = "PATH", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry, if not the address's host.
+    #[arg(long, env = "VISAGE_TLS_DOMAIN", value_name = "NAME", global = true)]
+    tls_domain: Option<String>,
+    /// API key sent with every call. Prefer the environment variable
+    /// VISAGE_API_KEY or --api-key-file: a flag lands in shell history.
+    #[arg(
+        long,
+        env = "VISAGE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    api_key: Option<String>,
+    /// File holding the API key (its first line).
+    #[arg(long, env = "VISAGE_API_KEY_FILE", value_name = "PATH", global = true)]
+    api_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -356,8 +378,46 @@ fn print_json(v: &Value) -> Res {
     Ok(())
 }
 
+/// TLS and API key settings from the flags and environment.
+fn connect_options(cli: &Cli) -> Res<ConnectOptions> {
+    let ca_cert_pem = match &cli.tls_ca {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| Failure(format!("cannot read --tls-ca {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let api_key = match (&cli.api_key, &cli.api_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(Failure(
+                "give the API key once: --api-key (VISAGE_API_KEY) or --api-key-file (VISAGE_API_KEY_FILE)"
+                    .into(),
+            ));
+        }
+        (Some(k), None) => Some(k.clone()),
+        (None, Some(p)) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Failure(format!("cannot read --api-key-file {}: {e}", p.display())))?;
+            let key = text.lines().next().unwrap_or_default().trim().to_owned();
+            if key.is_empty() {
+                return Err(Failure(format!(
+                    "--api-key-file {}: the first line is empty",
+                    p.display()
+                )));
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    Ok(ConnectOptions {
+        ca_cert_pem,
+        domain: cli.tls_domain.clone(),
+        api_key,
+    })
+}
+
 async fn run(cli: Cli) -> Res<ExitCode> {
-    let client = Client::connect(&cli.server).await?;
+    let client = Client::connect_with(&cli.server, connect_options(&cli)?).await?;
     let json = cli.json;
     match cli.command {
         Command::Gallery(g) => gallery(&client, g, json).await?,
