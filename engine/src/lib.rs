@@ -35,7 +35,7 @@ mod tombstones;
 mod wal;
 
 pub use compaction::CompactionPolicy;
-pub use engine::{Engine, EngineOptions, check_gallery_name};
+pub use engine::{Engine, EngineOptions, check_gallery_name, shown};
 pub use error::{Error, Result};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,

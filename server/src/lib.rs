@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod net;
 pub mod service;
 pub mod status;
 
@@ -25,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::server::ServerTlsConfig;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server};
 use visage_engine::Engine;
 use visage_proto::v1::visage_server::VisageServer;
@@ -41,6 +41,12 @@ pub mod limits {
     pub const MAX_RESULTS: usize = 1_000_000;
     /// Default largest request message, in bytes.
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+    /// Default connections served at once.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Default idle time after which a silent connection is closed.
+    pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+    /// Requests served at once on one connection (HTTP/2 streams).
+    pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 }
 
 /// Any error that stops the server.
@@ -57,6 +63,13 @@ pub struct ServerOptions {
     pub tls: Option<TlsIdentity>,
     /// Require these API keys (`None`: no authentication).
     pub api_keys: Option<ApiKeys>,
+    /// Connections served at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection from which nothing arrives for this long is closed (the
+    /// server pings clients every third of it, so live clients stay).
+    pub idle_timeout: Duration,
+    /// A streaming insert whose next message takes longer is ended.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +79,9 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             api_keys: None,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
+            stream_idle_timeout: service::DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -180,8 +196,11 @@ where
         .build_v1alpha()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let visage = VisageServer::new(VisageService::new(engine.clone(), stop_rx.clone()))
-        .max_decoding_message_size(opts.max_message_bytes);
+    let visage = VisageServer::new(
+        VisageService::new(engine.clone(), stop_rx.clone())
+            .with_stream_idle_timeout(opts.stream_idle_timeout),
+    )
+    .max_decoding_message_size(opts.max_message_bytes);
 
     tracing::info!("tls: {}", if opts.tls.is_some() { "on" } else { "off" });
     match &opts.api_keys {
@@ -198,6 +217,11 @@ where
         // HTTP/2 windows so a batch does not wait for window updates.
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        // Pings find dead peers, and their answers keep a live but quiet
+        // client inside the idle timeout of `net::incoming`.
+        .http2_keepalive_interval(Some(opts.idle_timeout / 3))
+        .http2_keepalive_timeout(Some(opts.idle_timeout / 3))
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(rewrite_oversized))
         // Before any service: a refused call never reaches the engine.
@@ -206,7 +230,13 @@ where
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(visage);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = net::incoming(
+        listener,
+        net::ConnectionLimits {
+            max_connections: opts.max_connections,
+            idle_timeout: opts.idle_timeout,
+        },
+    );
     let mut stop_wait = stop_rx.clone();
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_wait.wait_for(|stop| *stop).await;

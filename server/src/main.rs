@@ -62,6 +62,20 @@ struct Args {
     /// When given, every call but health checks needs a key of the right role.
     #[arg(long, env = "VISAGE_API_KEYS", value_name = "PATH")]
     api_keys: Option<PathBuf>,
+    /// Connections served at once; one more is accepted and closed at once.
+    #[arg(long, env = "VISAGE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |n| n as usize))]
+    max_connections: usize,
+    /// Seconds after which a connection that sends nothing is closed (live
+    /// clients answer the server's pings, sent every third of this).
+    #[arg(long, env = "VISAGE_IDLE_TIMEOUT", default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a streaming insert may wait for its next message.
+    #[arg(long, env = "VISAGE_STREAM_IDLE_TIMEOUT",
+          default_value_t = visage_server::service::DEFAULT_STREAM_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    stream_idle_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -172,6 +186,9 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
         tls,
         api_keys,
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout),
     };
     visage_server::serve(engine, listener, server_opts, shutdown).await
 }
