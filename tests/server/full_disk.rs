@@ -225,7 +225,10 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_recovers_when_space_
 
     // Reads keep working on a full disk.
     let (probe_id, (_, probe)) = model.rows.iter().next_back().expect("rows");
-    let hits = g.search(std::slice::from_ref(probe), 3).await.expect("search");
+    let hits = g
+        .search(std::slice::from_ref(probe), 3)
+        .await
+        .expect("search");
     assert_eq!(hits[0][0].id, *probe_id);
     assert_eq!(hits[0][0].distance, 0.0);
     assert_model(&client, &model, &gone, "on a full disk").await;
