@@ -176,6 +176,24 @@ pub enum Error {
         /// Bytes available to this process on that file system.
         available: u64,
     },
+    /// Resource: too many rows wait in memory to be flushed to segments
+    /// (flushes are failing or behind); inserts are refused until a flush
+    /// succeeds. Deletes still work.
+    #[error(
+        "gallery {gallery:?} holds {rows} rows not yet flushed to segments (limit {limit}){}; \
+         inserts resume once a flush succeeds",
+        match failure { Some(f) => format!("; flushes are failing: {f}"), None => String::new() }
+    )]
+    Backlogged {
+        /// Gallery name.
+        gallery: String,
+        /// Rows waiting.
+        rows: usize,
+        /// The limit (`GalleryOptions::max_unflushed_rows`).
+        limit: usize,
+        /// The last background flush or compaction failure, if any.
+        failure: Option<String>,
+    },
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
@@ -216,6 +234,9 @@ impl Error {
             // ENOSPC, EDQUOT
             Error::Io { source, .. } => matches!(source.raw_os_error(), Some(28 | 122)),
             Error::NoSpace { .. } => true,
+            Error::Backlogged {
+                failure: Some(f), ..
+            } => f.contains("not enough free disk space") || f.contains("No space left"),
             Error::Poisoned { reason, .. } => reason.contains("No space left"),
             _ => false,
         }

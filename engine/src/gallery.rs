@@ -47,6 +47,9 @@ pub const MAX_K: usize = 10_000;
 /// Largest `k` for identification.
 pub const MAX_IDENTIFY_K: usize = 1_000;
 
+/// Longest an insert waits for flushes that are behind before it is refused.
+const BACKLOG_STALL: Duration = Duration::from_secs(30);
+
 /// What an acknowledged write survives. Named for the guarantee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -72,6 +75,11 @@ pub struct GalleryOptions {
     pub verify: VerifyChecksums,
     /// When background compaction rewrites segments.
     pub compaction: CompactionPolicy,
+    /// With `background`, inserts are refused ([`Error::Backlogged`]) while
+    /// this many rows wait in memory to be flushed: if flushes keep failing
+    /// (a full disk, a failing device), memory stays bounded. Deletes are
+    /// always taken, so people can still be erased.
+    pub max_unflushed_rows: usize,
 }
 
 impl Default for GalleryOptions {
@@ -82,6 +90,7 @@ impl Default for GalleryOptions {
             background: true,
             verify: VerifyChecksums::Metadata,
             compaction: CompactionPolicy::default(),
+            max_unflushed_rows: 1 << 19,
         }
     }
 }
@@ -649,6 +658,9 @@ pub struct Gallery {
     fail_next_sync: AtomicBool,
     fail_next_write: AtomicBool,
     fail_next_reserve: AtomicBool,
+    fail_flushes: AtomicBool,
+    /// The last background maintenance failure, until maintenance works again.
+    maintenance_failure: Mutex<Option<String>>,
     head: RwLock<Option<Arc<HeadInfo>>>,
     head_lock: Mutex<()>,
 }
@@ -910,6 +922,8 @@ impl Gallery {
             fail_next_sync: AtomicBool::new(false),
             fail_next_write: AtomicBool::new(false),
             fail_next_reserve: AtomicBool::new(false),
+            fail_flushes: AtomicBool::new(false),
+            maintenance_failure: Mutex::new(None),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),
         });
@@ -989,6 +1003,44 @@ impl Gallery {
         self.fail_next_reserve.store(true, Ordering::SeqCst);
     }
 
+    /// Make every segment write fail with EIO while `on` (for tests of the
+    /// unflushed-rows bound).
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, on: bool) {
+        self.fail_flushes.store(on, Ordering::SeqCst);
+    }
+
+    /// Refuse an insert while too many rows wait to be flushed (see
+    /// [`GalleryOptions::max_unflushed_rows`]).
+    fn check_backlog(&self) -> Result<()> {
+        if !self.opts.background {
+            return Ok(());
+        }
+        // Flushes that are merely behind stall the writer (up to a bound);
+        // flushes that fail refuse it at once.
+        let start = std::time::Instant::now();
+        loop {
+            let rows = {
+                let st = lock(&self.state);
+                st.active.rows() + st.frozen.as_ref().map_or(0, |f| f.rows())
+            };
+            if rows < self.opts.max_unflushed_rows {
+                return Ok(());
+            }
+            self.wake_maintenance();
+            let failure = lock(&self.maintenance_failure).clone();
+            if failure.is_some() || start.elapsed() > BACKLOG_STALL {
+                return Err(Error::Backlogged {
+                    gallery: self.name.clone(),
+                    rows,
+                    limit: self.opts.max_unflushed_rows,
+                    failure,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Reserve WAL space for `bytes` more bytes past what this group already
     /// framed (`framed`), or say why not.
     fn reserve_wal(&self, st: &mut WriteState, framed: u64, bytes: u64) -> Result<()> {
@@ -1047,6 +1099,7 @@ impl Gallery {
         if batch.is_empty() {
             return Ok(InsertOutcome::default());
         }
+        self.check_backlog()?;
         let mut payload = Vec::with_capacity(5 + batch.len() * (10 + format::VECTOR_BYTES + 16));
         format::encode_insert(
             batch
@@ -1818,6 +1871,9 @@ impl Gallery {
         let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
         let needed = rows.len() as u64 * per_row + strings + (1 << 20);
         crate::fs::check_space(&self.dir, what, needed)?;
+        if self.fail_flushes.load(Ordering::SeqCst) {
+            return Err(Error::io(&self.dir, std::io::Error::other("injected segment write failure")));
+        }
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&path, file_no, rows)
             .and_then(|_| crate::fs::fsync_dir(&self.dir))
@@ -1955,12 +2011,14 @@ fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
         }
         match g.maintain() {
             Ok(()) => {
+                *lock(&g.maintenance_failure) = None;
                 if last_failure.take().is_some() {
                     tracing::info!(gallery = %g.name, "background maintenance works again");
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
+                *lock(&g.maintenance_failure) = Some(msg.clone());
                 let repeat = last_failure
                     .as_ref()
                     .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));

@@ -53,6 +53,8 @@ pub fn code_of(e: &Error) -> Code {
         | Error::Corruption { .. }
         | Error::UnsupportedVersion { .. } => Code::DataLoss,
         Error::NoSpace { .. } => Code::ResourceExhausted,
+        Error::Backlogged { .. } if e.is_no_space() => Code::ResourceExhausted,
+        Error::Backlogged { .. } => Code::Unavailable,
         Error::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
         Error::Io { .. } => Code::Internal,
         Error::Poisoned { .. } if e.is_no_space() => Code::ResourceExhausted,
@@ -266,6 +268,24 @@ mod tests {
                     path: PathBuf::from("/x"),
                     needed: 10,
                     available: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Backlogged {
+                    gallery: "g".into(),
+                    rows: 9,
+                    limit: 8,
+                    failure: Some("I/O error on /x: disk on fire".into()),
+                },
+                Code::Unavailable,
+            ),
+            (
+                Error::Backlogged {
+                    gallery: "g".into(),
+                    rows: 9,
+                    limit: 8,
+                    failure: Some("not enough free disk space for flush in /x".into()),
                 },
                 Code::ResourceExhausted,
             ),

@@ -299,3 +299,74 @@ fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
     let ids: Vec<u64> = (0..1000).collect();
     assert_contents(&g, &model, ids, "reopened after refusals");
 }
+
+/// While flushes fail (injected with `Gallery::inject_flush_failures`), rows
+/// pile up in memory only to `max_unflushed_rows`: further inserts are
+/// refused with `Error::Backlogged` naming the failure, deletes still work,
+/// and once flushes work again inserts resume by themselves.
+#[test]
+fn failing_flushes_bound_unflushed_rows_and_deletes_still_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(true, 200);
+    o.gallery.max_unflushed_rows = 1_000;
+    let mut rng = Rng(0xBAC);
+    let mut model = Model::new();
+    {
+        let engine = Engine::open(tmp.path(), o.clone()).unwrap();
+        let g = engine.create_gallery("g").unwrap();
+        g.inject_flush_failures(true);
+        let mut next = 0u64;
+        let refused = loop {
+            let b: Vec<Embedding> = (next..next + 100)
+                .map(|i| embedding(&mut rng, i, &format!("p{}", i % 50)))
+                .collect();
+            match g.insert(&b) {
+                Ok(_) => {
+                    model.extend(b.into_iter().map(|e| (e.id, e)));
+                    next += 100;
+                }
+                Err(e) => break e,
+            }
+            assert!(next < 5_000, "never refused: the bound does not hold");
+        };
+        assert!(matches!(refused, Error::Backlogged { .. }), "{refused}");
+        assert!(
+            (1_000..1_100).contains(&model.len()),
+            "{} rows taken",
+            model.len()
+        );
+        // The refusal names the failing flush once maintenance has tried.
+        let t0 = Instant::now();
+        loop {
+            let e = g.insert(&[embedding(&mut rng, 90_000, "x")]).unwrap_err();
+            let msg = e.to_string();
+            if msg.contains("flushes are failing") {
+                assert!(msg.contains("injected segment write failure"), "{msg}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{msg}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Deletes are still taken (people can be erased), reads work.
+        assert_eq!(g.delete(&[0, 1], &["p7".to_string()]).unwrap(), 2 + 20);
+        model.retain(|&id, e| id > 1 && e.subject != "p7");
+        let ids: Vec<u64> = (0..2_000).chain([90_000]).collect();
+        assert_contents(&g, &model, ids, "backlogged");
+        // Flushes work again: inserts resume without a reopen.
+        g.inject_flush_failures(false);
+        let t0 = Instant::now();
+        let late = [embedding(&mut rng, 90_001, "late")];
+        while let Err(e) = g.insert(&late) {
+            assert!(
+                matches!(e, Error::Backlogged { .. }) && t0.elapsed() < Duration::from_secs(10),
+                "{e}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        model.insert(90_001, late[0].clone());
+    }
+    let engine = Engine::open(tmp.path(), o).unwrap();
+    let g = engine.gallery("g").unwrap();
+    let ids: Vec<u64> = (0..2_000).chain([90_000, 90_001]).collect();
+    assert_contents(&g, &model, ids, "reopened");
+}
