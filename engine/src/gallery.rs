@@ -1872,7 +1872,10 @@ impl Gallery {
         let needed = rows.len() as u64 * per_row + strings + (1 << 20);
         crate::fs::check_space(&self.dir, what, needed)?;
         if self.fail_flushes.load(Ordering::SeqCst) {
-            return Err(Error::io(&self.dir, std::io::Error::other("injected segment write failure")));
+            return Err(Error::io(
+                &self.dir,
+                std::io::Error::other("injected segment write failure"),
+            ));
         }
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&path, file_no, rows)
