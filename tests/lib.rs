@@ -2,6 +2,8 @@
 
 use visage_engine::{DIM, Embedding};
 
+pub mod scan;
+
 /// splitmix64: a small, good PRNG for reproducible test data.
 #[derive(Debug, Clone)]
 pub struct Rng(pub u64);

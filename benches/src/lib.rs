@@ -3,6 +3,7 @@
 
 pub mod bounds;
 pub mod npy;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

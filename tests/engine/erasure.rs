@@ -6,68 +6,15 @@
 //! other subject's live vectors (and the doomed ones before the deletion), so
 //! it is shown to work.
 
-use crate::support::{Model, all_files, assert_contents, opts};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use crate::support::{Model, assert_contents, opts};
+use std::path::Path;
 use visage_engine::{Embedding, Engine};
+use visage_tests::scan::{WINDOW, Windows, contains, le_bytes, read_tree};
 use visage_tests::{Rng, embedding};
-
-const WINDOW: usize = 64;
-
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Every 64-byte window of some needles, indexed by its first 8 bytes.
-struct Windows<'a> {
-    needles: &'a [Vec<u8>],
-    index: HashMap<[u8; 8], Vec<(usize, usize)>>,
-}
-
-impl<'a> Windows<'a> {
-    fn new(needles: &'a [Vec<u8>]) -> Windows<'a> {
-        let mut index: HashMap<[u8; 8], Vec<(usize, usize)>> = HashMap::new();
-        for (n, b) in needles.iter().enumerate() {
-            for off in 0..=b.len() - WINDOW {
-                let key: [u8; 8] = b[off..off + 8].try_into().unwrap();
-                index.entry(key).or_default().push((n, off));
-            }
-        }
-        Windows { needles, index }
-    }
-
-    /// (needle, offset in needle, offset in file) of every window found in `hay`.
-    fn find(&self, hay: &[u8]) -> Vec<(usize, usize, usize)> {
-        let mut out = Vec::new();
-        for p in 0..hay.len().saturating_sub(WINDOW - 1) {
-            let key: [u8; 8] = hay[p..p + 8].try_into().unwrap();
-            if let Some(cands) = self.index.get(&key) {
-                for &(n, off) in cands {
-                    if hay[p..p + WINDOW] == self.needles[n][off..off + WINDOW] {
-                        out.push((n, off, p));
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn read_all(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    all_files(root)
-        .into_iter()
-        .map(|p| (std::fs::read(&p).unwrap(), p))
-        .map(|(b, p)| (p, b))
-        .collect()
-}
 
 /// Assert that no window of `gone` and every whole vector of `kept` is on disk.
 fn assert_erased(root: &Path, gone: &[Vec<u8>], kept: &[Vec<u8>], ctx: &str) {
-    let files = read_all(root);
+    let files = read_tree(root);
     let w = Windows::new(gone);
     for (p, b) in &files {
         let found = w.find(b);
@@ -143,7 +90,7 @@ fn a_deleted_subject_leaves_no_vector_bytes_in_any_file_after_compaction() {
             .filter(|e| e.subject == doomed)
             .map(|e| le_bytes(&e.vector))
             .collect();
-        let files = read_all(root);
+        let files = read_tree(root);
         for v in &live_gone {
             assert!(
                 files.iter().any(|(_, b)| contains(b, v)),

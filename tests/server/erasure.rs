@@ -15,80 +15,18 @@
 //! of the engine's reader.
 
 use crate::harness::{Server, TempData};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use visage_client::{Embedding, Gallery};
 use visage_tests::Rng;
+use visage_tests::scan::{Windows, contains, le_bytes, read_tree};
 
-const WINDOW: usize = 64;
 const DIM: usize = 128;
 const DOOMED: &str = "erase-me-5f1c9a";
 const KEPT: usize = 6;
 
 fn kept_subject(s: usize) -> String {
     format!("keep-{s}-b83e")
-}
-
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every 64-byte window of some needles, indexed by its first 8 bytes.
-struct Windows<'a> {
-    needles: &'a [Vec<u8>],
-    index: HashMap<[u8; 8], Vec<(usize, usize)>>,
-}
-
-impl<'a> Windows<'a> {
-    fn new(needles: &'a [Vec<u8>]) -> Windows<'a> {
-        let mut index: HashMap<[u8; 8], Vec<(usize, usize)>> = HashMap::new();
-        for (n, b) in needles.iter().enumerate() {
-            for off in 0..=b.len() - WINDOW {
-                let key: [u8; 8] = b[off..off + 8].try_into().unwrap();
-                index.entry(key).or_default().push((n, off));
-            }
-        }
-        Windows { needles, index }
-    }
-
-    /// (needle, offset in needle, offset in hay) of every window found in `hay`.
-    fn find(&self, hay: &[u8]) -> Vec<(usize, usize, usize)> {
-        let mut out = Vec::new();
-        for p in 0..hay.len().saturating_sub(WINDOW - 1) {
-            let key: [u8; 8] = hay[p..p + 8].try_into().unwrap();
-            if let Some(cands) = self.index.get(&key) {
-                for &(n, off) in cands {
-                    if hay[p..p + WINDOW] == self.needles[n][off..off + WINDOW] {
-                        out.push((n, off, p));
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Every regular file under `dir`, recursively, with its bytes.
-fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                out.push((e.path(), std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// What the test reads of a version-2 segment file.

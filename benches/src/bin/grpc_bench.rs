@@ -22,11 +22,10 @@
 
 use clap::Parser;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use visage_bench::server::ServerProc;
 use visage_client::{Client, Embedding as WireEmbedding, InsertOptions};
 use visage_engine::synth::{SynthConfig, SynthGallery};
 use visage_engine::{Embedding, Engine, EngineOptions};
@@ -61,55 +60,6 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// The release server on a free port with its own data directory.
-struct ServerProc {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProc {
-    fn start(bin: &PathBuf) -> ServerProc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(bin)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("server address line");
-        let addr = line
-            .trim()
-            .strip_prefix("visage-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server output {line:?}"))
-            .to_owned();
-        ServerProc {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 fn synth(n: usize, seed: u64) -> Vec<Embedding> {

@@ -28,13 +28,13 @@
 
 use clap::Parser;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use visage_bench::Rng;
+use visage_bench::server::ServerProc;
 use visage_client::{Client, Embedding, Gallery, InsertOptions, Threshold};
 
 /// Sustained mixed load against visage-server, with per-interval rates,
@@ -73,93 +73,6 @@ const SEARCH: usize = 3;
 const IDENTIFY: usize = 4;
 /// Embeddings per subject (ids `10 s .. 10 s + 9` are subject `s`).
 const PER_SUBJECT: u64 = 10;
-
-/// The release server on a free port with its own data directory.
-struct ServerProc {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProc {
-    fn start(bin: &PathBuf) -> ServerProc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(bin)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("server address line");
-        let addr = line
-            .trim()
-            .strip_prefix("visage-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected server output {line:?}"))
-            .to_owned();
-        ServerProc {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Resident memory in bytes, from `/proc/PID/status`.
-    fn rss(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: u64 = s
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    }
-
-    /// Still running?
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGTERM and wait; true if it exited 0.
-    fn stop(mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return st.success(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Latencies (µs) and errors, per kind: of the current interval and of the run.
 #[derive(Default)]
@@ -453,7 +366,7 @@ fn main() -> ExitCode {
         t.elapsed().as_secs_f64(),
         clients,
         args.minutes,
-        server.child.id(),
+        server.pid(),
         mb(server.rss().unwrap_or(0))
     );
 
