@@ -6,7 +6,9 @@
 //! (IEEE 802.3 polynomial `0x04C11DB7`, reflected, as computed by `crc32fast`).
 //! All integers and floats are little-endian. Decoders never panic: every
 //! offset read from disk is bounds-checked and a bad value is an `Err` that
-//! names the file and the offset.
+//! names the file and the offset. Reserved fields are written as zeros, and a
+//! decoder refuses a file whose reserved bytes are not (so everything a
+//! decoder accepts re-encodes to the same bytes).
 //!
 //! A gallery directory holds:
 //!
@@ -99,8 +101,9 @@
 //! | 4 | u32 | crc32 of everything before it |
 //!
 //! Body: generation u64, next file number u64, first WAL file to replay u64,
-//! segment count u32, then per segment: file number u64, rows u64, tombstone
-//! count u64, that many u32 deleted rows in ascending order.
+//! segment count u32, then per segment (each file number once): file number
+//! u64, rows u64, tombstone count u64, that many u32 deleted rows in ascending
+//! order.
 //!
 //! # Head file (`HEAD`), version 1
 //!
@@ -391,6 +394,25 @@ impl SegmentHeader {
                 format!("{count} sections, version {version} has {n}"),
             ));
         }
+        // Reserved fields, the table slots this version does not use, and the
+        // padding before the CRC are written as zeros: anything else is not a
+        // header this build wrote or can re-encode.
+        let unused_slots = SEG_TABLE_OFF + n * SECTION_ENTRY_LEN..SEG_TABLE_END;
+        for range in [
+            SEG_RESERVED_OFF..SEG_TABLE_OFF,
+            unused_slots,
+            SEG_TABLE_END..SEG_CRC_OFF,
+        ] {
+            check_zero(path, b, range)?;
+        }
+        for i in 0..n {
+            check_zero(
+                path,
+                b,
+                SEG_TABLE_OFF + i * SECTION_ENTRY_LEN + 20
+                    ..SEG_TABLE_OFF + (i + 1) * SECTION_ENTRY_LEN,
+            )?;
+        }
         // Sections a version does not have stay empty (offset 0, length 0).
         let mut sections = [SectionEntry::default(); SECTION_COUNT];
         for (i, sec) in Section::ALL.iter().take(n).enumerate() {
@@ -493,6 +515,7 @@ pub fn decode_wal_header(path: &Path, b: &[u8]) -> Result<(u32, u64)> {
     }
     let version = get_u32(b, 8);
     check_version(path, version)?;
+    check_zero(path, b, 24..28)?;
     Ok((get_u32(b, 12), get_u64(b, 16)))
 }
 
@@ -623,7 +646,30 @@ pub fn encode_delete(ids: &[u64], out: &mut Vec<u8>) {
     }
 }
 
+/// What is wrong with a subject, if anything: 1 to [`MAX_SUBJECT_LEN`] bytes,
+/// no control characters. The write path refuses such subjects, so the WAL
+/// decoder refuses them too.
+pub fn subject_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        Some("is empty".to_string())
+    } else if s.len() > MAX_SUBJECT_LEN {
+        Some(format!(
+            "is {} bytes, longer than {MAX_SUBJECT_LEN}",
+            s.len()
+        ))
+    } else {
+        s.chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("holds control character {c:?}"))
+    }
+}
+
 /// Decode a record payload; `offset` is the payload's position in `path`, for errors.
+///
+/// A record holds only what the write path accepts: an insert's subjects pass
+/// [`subject_problem`], its values are finite and its ids distinct. A record
+/// that passes its CRC but breaks these rules is corruption, refused here
+/// rather than carried into the memtable and the next segment.
 pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
     let mut c = Cursor {
         buf: payload,
@@ -643,17 +689,32 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
                 )));
             }
             let mut items = Vec::with_capacity(count);
-            for _ in 0..count {
+            for i in 0..count {
                 let id = c.u64()?;
                 let slen = c.u16()? as usize;
                 let at = c.at;
                 let subject = std::str::from_utf8(c.take(slen)?)
                     .map_err(|_| Error::corrupt(path, offset + at as u64, "subject is not UTF-8"))?
                     .to_owned();
+                if let Some(why) = subject_problem(&subject) {
+                    return Err(Error::corrupt(
+                        path,
+                        offset + at as u64,
+                        format!("embedding {i}: subject {why}"),
+                    ));
+                }
                 let mut vector = [0f32; DIM];
+                let at = c.at;
                 let raw = c.take(VECTOR_BYTES)?;
                 for (dst, src) in vector.iter_mut().zip(raw.chunks_exact(4)) {
                     *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+                }
+                if let Some(d) = vector.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::corrupt(
+                        path,
+                        offset + (at + 4 * d) as u64,
+                        format!("embedding {i}: value {d} is {}", vector[d]),
+                    ));
                 }
                 items.push(WalEmbedding {
                     id,
@@ -662,6 +723,15 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
                 });
             }
             c.finish()?;
+            let mut ids: Vec<u64> = items.iter().map(|e| e.id).collect();
+            ids.sort_unstable();
+            if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::corrupt(
+                    path,
+                    offset,
+                    format!("insert record holds id {} twice", w[0]),
+                ));
+            }
             Ok(WalOp::Insert(items))
         }
         KIND_DELETE => {
@@ -758,6 +828,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
     }
     let version = get_u32(b, 8);
     check_version(path, version)?;
+    check_zero(path, b, 12..16)?;
     let body_len = get_u64(b, 16);
     let total = (MANIFEST_PREFIX_LEN as u64)
         .checked_add(body_len)
@@ -822,6 +893,15 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         });
     }
     c.finish()?;
+    let mut numbers: Vec<u64> = segments.iter().map(|s| s.file_no).collect();
+    numbers.sort_unstable();
+    if let Some(w) = numbers.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::corrupt(
+            path,
+            MANIFEST_PREFIX_LEN as u64,
+            format!("segment {:016x} is listed twice", w[0]),
+        ));
+    }
     Ok(ManifestData {
         generation,
         next_file_no,
@@ -974,6 +1054,20 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         ));
     }
     Ok(h)
+}
+
+/// The reserved bytes `range` of `b` are zero, as every encoder writes them.
+fn check_zero(path: &Path, b: &[u8], range: std::ops::Range<usize>) -> Result<()> {
+    let at = range.start;
+    match b.get(range).map(|r| r.iter().position(|&x| x != 0)) {
+        Some(None) => Ok(()),
+        Some(Some(i)) => Err(Error::corrupt(
+            path,
+            (at + i) as u64,
+            "reserved byte is not zero",
+        )),
+        None => Err(Error::corrupt(path, at as u64, "file cut short")),
+    }
 }
 
 /// A file of `version` can be read by this build, or the error says which versions can.
@@ -1206,6 +1300,12 @@ mod tests {
         for cut in 0..b.len() {
             assert!(decode_manifest(Path::new("m"), &b[..cut]).is_err());
         }
+        // Found by the `manifest` fuzz target: one segment listed twice was
+        // accepted, and the gallery then served each of its rows twice.
+        let mut twice = m.clone();
+        twice.segments[1].file_no = 4;
+        twice.segments[1].deleted.clear();
+        assert!(decode_manifest(Path::new("m"), &encode_manifest(&twice)).is_err());
     }
 
     #[test]
@@ -1238,6 +1338,55 @@ mod tests {
             assert!(decode_head(Path::new("h"), &c).is_err(), "byte {i}");
         }
         assert!(decode_head(Path::new("h"), &b[..100]).is_err());
+    }
+
+    /// Found by the `manifest` fuzz target: decoders accepted non-zero reserved
+    /// bytes under a valid CRC, so an accepted file did not re-encode to itself.
+    #[test]
+    fn reserved_bytes_must_be_zero_even_under_a_valid_crc() {
+        let m = encode_manifest(&ManifestData::default());
+        let mut bad = m.clone();
+        bad[15] = 0x51;
+        let n = bad.len() - 4;
+        let crc = crc32fast::hash(&bad[..n]);
+        bad[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_manifest(Path::new("m"), &m).is_ok());
+        assert!(decode_manifest(Path::new("m"), &bad).is_err());
+
+        let w = encode_wal_header(1, 2);
+        let mut bad = w;
+        bad[25] = 1;
+        let crc = crc32fast::hash(&bad[..28]);
+        bad[28..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_wal_header(Path::new("w"), &w).is_ok());
+        assert!(decode_wal_header(Path::new("w"), &bad).is_err());
+
+        let mut sections = [SectionEntry::default(); SECTION_COUNT];
+        for (i, s) in sections.iter_mut().enumerate() {
+            s.offset = 512 + 64 * i as u64;
+            s.len = Section::ALL[i].expected_len(0, 0).unwrap_or(0);
+        }
+        let v1 = SegmentHeader {
+            version: 1,
+            rows: 0,
+            subjects: 0,
+            file_no: 1,
+            sections,
+        }
+        .encode();
+        assert!(SegmentHeader::decode(Path::new("s"), &v1, 4096).is_ok());
+        // The reserved word, a slot's reserved word, a slot version 1 does not
+        // use (slot 10), and the padding before the CRC.
+        for at in [44, 48 + 20, 48 + 24 * 10, 450] {
+            let mut bad = v1;
+            bad[at] = 1;
+            let crc = crc32fast::hash(&bad[..508]);
+            bad[508..].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                SegmentHeader::decode(Path::new("s"), &bad, 4096).is_err(),
+                "byte {at}"
+            );
+        }
     }
 
     #[test]

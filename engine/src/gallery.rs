@@ -467,10 +467,19 @@ struct WriteState {
 }
 
 impl WriteState {
-    fn alloc_file_no(&mut self) -> u64 {
+    /// The next file number. The counter cannot pass `u64::MAX`: only a
+    /// damaged manifest brings it there (2^64 files are never made), and
+    /// wrapping around would reuse the numbers of live files.
+    fn alloc_file_no(&mut self, dir: &Path) -> Result<u64> {
         let n = self.next_file_no;
-        self.next_file_no += 1;
-        n
+        self.next_file_no = n.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                dir.join(MANIFEST),
+                0,
+                format!("next file number {n} leaves no file numbers to use"),
+            )
+        })?;
+        Ok(n)
     }
 
     fn find_live(&self, id: u64) -> Option<Loc> {
@@ -596,7 +605,9 @@ impl WriteState {
 
     fn manifest(&self, segments: &[SegState], wal_start: u64) -> ManifestData {
         ManifestData {
-            generation: self.generation + 1,
+            // A count for people reading the file, compared with nothing: it
+            // may wrap (only a damaged manifest brings it near u64::MAX).
+            generation: self.generation.wrapping_add(1),
             next_file_no: self.next_file_no,
             wal_start,
             segments: segments
@@ -700,24 +711,14 @@ fn parse_file_no(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
 
 /// Check one subject string.
 pub(crate) fn check_subject(what: &'static str, index: usize, s: &str) -> Result<()> {
-    let reason = if s.is_empty() {
-        "is empty".to_string()
-    } else if s.len() > format::MAX_SUBJECT_LEN {
-        format!(
-            "is {} bytes, longer than {}",
-            s.len(),
-            format::MAX_SUBJECT_LEN
-        )
-    } else if let Some(c) = s.chars().find(|c| c.is_control()) {
-        format!("holds control character {c:?}")
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidSubject {
-        what,
-        index,
-        reason,
-    })
+    match format::subject_problem(s) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidSubject {
+            what,
+            index,
+            reason,
+        }),
+    }
 }
 
 /// Check one vector: dimension and finiteness.
@@ -1763,7 +1764,7 @@ impl Gallery {
                 st.wal.sync().map_err(|e| {
                     self.set_poison(format!("WAL sync before rotation failed: {e}"))
                 })?;
-                let n = st.alloc_file_no();
+                let n = st.alloc_file_no(&self.dir)?;
                 let new_wal = WalWriter::create(&self.dir, n)?;
                 st.wal = new_wal;
                 let frozen = std::mem::take(&mut st.active);
@@ -1779,7 +1780,7 @@ impl Gallery {
                 .as_ref()
                 .map(|f| f.chunks.clone())
                 .unwrap_or_default();
-            (chunks, st.alloc_file_no())
+            (chunks, st.alloc_file_no(&self.dir)?)
         };
         let mut map = Vec::new();
         let mut rows = Vec::new();
@@ -1838,9 +1839,14 @@ impl Gallery {
             old_wal_start = st.wal_start;
             st.wal_start = wal_start;
             self.publish(&st);
-            // 4. The old WAL files are covered by the manifest now.
-            for n in old_wal_start..wal_start {
-                let p = self.dir.join(wal::file_name(n));
+            // 4. The old WAL files are covered by the manifest now. They are
+            // found by listing the directory, not by trying every number from
+            // the old start: file numbers need not be dense (a counter far
+            // ahead made that loop run for ever).
+            for (n, p) in self.wal_files() {
+                if !(old_wal_start..wal_start).contains(&n) {
+                    continue;
+                }
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1851,6 +1857,20 @@ impl Gallery {
             }
         }
         crate::fs::fsync_dir(&self.dir)
+    }
+
+    /// The WAL files in the gallery's directory, with their numbers (none if it cannot be listed).
+    fn wal_files(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n = parse_file_no(&e.file_name().to_string_lossy(), "wal-", ".log")?;
+                Some((n, e.path()))
+            })
+            .collect()
     }
 
     /// Write `rows` as segment `file_no`, sync it and the directory, and open it.
@@ -1901,7 +1921,7 @@ impl Gallery {
                 .filter(|s| inputs.contains(&s.seg.file_no()))
                 .cloned()
                 .collect();
-            (cap, st.alloc_file_no())
+            (cap, st.alloc_file_no(&self.dir)?)
         };
         let mut map = Vec::new();
         let mut rows = Vec::new();

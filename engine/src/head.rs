@@ -639,8 +639,11 @@ pub fn auc(genuine: &[f64], impostor: &[f64]) -> f64 {
     let mut rank_sum = 0f64;
     let mut i = 0;
     while i < all.len() {
+        // Ties by total order, so a NaN score (from overflowing values) is one
+        // tie group like any other: with `==` it equals nothing, not even itself,
+        // and the loop would never advance.
         let mut j = i;
-        while j < all.len() && all[j].0 == all[i].0 {
+        while j < all.len() && all[j].0.total_cmp(&all[i].0).is_eq() {
             j += 1;
         }
         let avg_rank = (i + j + 1) as f64 / 2.0; // ranks i+1 ..= j
@@ -855,6 +858,21 @@ mod tests {
         assert_eq!(auc(&[1.0], &[1.0]), 0.5);
         assert!((auc(&[1.0, 3.0], &[2.0, 0.0]) - 0.75).abs() < 1e-12);
         assert_eq!(eer(&[3.0, 4.0], &[1.0, 2.0]), 0.0);
+    }
+
+    /// Found by the `segment` fuzz target: a NaN score made `auc` loop forever.
+    #[test]
+    fn auc_terminates_on_nan_scores() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(auc(&[f64::NAN, 2.0, f64::NAN], &[1.0, f64::NAN]));
+        });
+        let a = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("auc did not finish on NaN scores");
+        // Ranked by total order, NaN above everything: the two genuine NaNs and the
+        // impostor NaN tie at the top, the genuine 2.0 beats the impostor 1.0.
+        assert!((a - (0.5 * 2.0 + 1.0 + 2.0) / 6.0).abs() < 1e-12, "{a}");
     }
 
     #[test]

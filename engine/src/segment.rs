@@ -268,10 +268,40 @@ impl Segment {
             ranges,
         };
         seg.check_structure()?;
+        if verify == VerifyChecksums::Full {
+            seg.check_norms()?;
+        }
         Ok(seg)
     }
 
-    /// Check every index stored in the metadata sections, so later accesses cannot go out of bounds.
+    /// With the vectors read anyway ([`VerifyChecksums::Full`]): each stored norm
+    /// is the one the writer computes from its vector, bit for bit (the tiled
+    /// scan's error bound relies on them).
+    fn check_norms(&self) -> Result<()> {
+        let norms = self.u32s(Section::Norms)?;
+        for (i, (v, &n)) in self.vectors_checked()?.iter().zip(norms).enumerate() {
+            let want: f32 = v.iter().map(|x| x * x).sum();
+            if want.to_bits() != n {
+                let e = self.header.sections[Section::Norms as usize];
+                return Err(Error::corrupt(
+                    self.path(),
+                    e.offset + 4 * i as u64,
+                    format!(
+                        "section norms: row {i} has norm {}, its vector {want}",
+                        f32::from_bits(n)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check every index stored in the metadata sections, so later accesses
+    /// cannot go out of bounds, and that the indexes agree with the rows they
+    /// index: the sorted ids are the rows' ids (so ids are distinct) and each
+    /// posting list holds exactly its subject's rows. Compaction copies rows
+    /// through one view and finds them through the other, so a disagreement
+    /// would silently change what a gallery holds.
     fn check_structure(&self) -> Result<()> {
         let rows = self.rows();
         let nsub = self.header.subjects as usize;
@@ -312,6 +342,24 @@ impl Segment {
                 return Err(bad(sec, i * 4, format!("row {} of {rows}", list[i])));
             }
         }
+        let ids = self.u64s(Section::Ids)?;
+        let sorted_rows = self.u32s(Section::SortedRows)?;
+        // Strictly ascending sorted ids, each the id of its row: the sorted rows
+        // are a permutation and the ids are distinct.
+        if let Some(i) = sorted_rows
+            .iter()
+            .zip(sorted)
+            .position(|(&r, &id)| ids.get(r as usize) != Some(&id))
+        {
+            return Err(bad(
+                Section::SortedRows,
+                i * 4,
+                format!(
+                    "sorted id {} points at row {}, which holds another id",
+                    sorted[i], sorted_rows[i]
+                ),
+            ));
+        }
         let po = self.u32s(Section::PostingOffsets)?;
         if po.first() != Some(&0)
             || po.last() != Some(&(rows as u32))
@@ -322,6 +370,25 @@ impl Segment {
                 0,
                 "offsets not ascending from 0 to rows".into(),
             ));
+        }
+        // Each posting list ascending and holding rows of its own subject only:
+        // with `rows` entries in all, every row is in exactly one list.
+        let ords = self.subject_ords_raw()?;
+        let postings = self.u32s(Section::PostingRows)?;
+        for (ord, w) in po.windows(2).enumerate() {
+            let list = &postings[w[0] as usize..w[1] as usize];
+            let stray = list.iter().enumerate().find(|&(j, &r)| {
+                ords.get(r as usize) != Some(&(ord as u32)) || (j > 0 && list[j - 1] >= r)
+            });
+            if let Some((j, &r)) = stray {
+                return Err(bad(
+                    Section::PostingRows,
+                    (w[0] as usize + j) * 4,
+                    format!(
+                        "row {r} in the list of subject {ord}, out of order or of another subject"
+                    ),
+                ));
+            }
         }
         let so = self.u64s(Section::SubjectOffsets)?;
         let sb = self.section(Section::SubjectBytes);

@@ -7,6 +7,7 @@ mod corruption;
 mod crash;
 mod docs;
 mod erasure;
+mod fuzzed;
 mod head;
 mod lock;
 mod model;
