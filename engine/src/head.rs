@@ -30,12 +30,19 @@ use crate::synth::SynthRng;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
+/// Most pairs one training or calibration may draw. Each pair costs its 128
+/// features (512 bytes) and a share of every Newton step: the limit keeps a
+/// request from asking for gigabytes (found by the `requests` fuzz target:
+/// `max_pairs` is a `uint32` on the wire).
+pub const MAX_TRAIN_PAIRS: usize = 1_000_000;
+
 /// Parameters of training and calibration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
     /// False-accept rate the decision threshold is set for (on held-out impostor pairs).
     pub target_far: f64,
-    /// Upper bound on the pairs used (training and calibration together); bounds the work.
+    /// Upper bound on the pairs used (training and calibration together), 100
+    /// to [`MAX_TRAIN_PAIRS`]; bounds the work.
     pub max_pairs: usize,
     /// Seed of all sampling.
     pub seed: u64,
@@ -691,9 +698,9 @@ pub(crate) fn train(
             opts.target_far
         )));
     }
-    if opts.max_pairs < 100 {
+    if !(100..=MAX_TRAIN_PAIRS).contains(&opts.max_pairs) {
         return Err(Error::InvalidArgument(format!(
-            "max_pairs must be at least 100, got {}",
+            "max_pairs must be from 100 to {MAX_TRAIN_PAIRS}, got {}",
             opts.max_pairs
         )));
     }

@@ -43,7 +43,7 @@ pub use gallery::{
     MaintenanceReport, RankBy, ScanMode, SearchOptions, Verdict, VerifyOptions, VerifyPair,
     VerifyTarget,
 };
-pub use head::{HeadInfo, TrainOptions};
+pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use segment::VerifyChecksums;
 
 /// Dimension of every embedding.

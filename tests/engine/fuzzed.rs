@@ -266,3 +266,32 @@ fn generation_at_its_maximum_does_not_overflow() {
     let e = Engine::open(dir.path(), opts(false, 1 << 17)).unwrap();
     assert_eq!(e.gallery(G).unwrap().stats().live, 3);
 }
+
+#[test]
+fn training_refuses_more_pairs_than_the_limit() {
+    // TrainHead's max_pairs is a uint32 on the wire: 241,172,479 pairs asked
+    // for 120 GB of features. Now refused before anything is drawn.
+    let mut rng = Rng(3);
+    let many: Vec<Embedding> = (0..40u64)
+        .map(|i| embedding(&mut rng, i, &format!("s{}", i % 8)))
+        .collect();
+    let dir = gallery_with(&many, false);
+    let root = dir.path().to_owned();
+    within(60, "train_head", move || {
+        let e = Engine::open(&root, opts(false, 1 << 17)).unwrap();
+        let g = e.gallery(G).unwrap();
+        for max_pairs in [241_172_479, visage_engine::MAX_TRAIN_PAIRS + 1] {
+            let err = g
+                .train_head(&visage_engine::TrainOptions {
+                    max_pairs,
+                    ..Default::default()
+                })
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("max_pairs")),
+                "{err}"
+            );
+        }
+        assert!(g.head().is_none(), "a refused training left a head");
+    });
+}
