@@ -388,6 +388,7 @@ fn main() -> ExitCode {
     let run = Duration::from_secs_f64(args.minutes.max(0.0) * 60.0);
     let interval = Duration::from_secs(args.interval.max(1));
     let mut rss_samples: Vec<u64> = Vec::new();
+    let mut rss_all: Vec<u64> = Vec::new();
     let mut last = start;
     let mut server_died = false;
     println!(
@@ -404,7 +405,15 @@ fn main() -> ExitCode {
     );
     while start.elapsed() < run {
         let next = (last + interval).min(start + run);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        // Sample the resident memory every second: it rises and falls with
+        // each memtable fill and flush, and the summary compares bands.
+        while Instant::now() < next {
+            let left = next.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(Duration::from_secs(1)));
+            if let Some(r) = server.rss() {
+                rss_all.push(r);
+            }
+        }
         let now = Instant::now();
         let secs = now.duration_since(last).as_secs_f64();
         last = now;
@@ -492,6 +501,30 @@ fn main() -> ExitCode {
         println!(
             "  server RSS: {} samples, too few for a slope (run longer or lower --interval)",
             rss_samples.len()
+        );
+    }
+    if rss_all.len() >= 3 {
+        let third = rss_all.len() / 3;
+        let bands: Vec<String> = [
+            &rss_all[..third],
+            &rss_all[third..rss_all.len() - third],
+            &rss_all[rss_all.len() - third..],
+        ]
+        .iter()
+        .map(|part| {
+            let mut v = part.to_vec();
+            v.sort_unstable();
+            format!(
+                "{:.0}/{:.0}/{:.0}",
+                mb(v[0]),
+                mb(v[v.len() / 2]),
+                mb(v[v.len() - 1])
+            )
+        })
+        .collect();
+        println!(
+            "  server RSS sampled every second, min/median/max MB by third of the run: {}",
+            bands.join(", ")
         );
     }
     println!("  total errors: {errors}; server stopped cleanly (SIGTERM, exit 0): {clean_stop}");
