@@ -1034,23 +1034,19 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         open_tar: std::array::from_fn(|i| f64::from_bits(get_u64(b, HEAD_OPEN_OFF + 8 + 8 * i))),
         open_probes: get_u64(b, HEAD_OPEN_OFF + 24),
     };
-    if h.weights
+    // The weights, distance weight and bias must be finite (an infinite weight
+    // times a zero difference is a NaN probability); the thresholds may be
+    // infinite (an uncalibrated one is) but not NaN.
+    let weights_bad = h
+        .weights
         .iter()
-        .chain(
-            [
-                h.bias,
-                h.logit_threshold,
-                h.distance_threshold,
-                h.distance_weight,
-            ]
-            .iter(),
-        )
-        .any(|x| x.is_nan())
-    {
+        .chain([h.bias, h.distance_weight].iter())
+        .any(|x| !x.is_finite());
+    if weights_bad || h.logit_threshold.is_nan() || h.distance_threshold.is_nan() {
         return Err(Error::corrupt(
             path,
             HEAD_WEIGHTS_OFF as u64,
-            "head holds NaN parameters",
+            "head holds non-finite weights or NaN thresholds",
         ));
     }
     Ok(h)
@@ -1338,6 +1334,22 @@ mod tests {
             assert!(decode_head(Path::new("h"), &c).is_err(), "byte {i}");
         }
         assert!(decode_head(Path::new("h"), &b[..100]).is_err());
+        // Found by the `head` target's checks: an infinite weight under a valid
+        // CRC was accepted, and a probe equal to a stored vector then scored
+        // inf × 0, a NaN probability.
+        for at in [HEAD_WEIGHTS_OFF, HEAD_BIAS_OFF, HEAD_BIAS_OFF + 12] {
+            let mut c = b.clone();
+            c[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+            let crc = crc32fast::hash(&c[..HEAD_CRC_OFF]);
+            c[HEAD_CRC_OFF..].copy_from_slice(&crc.to_le_bytes());
+            assert!(decode_head(Path::new("h"), &c).is_err(), "offset {at}");
+        }
+        // An infinite (uncalibrated) threshold is fine.
+        let mut c = b.clone();
+        c[HEAD_BIAS_OFF + 4..HEAD_BIAS_OFF + 8].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        let crc = crc32fast::hash(&c[..HEAD_CRC_OFF]);
+        c[HEAD_CRC_OFF..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_head(Path::new("h"), &c).is_ok());
     }
 
     /// Found by the `manifest` fuzz target: decoders accepted non-zero reserved

@@ -741,6 +741,15 @@ pub(crate) fn train(
         info.distance_weight = wd as f32;
         info.bias = b as f32;
         info.pairs = pairs.train.len() as u64;
+        // Never store what the head file's decoder refuses (and a NaN or
+        // infinite weight would make probabilities NaN).
+        let finite = |x: &f32| x.is_finite();
+        if !(info.weights.iter().all(finite) && finite(&info.distance_weight) && finite(&info.bias))
+        {
+            return Err(Error::InvalidArgument(
+                "training gave non-finite weights (degenerate pairs); nothing was changed".into(),
+            ));
+        }
     }
     let (xh, yh) = features(snap, &pairs.heldout);
     let split = |scores: Vec<f64>| -> (Vec<f64>, Vec<f64>) {
