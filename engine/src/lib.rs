@@ -23,6 +23,9 @@ mod engine;
 mod error;
 pub mod format;
 pub mod fs;
+// Entry points for the fuzz targets in `fuzz/` only: not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gallery;
 pub mod head;
 pub mod kernels;

@@ -1,0 +1,60 @@
+//! The manifest decoder, and opening a gallery under a decoded manifest.
+//!
+//! Input: a flag byte, then the file. Flags: bit 0 keep the CRC as given
+//! (clear: recompute it first, so mutations reach the decoder behind it);
+//! bit 1 also open the template gallery (two segments, a WAL, a head) with
+//! this manifest in place of its own; bit 2 there, also identify and verify
+//! without thresholds.
+//!
+//! Checks: no panic, no allocation driven by a count field; an accepted
+//! manifest re-encodes to the same bytes (but for the version field, which
+//! the encoder always writes as the newest); with bit 1, opening either fails
+//! with an error or gives a gallery that searches, flushes, compacts and
+//! reopens with the same contents.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::path::Path;
+use visage_engine::Engine;
+use visage_engine::format;
+use visage_fuzz::*;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((flags, bytes)) = split_flags(data) else {
+        return;
+    };
+    let mut buf = bytes.to_vec();
+    if flags & 1 == 0 {
+        fix_manifest_crc(&mut buf);
+    }
+    let Ok(m) = format::decode_manifest(Path::new("MANIFEST"), &buf) else {
+        return;
+    };
+    let mut expect = buf.clone();
+    expect[8..12].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
+    fix_manifest_crc(&mut expect);
+    assert!(
+        format::encode_manifest(&m) == expect,
+        "an accepted manifest re-encodes differently: {m:?}"
+    );
+    if flags & 2 == 0 {
+        return;
+    }
+    let t = template();
+    let mut files = t.files.clone();
+    files.insert("MANIFEST".into(), buf);
+    let root = write_gallery("manifest", &files);
+    let Ok(engine) = Engine::open(&root, engine_options()) else {
+        return;
+    };
+    let ids: Vec<u64> = t.embeddings.keys().copied().collect();
+    maintain_and_reopen(
+        engine,
+        &root,
+        &ids,
+        Checks {
+            calibrate: flags & 4 != 0,
+            tiled_is_exact: true,
+        },
+    );
+});

@@ -1,0 +1,317 @@
+//! Request validation: arbitrary protobuf bytes decoded as each request
+//! message of `visage.v1`, then handled exactly as the server handles them
+//! (the `VisageService` handlers: validation, conversion, the engine call) on
+//! a fresh copy of the template gallery (32 embeddings, two segments, a WAL,
+//! a trained head).
+//!
+//! Input: a byte choosing the message type, then its encoding.
+//!
+//! Checks: no panic; an error is never INTERNAL, UNKNOWN, DATA_LOSS or
+//! UNAVAILABLE (those mean a bug or a broken disk, not a bad request); a
+//! rejected Insert or Delete changes nothing; an accepted Insert stores
+//! exactly what was sent and Delete removes what it names; replies have one
+//! entry per query, probe or pair, at most k hits, in order, within
+//! max_distance, with probabilities in [0, 1].
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use std::sync::{Arc, OnceLock};
+use tonic::{Code, Request, Status};
+use visage_engine::{Engine, MAX_TRAIN_PAIRS};
+use visage_fuzz::*;
+use visage_proto::v1 as pb;
+use visage_proto::v1::visage_server::Visage;
+use visage_server::VisageService;
+
+/// Message types, in the order of the selector byte.
+pub const KINDS: [&str; 14] = [
+    "CreateGallery",
+    "DropGallery",
+    "GetGallery",
+    "ListGalleries",
+    "Insert",
+    "Delete",
+    "Get",
+    "Search",
+    "Identify",
+    "Verify",
+    "TrainHead",
+    "GetHead",
+    "Compact",
+    "Flush",
+];
+
+/// Training runs longer than a fuzz iteration should above this many pairs;
+/// requests above the engine's limit ([`MAX_TRAIN_PAIRS`]) run too (refused).
+const FUZZ_MAX_PAIRS: u32 = 5_000;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+fn check_status(kind: &str, s: &Status) {
+    assert!(
+        !matches!(
+            s.code(),
+            Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable
+        ),
+        "{kind}: {:?}: {}",
+        s.code(),
+        s.message()
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn check_hits(hits: &[pb::Hit], k: usize, max_distance: Option<f32>, by_distance: bool) {
+    assert!(hits.len() <= k, "{} hits for k = {k}", hits.len());
+    for h in hits {
+        if let Some(p) = h.probability {
+            assert!((0.0..=1.0).contains(&p), "probability {p}");
+        }
+        if let Some(m) = max_distance {
+            assert!(
+                h.distance <= m,
+                "hit at {} beyond max_distance {m}",
+                h.distance
+            );
+        }
+    }
+    if by_distance {
+        for w in hits.windows(2) {
+            assert!(
+                (w[0].distance, w[0].id) < (w[1].distance, w[1].id),
+                "hits out of order"
+            );
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((sel, bytes)) = split_flags(data) else {
+        return;
+    };
+    let kind = KINDS[sel as usize % KINDS.len()];
+    // Decode first: bytes that are no message of this type never reach a handler
+    // (tonic answers them itself).
+    macro_rules! decode {
+        ($t:ty) => {
+            match <$t>::decode(bytes) {
+                Ok(m) => m,
+                Err(_) => return,
+            }
+        };
+    }
+    let t = template();
+    let root = write_gallery("requests", &t.files);
+    let engine = Arc::new(Engine::open(&root, engine_options()).expect("open the template"));
+    let g = engine.gallery(GALLERY).expect("the template gallery");
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let svc = VisageService::new(engine.clone(), shutdown);
+    let known: Vec<u64> = t.embeddings.keys().copied().collect();
+    let rt = runtime();
+
+    match kind {
+        "CreateGallery" => {
+            let r = decode!(pb::CreateGalleryRequest);
+            if let Err(s) = rt.block_on(svc.create_gallery(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "DropGallery" => {
+            let r = decode!(pb::DropGalleryRequest);
+            if let Err(s) = rt.block_on(svc.drop_gallery(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "GetGallery" => {
+            let r = decode!(pb::GetGalleryRequest);
+            if let Err(s) = rt.block_on(svc.get_gallery(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "ListGalleries" => {
+            let r = decode!(pb::ListGalleriesRequest);
+            let out = rt
+                .block_on(svc.list_galleries(Request::new(r)))
+                .expect("ListGalleries");
+            assert_eq!(out.into_inner().galleries.len(), 1);
+        }
+        "Insert" => {
+            let r = decode!(pb::InsertRequest);
+            let mut ids = known.clone();
+            ids.extend(r.embeddings.iter().map(|e| e.id));
+            let before = state(&g, &ids);
+            let stats = g.stats();
+            match rt.block_on(svc.insert(Request::new(r.clone()))) {
+                Ok(out) => {
+                    let out = out.into_inner();
+                    assert_eq!(out.inserted + out.replaced, r.embeddings.len() as u64);
+                    let after = state(&g, &ids);
+                    for e in &r.embeddings {
+                        assert_eq!(
+                            after.get(&e.id),
+                            Some(&(e.subject.clone(), bits(&e.vector)))
+                        );
+                    }
+                    let replaced = r
+                        .embeddings
+                        .iter()
+                        .filter(|e| before.contains_key(&e.id))
+                        .count();
+                    assert_eq!(out.replaced, replaced as u64);
+                }
+                Err(s) => {
+                    check_status(kind, &s);
+                    assert_eq!(
+                        state(&g, &ids),
+                        before,
+                        "a rejected insert changed the gallery"
+                    );
+                    assert_eq!(g.stats(), stats, "a rejected insert changed the statistics");
+                }
+            }
+        }
+        "Delete" => {
+            let r = decode!(pb::DeleteRequest);
+            let mut ids = known.clone();
+            ids.extend(&r.ids);
+            let before = state(&g, &ids);
+            let stats = g.stats();
+            match rt.block_on(svc.delete(Request::new(r.clone()))) {
+                Ok(out) => {
+                    let after = state(&g, &ids);
+                    let gone: Vec<u64> = before
+                        .iter()
+                        .filter(|(id, (s, _))| r.ids.contains(id) || r.subjects.contains(s))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    assert_eq!(out.into_inner().deleted, gone.len() as u64, "deleted count");
+                    let mut expect = before.clone();
+                    for id in &gone {
+                        expect.remove(id);
+                    }
+                    assert_eq!(after, expect, "delete removed something else");
+                }
+                Err(s) => {
+                    check_status(kind, &s);
+                    assert_eq!(
+                        state(&g, &ids),
+                        before,
+                        "a rejected delete changed the gallery"
+                    );
+                    assert_eq!(g.stats(), stats, "a rejected delete changed the statistics");
+                }
+            }
+        }
+        "Get" => {
+            let r = decode!(pb::GetRequest);
+            match rt.block_on(svc.get(Request::new(r.clone()))) {
+                Ok(out) => {
+                    for e in out.into_inner().embeddings {
+                        assert!(
+                            r.ids.contains(&e.id),
+                            "Get returned id {} not asked for",
+                            e.id
+                        );
+                        let want = &t.embeddings[&e.id];
+                        assert_eq!(
+                            (&e.subject, bits(&e.vector)),
+                            (&want.subject, bits(&want.vector))
+                        );
+                    }
+                }
+                Err(s) => check_status(kind, &s),
+            }
+        }
+        "Search" => {
+            let r = decode!(pb::SearchRequest);
+            match rt.block_on(svc.search(Request::new(r.clone()))) {
+                Ok(out) => {
+                    let res = out.into_inner().results;
+                    assert_eq!(res.len(), r.queries.len());
+                    for x in &res {
+                        check_hits(&x.hits, r.k as usize, r.max_distance, r.rank_by == 0);
+                    }
+                }
+                Err(s) => check_status(kind, &s),
+            }
+        }
+        "Identify" => {
+            let r = decode!(pb::IdentifyRequest);
+            match rt.block_on(svc.identify(Request::new(r.clone()))) {
+                Ok(out) => {
+                    let res = out.into_inner().results;
+                    assert_eq!(res.len(), r.probes.len());
+                    for x in &res {
+                        assert!(x.candidates.len() <= r.k as usize);
+                        for c in &x.candidates {
+                            if let Some(p) = c.probability {
+                                assert!((0.0..=1.0).contains(&p), "probability {p}");
+                            }
+                        }
+                    }
+                }
+                Err(s) => check_status(kind, &s),
+            }
+        }
+        "Verify" => {
+            let r = decode!(pb::VerifyRequest);
+            match rt.block_on(svc.verify(Request::new(r.clone()))) {
+                Ok(out) => {
+                    let v = out.into_inner().verdicts;
+                    assert_eq!(v.len(), r.pairs.len());
+                    for x in &v {
+                        if let Some(p) = x.probability {
+                            assert!((0.0..=1.0).contains(&p), "probability {p}");
+                        }
+                    }
+                }
+                Err(s) => check_status(kind, &s),
+            }
+        }
+        "TrainHead" => {
+            let r = decode!(pb::TrainHeadRequest);
+            // 0 asks for the default, 200,000 pairs.
+            let pairs = if r.max_pairs == 0 {
+                200_000
+            } else {
+                r.max_pairs
+            };
+            let run = pairs <= FUZZ_MAX_PAIRS || pairs as usize > MAX_TRAIN_PAIRS;
+            if run && let Err(s) = rt.block_on(svc.train_head(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "GetHead" => {
+            let r = decode!(pb::GetHeadRequest);
+            if let Err(s) = rt.block_on(svc.get_head(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "Compact" => {
+            let r = decode!(pb::CompactRequest);
+            if let Err(s) = rt.block_on(svc.compact(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        "Flush" => {
+            let r = decode!(pb::FlushRequest);
+            if let Err(s) = rt.block_on(svc.flush(Request::new(r))) {
+                check_status(kind, &s);
+            }
+        }
+        _ => unreachable!("every kind is handled"),
+    }
+    drop(g);
+    drop(svc);
+    drop(engine);
+});

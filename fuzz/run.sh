@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Fuzz every target for a short while, as CI does: `bash fuzz/run.sh [SECONDS]`.
+#
+# Installs cargo-fuzz if missing, builds every target once (stable toolchain:
+# no sanitizer, so no nightly is needed), replays the committed regression
+# inputs (fuzz/regress/TARGET) and seeds (fuzz/seeds/TARGET), then fuzzes each
+# target for SECONDS (default 20) from a temporary copy of its seeds, so no new
+# corpus file lands in the repository. Exits non-zero on any crash, timeout or
+# out-of-memory; the failing input is kept under $VISAGE_FUZZ_OUT (default a
+# temporary directory) and printed in base64.
+#
+# Longer local runs: `cargo fuzz run --sanitizer none TARGET fuzz/seeds/TARGET
+# -- -max_total_time=600 -rss_limit_mb=2048` (new inputs go to fuzz/corpus/,
+# which git ignores).
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-20}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+targets=$(ls fuzz_targets | sed -n 's/\.rs$//p' | sort)
+host=$(rustc -vV | sed -n 's/^host: //p')
+bin="target/$host/release"
+out="${VISAGE_FUZZ_OUT:-$(mktemp -d -t visage-fuzz.XXXXXX)}"
+mkdir -p "$out"
+# Every target stops at the first failure; these catch allocations driven by a
+# length field and inputs that take far longer than they should.
+limits=(-rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20)
+
+start=$(date +%s)
+echo "building the fuzz targets (cargo fuzz build --sanitizer none)"
+cargo fuzz build --sanitizer none
+built=$(date +%s)
+echo "built in $((built - start)) s"
+
+show_failure() {
+    local t=$1 dir=$2
+    for f in "$dir"/crash-* "$dir"/timeout-* "$dir"/oom-* "$dir"/leak-*; do
+        [ -f "$f" ] || continue
+        echo "$t: failing input $f (base64):"
+        base64 -w 76 "$f"
+    done
+}
+
+failed=()
+for t in $targets; do
+    inputs=()
+    for d in regress/$t seeds/$t; do
+        [ -d "$d" ] || continue
+        while IFS= read -r f; do inputs+=("$f"); done < <(find "$d" -type f | sort)
+    done
+    [ ${#inputs[@]} -gt 0 ] || continue
+    echo "== $t: replaying ${#inputs[@]} committed inputs"
+    # Files (not directories) as arguments: libFuzzer runs each once and writes nothing.
+    if ! "$bin/$t" "${limits[@]}" "${inputs[@]}" >"$out/$t.replay.log" 2>&1; then
+        tail -n 40 "$out/$t.replay.log"
+        failed+=("$t (replay)")
+    fi
+done
+
+for t in $targets; do
+    corpus="$out/corpus-$t"
+    artifacts="$out/artifacts-$t"
+    mkdir -p "$corpus" "$artifacts"
+    if [ -d "seeds/$t" ]; then cp -r "seeds/$t/." "$corpus/"; fi
+    echo "== $t: fuzzing for $seconds s"
+    if ! "$bin/$t" "${limits[@]}" -max_total_time="$seconds" -print_final_stats=1 \
+        -artifact_prefix="$artifacts/" "$corpus" >"$out/$t.log" 2>&1; then
+        tail -n 40 "$out/$t.log"
+        show_failure "$t" "$artifacts"
+        failed+=("$t")
+    else
+        grep -E '^stat::number_of_executed_units|^Done' "$out/$t.log" | tr '\n' ' '
+        echo
+    fi
+done
+
+echo "fuzzing took $(($(date +%s) - start)) s in all (build $((built - start)) s); logs in $out"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "fuzz: ${#failed[@]} failed, every target clean"

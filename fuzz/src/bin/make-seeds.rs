@@ -1,0 +1,261 @@
+//! Writes the seed corpora of the fuzz targets, `fuzz/seeds/TARGET/`, from
+//! real files: the template gallery the engine makes (segments, WAL, manifest,
+//! head), the version-1 fixture of `tests/fixtures/format-v1`, and encoded
+//! requests of every message type.
+//!
+//! Run from the repository root after a format change:
+//! `cargo run --manifest-path fuzz/Cargo.toml --bin make-seeds`
+//! Seeds are named by content, so running it again adds no duplicates.
+
+use prost::Message;
+use std::path::{Path, PathBuf};
+use visage_engine::DIM;
+use visage_engine::format::{self, ManifestData, ManifestSegment};
+use visage_fuzz::*;
+use visage_proto::v1 as pb;
+
+/// Write one seed. For the file targets, a seed with flags 0 (CRCs recomputed
+/// by the harness) is also written with flag bit 0 set (CRCs kept as they
+/// are), so the CRC checks themselves are fuzzed from real files too.
+fn seed(target: &str, flags: Option<u8>, bytes: &[u8]) {
+    let file_target = ["segment", "wal_replay", "manifest", "head"].contains(&target);
+    if file_target && flags == Some(0) {
+        write_seed(target, Some(1), bytes);
+    }
+    write_seed(target, flags, bytes);
+}
+
+fn write_seed(target: &str, flags: Option<u8>, bytes: &[u8]) {
+    let dir = PathBuf::from("fuzz/seeds").join(target);
+    std::fs::create_dir_all(&dir).expect("create the seed directory");
+    let mut data = Vec::with_capacity(bytes.len() + 1);
+    data.extend(flags);
+    data.extend_from_slice(bytes);
+    let name = format!("{:08x}-{}", crc32fast::hash(&data), data.len());
+    std::fs::write(dir.join(name), &data).expect("write a seed");
+}
+
+fn vector(seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed);
+    (0..DIM).map(|_| r.unit()).collect()
+}
+
+fn main() {
+    assert!(
+        Path::new("fuzz/Cargo.toml").exists(),
+        "run from the repository root"
+    );
+    let t = template();
+    let by_prefix = |p: &str| -> Vec<(&String, &Vec<u8>)> {
+        t.files.iter().filter(|(n, _)| n.starts_with(p)).collect()
+    };
+    let v1_dir = Path::new("tests/fixtures/format-v1/galleries/fixture");
+    let v1 = |name: &str| std::fs::read(v1_dir.join(name)).expect("read the v1 fixture");
+
+    // Segments: the template's (version 2) and the version-1 fixture's; alone,
+    // verified fully, and in a gallery.
+    for (_, bytes) in by_prefix("seg-") {
+        for flags in [0, 2, 4] {
+            seed("segment", Some(flags), bytes);
+        }
+    }
+    let v1_seg = v1("seg-0000000000000003.vseg");
+    seed("segment", Some(0), &v1_seg);
+    seed("segment", Some(4), &v1_seg);
+
+    // WAL files: the template's (inserts and a delete), the fixture's, a torn tail.
+    for (_, bytes) in by_prefix("wal-") {
+        seed("wal_replay", Some(0), bytes);
+        seed("wal_replay", Some(8), bytes);
+        seed("wal_replay", Some(2), bytes);
+        if bytes.len() > format::WAL_HEADER_LEN + 100 {
+            seed("wal_replay", Some(8), &bytes[..bytes.len() - 100]);
+        }
+        // Records alone for the record target: salt, then the frames.
+        let salt = &bytes[12..16];
+        let mut framed = salt.to_vec();
+        framed.extend_from_slice(&bytes[format::WAL_HEADER_LEN..]);
+        seed("wal_record", Some(0), &framed);
+    }
+    seed("wal_replay", Some(8), &v1("wal-0000000000000002.log"));
+    let v = [vector(1), vector(2)];
+    let mut insert = Vec::new();
+    format::encode_insert(
+        [(1u64, "ada", &v[0][..]), (2, "émile", &v[1][..])]
+            .into_iter()
+            .map(|(id, s, x)| (id, s, <&[f32; DIM]>::try_from(x).expect("128 values"))),
+        &mut insert,
+    );
+    let mut delete = Vec::new();
+    format::encode_delete(&[1, 5, 9], &mut delete);
+    for p in [&insert, &delete] {
+        // `decode_op` on the whole input: no flag byte.
+        std::fs::create_dir_all("fuzz/seeds/wal_record").expect("create");
+        std::fs::write(
+            format!("fuzz/seeds/wal_record/payload-{:08x}", crc32fast::hash(p)),
+            p,
+        )
+        .expect("write");
+    }
+    let mut wal = format::encode_wal_header(0x5a17, 9).to_vec();
+    format::frame_record(0x5a17, &insert, &mut wal);
+    format::frame_record(0x5a17, &delete, &mut wal);
+    seed("wal_replay", Some(8), &wal);
+
+    // Manifests: the template's (two segments, tombstones), the fixture's, one with more tombstones.
+    let manifest = &t.files["MANIFEST"];
+    seed("manifest", Some(0), manifest);
+    seed("manifest", Some(2), manifest);
+    seed("manifest", Some(0), &v1("MANIFEST"));
+    let mut m = format::decode_manifest(Path::new("MANIFEST"), manifest).expect("decode");
+    for s in &mut m.segments {
+        s.deleted = (0..s.rows as u32).step_by(3).collect();
+    }
+    seed("manifest", Some(2), &format::encode_manifest(&m));
+    let empty = ManifestData {
+        generation: 1,
+        next_file_no: 2,
+        wal_start: 1,
+        segments: vec![ManifestSegment {
+            file_no: 4,
+            rows: 3,
+            deleted: vec![0, 2],
+        }],
+    };
+    seed("manifest", Some(0), &format::encode_manifest(&empty));
+
+    // The head file: trained, as the template trains it.
+    seed("head", Some(0), &t.files["HEAD"]);
+    seed("head", Some(2), &t.files["HEAD"]);
+
+    // Requests, one byte for the message type (the order of `KINDS` in requests.rs).
+    let g = || GALLERY.to_string();
+    let e = |id: u64, s: &str, seed: u64| pb::Embedding {
+        id,
+        subject: s.into(),
+        vector: vector(seed),
+    };
+    let known = t.embeddings.values().next().expect("embeddings");
+    let q = |v: Vec<f32>| pb::Vector { values: v };
+    let reqs: Vec<(u8, Vec<u8>)> = vec![
+        (
+            0,
+            pb::CreateGalleryRequest {
+                name: "staff-2".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (1, pb::DropGalleryRequest { name: g() }.encode_to_vec()),
+        (2, pb::GetGalleryRequest { name: g() }.encode_to_vec()),
+        (3, pb::ListGalleriesRequest {}.encode_to_vec()),
+        (
+            4,
+            pb::InsertRequest {
+                gallery: g(),
+                embeddings: vec![e(1, "ada", 1), e(known.id, "émile", 2)],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            5,
+            pb::DeleteRequest {
+                gallery: g(),
+                ids: vec![known.id, 12345],
+                subjects: vec!["person-03".into()],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            6,
+            pb::GetRequest {
+                gallery: g(),
+                ids: vec![known.id, 1, 105],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            7,
+            pb::SearchRequest {
+                gallery: g(),
+                queries: vec![q(known.vector.clone()), q(vector(3))],
+                k: 5,
+                rank_by: 0,
+                max_distance: None,
+                mode: 0,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            7,
+            pb::SearchRequest {
+                gallery: g(),
+                queries: vec![q(known.vector.clone())],
+                k: 3,
+                rank_by: 1,
+                max_distance: Some(2.5),
+                mode: 1,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            8,
+            pb::IdentifyRequest {
+                gallery: g(),
+                probes: vec![q(known.vector.clone()), q(vector(4))],
+                k: 3,
+                min_probability: None,
+                max_distance: Some(1.0),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            9,
+            pb::VerifyRequest {
+                gallery: g(),
+                pairs: vec![
+                    pb::VerifyPair {
+                        a: Some(q(known.vector.clone())),
+                        b: Some(pb::verify_pair::B::Id(known.id)),
+                    },
+                    pb::VerifyPair {
+                        a: Some(q(vector(5))),
+                        b: Some(pb::verify_pair::B::Subject(known.subject.clone())),
+                    },
+                    pb::VerifyPair {
+                        a: Some(q(vector(5))),
+                        b: Some(pb::verify_pair::B::Vector(q(vector(6)))),
+                    },
+                ],
+                max_distance: None,
+                min_probability: Some(0.5),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            10,
+            pb::TrainHeadRequest {
+                gallery: g(),
+                target_far: 0.01,
+                max_pairs: 1000,
+                seed: Some(3),
+            }
+            .encode_to_vec(),
+        ),
+        (11, pb::GetHeadRequest { gallery: g() }.encode_to_vec()),
+        (12, pb::CompactRequest { gallery: g() }.encode_to_vec()),
+        (13, pb::FlushRequest { gallery: g() }.encode_to_vec()),
+    ];
+    for (kind, bytes) in reqs {
+        seed("requests", Some(kind), &bytes);
+    }
+
+    // The embeddings target takes structured input (`arbitrary`); a few byte
+    // strings give it a start with several steps.
+    let mut r = Rng(11);
+    for n in [64, 256, 1024] {
+        let bytes: Vec<u8> = (0..n).map(|_| r.next_u64() as u8).collect();
+        seed("embeddings", None, &bytes);
+    }
+    let _ = std::fs::remove_dir_all(scratch_root());
+    println!("seeds written under fuzz/seeds/");
+}
