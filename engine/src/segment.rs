@@ -274,12 +274,21 @@ impl Segment {
         Ok(seg)
     }
 
-    /// With the vectors read anyway ([`VerifyChecksums::Full`]): each stored norm
-    /// is the one the writer computes from its vector, bit for bit (the tiled
-    /// scan's error bound relies on them).
+    /// With the vectors read anyway ([`VerifyChecksums::Full`]): every value is
+    /// finite, as the write path requires, and each stored norm is the one the
+    /// writer computes from its vector, bit for bit (the tiled scan's error
+    /// bound relies on them).
     fn check_norms(&self) -> Result<()> {
         let norms = self.u32s(Section::Norms)?;
+        let vectors_at = self.header.sections[Section::Vectors as usize].offset;
         for (i, (v, &n)) in self.vectors_checked()?.iter().zip(norms).enumerate() {
+            if let Some(d) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::corrupt(
+                    self.path(),
+                    vectors_at + (i * format::VECTOR_BYTES + 4 * d) as u64,
+                    format!("section vectors: row {i} value {d} is {}", v[d]),
+                ));
+            }
             let want: f32 = v.iter().map(|x| x * x).sum();
             if want.to_bits() != n {
                 let e = self.header.sections[Section::Norms as usize];
@@ -404,11 +413,17 @@ impl Segment {
         }
         for i in 0..nsub {
             let s = &sb[so[i] as usize..so[i + 1] as usize];
-            if std::str::from_utf8(s).is_err() {
+            // UTF-8, and a subject the write path accepts (one a client could
+            // not name, in a delete or a verification, must not be stored).
+            let problem = match std::str::from_utf8(s) {
+                Err(_) => Some("is not UTF-8".to_string()),
+                Ok(s) => format::subject_problem(s),
+            };
+            if let Some(why) = problem {
                 return Err(bad(
                     Section::SubjectBytes,
                     so[i] as usize,
-                    format!("subject {i} is not UTF-8"),
+                    format!("subject {i} {why}"),
                 ));
             }
         }

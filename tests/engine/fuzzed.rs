@@ -295,3 +295,21 @@ fn training_refuses_more_pairs_than_the_limit() {
         assert!(g.head().is_none(), "a refused training left a head");
     });
 }
+
+#[test]
+fn segment_subject_the_write_path_refuses_is_refused() {
+    // "ada" becomes "a\0a" (still in order): the segment opened, and its
+    // subject could then be neither deleted nor verified against by name.
+    let dir = gallery_with(&rows(6), true);
+    edit_section(dir.path(), 7, |bytes| bytes[1] = 0);
+    assert_corrupt(dir.path(), opts(false, 1 << 17), "control character");
+}
+
+#[test]
+fn segment_non_finite_value_is_refused_by_full_verification() {
+    let dir = gallery_with(&rows(4), true);
+    edit_section(dir.path(), 0, |v| {
+        v[4 * 130..4 * 131].copy_from_slice(&f32::NAN.to_le_bytes())
+    });
+    assert_corrupt(dir.path(), full(), "row 1 value 2 is NaN");
+}
