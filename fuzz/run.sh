@@ -9,9 +9,10 @@
 # out-of-memory; the failing input is kept under $VISAGE_FUZZ_OUT (default a
 # temporary directory) and printed in base64.
 #
-# Longer local runs: `cargo fuzz run --sanitizer none TARGET fuzz/seeds/TARGET
-# -- -max_total_time=600 -rss_limit_mb=2048` (new inputs go to fuzz/corpus/,
-# which git ignores).
+# Longer local runs: `bash fuzz/run.sh 3600`, or for one target
+# `cargo fuzz run --sanitizer none TARGET fuzz/corpus/TARGET fuzz/seeds/TARGET
+# -- -max_total_time=3600 -rss_limit_mb=2048` (new inputs go to the first
+# directory, fuzz/corpus/, which git ignores).
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"
@@ -25,6 +26,13 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 bin="target/$host/release"
 out="${VISAGE_FUZZ_OUT:-$(mktemp -d -t visage-fuzz.XXXXXX)}"
 mkdir -p "$out"
+# The galleries each target builds go to tmpfs (fsyncs are free there) and are
+# removed at the end, whatever happens.
+shm=/dev/shm
+[ -d "$shm" ] && [ -w "$shm" ] || shm="${TMPDIR:-/tmp}"
+VISAGE_FUZZ_SCRATCH=$(mktemp -d -p "$shm" visage-fuzz.XXXXXX)
+export VISAGE_FUZZ_SCRATCH
+trap 'rm -rf "$VISAGE_FUZZ_SCRATCH"' EXIT
 # Every target stops at the first failure; these catch allocations driven by a
 # length field and inputs that take far longer than they should.
 limits=(-rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20)
@@ -76,10 +84,12 @@ for t in $targets; do
     fi
 done
 
-echo "fuzzing took $(($(date +%s) - start)) s in all (build $((built - start)) s); logs in $out"
+echo "fuzzing took $(($(date +%s) - start)) s in all (build $((built - start)) s)"
 if [ ${#failed[@]} -gt 0 ]; then
-    echo "FAILED: ${failed[*]}"
+    echo "FAILED: ${failed[*]} (logs and inputs in $out)"
     exit 1
 fi
+# Nothing to keep from a clean run in a temporary directory of our own.
+[ -n "${VISAGE_FUZZ_OUT:-}" ] || rm -rf "$out"
 n=$(echo "$targets" | wc -w)
 echo "fuzz: $n passed, 0 failed"

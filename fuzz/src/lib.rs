@@ -108,12 +108,16 @@ pub fn split_flags(data: &[u8]) -> Option<(u8, &[u8])> {
 
 // ---- scratch directories -------------------------------------------------
 
-/// A directory for this process's files, on tmpfs when there is one.
+/// A directory for this process's files: under `$VISAGE_FUZZ_SCRATCH` when set
+/// (`run.sh` sets it and removes it at the end), else on tmpfs when there is one.
+/// libFuzzer ends the process with `exit`, so nothing here cleans up.
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
+        let base = if let Some(dir) = std::env::var_os("VISAGE_FUZZ_SCRATCH") {
+            PathBuf::from(dir)
+        } else if shm.is_dir() {
             shm.to_owned()
         } else {
             std::env::temp_dir()

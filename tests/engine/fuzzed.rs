@@ -1,16 +1,25 @@
-//! Inputs the fuzz targets found (`fuzz/regress/`), as plain tests: each
-//! failed before its fix.
+//! What fuzzing found (`fuzz/regress/` keeps the inputs), as plain tests that
+//! each failed before its fix; with them, the cases of the same kind found
+//! while fixing those (marked "same kind").
 //!
-//! - A WAL record passes its CRC but holds what the write path never writes
-//!   (a NaN, an empty subject, one id twice): recovery applied it, and the
-//!   gallery then served a NaN vector, or wrote a segment it could not open
-//!   again, or kept two live rows for one id. Now `Error::Corruption`.
-//! - A segment whose sections pass their CRCs but disagree with each other
-//!   (an id that is not the one its sorted index says, a posting list holding
-//!   another subject's row, a stored norm that is not its vector's): the
-//!   segment opened, and compaction, delete-by-subject or the tiled scan then
-//!   changed what the gallery holds or returns. Now refused at open (norms with
+//! - A WAL record passes its CRC but holds what the write path never writes:
+//!   a NaN (found by `wal_replay`; the gallery then served a NaN vector), and
+//!   of the same kind an empty or control-character subject (the next flush
+//!   wrote a segment that could not be opened) or one id twice (two live rows
+//!   for one id). Now `Error::Corruption`.
+//! - A segment whose sections pass their CRCs but disagree with each other: an
+//!   id that is not the one its sorted index says (compaction then changed the
+//!   gallery's contents: `segment` target with CRCs recomputed), and of the same
+//!   kind a posting list holding another subject's row, a stored norm that is
+//!   not its vector's (the tiled scan trusts it). A stored subject with a control
+//!   character (found by `segment`: it could not be deleted or verified by
+//!   name). Now refused at open (norms and finite values with
 //!   `VerifyChecksums::Full`, the mode that reads the vectors).
+//! - A manifest whose file counter is far ahead (flush then tried to remove
+//!   every WAL number up to it, for ever) or at `u64::MAX` (overflow), or whose
+//!   generation is at `u64::MAX` (overflow): found by `manifest`.
+//! - `max_pairs` of 241 million in TrainHead: 120 GB of features (found by
+//!   `requests`).
 //!
 //! Files are edited as `format.rs` documents them (section table at byte 48,
 //! 24 bytes a slot; CRCs recomputed), independently of the engine's code.
