@@ -119,9 +119,14 @@ pub struct HeadInfo {
 
 impl HeadInfo {
     /// The head's logit for a pair: `Σ w_k·|a_k − b_k| + w_d·‖a − b‖² + β`.
+    ///
+    /// Values near `f32::MAX` (finite, so accepted) overflow the sums, and an
+    /// infinite term of each sign makes a NaN. Such a pair is no evidence of the
+    /// same person: its logit is −∞ (probability 0, never accepted), never NaN.
     pub fn logit(&self, a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
         let k = kernels::selected();
-        k.wl1(&self.weights, a, b) + self.distance_weight * k.l2sq(a, b) + self.bias
+        let z = k.wl1(&self.weights, a, b) + self.distance_weight * k.l2sq(a, b) + self.bias;
+        if z.is_nan() { f32::NEG_INFINITY } else { z }
     }
 
     /// The weights as an array (zeros if not trained).
@@ -874,6 +879,30 @@ mod tests {
         assert_eq!(auc(&[1.0], &[1.0]), 0.5);
         assert!((auc(&[1.0, 3.0], &[2.0, 0.0]) - 0.75).abs() < 1e-12);
         assert_eq!(eer(&[3.0, 4.0], &[1.0, 2.0]), 0.0);
+    }
+
+    /// Found by the `head` fuzz target (huge weights): overflowing terms of both
+    /// signs made the logit NaN, and probabilities NaN. Ordinary weights and
+    /// finite vectors near `f32::MAX` do the same.
+    #[test]
+    fn logit_is_never_nan() {
+        let d = HeadData {
+            flags: 3,
+            weights: (0..DIM)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+            distance_weight: -0.5,
+            ..HeadData::default()
+        };
+        let h = HeadInfo::from_data(&d);
+        let a = [f32::MAX; DIM];
+        let b = [-f32::MAX; DIM];
+        for (x, y) in [(&a, &b), (&a, &a), (&b, &a)] {
+            let z = h.logit(x, y);
+            assert!(!z.is_nan(), "{z}");
+            assert!((0.0..=1.0).contains(&sigmoid(z)));
+        }
+        assert_eq!(h.logit(&a, &b), f32::NEG_INFINITY);
     }
 
     /// Found by the `segment` fuzz target: a NaN score made `auc` loop forever.
