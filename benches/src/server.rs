@@ -2,7 +2,7 @@
 //! the benchmarks that go through gRPC (`grpc_bench`, `soak`).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,22 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
+    /// `given`, or `visage-server` next to this executable; panics with the
+    /// build command when it is missing.
+    pub fn binary(given: Option<PathBuf>) -> PathBuf {
+        let bin = given.unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("current exe")
+                .with_file_name("visage-server")
+        });
+        assert!(
+            bin.exists(),
+            "{} missing: cargo build --release -p visage-server",
+            bin.display()
+        );
+        bin
+    }
+
     /// Start `bin` on a fresh temporary data directory.
     pub fn start(bin: &Path) -> ServerProc {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -226,15 +226,7 @@ fn engine_search(data: &[Embedding], probes: &[Vec<f32>], total: usize, k: usize
 
 fn main() {
     let args = Args::parse();
-    let server_bin = args.server_bin.clone().unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        exe.with_file_name("visage-server")
-    });
-    assert!(
-        server_bin.exists(),
-        "{} missing: cargo build --release -p visage-server",
-        server_bin.display()
-    );
+    let server_bin = ServerProc::binary(args.server_bin.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

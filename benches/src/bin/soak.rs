@@ -307,16 +307,7 @@ fn mb(b: u64) -> f64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let server_bin = args.server_bin.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("current exe")
-            .with_file_name("visage-server")
-    });
-    assert!(
-        server_bin.exists(),
-        "{} missing: cargo build --release -p visage-server",
-        server_bin.display()
-    );
+    let server_bin = ServerProc::binary(args.server_bin.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
