@@ -156,12 +156,17 @@ pub struct SearchOptions {
 /// How a distance search scans the gallery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScanMode {
-    /// Every f32 vector: the exact top-k.
+    /// The exact top-k, equal to a scan of every f32 vector. Batches of 32
+    /// probes or more take the tiled f32 scan; smaller ones screen the
+    /// segments' 8-bit codes and prove from an error bound that no row outside
+    /// the re-ranked candidates can enter, scanning directly where the bound
+    /// cannot settle a probe.
     #[default]
     Exact,
     /// 8-bit codes first (a quarter of the memory traffic), then an exact f32
-    /// re-rank of the best candidates; returned distances are exact, the set can
-    /// in rare cases miss a true neighbour the codes ranked too low.
+    /// re-rank of the best candidates, without the proof; returned distances
+    /// are exact, the set can in rare cases miss a true neighbour the codes
+    /// ranked too low.
     Quantized,
 }
 

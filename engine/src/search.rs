@@ -154,8 +154,13 @@ pub(crate) fn top_k(
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
-    if matches!(metric, Metric::L2) && probes.len() >= TILED_MIN_PROBES {
-        return top_k_tiled(snap, probes, k);
+    if matches!(metric, Metric::L2) {
+        if probes.len() >= TILED_MIN_PROBES {
+            return top_k_tiled(snap, probes, k);
+        }
+        if (0..snap.source_count()).any(|s| screen_bound(snap, s).is_some()) {
+            return top_k_screened(snap, probes, k);
+        }
     }
     top_k_direct(snap, probes, k, metric)
 }
@@ -223,14 +228,28 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
         return top_k_tiled(snap, probes, k);
     }
     let keep = k.saturating_mul(8).saturating_add(32);
+    let coded: Vec<bool> = (0..snap.source_count())
+        .map(|s| snap.sq8(s).is_some())
+        .collect();
+    scan_codes(snap, probes, keep, &coded)
+        .into_iter()
+        .zip(probes)
+        .map(|(top, q)| rerank(snap, q, top, k).0)
+        .collect()
+}
+
+/// For each probe, the `keep` best live rows by the 8-bit code estimate
+/// `Σ (q_d − min_d − step_d·c_d)²` in the sources where `coded[s]`, and by the
+/// exact distance (the direct scan's kernel call) elsewhere.
+fn scan_codes(snap: &Snapshot, probes: &[[f32; DIM]], keep: usize, coded: &[bool]) -> Vec<TopK> {
     let units = work_units(snap, BLOCK_ROWS);
     let kernel = kernels::selected();
     let empty = || vec![TopK::new(keep); probes.len()];
-    let tops = units
+    units
         .par_iter()
         .fold(empty, |mut acc, &(s, a, b)| {
             let mut dists = [0f32; SUB_ROWS];
-            let sq8 = snap.sq8(s);
+            let sq8 = snap.sq8(s).filter(|_| coded[s]);
             let qms: Vec<[f32; DIM]> = match sq8 {
                 Some((min, _, _)) => probes
                     .iter()
@@ -259,22 +278,145 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
                 x.merge(y);
             }
             a
-        });
-    tops.into_iter()
-        .zip(probes)
-        .map(|(top, q)| {
-            let mut cands = top.into_sorted();
-            for c in cands.iter_mut() {
-                let row = &snap.vectors(c.src as usize)[c.row as usize];
-                let mut d = [0f32];
-                kernel.l2sq_many(q, std::slice::from_ref(row), &mut d);
-                c.dist = d[0];
-            }
-            cands.sort_unstable();
-            cands.truncate(k);
-            cands
         })
-        .collect()
+}
+
+/// Replace the estimates of `top`'s candidates by exact distances (the same
+/// kernel call as the direct scan, so the paths agree to the bit) and keep the
+/// best `k`. Also returns the worst estimate kept and how many were kept.
+fn rerank(snap: &Snapshot, q: &[f32; DIM], top: TopK, k: usize) -> (Vec<Cand>, f32, usize) {
+    let kernel = kernels::selected();
+    let worst = top.heap.peek().map_or(f32::INFINITY, |c| c.dist);
+    let mut cands = top.into_sorted();
+    let kept = cands.len();
+    for c in cands.iter_mut() {
+        let row = &snap.vectors(c.src as usize)[c.row as usize];
+        let mut d = [0f32];
+        kernel.l2sq_many(q, std::slice::from_ref(row), &mut d);
+        c.dist = d[0];
+    }
+    cands.sort_unstable();
+    cands.truncate(k);
+    (cands, worst, kept)
+}
+
+/// Unit roundoff of f32.
+const U: f64 = f32::EPSILON as f64 / 2.0;
+/// Relative error allowed for a 128-term f32 sum of squares, twice the classic
+/// `n·u` bound (with room for the few extra roundings of each term).
+const GAMMA: f64 = 2.0 * (DIM as f64 + 8.0) * U;
+
+/// What the exactness proof of the screened scan needs from a segment's
+/// quantiser: `rho` bounds `‖x − x̂‖` for every row, where `x̂_d = min_d +
+/// step_d·c_d` is the decoded vector (codes round to nearest, so each
+/// coordinate is off by at most half a step); `min_norm` and `range_norm`
+/// bound the magnitudes the estimate's rounding error scales with.
+#[derive(Debug, Clone, Copy)]
+struct ScreenBound {
+    rho: f64,
+    min_norm: f64,
+    range_norm: f64,
+}
+
+/// The bound of source `s`, or `None` where its codes cannot screen: memtable
+/// chunks and version-1 segments (no codes), and quantisers whose step
+/// overflowed (values near ±f32::MAX), which the codes do not bound.
+fn screen_bound(snap: &Snapshot, s: usize) -> Option<ScreenBound> {
+    let (min, step, _) = snap.sq8(s)?;
+    let (mut step2, mut min2) = (0f64, 0f64);
+    for (&m, &st) in min.iter().zip(step) {
+        if !m.is_finite() || !st.is_finite() || st < 0.0 || (st == 0.0 && m.abs() > 1e30) {
+            return None;
+        }
+        step2 += f64::from(st) * f64::from(st);
+        min2 += f64::from(m) * f64::from(m);
+    }
+    // Half a step per coordinate, plus the rounding of the division that chose
+    // the code; a zero step (one value, or a range below 255 subnormals) is
+    // off by at most 1e-37 per coordinate.
+    let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (DIM as f64).sqrt();
+    Some(ScreenBound {
+        rho,
+        min_norm: min2.sqrt(),
+        range_norm: 255.0 * step2.sqrt(),
+    })
+}
+
+/// Exact search screened by the 8-bit codes (for batches below the tiled
+/// threshold), after the VA-file of Weber, Schek and Blott (1998): scan the
+/// codes (a quarter of the bytes) for the best `keep` rows by the estimate,
+/// compute their exact distances, then prove that no other row can enter.
+///
+/// A row outside the candidates has an estimate `e ≥ W`, the worst kept. The
+/// estimate is `‖q − x̂‖²` up to rounding, so `‖q − x̂‖ ≥ √(W/(1+γ)) − ε`;
+/// and `‖q − x‖ ≥ ‖q − x̂‖ − ρ`, so its exact distance as the kernel computes
+/// it is at least `(1−γ)·(√(W/(1+γ)) − ε − ρ)²`. If that exceeds the k-th
+/// exact distance found, the answer is the direct scan's, bit for bit and tie
+/// for tie. Rows without codes enter with exact distances, which the same
+/// bound covers. A probe that the bound cannot settle (near-ties, a crowded
+/// neighbourhood) is screened again with sixteen times the candidates, then
+/// scanned directly, so the answer is always exact.
+fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
+        .map(|s| screen_bound(snap, s))
+        .collect();
+    let coded: Vec<bool> = bounds.iter().map(Option::is_some).collect();
+    let rho = bounds.iter().flatten().map(|b| b.rho).fold(0.0, f64::max);
+    let live = snap.live_rows();
+    let mut results = vec![Vec::new(); probes.len()];
+    let mut pending: Vec<usize> = (0..probes.len()).collect();
+    let mut keep = k.saturating_mul(8).saturating_add(32);
+    for _round in 0..2 {
+        if pending.is_empty() {
+            return results;
+        }
+        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let mut next = Vec::new();
+        for ((top, q), &i) in scan_codes(snap, &qs, keep, &coded)
+            .into_iter()
+            .zip(&qs)
+            .zip(&pending)
+        {
+            let (cands, worst, kept) = rerank(snap, q, top, k);
+            let proven = if kept < keep {
+                // Every live row was a candidate, unless some estimate was NaN.
+                kept == live
+            } else {
+                let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                // Rounding of the estimate: each term's difference is off by at
+                // most 3u·(|q_d − min_d| + |step_d·c_d|).
+                let eps = bounds
+                    .iter()
+                    .flatten()
+                    .map(|b| 3.0 * U * (qn + b.min_norm + b.range_norm))
+                    .fold(0.0, f64::max);
+                match cands.get(k.wrapping_sub(1)) {
+                    Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
+                        let low = (f64::from(worst) / (1.0 + GAMMA)).sqrt() - eps - rho;
+                        low > 0.0 && (1.0 - GAMMA) * low * low > f64::from(kth.dist)
+                    }
+                    _ => false,
+                }
+            };
+            if proven {
+                results[i] = cands;
+            } else {
+                next.push(i);
+            }
+        }
+        pending = next;
+        keep = keep.saturating_mul(16);
+    }
+    if !pending.is_empty() {
+        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        for (i, r) in pending
+            .into_iter()
+            .zip(top_k_direct(snap, &qs, k, Metric::L2))
+        {
+            results[i] = r;
+        }
+    }
+    results
 }
 
 /// Batches at least this large use the tiled scan.

@@ -20,6 +20,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyChecksums {
     /// Header and every metadata section (ids, subjects, postings): O(rows × 32 bytes).
+    /// The vectors, their norms and 8-bit codes are trusted to be as the
+    /// writer made them (a torn or damaged write is caught by the WAL and
+    /// manifest protocol, not here).
     #[default]
     Metadata,
     /// Everything, vectors included: reads the whole file.
@@ -269,16 +272,16 @@ impl Segment {
         };
         seg.check_structure()?;
         if verify == VerifyChecksums::Full {
-            seg.check_norms()?;
+            seg.check_rows()?;
         }
         Ok(seg)
     }
 
     /// With the vectors read anyway ([`VerifyChecksums::Full`]): every value is
-    /// finite, as the write path requires, and each stored norm is the one the
-    /// writer computes from its vector, bit for bit (the tiled scan's error
-    /// bound relies on them).
-    fn check_norms(&self) -> Result<()> {
+    /// finite, as the write path requires, and each stored norm and 8-bit code
+    /// is the one the writer computes from its vector, bit for bit (the error
+    /// bounds of the tiled and the screened exact scans rely on them).
+    fn check_rows(&self) -> Result<()> {
         let norms = self.u32s(Section::Norms)?;
         let vectors_at = self.header.sections[Section::Vectors as usize].offset;
         for (i, (v, &n)) in self.vectors_checked()?.iter().zip(norms).enumerate() {
@@ -288,6 +291,21 @@ impl Segment {
                     vectors_at + (i * format::VECTOR_BYTES + 4 * d) as u64,
                     format!("section vectors: row {i} value {d} is {}", v[d]),
                 ));
+            }
+            if let Some((min, step, codes)) = self.sq8() {
+                let mut want = [0u8; DIM];
+                sq8_encode(v, min, step, &mut want);
+                if let Some(d) = (0..DIM).find(|&d| codes[i][d] != want[d]) {
+                    let e = self.header.sections[Section::Sq8Codes as usize];
+                    return Err(Error::corrupt(
+                        self.path(),
+                        e.offset + (i * DIM + d) as u64,
+                        format!(
+                            "section sq8 codes: row {i} value {d} is coded {}, its vector codes to {}",
+                            codes[i][d], want[d]
+                        ),
+                    ));
+                }
             }
             let want: f32 = v.iter().map(|x| x * x).sum();
             if want.to_bits() != n {

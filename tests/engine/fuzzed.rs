@@ -192,6 +192,19 @@ fn segment_norms_that_disagree_with_the_vectors_are_refused_by_full_verification
 }
 
 #[test]
+fn segment_codes_that_disagree_with_the_vectors_are_refused_by_full_verification() {
+    let dir = gallery_with(&rows(40), true);
+    // Row 7's code of value 9 moves by one step: the screened exact scan's
+    // bound (each code within half a step of its value) no longer holds.
+    edit_section(dir.path(), 11, |codes| {
+        let at = 7 * DIM + 9;
+        codes[at] = if codes[at] == 0 { 1 } else { codes[at] - 1 };
+    });
+    drop(Engine::open(dir.path(), opts(false, 1 << 17)).unwrap());
+    assert_corrupt(dir.path(), full(), "row 7 value 9 is coded");
+}
+
+#[test]
 fn segments_the_engine_writes_pass_the_new_checks() {
     // The checks must not refuse what the engine itself writes: a segment of
     // many subjects and ids in no order opens in both modes.

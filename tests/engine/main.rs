@@ -13,6 +13,7 @@ mod lock;
 mod model;
 mod poison;
 mod quantized;
+mod screened;
 mod search;
 mod support;
 mod tiled;
