@@ -323,23 +323,29 @@ struct ScreenBound {
 /// overflowed (values near ±f32::MAX), which the codes do not bound.
 fn screen_bound(snap: &Snapshot, s: usize) -> Option<ScreenBound> {
     let (min, step, _) = snap.sq8(s)?;
-    let (mut step2, mut min2) = (0f64, 0f64);
-    for (&m, &st) in min.iter().zip(step) {
-        if !m.is_finite() || !st.is_finite() || st < 0.0 || (st == 0.0 && m.abs() > 1e30) {
-            return None;
+    ScreenBound::of(min, step)
+}
+
+impl ScreenBound {
+    fn of(min: &[f32; DIM], step: &[f32; DIM]) -> Option<ScreenBound> {
+        let (mut step2, mut min2) = (0f64, 0f64);
+        for (&m, &st) in min.iter().zip(step) {
+            if !m.is_finite() || !st.is_finite() || st < 0.0 || (st == 0.0 && m.abs() > 1e30) {
+                return None;
+            }
+            step2 += f64::from(st) * f64::from(st);
+            min2 += f64::from(m) * f64::from(m);
         }
-        step2 += f64::from(st) * f64::from(st);
-        min2 += f64::from(m) * f64::from(m);
+        // Half a step per coordinate, plus the rounding of the division that chose
+        // the code; a zero step (one value, or a range below 255 subnormals) is
+        // off by at most 1e-37 per coordinate.
+        let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (DIM as f64).sqrt();
+        Some(ScreenBound {
+            rho,
+            min_norm: min2.sqrt(),
+            range_norm: 255.0 * step2.sqrt(),
+        })
     }
-    // Half a step per coordinate, plus the rounding of the division that chose
-    // the code; a zero step (one value, or a range below 255 subnormals) is
-    // off by at most 1e-37 per coordinate.
-    let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (DIM as f64).sqrt();
-    Some(ScreenBound {
-        rho,
-        min_norm: min2.sqrt(),
-        range_norm: 255.0 * step2.sqrt(),
-    })
 }
 
 /// Exact search screened by the 8-bit codes (for batches below the tiled
@@ -421,21 +427,122 @@ fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<C
 
 /// Batches at least this large use the tiled scan.
 const TILED_MIN_PROBES: usize = 32;
-/// Rows per work unit of the tiled scan (packed, 512 KiB: stays in L2 while every probe tile passes).
+/// Rows per work unit of the tiled scan (packed f32: 128 KiB, codes: 32 KiB;
+/// they stay in cache while every probe tile passes).
 const TILED_UNIT_ROWS: usize = 256;
 
-/// The batch scan: dot products of probe tiles × packed row groups give the
-/// distance through `‖q‖² + ‖x‖² − 2·q·x`, which rounds differently from the
-/// direct form. Each probe keeps `k + max(k, 8)` candidates by that estimate;
-/// their distances are then recomputed exactly, and the result is accepted
-/// only if no row outside the candidates can beat the k-th: the worst kept
-/// estimate minus an error bound must exceed the k-th exact distance. A probe
-/// failing that test (near-ties, duplicates) is rescanned directly, so the
+/// A probe's integer form for one coded source: weights `m ≈ (q ∘ step)/α`,
+/// so that `q·x̂ = q·min + Σ_d q_d·step_d·c_d ≈ q·min + α·(m·c)`, with the
+/// distance estimate `c0 + ‖x̂‖² − 2α·(m·c)`, `c0 = ‖q‖² − 2·q·min`, and
+/// `err` bounding its distance from `‖q − x̂‖²`.
+#[derive(Debug, Clone, Copy)]
+struct ProbeForm {
+    alpha2: f32,
+    c0: f32,
+    err: f64,
+}
+
+fn int_probe(
+    q: &[f32; DIM],
+    min: &[f32; DIM],
+    step: &[f32; DIM],
+    b: &ScreenBound,
+) -> (kernels::IntProbe, ProbeForm) {
+    use kernels::INT_WEIGHT_MAX;
+    // Products of two f32 are exact in f64.
+    let w: [f64; DIM] = std::array::from_fn(|d| f64::from(q[d]) * f64::from(step[d]));
+    let wmax = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let alpha = (wmax / f64::from(INT_WEIGHT_MAX)) as f32;
+    let a = f64::from(alpha);
+    let m: [i32; DIM] = std::array::from_fn(|d| {
+        if a > 0.0 {
+            (w[d] / a)
+                .round()
+                .clamp(-f64::from(INT_WEIGHT_MAX), f64::from(INT_WEIGHT_MAX)) as i32
+        } else {
+            0
+        }
+    });
+    // |w·c − α·(m·c)| ≤ Σ_d |w_d − α·m_d|·c_d ≤ 255·Σ_d |w_d − α·m_d|.
+    let e_dot = 255.0
+        * w.iter()
+            .zip(&m)
+            .map(|(&wd, &md)| (wd - a * f64::from(md)).abs())
+            .sum::<f64>();
+    let qn2: f64 = q.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let qmin: f64 = q
+        .iter()
+        .zip(min)
+        .map(|(&x, &m)| f64::from(x) * f64::from(m))
+        .sum();
+    let c0 = qn2 - 2.0 * qmin;
+    // Magnitudes the f32 estimate rounds at: |c0|, ‖x̂‖² ≤ (‖min‖ + ‖step·c‖)², 2α·|m·c|.
+    let mabs: f64 = m.iter().map(|&x| f64::from(x.abs())).sum();
+    let xmax = b.min_norm + b.range_norm;
+    let mag = c0.abs() + xmax * xmax + 2.0 * a * 255.0 * mabs;
+    // Far inside f32's range every term of the estimate is finite, so no
+    // estimate is NaN (which would drop a row unseen); otherwise (values near
+    // ±f32::MAX) the bound is infinite and the probe is searched again.
+    let finite = alpha.is_finite() && mag.is_finite() && mag < 1e30;
+    let form = ProbeForm {
+        alpha2: 2.0 * alpha,
+        c0: c0 as f32,
+        err: if finite {
+            2.0 * e_dot + 16.0 * U * mag
+        } else {
+            f64::INFINITY
+        },
+    };
+    (kernels::IntProbe::new(&m), form)
+}
+
+/// `‖x̂‖²` of a coded row, `x̂_d = min_d + step_d·c_d`.
+fn decoded_norm(min: &[f32; DIM], step: &[f32; DIM], c: &[u8; DIM]) -> f32 {
+    let x2: f64 = (0..DIM)
+        .map(|d| (f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).powi(2))
+        .sum();
+    x2 as f32
+}
+
+/// The integer batch scan's estimate of `‖q − x̂‖²` from `‖x̂‖²` and `m·c`
+/// (within `f.err` of it).
+#[inline(always)]
+fn int_estimate(f: &ProbeForm, xn: f32, dot: i32) -> f32 {
+    f.c0 + xn - f.alpha2 * dot as f32
+}
+
+/// The batch scan. Each probe keeps `8k + 32` candidates by an estimate, their
+/// distances are recomputed exactly, and the result is accepted only if no row
+/// outside the candidates can beat the k-th (as in [`top_k_screened`]); a probe
+/// the bound cannot settle is searched again by [`top_k_screened`], so the
 /// answer is always exactly the direct scan's.
+///
+/// Where the CPU has integer dot products (AVX-512 VNNI), coded segments are
+/// scanned through their 8-bit codes: each probe is turned into 16-bit integer
+/// weights per segment ([`int_probe`]) and tiles of probes × packed code
+/// groups are multiplied exactly in `i32`, twice the multiply-adds per
+/// instruction of f32 and a quarter of the bytes. The estimate's error is the
+/// codes' (`ρ`, as in the screened scan) plus the weights' rounding, both
+/// bounded per probe. Elsewhere, and for memtable chunks and version-1
+/// segments, tiles of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`,
+/// within `512·u·(‖q‖ + ‖x‖)²` of the direct form.
 fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
-    use kernels::{LANES, PACKED_GROUP, TILE_PROBES};
+    use kernels::{LANES, PACKED_CODES, PACKED_GROUP, TILE_PROBES};
     let kernel = kernels::selected();
-    let keep = k + k.max(8);
+    let keep = k.saturating_mul(8).saturating_add(32);
+    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
+        .map(|s| screen_bound(snap, s).filter(|_| kernel.fast_u8_dots()))
+        .collect();
+    #[allow(clippy::type_complexity)]
+    let forms: Vec<Option<(Vec<kernels::IntProbe>, Vec<ProbeForm>)>> = bounds
+        .iter()
+        .enumerate()
+        .map(|(s, b)| {
+            let b = b.as_ref()?;
+            let (min, step, _) = snap.sq8(s)?;
+            Some(probes.iter().map(|q| int_probe(q, min, step, b)).unzip())
+        })
+        .collect();
     let qn: Vec<f32> = probes
         .iter()
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
@@ -443,48 +550,82 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
     let units = work_units(snap, TILED_UNIT_ROWS);
     struct Acc {
         tops: Vec<TopK>,
+        /// Largest squared norm of the rows scanned in f32.
         max_norm: f32,
         packed: Vec<[f32; PACKED_GROUP]>,
+        codes: Vec<[u8; PACKED_CODES]>,
         norms: Vec<f32>,
     }
     let empty = || Acc {
         tops: vec![TopK::new(keep); probes.len()],
         max_norm: 0.0,
         packed: Vec::new(),
+        codes: Vec::new(),
         norms: Vec::new(),
     };
     let acc = units
         .par_iter()
         .fold(empty, |mut acc, &(s, a, b)| {
-            let vecs = &snap.vectors(s)[a..b];
-            let groups = vecs.len().div_ceil(LANES);
-            acc.packed.resize(groups, [0f32; PACKED_GROUP]);
-            for (g, rows) in vecs.chunks(LANES).enumerate() {
-                kernels::pack_group(rows, &mut acc.packed[g]);
-            }
+            let n = b - a;
+            let groups = n.div_ceil(LANES);
             acc.norms.clear();
-            match snap.norms(s) {
-                Some(n) => acc.norms.extend_from_slice(&n[a..b]),
-                None => acc
-                    .norms
-                    .extend(vecs.iter().map(|v| v.iter().map(|x| x * x).sum::<f32>())),
+            let coded = forms[s].as_ref().zip(snap.sq8(s));
+            match coded {
+                Some((_, (min, step, codes))) => {
+                    acc.codes.resize(groups, [0u8; PACKED_CODES]);
+                    for (g, rows) in codes[a..b].chunks(LANES).enumerate() {
+                        kernels::pack_codes(rows, &mut acc.codes[g]);
+                    }
+                    acc.norms
+                        .extend(codes[a..b].iter().map(|c| decoded_norm(min, step, c)));
+                }
+                None => {
+                    let vecs = &snap.vectors(s)[a..b];
+                    acc.packed.resize(groups, [0f32; PACKED_GROUP]);
+                    for (g, rows) in vecs.chunks(LANES).enumerate() {
+                        kernels::pack_group(rows, &mut acc.packed[g]);
+                    }
+                    match snap.norms(s) {
+                        Some(x) => acc.norms.extend_from_slice(&x[a..b]),
+                        None => acc
+                            .norms
+                            .extend(vecs.iter().map(|v| v.iter().map(|x| x * x).sum::<f32>())),
+                    }
+                    acc.max_norm = acc.norms.iter().fold(acc.max_norm, |m, &x| m.max(x));
+                }
             }
             acc.norms.resize(groups * LANES, 0.0);
-            acc.max_norm = acc.norms.iter().fold(acc.max_norm, |m, &x| m.max(x));
             let mut out = [0f32; TILE_PROBES * LANES];
+            let mut iout = [0i32; TILE_PROBES * LANES];
             for t in (0..probes.len()).step_by(TILE_PROBES) {
-                let qs = &probes[t..(t + TILE_PROBES).min(probes.len())];
+                let te = (t + TILE_PROBES).min(probes.len());
                 for g in 0..groups {
-                    kernel.dots_tile(qs, &acc.packed[g], &mut out);
                     let xn = &acc.norms[g * LANES..g * LANES + LANES];
-                    let live = (vecs.len() - g * LANES).min(LANES);
-                    for p in 0..qs.len() {
-                        let dots = &out[p * LANES..p * LANES + LANES];
-                        let qp = qn[t + p];
+                    let live = (n - g * LANES).min(LANES);
+                    match coded {
+                        Some(((ips, _), _)) => {
+                            kernel.dots_u8_tile(&ips[t..te], &acc.codes[g], &mut iout)
+                        }
+                        None => kernel.dots_tile(&probes[t..te], &acc.packed[g], &mut out),
+                    }
+                    for p in 0..te - t {
                         // Estimates for all lanes at once (vectorised); `offer` filters them.
                         let mut d = [0f32; LANES];
-                        for ((dl, &x), &dot) in d.iter_mut().zip(xn).zip(dots) {
-                            *dl = qp + x - 2.0 * dot;
+                        match coded {
+                            Some(((_, pf), _)) => {
+                                let f = pf[t + p];
+                                let dots = &iout[p * LANES..p * LANES + LANES];
+                                for ((dl, &x), &dot) in d.iter_mut().zip(xn).zip(dots) {
+                                    *dl = int_estimate(&f, x, dot);
+                                }
+                            }
+                            None => {
+                                let dots = &out[p * LANES..p * LANES + LANES];
+                                let qp = qn[t + p];
+                                for ((dl, &x), &dot) in d.iter_mut().zip(xn).zip(dots) {
+                                    *dl = qp + x - 2.0 * dot;
+                                }
+                            }
                         }
                         offer(&mut acc.tops[t + p], &d[..live], snap, s, a + g * LANES);
                     }
@@ -499,45 +640,45 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
             a.max_norm = a.max_norm.max(b.max_norm);
             a
         });
-    let max_x = acc.max_norm.sqrt();
+    let uncoded = forms.iter().any(Option::is_none);
+    let max_x = f64::from(acc.max_norm).sqrt();
     let live = snap.live_rows();
     let mut results = Vec::with_capacity(probes.len());
     let mut rescan = Vec::new();
     for (i, top) in acc.tops.into_iter().enumerate() {
-        let kept = top.heap.len();
-        let full = kept == keep;
-        let worst_estimate = top.heap.peek().map_or(f32::INFINITY, |c| c.dist);
-        let mut cands = top.into_sorted();
-        for c in cands.iter_mut() {
-            // The same kernel call as the direct scan, so both paths agree to the bit.
-            let row = &snap.vectors(c.src as usize)[c.row as usize];
-            let mut d = [0f32];
-            kernel.l2sq_many(&probes[i], std::slice::from_ref(row), &mut d);
-            c.dist = d[0];
-        }
-        cands.sort_unstable();
-        cands.truncate(k);
-        if full && cands.len() == k {
-            // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)², u = 2⁻²⁴: generous for 128-term sums.
-            let e = 512.0 * f32::EPSILON / 2.0 * (qn[i].sqrt() + max_x).powi(2);
-            let kth = cands[k - 1].dist;
-            let proven = worst_estimate - e > kth;
-            if !proven {
-                rescan.push(i);
+        let (cands, worst, kept) = rerank(snap, &probes[i], top, k);
+        let proven = if kept < keep {
+            // Every live row was a candidate, unless some estimate was NaN.
+            kept == live
+        } else {
+            match cands.get(k.wrapping_sub(1)) {
+                Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
+                    let w = f64::from(worst);
+                    // The least exact distance a row outside the candidates can have.
+                    let mut low = f64::INFINITY;
+                    if uncoded {
+                        // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)²: generous for 128-term sums.
+                        low = w - 512.0 * U * (f64::from(qn[i]).sqrt() + max_x).powi(2);
+                    }
+                    for (b, f) in bounds.iter().zip(&forms) {
+                        if let (Some(b), Some((_, pf))) = (b, f) {
+                            let r = ((w - pf[i].err).max(0.0).sqrt() - b.rho).max(0.0);
+                            low = low.min((1.0 - GAMMA) * r * r);
+                        }
+                    }
+                    low > f64::from(kth.dist)
+                }
+                _ => false,
             }
-        }
-        if !full && kept < live {
-            // Some live row never got an estimate below infinity (overflowing values).
+        };
+        if !proven {
             rescan.push(i);
         }
         results.push(cands);
     }
     if !rescan.is_empty() {
         let qs: Vec<[f32; DIM]> = rescan.iter().map(|&i| probes[i]).collect();
-        for (i, r) in rescan
-            .into_iter()
-            .zip(top_k_direct(snap, &qs, k, Metric::L2))
-        {
+        for (i, r) in rescan.into_iter().zip(top_k_screened(snap, &qs, k)) {
             results[i] = r;
         }
     }
@@ -587,5 +728,72 @@ pub(crate) fn identify(
         }
         pending = next;
         kk = kk.saturating_mul(4).min(live);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::sq8_encode;
+    use proptest::prelude::*;
+
+    /// A quantiser over `rows` as the segment writer makes it.
+    fn quantiser(rows: &[[f32; DIM]]) -> ([f32; DIM], [f32; DIM]) {
+        let mut lo = [f32::INFINITY; DIM];
+        let mut hi = [f32::NEG_INFINITY; DIM];
+        for r in rows {
+            for d in 0..DIM {
+                lo[d] = lo[d].min(r[d]);
+                hi[d] = hi[d].max(r[d]);
+            }
+        }
+        (lo, std::array::from_fn(|d| (hi[d] - lo[d]) / 255.0))
+    }
+
+    fn vector(seed: &[f32], scale: f32, offset: f32) -> [f32; DIM] {
+        std::array::from_fn(|d| {
+            offset + scale * seed[d % seed.len()] * (1.0 + d as f32 / 7.0).sin()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The two bounds the exactness proofs rest on, against f64: every
+        /// coded row is within ρ of its vector, and the integer estimate is
+        /// within `err` of `‖q − x̂‖²`, near the origin and far from it.
+        #[test]
+        fn codes_and_integer_estimates_stay_within_their_bounds(
+            seeds in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 1..40), 2..12),
+            q in prop::collection::vec(-1.0f32..1.0, 1..40),
+            scale in prop::sample::select(vec![1e-3f32, 0.1, 1.0, 30.0]),
+            offset in prop::sample::select(vec![0.0f32, 1.0, -250.0, 1000.0]),
+        ) {
+            let mut rows: Vec<[f32; DIM]> = seeds.iter().map(|s| vector(s, scale, offset)).collect();
+            let q = vector(&q, scale * 1.5, offset);
+            let (min, step) = quantiser(&rows);
+            // A row half a step from a code in every dimension: the worst case of ρ.
+            rows.push(std::array::from_fn(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)));
+            let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
+            let (ip, f) = int_probe(&q, &min, &step, &b);
+            prop_assert!(f.err.is_finite());
+            let mut m = [0i64; DIM];
+            for j in 0..kernels::QUADS {
+                let (h, l) = (ip.hi[j].to_le_bytes(), ip.lo[j].to_le_bytes());
+                for k in 0..4 {
+                    m[4 * j + k] = 256 * i64::from(h[k] as i8) + i64::from(l[k] as i8);
+                }
+            }
+            for x in &rows {
+                let mut c = [0u8; DIM];
+                sq8_encode(x, &min, &step, &mut c);
+                let xhat: [f64; DIM] = std::array::from_fn(|d| f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]));
+                let off: f64 = x.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum::<f64>().sqrt();
+                prop_assert!(off <= b.rho, "‖x − x̂‖ = {off} above ρ = {}", b.rho);
+                let dot: i64 = m.iter().zip(&c).map(|(&w, &c)| w * i64::from(c)).sum();
+                let est = f64::from(int_estimate(&f, decoded_norm(&min, &step, &c), dot as i32));
+                let exact: f64 = q.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
+                prop_assert!((est - exact).abs() <= f.err, "estimate {est}, exact {exact}, err {}", f.err);
+            }
+        }
     }
 }

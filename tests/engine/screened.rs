@@ -4,6 +4,7 @@
 //! are held twice, uncoded in a memtable (scanned directly) and coded in
 //! segments (screened), and every answer of the two galleries is compared.
 
+use std::sync::Arc;
 use visage_engine::synth::{SynthConfig, SynthGallery};
 use visage_engine::{Embedding, Engine, Gallery, Hit, SearchOptions};
 use visage_tests::Rng;
@@ -15,14 +16,9 @@ fn key(hits: &[Hit]) -> Vec<(u64, u32)> {
     hits.iter().map(|h| (h.id, h.distance.to_bits())).collect()
 }
 
-/// `rows` in a gallery: in two segments and a memtable tail when `coded`,
-/// otherwise all in the memtable; then the same deletions.
-fn gallery(
-    engine: &Engine,
-    name: &str,
-    rows: &[Embedding],
-    coded: bool,
-) -> std::sync::Arc<Gallery> {
+/// `rows` in a gallery, in three parts: the first `coded` of them flushed to
+/// segments, the rest left in the memtable; then the same deletions.
+fn gallery(engine: &Engine, name: &str, rows: &[Embedding], coded: usize) -> Arc<Gallery> {
     let g = engine.create_gallery(name).unwrap();
     let third = rows.len() / 3;
     for (i, part) in [&rows[..third], &rows[third..2 * third], &rows[2 * third..]]
@@ -30,7 +26,7 @@ fn gallery(
         .enumerate()
     {
         g.insert(part).unwrap();
-        if coded && i < 2 {
+        if i < coded {
             g.flush().unwrap();
         }
     }
@@ -42,21 +38,38 @@ fn gallery(
 fn check(rows: &[Embedding], probes: &[Vec<f32>], what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), opts(false, usize::MAX)).unwrap();
-    let direct = gallery(&engine, "direct", rows, false);
-    let screened = gallery(&engine, "screened", rows, true);
+    let direct = gallery(&engine, "direct", rows, 0);
     assert_eq!(
         direct.stats().segments,
         0,
         "{what}: the reference must be uncoded"
     );
-    assert_eq!(screened.stats().segments, 2, "{what}: two coded segments");
+    // Coded segments with a memtable tail, and coded segments alone.
+    for coded in [2, 3] {
+        let screened = gallery(&engine, &format!("screened{coded}"), rows, coded);
+        assert_eq!(
+            screened.stats().segments,
+            coded as u64,
+            "{what}: coded segments"
+        );
+        compare(
+            &direct,
+            &screened,
+            probes,
+            &format!("{what}, {coded} segments"),
+        );
+    }
+}
+
+fn compare(direct: &Gallery, screened: &Gallery, probes: &[Vec<f32>], what: &str) {
     for k in [1usize, 10, 64] {
         let o = SearchOptions {
             k,
             ..Default::default()
         };
-        // One probe per call, and batches of 16 (below the tiled scan's threshold).
-        for batch in [1usize, 16] {
+        // One probe per call, batches of 16 (screened) and of 48 (the tiled
+        // batch scan, through integer dot products of the codes where the CPU has them).
+        for batch in [1usize, 16, 48] {
             for chunk in probes.chunks(batch) {
                 let want = direct.search_with(chunk, &o).unwrap();
                 let got = screened.search_with(chunk, &o).unwrap();
@@ -133,19 +146,52 @@ fn screened_search_equals_the_direct_scan_with_exact_duplicates_and_ties() {
 
 #[test]
 fn screened_search_equals_the_direct_scan_with_uneven_ranges() {
-    // Uniform rows, one dimension of which spans a huge range in one segment:
-    // its codes are coarse there, so the bound often cannot settle a probe and
-    // the scan must widen or fall back to the direct scan.
+    // Uniform rows, one dimension of which spans a huge range in the first
+    // segment: its codes there are 0.4 apart in that dimension, so ordinary
+    // rows take only a few values in it. Among
+    // them, 400 rows differ from one vector only in that dimension: the codes
+    // cannot tell them apart, and only the bound (which knows how coarse the
+    // codes are) sends probes near them back to an exact scan.
     let mut rng = Rng(7);
+    let line = rng.vector();
     let rows: Vec<Embedding> = (0..4500u64)
         .map(|i| {
             let mut e = visage_tests::embedding(&mut rng, i + 1, &format!("s{}", i % 300));
             if i < 1500 && i % 100 == 0 {
-                e.vector[3] = 1e6 * (rng.f32() - 0.5);
+                e.vector[3] = 100.0 * (rng.f32() - 0.5);
+            } else if (500..900).contains(&i) {
+                e.vector = line.clone();
+                e.vector[3] = (i - 500) as f32 / 400.0;
             }
             e
         })
         .collect();
-    let ps = probes(&mut rng, &rows, |r| r.vector());
+    let mut ps = probes(&mut rng, &rows, |r| r.vector());
+    for t in [0.3f32, 0.5, 0.77, 0.999] {
+        let mut p = line.clone();
+        p[3] = t + 1e-4;
+        ps.push(p);
+    }
     check(&rows, &ps, "uneven ranges");
+}
+
+#[test]
+fn screened_search_equals_the_direct_scan_far_from_the_origin() {
+    // Rows clustered around (1000, …, 1000): the estimates of the integer
+    // batch scan cancel terms of 10^8 to find distances of about 1, so their
+    // rounding, not the codes, decides what the bound may settle.
+    let mut rng = Rng(8);
+    let rows: Vec<Embedding> = (0..4500u64)
+        .map(|i| {
+            let mut e = visage_tests::embedding(&mut rng, i + 1, &format!("s{}", i % 300));
+            for x in e.vector.iter_mut() {
+                *x = 1000.0 + *x * 0.05;
+            }
+            e
+        })
+        .collect();
+    let ps = probes(&mut rng, &rows, |r| {
+        r.vector().into_iter().map(|x| 1000.0 + x * 0.05).collect()
+    });
+    check(&rows, &ps, "far from the origin");
 }

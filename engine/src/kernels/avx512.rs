@@ -232,3 +232,54 @@ pub(super) fn sq8_l2_many(
         store_n(o, hsum16(&accs));
     }
 }
+
+/// Integer dot products of up to 8 probes with 16 packed coded rows (see
+/// `scalar::dots_u8_tile`): `vpdpbusd` multiplies four code bytes (unsigned) by
+/// four probe bytes (signed) per lane, once for the probe's high bytes and once
+/// for its low bytes.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) fn dots_u8_tile(
+    qs: &[super::IntProbe],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [i32; super::TILE_PROBES * super::LANES],
+) {
+    match qs.len() {
+        8 => itile::<8>(qs, packed, out),
+        7 => itile::<7>(qs, packed, out),
+        6 => itile::<6>(qs, packed, out),
+        5 => itile::<5>(qs, packed, out),
+        4 => itile::<4>(qs, packed, out),
+        3 => itile::<3>(qs, packed, out),
+        2 => itile::<2>(qs, packed, out),
+        1 => itile::<1>(qs, packed, out),
+        _ => {}
+    }
+}
+
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn itile<const P: usize>(
+    qs: &[super::IntProbe],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [i32; super::TILE_PROBES * super::LANES],
+) {
+    let mut hi = [_mm512_setzero_si512(); P];
+    let mut lo = [_mm512_setzero_si512(); P];
+    for j in 0..super::QUADS {
+        let bytes: &[u8; 64] = packed[64 * j..64 * j + 64].try_into().expect("64 codes");
+        // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
+        let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
+        for p in 0..P {
+            hi[p] = _mm512_dpbusd_epi32(hi[p], x, _mm512_set1_epi32(qs[p].hi[j]));
+            lo[p] = _mm512_dpbusd_epi32(lo[p], x, _mm512_set1_epi32(qs[p].lo[j]));
+        }
+    }
+    for p in 0..P {
+        let r = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi[p]), lo[p]);
+        let dst: &mut [i32; 16] = (&mut out[p * 16..p * 16 + 16]).try_into().expect("16 ints");
+        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous i32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), r) };
+    }
+}

@@ -231,6 +231,104 @@ impl Kernel {
     }
 }
 
+/// Bytes in one packed group of 8-bit codes: `DIM × LANES`, in quads of four
+/// dimensions (`out[64·j + 4·lane + b] = rows[lane][4·j + b]`).
+pub const PACKED_CODES: usize = DIM * LANES;
+/// Quads of four dimensions in an embedding.
+pub const QUADS: usize = DIM / 4;
+
+/// A probe as the integer batch kernel takes it: signed 16-bit weights
+/// `m_d = 256·hi_d + lo_d`, split into two signed bytes, four dimensions to
+/// an `i32` (little-endian, dimension `4·j + b` in byte `b` of quad `j`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntProbe {
+    /// High bytes of the weights.
+    pub hi: [i32; QUADS],
+    /// Low bytes of the weights.
+    pub lo: [i32; QUADS],
+}
+
+/// Largest weight magnitude an [`IntProbe`] holds: `256·127 + 127`, so the high
+/// and low bytes both stay in `-127..=127` and a dot product with codes up to
+/// 255 stays far inside `i32` (`128 · 32639 · 255 < 2^31`).
+pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
+
+impl IntProbe {
+    /// Split weights (each within ±[`INT_WEIGHT_MAX`]) into high and low bytes.
+    ///
+    /// # Panics
+    /// If a weight is out of range.
+    pub fn new(m: &[i32; DIM]) -> IntProbe {
+        let (mut hi, mut lo) = ([0i32; QUADS], [0i32; QUADS]);
+        for j in 0..QUADS {
+            let (mut h, mut l) = ([0u8; 4], [0u8; 4]);
+            for b in 0..4 {
+                let w = m[4 * j + b];
+                assert!(w.abs() <= INT_WEIGHT_MAX, "weight {w} out of range");
+                // Round half up: the low byte lands in -128..=127.
+                let hb = (w + 128).div_euclid(256);
+                h[b] = hb as i8 as u8;
+                l[b] = (w - 256 * hb) as i8 as u8;
+            }
+            hi[j] = i32::from_le_bytes(h);
+            lo[j] = i32::from_le_bytes(l);
+        }
+        IntProbe { hi, lo }
+    }
+}
+
+/// Pack up to [`LANES`] rows of codes for [`Kernel::dots_u8_tile`], zero-filling
+/// missing lanes.
+pub fn pack_codes(rows: &[[u8; DIM]], out: &mut [u8; PACKED_CODES]) {
+    out.fill(0);
+    for (lane, r) in rows.iter().take(LANES).enumerate() {
+        for j in 0..QUADS {
+            out[64 * j + 4 * lane..64 * j + 4 * lane + 4].copy_from_slice(&r[4 * j..4 * j + 4]);
+        }
+    }
+}
+
+impl Kernel {
+    /// Whether [`Kernel::dots_u8_tile`] runs at SIMD speed on this
+    /// implementation (AVX-512 VNNI); elsewhere it is the scalar reference.
+    pub fn fast_u8_dots(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                self.is_available() && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            _ => false,
+        }
+    }
+
+    /// Integer dot products of up to [`TILE_PROBES`] probes with one packed
+    /// group of [`LANES`] coded rows: `out[p·LANES + lane] = Σ_d m_p[d]·code[lane][d]`,
+    /// exact in `i32`.
+    ///
+    /// # Panics
+    /// If more than [`TILE_PROBES`] probes are given.
+    #[inline]
+    pub fn dots_u8_tile(
+        self,
+        qs: &[IntProbe],
+        packed: &[u8; PACKED_CODES],
+        out: &mut [i32; TILE_PROBES * LANES],
+    ) {
+        assert!(
+            qs.len() <= TILE_PROBES,
+            "at most {TILE_PROBES} probes per tile"
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
+            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
+                avx512::dots_u8_tile(qs, packed, out)
+            },
+            _ => scalar::dots_u8_tile(qs, packed, out),
+        }
+    }
+}
+
 /// The implementation used by the engine: the best available, chosen once.
 /// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
 /// can force a slower one for testing; an unavailable choice is ignored.
@@ -387,6 +485,38 @@ mod tests {
                     prop_assert!(close(got[i], want[i]), "{} row {i}: {} vs {}", k.name(), got[i], want[i]);
                 }
                 prop_assert!(got[codes.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
+            }
+        }
+
+        #[test]
+        fn every_u8_dots_kernel_matches_scalar_exactly(
+            ms in prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM), 1..=TILE_PROBES),
+            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..=LANES),
+            extreme in any::<bool>(),
+        ) {
+            // Extreme: every weight at ±the limit and every code 255, the largest sums.
+            let ms: Vec<[i32; DIM]> = ms.into_iter().map(|m| {
+                let m: [i32; DIM] = m.try_into().unwrap();
+                if extreme { m.map(|w| if w < 0 { -INT_WEIGHT_MAX } else { INT_WEIGHT_MAX }) } else { m }
+            }).collect();
+            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| {
+                let r: [u8; DIM] = r.try_into().unwrap();
+                if extreme { [255; DIM] } else { r }
+            }).collect();
+            let qs: Vec<IntProbe> = ms.iter().map(IntProbe::new).collect();
+            let mut packed = [7u8; PACKED_CODES];
+            pack_codes(&rows, &mut packed);
+            for k in Kernel::available() {
+                let mut out = [i32::MIN; TILE_PROBES * LANES];
+                k.dots_u8_tile(&qs, &packed, &mut out);
+                for (p, m) in ms.iter().enumerate() {
+                    for lane in 0..LANES {
+                        // Independent of the byte split: i64 over the original weights.
+                        let want: i64 = rows.get(lane).map_or(0, |r| m.iter().zip(r).map(|(&w, &c)| i64::from(w) * i64::from(c)).sum());
+                        prop_assert_eq!(i64::from(out[p * LANES + lane]), want, "{} p {} lane {}", k.name(), p, lane);
+                    }
+                }
+                prop_assert!(out[qs.len() * LANES..].iter().all(|&x| x == i32::MIN), "wrote past the probes");
             }
         }
 

@@ -64,3 +64,27 @@ pub fn sq8_l2_many(qm: &[f32; DIM], step: &[f32; DIM], codes: &[[u8; DIM]], out:
             .sum();
     }
 }
+
+/// Integer dot products of a probe tile with a packed group of 8-bit codes
+/// (see `Kernel::dots_u8_tile`), summed in `i32`.
+pub fn dots_u8_tile(
+    qs: &[super::IntProbe],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [i32; super::TILE_PROBES * super::LANES],
+) {
+    use super::{LANES, QUADS};
+    for (p, q) in qs.iter().enumerate() {
+        for lane in 0..LANES {
+            let (mut hi, mut lo) = (0i32, 0i32);
+            for j in 0..QUADS {
+                let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
+                for b in 0..4 {
+                    let c = i32::from(packed[64 * j + 4 * lane + b]);
+                    hi += c * i32::from(h[b] as i8);
+                    lo += c * i32::from(l[b] as i8);
+                }
+            }
+            out[p * LANES + lane] = 256 * hi + lo;
+        }
+    }
+}
