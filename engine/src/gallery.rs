@@ -317,6 +317,12 @@ impl Snapshot {
     pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
         self.segments.get(s).and_then(|ss| ss.seg.sq8())
     }
+    /// `‖x̂‖²` of each coded row of a segment (computed on first use; empty for memtable chunks).
+    pub(crate) fn decoded_norms(&self, s: usize) -> &[f32] {
+        self.segments
+            .get(s)
+            .map_or(&[], |ss| ss.seg.decoded_norms())
+    }
     /// Precomputed squared norms of a source's rows (segments have them; memtable chunks do not).
     pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {
         self.segments.get(s).map(|ss| ss.seg.norms())

@@ -189,6 +189,14 @@ fn sq8_params(rows: &[RowRef<'_>]) -> ([f32; DIM], [f32; DIM]) {
     (lo, step)
 }
 
+/// `‖x̂‖²` of a coded row, `x̂_d = min_d + step_d·c_d`, summed in f64.
+pub(crate) fn decoded_norm(min: &[f32; DIM], step: &[f32; DIM], c: &[u8; DIM]) -> f32 {
+    let x2: f64 = (0..DIM)
+        .map(|d| (f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).powi(2))
+        .sum();
+    x2 as f32
+}
+
 /// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
 pub(crate) fn sq8_encode(v: &[f32; DIM], min: &[f32; DIM], step: &[f32; DIM], out: &mut [u8; DIM]) {
     for d in 0..DIM {
@@ -216,6 +224,8 @@ pub(crate) struct Segment {
     map: MappedFile,
     header: SegmentHeader,
     ranges: [Range<usize>; SECTION_COUNT],
+    /// `‖x̂‖²` of each row's decoded codes, computed on first use by a batch search.
+    decoded_norms: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -269,6 +279,7 @@ impl Segment {
             map,
             header,
             ranges,
+            decoded_norms: std::sync::OnceLock::new(),
         };
         seg.check_structure()?;
         if verify == VerifyChecksums::Full {
@@ -523,6 +534,23 @@ impl Segment {
     pub(crate) fn norms(&self) -> &[f32] {
         mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
     }
+    /// `‖x̂‖²` of each row's decoded codes (`x̂_d = min_d + step_d·c_d`, summed in
+    /// f64, rounded once), for the integer batch scan; computed once, on first
+    /// use (4 bytes per row). Empty without codes.
+    pub(crate) fn decoded_norms(&self) -> &[f32] {
+        self.decoded_norms.get_or_init(|| match self.sq8() {
+            Some((min, step, codes)) => {
+                use rayon::prelude::*;
+                codes
+                    .par_iter()
+                    .with_min_len(4096)
+                    .map(|c| decoded_norm(min, step, c))
+                    .collect()
+            }
+            None => Vec::new(),
+        })
+    }
+
     /// The 8-bit codes with the quantiser's per-dimension minimum and step
     /// (version 2 segments; `None` for version 1).
     #[allow(clippy::type_complexity)]

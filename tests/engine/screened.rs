@@ -67,9 +67,10 @@ fn compare(direct: &Gallery, screened: &Gallery, probes: &[Vec<f32>], what: &str
             k,
             ..Default::default()
         };
-        // One probe per call, batches of 16 (screened) and of 48 (the tiled
-        // batch scan, through integer dot products of the codes where the CPU has them).
-        for batch in [1usize, 16, 48] {
+        // One probe per call and 3 (screened), 16 (the tiled batch scan on
+        // integer dot products of the codes where the CPU has them, else
+        // screened) and 48 (tiled, in f32 where the CPU lacks them).
+        for batch in [1usize, 3, 16, 48] {
             for chunk in probes.chunks(batch) {
                 let want = direct.search_with(chunk, &o).unwrap();
                 let got = screened.search_with(chunk, &o).unwrap();

@@ -256,6 +256,58 @@ pub(super) fn dots_u8_tile(
     }
 }
 
+/// Distance estimates of up to 8 probes to 16 packed coded rows (see
+/// `scalar::est_u8_tile`), with the mask of lanes at or under each probe's bound.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) fn est_u8_tile(
+    qs: &[super::IntProbe],
+    forms: &[super::TileForm],
+    xn: &[f32; super::LANES],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) -> [u16; super::TILE_PROBES] {
+    match qs.len() {
+        8 => etile::<8>(qs, forms, xn, packed, out),
+        7 => etile::<7>(qs, forms, xn, packed, out),
+        6 => etile::<6>(qs, forms, xn, packed, out),
+        5 => etile::<5>(qs, forms, xn, packed, out),
+        4 => etile::<4>(qs, forms, xn, packed, out),
+        3 => etile::<3>(qs, forms, xn, packed, out),
+        2 => etile::<2>(qs, forms, xn, packed, out),
+        1 => etile::<1>(qs, forms, xn, packed, out),
+        _ => [0; super::TILE_PROBES],
+    }
+}
+
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn etile<const P: usize>(
+    qs: &[super::IntProbe],
+    forms: &[super::TileForm],
+    xn: &[f32; super::LANES],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) -> [u16; super::TILE_PROBES] {
+    let dots = idots::<P>(qs, packed);
+    let x = load16(xn, 0);
+    let mut masks = [0u16; super::TILE_PROBES];
+    for p in 0..P {
+        let f = forms[p];
+        // (c0 + ‖x̂‖²) − α2·dot, rounded at each step as the scalar version is (no FMA).
+        let prod = _mm512_mul_ps(_mm512_set1_ps(f.alpha2), _mm512_cvtepi32_ps(dots[p]));
+        let est = _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(f.c0), x), prod);
+        masks[p] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(est, _mm512_set1_ps(f.bound));
+        let dst: &mut [f32; 16] = (&mut out[p * 16..p * 16 + 16])
+            .try_into()
+            .expect("16 floats");
+        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous f32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), est) };
+    }
+    masks
+}
+
 // Index loops keep the register blocking explicit.
 #[allow(clippy::needless_range_loop)]
 #[inline]
@@ -265,6 +317,23 @@ fn itile<const P: usize>(
     packed: &[u8; super::PACKED_CODES],
     out: &mut [i32; super::TILE_PROBES * super::LANES],
 ) {
+    let dots = idots::<P>(qs, packed);
+    for p in 0..P {
+        let dst: &mut [i32; 16] = (&mut out[p * 16..p * 16 + 16]).try_into().expect("16 ints");
+        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous i32; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), dots[p]) };
+    }
+}
+
+/// `Σ_d m_p[d]·code[lane][d]` for P probes, one register of 16 lanes each.
+// Index loops keep the register blocking explicit.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn idots<const P: usize>(
+    qs: &[super::IntProbe],
+    packed: &[u8; super::PACKED_CODES],
+) -> [__m512i; P] {
     let mut hi = [_mm512_setzero_si512(); P];
     let mut lo = [_mm512_setzero_si512(); P];
     for j in 0..super::QUADS {
@@ -276,10 +345,5 @@ fn itile<const P: usize>(
             lo[p] = _mm512_dpbusd_epi32(lo[p], x, _mm512_set1_epi32(qs[p].lo[j]));
         }
     }
-    for p in 0..P {
-        let r = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi[p]), lo[p]);
-        let dst: &mut [i32; 16] = (&mut out[p * 16..p * 16 + 16]).try_into().expect("16 ints");
-        // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous i32; storeu has no alignment requirement.
-        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), r) };
-    }
+    std::array::from_fn(|p| _mm512_add_epi32(_mm512_slli_epi32::<8>(hi[p]), lo[p]))
 }

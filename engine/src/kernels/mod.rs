@@ -277,6 +277,17 @@ impl IntProbe {
     }
 }
 
+/// A probe's terms of the integer batch scan's estimate (see [`Kernel::est_u8_tile`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TileForm {
+    /// `‖q‖² − 2·q·min`.
+    pub c0: f32,
+    /// Twice the weights' scale α.
+    pub alpha2: f32,
+    /// Estimates at most this are flagged in the returned mask.
+    pub bound: f32,
+}
+
 /// Pack up to [`LANES`] rows of codes for [`Kernel::dots_u8_tile`], zero-filling
 /// missing lanes.
 pub fn pack_codes(rows: &[[u8; DIM]], out: &mut [u8; PACKED_CODES]) {
@@ -325,6 +336,36 @@ impl Kernel {
                 avx512::dots_u8_tile(qs, packed, out)
             },
             _ => scalar::dots_u8_tile(qs, packed, out),
+        }
+    }
+
+    /// Distance estimates of up to [`TILE_PROBES`] probes to one packed group of
+    /// coded rows: `out[p·LANES + lane] = (c0_p + xn[lane]) − alpha2_p·(m_p·c_lane)`,
+    /// rounded operation by operation (so every implementation agrees to the
+    /// bit); returns per probe the mask of lanes with an estimate at most its bound.
+    ///
+    /// # Panics
+    /// If more than [`TILE_PROBES`] probes are given, or fewer forms than probes.
+    #[inline]
+    pub fn est_u8_tile(
+        self,
+        qs: &[IntProbe],
+        forms: &[TileForm],
+        xn: &[f32; LANES],
+        packed: &[u8; PACKED_CODES],
+        out: &mut [f32; TILE_PROBES * LANES],
+    ) -> [u16; TILE_PROBES] {
+        assert!(
+            qs.len() <= TILE_PROBES && forms.len() >= qs.len(),
+            "at most {TILE_PROBES} probes per tile, each with its form"
+        );
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
+            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
+                avx512::est_u8_tile(qs, forms, xn, packed, out)
+            },
+            _ => scalar::est_u8_tile(qs, forms, xn, packed, out),
         }
     }
 }
@@ -517,6 +558,32 @@ mod tests {
                     }
                 }
                 prop_assert!(out[qs.len() * LANES..].iter().all(|&x| x == i32::MIN), "wrote past the probes");
+            }
+        }
+
+        #[test]
+        fn every_u8_estimate_kernel_matches_scalar_bit_for_bit(
+            ms in prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM), 1..=TILE_PROBES),
+            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..=LANES),
+            forms in prop::collection::vec((-100.0f32..100.0, 0.0f32..1e-3, -10.0f32..200.0), TILE_PROBES),
+            xn in prop::collection::vec(0.0f32..100.0, LANES),
+        ) {
+            let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(&m.clone().try_into().unwrap())).collect();
+            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let forms: Vec<TileForm> = forms.into_iter().map(|(c0, a, bound)| TileForm { c0, alpha2: 2.0 * a, bound }).collect();
+            let xn: [f32; LANES] = xn.try_into().unwrap();
+            let mut packed = [0u8; PACKED_CODES];
+            pack_codes(&rows, &mut packed);
+            let mut want = [f32::NAN; TILE_PROBES * LANES];
+            let want_masks = scalar::est_u8_tile(&qs, &forms, &xn, &packed, &mut want);
+            for k in Kernel::available() {
+                let mut got = [f32::NAN; TILE_PROBES * LANES];
+                let masks = k.est_u8_tile(&qs, &forms, &xn, &packed, &mut got);
+                for i in 0..qs.len() * LANES {
+                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} at {}", k.name(), i);
+                }
+                prop_assert_eq!(masks, want_masks, "{}", k.name());
+                prop_assert!(got[qs.len() * LANES..].iter().all(|x| x.is_nan()), "wrote past the probes");
             }
         }
 

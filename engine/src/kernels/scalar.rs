@@ -88,3 +88,28 @@ pub fn dots_u8_tile(
         }
     }
 }
+
+/// Distance estimates `(c0 + xn[lane]) − alpha2·(dot as f32)` of a probe tile
+/// to a packed group of codes, each operation rounded in turn (no fused
+/// multiply-add), and per probe the mask of lanes whose estimate is at most
+/// its bound (see `Kernel::est_u8_tile`).
+pub fn est_u8_tile(
+    qs: &[super::IntProbe],
+    forms: &[super::TileForm],
+    xn: &[f32; super::LANES],
+    packed: &[u8; super::PACKED_CODES],
+    out: &mut [f32; super::TILE_PROBES * super::LANES],
+) -> [u16; super::TILE_PROBES] {
+    use super::LANES;
+    let mut dots = [0i32; super::TILE_PROBES * LANES];
+    dots_u8_tile(qs, packed, &mut dots);
+    let mut masks = [0u16; super::TILE_PROBES];
+    for (p, f) in forms.iter().enumerate().take(qs.len()) {
+        for lane in 0..LANES {
+            let est = (f.c0 + xn[lane]) - f.alpha2 * dots[p * LANES + lane] as f32;
+            out[p * LANES + lane] = est;
+            masks[p] |= u16::from(est <= f.bound) << lane;
+        }
+    }
+    masks
+}
