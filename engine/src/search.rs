@@ -259,17 +259,47 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
     let coded: Vec<bool> = (0..snap.source_count())
         .map(|s| snap.sq8(s).is_some())
         .collect();
-    scan_codes(snap, probes, keep, &coded)
+    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
+        .map(|s| screen_bound(snap, s))
+        .collect();
+    let forms = int_forms(snap, probes, &bounds);
+    scan_codes(snap, probes, keep, &coded, &forms)
         .into_iter()
         .zip(probes)
         .map(|(top, q)| rerank(snap, q, top, k).0)
         .collect()
 }
 
-/// For each probe, the `keep` best live rows by the 8-bit code estimate
-/// `Σ (q_d − min_d − step_d·c_d)²` in the sources where `coded[s]`, and by the
-/// exact distance (the direct scan's kernel call) elsewhere.
-fn scan_codes(snap: &Snapshot, probes: &[[f32; DIM]], keep: usize, coded: &[bool]) -> Vec<TopK> {
+/// A probe's integer forms, per source (`None` where a source is not scanned
+/// through integer dot products).
+type IntForms = Vec<Option<(Vec<kernels::IntProbe>, Vec<ProbeForm>)>>;
+
+/// The integer forms of `probes` for every source with a bound in `bounds`,
+/// where the CPU has fast integer dot products (otherwise all `None`).
+fn int_forms(snap: &Snapshot, probes: &[[f32; DIM]], bounds: &[Option<ScreenBound>]) -> IntForms {
+    let fast = kernels::selected().fast_u8_dots();
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(s, b)| {
+            let b = b.as_ref().filter(|_| fast)?;
+            let (min, step, _) = snap.sq8(s)?;
+            Some(probes.iter().map(|q| int_probe(q, min, step, b)).unzip())
+        })
+        .collect()
+}
+
+/// For each probe, the `keep` best live rows by an estimate from the 8-bit
+/// codes in the sources where `coded[s]`: the integer one of [`int_probe`]
+/// where `forms[s]` is given, else `Σ (q_d − min_d − step_d·c_d)²` in f32; and
+/// by the exact distance (the direct scan's kernel call) elsewhere.
+fn scan_codes(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    keep: usize,
+    coded: &[bool],
+    forms: &IntForms,
+) -> Vec<TopK> {
     let units = work_units(snap, BLOCK_ROWS);
     let kernel = kernels::selected();
     let empty = || vec![TopK::new(keep); probes.len()];
@@ -278,21 +308,36 @@ fn scan_codes(snap: &Snapshot, probes: &[[f32; DIM]], keep: usize, coded: &[bool
         .fold(empty, |mut acc, &(s, a, b)| {
             let mut dists = [0f32; SUB_ROWS];
             let sq8 = snap.sq8(s).filter(|_| coded[s]);
+            let int = forms[s].as_ref().filter(|_| sq8.is_some());
             let qms: Vec<[f32; DIM]> = match sq8 {
-                Some((min, _, _)) => probes
+                Some((min, _, _)) if int.is_none() => probes
                     .iter()
                     .map(|q| std::array::from_fn(|d| q[d] - min[d]))
                     .collect(),
-                None => Vec::new(),
+                _ => Vec::new(),
+            };
+            let xn = if int.is_some() {
+                snap.decoded_norms(s)
+            } else {
+                &[]
             };
             for start in (a..b).step_by(SUB_ROWS) {
                 let end = (start + SUB_ROWS).min(b);
                 for (p, top) in acc.iter_mut().enumerate() {
-                    match sq8 {
-                        Some((_, step, codes)) => {
+                    match (sq8, int) {
+                        (Some((_, _, codes)), Some((ips, pf))) => {
+                            let f = kernels::TileForm {
+                                c0: pf[p].c0,
+                                alpha2: pf[p].alpha2,
+                                bound: f32::INFINITY,
+                            };
+                            let (c, x) = (&codes[start..end], &xn[start..end]);
+                            kernel.est_u8_rows(&ips[p], &f, x, c, &mut dists)
+                        }
+                        (Some((_, step, codes)), None) => {
                             kernel.sq8_l2_many(&qms[p], step, &codes[start..end], &mut dists)
                         }
-                        None => {
+                        (None, _) => {
                             kernel.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists)
                         }
                     }
@@ -395,7 +440,6 @@ fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<C
         .map(|s| screen_bound(snap, s))
         .collect();
     let coded: Vec<bool> = bounds.iter().map(Option::is_some).collect();
-    let rho = bounds.iter().flatten().map(|b| b.rho).fold(0.0, f64::max);
     let live = snap.live_rows();
     let mut results = vec![Vec::new(); probes.len()];
     let mut pending: Vec<usize> = (0..probes.len()).collect();
@@ -405,29 +449,44 @@ fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<C
             return results;
         }
         let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let forms = int_forms(snap, &qs, &bounds);
         let mut next = Vec::new();
-        for ((top, q), &i) in scan_codes(snap, &qs, keep, &coded)
+        for (j, (top, q)) in scan_codes(snap, &qs, keep, &coded, &forms)
             .into_iter()
             .zip(&qs)
-            .zip(&pending)
+            .enumerate()
         {
+            let i = pending[j];
             let (cands, worst, kept) = rerank(snap, q, top, k);
             let proven = if kept < keep {
                 // Every live row was a candidate, unless some estimate was NaN.
                 kept == live
             } else {
-                let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-                // Rounding of the estimate: each term's difference is off by at
-                // most 3u·(|q_d − min_d| + |step_d·c_d|).
-                let eps = bounds
-                    .iter()
-                    .flatten()
-                    .map(|b| 3.0 * U * (qn + b.min_norm + b.range_norm))
-                    .fold(0.0, f64::max);
                 match cands.get(k.wrapping_sub(1)) {
                     Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
-                        let low = (f64::from(worst) / (1.0 + GAMMA)).sqrt() - eps - rho;
-                        low > 0.0 && (1.0 - GAMMA) * low * low > f64::from(kth.dist)
+                        let w = f64::from(worst);
+                        let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                        // The least exact distance a row outside the candidates can
+                        // have: rows without codes entered with exact distances
+                        // (`w` itself bounds them); coded rows, per source, through
+                        // the bound of their estimate.
+                        let mut low = w;
+                        for (b, f) in bounds.iter().zip(&forms) {
+                            let Some(b) = b else { continue };
+                            let near = match f {
+                                // The integer estimate is within `err` of ‖q − x̂‖².
+                                Some((_, pf)) => (w - pf[j].err).max(0.0).sqrt(),
+                                // The f32 estimate: a relative error γ, and each
+                                // term's difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
+                                None => {
+                                    (w / (1.0 + GAMMA)).sqrt()
+                                        - 3.0 * U * (qn + b.min_norm + b.range_norm)
+                                }
+                            };
+                            let r = (near - b.rho).max(0.0);
+                            low = low.min((1.0 - GAMMA) * r * r);
+                        }
+                        low > f64::from(kth.dist)
                     }
                     _ => false,
                 }
@@ -557,18 +616,9 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
     let kernel = kernels::selected();
     let keep = k.saturating_mul(4).saturating_add(16);
     let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
-        .map(|s| screen_bound(snap, s).filter(|_| kernel.fast_u8_dots()))
+        .map(|s| screen_bound(snap, s))
         .collect();
-    #[allow(clippy::type_complexity)]
-    let forms: Vec<Option<(Vec<kernels::IntProbe>, Vec<ProbeForm>)>> = bounds
-        .iter()
-        .enumerate()
-        .map(|(s, b)| {
-            let b = b.as_ref()?;
-            let (min, step, _) = snap.sq8(s)?;
-            Some(probes.iter().map(|q| int_probe(q, min, step, b)).unzip())
-        })
-        .collect();
+    let forms = int_forms(snap, probes, &bounds);
     let qn: Vec<f32> = probes
         .iter()
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)

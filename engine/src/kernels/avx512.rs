@@ -347,3 +347,80 @@ fn idots<const P: usize>(
     }
     std::array::from_fn(|p| _mm512_add_epi32(_mm512_slli_epi32::<8>(hi[p]), lo[p]))
 }
+
+/// `hsum16` on integers: lane `i` of the result is the sum of the sixteen lanes
+/// of `v[i]` (exact, wrapping as `i32` addition does).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16_epi32(v: &[__m512i; 16]) -> __m512i {
+    let l1: [__m512i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    let l2: [__m512i; 4] = std::array::from_fn(|i| {
+        let (x, y) = (
+            _mm512_castsi512_ps(l1[2 * i]),
+            _mm512_castsi512_ps(l1[2 * i + 1]),
+        );
+        _mm512_add_epi32(
+            _mm512_castps_si512(_mm512_shuffle_ps::<0x44>(x, y)),
+            _mm512_castps_si512(_mm512_shuffle_ps::<0xEE>(x, y)),
+        )
+    });
+    let l3: [__m512i; 2] = std::array::from_fn(|i| {
+        let (x, y) = (l2[2 * i], l2[2 * i + 1]);
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(l3[0], l3[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(l3[0], l3[1]),
+    )
+}
+
+/// Distance estimates of one probe to row-major coded rows (see
+/// `scalar::est_u8_rows`): per row, four `vpdpbusd` (two halves of the row,
+/// high and low weight bytes), then sixteen rows' lanes summed at once.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) fn est_u8_rows(
+    q: &super::IntProbe,
+    form: &super::TileForm,
+    xn: &[f32],
+    codes: &[[u8; DIM]],
+    out: &mut [f32],
+) {
+    let load = |s: &[i32]| {
+        let s: &[i32; 16] = s.try_into().expect("16 quads");
+        // SAFETY: `s` is a valid reference to 16 contiguous i32; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+    };
+    let (h0, h1) = (load(&q.hi[..16]), load(&q.hi[16..]));
+    let (l0, l1) = (load(&q.lo[..16]), load(&q.lo[16..]));
+    let c0 = _mm512_set1_ps(form.c0);
+    let alpha2 = _mm512_set1_ps(form.alpha2);
+    let row = |c: &[u8; DIM]| {
+        // SAFETY: `c` is a valid reference to 128 bytes; each loadu reads 64 of them, unaligned.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_si512(c.as_ptr().cast()),
+                _mm512_loadu_si512(c[64..].as_ptr().cast()),
+            )
+        };
+        let z = _mm512_setzero_si512();
+        let hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, x0, h0), x1, h1);
+        let lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, x0, l0), x1, l1);
+        _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo)
+    };
+    for ((g, o), x) in codes.chunks(16).zip(out.chunks_mut(16)).zip(xn.chunks(16)) {
+        let accs: [__m512i; 16] =
+            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_si512(), &row));
+        let dots = hsum16_epi32(&accs);
+        let mut xs = [0f32; 16];
+        xs[..x.len()].copy_from_slice(x);
+        let prod = _mm512_mul_ps(alpha2, _mm512_cvtepi32_ps(dots));
+        let est = _mm512_sub_ps(_mm512_add_ps(c0, load16(&xs, 0)), prod);
+        store_n(o, est);
+    }
+}

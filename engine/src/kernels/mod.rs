@@ -368,6 +368,32 @@ impl Kernel {
             _ => scalar::est_u8_tile(qs, forms, xn, packed, out),
         }
     }
+
+    /// [`Kernel::est_u8_tile`] for one probe and row-major codes (as a segment
+    /// stores them): `out[i] = (c0 + xn[i]) − alpha2·(m·codes[i])`, bit for bit
+    /// the same value (`form.bound` is not used).
+    ///
+    /// # Panics
+    /// If `xn` or `out` is shorter than `codes`.
+    #[inline]
+    pub fn est_u8_rows(
+        self,
+        q: &IntProbe,
+        form: &TileForm,
+        xn: &[f32],
+        codes: &[[u8; DIM]],
+        out: &mut [f32],
+    ) {
+        let (xn, out) = (&xn[..codes.len()], &mut out[..codes.len()]);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
+            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
+                avx512::est_u8_rows(q, form, xn, codes, out)
+            },
+            _ => scalar::est_u8_rows(q, form, xn, codes, out),
+        }
+    }
 }
 
 /// The implementation used by the engine: the best available, chosen once.
@@ -584,6 +610,37 @@ mod tests {
                 }
                 prop_assert_eq!(masks, want_masks, "{}", k.name());
                 prop_assert!(got[qs.len() * LANES..].iter().all(|x| x.is_nan()), "wrote past the probes");
+            }
+        }
+
+        #[test]
+        fn every_u8_row_estimate_kernel_matches_the_tile_kernel_bit_for_bit(
+            m in prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM),
+            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..40),
+            (c0, a) in (-100.0f32..100.0, 0.0f32..1e-3),
+            xn in prop::collection::vec(0.0f32..100.0, 40),
+        ) {
+            let q = IntProbe::new(&m.try_into().unwrap());
+            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let form = TileForm { c0, alpha2: 2.0 * a, bound: 0.0 };
+            // The reference: the packed tile kernel, sixteen rows at a time.
+            let mut want = vec![0f32; rows.len()];
+            for (g, chunk) in rows.chunks(LANES).enumerate() {
+                let mut packed = [0u8; PACKED_CODES];
+                pack_codes(chunk, &mut packed);
+                let mut x = [0f32; LANES];
+                x[..chunk.len()].copy_from_slice(&xn[g * LANES..g * LANES + chunk.len()]);
+                let mut out = [0f32; TILE_PROBES * LANES];
+                scalar::est_u8_tile(&[q], &[form], &x, &packed, &mut out);
+                want[g * LANES..g * LANES + chunk.len()].copy_from_slice(&out[..chunk.len()]);
+            }
+            for k in Kernel::available() {
+                let mut got = vec![f32::NAN; rows.len() + 3];
+                k.est_u8_rows(&q, &form, &xn, &rows, &mut got);
+                for i in 0..rows.len() {
+                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} row {}", k.name(), i);
+                }
+                prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
         }
 

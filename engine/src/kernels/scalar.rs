@@ -113,3 +113,27 @@ pub fn est_u8_tile(
     }
     masks
 }
+
+/// Distance estimates of one probe to row-major coded rows, as
+/// [`est_u8_tile`] computes them for packed groups: `out[i] = (c0 + xn[i]) −
+/// alpha2·(m·codes[i] as f32)`, the dot product exact in `i32`.
+pub fn est_u8_rows(
+    q: &super::IntProbe,
+    form: &super::TileForm,
+    xn: &[f32],
+    codes: &[[u8; DIM]],
+    out: &mut [f32],
+) {
+    for ((o, c), &x) in out.iter_mut().zip(codes).zip(xn) {
+        let (mut hi, mut lo) = (0i32, 0i32);
+        for j in 0..super::QUADS {
+            let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
+            for b in 0..4 {
+                let v = i32::from(c[4 * j + b]);
+                hi += v * i32::from(h[b] as i8);
+                lo += v * i32::from(l[b] as i8);
+            }
+        }
+        *o = (form.c0 + x) - form.alpha2 * (256 * hi + lo) as f32;
+    }
+}
