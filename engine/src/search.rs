@@ -357,6 +357,11 @@ fn scan_codes(
 /// Replace the estimates of `top`'s candidates by exact distances (the same
 /// kernel call as the direct scan, so the paths agree to the bit) and keep the
 /// best `k`. Also returns the worst estimate kept and how many were kept.
+///
+/// A row whose exact distance is NaN is dropped, as the direct scan never
+/// offers one. Writes refuse non-finite values, but a segment opened with
+/// metadata verification is trusted, and its codes give such a row a finite
+/// estimate.
 fn rerank(snap: &Snapshot, q: &[f32; DIM], top: TopK, k: usize) -> (Vec<Cand>, f32, usize) {
     let kernel = kernels::selected();
     let worst = top.heap.peek().map_or(f32::INFINITY, |c| c.dist);
@@ -368,6 +373,7 @@ fn rerank(snap: &Snapshot, q: &[f32; DIM], top: TopK, k: usize) -> (Vec<Cand>, f
         kernel.l2sq_many(q, std::slice::from_ref(row), &mut d);
         c.dist = d[0];
     }
+    cands.retain(|c| !c.dist.is_nan());
     cands.sort_unstable();
     cands.truncate(k);
     (cands, worst, kept)
