@@ -101,3 +101,14 @@ pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Resul
         has_codes,
     })
 }
+
+/// The direct scan of `g`, the reference every other exact distance search
+/// must equal bit for bit: per probe, the ids and distances of the top `k`
+/// live rows by (squared L2, id).
+pub fn search_direct(g: &crate::Gallery, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<(u64, f32)>> {
+    let snap = g.snapshot();
+    crate::search::top_k_direct(&snap, probes, k, crate::search::Metric::L2)
+        .into_iter()
+        .map(|cs| cs.into_iter().map(|c| (c.id, c.dist)).collect())
+        .collect()
+}

@@ -193,7 +193,7 @@ pub(crate) fn top_k(
 }
 
 /// The per-probe scan: exact distances from the start.
-fn top_k_direct(
+pub(crate) fn top_k_direct(
     snap: &Snapshot,
     probes: &[[f32; DIM]],
     k: usize,
