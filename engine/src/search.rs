@@ -379,6 +379,36 @@ fn rerank(snap: &Snapshot, q: &[f32; DIM], top: TopK, k: usize) -> (Vec<Cand>, f
     (cands, worst, kept)
 }
 
+/// Whether a probe's re-ranked candidates (from [`rerank`]) are provably its
+/// top `k`: either every live row was a candidate (fewer than `keep` kept and
+/// no estimate was NaN), or `low(W)`, the least exact distance a row outside
+/// the candidates can have when the worst kept estimate is `W`, exceeds the
+/// k-th exact distance (strictly, so ties by id are settled too).
+fn proven(
+    (cands, worst, kept): (&[Cand], f32, usize),
+    keep: usize,
+    live: usize,
+    k: usize,
+    low: impl FnOnce(f64) -> f64,
+) -> bool {
+    if kept < keep {
+        return kept == live;
+    }
+    match cands.get(k.wrapping_sub(1)) {
+        Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
+            low(f64::from(worst)) > f64::from(kth.dist)
+        }
+        _ => false,
+    }
+}
+
+/// The least exact distance (as the f32 kernel rounds it) of a coded row
+/// with `‖q − x̂‖ ≥ near`, its codes being within `rho` of its vector.
+fn coded_low(near: f64, rho: f64) -> f64 {
+    let r = (near - rho).max(0.0);
+    (1.0 - GAMMA) * r * r
+}
+
 /// Unit roundoff of f32.
 const U: f64 = f32::EPSILON as f64 / 2.0;
 /// Relative error allowed for a 128-term f32 sum of squares, twice the classic
@@ -464,40 +494,27 @@ fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<C
         {
             let i = pending[j];
             let (cands, worst, kept) = rerank(snap, q, top, k);
-            let proven = if kept < keep {
-                // Every live row was a candidate, unless some estimate was NaN.
-                kept == live
-            } else {
-                match cands.get(k.wrapping_sub(1)) {
-                    Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
-                        let w = f64::from(worst);
-                        let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-                        // The least exact distance a row outside the candidates can
-                        // have: rows without codes entered with exact distances
-                        // (`w` itself bounds them); coded rows, per source, through
-                        // the bound of their estimate.
-                        let mut low = w;
-                        for (b, f) in bounds.iter().zip(&forms) {
-                            let Some(b) = b else { continue };
-                            let near = match f {
-                                // The integer estimate is within `err` of ‖q − x̂‖².
-                                Some((_, pf)) => (w - pf[j].err).max(0.0).sqrt(),
-                                // The f32 estimate: a relative error γ, and each
-                                // term's difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
-                                None => {
-                                    (w / (1.0 + GAMMA)).sqrt()
-                                        - 3.0 * U * (qn + b.min_norm + b.range_norm)
-                                }
-                            };
-                            let r = (near - b.rho).max(0.0);
-                            low = low.min((1.0 - GAMMA) * r * r);
+            // Rows without codes entered with exact distances (`w` itself
+            // bounds them); coded rows, per source, through their estimate.
+            let ok = proven((&cands, worst, kept), keep, live, k, |w| {
+                let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                let mut low = w;
+                for (b, f) in bounds.iter().zip(&forms) {
+                    let Some(b) = b else { continue };
+                    let near = match f {
+                        // The integer estimate is within `err` of ‖q − x̂‖².
+                        Some((_, pf)) => (w - pf[j].err).max(0.0).sqrt(),
+                        // The f32 estimate: a relative error γ, and each term's
+                        // difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
+                        None => {
+                            (w / (1.0 + GAMMA)).sqrt() - 3.0 * U * (qn + b.min_norm + b.range_norm)
                         }
-                        low > f64::from(kth.dist)
-                    }
-                    _ => false,
+                    };
+                    low = low.min(coded_low(near, b.rho));
                 }
-            };
-            if proven {
+                low
+            });
+            if ok {
                 results[i] = cands;
             } else {
                 next.push(i);
@@ -742,31 +759,20 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
     let mut rescan = Vec::new();
     for (i, top) in acc.tops.into_iter().enumerate() {
         let (cands, worst, kept) = rerank(snap, &probes[i], top, k);
-        let proven = if kept < keep {
-            // Every live row was a candidate, unless some estimate was NaN.
-            kept == live
-        } else {
-            match cands.get(k.wrapping_sub(1)) {
-                Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
-                    let w = f64::from(worst);
-                    // The least exact distance a row outside the candidates can have.
-                    let mut low = f64::INFINITY;
-                    if uncoded {
-                        // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)²: generous for 128-term sums.
-                        low = w - 512.0 * U * (f64::from(qn[i]).sqrt() + max_x).powi(2);
-                    }
-                    for (b, f) in bounds.iter().zip(&forms) {
-                        if let (Some(b), Some((_, pf))) = (b, f) {
-                            let r = ((w - pf[i].err).max(0.0).sqrt() - b.rho).max(0.0);
-                            low = low.min((1.0 - GAMMA) * r * r);
-                        }
-                    }
-                    low > f64::from(kth.dist)
-                }
-                _ => false,
+        let ok = proven((&cands, worst, kept), keep, live, k, |w| {
+            let mut low = f64::INFINITY;
+            if uncoded {
+                // |estimate − exact| ≤ 512·u·(‖q‖ + ‖x‖)²: generous for 128-term sums.
+                low = w - 512.0 * U * (f64::from(qn[i]).sqrt() + max_x).powi(2);
             }
-        };
-        if !proven {
+            for (b, f) in bounds.iter().zip(&forms) {
+                if let (Some(b), Some((_, pf))) = (b, f) {
+                    low = low.min(coded_low((w - pf[i].err).max(0.0).sqrt(), b.rho));
+                }
+            }
+            low
+        });
+        if !ok {
             rescan.push(i);
         }
         results.push(cands);
