@@ -156,11 +156,13 @@ pub struct SearchOptions {
 /// How a distance search scans the gallery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScanMode {
-    /// The exact top-k, equal to a scan of every f32 vector. Batches of 32
-    /// probes or more take the tiled f32 scan; smaller ones screen the
-    /// segments' 8-bit codes and prove from an error bound that no row outside
-    /// the re-ranked candidates can enter, scanning directly where the bound
-    /// cannot settle a probe.
+    /// The exact top-k, equal to a scan of every f32 vector. Where segments
+    /// have 8-bit codes, the scans read the codes and prove from an error bound
+    /// that no row outside their re-ranked candidates can enter, scanning
+    /// directly where the bound cannot settle a probe: batches of 4 probes or
+    /// more through integer dot products (AVX-512 VNNI), smaller ones (or up to
+    /// 31 without VNNI) code by code; batches of 32 or more without VNNI take
+    /// the tiled f32 scan.
     #[default]
     Exact,
     /// 8-bit codes first (a quarter of the memory traffic), then an exact f32

@@ -21,8 +21,8 @@ use std::path::Path;
 pub enum VerifyChecksums {
     /// Header and every metadata section (ids, subjects, postings): O(rows × 32 bytes).
     /// The vectors, their norms and 8-bit codes are trusted to be as the
-    /// writer made them (a torn or damaged write is caught by the WAL and
-    /// manifest protocol, not here).
+    /// writer made them: a segment is complete and fsynced before the manifest
+    /// names it, but later damage to these sections is found only by `Full`.
     #[default]
     Metadata,
     /// Everything, vectors included: reads the whole file.
@@ -295,6 +295,7 @@ impl Segment {
     fn check_rows(&self) -> Result<()> {
         let norms = self.u32s(Section::Norms)?;
         let vectors_at = self.header.sections[Section::Vectors as usize].offset;
+        let sq8 = self.sq8();
         for (i, (v, &n)) in self.vectors_checked()?.iter().zip(norms).enumerate() {
             if let Some(d) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::corrupt(
@@ -303,7 +304,7 @@ impl Segment {
                     format!("section vectors: row {i} value {d} is {}", v[d]),
                 ));
             }
-            if let Some((min, step, codes)) = self.sq8() {
+            if let Some((min, step, codes)) = sq8 {
                 let mut want = [0u8; DIM];
                 sq8_encode(v, min, step, &mut want);
                 if let Some(d) = (0..DIM).find(|&d| codes[i][d] != want[d]) {
