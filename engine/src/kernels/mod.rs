@@ -249,8 +249,8 @@ pub struct IntProbe {
 }
 
 /// Largest weight magnitude an [`IntProbe`] holds: `256·127 + 127`, so the high
-/// and low bytes both stay in `-127..=127` and a dot product with codes up to
-/// 255 stays far inside `i32` (`128 · 32639 · 255 < 2^31`).
+/// byte stays in `-127..=127` (the low one in `-128..=127`) and a dot product
+/// with codes up to 255 stays inside `i32` (`128 · 32639 · 255 < 2^31`).
 pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
 
 impl IntProbe {
