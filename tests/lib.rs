@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a seeded PRNG and data generators.
+//! Helpers shared by the integration tests (and the benches and fuzz targets):
+//! a seeded PRNG and data generators.
 
 use visage_engine::{DIM, Embedding};
 
@@ -25,9 +26,13 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+    /// Uniform in [-1, 1).
+    pub fn unit(&mut self) -> f32 {
+        self.f32() * 2.0 - 1.0
+    }
     /// A vector with values uniform in [-1, 1).
     pub fn vector(&mut self) -> Vec<f32> {
-        (0..DIM).map(|_| self.f32() * 2.0 - 1.0).collect()
+        (0..DIM).map(|_| self.unit()).collect()
     }
 }
 

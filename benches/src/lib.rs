@@ -7,28 +7,10 @@ pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use visage_engine::{DIM, Durability, Embedding, Engine, EngineOptions};
+use visage_engine::{Durability, Embedding, Engine, EngineOptions};
 
-/// splitmix64, for reproducible data.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A vector with values uniform in [-1, 1).
-    pub fn vector(&mut self) -> Vec<f32> {
-        (0..DIM)
-            .map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-            .collect()
-    }
-}
+/// The tests' splitmix64 generator, for reproducible data.
+pub use visage_tests::Rng;
 
 /// `n` embeddings with ids `first..first + n`, ten per subject.
 pub fn embeddings(rng: &mut Rng, first: u64, n: usize) -> Vec<Embedding> {

@@ -172,23 +172,8 @@ pub fn wal_name(n: u64) -> String {
 
 // ---- deterministic data --------------------------------------------------
 
-/// splitmix64: a small, good generator for test data.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+/// The tests' splitmix64 generator (`unit()` is uniform in [-1, 1)).
+pub use visage_tests::Rng;
 
 /// `n` embeddings of `subjects` people (id = 100 + i), vectors near a centre per person.
 pub fn sample_embeddings(n: usize, subjects: usize, seed: u64) -> Vec<Embedding> {
