@@ -17,23 +17,15 @@ use visage_engine::format;
 use visage_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((flags, bytes)) = split_flags(data) else {
+    let Some((flags, buf)) = file_input(data, fix_head_crc) else {
         return;
     };
-    let mut buf = bytes.to_vec();
-    if flags & 1 == 0 {
-        fix_head_crc(&mut buf);
-    }
     let Ok(h) = format::decode_head(Path::new("HEAD"), &buf) else {
         return;
     };
-    let mut expect = buf.clone();
-    expect[8..12].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
-    fix_head_crc(&mut expect);
-    assert!(
-        format::encode_head(&h) == expect,
-        "an accepted head re-encodes differently: {h:?}"
-    );
+    assert_reencodes(&buf, &format::encode_head(&h), fix_head_crc, || {
+        format!("head {h:?}")
+    });
     if flags & 2 == 0 {
         return;
     }

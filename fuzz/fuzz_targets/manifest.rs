@@ -20,23 +20,15 @@ use visage_engine::format;
 use visage_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((flags, bytes)) = split_flags(data) else {
+    let Some((flags, buf)) = file_input(data, fix_manifest_crc) else {
         return;
     };
-    let mut buf = bytes.to_vec();
-    if flags & 1 == 0 {
-        fix_manifest_crc(&mut buf);
-    }
     let Ok(m) = format::decode_manifest(Path::new("MANIFEST"), &buf) else {
         return;
     };
-    let mut expect = buf.clone();
-    expect[8..12].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
-    fix_manifest_crc(&mut expect);
-    assert!(
-        format::encode_manifest(&m) == expect,
-        "an accepted manifest re-encodes differently: {m:?}"
-    );
+    assert_reencodes(&buf, &format::encode_manifest(&m), fix_manifest_crc, || {
+        format!("manifest {m:?}")
+    });
     if flags & 2 == 0 {
         return;
     }

@@ -21,13 +21,9 @@ use visage_engine::{Engine, VerifyChecksums, fuzzing};
 use visage_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((flags, bytes)) = split_flags(data) else {
+    let Some((flags, buf)) = file_input(data, fix_segment_crcs) else {
         return;
     };
-    let mut buf = bytes.to_vec();
-    if flags & 1 == 0 {
-        fix_segment_crcs(&mut buf);
-    }
     let verify = if flags & 2 != 0 {
         VerifyChecksums::Full
     } else {

@@ -21,13 +21,9 @@ use visage_engine::{Engine, fuzzing};
 use visage_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((flags, bytes)) = split_flags(data) else {
+    let Some((flags, buf)) = file_input(data, fix_wal_crcs) else {
         return;
     };
-    let mut buf = bytes.to_vec();
-    if flags & 1 == 0 {
-        fix_wal_crcs(&mut buf);
-    }
     let is_last = flags & 2 == 0;
     let header_no = buf
         .get(16..24)

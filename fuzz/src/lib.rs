@@ -106,6 +106,37 @@ pub fn split_flags(data: &[u8]) -> Option<(u8, &[u8])> {
     data.split_first().map(|(f, rest)| (*f, rest))
 }
 
+/// The file-decoder targets' input: the flag byte and a copy of the file,
+/// whose CRCs `fix` recomputes unless flag bit 0 asks to keep them as given
+/// (so mutations reach the decoders behind the checksums).
+pub fn file_input(data: &[u8], fix: fn(&mut [u8])) -> Option<(u8, Vec<u8>)> {
+    let (flags, bytes) = split_flags(data)?;
+    let mut buf = bytes.to_vec();
+    if flags & 1 == 0 {
+        fix(&mut buf);
+    }
+    Some((flags, buf))
+}
+
+/// An accepted file must re-encode to its own bytes, but for the version field
+/// (bytes 8..12, which the encoders always write as the newest) and so the CRC
+/// (`fix`). `what` describes the decoded value, for the failure message only.
+pub fn assert_reencodes(
+    buf: &[u8],
+    encoded: &[u8],
+    fix: fn(&mut [u8]),
+    what: impl FnOnce() -> String,
+) {
+    let mut expect = buf.to_vec();
+    expect[8..12].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
+    fix(&mut expect);
+    assert!(
+        encoded == expect,
+        "an accepted {} re-encodes differently",
+        what()
+    );
+}
+
 // ---- scratch directories -------------------------------------------------
 
 /// A directory for this process's files: under `$VISAGE_FUZZ_SCRATCH` when set
