@@ -181,12 +181,13 @@ pub(crate) fn top_k(
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
     if matches!(metric, Metric::L2) {
-        let coded = (0..snap.source_count()).any(|s| screen_bound(snap, s).is_some());
+        let bounds = screen_bounds(snap);
+        let coded = bounds.iter().any(Option::is_some);
         if probes.len() >= batch_threshold(coded) {
-            return top_k_tiled(snap, probes, k);
+            return top_k_tiled(snap, probes, k, &bounds);
         }
         if coded {
-            return top_k_screened(snap, probes, k);
+            return top_k_screened(snap, probes, k, &bounds);
         }
     }
     top_k_direct(snap, probes, k, metric)
@@ -251,16 +252,13 @@ pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) 
     }
     // A large batch is compute-bound, not bandwidth-bound: the tiled exact scan
     // is faster than decoding codes probe by probe, and exact.
-    let coded = (0..snap.source_count()).any(|s| screen_bound(snap, s).is_some());
-    if probes.len() >= batch_threshold(coded) {
-        return top_k_tiled(snap, probes, k);
+    let bounds = screen_bounds(snap);
+    if probes.len() >= batch_threshold(bounds.iter().any(Option::is_some)) {
+        return top_k_tiled(snap, probes, k, &bounds);
     }
     let keep = k.saturating_mul(8).saturating_add(32);
     let coded: Vec<bool> = (0..snap.source_count())
         .map(|s| snap.sq8(s).is_some())
-        .collect();
-    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
-        .map(|s| screen_bound(snap, s))
         .collect();
     let forms = int_forms(snap, probes, &bounds);
     scan_codes(snap, probes, keep, &coded, &forms)
@@ -427,12 +425,16 @@ struct ScreenBound {
     range_norm: f64,
 }
 
-/// The bound of source `s`, or `None` where its codes cannot screen: memtable
+/// The bound of each source, or `None` where its codes cannot screen: memtable
 /// chunks and version-1 segments (no codes), and quantisers whose step
 /// overflowed (values near ±f32::MAX), which the codes do not bound.
-fn screen_bound(snap: &Snapshot, s: usize) -> Option<ScreenBound> {
-    let (min, step, _) = snap.sq8(s)?;
-    ScreenBound::of(min, step)
+fn screen_bounds(snap: &Snapshot) -> Vec<Option<ScreenBound>> {
+    (0..snap.source_count())
+        .map(|s| {
+            snap.sq8(s)
+                .and_then(|(min, step, _)| ScreenBound::of(min, step))
+        })
+        .collect()
 }
 
 impl ScreenBound {
@@ -471,10 +473,12 @@ impl ScreenBound {
 /// bound covers. A probe that the bound cannot settle (near-ties, a crowded
 /// neighbourhood) is screened again with sixteen times the candidates, then
 /// scanned directly, so the answer is always exact.
-fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
-    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
-        .map(|s| screen_bound(snap, s))
-        .collect();
+fn top_k_screened(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    bounds: &[Option<ScreenBound>],
+) -> Vec<Vec<Cand>> {
     let coded: Vec<bool> = bounds.iter().map(Option::is_some).collect();
     let live = snap.live_rows();
     let mut results = vec![Vec::new(); probes.len()];
@@ -485,7 +489,7 @@ fn top_k_screened(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<C
             return results;
         }
         let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
-        let forms = int_forms(snap, &qs, &bounds);
+        let forms = int_forms(snap, &qs, bounds);
         let mut next = Vec::new();
         for (j, (top, q)) in scan_codes(snap, &qs, keep, &coded, &forms)
             .into_iter()
@@ -634,14 +638,16 @@ fn int_probe(
 /// bounded per probe. Elsewhere, and for memtable chunks and version-1
 /// segments, tiles of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`,
 /// within `512·u·(‖q‖ + ‖x‖)²` of the direct form.
-fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+fn top_k_tiled(
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    bounds: &[Option<ScreenBound>],
+) -> Vec<Vec<Cand>> {
     use kernels::{LANES, PACKED_CODES, PACKED_GROUP, TILE_PROBES, TileForm};
     let kernel = kernels::selected();
     let keep = k.saturating_mul(4).saturating_add(16);
-    let bounds: Vec<Option<ScreenBound>> = (0..snap.source_count())
-        .map(|s| screen_bound(snap, s))
-        .collect();
-    let forms = int_forms(snap, probes, &bounds);
+    let forms = int_forms(snap, probes, bounds);
     let qn: Vec<f32> = probes
         .iter()
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
@@ -779,7 +785,7 @@ fn top_k_tiled(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand
     }
     if !rescan.is_empty() {
         let qs: Vec<[f32; DIM]> = rescan.iter().map(|&i| probes[i]).collect();
-        for (i, r) in rescan.into_iter().zip(top_k_screened(snap, &qs, k)) {
+        for (i, r) in rescan.into_iter().zip(top_k_screened(snap, &qs, k, bounds)) {
             results[i] = r;
         }
     }
