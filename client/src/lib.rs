@@ -53,6 +53,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
+use visage_engine::error_chain;
 use visage_proto::v1::visage_client::VisageClient;
 
 pub use proto::{
@@ -405,20 +406,6 @@ fn normalise_url(url: &str, tls: bool) -> String {
     } else {
         format!("http://{url}")
     }
-}
-
-/// An error and its sources on one line, each said once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        src = s.source();
-    }
-    out
 }
 
 impl Client {

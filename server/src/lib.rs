@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Identity, Server};
-use visage_engine::Engine;
+use visage_engine::{Engine, error_chain};
 use visage_proto::v1::visage_server::VisageServer;
 
 pub use auth::ApiKeys;
@@ -136,20 +136,6 @@ impl TlsIdentity {
             // A client that connects and never finishes the handshake does not hold a task.
             .timeout(Duration::from_secs(10))
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out = format!("{out}: {s_text}");
-        }
-        src = s.source();
-    }
-    out
 }
 
 /// tonic reports an oversized request as OUT_OF_RANGE; gRPC (and our
