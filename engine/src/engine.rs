@@ -1,15 +1,15 @@
 //! The engine: a data directory holding many galleries, under an exclusive lock.
 //!
 //! Layout: `DIR/LOCK` (the lock file) and `DIR/galleries/NAME/` (one directory
-//! per gallery, see [`crate::format`]). Creating a gallery writes its first
+//! per gallery, see [`crate::storage::format`]). Creating a gallery writes its first
 //! WAL and manifest before the directory counts; a directory without a
 //! manifest is a creation that crashed and is removed at open. Dropping renames
 //! the directory to `NAME.dropping` (durably) and then removes it, so a crash
 //! mid-drop cannot leave a half-deleted gallery that opens.
 
 use crate::error::{Error, Result};
-use crate::fs::DirLock;
 use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
+use crate::storage::fs::DirLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -103,7 +103,7 @@ impl Engine {
             let g = Gallery::open(&name, &path, opts.gallery.clone())?;
             galleries.insert(name, g);
         }
-        crate::fs::fsync_dir(&galleries_dir)?;
+        crate::storage::fs::fsync_dir(&galleries_dir)?;
         Ok(Engine {
             root,
             galleries_dir,
@@ -134,7 +134,7 @@ impl Engine {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        crate::fs::fsync_dir(&self.galleries_dir)?;
+        crate::storage::fs::fsync_dir(&self.galleries_dir)?;
         let g = Gallery::open(name, &dir, self.opts.gallery.clone())?;
         map.insert(name.to_owned(), g.clone());
         Ok(g)
@@ -152,7 +152,7 @@ impl Engine {
         let doomed = self.galleries_dir.join(format!("{name}{DROPPING}"));
         std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
         map.remove(name);
-        crate::fs::fsync_dir(&self.galleries_dir)?;
+        crate::storage::fs::fsync_dir(&self.galleries_dir)?;
         std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
         Ok(())
     }

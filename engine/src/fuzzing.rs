@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/` (not part of the API).
 //!
-//! The decoders of [`crate::format`] are public already; what is not is the
+//! The decoders of [`crate::storage::format`] are public already; what is not is the
 //! recovery scan of a whole WAL file and the opening of a segment, which sit
 //! behind `pub(crate)` types. These wrappers expose exactly those code paths,
 //! on bytes (the WAL) or on a file the fuzz target wrote (the segment, which is
@@ -9,9 +9,9 @@
 
 use crate::DIM;
 use crate::error::Result;
-use crate::format::WalOp;
-use crate::segment::{Segment, VerifyChecksums};
-use crate::wal;
+use crate::storage::format::WalOp;
+use crate::storage::segment::{Segment, VerifyChecksums};
+use crate::storage::wal;
 use std::path::Path;
 
 /// What the recovery scan of one WAL file found.

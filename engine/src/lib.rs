@@ -2,41 +2,41 @@
 //! segments, with exact search.
 //!
 //! # Crate map
-//! - [`engine`]: a data directory of galleries, its lock, create/drop/list.
-//! - [`gallery`]: the write path (validation, group-committed WAL, memtable),
-//!   recovery, flush, compaction runs, and the snapshots readers search.
-//! - [`format`]: **the** on-disk format, one place, with its version history.
-//! - `wal`, `memtable`, `segment`, `tombstones`: the stored structures, each
-//!   with its writer, on-disk form and reader.
+//! Each folder is a concern; every arrow points down (a module uses only
+//! modules listed after it):
+//! - [`engine`](Engine): a data directory of galleries, its lock, create/drop/list.
+//! - [`gallery`]: the handle: write path (validation, group-committed WAL,
+//!   memtable), recovery, reads, flush, compaction runs, the published snapshot.
+//! - [`head`]: the scoring head: pair sampling, fitting, calibration, statistics.
+//! - `search`: exact top-k and subject-level identification over a snapshot,
+//!   the 8-bit quantiser and its proofs, and the distance [`kernels`].
+//! - `snapshot`: the immutable read view (segments, memtable chunks, tombstones).
 //! - [`compaction`]: the pure policy deciding what to rewrite.
-//! - `search`: exact top-k and subject-level identification over a snapshot.
-//! - [`kernels`]: distance kernels (scalar reference, AVX2+FMA, AVX-512).
-//! - `fs` and `mmap`: atomic writes, directory fsync, the lock file; the only mmap code.
+//! - `storage`: files: [`format`] (**the** on-disk format, one place, with its
+//!   version history), the WAL, segments, [`fs`] and the only mmap code.
+//! - [`api`]: the public request and response types; [`error`](Error): the one error type.
+//! - [`synth`]: seeded synthetic face-like embeddings; `rng`: the seeded PRNG.
 //!
-//! `unsafe` is denied everywhere except `mmap` and `kernels`.
+//! `unsafe` is denied everywhere except `storage::mmap` and `search::kernels`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod api;
 pub mod compaction;
 mod engine;
 mod error;
-pub mod format;
-pub mod fs;
 // Entry points for the fuzz targets in `fuzz/` only: not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gallery;
 pub mod head;
-pub mod kernels;
-mod memtable;
-mod mmap;
 mod search;
-mod segment;
+mod snapshot;
+mod storage;
 pub mod synth;
-mod tombstones;
-mod wal;
 
+pub use api::{DIM, Embedding, Hit};
 pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name, shown};
 pub use error::{Error, Result, error_chain};
@@ -47,31 +47,6 @@ pub use gallery::{
     VerifyTarget,
 };
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
-pub use segment::VerifyChecksums;
-
-/// Dimension of every embedding.
-pub const DIM: usize = 128;
-
-/// One enrolled embedding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Embedding {
-    /// Client-chosen id, unique in the gallery (inserting an existing id replaces it).
-    pub id: u64,
-    /// The person it belongs to.
-    pub subject: String,
-    /// The vector; must hold exactly [`DIM`] finite values.
-    pub vector: Vec<f32>,
-}
-
-/// A search result: an embedding and its squared L2 distance to the probe.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    /// Embedding id.
-    pub id: u64,
-    /// Its subject.
-    pub subject: String,
-    /// Squared L2 distance to the probe.
-    pub distance: f32,
-    /// The head's probability that the probe shows the same person (when a head is trained).
-    pub probability: Option<f32>,
-}
+pub use search::kernels;
+pub use storage::segment::VerifyChecksums;
+pub use storage::{format, fs};

@@ -5,7 +5,7 @@
 //! beneath it. The engine maps only *sealed* segment files: written once,
 //! fsynced, never opened for writing again, and removed by unlinking (which
 //! keeps existing mappings valid). Every gallery directory is guarded by the
-//! data directory's exclusive lock ([`crate::fs::DirLock`]), so no other visage
+//! data directory's exclusive lock ([`crate::storage::fs::DirLock`]), so no other visage
 //! process writes there. A user who edits segment files by hand while the
 //! engine runs is outside what we can defend against; checksums catch it at
 //! the next open. Typed views are made with `bytemuck::try_cast_slice`, which

@@ -8,8 +8,8 @@
 //! deterministic and equal to a brute-force scan's.
 
 use crate::DIM;
-use crate::gallery::Snapshot;
-use crate::kernels;
+use crate::snapshot::Snapshot;
+pub mod kernels;
 use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
@@ -841,7 +841,7 @@ pub(crate) fn identify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::sq8_encode;
+    use crate::storage::segment::sq8_encode;
     use proptest::prelude::*;
 
     /// A quantiser over `rows` as the segment writer makes it.
@@ -894,7 +894,7 @@ mod tests {
                 kernels::pack_codes(std::slice::from_ref(&c), &mut packed);
                 let form = kernels::TileForm { c0: f.c0, alpha2: f.alpha2, bound: 0.0 };
                 let mut xn = [0f32; kernels::LANES];
-                xn[0] = crate::segment::decoded_norm(&min, &step, &c);
+                xn[0] = crate::storage::segment::decoded_norm(&min, &step, &c);
                 let mut out = [0f32; kernels::TILE_PROBES * kernels::LANES];
                 kernels::scalar::est_u8_tile(&[ip], &[form], &xn, &packed, &mut out);
                 let est = f64::from(out[0]);

@@ -17,15 +17,15 @@
 //!
 //! Everything is deterministic for a given seed: sampling uses a seeded
 //! generator and sums are reduced in a fixed order whatever the thread count.
-//! Persisting the result is the gallery's (through [`crate::format`]); scoring
-//! uses the weighted-L1 kernel in [`crate::kernels`].
+//! Persisting the result is the gallery's (through [`crate::storage::format`]); scoring
+//! uses the weighted-L1 kernel in [`crate::search::kernels`].
 
 use crate::DIM;
 use crate::error::{Error, Result};
-use crate::format::HeadData;
-use crate::gallery::Snapshot;
-use crate::kernels;
+use crate::search::kernels;
 use crate::search::{self, Metric};
+use crate::snapshot::Snapshot;
+use crate::storage::format::HeadData;
 use crate::synth::SynthRng;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};

@@ -3,10 +3,10 @@
 //! [`WalWriter`] appends records to a plain file (never through an mmap) and
 //! syncs on request; [`replay`] reads a file back, truncating a torn tail and
 //! reporting corruption. Grouping of concurrent batches into one write and one
-//! fsync (group commit) is the gallery's; record layout is [`crate::format`]'s.
+//! fsync (group commit) is the gallery's; record layout is [`crate::storage::format`]'s.
 
 use crate::error::{Error, Result};
-use crate::format::{self, Frame, WalOp};
+use crate::storage::format::{self, Frame, WalOp};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ impl WalWriter {
             .write_all(&format::encode_wal_header(salt, file_no))
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))
-            .and_then(|()| crate::fs::fsync_dir(dir));
+            .and_then(|()| crate::storage::fs::fsync_dir(dir));
         if let Err(e) = written {
             // A WAL with a partial header is only harmless as the last file:
             // remove it so a later WAL cannot follow it (e.g. on a full disk).
@@ -281,7 +281,7 @@ fn find_valid_record_after(salt: u32, buf: &[u8], bad: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{encode_delete, frame_record};
+    use crate::storage::format::{encode_delete, frame_record};
 
     fn write_records(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
         let mut w = WalWriter::create(dir, 5).unwrap();

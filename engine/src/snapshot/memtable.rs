@@ -6,8 +6,8 @@
 //! bits copy-on-write. The id and subject indexes are the writer's alone.
 //! The WAL owns durability and the gallery owns when to freeze and flush.
 
+use super::tombstones::Tombstones;
 use crate::DIM;
-use crate::tombstones::Tombstones;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! fallback; every other implementation is tested against it (see the tests at
 //! the bottom, which run over every implementation in [`Kernel::available`]).
 //!
-//! This module and [`crate::mmap`] are the only places that may use `unsafe`:
+//! This module and [`crate::storage::mmap`] are the only places that may use `unsafe`:
 //! calling a `#[target_feature]` function is `unsafe`, and each call below is
 //! guarded by [`Kernel::is_available`].
 #![allow(unsafe_code)]

@@ -3,7 +3,7 @@
 //! Bitmaps are shared between the writer and published snapshots through
 //! `Arc`; the writer changes them copy-on-write (`Arc::make_mut`), so a reader's
 //! snapshot never changes under it. On disk they are stored in the manifest as
-//! sorted row lists (see [`crate::format`]).
+//! sorted row lists (see [`crate::storage::format`]).
 
 /// A fixed-length bitmap of deleted rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

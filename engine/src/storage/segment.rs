@@ -1,16 +1,16 @@
 //! Segments: immutable files of embeddings, written once by [`write_segment`]
 //! and read through a memory map by [`Segment`] with no parse and no copy.
 //!
-//! The layout is defined in [`crate::format`]. Deciding *when* to write a
+//! The layout is defined in [`crate::storage::format`]. Deciding *when* to write a
 //! segment (flush, compaction) belongs to the gallery; this module only turns
 //! rows into a file and a file back into typed views.
 
+use super::mmap::{self, MappedFile};
 use crate::DIM;
 use crate::error::{Error, Result};
-use crate::format::{
+use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
-use crate::mmap::{self, MappedFile};
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::ops::Range;

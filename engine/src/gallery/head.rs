@@ -1,0 +1,64 @@
+//! The gallery's scoring head: training and calibrating it on the gallery's
+//! own labels, exporting the pairs, and persisting the `HEAD` file.
+
+use super::{Gallery, HEAD, lock};
+use crate::DIM;
+use crate::error::Result;
+use crate::head::{self, HeadInfo, TrainOptions};
+use crate::storage::format;
+use std::sync::Arc;
+
+impl Gallery {
+    /// The gallery's head and calibration, if any.
+    pub fn head(&self) -> Option<Arc<HeadInfo>> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Train the scoring head on the gallery's own labels, calibrate it and
+    /// the distance threshold at `opts.target_far`, and persist both
+    /// (replacing any previous head atomically).
+    pub fn train_head(&self, opts: &TrainOptions) -> Result<HeadInfo> {
+        self.train_or_calibrate(opts, true)
+    }
+
+    /// Calibrate without training: the distance threshold and, if a head is
+    /// trained, its threshold, both at `opts.target_far` on freshly drawn
+    /// held-out pairs; a trained head's weights are kept.
+    pub fn calibrate(&self, opts: &TrainOptions) -> Result<HeadInfo> {
+        self.train_or_calibrate(opts, false)
+    }
+
+    /// The features `|a − b|` and labels (true: same subject) of exactly the
+    /// training and held-out pairs that [`Gallery::train_head`] with the same
+    /// options would draw, for evaluation against other implementations.
+    #[allow(clippy::type_complexity)]
+    pub fn export_pairs(
+        &self,
+        opts: &TrainOptions,
+    ) -> Result<((Vec<[f32; DIM]>, Vec<bool>), (Vec<[f32; DIM]>, Vec<bool>))> {
+        let snap = self.snapshot();
+        let pairs = head::sample_pairs(&snap, opts, true)?;
+        Ok((
+            head::features(&snap, &pairs.train),
+            head::features(&snap, &pairs.heldout),
+        ))
+    }
+
+    pub(super) fn train_or_calibrate(&self, opts: &TrainOptions, fit: bool) -> Result<HeadInfo> {
+        let _h = lock(&self.head_lock);
+        self.check_writable()?;
+        let snap = self.snapshot();
+        let previous = self.head();
+        let info = head::train(&snap, opts, fit, previous.as_deref())?;
+        let path = self.dir.join(HEAD);
+        match crate::storage::fs::atomic_write(&path, &format::encode_head(&info.to_data())) {
+            Ok(()) => {}
+            Err(e) if e.renamed => {
+                return Err(self.set_poison(format!("head directory sync failed: {}", e.error)));
+            }
+            Err(e) => return Err(e.error),
+        }
+        *self.head.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(info.clone()));
+        Ok(info)
+    }
+}

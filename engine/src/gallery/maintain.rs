@@ -1,0 +1,396 @@
+//! Keeping a gallery in shape: statistics, flush (memtable to segment),
+//! compaction runs of the policy's plans, and the background thread that
+//! does both.
+
+use super::{Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
+use crate::DIM;
+use crate::api::*;
+use crate::compaction::{self, SegmentStat};
+use crate::error::{Error, Result};
+use crate::snapshot::SegState;
+use crate::snapshot::tombstones::Tombstones;
+use crate::storage::format::{self, ManifestData};
+use crate::storage::segment::{self, RowRef, Segment, VerifyChecksums};
+use crate::storage::wal::WalWriter;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+impl Gallery {
+    /// Current statistics.
+    pub fn stats(&self) -> GalleryStats {
+        let snap = self.snapshot();
+        let mut bytes = 0;
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        GalleryStats {
+            live: snap.live_rows() as u64,
+            deleted: snap.deleted_rows() as u64,
+            subjects: snap.subjects() as u64,
+            segments: snap.segments.len() as u64,
+            memtable_rows: snap.chunks.iter().map(|c| c.chunk.ids.len() as u64).sum(),
+            bytes_on_disk: bytes,
+        }
+    }
+
+    /// Write the memtable to a segment and drop the WAL it came from.
+    pub fn flush(&self) -> Result<MaintenanceReport> {
+        let _m = lock(&self.maintenance);
+        self.check_writable()?;
+        let before = self.stats();
+        self.flush_locked()?;
+        Ok(MaintenanceReport {
+            before,
+            after: self.stats(),
+        })
+    }
+
+    /// Flush, then rewrite every segment holding deleted rows and merge small
+    /// segments. Afterwards no file of the gallery holds a deleted vector.
+    pub fn compact(&self) -> Result<MaintenanceReport> {
+        let _m = lock(&self.maintenance);
+        self.check_writable()?;
+        let before = self.stats();
+        self.flush_locked()?;
+        let stats = self.segment_stats();
+        for group in compaction::plan(&stats, &self.opts.compaction, true) {
+            self.merge_locked(&group)?;
+        }
+        Ok(MaintenanceReport {
+            before,
+            after: self.stats(),
+        })
+    }
+
+    pub(super) fn segment_stats(&self) -> Vec<SegmentStat> {
+        let st = lock(&self.state);
+        st.segments
+            .iter()
+            .map(|s| SegmentStat {
+                file_no: s.seg.file_no(),
+                rows: s.seg.rows() as u64,
+                deleted: s.tomb.count() as u64,
+            })
+            .collect()
+    }
+
+    /// Persist a new manifest; on failure after the rename, poison.
+    pub(super) fn write_manifest(&self, m: &ManifestData) -> Result<()> {
+        match crate::storage::fs::atomic_write(
+            &self.dir.join(MANIFEST),
+            &format::encode_manifest(m),
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if e.renamed => {
+                Err(self.set_poison(format!("manifest directory sync failed: {}", e.error)))
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    /// Caller holds the maintenance lock.
+    pub(super) fn flush_locked(&self) -> Result<()> {
+        // 1. Freeze: rotate the WAL so the frozen memtable's records are exactly the older files.
+        {
+            let mut st = lock(&self.state);
+            self.check_writable()?;
+            if st.frozen.is_none() {
+                if st.active.rows() == 0 {
+                    return Ok(());
+                }
+                st.wal.sync().map_err(|e| {
+                    self.set_poison(format!("WAL sync before rotation failed: {e}"))
+                })?;
+                let n = st.alloc_file_no(&self.dir)?;
+                let new_wal = WalWriter::create(&self.dir, n)?;
+                st.wal = new_wal;
+                let frozen = std::mem::take(&mut st.active);
+                st.frozen = Some(frozen);
+                self.publish(&st);
+            }
+        }
+        // 2. Write the frozen rows that are live now (outside the state lock).
+        let (chunks, file_no) = {
+            let mut st = lock(&self.state);
+            let chunks = st
+                .frozen
+                .as_ref()
+                .map(|f| f.chunks.clone())
+                .unwrap_or_default();
+            (chunks, st.alloc_file_no(&self.dir)?)
+        };
+        let mut map = Vec::new();
+        let mut rows = Vec::new();
+        for (c, mc) in chunks.iter().enumerate() {
+            for r in 0..mc.chunk.ids.len() {
+                if !mc.tomb.get(r) {
+                    map.push((c, r));
+                    rows.push(RowRef {
+                        id: mc.chunk.ids[r],
+                        subject: &mc.chunk.subjects[r],
+                        vector: &mc.chunk.vectors[r],
+                    });
+                }
+            }
+        }
+        let new_seg = self.write_new_segment("flush", file_no, &rows)?;
+        // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
+        let old_wal_start;
+        {
+            let mut st = lock(&self.state);
+            // A write that failed while the segment was written poisoned the
+            // gallery after applying its batch to `st`: installing now would
+            // publish that batch and persist its tombstones.
+            if let Err(e) = self.check_writable() {
+                if let Some(seg) = new_seg {
+                    let _ = std::fs::remove_file(seg.path());
+                }
+                return Err(e);
+            }
+            let mut segments = st.segments.clone();
+            if let Some(seg) = new_seg.clone() {
+                let mut tomb = Tombstones::new(seg.rows());
+                if let Some(f) = &st.frozen {
+                    for (new_row, &(c, r)) in map.iter().enumerate() {
+                        if f.chunks[c].tomb.get(r) {
+                            tomb.set(new_row);
+                        }
+                    }
+                }
+                segments.push(SegState {
+                    seg,
+                    tomb: Arc::new(tomb),
+                });
+            }
+            let wal_start = st.wal.file_no();
+            let m = st.manifest(&segments, wal_start);
+            if let Err(e) = self.write_manifest(&m) {
+                if let Some(seg) = new_seg {
+                    let _ = std::fs::remove_file(seg.path());
+                }
+                return Err(e);
+            }
+            st.generation = m.generation;
+            st.segments = segments;
+            st.frozen = None;
+            old_wal_start = st.wal_start;
+            st.wal_start = wal_start;
+            self.publish(&st);
+            // 4. The old WAL files are covered by the manifest now. They are
+            // found by listing the directory, not by trying every number from
+            // the old start: file numbers need not be dense (a counter far
+            // ahead made that loop run for ever).
+            for (n, p) in self.wal_files() {
+                if !(old_wal_start..wal_start).contains(&n) {
+                    continue;
+                }
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), error = %e, "could not remove covered WAL file")
+                    }
+                }
+            }
+        }
+        crate::storage::fs::fsync_dir(&self.dir)
+    }
+
+    /// The WAL files in the gallery's directory, with their numbers (none if it cannot be listed).
+    pub(super) fn wal_files(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n = parse_file_no(&e.file_name().to_string_lossy(), "wal-", ".log")?;
+                Some((n, e.path()))
+            })
+            .collect()
+    }
+
+    /// Write `rows` as segment `file_no`, sync it and the directory, and open it.
+    /// Refuses with [`Error::NoSpace`] before writing anything when the disk
+    /// has not room for the segment (an estimate from the rows, with slack).
+    pub(super) fn write_new_segment(
+        &self,
+        what: &'static str,
+        file_no: u64,
+        rows: &[RowRef<'_>],
+    ) -> Result<Option<Arc<Segment>>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        // Per row: the vector, its 8-bit code, id, norm, subject index and
+        // offsets; plus the subject strings, headers and the manifest after.
+        let per_row = (format::VECTOR_BYTES + DIM + 32) as u64;
+        let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
+        let needed = rows.len() as u64 * per_row + strings + (1 << 20);
+        crate::storage::fs::check_space(&self.dir, what, needed)?;
+        if self.fail_flushes.load(Ordering::SeqCst) {
+            return Err(Error::io(
+                &self.dir,
+                std::io::Error::other("injected segment write failure"),
+            ));
+        }
+        let path = self.dir.join(seg_name(file_no));
+        let res = segment::write_segment(&path, file_no, rows)
+            .and_then(|_| crate::storage::fs::fsync_dir(&self.dir))
+            .and_then(|_| Segment::open(&path, file_no, VerifyChecksums::Metadata));
+        match res {
+            Ok(seg) => Ok(Some(Arc::new(seg))),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rewrite the segments `inputs` into one without their deleted rows.
+    /// Caller holds the maintenance lock.
+    pub(super) fn merge_locked(&self, inputs: &[u64]) -> Result<()> {
+        let (captured, file_no) = {
+            let mut st = lock(&self.state);
+            let cap: Vec<SegState> = st
+                .segments
+                .iter()
+                .filter(|s| inputs.contains(&s.seg.file_no()))
+                .cloned()
+                .collect();
+            (cap, st.alloc_file_no(&self.dir)?)
+        };
+        let mut map = Vec::new();
+        let mut rows = Vec::new();
+        for (i, ss) in captured.iter().enumerate() {
+            let (ids, vecs) = (ss.seg.ids(), ss.seg.vectors());
+            for r in 0..ss.seg.rows() {
+                if !ss.tomb.get(r) {
+                    map.push((i, r));
+                    rows.push(RowRef {
+                        id: ids[r],
+                        subject: ss.seg.row_subject(r),
+                        vector: &vecs[r],
+                    });
+                }
+            }
+        }
+        let new_seg = self.write_new_segment("compaction", file_no, &rows)?;
+        let mut st = lock(&self.state);
+        // As in `flush_locked`: never install over the state a failed write left.
+        if let Err(e) = self.check_writable() {
+            if let Some(seg) = new_seg {
+                let _ = std::fs::remove_file(seg.path());
+            }
+            return Err(e);
+        }
+        let current: Vec<Arc<Tombstones>> = captured
+            .iter()
+            .map(|c| {
+                st.segments
+                    .iter()
+                    .find(|s| Arc::ptr_eq(&s.seg, &c.seg))
+                    .map(|s| s.tomb.clone())
+                    .unwrap_or_else(|| c.tomb.clone())
+            })
+            .collect();
+        let mut segments: Vec<SegState> = st
+            .segments
+            .iter()
+            .filter(|s| !inputs.contains(&s.seg.file_no()))
+            .cloned()
+            .collect();
+        if let Some(seg) = new_seg.clone() {
+            let mut tomb = Tombstones::new(seg.rows());
+            for (new_row, &(i, r)) in map.iter().enumerate() {
+                if current[i].get(r) {
+                    tomb.set(new_row);
+                }
+            }
+            segments.push(SegState {
+                seg,
+                tomb: Arc::new(tomb),
+            });
+        }
+        let m = st.manifest(&segments, st.wal_start);
+        if let Err(e) = self.write_manifest(&m) {
+            if let Some(seg) = new_seg {
+                let _ = std::fs::remove_file(seg.path());
+            }
+            return Err(e);
+        }
+        st.generation = m.generation;
+        st.segments = segments;
+        self.publish(&st);
+        drop(st);
+        for c in &captured {
+            // Unlinking keeps the mapping of readers that still hold the old snapshot valid.
+            if let Err(e) = std::fs::remove_file(c.seg.path()) {
+                tracing::warn!(file = %c.seg.path().display(), error = %e, "could not remove compacted segment");
+            }
+        }
+        crate::storage::fs::fsync_dir(&self.dir)
+    }
+
+    /// One round of background work: flush a full memtable, then apply the policy.
+    pub(super) fn maintain(&self) -> Result<()> {
+        let _m = lock(&self.maintenance);
+        if self.check_writable().is_err() {
+            return Ok(());
+        }
+        let need_flush = {
+            let st = lock(&self.state);
+            st.frozen.is_some() || st.active.rows() >= self.opts.memtable_rows
+        };
+        if need_flush {
+            self.flush_locked()?;
+        }
+        for group in compaction::plan(&self.segment_stats(), &self.opts.compaction, false) {
+            self.merge_locked(&group)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
+    // A failure that persists (a full disk) is retried every second but
+    // logged again only when it changes or once a minute.
+    let mut last_failure: Option<(String, std::time::Instant)> = None;
+    loop {
+        {
+            let f = lock(&signal.flag);
+            let (mut f, _) = signal
+                .cv
+                .wait_timeout_while(f, Duration::from_secs(1), |f| !*f)
+                .unwrap_or_else(|e| e.into_inner());
+            *f = false;
+        }
+        let Some(g) = gallery.upgrade() else { return };
+        if g.closed.load(Ordering::Acquire) {
+            return;
+        }
+        match g.maintain() {
+            Ok(()) => {
+                *lock(&g.maintenance_failure) = None;
+                if last_failure.take().is_some() {
+                    tracing::info!(gallery = %g.name, "background maintenance works again");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                *lock(&g.maintenance_failure) = Some(msg.clone());
+                let repeat = last_failure
+                    .as_ref()
+                    .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));
+                if !repeat {
+                    tracing::error!(gallery = %g.name, error = %msg, "background maintenance failed; retrying every second");
+                    last_failure = Some((msg, std::time::Instant::now()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! A gallery: the write path (validate, WAL, memtable, publish), recovery on
+//! open, flush, and the published `Arc<Snapshot>` that readers search.
+//!
+//! # Write path
+//! A batch is validated whole in the caller's thread (and, for inserts,
+//! encoded as a WAL payload there). It then joins the gallery's commit queue.
+//! The batch at the head of the queue leads: it takes every queued batch (group
+//! commit), and under the state lock frames each as one WAL record, applies it
+//! to the in-memory state, appends all records with one `write`, syncs once
+//! (in [`Durability::PowerLoss`] mode), and only then publishes a new snapshot
+//! and acknowledges every batch of the group. A reader therefore never sees a
+//! write that is not yet durable. If the append or sync fails the gallery is
+//! poisoned: it refuses writes until reopened, and nothing of the failed group
+//! is published or acknowledged.
+//!
+//! # Read path
+//! Readers clone the current `Arc<Snapshot>` (segments with their tombstones,
+//! memtable chunks with theirs) and search it without any lock; flushes and
+//! compactions publish new snapshots and never change an old one.
+//!
+//! # Where each part lives
+//! - `mod.rs`: the handle (`Gallery`), its options, poisoning and publication;
+//! - `recover.rs`: creating a gallery's files and opening (recovering) them;
+//! - `write.rs`: validation of writes, the write state and group commit;
+//! - `read.rs`: search, identification, verification and their decisions;
+//! - `head.rs`: training and calibrating the scoring head, the `HEAD` file;
+//! - `maintain.rs`: statistics, flush, compaction runs, the maintenance thread.
+//!
+//! Segment layout is [`crate::storage::segment`]'s, WAL framing
+//! [`crate::storage::wal`]'s, compaction policy [`crate::compaction`]'s.
+
+mod head;
+mod maintain;
+mod read;
+mod recover;
+mod write;
+
+pub use crate::api::*;
+use crate::compaction::CompactionPolicy;
+use crate::error::{Error, Result};
+use crate::head::HeadInfo;
+use crate::snapshot::Snapshot;
+use crate::storage::segment::VerifyChecksums;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use write::{Pending, WriteState};
+
+/// Longest an insert waits for flushes that are behind before it is refused.
+const BACKLOG_STALL: Duration = Duration::from_secs(30);
+
+/// What an acknowledged write survives. Named for the guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The WAL is fsynced (`fdatasync`) before a write returns: it survives a
+    /// process crash, an OS crash and power loss (given media that honour flushes).
+    #[default]
+    PowerLoss,
+    /// The WAL is written to the OS before a write returns, not synced: it
+    /// survives the process being killed, not an OS crash or power loss.
+    ProcessCrash,
+}
+
+/// Per-gallery settings.
+#[derive(Debug, Clone)]
+pub struct GalleryOptions {
+    /// What an acknowledged write survives.
+    pub durability: Durability,
+    /// Memtable rows that trigger a flush to a segment.
+    pub memtable_rows: usize,
+    /// Run flushes and compaction policy in a background thread.
+    pub background: bool,
+    /// How much of each segment to verify at open.
+    pub verify: VerifyChecksums,
+    /// When background compaction rewrites segments.
+    pub compaction: CompactionPolicy,
+    /// With `background`, inserts are refused ([`Error::Backlogged`]) while
+    /// this many rows wait in memory to be flushed: if flushes keep failing
+    /// (a full disk, a failing device), memory stays bounded. Deletes are
+    /// always taken, so people can still be erased.
+    pub max_unflushed_rows: usize,
+}
+
+impl Default for GalleryOptions {
+    fn default() -> Self {
+        GalleryOptions {
+            durability: Durability::PowerLoss,
+            memtable_rows: 1 << 17,
+            background: true,
+            verify: VerifyChecksums::Metadata,
+            compaction: CompactionPolicy::default(),
+            max_unflushed_rows: 1 << 19,
+        }
+    }
+}
+
+/// Wakes the maintenance thread.
+#[derive(Default)]
+struct Signal {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// A named collection of enrolled embeddings with its own directory.
+pub struct Gallery {
+    name: String,
+    dir: PathBuf,
+    opts: GalleryOptions,
+    state: Mutex<WriteState>,
+    published: RwLock<Arc<Snapshot>>,
+    queue: Mutex<VecDeque<Arc<Pending>>>,
+    queue_cv: Condvar,
+    maintenance: Mutex<()>,
+    poison: Mutex<Option<String>>,
+    closed: AtomicBool,
+    signal: Arc<Signal>,
+    fail_next_sync: AtomicBool,
+    fail_next_write: AtomicBool,
+    fail_next_reserve: AtomicBool,
+    fail_flushes: AtomicBool,
+    /// The last background maintenance failure, until maintenance works again.
+    maintenance_failure: Mutex<Option<String>>,
+    head: RwLock<Option<Arc<HeadInfo>>>,
+    head_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Gallery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gallery")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is a bug; the data is still consistent for
+    // our purposes (all mutations are completed before publication).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Name of the head file.
+pub(crate) const HEAD: &str = "HEAD";
+
+/// Name of the manifest file.
+pub(crate) const MANIFEST: &str = "MANIFEST";
+
+fn seg_name(n: u64) -> String {
+    format!("seg-{n:016x}.vseg")
+}
+
+fn parse_file_no(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let hex = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl Gallery {
+    /// The gallery's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gallery's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, st: &WriteState) {
+        let snap = Arc::new(st.snapshot());
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = snap;
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(reason) = lock(&self.poison).clone() {
+            return Err(Error::Poisoned {
+                gallery: self.name.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_poison(&self, reason: String) -> Error {
+        tracing::error!(gallery = %self.name, %reason, "gallery refuses writes until reopened");
+        let mut p = lock(&self.poison);
+        p.get_or_insert(reason.clone());
+        Error::Poisoned {
+            gallery: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Make the next WAL sync fail, as a failing disk would (for tests of the poisoning path).
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// Make the next WAL append fail with EIO after writing part of the group's
+    /// bytes, as a failing disk would (for tests of the poisoning path).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.fail_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// Make the next WAL space reservation fail with ENOSPC, as a full disk
+    /// would (for tests of the no-space path on any file system).
+    #[doc(hidden)]
+    pub fn inject_no_space(&self) {
+        self.fail_next_reserve.store(true, Ordering::SeqCst);
+    }
+
+    /// Make every segment write fail with EIO while `on` (for tests of the
+    /// unflushed-rows bound).
+    #[doc(hidden)]
+    pub fn inject_flush_failures(&self, on: bool) {
+        self.fail_flushes.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn close(&self) {
+        let _m = lock(&self.maintenance);
+        self.closed.store(true, Ordering::Release);
+        let mut f = lock(&self.signal.flag);
+        *f = true;
+        self.signal.cv.notify_all();
+    }
+
+    fn wake_maintenance(&self) {
+        let mut f = lock(&self.signal.flag);
+        *f = true;
+        self.signal.cv.notify_all();
+    }
+}

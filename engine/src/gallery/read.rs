@@ -1,0 +1,358 @@
+//! The read path of the handle: search, identification and verification over
+//! the published snapshot, and the decision thresholds they apply.
+
+use super::Gallery;
+use super::write::{check_probes, check_subject, check_vector};
+use crate::api::*;
+use crate::error::{Error, Result};
+use crate::head::{HeadInfo, TrainOptions, sigmoid};
+use crate::search;
+use crate::snapshot::Snapshot;
+use crate::{DIM, Embedding, Hit};
+
+enum Target<'a> {
+    Vector(Box<[f32; DIM]>),
+    Id(u64),
+    Subject(&'a str),
+}
+
+/// A decision rule: accept iff logit ≥ t, or distance ≤ t.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Logit(f32),
+    Distance(f32),
+}
+
+impl Decision {
+    pub(super) fn accepts(
+        &self,
+        best: &Hit,
+        head: Option<&HeadInfo>,
+        q: &[f32; DIM],
+        snap: &Snapshot,
+        c: &search::Cand,
+    ) -> bool {
+        match *self {
+            Decision::Distance(t) => best.distance <= t,
+            Decision::Logit(t) => head.filter(|h| h.trained).is_some_and(|h| {
+                let v = &snap.vectors(c.src as usize)[c.row as usize];
+                h.logit(q, v) >= t
+            }),
+        }
+    }
+}
+
+/// A result row: exact distance to the probe, and the head's probability when trained.
+fn hit(
+    snap: &Snapshot,
+    c: &search::Cand,
+    probe: &[f32; DIM],
+    head: Option<&HeadInfo>,
+    metric_is_l2: bool,
+) -> Hit {
+    let (s, r) = (c.src as usize, c.row as usize);
+    let v = &snap.vectors(s)[r];
+    let distance = if metric_is_l2 {
+        c.dist
+    } else {
+        crate::search::kernels::l2sq(probe, v)
+    };
+    Hit {
+        id: c.id,
+        subject: snap.subject(s, r).to_owned(),
+        distance,
+        probability: head
+            .filter(|h| h.trained)
+            .map(|h| sigmoid(h.logit(probe, v))),
+    }
+}
+
+impl Gallery {
+    /// Embeddings for the ids that exist, in request order.
+    pub fn get(&self, ids: &[u64]) -> Vec<Embedding> {
+        let snap = self.snapshot();
+        ids.iter().filter_map(|&id| snap.get(id)).collect()
+    }
+
+    /// Exact top-`k` embeddings for each probe, ascending by (distance, id).
+    pub fn search<P: AsRef<[f32]>>(&self, probes: &[P], k: usize) -> Result<Vec<Vec<Hit>>> {
+        self.search_with(
+            probes,
+            &SearchOptions {
+                k,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Exact top-`k` by distance or by the head's score, optionally only hits
+    /// within `max_distance`.
+    pub fn search_with<P: AsRef<[f32]>>(
+        &self,
+        probes: &[P],
+        opts: &SearchOptions,
+    ) -> Result<Vec<Vec<Hit>>> {
+        if let Some(d) = opts.max_distance
+            && (d.is_nan() || d < 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "max_distance must be a number at least 0, got {d}"
+            )));
+        }
+        let probes = check_probes(probes, opts.k, MAX_K)?;
+        let head = self.head();
+        let snap = self.snapshot();
+        let w;
+        let metric = match opts.rank_by {
+            RankBy::Distance => search::Metric::L2,
+            RankBy::Head => {
+                let h = head.as_ref().filter(|h| h.trained).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "gallery {:?} has no trained head: call TrainHead before ranking by HEAD",
+                        self.name
+                    ))
+                })?;
+                w = h.weight_array();
+                search::Metric::Head(&w, h.distance_weight)
+            }
+        };
+        let is_l2 = matches!(metric, search::Metric::L2);
+        let cands = if is_l2 && opts.mode == ScanMode::Quantized {
+            search::top_k_quantized(&snap, &probes, opts.k)
+        } else {
+            search::top_k(&snap, &probes, opts.k, metric)
+        };
+        Ok(cands
+            .into_iter()
+            .zip(&probes)
+            .map(|(cs, q)| {
+                cs.iter()
+                    .map(|c| hit(&snap, c, q, head.as_deref(), is_l2))
+                    .filter(|h| opts.max_distance.is_none_or(|m| h.distance <= m))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// For each probe, the `k` best distinct subjects, each with its best-matching
+    /// embedding, ranked by distance exactly as a brute-force scan ranks them.
+    pub fn identify<P: AsRef<[f32]>>(&self, probes: &[P], k: usize) -> Result<Vec<Vec<Hit>>> {
+        let probes = check_probes(probes, k, MAX_IDENTIFY_K)?;
+        let head = self.head();
+        let snap = self.snapshot();
+        Ok(search::identify(&snap, &probes, k, search::Metric::L2)
+            .into_iter()
+            .zip(&probes)
+            .map(|(cs, q)| {
+                cs.iter()
+                    .map(|c| hit(&snap, c, q, head.as_deref(), true))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Open-set identification: the `k` best subjects (ranked by the head's
+    /// probability when a head is trained, else by distance), and whether the
+    /// best passes the decision threshold (the request's `min_probability` or
+    /// `max_distance`, else the gallery's calibrated one).
+    pub fn identify_open<P: AsRef<[f32]>>(
+        &self,
+        probes: &[P],
+        opts: &IdentifyOptions,
+    ) -> Result<Vec<Identification>> {
+        let probes = check_probes(probes, opts.k, MAX_IDENTIFY_K)?;
+        let decision = self.decision_for(opts.min_probability, opts.max_distance, true)?;
+        let head = self.head();
+        let snap = self.snapshot();
+        let w = head
+            .as_ref()
+            .map(|h| h.weight_array())
+            .unwrap_or([0.0; DIM]);
+        let trained = head.as_ref().is_some_and(|h| h.trained);
+        let wd = head.as_ref().map_or(0.0, |h| h.distance_weight);
+        let metric = if trained {
+            search::Metric::Head(&w, wd)
+        } else {
+            search::Metric::L2
+        };
+        Ok(search::identify(&snap, &probes, opts.k, metric)
+            .into_iter()
+            .zip(&probes)
+            .map(|(cs, q)| {
+                let candidates: Vec<Hit> = cs
+                    .iter()
+                    .map(|c| hit(&snap, c, q, head.as_deref(), !trained))
+                    .collect();
+                let known = candidates
+                    .first()
+                    .is_some_and(|best| decision.accepts(best, head.as_deref(), q, &snap, &cs[0]));
+                Identification {
+                    known,
+                    subject: if known {
+                        candidates.first().map(|c| c.subject.clone())
+                    } else {
+                        None
+                    },
+                    candidates,
+                }
+            })
+            .collect())
+    }
+
+    /// 1:1 verification of each pair: probability (with a head), distance, and the decision.
+    /// Against a subject, the best over that subject's embeddings counts.
+    pub fn verify(&self, pairs: &[VerifyPair], opts: &VerifyOptions) -> Result<Vec<Verdict>> {
+        if pairs.len() > MAX_PROBES {
+            return Err(Error::TooLarge {
+                what: "pairs",
+                got: pairs.len(),
+                limit: MAX_PROBES,
+            });
+        }
+        let mut checked = Vec::with_capacity(pairs.len());
+        for (i, p) in pairs.iter().enumerate() {
+            let a = check_vector("pairs.a", i, &p.a)?;
+            let b = match &p.b {
+                VerifyTarget::Vector(v) => Target::Vector(Box::new(check_vector("pairs.b", i, v)?)),
+                VerifyTarget::Id(id) => Target::Id(*id),
+                VerifyTarget::Subject(s) => {
+                    check_subject("pairs", i, s)?;
+                    Target::Subject(s.as_str())
+                }
+            };
+            checked.push((a, b));
+        }
+        let decision = self.decision(opts.min_probability, opts.max_distance)?;
+        let head = self.head();
+        let head = head.as_deref().filter(|h| h.trained);
+        let snap = self.snapshot();
+        let mut out = Vec::with_capacity(pairs.len());
+        for (i, (a, b)) in checked.iter().enumerate() {
+            let score = |v: &[f32; DIM]| -> (f32, Option<f32>) {
+                (
+                    crate::search::kernels::l2sq(a, v),
+                    head.map(|h| h.logit(a, v)),
+                )
+            };
+            let best: Option<(f32, Option<f32>, Option<u64>)> = match b {
+                Target::Vector(v) => {
+                    let (d, l) = score(v);
+                    Some((d, l, None))
+                }
+                Target::Id(id) => {
+                    let e = snap.get(*id).ok_or_else(|| {
+                        Error::NotFound(format!("pairs[{i}].id: no embedding with id {id}"))
+                    })?;
+                    let v = check_vector("stored", 0, &e.vector)?;
+                    let (d, l) = score(&v);
+                    Some((d, l, Some(*id)))
+                }
+                Target::Subject(s) => {
+                    let rows = snap.subject_rows(s);
+                    if rows.is_empty() {
+                        return Err(Error::NotFound(format!(
+                            "pairs[{i}].subject: no embedding of subject {:?}",
+                            crate::engine::shown(s)
+                        )));
+                    }
+                    rows.iter()
+                        .map(|&(src, r)| {
+                            let (d, l) = score(&snap.vectors(src)[r]);
+                            (d, l, Some(snap.id(src, r)))
+                        })
+                        .min_by(|x, y| match (x.1, y.1) {
+                            // Best = highest logit with a head, else smallest distance; ties by id.
+                            (Some(lx), Some(ly)) => ly.total_cmp(&lx).then(x.2.cmp(&y.2)),
+                            _ => x.0.total_cmp(&y.0).then(x.2.cmp(&y.2)),
+                        })
+                }
+            };
+            let Some((distance, logit, matched)) = best else {
+                continue;
+            };
+            let same = match decision {
+                Decision::Logit(t) => logit.is_some_and(|l| l >= t),
+                Decision::Distance(t) => distance <= t,
+            };
+            out.push(Verdict {
+                same,
+                probability: logit.map(sigmoid),
+                distance,
+                matched_id: matched,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The threshold decisions use: request overrides first, then the calibrated one.
+    fn decision(
+        &self,
+        min_probability: Option<f32>,
+        max_distance: Option<f32>,
+    ) -> Result<Decision> {
+        self.decision_for(min_probability, max_distance, false)
+    }
+
+    /// As [`Gallery::decision`]; `open_set` picks the identification (1:N)
+    /// thresholds instead of the verification (1:1) ones.
+    fn decision_for(
+        &self,
+        min_probability: Option<f32>,
+        max_distance: Option<f32>,
+        open_set: bool,
+    ) -> Result<Decision> {
+        let head = self.head();
+        if let Some(p) = min_probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::InvalidArgument(format!(
+                    "min_probability must be in [0, 1], got {p}"
+                )));
+            }
+            if !head.as_ref().is_some_and(|h| h.trained) {
+                return Err(Error::FailedPrecondition(format!(
+                    "min_probability needs a trained head, and gallery {:?} has none: train one or pass max_distance",
+                    self.name
+                )));
+            }
+            let logit = if p <= 0.0 {
+                f32::NEG_INFINITY
+            } else if p >= 1.0 {
+                f32::INFINITY
+            } else {
+                (p / (1.0 - p)).ln()
+            };
+            return Ok(Decision::Logit(logit));
+        }
+        if let Some(d) = max_distance {
+            if d.is_nan() || d < 0.0 || !d.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "max_distance must be finite and at least 0, got {d}"
+                )));
+            }
+            return Ok(Decision::Distance(d));
+        }
+        match head.as_deref() {
+            Some(h) if open_set && h.open_probes > 0 => Ok(if h.trained {
+                Decision::Logit(h.open_logit_threshold)
+            } else {
+                Decision::Distance(h.open_distance_threshold)
+            }),
+            Some(h) if h.trained => Ok(Decision::Logit(h.logit_threshold)),
+            Some(h) => Ok(Decision::Distance(h.distance_threshold)),
+            None => {
+                // No threshold yet: calibrate the distance threshold now from the gallery's own pairs.
+                let h = self.calibrate(&TrainOptions::default()).map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "gallery {:?} has no calibrated threshold and could not calibrate one ({e}); pass max_distance or min_probability",
+                        self.name
+                    ))
+                })?;
+                Ok(Decision::Distance(if open_set && h.open_probes > 0 {
+                    h.open_distance_threshold
+                } else {
+                    h.distance_threshold
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The write path: a batch is validated whole in the caller's thread, joins
+//! the commit queue, and the batch at its head leads a group commit (reserve,
+//! frame and apply under the state lock, one append and one sync, then
+//! publish and acknowledge). Also the writer's state (`WriteState`): the WAL
+//! writer, the segments with their tombstones, the frozen and active memtables.
+
+use super::{BACKLOG_STALL, Durability, Gallery, MANIFEST, lock};
+use crate::api::*;
+use crate::error::{Error, Result};
+use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
+use crate::snapshot::{SegState, Snapshot};
+use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
+use crate::storage::wal::WalWriter;
+use crate::{DIM, Embedding};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where a live id is.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Loc {
+    Active(MemLoc),
+    Frozen(MemLoc),
+    Seg(usize, usize),
+}
+
+/// The writer's state, under one mutex.
+pub(super) struct WriteState {
+    pub(super) wal: WalWriter,
+    pub(super) segments: Vec<SegState>,
+    /// Memtable being written to a segment; its WAL files are those below `active_wal`.
+    pub(super) frozen: Option<Memtable>,
+    pub(super) active: Memtable,
+    pub(super) next_file_no: u64,
+    pub(super) generation: u64,
+    /// First WAL file the manifest says to replay.
+    pub(super) wal_start: u64,
+}
+
+impl WriteState {
+    /// The next file number. The counter cannot pass `u64::MAX`: only a
+    /// damaged manifest brings it there (2^64 files are never made), and
+    /// wrapping around would reuse the numbers of live files.
+    pub(super) fn alloc_file_no(&mut self, dir: &Path) -> Result<u64> {
+        let n = self.next_file_no;
+        self.next_file_no = n.checked_add(1).ok_or_else(|| {
+            Error::corrupt(
+                dir.join(MANIFEST),
+                0,
+                format!("next file number {n} leaves no file numbers to use"),
+            )
+        })?;
+        Ok(n)
+    }
+
+    pub(super) fn find_live(&self, id: u64) -> Option<Loc> {
+        if let Some(l) = self.active.find(id) {
+            return Some(Loc::Active(l));
+        }
+        if let Some(l) = self.frozen.as_ref().and_then(|f| f.find(id)) {
+            return Some(Loc::Frozen(l));
+        }
+        self.segments.iter().enumerate().find_map(|(i, ss)| {
+            ss.seg
+                .find_id(id)
+                .filter(|&r| !ss.tomb.get(r))
+                .map(|r| Loc::Seg(i, r))
+        })
+    }
+
+    pub(super) fn delete_loc(&mut self, loc: Loc) {
+        match loc {
+            Loc::Active(l) => self.active.delete(l),
+            Loc::Frozen(l) => {
+                if let Some(f) = self.frozen.as_mut() {
+                    f.delete(l)
+                }
+            }
+            Loc::Seg(i, r) => {
+                Arc::make_mut(&mut self.segments[i].tomb).set(r);
+            }
+        }
+    }
+
+    /// Upsert the rows of `chunk` (ids unique within it).
+    pub(super) fn apply_insert(&mut self, chunk: Chunk) -> InsertOutcome {
+        let mut replaced = 0;
+        for &id in &chunk.ids {
+            if let Some(loc) = self.find_live(id) {
+                self.delete_loc(loc);
+                replaced += 1;
+            }
+        }
+        let n = chunk.len() as u64;
+        self.active.append(chunk);
+        InsertOutcome {
+            inserted: n - replaced,
+            replaced,
+        }
+    }
+
+    pub(super) fn apply_delete(&mut self, ids: &[u64]) -> u64 {
+        let mut n = 0;
+        for &id in ids {
+            if let Some(loc) = self.find_live(id) {
+                self.delete_loc(loc);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(super) fn apply_op(&mut self, op: &WalOp) {
+        match op {
+            WalOp::Insert(items) => {
+                let chunk = Chunk::new(
+                    items.iter().map(|e| e.id).collect(),
+                    items
+                        .iter()
+                        .map(|e| Arc::from(e.subject.as_str()))
+                        .collect(),
+                    items.iter().map(|e| e.vector).collect(),
+                );
+                self.apply_insert(chunk);
+            }
+            WalOp::Delete(ids) => {
+                self.apply_delete(ids);
+            }
+        }
+    }
+
+    /// Live ids named directly or through their subject, each once.
+    pub(super) fn resolve_delete(&self, ids: &[u64], subjects: &[String]) -> Vec<u64> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for &id in ids {
+            if self.find_live(id).is_some() && seen.insert(id) {
+                out.push(id);
+            }
+        }
+        for s in subjects {
+            let mut found: Vec<u64> = self.active.subject_ids(s).collect();
+            if let Some(f) = &self.frozen {
+                found.extend(f.subject_ids(s));
+            }
+            for ss in &self.segments {
+                found.extend(
+                    ss.seg
+                        .subject_rows(s)
+                        .iter()
+                        .filter(|&&r| !ss.tomb.get(r as usize))
+                        .map(|&r| ss.seg.ids()[r as usize]),
+                );
+            }
+            found.sort_unstable();
+            for id in found {
+                if seen.insert(id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let mut chunks = Vec::new();
+        if let Some(f) = &self.frozen {
+            chunks.extend(f.chunks.iter().cloned());
+        }
+        chunks.extend(self.active.chunks.iter().cloned());
+        Snapshot {
+            segments: self.segments.clone(),
+            chunks,
+        }
+    }
+
+    pub(super) fn manifest(&self, segments: &[SegState], wal_start: u64) -> ManifestData {
+        ManifestData {
+            // A count for people reading the file, compared with nothing: it
+            // may wrap (only a damaged manifest brings it near u64::MAX).
+            generation: self.generation.wrapping_add(1),
+            next_file_no: self.next_file_no,
+            wal_start,
+            segments: segments
+                .iter()
+                .map(|s| ManifestSegment {
+                    file_no: s.seg.file_no(),
+                    rows: s.seg.rows() as u64,
+                    deleted: s.tomb.rows(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A validated write waiting in the commit queue.
+pub(super) enum Op {
+    /// The rows (taken by the leader) and the WAL payload with its CRC state.
+    Insert {
+        chunk: Mutex<Option<Chunk>>,
+        payload: Vec<u8>,
+        crc: crc32fast::Hasher,
+    },
+    Delete {
+        ids: Vec<u64>,
+        subjects: Vec<String>,
+    },
+}
+
+pub(super) enum Outcome {
+    Insert(InsertOutcome),
+    Delete(u64),
+}
+
+pub(super) struct Pending {
+    op: Op,
+    result: Mutex<Option<Result<Outcome>>>,
+}
+
+/// Check one subject string.
+pub(super) fn check_subject(what: &'static str, index: usize, s: &str) -> Result<()> {
+    match format::subject_problem(s) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidSubject {
+            what,
+            index,
+            reason,
+        }),
+    }
+}
+
+/// Check one vector: dimension and finiteness.
+pub(super) fn check_vector(what: &'static str, index: usize, v: &[f32]) -> Result<[f32; DIM]> {
+    let arr: [f32; DIM] = v.try_into().map_err(|_| Error::DimensionMismatch {
+        what,
+        index,
+        expected: DIM,
+        got: v.len(),
+    })?;
+    if let Some(position) = arr.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFiniteValue {
+            what,
+            index,
+            position,
+            value: arr[position],
+        });
+    }
+    Ok(arr)
+}
+
+pub(super) fn check_probes<P: AsRef<[f32]>>(
+    probes: &[P],
+    k: usize,
+    max_k: usize,
+) -> Result<Vec<[f32; DIM]>> {
+    if k == 0 {
+        return Err(Error::InvalidArgument("k must be at least 1".into()));
+    }
+    if k > max_k {
+        return Err(Error::TooLarge {
+            what: "k",
+            got: k,
+            limit: max_k,
+        });
+    }
+    if probes.len() > MAX_PROBES {
+        return Err(Error::TooLarge {
+            what: "probes",
+            got: probes.len(),
+            limit: MAX_PROBES,
+        });
+    }
+    probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| check_vector("probes", i, p.as_ref()))
+        .collect()
+}
+
+impl Gallery {
+    /// Refuse an insert while too many rows wait to be flushed (see
+    /// [`GalleryOptions::max_unflushed_rows`]).
+    pub(super) fn check_backlog(&self) -> Result<()> {
+        if !self.opts.background {
+            return Ok(());
+        }
+        // Flushes that are merely behind stall the writer (up to a bound);
+        // flushes that fail refuse it at once.
+        let start = std::time::Instant::now();
+        loop {
+            let rows = {
+                let st = lock(&self.state);
+                st.active.rows() + st.frozen.as_ref().map_or(0, |f| f.rows())
+            };
+            if rows < self.opts.max_unflushed_rows {
+                return Ok(());
+            }
+            self.wake_maintenance();
+            let failure = lock(&self.maintenance_failure).clone();
+            if failure.is_some() || start.elapsed() > BACKLOG_STALL {
+                return Err(Error::Backlogged {
+                    gallery: self.name.clone(),
+                    rows,
+                    limit: self.opts.max_unflushed_rows,
+                    failure,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Reserve WAL space for `bytes` more bytes past what this group already
+    /// framed (`framed`), or say why not.
+    pub(super) fn reserve_wal(&self, st: &mut WriteState, framed: u64, bytes: u64) -> Result<()> {
+        let res = if self.fail_next_reserve.swap(false, Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            st.wal.reserve(framed + bytes)
+        };
+        res.map_err(|e| {
+            let e = Error::io(st.wal.path(), e);
+            if e.is_no_space() {
+                Error::NoSpace {
+                    what: "this write",
+                    path: self.dir.clone(),
+                    needed: bytes,
+                    available: crate::storage::fs::available_space(&self.dir).unwrap_or(0),
+                }
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Insert (upsert) a batch. The batch is validated whole first; a bad batch
+    /// is rejected with an error naming the position and changes nothing.
+    pub fn insert(&self, batch: &[Embedding]) -> Result<InsertOutcome> {
+        if batch.len() > MAX_INSERT_BATCH {
+            return Err(Error::TooLarge {
+                what: "embeddings",
+                got: batch.len(),
+                limit: MAX_INSERT_BATCH,
+            });
+        }
+        let mut seen = crate::snapshot::memtable::IdMap::with_capacity_and_hasher(
+            batch.len(),
+            Default::default(),
+        );
+        let mut vectors = Vec::with_capacity(batch.len());
+        for (i, e) in batch.iter().enumerate() {
+            vectors.push(check_vector("embeddings", i, &e.vector)?);
+            check_subject("embeddings", i, &e.subject)?;
+            if let Some(first) = seen.insert(e.id, i) {
+                return Err(Error::DuplicateId {
+                    id: e.id,
+                    first,
+                    second: i,
+                });
+            }
+        }
+        if batch.is_empty() {
+            return Ok(InsertOutcome::default());
+        }
+        self.check_backlog()?;
+        let mut payload = Vec::with_capacity(5 + batch.len() * (10 + format::VECTOR_BYTES + 16));
+        format::encode_insert(
+            batch
+                .iter()
+                .zip(&vectors)
+                .map(|(e, v)| (e.id, e.subject.as_str(), v)),
+            &mut payload,
+        );
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&payload);
+        let ids = batch.iter().map(|e| e.id).collect();
+        let subjects = batch
+            .iter()
+            .map(|e| Arc::from(e.subject.as_str()))
+            .collect();
+        let chunk = Chunk::new(ids, subjects, vectors);
+        let op = Op::Insert {
+            chunk: Mutex::new(Some(chunk)),
+            payload,
+            crc,
+        };
+        match self.submit(op)? {
+            Outcome::Insert(o) => Ok(o),
+            Outcome::Delete(_) => unreachable!("insert op yields an insert outcome"),
+        }
+    }
+
+    /// Delete embeddings by id and every embedding of the given subjects.
+    /// Returns how many live embeddings were removed.
+    pub fn delete(&self, ids: &[u64], subjects: &[String]) -> Result<u64> {
+        if ids.len() + subjects.len() > MAX_DELETE_BATCH {
+            return Err(Error::TooLarge {
+                what: "ids and subjects",
+                got: ids.len() + subjects.len(),
+                limit: MAX_DELETE_BATCH,
+            });
+        }
+        for (i, s) in subjects.iter().enumerate() {
+            check_subject("subjects", i, s)?;
+        }
+        if ids.is_empty() && subjects.is_empty() {
+            return Ok(0);
+        }
+        match self.submit(Op::Delete {
+            ids: ids.to_vec(),
+            subjects: subjects.to_vec(),
+        })? {
+            Outcome::Delete(n) => Ok(n),
+            Outcome::Insert(_) => unreachable!("delete op yields a delete outcome"),
+        }
+    }
+
+    /// Join the commit queue; lead a group if first in line.
+    pub(super) fn submit(&self, op: Op) -> Result<Outcome> {
+        self.check_writable()?;
+        let me = Arc::new(Pending {
+            op,
+            result: Mutex::new(None),
+        });
+        let mut q = lock(&self.queue);
+        q.push_back(me.clone());
+        loop {
+            if let Some(r) = lock(&me.result).take() {
+                return r;
+            }
+            if q.front().is_some_and(|f| Arc::ptr_eq(f, &me)) {
+                break;
+            }
+            q = self.queue_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        // Leader: take the whole queue (bounded by bytes) as one group.
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        for p in q.iter() {
+            let b = match &p.op {
+                Op::Insert { payload, .. } => payload.len(),
+                Op::Delete { ids, .. } => ids.len() * 8,
+            };
+            if !group.is_empty() && bytes + b > 64 << 20 {
+                break;
+            }
+            bytes += b;
+            group.push(p.clone());
+        }
+        drop(q);
+        let results = self.commit_group(&group);
+        let mut q = lock(&self.queue);
+        for (p, r) in group.iter().zip(results) {
+            *lock(&p.result) = Some(r);
+            q.pop_front();
+        }
+        self.queue_cv.notify_all();
+        drop(q);
+        lock(&me.result).take().unwrap_or(Err(Error::Closed))
+    }
+
+    pub(super) fn commit_group(&self, group: &[Arc<Pending>]) -> Vec<Result<Outcome>> {
+        let fail_all = |e: &Error| -> Vec<Result<Outcome>> {
+            group
+                .iter()
+                .map(|_| {
+                    Err(match e {
+                        Error::Poisoned { gallery, reason } => Error::Poisoned {
+                            gallery: gallery.clone(),
+                            reason: reason.clone(),
+                        },
+                        Error::Closed => Error::Closed,
+                        other => Error::Poisoned {
+                            gallery: self.name.clone(),
+                            reason: other.to_string(),
+                        },
+                    })
+                })
+                .collect()
+        };
+        let mut st = lock(&self.state);
+        if let Err(e) = self.check_writable() {
+            return fail_all(&e);
+        }
+        let salt = st.wal.salt();
+        // Apply in queue order; frame each record. Insert payloads are written
+        // from where their callers encoded them (one vectored write for the group).
+        enum Body {
+            Insert(usize),
+            Delete(Vec<u8>),
+        }
+        let mut records: Vec<([u8; format::RECORD_FRAME_LEN], Body)> =
+            Vec::with_capacity(group.len());
+        let mut outs = Vec::with_capacity(group.len());
+        // Bytes framed so far in this group: each batch reserves its WAL space
+        // before it is applied, so a full disk refuses it (and the batches
+        // after it) whole, leaving the state and the gallery as they were.
+        let mut framed = 0u64;
+        for (i, p) in group.iter().enumerate() {
+            match &p.op {
+                Op::Insert {
+                    chunk,
+                    payload,
+                    crc,
+                } => {
+                    let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                    if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
+                        outs.push(Err(e));
+                        break;
+                    }
+                    framed += bytes;
+                    records.push((
+                        format::frame_header(salt, payload.len(), crc),
+                        Body::Insert(i),
+                    ));
+                    let chunk = lock(chunk).take().unwrap_or_default();
+                    outs.push(Ok(Outcome::Insert(st.apply_insert(chunk))));
+                }
+                Op::Delete { ids, subjects } => {
+                    let resolved = st.resolve_delete(ids, subjects);
+                    if !resolved.is_empty() {
+                        let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
+                        format::encode_delete(&resolved, &mut payload);
+                        let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                        if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
+                            outs.push(Err(e));
+                            break;
+                        }
+                        framed += bytes;
+                        let mut crc = crc32fast::Hasher::new();
+                        crc.update(&payload);
+                        records.push((
+                            format::frame_header(salt, payload.len(), &crc),
+                            Body::Delete(payload),
+                        ));
+                    }
+                    outs.push(Ok(Outcome::Delete(st.apply_delete(&resolved))));
+                }
+            }
+        }
+        // Batches after one refused for space are refused too (they were not applied).
+        for p in &group[outs.len()..] {
+            let needed = match &p.op {
+                Op::Insert { payload, .. } => payload.len(),
+                Op::Delete { ids, .. } => ids.len() * 8,
+            };
+            outs.push(Err(Error::NoSpace {
+                what: "this write",
+                path: self.dir.clone(),
+                needed: (format::RECORD_FRAME_LEN + needed) as u64,
+                available: crate::storage::fs::available_space(&self.dir).unwrap_or(0),
+            }));
+        }
+        if !records.is_empty() {
+            let mut parts = Vec::with_capacity(records.len() * 2);
+            for (frame, body) in &records {
+                parts.push(std::io::IoSlice::new(frame));
+                parts.push(std::io::IoSlice::new(match body {
+                    Body::Insert(i) => match &group[*i].op {
+                        Op::Insert { payload, .. } => payload,
+                        Op::Delete { .. } => &[][..],
+                    },
+                    Body::Delete(payload) => payload,
+                }));
+            }
+            let path = st.wal.path().to_owned();
+            let res = if self.fail_next_write.swap(false, Ordering::SeqCst) {
+                // Write part of the group, then fail, as a dying disk might.
+                let _ = st.wal.append_vectored(&mut parts[..1]);
+                Err(std::io::Error::from_raw_os_error(5))
+            } else {
+                st.wal.append_vectored(&mut parts)
+            };
+            let res = res.and_then(|_| {
+                if self.opts.durability == Durability::PowerLoss {
+                    if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+                        return Err(std::io::Error::other("injected fsync failure"));
+                    }
+                    st.wal.sync()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = res {
+                let err = self.set_poison(format!(
+                    "WAL write or sync failed on {}: {e}",
+                    path.display()
+                ));
+                return fail_all(&err);
+            }
+        }
+        self.publish(&st);
+        let need_flush = st.active.rows() >= self.opts.memtable_rows;
+        drop(st);
+        if need_flush && self.opts.background {
+            self.wake_maintenance();
+        }
+        outs
+    }
+}

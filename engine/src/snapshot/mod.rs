@@ -1,0 +1,161 @@
+//! What a reader sees: the gallery's segments with their tombstones and the
+//! memtable chunks with theirs, immutable once published. Searches, the head
+//! and statistics read a `Snapshot`; only the gallery's writer makes new ones.
+//!
+//! The rows written since the last flush live in [`memtable`] chunks; the
+//! deletion bitmaps of segments and chunks in [`tombstones`].
+
+pub(crate) mod memtable;
+pub(crate) mod tombstones;
+
+use crate::storage::segment::Segment;
+use crate::{DIM, Embedding};
+use memtable::MemChunk;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tombstones::Tombstones;
+
+/// A segment with its tombstones.
+#[derive(Debug, Clone)]
+pub(crate) struct SegState {
+    pub seg: Arc<Segment>,
+    pub tomb: Arc<Tombstones>,
+}
+
+/// What a reader sees: immutable once published.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub segments: Vec<SegState>,
+    pub chunks: Vec<MemChunk>,
+}
+
+impl Snapshot {
+    /// Segments first, then memtable chunks.
+    pub(crate) fn source_count(&self) -> usize {
+        self.segments.len() + self.chunks.len()
+    }
+    pub(crate) fn vectors(&self, s: usize) -> &[[f32; DIM]] {
+        match self.segments.get(s) {
+            Some(ss) => ss.seg.vectors(),
+            None => &self.chunks[s - self.segments.len()].chunk.vectors,
+        }
+    }
+    /// The 8-bit codes of a source (version-2 segments only).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
+        self.segments.get(s).and_then(|ss| ss.seg.sq8())
+    }
+    /// `‖x̂‖²` of each coded row of a segment (computed on first use; empty for memtable chunks).
+    pub(crate) fn decoded_norms(&self, s: usize) -> &[f32] {
+        self.segments
+            .get(s)
+            .map_or(&[], |ss| ss.seg.decoded_norms())
+    }
+    /// Precomputed squared norms of a source's rows (segments have them; memtable chunks do not).
+    pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {
+        self.segments.get(s).map(|ss| ss.seg.norms())
+    }
+    #[inline]
+    pub(crate) fn deleted(&self, s: usize, row: usize) -> bool {
+        match self.segments.get(s) {
+            Some(ss) => ss.tomb.get(row),
+            None => self.chunks[s - self.segments.len()].tomb.get(row),
+        }
+    }
+    #[inline]
+    pub(crate) fn id(&self, s: usize, row: usize) -> u64 {
+        match self.segments.get(s) {
+            Some(ss) => ss.seg.ids()[row],
+            None => self.chunks[s - self.segments.len()].chunk.ids[row],
+        }
+    }
+    pub(crate) fn subject(&self, s: usize, row: usize) -> &str {
+        match self.segments.get(s) {
+            Some(ss) => ss.seg.row_subject(row),
+            None => &self.chunks[s - self.segments.len()].chunk.subjects[row],
+        }
+    }
+    pub(crate) fn live_rows(&self) -> usize {
+        let seg: usize = self
+            .segments
+            .iter()
+            .map(|s| s.seg.rows() - s.tomb.count())
+            .sum();
+        let mem: usize = self
+            .chunks
+            .iter()
+            .map(|c| c.chunk.ids.len() - c.tomb.count())
+            .sum();
+        seg + mem
+    }
+    pub(crate) fn deleted_rows(&self) -> usize {
+        self.segments.iter().map(|s| s.tomb.count()).sum::<usize>()
+            + self.chunks.iter().map(|c| c.tomb.count()).sum::<usize>()
+    }
+    pub(crate) fn subjects(&self) -> usize {
+        let mut set: HashSet<&str> = HashSet::new();
+        for ss in &self.segments {
+            for ord in 0..ss.seg.subject_count() {
+                if ss
+                    .seg
+                    .posting(ord)
+                    .iter()
+                    .any(|&r| !ss.tomb.get(r as usize))
+                {
+                    set.insert(ss.seg.subject(ord as u32));
+                }
+            }
+        }
+        for c in &self.chunks {
+            for (r, s) in c.chunk.subjects.iter().enumerate() {
+                if !c.tomb.get(r) {
+                    set.insert(s);
+                }
+            }
+        }
+        set.len()
+    }
+    /// Live rows of `subject`.
+    pub(crate) fn subject_rows(&self, subject: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (i, ss) in self.segments.iter().enumerate() {
+            out.extend(
+                ss.seg
+                    .subject_rows(subject)
+                    .iter()
+                    .map(|&r| r as usize)
+                    .filter(|&r| !ss.tomb.get(r))
+                    .map(|r| (i, r)),
+            );
+        }
+        for (j, c) in self.chunks.iter().enumerate() {
+            for (r, s) in c.chunk.subjects.iter().enumerate() {
+                if &**s == subject && !c.tomb.get(r) {
+                    out.push((self.segments.len() + j, r));
+                }
+            }
+        }
+        out
+    }
+    pub(crate) fn get(&self, id: u64) -> Option<Embedding> {
+        for c in self.chunks.iter().rev() {
+            if let Some(r) = c.chunk.find_live(id, &c.tomb) {
+                return Some(Embedding {
+                    id,
+                    subject: c.chunk.subjects[r].to_string(),
+                    vector: c.chunk.vectors[r].to_vec(),
+                });
+            }
+        }
+        for ss in &self.segments {
+            if let Some(r) = ss.seg.find_id(id).filter(|&r| !ss.tomb.get(r)) {
+                return Some(Embedding {
+                    id,
+                    subject: ss.seg.row_subject(r).to_owned(),
+                    vector: ss.seg.vectors()[r].to_vec(),
+                });
+            }
+        }
+        None
+    }
+}
