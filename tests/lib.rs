@@ -3,6 +3,7 @@
 
 use visage_engine::{DIM, Embedding};
 
+pub mod faults;
 pub mod scan;
 
 /// splitmix64: a small, good PRNG for reproducible test data.

@@ -9,7 +9,8 @@
 
 use crate::error::{Error, Result};
 use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
-use crate::storage::fs::DirLock;
+use crate::storage::fs::{DirLock, fsync_dir};
+use crate::storage::io::{FileSystem, RealFs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -30,6 +31,7 @@ pub struct Engine {
     galleries_dir: PathBuf,
     opts: EngineOptions,
     galleries: RwLock<BTreeMap<String, Arc<Gallery>>>,
+    fs: Arc<dyn FileSystem>,
     _lock: DirLock,
 }
 
@@ -73,42 +75,58 @@ pub fn check_gallery_name(name: &str) -> Result<()> {
 impl Engine {
     /// Open (creating if needed) the data directory `root` and every gallery in it.
     pub fn open(root: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
+        Self::open_with_fs(root, opts, Arc::new(RealFs))
+    }
+
+    /// [`Engine::open`] with every file operation going through `fs` (tests
+    /// pass a fault-injecting implementation). The directory lock is taken on
+    /// the real file system.
+    pub fn open_with_fs(
+        root: impl AsRef<Path>,
+        opts: EngineOptions,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Engine> {
         let root = root.as_ref().to_owned();
-        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        fs.create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         let lock = DirLock::acquire(&root)?;
         let galleries_dir = root.join("galleries");
-        std::fs::create_dir_all(&galleries_dir).map_err(|e| Error::io(&galleries_dir, e))?;
+        fs.create_dir_all(&galleries_dir)
+            .map_err(|e| Error::io(&galleries_dir, e))?;
         let mut galleries = BTreeMap::new();
-        for entry in std::fs::read_dir(&galleries_dir).map_err(|e| Error::io(&galleries_dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&galleries_dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if !path.is_dir() {
+        let entries = fs
+            .read_dir(&galleries_dir)
+            .map_err(|e| Error::io(&galleries_dir, e))?;
+        for entry in entries {
+            let name = entry.name.to_string_lossy().into_owned();
+            let path = galleries_dir.join(&entry.name);
+            if !entry.is_dir {
                 continue;
             }
             if name.ends_with(DROPPING) {
                 tracing::info!(dir = %path.display(), "finishing an interrupted gallery drop");
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
                 continue;
             }
             if check_gallery_name(&name).is_err() {
                 tracing::warn!(dir = %path.display(), "ignoring directory that is not a gallery");
                 continue;
             }
-            if !path.join(MANIFEST).exists() {
+            let manifest = path.join(MANIFEST);
+            if !fs.exists(&manifest).map_err(|e| Error::io(&manifest, e))? {
                 tracing::info!(dir = %path.display(), "removing gallery whose creation was interrupted");
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
                 continue;
             }
-            let g = Gallery::open(&name, &path, opts.gallery.clone())?;
+            let g = Gallery::open(fs.clone(), &name, &path, opts.gallery.clone())?;
             galleries.insert(name, g);
         }
-        crate::storage::fs::fsync_dir(&galleries_dir)?;
+        fsync_dir(&*fs, &galleries_dir)?;
         Ok(Engine {
             root,
             galleries_dir,
             opts,
             galleries: RwLock::new(galleries),
+            fs,
             _lock: lock,
         })
     }
@@ -126,16 +144,17 @@ impl Engine {
             return Err(Error::GalleryExists(name.to_owned()));
         }
         let dir = self.galleries_dir.join(name);
-        if dir.exists() {
+        let fs = &*self.fs;
+        if fs.exists(&dir).map_err(|e| Error::io(&dir, e))? {
             // Left behind by a creation that crashed after the last open: start over.
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            fs.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        if let Err(e) = Gallery::create_files(&dir) {
-            let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = Gallery::create_files(fs, &dir) {
+            let _ = fs.remove_dir_all(&dir);
             return Err(e);
         }
-        crate::storage::fs::fsync_dir(&self.galleries_dir)?;
-        let g = Gallery::open(name, &dir, self.opts.gallery.clone())?;
+        fsync_dir(fs, &self.galleries_dir)?;
+        let g = Gallery::open(self.fs.clone(), name, &dir, self.opts.gallery.clone())?;
         map.insert(name.to_owned(), g.clone());
         Ok(g)
     }
@@ -150,10 +169,12 @@ impl Engine {
         g.close();
         let dir = self.galleries_dir.join(name);
         let doomed = self.galleries_dir.join(format!("{name}{DROPPING}"));
-        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+        let fs = &*self.fs;
+        fs.rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
         map.remove(name);
-        crate::storage::fs::fsync_dir(&self.galleries_dir)?;
-        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+        fsync_dir(fs, &self.galleries_dir)?;
+        fs.remove_dir_all(&doomed)
+            .map_err(|e| Error::io(&doomed, e))?;
         Ok(())
     }
 

@@ -70,7 +70,7 @@ pub struct SegmentContents {
 /// checked as at gallery open) and read every row back through the same
 /// accessors the gallery and the scans use.
 pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Result<SegmentContents> {
-    let seg = Segment::open(path, file_no, verify)?;
+    let seg = Segment::open(&crate::storage::io::RealFs, path, file_no, verify)?;
     let n = seg.rows();
     let vectors = seg.vectors();
     let ids = seg.ids();

@@ -49,4 +49,4 @@ pub use gallery::{
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use search::kernels;
 pub use storage::segment::VerifyChecksums;
-pub use storage::{format, fs};
+pub use storage::{format, fs, io};

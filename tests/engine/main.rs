@@ -7,6 +7,7 @@ mod corruption;
 mod crash;
 mod docs;
 mod erasure;
+mod faults;
 mod fuzzed;
 mod head;
 mod lock;

@@ -1,5 +1,5 @@
-//! Poisoning: a failed WAL fsync (injected with the doc-hidden
-//! `Gallery::inject_sync_failure`) fails that write, latches the gallery into
+//! Poisoning: a failed WAL fsync (injected through the file-system seam,
+//! `visage_tests::faults`) fails that write, latches the gallery into
 //! refusing writes (`Error::Poisoned`) until it is reopened, keeps reads
 //! working, and never lets readers see the failed batch — not even when a
 //! flush that started before the failure finishes after it. After reopening,
@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use visage_engine::{Embedding, Engine, Error, Gallery};
+use visage_tests::faults::{Fault, FaultyFs, Op};
 use visage_tests::{Rng, embedding};
 
 fn is_poisoned(r: &Result<impl std::fmt::Debug, Error>) -> bool {
@@ -57,7 +58,8 @@ fn a_failed_fsync_poisons_writes_until_reopen_and_hides_the_failed_batch() {
     let mut model = Model::new();
     let failed: Vec<Embedding>;
     {
-        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+        let fs = FaultyFs::new();
+        let engine = Engine::open_with_fs(tmp.path(), opts(false, 1 << 17), fs.clone()).unwrap();
         let g = engine.create_gallery("g").unwrap();
         let a: Vec<Embedding> = (0..200)
             .map(|i| embedding(&mut rng, i, &format!("p{}", i % 20)))
@@ -74,7 +76,7 @@ fn a_failed_fsync_poisons_writes_until_reopen_and_hides_the_failed_batch() {
         model.retain(|&id, e| ![1, 2, 3].contains(&id) && e.subject != "p19");
         let before = g.stats();
 
-        g.inject_sync_failure();
+        fs.inject(Fault::on(Op::Sync, "wal-"));
         // Upserts of a segment row and a memtable row, and a new id.
         failed = [10u64, 200, 5000]
             .iter()
@@ -153,7 +155,9 @@ fn a_flush_in_progress_does_not_publish_a_failed_batch() {
         let mut model = Model::new();
         let failed: Vec<Embedding>;
         {
-            let engine = Engine::open(tmp.path(), opts(false, 1 << 20)).unwrap();
+            let fs = FaultyFs::new();
+            let engine =
+                Engine::open_with_fs(tmp.path(), opts(false, 1 << 20), fs.clone()).unwrap();
             let g = engine.create_gallery("g").unwrap();
             let a: Vec<Embedding> = (0..300)
                 .map(|i| embedding(&mut rng, i, &format!("p{}", i % 30)))
@@ -179,7 +183,7 @@ fn a_flush_in_progress_does_not_publish_a_failed_batch() {
                 std::thread::spawn(move || g.flush())
             };
             let in_window = wait_for_new_segment(&gdir, known, &|| flusher.is_finished());
-            g.inject_sync_failure();
+            fs.inject(Fault::on(Op::Sync, "wal-"));
             // Upsert a segment row and a memtable row being flushed, plus a new id.
             failed = [7u64, 1001, 900_000]
                 .iter()
@@ -205,8 +209,8 @@ fn a_flush_in_progress_does_not_publish_a_failed_batch() {
     );
 }
 
-/// A WAL append that fails half-way (EIO after part of the group's bytes,
-/// injected with `Gallery::inject_write_failure`) latches the gallery like a
+/// A WAL append that fails half-way (EIO after the first record's frame,
+/// injected as a short write) latches the gallery like a
 /// failed fsync: the batch is not acknowledged, readers never see it, later
 /// writes are refused until reopen, and the partial record is a torn tail that
 /// recovery drops.
@@ -217,14 +221,15 @@ fn a_failed_wal_write_poisons_and_its_partial_record_is_dropped_at_reopen() {
     let mut model = Model::new();
     let failed: Vec<Embedding>;
     {
-        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+        let fs = FaultyFs::new();
+        let engine = Engine::open_with_fs(tmp.path(), opts(false, 1 << 17), fs.clone()).unwrap();
         let g = engine.create_gallery("g").unwrap();
         let a: Vec<Embedding> = (0..100)
             .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
             .collect();
         g.insert(&a).unwrap();
         model.extend(a.into_iter().map(|e| (e.id, e)));
-        g.inject_write_failure();
+        fs.inject(Fault::on(Op::Write, "wal-").short(8));
         failed = [5u64, 500]
             .iter()
             .map(|&id| embedding(&mut rng, id, "intruder"))
@@ -250,8 +255,8 @@ fn a_failed_wal_write_poisons_and_its_partial_record_is_dropped_at_reopen() {
     assert_eq!(g.get(&[901]).len(), 1);
 }
 
-/// A full disk (ENOSPC from the WAL space reservation, injected with
-/// `Gallery::inject_no_space`) refuses the batch whole with `Error::NoSpace`
+/// A full disk (ENOSPC from the WAL space reservation, injected through the
+/// file-system seam) refuses the batch whole with `Error::NoSpace`
 /// before anything is applied, and does not latch: the next write works. The
 /// real file-system version of this runs against the server on a small tmpfs
 /// (`tests/server/full_disk.rs`).
@@ -260,15 +265,23 @@ fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x5BACE);
     let mut model = Model::new();
-    let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
-    let g = engine.create_gallery("g").unwrap();
-    let a: Vec<Embedding> = (0..100)
-        .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
-        .collect();
-    g.insert(&a).unwrap();
-    model.extend(a.into_iter().map(|e| (e.id, e)));
+    {
+        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
+        let g = engine.create_gallery("g").unwrap();
+        let a: Vec<Embedding> = (0..100)
+            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
+            .collect();
+        g.insert(&a).unwrap();
+        model.extend(a.into_iter().map(|e| (e.id, e)));
+    }
+    // Reopened, the WAL has no space reserved past its end: the next write
+    // must reserve, and the disk is full.
+    let fs = FaultyFs::new();
+    let engine = Engine::open_with_fs(tmp.path(), opts(false, 1 << 17), fs.clone()).unwrap();
+    let g = engine.gallery("g").unwrap();
 
-    g.inject_no_space();
+    // Always: the WAL asks for a whole step, then for exactly what it needs.
+    fs.inject(Fault::on(Op::Allocate, "wal-").no_space().always());
     let refused: Vec<Embedding> = [7u64, 700]
         .iter()
         .map(|&id| embedding(&mut rng, id, "refused"))
@@ -281,12 +294,12 @@ fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
     assert!(err.to_string().contains("nothing was changed"), "{err}");
     assert_readers_see(&g, &model, &refused, "after a refused insert");
 
-    g.inject_no_space();
     let err = g.delete(&[1, 2], &["p3".to_string()]).unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert_readers_see(&g, &model, &refused, "after a refused delete");
 
-    // Not latched: writes go on.
+    // Not latched: once there is space, writes go on.
+    fs.clear();
     let b = [embedding(&mut rng, 800, "later")];
     g.insert(&b).unwrap();
     model.insert(800, b[0].clone());
@@ -300,7 +313,7 @@ fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
     assert_contents(&g, &model, ids, "reopened after refusals");
 }
 
-/// While flushes fail (injected with `Gallery::inject_flush_failures`), rows
+/// While flushes fail (segment files cannot be created), rows
 /// pile up in memory only to `max_unflushed_rows`: further inserts are
 /// refused with `Error::Backlogged` naming the failure, deletes still work,
 /// and once flushes work again inserts resume by themselves.
@@ -312,9 +325,10 @@ fn failing_flushes_bound_unflushed_rows_and_deletes_still_work() {
     let mut rng = Rng(0xBAC);
     let mut model = Model::new();
     {
-        let engine = Engine::open(tmp.path(), o.clone()).unwrap();
+        let fs = FaultyFs::new();
+        let engine = Engine::open_with_fs(tmp.path(), o.clone(), fs.clone()).unwrap();
         let g = engine.create_gallery("g").unwrap();
-        g.inject_flush_failures(true);
+        fs.inject(Fault::on(Op::Create, "seg-").always());
         let mut next = 0u64;
         let refused = loop {
             let b: Vec<Embedding> = (next..next + 100)
@@ -341,7 +355,7 @@ fn failing_flushes_bound_unflushed_rows_and_deletes_still_work() {
             let e = g.insert(&[embedding(&mut rng, 90_000, "x")]).unwrap_err();
             let msg = e.to_string();
             if msg.contains("flushes are failing") {
-                assert!(msg.contains("injected segment write failure"), "{msg}");
+                assert!(msg.contains("injected create failure"), "{msg}");
                 break;
             }
             assert!(t0.elapsed() < Duration::from_secs(10), "{msg}");
@@ -353,7 +367,7 @@ fn failing_flushes_bound_unflushed_rows_and_deletes_still_work() {
         let ids: Vec<u64> = (0..2_000).chain([90_000]).collect();
         assert_contents(&g, &model, ids, "backlogged");
         // Flushes work again: inserts resume without a reopen.
-        g.inject_flush_failures(false);
+        fs.clear();
         let t0 = Instant::now();
         let late = [embedding(&mut rng, 90_001, "late")];
         while let Err(e) = g.insert(&late) {

@@ -51,7 +51,11 @@ impl Gallery {
         let previous = self.head();
         let info = head::train(&snap, opts, fit, previous.as_deref())?;
         let path = self.dir.join(HEAD);
-        match crate::storage::fs::atomic_write(&path, &format::encode_head(&info.to_data())) {
+        match crate::storage::fs::atomic_write(
+            &*self.fs,
+            &path,
+            &format::encode_head(&info.to_data()),
+        ) {
             Ok(()) => {}
             Err(e) if e.renamed => {
                 return Err(self.set_poison(format!("head directory sync failed: {}", e.error)));

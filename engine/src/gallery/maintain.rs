@@ -6,7 +6,7 @@ use super::{Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::DIM;
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::snapshot::SegState;
 use crate::snapshot::tombstones::Tombstones;
 use crate::storage::format::{self, ManifestData};
@@ -21,12 +21,10 @@ impl Gallery {
     /// Current statistics.
     pub fn stats(&self) -> GalleryStats {
         let snap = self.snapshot();
-        let mut bytes = 0;
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
+        let bytes = self
+            .fs
+            .read_dir(&self.dir)
+            .map_or(0, |entries| entries.iter().map(|e| e.len).sum());
         GalleryStats {
             live: snap.live_rows() as u64,
             deleted: snap.deleted_rows() as u64,
@@ -78,9 +76,13 @@ impl Gallery {
             .collect()
     }
 
-    /// Persist a new manifest; on failure after the rename, poison.
-    pub(super) fn write_manifest(&self, m: &ManifestData) -> Result<()> {
+    /// Persist a new manifest that names `new_seg` (just written). If the
+    /// manifest cannot be written, the segment is removed; if it was renamed
+    /// into place but the directory sync failed, the gallery is poisoned and
+    /// the segment kept: the new manifest may be the one a reopen finds.
+    fn write_manifest(&self, m: &ManifestData, new_seg: Option<&Segment>) -> Result<()> {
         match crate::storage::fs::atomic_write(
+            &*self.fs,
             &self.dir.join(MANIFEST),
             &format::encode_manifest(m),
         ) {
@@ -88,7 +90,12 @@ impl Gallery {
             Err(e) if e.renamed => {
                 Err(self.set_poison(format!("manifest directory sync failed: {}", e.error)))
             }
-            Err(e) => Err(e.error),
+            Err(e) => {
+                if let Some(seg) = new_seg {
+                    let _ = self.fs.remove_file(seg.path());
+                }
+                Err(e.error)
+            }
         }
     }
 
@@ -106,7 +113,7 @@ impl Gallery {
                     self.set_poison(format!("WAL sync before rotation failed: {e}"))
                 })?;
                 let n = st.alloc_file_no(&self.dir)?;
-                let new_wal = WalWriter::create(&self.dir, n)?;
+                let new_wal = WalWriter::create(&*self.fs, &self.dir, n)?;
                 st.wal = new_wal;
                 let frozen = std::mem::take(&mut st.active);
                 st.frozen = Some(frozen);
@@ -147,7 +154,7 @@ impl Gallery {
             // publish that batch and persist its tombstones.
             if let Err(e) = self.check_writable() {
                 if let Some(seg) = new_seg {
-                    let _ = std::fs::remove_file(seg.path());
+                    let _ = self.fs.remove_file(seg.path());
                 }
                 return Err(e);
             }
@@ -168,12 +175,7 @@ impl Gallery {
             }
             let wal_start = st.wal.file_no();
             let m = st.manifest(&segments, wal_start);
-            if let Err(e) = self.write_manifest(&m) {
-                if let Some(seg) = new_seg {
-                    let _ = std::fs::remove_file(seg.path());
-                }
-                return Err(e);
-            }
+            self.write_manifest(&m, new_seg.as_deref())?;
             st.generation = m.generation;
             st.segments = segments;
             st.frozen = None;
@@ -188,7 +190,7 @@ impl Gallery {
                 if !(old_wal_start..wal_start).contains(&n) {
                     continue;
                 }
-                match std::fs::remove_file(&p) {
+                match self.fs.remove_file(&p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -197,19 +199,19 @@ impl Gallery {
                 }
             }
         }
-        crate::storage::fs::fsync_dir(&self.dir)
+        crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
     }
 
     /// The WAL files in the gallery's directory, with their numbers (none if it cannot be listed).
     pub(super) fn wal_files(&self) -> Vec<(u64, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(entries) = self.fs.read_dir(&self.dir) else {
             return Vec::new();
         };
         entries
+            .iter()
             .filter_map(|e| {
-                let e = e.ok()?;
-                let n = parse_file_no(&e.file_name().to_string_lossy(), "wal-", ".log")?;
-                Some((n, e.path()))
+                let n = parse_file_no(&e.name.to_string_lossy(), "wal-", ".log")?;
+                Some((n, self.dir.join(&e.name)))
             })
             .collect()
     }
@@ -231,21 +233,15 @@ impl Gallery {
         let per_row = (format::VECTOR_BYTES + DIM + 32) as u64;
         let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
         let needed = rows.len() as u64 * per_row + strings + (1 << 20);
-        crate::storage::fs::check_space(&self.dir, what, needed)?;
-        if self.fail_flushes.load(Ordering::SeqCst) {
-            return Err(Error::io(
-                &self.dir,
-                std::io::Error::other("injected segment write failure"),
-            ));
-        }
+        crate::storage::fs::check_space(&*self.fs, &self.dir, what, needed)?;
         let path = self.dir.join(seg_name(file_no));
-        let res = segment::write_segment(&path, file_no, rows)
-            .and_then(|_| crate::storage::fs::fsync_dir(&self.dir))
-            .and_then(|_| Segment::open(&path, file_no, VerifyChecksums::Metadata));
+        let res = segment::write_segment(&*self.fs, &path, file_no, rows)
+            .and_then(|_| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
+            .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata));
         match res {
             Ok(seg) => Ok(Some(Arc::new(seg))),
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = self.fs.remove_file(&path);
                 Err(e)
             }
         }
@@ -284,7 +280,7 @@ impl Gallery {
         // As in `flush_locked`: never install over the state a failed write left.
         if let Err(e) = self.check_writable() {
             if let Some(seg) = new_seg {
-                let _ = std::fs::remove_file(seg.path());
+                let _ = self.fs.remove_file(seg.path());
             }
             return Err(e);
         }
@@ -317,23 +313,18 @@ impl Gallery {
             });
         }
         let m = st.manifest(&segments, st.wal_start);
-        if let Err(e) = self.write_manifest(&m) {
-            if let Some(seg) = new_seg {
-                let _ = std::fs::remove_file(seg.path());
-            }
-            return Err(e);
-        }
+        self.write_manifest(&m, new_seg.as_deref())?;
         st.generation = m.generation;
         st.segments = segments;
         self.publish(&st);
         drop(st);
         for c in &captured {
             // Unlinking keeps the mapping of readers that still hold the old snapshot valid.
-            if let Err(e) = std::fs::remove_file(c.seg.path()) {
+            if let Err(e) = self.fs.remove_file(c.seg.path()) {
                 tracing::warn!(file = %c.seg.path().display(), error = %e, "could not remove compacted segment");
             }
         }
-        crate::storage::fs::fsync_dir(&self.dir)
+        crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
     }
 
     /// One round of background work: flush a full memtable, then apply the policy.

@@ -40,6 +40,7 @@ use crate::compaction::CompactionPolicy;
 use crate::error::{Error, Result};
 use crate::head::HeadInfo;
 use crate::snapshot::Snapshot;
+use crate::storage::io::FileSystem;
 use crate::storage::segment::VerifyChecksums;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,8 @@ struct Signal {
 
 /// A named collection of enrolled embeddings with its own directory.
 pub struct Gallery {
+    /// Every file operation goes through here.
+    fs: Arc<dyn FileSystem>,
     name: String,
     dir: PathBuf,
     opts: GalleryOptions,
@@ -116,10 +119,6 @@ pub struct Gallery {
     poison: Mutex<Option<String>>,
     closed: AtomicBool,
     signal: Arc<Signal>,
-    fail_next_sync: AtomicBool,
-    fail_next_write: AtomicBool,
-    fail_next_reserve: AtomicBool,
-    fail_flushes: AtomicBool,
     /// The last background maintenance failure, until maintenance works again.
     maintenance_failure: Mutex<Option<String>>,
     head: RwLock<Option<Arc<HeadInfo>>>,
@@ -203,33 +202,6 @@ impl Gallery {
             gallery: self.name.clone(),
             reason,
         }
-    }
-
-    /// Make the next WAL sync fail, as a failing disk would (for tests of the poisoning path).
-    #[doc(hidden)]
-    pub fn inject_sync_failure(&self) {
-        self.fail_next_sync.store(true, Ordering::SeqCst);
-    }
-
-    /// Make the next WAL append fail with EIO after writing part of the group's
-    /// bytes, as a failing disk would (for tests of the poisoning path).
-    #[doc(hidden)]
-    pub fn inject_write_failure(&self) {
-        self.fail_next_write.store(true, Ordering::SeqCst);
-    }
-
-    /// Make the next WAL space reservation fail with ENOSPC, as a full disk
-    /// would (for tests of the no-space path on any file system).
-    #[doc(hidden)]
-    pub fn inject_no_space(&self) {
-        self.fail_next_reserve.store(true, Ordering::SeqCst);
-    }
-
-    /// Make every segment write fail with EIO while `on` (for tests of the
-    /// unflushed-rows bound).
-    #[doc(hidden)]
-    pub fn inject_flush_failures(&self, on: bool) {
-        self.fail_flushes.store(on, Ordering::SeqCst);
     }
 
     pub(crate) fn close(&self) {

@@ -11,6 +11,7 @@ use crate::snapshot::SegState;
 use crate::snapshot::memtable::Memtable;
 use crate::snapshot::tombstones::Tombstones;
 use crate::storage::format::{self, ManifestData};
+use crate::storage::io::FileSystem;
 use crate::storage::segment::Segment;
 use crate::storage::wal::{self, WalWriter};
 use std::collections::{HashSet, VecDeque};
@@ -20,30 +21,36 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 impl Gallery {
     /// Create the files of an empty gallery in `dir` (which must not exist).
-    pub(crate) fn create_files(dir: &Path) -> Result<()> {
-        std::fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
-        WalWriter::create(dir, 1)?;
+    pub(crate) fn create_files(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+        fs.create_dir(dir).map_err(|e| Error::io(dir, e))?;
+        WalWriter::create(fs, dir, 1)?;
         let m = ManifestData {
             generation: 1,
             next_file_no: 2,
             wal_start: 1,
             segments: vec![],
         };
-        crate::storage::fs::atomic_write(&dir.join(MANIFEST), &format::encode_manifest(&m))
+        crate::storage::fs::atomic_write(fs, &dir.join(MANIFEST), &format::encode_manifest(&m))
             .map_err(|e| e.error)?;
         Ok(())
     }
 
     /// Open (and recover) the gallery in `dir`.
-    pub(crate) fn open(name: &str, dir: &Path, opts: GalleryOptions) -> Result<Arc<Gallery>> {
+    pub(crate) fn open(
+        fs_handle: Arc<dyn FileSystem>,
+        name: &str,
+        dir: &Path,
+        opts: GalleryOptions,
+    ) -> Result<Arc<Gallery>> {
+        let fs = &*fs_handle;
         let mpath = dir.join(MANIFEST);
-        let mbytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;
+        let mbytes = fs.read(&mpath).map_err(|e| Error::io(&mpath, e))?;
         let manifest = format::decode_manifest(&mpath, &mbytes)?;
         let mut listed: HashSet<u64> = HashSet::new();
         let mut segments = Vec::with_capacity(manifest.segments.len());
         for ms in &manifest.segments {
             let path = dir.join(seg_name(ms.file_no));
-            if !path.exists() {
+            if !fs.exists(&path).map_err(|e| Error::io(&path, e))? {
                 return Err(Error::corrupt(
                     &mpath,
                     0,
@@ -53,7 +60,7 @@ impl Gallery {
                     ),
                 ));
             }
-            let seg = Segment::open(&path, ms.file_no, opts.verify)?;
+            let seg = Segment::open(fs, &path, ms.file_no, opts.verify)?;
             if seg.rows() as u64 != ms.rows {
                 return Err(Error::corrupt(
                     &path,
@@ -71,13 +78,12 @@ impl Gallery {
         // Classify files: remove orphans of interrupted flushes and compactions.
         let mut wals = Vec::new();
         let mut max_no = 0u64;
-        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            let fname = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
+        for entry in fs.read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let fname = entry.name.to_string_lossy().into_owned();
+            let path = dir.join(&entry.name);
             if fname.ends_with(crate::storage::fs::TMP_SUFFIX) {
                 tracing::info!(file = %path.display(), "removing temporary file left by an interrupted write");
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
             } else if let Some(n) = parse_file_no(&fname, "seg-", ".vseg") {
                 // Only kept files reserve their numbers: a removed orphan cannot
                 // collide, and a stray `seg-ffffffffffffffff.vseg` must not push
@@ -86,12 +92,12 @@ impl Gallery {
                     max_no = max_no.max(n);
                 } else {
                     tracing::info!(file = %path.display(), "removing segment not in the manifest (interrupted flush or compaction)");
-                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 }
             } else if let Some(n) = parse_file_no(&fname, "wal-", ".log") {
                 if n < manifest.wal_start {
                     tracing::info!(file = %path.display(), "removing WAL already covered by segments");
-                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 } else {
                     max_no = max_no.max(n);
                     wals.push(n);
@@ -113,7 +119,7 @@ impl Gallery {
         // Replay.
         let mut active = Memtable::default();
         let mut tmp = WriteState {
-            wal: WalWriter::reopen(&dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
+            wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
             segments,
             frozen: None,
             active: std::mem::take(&mut active),
@@ -125,27 +131,24 @@ impl Gallery {
         for (i, &n) in wals.iter().enumerate() {
             let path = dir.join(wal::file_name(n));
             let is_last = i + 1 == wals.len();
-            let r = wal::replay(&path, n, is_last)?;
+            let r = wal::replay(fs, &path, n, is_last)?;
             for op in &r.ops {
                 tmp.apply_op(op);
             }
             if is_last {
                 if r.valid_len == 0 {
                     // Crash while creating this WAL: nothing in it was acknowledged.
-                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                    writer = Some(WalWriter::create(dir, n)?);
+                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    writer = Some(WalWriter::create(fs, dir, n)?);
                 } else {
                     if r.valid_len < r.file_len {
                         tracing::warn!(file = %path.display(), offset = r.valid_len, dropped = r.file_len - r.valid_len,
                             "truncating torn WAL tail (a write that was never acknowledged)");
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| Error::io(&path, e))?;
+                        let f = fs.open_append(&path).map_err(|e| Error::io(&path, e))?;
                         f.set_len(r.valid_len).map_err(|e| Error::io(&path, e))?;
                         f.sync_all().map_err(|e| Error::io(&path, e))?;
                     }
-                    writer = Some(WalWriter::reopen(&path, n, r.salt, r.valid_len)?);
+                    writer = Some(WalWriter::reopen(fs, &path, n, r.salt, r.valid_len)?);
                 }
             }
         }
@@ -153,7 +156,7 @@ impl Gallery {
             tmp.wal = w;
         }
         let head_path = dir.join(HEAD);
-        let head_info = match std::fs::read(&head_path) {
+        let head_info = match fs.read(&head_path) {
             Ok(bytes) => Some(HeadInfo::from_data(&format::decode_head(
                 &head_path, &bytes,
             )?)),
@@ -162,6 +165,7 @@ impl Gallery {
         };
         let snapshot = Arc::new(tmp.snapshot());
         let gallery = Arc::new(Gallery {
+            fs: fs_handle.clone(),
             name: name.to_owned(),
             dir: dir.to_owned(),
             opts,
@@ -173,10 +177,6 @@ impl Gallery {
             poison: Mutex::new(None),
             closed: AtomicBool::new(false),
             signal: Arc::new(Signal::default()),
-            fail_next_sync: AtomicBool::new(false),
-            fail_next_write: AtomicBool::new(false),
-            fail_next_reserve: AtomicBool::new(false),
-            fail_flushes: AtomicBool::new(false),
             maintenance_failure: Mutex::new(None),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),

@@ -10,11 +10,10 @@ use crate::error::{Error, Result};
 use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
 use crate::snapshot::{SegState, Snapshot};
 use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
-use crate::storage::wal::WalWriter;
+use crate::storage::wal::{Record, WalWriter};
 use crate::{DIM, Embedding};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -314,19 +313,15 @@ impl Gallery {
     /// Reserve WAL space for `bytes` more bytes past what this group already
     /// framed (`framed`), or say why not.
     pub(super) fn reserve_wal(&self, st: &mut WriteState, framed: u64, bytes: u64) -> Result<()> {
-        let res = if self.fail_next_reserve.swap(false, Ordering::SeqCst) {
-            Err(std::io::Error::from_raw_os_error(28))
-        } else {
-            st.wal.reserve(framed + bytes)
-        };
-        res.map_err(|e| {
+        st.wal.reserve(framed + bytes).map_err(|e| {
             let e = Error::io(st.wal.path(), e);
             if e.is_no_space() {
                 Error::NoSpace {
                     what: "this write",
                     path: self.dir.clone(),
                     needed: bytes,
-                    available: crate::storage::fs::available_space(&self.dir).unwrap_or(0),
+                    available: crate::storage::fs::available_space(&*self.fs, &self.dir)
+                        .unwrap_or(0),
                 }
             } else {
                 e
@@ -483,15 +478,9 @@ impl Gallery {
         if let Err(e) = self.check_writable() {
             return fail_all(&e);
         }
-        let salt = st.wal.salt();
-        // Apply in queue order; frame each record. Insert payloads are written
-        // from where their callers encoded them (one vectored write for the group).
-        enum Body {
-            Insert(usize),
-            Delete(Vec<u8>),
-        }
-        let mut records: Vec<([u8; format::RECORD_FRAME_LEN], Body)> =
-            Vec::with_capacity(group.len());
+        // Apply in queue order, reserving each record's WAL space first. Insert
+        // payloads (and their CRC state) are the ones their callers encoded.
+        let mut deletes: Vec<(usize, Vec<u8>, crc32fast::Hasher)> = Vec::new();
         let mut outs = Vec::with_capacity(group.len());
         // Bytes framed so far in this group: each batch reserves its WAL space
         // before it is applied, so a full disk refuses it (and the batches
@@ -499,21 +488,13 @@ impl Gallery {
         let mut framed = 0u64;
         for (i, p) in group.iter().enumerate() {
             match &p.op {
-                Op::Insert {
-                    chunk,
-                    payload,
-                    crc,
-                } => {
-                    let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                Op::Insert { chunk, payload, .. } => {
+                    let bytes = Record::framed_len(payload.len());
                     if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
                         outs.push(Err(e));
                         break;
                     }
                     framed += bytes;
-                    records.push((
-                        format::frame_header(salt, payload.len(), crc),
-                        Body::Insert(i),
-                    ));
                     let chunk = lock(chunk).take().unwrap_or_default();
                     outs.push(Ok(Outcome::Insert(st.apply_insert(chunk))));
                 }
@@ -522,7 +503,7 @@ impl Gallery {
                     if !resolved.is_empty() {
                         let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
                         format::encode_delete(&resolved, &mut payload);
-                        let bytes = (format::RECORD_FRAME_LEN + payload.len()) as u64;
+                        let bytes = Record::framed_len(payload.len());
                         if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
                             outs.push(Err(e));
                             break;
@@ -530,10 +511,7 @@ impl Gallery {
                         framed += bytes;
                         let mut crc = crc32fast::Hasher::new();
                         crc.update(&payload);
-                        records.push((
-                            format::frame_header(salt, payload.len(), &crc),
-                            Body::Delete(payload),
-                        ));
+                        deletes.push((i, payload, crc));
                     }
                     outs.push(Ok(Outcome::Delete(st.apply_delete(&resolved))));
                 }
@@ -548,35 +526,30 @@ impl Gallery {
             outs.push(Err(Error::NoSpace {
                 what: "this write",
                 path: self.dir.clone(),
-                needed: (format::RECORD_FRAME_LEN + needed) as u64,
-                available: crate::storage::fs::available_space(&self.dir).unwrap_or(0),
+                needed: Record::framed_len(needed),
+                available: crate::storage::fs::available_space(&*self.fs, &self.dir).unwrap_or(0),
             }));
         }
-        if !records.is_empty() {
-            let mut parts = Vec::with_capacity(records.len() * 2);
-            for (frame, body) in &records {
-                parts.push(std::io::IoSlice::new(frame));
-                parts.push(std::io::IoSlice::new(match body {
-                    Body::Insert(i) => match &group[*i].op {
-                        Op::Insert { payload, .. } => payload,
-                        Op::Delete { .. } => &[][..],
-                    },
-                    Body::Delete(payload) => payload,
-                }));
+        // The records of the applied batches, in queue order.
+        let mut records = Vec::with_capacity(group.len());
+        let mut deletes = deletes.iter().peekable();
+        for (i, (p, out)) in group.iter().zip(&outs).enumerate() {
+            if out.is_err() {
+                break;
             }
-            let path = st.wal.path().to_owned();
-            let res = if self.fail_next_write.swap(false, Ordering::SeqCst) {
-                // Write part of the group, then fail, as a dying disk might.
-                let _ = st.wal.append_vectored(&mut parts[..1]);
-                Err(std::io::Error::from_raw_os_error(5))
-            } else {
-                st.wal.append_vectored(&mut parts)
-            };
-            let res = res.and_then(|_| {
-                if self.opts.durability == Durability::PowerLoss {
-                    if self.fail_next_sync.swap(false, Ordering::SeqCst) {
-                        return Err(std::io::Error::other("injected fsync failure"));
+            match &p.op {
+                Op::Insert { payload, crc, .. } => records.push(Record { payload, crc }),
+                Op::Delete { .. } => {
+                    if let Some((_, payload, crc)) = deletes.next_if(|d| d.0 == i) {
+                        records.push(Record { payload, crc });
                     }
+                }
+            }
+        }
+        if !records.is_empty() {
+            let path = st.wal.path().to_owned();
+            let res = st.wal.append_group(&records).and_then(|()| {
+                if self.opts.durability == Durability::PowerLoss {
                     st.wal.sync()
                 } else {
                     Ok(())

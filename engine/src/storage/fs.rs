@@ -1,32 +1,31 @@
-//! File-system protocol: atomic replacement, directory fsync and the data-directory lock.
+//! File-system protocol: atomic replacement, directory fsync, free space and
+//! the data-directory lock, on top of the [`FileSystem`] seam.
 //!
 //! `atomic_write` means: create a temporary file in the same directory, write,
 //! `sync_data`, rename over the target, then fsync the directory, so that after
 //! a crash the target holds either the old or the new contents, never a mix.
 
+use super::io::{Create, FileSystem};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Suffix of temporary files; any left over after a crash are removed at open.
 pub const TMP_SUFFIX: &str = ".tmp";
 
 /// Make the directory entry changes in `dir` durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
-    f.sync_all().map_err(|e| Error::io(dir, e))
+pub fn fsync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Bytes available to this process on the file system holding `dir` (`statvfs`).
-pub fn available_space(dir: &Path) -> Result<u64> {
-    let s = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, e.into()))?;
-    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+pub fn available_space(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    fs.available_space(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Refuse `what` with [`Error::NoSpace`] unless `needed` bytes are free in `dir`.
-pub fn check_space(dir: &Path, what: &'static str, needed: u64) -> Result<()> {
-    let available = available_space(dir)?;
+pub fn check_space(fs: &dyn FileSystem, dir: &Path, what: &'static str, needed: u64) -> Result<()> {
+    let available = available_space(fs, dir)?;
     if available < needed {
         return Err(Error::NoSpace {
             what,
@@ -50,36 +49,37 @@ pub struct AtomicWriteError {
 }
 
 /// Replace `path` with `bytes` atomically and durably (see module docs).
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::result::Result<(), AtomicWriteError> {
+pub fn atomic_write(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes: &[u8],
+) -> std::result::Result<(), AtomicWriteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let mut f = fs
+            .create(&tmp, Create::Truncate)
             .map_err(|e| Error::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_data().map_err(|e| Error::io(&tmp, e))
     })();
     if let Err(error) = res {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
         return Err(AtomicWriteError {
             error,
             renamed: false,
         });
     }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = fs.rename(&tmp, path) {
+        let _ = fs.remove_file(&tmp);
         return Err(AtomicWriteError {
             error: Error::io(path, e),
             renamed: false,
         });
     }
-    fsync_dir(dir).map_err(|error| AtomicWriteError {
+    fsync_dir(fs, dir).map_err(|error| AtomicWriteError {
         error,
         renamed: true,
     })

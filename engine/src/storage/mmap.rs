@@ -16,21 +16,22 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// A read-only mapping of a sealed file.
-pub(crate) struct MappedFile {
+/// A read-only mapping of a sealed file, made by
+/// [`FileSystem::map`](super::io::FileSystem::map).
+#[derive(Debug)]
+pub struct MappedFile {
     map: memmap2::Mmap,
     path: PathBuf,
 }
 
 impl MappedFile {
     /// Map `path` read-only.
-    pub(crate) fn open(path: &Path) -> Result<MappedFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    pub(crate) fn open(path: &Path) -> std::io::Result<MappedFile> {
+        let file = File::open(path)?;
         // SAFETY: the file is a sealed segment (see the module's Safety note): it is never
         // written or truncated while mapped, and the directory lock keeps other visage
         // processes out.
-        let map =
-            unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }?;
         Ok(MappedFile {
             map,
             path: path.to_owned(),

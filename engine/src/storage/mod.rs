@@ -9,6 +9,7 @@
 
 pub mod format;
 pub mod fs;
+pub mod io;
 pub(crate) mod mmap;
 pub(crate) mod segment;
 pub(crate) mod wal;

@@ -5,14 +5,14 @@
 //! segment (flush, compaction) belongs to the gallery; this module only turns
 //! rows into a file and a file back into typed views.
 
+use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::DIM;
 use crate::error::{Error, Result};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
 
@@ -39,7 +39,12 @@ pub(crate) struct RowRef<'a> {
 
 /// Write `rows` (ids unique) as segment file `file_no` at `path`, fsynced.
 /// The caller fsyncs the directory and records the file in the manifest.
-pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> Result<u64> {
+pub(crate) fn write_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    file_no: u64,
+    rows: &[RowRef<'_>],
+) -> Result<u64> {
     let n = rows.len();
     // Subject table: sorted distinct subjects; ordinal per row; postings.
     let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject).collect();
@@ -85,10 +90,8 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
 
     let (sq_min, sq_step) = sq8_params(rows);
 
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
+    let file = fs
+        .create(path, Create::New)
         .map_err(|e| Error::io(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
@@ -102,7 +105,7 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
         pos = aligned;
         let mut h = crc32fast::Hasher::new();
         let mut len = 0u64;
-        let mut put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> Result<()> {
+        let mut put = |w: &mut BufWriter<Box<dyn WritableFile>>, b: &[u8]| -> Result<()> {
             h.update(b);
             len += b.len() as u64;
             w.write_all(b).map_err(io)
@@ -148,11 +151,10 @@ pub(crate) fn write_segment(path: &Path, file_no: u64, rows: &[RowRef<'_>]) -> R
         file_no,
         sections,
     };
-    let mut file = w
+    let file = w
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    file.write_all(&header.encode()).map_err(io)?;
+    file.write_all_at(&header.encode(), 0).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(pos)
 }
@@ -239,8 +241,13 @@ impl std::fmt::Debug for Segment {
 
 impl Segment {
     /// Map and check the segment at `path`.
-    pub(crate) fn open(path: &Path, file_no: u64, verify: VerifyChecksums) -> Result<Segment> {
-        let map = MappedFile::open(path)?;
+    pub(crate) fn open(
+        fs: &dyn FileSystem,
+        path: &Path,
+        file_no: u64,
+        verify: VerifyChecksums,
+    ) -> Result<Segment> {
+        let map = fs.map(path).map_err(|e| Error::io(path, e))?;
         let bytes = map.bytes();
         let file_len = bytes.len() as u64;
         let header = SegmentHeader::decode(path, bytes, file_len)?;
@@ -621,6 +628,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::io::RealFs;
 
     fn vec_of(x: f32) -> [f32; DIM] {
         std::array::from_fn(|i| x + i as f32 * 0.01)
@@ -639,9 +647,9 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&path, 42, &rows).unwrap();
+        write_segment(&RealFs, &path, 42, &rows).unwrap();
         for verify in [VerifyChecksums::Metadata, VerifyChecksums::Full] {
-            let seg = Segment::open(&path, 42, verify).unwrap();
+            let seg = Segment::open(&RealFs, &path, 42, verify).unwrap();
             assert_eq!(seg.rows(), 50);
             assert_eq!(seg.subject_count(), 4);
             for (i, r) in rows.iter().enumerate() {
@@ -658,7 +666,7 @@ mod tests {
             assert!(seg.subject_rows("dave").is_empty());
         }
         assert!(
-            Segment::open(&path, 43, VerifyChecksums::Metadata).is_err(),
+            Segment::open(&RealFs, &path, 43, VerifyChecksums::Metadata).is_err(),
             "wrong file number"
         );
     }
@@ -675,9 +683,9 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&path, 1, &rows).unwrap();
+        write_segment(&RealFs, &path, 1, &rows).unwrap();
         let good = std::fs::read(&path).unwrap();
-        let ranges = Segment::open(&path, 1, VerifyChecksums::Full)
+        let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full)
             .unwrap()
             .ranges
             .clone();
@@ -691,7 +699,7 @@ mod tests {
                 continue;
             }
             assert!(
-                Segment::open(&path, 1, VerifyChecksums::Full).is_err(),
+                Segment::open(&RealFs, &path, 1, VerifyChecksums::Full).is_err(),
                 "flipped byte {i} went unnoticed"
             );
             // The bulk sections (vectors, codes) are verified only with Full.
@@ -699,12 +707,12 @@ mod tests {
                 || ranges[Section::Sq8Codes as usize].contains(&i);
             if !bulk {
                 assert!(
-                    Segment::open(&path, 1, VerifyChecksums::Metadata).is_err(),
+                    Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata).is_err(),
                     "byte {i}"
                 );
             }
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(Segment::open(&path, 1, VerifyChecksums::Metadata).is_err());
+        assert!(Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata).is_err());
     }
 }

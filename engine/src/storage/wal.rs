@@ -5,10 +5,10 @@
 //! reporting corruption. Grouping of concurrent batches into one write and one
 //! fsync (group commit) is the gallery's; record layout is [`crate::storage::format`]'s.
 
+use super::io::{Create, FileSystem, WritableFile};
 use crate::error::{Error, Result};
 use crate::storage::format::{self, Frame, WalOp};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 
 /// File name of WAL number `n`.
@@ -19,7 +19,7 @@ pub(crate) fn file_name(n: u64) -> String {
 /// An open WAL file being appended to.
 #[derive(Debug)]
 pub(crate) struct WalWriter {
-    file: File,
+    file: Box<dyn WritableFile>,
     path: PathBuf,
     file_no: u64,
     salt: u32,
@@ -28,6 +28,21 @@ pub(crate) struct WalWriter {
     reserved: u64,
     /// False once the file system said it cannot preallocate.
     can_reserve: bool,
+}
+
+/// One record of a group: a payload, and the CRC state of that payload (which
+/// the caller computes outside any lock; the writer adds its salt and length).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub payload: &'a [u8],
+    pub crc: &'a crc32fast::Hasher,
+}
+
+impl Record<'_> {
+    /// Bytes the record takes in the file, frame included.
+    pub(crate) fn framed_len(payload_len: usize) -> u64 {
+        (format::RECORD_FRAME_LEN + payload_len) as u64
+    }
 }
 
 /// Disk space is reserved for the WAL ahead of appends in steps of this size.
@@ -49,24 +64,22 @@ fn random_salt(file_no: u64) -> u32 {
 
 impl WalWriter {
     /// Create WAL file `file_no` in `dir` with a fresh salt; header synced, directory synced.
-    pub(crate) fn create(dir: &Path, file_no: u64) -> Result<WalWriter> {
+    pub(crate) fn create(fs: &dyn FileSystem, dir: &Path, file_no: u64) -> Result<WalWriter> {
         let path = dir.join(file_name(file_no));
         let salt = random_salt(file_no);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let mut file = fs
+            .create(&path, Create::New)
             .map_err(|e| Error::io(&path, e))?;
         let written = file
             .write_all(&format::encode_wal_header(salt, file_no))
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))
-            .and_then(|()| crate::storage::fs::fsync_dir(dir));
+            .and_then(|()| crate::storage::fs::fsync_dir(fs, dir));
         if let Err(e) = written {
             // A WAL with a partial header is only harmless as the last file:
             // remove it so a later WAL cannot follow it (e.g. on a full disk).
             drop(file);
-            let _ = std::fs::remove_file(&path);
+            let _ = fs.remove_file(&path);
             return Err(e);
         }
         let len = format::WAL_HEADER_LEN as u64;
@@ -82,11 +95,14 @@ impl WalWriter {
     }
 
     /// Reopen an existing WAL for appending at `len` (after replay validated it up to there).
-    pub(crate) fn reopen(path: &Path, file_no: u64, salt: u32, len: u64) -> Result<WalWriter> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+    pub(crate) fn reopen(
+        fs: &dyn FileSystem,
+        path: &Path,
+        file_no: u64,
+        salt: u32,
+        len: u64,
+    ) -> Result<WalWriter> {
+        let file = fs.open_append(path).map_err(|e| Error::io(path, e))?;
         Ok(WalWriter {
             file,
             path: path.to_owned(),
@@ -113,23 +129,15 @@ impl WalWriter {
             return Ok(());
         }
         let stepped = want.div_ceil(RESERVE_STEP) * RESERVE_STEP;
-        let alloc = |end: u64| {
-            rustix::fs::fallocate(
-                &self.file,
-                rustix::fs::FallocateFlags::KEEP_SIZE,
-                self.len,
-                end - self.len,
-            )
-        };
-        match alloc(stepped) {
+        match self.file.allocate(self.len, stepped - self.len) {
             Ok(()) => self.reserved = stepped,
-            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
                 tracing::warn!(file = %self.path.display(), "the file system cannot preallocate: a full disk will stop writes until the gallery is reopened");
                 self.can_reserve = false;
             }
             // Not room for a whole step: try for exactly what is needed.
             Err(_) => {
-                alloc(want).map_err(std::io::Error::from)?;
+                self.file.allocate(self.len, want - self.len)?;
                 self.reserved = want;
             }
         }
@@ -139,10 +147,6 @@ impl WalWriter {
     /// File number.
     pub(crate) fn file_no(&self) -> u64 {
         self.file_no
-    }
-    /// Salt of this file's record CRCs.
-    pub(crate) fn salt(&self) -> u32 {
-        self.salt
     }
     /// Bytes written so far.
     #[cfg(test)]
@@ -154,27 +158,28 @@ impl WalWriter {
         &self.path
     }
 
-    /// Append already-framed records (one `write_all`).
-    #[cfg(test)]
-    pub(crate) fn append(&mut self, framed: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(framed)?;
-        self.len += framed.len() as u64;
-        self.reserved = self.reserved.max(self.len);
-        Ok(())
-    }
-
-    /// Append records given as slices, with as few `writev` calls as the OS allows.
-    pub(crate) fn append_vectored(
-        &mut self,
-        mut parts: &mut [std::io::IoSlice<'_>],
-    ) -> std::io::Result<()> {
+    /// Frame `records` with this file's salt and append them in order, with
+    /// as few `writev` calls as the OS allows. Not synced: see [`WalWriter::sync`].
+    /// On an error, any prefix of the bytes may have reached the file (a torn
+    /// tail that replay drops); the caller must not append again.
+    pub(crate) fn append_group(&mut self, records: &[Record<'_>]) -> std::io::Result<()> {
+        let frames: Vec<[u8; format::RECORD_FRAME_LEN]> = records
+            .iter()
+            .map(|r| format::frame_header(self.salt, r.payload.len(), r.crc))
+            .collect();
+        let mut parts = Vec::with_capacity(records.len() * 2);
+        for (frame, r) in frames.iter().zip(records) {
+            parts.push(IoSlice::new(frame));
+            parts.push(IoSlice::new(r.payload));
+        }
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut parts = &mut parts[..];
         while !parts.is_empty() {
             let n = self.file.write_vectored(parts)?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            std::io::IoSlice::advance_slices(&mut parts, n);
+            IoSlice::advance_slices(&mut parts, n);
         }
         self.len += total as u64;
         self.reserved = self.reserved.max(self.len);
@@ -201,8 +206,13 @@ pub(crate) struct Replayed {
 /// Read WAL file `path` (number `file_no`). A torn tail is reported through
 /// `valid_len < file_len` when `is_last`; otherwise it is corruption. A bad
 /// record followed by a valid one is always corruption.
-pub(crate) fn replay(path: &Path, file_no: u64, is_last: bool) -> Result<Replayed> {
-    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+pub(crate) fn replay(
+    fs: &dyn FileSystem,
+    path: &Path,
+    file_no: u64,
+    is_last: bool,
+) -> Result<Replayed> {
+    let buf = fs.read(path).map_err(|e| Error::io(path, e))?;
     replay_bytes(path, &buf, file_no, is_last)
 }
 
@@ -281,17 +291,22 @@ fn find_valid_record_after(salt: u32, buf: &[u8], bad: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::format::{encode_delete, frame_record};
+    use crate::storage::format::encode_delete;
+    use crate::storage::io::RealFs;
 
     fn write_records(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
-        let mut w = WalWriter::create(dir, 5).unwrap();
+        let mut w = WalWriter::create(&RealFs, dir, 5).unwrap();
         let mut ends = vec![];
         for i in 0..n {
             let mut p = Vec::new();
             encode_delete(&[i as u64], &mut p);
-            let mut f = Vec::new();
-            frame_record(w.salt(), &p, &mut f);
-            w.append(&f).unwrap();
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&p);
+            w.append_group(&[Record {
+                payload: &p,
+                crc: &crc,
+            }])
+            .unwrap();
             ends.push(w.len());
         }
         w.sync().unwrap();
@@ -305,7 +320,7 @@ mod tests {
         let full = std::fs::read(&path).unwrap();
         for cut in format::WAL_HEADER_LEN..=full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            let r = replay(&path, 5, true).unwrap();
+            let r = replay(&RealFs, &path, 5, true).unwrap();
             let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
             assert_eq!(r.ops.len(), whole, "cut at {cut}");
             assert_eq!(
@@ -326,15 +341,15 @@ mod tests {
         let mut full = std::fs::read(&path).unwrap();
         full.extend_from_slice(&[0xAB; 37]);
         std::fs::write(&path, &full).unwrap();
-        let r = replay(&path, 5, true).unwrap();
+        let r = replay(&RealFs, &path, 5, true).unwrap();
         assert_eq!((r.ops.len(), r.valid_len), (3, ends[2]));
         // The same garbage in a sealed file is corruption.
-        assert!(replay(&path, 5, false).is_err());
+        assert!(replay(&RealFs, &path, 5, false).is_err());
         // Damage in the middle record, with a valid record after it.
         let mut mid = std::fs::read(&path).unwrap();
         mid[ends[0] as usize + 10] ^= 1;
         std::fs::write(&path, &mid).unwrap();
-        let err = replay(&path, 5, true).unwrap_err();
+        let err = replay(&RealFs, &path, 5, true).unwrap_err();
         assert!(
             err.to_string().contains(&format!("offset {}", ends[0])),
             "{err}"
@@ -348,7 +363,7 @@ mod tests {
         let mut full = std::fs::read(&path).unwrap();
         full.extend_from_slice(&[0; 4096]);
         std::fs::write(&path, &full).unwrap();
-        let r = replay(&path, 5, true).unwrap();
+        let r = replay(&RealFs, &path, 5, true).unwrap();
         assert_eq!((r.ops.len(), r.valid_len), (2, ends[1]));
     }
 }
