@@ -8,6 +8,7 @@
 //! deterministic and equal to a brute-force scan's.
 
 use crate::DIM;
+use crate::quantizer::{GAMMA, ProbeForm, ScreenBound, U, coded_low, int_weights};
 use crate::snapshot::Snapshot;
 pub mod kernels;
 use rayon::prelude::*;
@@ -400,31 +401,6 @@ fn proven(
     }
 }
 
-/// The least exact distance (as the f32 kernel rounds it) of a coded row
-/// with `‖q − x̂‖ ≥ near`, its codes being within `rho` of its vector.
-fn coded_low(near: f64, rho: f64) -> f64 {
-    let r = (near - rho).max(0.0);
-    (1.0 - GAMMA) * r * r
-}
-
-/// Unit roundoff of f32.
-const U: f64 = f32::EPSILON as f64 / 2.0;
-/// Relative error allowed for a 128-term f32 sum of squares, twice the classic
-/// `n·u` bound (with room for the few extra roundings of each term).
-const GAMMA: f64 = 2.0 * (DIM as f64 + 8.0) * U;
-
-/// What the exactness proof of the screened scan needs from a segment's
-/// quantiser: `rho` bounds `‖x − x̂‖` for every row, where `x̂_d = min_d +
-/// step_d·c_d` is the decoded vector (codes round to nearest, so each
-/// coordinate is off by at most half a step); `min_norm` and `range_norm`
-/// bound the magnitudes the estimate's rounding error scales with.
-#[derive(Debug, Clone, Copy)]
-struct ScreenBound {
-    rho: f64,
-    min_norm: f64,
-    range_norm: f64,
-}
-
 /// The bound of each source, or `None` where its codes cannot screen: memtable
 /// chunks and version-1 segments (no codes), and quantisers whose step
 /// overflowed (values near ±f32::MAX), which the codes do not bound.
@@ -435,28 +411,6 @@ fn screen_bounds(snap: &Snapshot) -> Vec<Option<ScreenBound>> {
                 .and_then(|(min, step, _)| ScreenBound::of(min, step))
         })
         .collect()
-}
-
-impl ScreenBound {
-    fn of(min: &[f32; DIM], step: &[f32; DIM]) -> Option<ScreenBound> {
-        let (mut step2, mut min2) = (0f64, 0f64);
-        for (&m, &st) in min.iter().zip(step) {
-            if !m.is_finite() || !st.is_finite() || st < 0.0 || (st == 0.0 && m.abs() > 1e30) {
-                return None;
-            }
-            step2 += f64::from(st) * f64::from(st);
-            min2 += f64::from(m) * f64::from(m);
-        }
-        // Half a step per coordinate, plus the rounding of the division that chose
-        // the code; a zero step (one value, or a range below 255 subnormals) is
-        // off by at most 1e-37 per coordinate.
-        let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (DIM as f64).sqrt();
-        Some(ScreenBound {
-            rho,
-            min_norm: min2.sqrt(),
-            range_norm: 255.0 * step2.sqrt(),
-        })
-    }
 }
 
 /// Exact search screened by the 8-bit codes (for batches below the tiled
@@ -558,68 +512,15 @@ fn batch_threshold(coded: bool) -> usize {
 /// they stay in cache while every probe tile passes).
 const TILED_UNIT_ROWS: usize = 256;
 
-/// A probe's integer form for one coded source: weights `m ≈ (q ∘ step)/α`,
-/// so that `q·x̂ = q·min + Σ_d q_d·step_d·c_d ≈ q·min + α·(m·c)`, with the
-/// distance estimate `c0 + ‖x̂‖² − 2α·(m·c)`, `c0 = ‖q‖² − 2·q·min`, and
-/// `err` bounding its distance from `‖q − x̂‖²`.
-#[derive(Debug, Clone, Copy)]
-struct ProbeForm {
-    alpha2: f32,
-    c0: f32,
-    err: f64,
-}
-
+/// A probe's integer form for one coded source: the quantiser's weights, in
+/// the byte layout of the integer kernels.
 fn int_probe(
     q: &[f32; DIM],
     min: &[f32; DIM],
     step: &[f32; DIM],
     b: &ScreenBound,
 ) -> (kernels::IntProbe, ProbeForm) {
-    use kernels::INT_WEIGHT_MAX;
-    // Products of two f32 are exact in f64.
-    let w: [f64; DIM] = std::array::from_fn(|d| f64::from(q[d]) * f64::from(step[d]));
-    let wmax = w.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let alpha = (wmax / f64::from(INT_WEIGHT_MAX)) as f32;
-    let a = f64::from(alpha);
-    let m: [i32; DIM] = std::array::from_fn(|d| {
-        if a > 0.0 {
-            (w[d] / a)
-                .round()
-                .clamp(-f64::from(INT_WEIGHT_MAX), f64::from(INT_WEIGHT_MAX)) as i32
-        } else {
-            0
-        }
-    });
-    // |w·c − α·(m·c)| ≤ Σ_d |w_d − α·m_d|·c_d ≤ 255·Σ_d |w_d − α·m_d|.
-    let e_dot = 255.0
-        * w.iter()
-            .zip(&m)
-            .map(|(&wd, &md)| (wd - a * f64::from(md)).abs())
-            .sum::<f64>();
-    let qn2: f64 = q.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let qmin: f64 = q
-        .iter()
-        .zip(min)
-        .map(|(&x, &m)| f64::from(x) * f64::from(m))
-        .sum();
-    let c0 = qn2 - 2.0 * qmin;
-    // Magnitudes the f32 estimate rounds at: |c0|, ‖x̂‖² ≤ (‖min‖ + ‖step·c‖)², 2α·|m·c|.
-    let mabs: f64 = m.iter().map(|&x| f64::from(x.abs())).sum();
-    let xmax = b.min_norm + b.range_norm;
-    let mag = c0.abs() + xmax * xmax + 2.0 * a * 255.0 * mabs;
-    // Far inside f32's range every term of the estimate is finite, so no
-    // estimate is NaN (which would drop a row unseen); otherwise (values near
-    // ±f32::MAX) the bound is infinite and the probe is searched again.
-    let finite = alpha.is_finite() && mag.is_finite() && mag < 1e30;
-    let form = ProbeForm {
-        alpha2: 2.0 * alpha,
-        c0: c0 as f32,
-        err: if finite {
-            2.0 * e_dot + 16.0 * U * mag
-        } else {
-            f64::INFINITY
-        },
-    };
+    let (m, form) = int_weights(q, min, step, b);
     (kernels::IntProbe::new(&m), form)
 }
 
@@ -841,21 +742,8 @@ pub(crate) fn identify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::segment::sq8_encode;
+    use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
     use proptest::prelude::*;
-
-    /// A quantiser over `rows` as the segment writer makes it.
-    fn quantiser(rows: &[[f32; DIM]]) -> ([f32; DIM], [f32; DIM]) {
-        let mut lo = [f32::INFINITY; DIM];
-        let mut hi = [f32::NEG_INFINITY; DIM];
-        for r in rows {
-            for d in 0..DIM {
-                lo[d] = lo[d].min(r[d]);
-                hi[d] = hi[d].max(r[d]);
-            }
-        }
-        (lo, std::array::from_fn(|d| (hi[d] - lo[d]) / 255.0))
-    }
 
     fn vector(seed: &[f32], scale: f32, offset: f32) -> [f32; DIM] {
         std::array::from_fn(|d| {
@@ -877,7 +765,8 @@ mod tests {
         ) {
             let mut rows: Vec<[f32; DIM]> = seeds.iter().map(|s| vector(s, scale, offset)).collect();
             let q = vector(&q, scale * 1.5, offset);
-            let (min, step) = quantiser(&rows);
+            // The quantiser over `rows` as the segment writer makes it.
+            let (min, step) = sq8_params(&rows);
             // A row half a step from a code in every dimension: the worst case of ρ.
             rows.push(std::array::from_fn(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)));
             let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
@@ -894,7 +783,7 @@ mod tests {
                 kernels::pack_codes(std::slice::from_ref(&c), &mut packed);
                 let form = kernels::TileForm { c0: f.c0, alpha2: f.alpha2, bound: 0.0 };
                 let mut xn = [0f32; kernels::LANES];
-                xn[0] = crate::storage::segment::decoded_norm(&min, &step, &c);
+                xn[0] = decoded_norm(&min, &step, &c);
                 let mut out = [0f32; kernels::TILE_PROBES * kernels::LANES];
                 kernels::scalar::est_u8_tile(&[ip], &[form], &xn, &packed, &mut out);
                 let est = f64::from(out[0]);

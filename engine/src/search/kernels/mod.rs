@@ -19,6 +19,8 @@ mod avx2;
 mod avx512;
 pub mod scalar;
 
+pub use crate::quantizer::INT_WEIGHT_MAX;
+
 /// One implementation of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -247,11 +249,6 @@ pub struct IntProbe {
     /// Low bytes of the weights.
     pub lo: [i32; QUADS],
 }
-
-/// Largest weight magnitude an [`IntProbe`] holds: `256·127 + 127`, so the high
-/// byte stays in `-127..=127` (the low one in `-128..=127`) and a dot product
-/// with codes up to 255 stays inside `i32` (`128 · 32639 · 255 < 2^31`).
-pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
 
 impl IntProbe {
     /// Split weights (each within ±[`INT_WEIGHT_MAX`]) into high and low bytes.
