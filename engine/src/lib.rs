@@ -8,12 +8,15 @@
 //! - [`gallery`]: the handle: write path (validation, group-committed WAL,
 //!   memtable), recovery, reads, flush, compaction runs, the published snapshot.
 //! - [`head`]: the scoring head: pair sampling, fitting, calibration, statistics.
-//! - `search`: exact top-k and subject-level identification over a snapshot,
-//!   the 8-bit quantiser and its proofs, and the distance [`kernels`].
+//! - `search`: exact top-k and subject-level identification over a snapshot
+//!   (direct, screened and tiled scans and their exactness proofs), and the
+//!   distance [`kernels`], chosen once per process.
 //! - `snapshot`: the immutable read view (segments, memtable chunks, tombstones).
 //! - [`compaction`]: the pure policy deciding what to rewrite.
 //! - `storage`: files: [`format`] (**the** on-disk format, one place, with its
 //!   version history), the WAL, segments, [`fs`] and the only mmap code.
+//! - `quantizer`: the 8-bit codes (parameters, encoding, decoded norms) and
+//!   their error bounds: written by storage, read by search, so below both.
 //! - [`api`]: the public request and response types; [`error`](Error): the one error type.
 //! - [`synth`]: seeded synthetic face-like embeddings; `rng`: the seeded PRNG.
 //!
@@ -31,6 +34,7 @@ mod error;
 pub mod fuzzing;
 pub mod gallery;
 pub mod head;
+mod quantizer;
 mod search;
 mod snapshot;
 mod storage;

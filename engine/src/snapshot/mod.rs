@@ -55,6 +55,20 @@ impl Snapshot {
     pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {
         self.segments.get(s).map(|ss| ss.seg.norms())
     }
+    /// The id of every row of a source (resolve once, then index, in loops over rows).
+    pub(crate) fn ids(&self, s: usize) -> &[u64] {
+        match self.segments.get(s) {
+            Some(ss) => ss.seg.ids(),
+            None => &self.chunks[s - self.segments.len()].chunk.ids,
+        }
+    }
+    /// The deletion bitmap of a source.
+    pub(crate) fn tombstones(&self, s: usize) -> &Tombstones {
+        match self.segments.get(s) {
+            Some(ss) => &ss.tomb,
+            None => &self.chunks[s - self.segments.len()].tomb,
+        }
+    }
     #[inline]
     pub(crate) fn deleted(&self, s: usize, row: usize) -> bool {
         match self.segments.get(s) {

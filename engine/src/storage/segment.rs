@@ -9,6 +9,7 @@ use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::DIM;
 use crate::error::{Error, Result};
+use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -88,7 +89,7 @@ pub(crate) fn write_segment(
         .map(|r| r.vector.iter().map(|x| x * x).sum())
         .collect();
 
-    let (sq_min, sq_step) = sq8_params(rows);
+    let (sq_min, sq_step) = sq8_params(rows.iter().map(|r| r.vector));
 
     let file = fs
         .create(path, Create::New)
@@ -166,49 +167,6 @@ pub(crate) fn write_segment(
 compile_error!(
     "visage writes little-endian files and maps them directly: big-endian targets are not supported"
 );
-
-/// Per-dimension minimum and step of the 8-bit scalar quantiser of `rows`.
-fn sq8_params(rows: &[RowRef<'_>]) -> ([f32; DIM], [f32; DIM]) {
-    let mut lo = [f32::INFINITY; DIM];
-    let mut hi = [f32::NEG_INFINITY; DIM];
-    for r in rows {
-        for d in 0..DIM {
-            lo[d] = lo[d].min(r.vector[d]);
-            hi[d] = hi[d].max(r.vector[d]);
-        }
-    }
-    let mut step = [0f32; DIM];
-    for d in 0..DIM {
-        if !lo[d].is_finite() || !hi[d].is_finite() {
-            lo[d] = 0.0;
-            continue;
-        }
-        let s = (hi[d] - lo[d]) / 255.0;
-        // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
-        // give a poor estimate, which the exact re-rank or the exact mode corrects.
-        step[d] = if s.is_finite() { s } else { 0.0 };
-    }
-    (lo, step)
-}
-
-/// `‖x̂‖²` of a coded row, `x̂_d = min_d + step_d·c_d`, summed in f64.
-pub(crate) fn decoded_norm(min: &[f32; DIM], step: &[f32; DIM], c: &[u8; DIM]) -> f32 {
-    let x2: f64 = (0..DIM)
-        .map(|d| (f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).powi(2))
-        .sum();
-    x2 as f32
-}
-
-/// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
-pub(crate) fn sq8_encode(v: &[f32; DIM], min: &[f32; DIM], step: &[f32; DIM], out: &mut [u8; DIM]) {
-    for d in 0..DIM {
-        out[d] = if step[d] > 0.0 {
-            ((v[d] - min[d]) / step[d]).round().clamp(0.0, 255.0) as u8
-        } else {
-            0
-        };
-    }
-}
 
 fn le_u64s(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -1,4 +1,5 @@
-//! AVX2 + FMA kernels (x86_64). Callers check `Kernel::Avx2Fma.is_available()`.
+//! AVX2 + FMA kernels (x86_64). Called only through the table that
+//! `Kernel::Avx2Fma.kernels()` hands out after `is_available()` returned true.
 
 use crate::DIM;
 use std::arch::x86_64::*;

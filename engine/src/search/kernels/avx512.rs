@@ -1,4 +1,6 @@
-//! AVX-512F kernels (x86_64). Callers check `Kernel::Avx512.is_available()`.
+//! AVX-512F kernels (x86_64). Called only through the tables that
+//! `Kernel::Avx512.kernels()` hands out after `is_available()` returned true
+//! (and, for the VNNI ones, `fast_u8_dots()`).
 
 use crate::DIM;
 use std::arch::x86_64::*;

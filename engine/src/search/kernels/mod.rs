@@ -1,13 +1,27 @@
-//! Distance kernels: one scalar reference and SIMD versions chosen once at run time.
+//! Distance kernels: one scalar reference and SIMD versions, chosen once at run time.
 //!
 //! Distances are squared L2 throughout (as faiss reports them); any square root
 //! or probability is taken at the API edge. [`scalar`] is the reference and the
 //! fallback; every other implementation is tested against it (see the tests at
-//! the bottom, which run over every implementation in [`Kernel::available`]).
+//! the bottom, which run over every table in [`Kernels::available`]).
+//!
+//! **Dispatch.** A [`Kernel`] names an implementation; its [`Kernels`] is a
+//! table of plain function pointers, handed out by [`Kernel::kernels`] only
+//! after the CPU check passed, and [`selected`] picks the engine's table once
+//! per process (a `OnceLock`). Calls go straight through the table: no match
+//! and no CPU-feature test per call. Whether the integer code kernels run on
+//! AVX-512 VNNI is decided when the table is chosen too
+//! ([`Kernels::fast_u8_dots`]); scans read it once per search.
+//!
+//! This module owns the kernels, their data layouts (packed groups, packed
+//! codes, [`IntProbe`]) and the dispatch; *what* is scanned, and the
+//! quantiser's arithmetic and error bounds, belong to the scans in
+//! [`crate::search`] and to `crate::quantizer`.
 //!
 //! This module and [`crate::storage::mmap`] are the only places that may use `unsafe`:
-//! calling a `#[target_feature]` function is `unsafe`, and each call below is
-//! guarded by [`Kernel::is_available`].
+//! calling a `#[target_feature]` function is `unsafe`, and each such call is
+//! made only from a table that [`Kernel::kernels`] hands out after
+//! [`Kernel::is_available`] returned true.
 #![allow(unsafe_code)]
 
 use crate::DIM;
@@ -18,6 +32,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod scalar;
+
+pub use crate::quantizer::INT_WEIGHT_MAX;
 
 /// One implementation of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,90 +88,43 @@ impl Kernel {
         Self::IMPLS.into_iter().find(|k| k.name() == s)
     }
 
-    /// Squared L2 distance between two slices of equal length (any length).
-    ///
-    /// # Panics
-    /// If the lengths differ.
-    #[inline]
-    pub fn l2sq(self, a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len(), "l2sq of slices of different lengths");
+    /// Whether the integer code kernels ([`Kernels::dots_u8_tile`]) of this
+    /// implementation run at SIMD speed on this CPU (AVX-512 VNNI); elsewhere
+    /// they are the scalar reference.
+    pub fn fast_u8_dots(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self` is only Avx512 when chosen from `available()`/`selected()`,
-            // which checked `is_available()`; callers constructing it by hand must do the same
-            // (the public constructors below all do).
-            Kernel::Avx512 if self.is_available() => unsafe { avx512::l2sq(a, b) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() on the same line.
-            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::l2sq(a, b) },
-            _ => scalar::l2sq(a, b),
+            Kernel::Avx512 => {
+                self.is_available() && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            _ => false,
         }
     }
 
-    /// Squared L2 distance from `q` to each row, written to `out[i]`.
-    ///
-    /// # Panics
-    /// If `out` is shorter than `rows`.
-    #[inline]
-    pub fn l2sq_many(self, q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-        let out = &mut out[..rows.len()];
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx512 if self.is_available() => unsafe { avx512::l2sq_many(q, rows, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::l2sq_many(q, rows, out) },
-            _ => scalar::l2sq_many(q, rows, out),
+    /// The implementation's table, or `None` if this CPU cannot run it. This
+    /// is the only way to a SIMD table: every `unsafe` call in one rests on
+    /// the check made here.
+    pub fn kernels(self) -> Option<&'static Kernels> {
+        if !self.is_available() {
+            return None;
         }
-    }
-}
-
-impl Kernel {
-    /// Weighted L1 distance `Σ w_k·|a_k − b_k|` of equal-length slices: the
-    /// head's score before its bias.
-    ///
-    /// # Panics
-    /// If the lengths differ.
-    #[inline]
-    pub fn wl1(self, w: &[f32], a: &[f32], b: &[f32]) -> f32 {
-        assert!(
-            w.len() == a.len() && a.len() == b.len(),
-            "wl1 of slices of different lengths"
-        );
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx512 if self.is_available() => unsafe { avx512::wl1(w, a, b) },
+            Kernel::Avx512 if self.fast_u8_dots() => Some(&AVX512_VNNI),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::wl1(w, a, b) },
-            _ => scalar::wl1(w, a, b),
-        }
-    }
-
-    /// Weighted L1 from `q` to each row, written to `out[i]`.
-    ///
-    /// # Panics
-    /// If `out` is shorter than `rows`.
-    #[inline]
-    pub fn wl1_many(self, w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-        let out = &mut out[..rows.len()];
-        match self {
+            Kernel::Avx512 => Some(&AVX512F),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx512 if self.is_available() => unsafe { avx512::wl1_many(w, q, rows, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::wl1_many(w, q, rows, out) },
-            _ => scalar::wl1_many(w, q, rows, out),
+            Kernel::Avx2Fma => Some(&AVX2_FMA),
+            Kernel::Scalar => Some(&SCALAR),
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 }
 
 /// Rows per packed group of the batch (tiled) kernels.
 pub const LANES: usize = 16;
-/// Most probes one call of [`Kernel::dots_tile`] scores.
+/// Most probes one call of [`Kernels::dots_tile`] scores.
 pub const TILE_PROBES: usize = 8;
 /// Floats in one packed group: `DIM × LANES`, dimension-major.
 pub const PACKED_GROUP: usize = DIM * LANES;
@@ -171,66 +140,6 @@ pub fn pack_group(rows: &[[f32; DIM]], out: &mut [f32; PACKED_GROUP]) {
     }
 }
 
-impl Kernel {
-    /// Dot products of up to [`TILE_PROBES`] probes with one packed group of
-    /// [`LANES`] rows: `out[p·LANES + lane] = qs[p] · row[lane]`.
-    ///
-    /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given.
-    #[inline]
-    pub fn dots_tile(
-        self,
-        qs: &[[f32; DIM]],
-        packed: &[f32; PACKED_GROUP],
-        out: &mut [f32; TILE_PROBES * LANES],
-    ) {
-        assert!(
-            qs.len() <= TILE_PROBES,
-            "at most {TILE_PROBES} probes per tile"
-        );
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx512 if self.is_available() => unsafe { avx512::dots_tile(qs, packed, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx2Fma if self.is_available() => unsafe { avx2::dots_tile(qs, packed, out) },
-            _ => scalar::dots_tile(qs, packed, out),
-        }
-    }
-}
-
-impl Kernel {
-    /// Squared L2 from a probe to 8-bit coded rows: `out[i] = Σ (qm_d − step_d·codes[i]_d)²`,
-    /// where `qm = q − min` (see the segment format's scalar quantiser).
-    ///
-    /// # Panics
-    /// If `out` is shorter than `codes`.
-    #[inline]
-    pub fn sq8_l2_many(
-        self,
-        qm: &[f32; DIM],
-        step: &[f32; DIM],
-        codes: &[[u8; DIM]],
-        out: &mut [f32],
-    ) {
-        let out = &mut out[..codes.len()];
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx512 if self.is_available() => unsafe {
-                avx512::sq8_l2_many(qm, step, codes, out)
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: guarded by is_available() (cached CPUID check).
-            Kernel::Avx2Fma if self.is_available() => unsafe {
-                avx2::sq8_l2_many(qm, step, codes, out)
-            },
-            _ => scalar::sq8_l2_many(qm, step, codes, out),
-        }
-    }
-}
-
 /// Bytes in one packed group of 8-bit codes: `DIM × LANES`, in quads of four
 /// dimensions (`out[64·j + 4·lane + b] = rows[lane][4·j + b]`).
 pub const PACKED_CODES: usize = DIM * LANES;
@@ -240,6 +149,7 @@ pub const QUADS: usize = DIM / 4;
 /// A probe as the integer batch kernel takes it: signed 16-bit weights
 /// `m_d = 256·hi_d + lo_d`, split into two signed bytes, four dimensions to
 /// an `i32` (little-endian, dimension `4·j + b` in byte `b` of quad `j`).
+/// The weights themselves are the quantiser's (`crate::quantizer::int_weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntProbe {
     /// High bytes of the weights.
@@ -247,11 +157,6 @@ pub struct IntProbe {
     /// Low bytes of the weights.
     pub lo: [i32; QUADS],
 }
-
-/// Largest weight magnitude an [`IntProbe`] holds: `256·127 + 127`, so the high
-/// byte stays in `-127..=127` (the low one in `-128..=127`) and a dot product
-/// with codes up to 255 stays inside `i32` (`128 · 32639 · 255 < 2^31`).
-pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
 
 impl IntProbe {
     /// Split weights (each within ±[`INT_WEIGHT_MAX`]) into high and low bytes.
@@ -277,7 +182,7 @@ impl IntProbe {
     }
 }
 
-/// A probe's terms of the integer batch scan's estimate (see [`Kernel::est_u8_tile`]).
+/// A probe's terms of the integer batch scan's estimate (see [`Kernels::est_u8_tile`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TileForm {
     /// `‖q‖² − 2·q·min`.
@@ -288,7 +193,7 @@ pub struct TileForm {
     pub bound: f32,
 }
 
-/// Pack up to [`LANES`] rows of codes for [`Kernel::dots_u8_tile`], zero-filling
+/// Pack up to [`LANES`] rows of codes for [`Kernels::dots_u8_tile`], zero-filling
 /// missing lanes.
 pub fn pack_codes(rows: &[[u8; DIM]], out: &mut [u8; PACKED_CODES]) {
     out.fill(0);
@@ -299,17 +204,213 @@ pub fn pack_codes(rows: &[[u8; DIM]], out: &mut [u8; PACKED_CODES]) {
     }
 }
 
-impl Kernel {
-    /// Whether [`Kernel::dots_u8_tile`] runs at SIMD speed on this
-    /// implementation (AVX-512 VNNI); elsewhere it is the scalar reference.
-    pub fn fast_u8_dots(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                self.is_available() && std::arch::is_x86_feature_detected!("avx512vnni")
-            }
-            _ => false,
-        }
+/// One implementation's kernels: plain function pointers, chosen once (see
+/// the module documentation). Obtained from [`Kernel::kernels`],
+/// [`Kernels::available`] or [`selected`]; the methods check their arguments
+/// and call straight through.
+// Each field's type is its kernel's signature, spelled out.
+#[allow(clippy::type_complexity)]
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels {
+    kernel: Kernel,
+    fast_u8_dots: bool,
+    l2sq: fn(&[f32], &[f32]) -> f32,
+    l2sq_many: fn(&[f32; DIM], &[[f32; DIM]], &mut [f32]),
+    wl1: fn(&[f32], &[f32], &[f32]) -> f32,
+    wl1_many: fn(&[f32; DIM], &[f32; DIM], &[[f32; DIM]], &mut [f32]),
+    dots_tile: fn(&[[f32; DIM]], &[f32; PACKED_GROUP], &mut [f32; TILE_PROBES * LANES]),
+    sq8_l2_many: fn(&[f32; DIM], &[f32; DIM], &[[u8; DIM]], &mut [f32]),
+    dots_u8_tile: fn(&[IntProbe], &[u8; PACKED_CODES], &mut [i32; TILE_PROBES * LANES]),
+    est_u8_tile: fn(
+        &[IntProbe],
+        &[TileForm],
+        &[f32; LANES],
+        &[u8; PACKED_CODES],
+        &mut [f32; TILE_PROBES * LANES],
+    ) -> [u16; TILE_PROBES],
+    est_u8_rows: fn(&IntProbe, &TileForm, &[f32], &[[u8; DIM]], &mut [f32]),
+}
+
+/// The portable reference, on every CPU.
+const SCALAR: Kernels = Kernels {
+    kernel: Kernel::Scalar,
+    fast_u8_dots: false,
+    l2sq: scalar::l2sq,
+    l2sq_many: scalar::l2sq_many,
+    wl1: scalar::wl1,
+    wl1_many: scalar::wl1_many,
+    dots_tile: scalar::dots_tile,
+    sq8_l2_many: scalar::sq8_l2_many,
+    dots_u8_tile: scalar::dots_u8_tile,
+    est_u8_tile: scalar::est_u8_tile,
+    est_u8_rows: scalar::est_u8_rows,
+};
+
+// The SIMD tables below are private and reached only through
+// `Kernel::kernels`, which returns each one only after `is_available()` (and,
+// for AVX512_VNNI, `fast_u8_dots()`) returned true on this CPU: that check is
+// what every `unsafe` call in them rests on.
+
+/// AVX2 + FMA; the integer code kernels are the scalar ones.
+#[cfg(target_arch = "x86_64")]
+const AVX2_FMA: Kernels = Kernels {
+    kernel: Kernel::Avx2Fma,
+    fast_u8_dots: false,
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    l2sq: |a, b| unsafe { avx2::l2sq(a, b) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    l2sq_many: |q, rows, out| unsafe { avx2::l2sq_many(q, rows, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    wl1: |w, a, b| unsafe { avx2::wl1(w, a, b) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    wl1_many: |w, q, rows, out| unsafe { avx2::wl1_many(w, q, rows, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    dots_tile: |qs, packed, out| unsafe { avx2::dots_tile(qs, packed, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    sq8_l2_many: |qm, step, codes, out| unsafe { avx2::sq8_l2_many(qm, step, codes, out) },
+    ..SCALAR
+};
+
+/// AVX-512F without VNNI; the integer code kernels are the scalar ones.
+#[cfg(target_arch = "x86_64")]
+const AVX512F: Kernels = Kernels {
+    kernel: Kernel::Avx512,
+    fast_u8_dots: false,
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    l2sq: |a, b| unsafe { avx512::l2sq(a, b) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    l2sq_many: |q, rows, out| unsafe { avx512::l2sq_many(q, rows, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    wl1: |w, a, b| unsafe { avx512::wl1(w, a, b) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    wl1_many: |w, q, rows, out| unsafe { avx512::wl1_many(w, q, rows, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    dots_tile: |qs, packed, out| unsafe { avx512::dots_tile(qs, packed, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    sq8_l2_many: |qm, step, codes, out| unsafe { avx512::sq8_l2_many(qm, step, codes, out) },
+    ..SCALAR
+};
+
+/// AVX-512F with VNNI: the integer code kernels at SIMD speed too.
+#[cfg(target_arch = "x86_64")]
+const AVX512_VNNI: Kernels = Kernels {
+    fast_u8_dots: true,
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
+    dots_u8_tile: |qs, packed, out| unsafe { avx512::dots_u8_tile(qs, packed, out) },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
+    est_u8_tile: |qs, forms, xn, packed, out| unsafe {
+        avx512::est_u8_tile(qs, forms, xn, packed, out)
+    },
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
+    est_u8_rows: |q, form, xn, codes, out| unsafe { avx512::est_u8_rows(q, form, xn, codes, out) },
+    ..AVX512F
+};
+
+impl Kernels {
+    /// The table of every implementation this CPU can run, in order of preference.
+    pub fn available() -> Vec<&'static Kernels> {
+        Kernel::IMPLS
+            .into_iter()
+            .filter_map(Kernel::kernels)
+            .collect()
+    }
+
+    /// The implementation this table calls.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Name of the implementation (see [`Kernel::name`]).
+    pub fn name(&self) -> &'static str {
+        self.kernel.name()
+    }
+
+    /// Whether [`Kernels::dots_u8_tile`] and the other integer code kernels run
+    /// at SIMD speed (AVX-512 VNNI); elsewhere they are the scalar reference.
+    /// Decided when the table was chosen.
+    #[inline]
+    pub fn fast_u8_dots(&self) -> bool {
+        self.fast_u8_dots
+    }
+
+    /// Squared L2 distance between two slices of equal length (any length).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[inline]
+    pub fn l2sq(&self, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "l2sq of slices of different lengths");
+        (self.l2sq)(a, b)
+    }
+
+    /// Squared L2 distance from `q` to each row, written to `out[i]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `rows`.
+    #[inline]
+    pub fn l2sq_many(&self, q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+        let out = &mut out[..rows.len()];
+        (self.l2sq_many)(q, rows, out)
+    }
+
+    /// Weighted L1 distance `Σ w_k·|a_k − b_k|` of equal-length slices: the
+    /// head's score before its bias.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[inline]
+    pub fn wl1(&self, w: &[f32], a: &[f32], b: &[f32]) -> f32 {
+        assert!(
+            w.len() == a.len() && a.len() == b.len(),
+            "wl1 of slices of different lengths"
+        );
+        (self.wl1)(w, a, b)
+    }
+
+    /// Weighted L1 from `q` to each row, written to `out[i]`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `rows`.
+    #[inline]
+    pub fn wl1_many(&self, w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+        let out = &mut out[..rows.len()];
+        (self.wl1_many)(w, q, rows, out)
+    }
+
+    /// Dot products of up to [`TILE_PROBES`] probes with one packed group of
+    /// [`LANES`] rows: `out[p·LANES + lane] = qs[p] · row[lane]`.
+    ///
+    /// # Panics
+    /// If more than [`TILE_PROBES`] probes are given.
+    #[inline]
+    pub fn dots_tile(
+        &self,
+        qs: &[[f32; DIM]],
+        packed: &[f32; PACKED_GROUP],
+        out: &mut [f32; TILE_PROBES * LANES],
+    ) {
+        assert!(
+            qs.len() <= TILE_PROBES,
+            "at most {TILE_PROBES} probes per tile"
+        );
+        (self.dots_tile)(qs, packed, out)
+    }
+
+    /// Squared L2 from a probe to 8-bit coded rows: `out[i] = Σ (qm_d − step_d·codes[i]_d)²`,
+    /// where `qm = q − min` (see the segment format's scalar quantiser).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `codes`.
+    #[inline]
+    pub fn sq8_l2_many(
+        &self,
+        qm: &[f32; DIM],
+        step: &[f32; DIM],
+        codes: &[[u8; DIM]],
+        out: &mut [f32],
+    ) {
+        let out = &mut out[..codes.len()];
+        (self.sq8_l2_many)(qm, step, codes, out)
     }
 
     /// Integer dot products of up to [`TILE_PROBES`] probes with one packed
@@ -320,7 +421,7 @@ impl Kernel {
     /// If more than [`TILE_PROBES`] probes are given.
     #[inline]
     pub fn dots_u8_tile(
-        self,
+        &self,
         qs: &[IntProbe],
         packed: &[u8; PACKED_CODES],
         out: &mut [i32; TILE_PROBES * LANES],
@@ -329,14 +430,7 @@ impl Kernel {
             qs.len() <= TILE_PROBES,
             "at most {TILE_PROBES} probes per tile"
         );
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
-            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
-                avx512::dots_u8_tile(qs, packed, out)
-            },
-            _ => scalar::dots_u8_tile(qs, packed, out),
-        }
+        (self.dots_u8_tile)(qs, packed, out)
     }
 
     /// Distance estimates of up to [`TILE_PROBES`] probes to one packed group of
@@ -348,7 +442,7 @@ impl Kernel {
     /// If more than [`TILE_PROBES`] probes are given, or fewer forms than probes.
     #[inline]
     pub fn est_u8_tile(
-        self,
+        &self,
         qs: &[IntProbe],
         forms: &[TileForm],
         xn: &[f32; LANES],
@@ -359,17 +453,10 @@ impl Kernel {
             qs.len() <= TILE_PROBES && forms.len() >= qs.len(),
             "at most {TILE_PROBES} probes per tile, each with its form"
         );
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
-            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
-                avx512::est_u8_tile(qs, forms, xn, packed, out)
-            },
-            _ => scalar::est_u8_tile(qs, forms, xn, packed, out),
-        }
+        (self.est_u8_tile)(qs, forms, xn, packed, out)
     }
 
-    /// [`Kernel::est_u8_tile`] for one probe and row-major codes (as a segment
+    /// [`Kernels::est_u8_tile`] for one probe and row-major codes (as a segment
     /// stores them): `out[i] = (c0 + xn[i]) − alpha2·(m·codes[i])`, bit for bit
     /// the same value (`form.bound` is not used).
     ///
@@ -377,7 +464,7 @@ impl Kernel {
     /// If `xn` or `out` is shorter than `codes`.
     #[inline]
     pub fn est_u8_rows(
-        self,
+        &self,
         q: &IntProbe,
         form: &TileForm,
         xn: &[f32],
@@ -385,30 +472,23 @@ impl Kernel {
         out: &mut [f32],
     ) {
         let (xn, out) = (&xn[..codes.len()], &mut out[..codes.len()]);
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: fast_u8_dots() checked AVX-512F and VNNI (cached CPUID checks).
-            Kernel::Avx512 if self.fast_u8_dots() => unsafe {
-                avx512::est_u8_rows(q, form, xn, codes, out)
-            },
-            _ => scalar::est_u8_rows(q, form, xn, codes, out),
-        }
+        (self.est_u8_rows)(q, form, xn, codes, out)
     }
 }
 
-/// The implementation used by the engine: the best available, chosen once.
-/// The environment variable `VISAGE_KERNEL` (`avx512`, `avx2+fma`, `scalar`)
-/// can force a slower one for testing; an unavailable choice is ignored.
-pub fn selected() -> Kernel {
-    static CHOSEN: OnceLock<Kernel> = OnceLock::new();
-    *CHOSEN.get_or_init(|| {
+/// The kernels used by the engine: the best available implementation's table,
+/// chosen once per process. The environment variable `VISAGE_KERNEL`
+/// (`avx512`, `avx2+fma`, `scalar`) can force a slower one for testing; an
+/// unavailable choice is ignored.
+pub fn selected() -> &'static Kernels {
+    static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
         let forced = std::env::var("VISAGE_KERNEL")
             .ok()
-            .and_then(|s| Kernel::from_name(&s));
-        match forced {
-            Some(k) if k.is_available() => k,
-            _ => Kernel::available()[0],
-        }
+            .and_then(|s| Kernel::from_name(&s))
+            .and_then(Kernel::kernels);
+        // The scalar table is always available, so the list is never empty.
+        forced.unwrap_or_else(|| Kernels::available()[0])
     })
 }
 
@@ -430,7 +510,15 @@ mod tests {
     #[test]
     fn scalar_is_always_available_and_selected_is_available() {
         assert!(Kernel::available().contains(&Kernel::Scalar));
-        assert!(selected().is_available());
+        assert!(selected().kernel().is_available());
+        // A table for every implementation the CPU can run, and only for those.
+        let tables: Vec<Kernel> = Kernels::available().iter().map(|t| t.kernel()).collect();
+        assert_eq!(tables, Kernel::available());
+        for k in Kernel::IMPLS {
+            let t = k.kernels();
+            assert_eq!(t.is_some(), k.is_available(), "{}", k.name());
+            assert_eq!(t.is_some_and(|t| t.fast_u8_dots()), k.fast_u8_dots());
+        }
     }
 
     #[test]
@@ -450,7 +538,7 @@ mod tests {
                 .zip(&b)
                 .map(|((w, x), y)| w * (x - y).abs())
                 .sum();
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 assert_eq!(k.l2sq(&a, &b), want, "{} len {len}", k.name());
                 assert_eq!(k.wl1(&w, &a, &b), want_wl1, "{} wl1 len {len}", k.name());
             }
@@ -467,7 +555,7 @@ mod tests {
             ))
         ) {
             let want = scalar::l2sq(&a, &b);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let got = k.l2sq(&a, &b);
                 prop_assert!(close(got, want), "{}: {got} vs {want} (len {})", k.name(), a.len());
             }
@@ -484,7 +572,7 @@ mod tests {
             let want = scalar::wl1(&w, &a, &b);
             // Weighted sums cancel: scale the tolerance by the sum of magnitudes.
             let mag: f32 = w.iter().zip(&a).zip(&b).map(|((w, x), y)| (w * (x - y)).abs()).sum();
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let got = k.wl1(&w, &a, &b);
                 prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{}: {got} vs {want}", k.name());
             }
@@ -499,7 +587,7 @@ mod tests {
             let w: [f32; DIM] = w.try_into().unwrap();
             let q: [f32; DIM] = q.try_into().unwrap();
             let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 2];
                 k.wl1_many(&w, &q, &rows, &mut got);
                 for (i, r) in rows.iter().enumerate() {
@@ -520,7 +608,7 @@ mod tests {
             let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
             let mut packed = [f32::NAN; PACKED_GROUP];
             pack_group(&rows, &mut packed);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut out = [f32::NAN; TILE_PROBES * LANES];
                 k.dots_tile(&qs, &packed, &mut out);
                 for (p, q) in qs.iter().enumerate() {
@@ -545,7 +633,7 @@ mod tests {
             let codes: Vec<[u8; DIM]> = codes.into_iter().map(|r| r.try_into().unwrap()).collect();
             let mut want = vec![0f32; codes.len()];
             scalar::sq8_l2_many(&qm, &step, &codes, &mut want);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut got = vec![f32::NAN; codes.len() + 2];
                 k.sq8_l2_many(&qm, &step, &codes, &mut got);
                 for i in 0..codes.len() {
@@ -573,7 +661,7 @@ mod tests {
             let qs: Vec<IntProbe> = ms.iter().map(IntProbe::new).collect();
             let mut packed = [7u8; PACKED_CODES];
             pack_codes(&rows, &mut packed);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut out = [i32::MIN; TILE_PROBES * LANES];
                 k.dots_u8_tile(&qs, &packed, &mut out);
                 for (p, m) in ms.iter().enumerate() {
@@ -602,7 +690,7 @@ mod tests {
             pack_codes(&rows, &mut packed);
             let mut want = [f32::NAN; TILE_PROBES * LANES];
             let want_masks = scalar::est_u8_tile(&qs, &forms, &xn, &packed, &mut want);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut got = [f32::NAN; TILE_PROBES * LANES];
                 let masks = k.est_u8_tile(&qs, &forms, &xn, &packed, &mut got);
                 for i in 0..qs.len() * LANES {
@@ -634,7 +722,7 @@ mod tests {
                 scalar::est_u8_tile(&[q], &[form], &x, &packed, &mut out);
                 want[g * LANES..g * LANES + chunk.len()].copy_from_slice(&out[..chunk.len()]);
             }
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 3];
                 k.est_u8_rows(&q, &form, &xn, &rows, &mut got);
                 for i in 0..rows.len() {
@@ -653,7 +741,7 @@ mod tests {
             let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
             let mut want = vec![0f32; rows.len()];
             scalar::l2sq_many(&q, &rows, &mut want);
-            for k in Kernel::available() {
+            for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 3];
                 k.l2sq_many(&q, &rows, &mut got);
                 for i in 0..rows.len() {

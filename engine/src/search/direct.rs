@@ -1,0 +1,60 @@
+//! The direct scan: exact distances (or head scores) for every row, no
+//! screening. The reference the other scans must equal bit for bit, the path
+//! for head ranking and for snapshots without codes, and the last resort of
+//! the screened scan.
+//!
+//! It owns only its loop: heaps, work units and the parallel run are in
+//! `topk`, the kernels in `kernels`, the choice of scan in the module root.
+
+use super::kernels::Kernels;
+use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, fold_units, offer, work_units};
+use super::{Cand, Metric};
+use crate::DIM;
+use crate::snapshot::Snapshot;
+
+/// The per-probe scan: exact distances from the start. Within a block, each
+/// sub-block of rows stays in cache while every probe of the batch is scored
+/// against it.
+pub(super) fn scan(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    metric: Metric<'_>,
+) -> Vec<Vec<Cand>> {
+    if probes.is_empty() {
+        return Vec::new();
+    }
+    let units = work_units(snap, BLOCK_ROWS);
+    let (tops, ()) = fold_units(
+        &units,
+        1,
+        probes.len(),
+        k,
+        || (),
+        |acc, (), (s, a, b)| {
+            let src = Source::of(snap, s);
+            let vecs = &snap.vectors(s)[a..b];
+            let mut dists = [0f32; SUB_ROWS];
+            let mut extra = [0f32; SUB_ROWS];
+            for (sub_i, sub) in vecs.chunks(SUB_ROWS).enumerate() {
+                let base = a + sub_i * SUB_ROWS;
+                for (q, top) in probes.iter().zip(acc.iter_mut()) {
+                    match metric {
+                        Metric::L2 => kern.l2sq_many(q, sub, &mut dists),
+                        Metric::Head(w, wd) => {
+                            kern.wl1_many(w, q, sub, &mut dists);
+                            kern.l2sq_many(q, sub, &mut extra);
+                            for (d, e) in dists.iter_mut().zip(&extra) {
+                                *d = -(*d + wd * e);
+                            }
+                        }
+                    }
+                    offer(top, &dists[..sub.len()], &src, base);
+                }
+            }
+        },
+        |(), ()| {},
+    );
+    tops.into_iter().map(TopK::into_sorted).collect()
+}

@@ -1,0 +1,350 @@
+//! Scans through the 8-bit codes: the screened exact scan with its proof,
+//! and the approximate 8-bit scan with re-ranking.
+//!
+//! Both scan each coded segment's codes (a quarter of the bytes of the
+//! vectors) for candidates by an estimate, then re-rank the candidates with
+//! the exact kernel call of the direct scan ([`rerank`]). The screened scan
+//! then proves that no other row can beat the k-th ([`proven`]) or searches
+//! the probe again; the approximate one does not. This module also turns
+//! probes into their integer forms per source ([`int_forms`]), which the tiled
+//! scan shares.
+//!
+//! The quantiser's arithmetic and error bounds (ρ, γ, the integer weights'
+//! error) are `crate::quantizer`'s; heaps and the parallel run are `topk`'s;
+//! the direct fallback is `direct`'s.
+
+use super::kernels::{self, IntProbe, Kernels};
+use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, fold_units, offer, work_units};
+use super::{Cand, Metric, direct};
+use crate::DIM;
+use crate::quantizer::{GAMMA, ProbeForm, ScreenBound, U, coded_low, int_weights};
+use crate::snapshot::Snapshot;
+
+/// The bound of each source, or `None` where its codes cannot screen: memtable
+/// chunks and version-1 segments (no codes), and quantisers whose step
+/// overflowed (values near ±f32::MAX), which the codes do not bound.
+pub(super) fn screen_bounds(snap: &Snapshot) -> Vec<Option<ScreenBound>> {
+    (0..snap.source_count())
+        .map(|s| {
+            snap.sq8(s)
+                .and_then(|(min, step, _)| ScreenBound::of(min, step))
+        })
+        .collect()
+}
+
+/// A probe's integer forms, per source (`None` where a source is not scanned
+/// through integer dot products).
+pub(super) type IntForms = Vec<Option<(Vec<IntProbe>, Vec<ProbeForm>)>>;
+
+/// The integer forms of `probes` for every source with a bound in `bounds`,
+/// where the kernels have fast integer dot products (otherwise all `None`).
+pub(super) fn int_forms(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    bounds: &[Option<ScreenBound>],
+) -> IntForms {
+    let fast = kern.fast_u8_dots();
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(s, b)| {
+            let b = b.as_ref().filter(|_| fast)?;
+            let (min, step, _) = snap.sq8(s)?;
+            Some(probes.iter().map(|q| int_probe(q, min, step, b)).unzip())
+        })
+        .collect()
+}
+
+/// A probe's integer form for one coded source: the quantiser's weights, in
+/// the byte layout of the integer kernels.
+fn int_probe(
+    q: &[f32; DIM],
+    min: &[f32; DIM],
+    step: &[f32; DIM],
+    b: &ScreenBound,
+) -> (IntProbe, ProbeForm) {
+    let (m, form) = int_weights(q, min, step, b);
+    (IntProbe::new(&m), form)
+}
+
+/// The 8-bit path (for batches below the tiled threshold; the module root
+/// sends larger batches to the exact tiled scan, which is faster there): scan
+/// each segment's codes for `8k + 32` candidates per probe by the code
+/// estimate, then re-rank them with the exact kernel call of the direct scan.
+/// Returned distances are exact; a true neighbour whose code estimate ranked
+/// below the candidates is missed (rare: recall is measured by the benches and
+/// tests). Memtable chunks and version-1 segments have no codes and are
+/// scanned exactly.
+pub(super) fn approximate(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    bounds: &[Option<ScreenBound>],
+) -> Vec<Vec<Cand>> {
+    let keep = k.saturating_mul(8).saturating_add(32);
+    let coded: Vec<bool> = (0..snap.source_count())
+        .map(|s| snap.sq8(s).is_some())
+        .collect();
+    let forms = int_forms(kern, snap, probes, bounds);
+    scan_codes(kern, snap, probes, keep, &coded, &forms)
+        .into_iter()
+        .zip(probes)
+        .map(|(top, q)| rerank(kern, snap, q, top, k).0)
+        .collect()
+}
+
+/// For each probe, the `keep` best live rows by an estimate from the 8-bit
+/// codes in the sources where `coded[s]`: the integer one of [`int_probe`]
+/// where `forms[s]` is given, else `Σ (q_d − min_d − step_d·c_d)²` in f32; and
+/// by the exact distance (the direct scan's kernel call) elsewhere.
+fn scan_codes(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    keep: usize,
+    coded: &[bool],
+    forms: &IntForms,
+) -> Vec<TopK> {
+    let units = work_units(snap, BLOCK_ROWS);
+    let (tops, ()) = fold_units(
+        &units,
+        1,
+        probes.len(),
+        keep,
+        || (),
+        |acc, (), (s, a, b)| {
+            let src = Source::of(snap, s);
+            let mut dists = [0f32; SUB_ROWS];
+            let sq8 = snap.sq8(s).filter(|_| coded[s]);
+            let int = forms[s].as_ref().filter(|_| sq8.is_some());
+            let qms: Vec<[f32; DIM]> = match sq8 {
+                Some((min, _, _)) if int.is_none() => probes
+                    .iter()
+                    .map(|q| std::array::from_fn(|d| q[d] - min[d]))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let xn = if int.is_some() {
+                snap.decoded_norms(s)
+            } else {
+                &[]
+            };
+            for start in (a..b).step_by(SUB_ROWS) {
+                let end = (start + SUB_ROWS).min(b);
+                for (p, top) in acc.iter_mut().enumerate() {
+                    match (sq8, int) {
+                        (Some((_, _, codes)), Some((ips, pf))) => {
+                            let f = kernels::TileForm {
+                                c0: pf[p].c0,
+                                alpha2: pf[p].alpha2,
+                                bound: f32::INFINITY,
+                            };
+                            let (c, x) = (&codes[start..end], &xn[start..end]);
+                            kern.est_u8_rows(&ips[p], &f, x, c, &mut dists)
+                        }
+                        (Some((_, step, codes)), None) => {
+                            kern.sq8_l2_many(&qms[p], step, &codes[start..end], &mut dists)
+                        }
+                        (None, _) => {
+                            kern.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists)
+                        }
+                    }
+                    offer(top, &dists[..end - start], &src, start);
+                }
+            }
+        },
+        |(), ()| {},
+    );
+    tops
+}
+
+/// Replace the estimates of `top`'s candidates by exact distances (the same
+/// kernel call as the direct scan, so the paths agree to the bit) and keep the
+/// best `k`. Also returns the worst estimate kept and how many were kept.
+///
+/// A row whose exact distance is NaN is dropped, as the direct scan never
+/// offers one. Writes refuse non-finite values, but a segment opened with
+/// metadata verification is trusted, and its codes give such a row a finite
+/// estimate.
+pub(super) fn rerank(
+    kern: &Kernels,
+    snap: &Snapshot,
+    q: &[f32; DIM],
+    top: TopK,
+    k: usize,
+) -> (Vec<Cand>, f32, usize) {
+    let worst = top.worst();
+    let mut cands = top.into_sorted();
+    let kept = cands.len();
+    for c in cands.iter_mut() {
+        let row = &snap.vectors(c.src as usize)[c.row as usize];
+        let mut d = [0f32];
+        kern.l2sq_many(q, std::slice::from_ref(row), &mut d);
+        c.dist = d[0];
+    }
+    cands.retain(|c| !c.dist.is_nan());
+    cands.sort_unstable();
+    cands.truncate(k);
+    (cands, worst, kept)
+}
+
+/// Whether a probe's re-ranked candidates (from [`rerank`]) are provably its
+/// top `k`: either every live row was a candidate (fewer than `keep` kept and
+/// no estimate was NaN), or `low(W)`, the least exact distance a row outside
+/// the candidates can have when the worst kept estimate is `W`, exceeds the
+/// k-th exact distance (strictly, so ties by id are settled too).
+pub(super) fn proven(
+    (cands, worst, kept): (&[Cand], f32, usize),
+    keep: usize,
+    live: usize,
+    k: usize,
+    low: impl FnOnce(f64) -> f64,
+) -> bool {
+    if kept < keep {
+        return kept == live;
+    }
+    match cands.get(k.wrapping_sub(1)) {
+        Some(kth) if worst.is_finite() && kth.dist.is_finite() => {
+            low(f64::from(worst)) > f64::from(kth.dist)
+        }
+        _ => false,
+    }
+}
+
+/// Exact search screened by the 8-bit codes (for batches below the tiled
+/// threshold), after the VA-file of Weber, Schek and Blott (1998): scan the
+/// codes (a quarter of the bytes) for the best `keep` rows by the estimate,
+/// compute their exact distances, then prove that no other row can enter.
+///
+/// A row outside the candidates has an estimate `e ≥ W`, the worst kept. The
+/// estimate is `‖q − x̂‖²` up to rounding, so `‖q − x̂‖ ≥ √(W/(1+γ)) − ε`;
+/// and `‖q − x‖ ≥ ‖q − x̂‖ − ρ`, so its exact distance as the kernel computes
+/// it is at least `(1−γ)·(√(W/(1+γ)) − ε − ρ)²`. If that exceeds the k-th
+/// exact distance found, the answer is the direct scan's, bit for bit and tie
+/// for tie. Rows without codes enter with exact distances, which the same
+/// bound covers. A probe that the bound cannot settle (near-ties, a crowded
+/// neighbourhood) is screened again with sixteen times the candidates, then
+/// scanned directly, so the answer is always exact.
+pub(super) fn screened(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[[f32; DIM]],
+    k: usize,
+    bounds: &[Option<ScreenBound>],
+) -> Vec<Vec<Cand>> {
+    let coded: Vec<bool> = bounds.iter().map(Option::is_some).collect();
+    let live = snap.live_rows();
+    let mut results = vec![Vec::new(); probes.len()];
+    let mut pending: Vec<usize> = (0..probes.len()).collect();
+    let mut keep = k.saturating_mul(8).saturating_add(32);
+    for _round in 0..2 {
+        if pending.is_empty() {
+            return results;
+        }
+        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let forms = int_forms(kern, snap, &qs, bounds);
+        let mut next = Vec::new();
+        for (j, (top, q)) in scan_codes(kern, snap, &qs, keep, &coded, &forms)
+            .into_iter()
+            .zip(&qs)
+            .enumerate()
+        {
+            let i = pending[j];
+            let (cands, worst, kept) = rerank(kern, snap, q, top, k);
+            // Rows without codes entered with exact distances (`w` itself
+            // bounds them); coded rows, per source, through their estimate.
+            let ok = proven((&cands, worst, kept), keep, live, k, |w| {
+                let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                let mut low = w;
+                for (b, f) in bounds.iter().zip(&forms) {
+                    let Some(b) = b else { continue };
+                    let near = match f {
+                        // The integer estimate is within `err` of ‖q − x̂‖².
+                        Some((_, pf)) => (w - pf[j].err).max(0.0).sqrt(),
+                        // The f32 estimate: a relative error γ, and each term's
+                        // difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
+                        None => {
+                            (w / (1.0 + GAMMA)).sqrt() - 3.0 * U * (qn + b.min_norm + b.range_norm)
+                        }
+                    };
+                    low = low.min(coded_low(near, b.rho));
+                }
+                low
+            });
+            if ok {
+                results[i] = cands;
+            } else {
+                next.push(i);
+            }
+        }
+        pending = next;
+        keep = keep.saturating_mul(16);
+    }
+    if !pending.is_empty() {
+        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        for (i, r) in pending
+            .into_iter()
+            .zip(direct::scan(kern, snap, &qs, k, Metric::L2))
+        {
+            results[i] = r;
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
+    use proptest::prelude::*;
+
+    fn vector(seed: &[f32], scale: f32, offset: f32) -> [f32; DIM] {
+        std::array::from_fn(|d| {
+            offset + scale * seed[d % seed.len()] * (1.0 + d as f32 / 7.0).sin()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The two bounds the exactness proofs rest on, against f64: every
+        /// coded row is within ρ of its vector, and the integer estimate is
+        /// within `err` of `‖q − x̂‖²`, near the origin and far from it.
+        #[test]
+        fn codes_and_integer_estimates_stay_within_their_bounds(
+            seeds in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 1..40), 2..12),
+            q in prop::collection::vec(-1.0f32..1.0, 1..40),
+            scale in prop::sample::select(vec![1e-3f32, 0.1, 1.0, 30.0]),
+            offset in prop::sample::select(vec![0.0f32, 1.0, -250.0, 1000.0]),
+        ) {
+            let mut rows: Vec<[f32; DIM]> = seeds.iter().map(|s| vector(s, scale, offset)).collect();
+            let q = vector(&q, scale * 1.5, offset);
+            // The quantiser over `rows` as the segment writer makes it.
+            let (min, step) = sq8_params(&rows);
+            // A row half a step from a code in every dimension: the worst case of ρ.
+            rows.push(std::array::from_fn(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)));
+            let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
+            let (ip, f) = int_probe(&q, &min, &step, &b);
+            prop_assert!(f.err.is_finite());
+            for x in &rows {
+                let mut c = [0u8; DIM];
+                sq8_encode(x, &min, &step, &mut c);
+                let xhat: [f64; DIM] = std::array::from_fn(|d| f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]));
+                let off: f64 = x.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum::<f64>().sqrt();
+                prop_assert!(off <= b.rho, "‖x − x̂‖ = {off} above ρ = {}", b.rho);
+                // The estimate as the scan computes it: one probe, one row, the scalar kernel.
+                let mut packed = [0u8; kernels::PACKED_CODES];
+                kernels::pack_codes(std::slice::from_ref(&c), &mut packed);
+                let form = kernels::TileForm { c0: f.c0, alpha2: f.alpha2, bound: 0.0 };
+                let mut xn = [0f32; kernels::LANES];
+                xn[0] = decoded_norm(&min, &step, &c);
+                let mut out = [0f32; kernels::TILE_PROBES * kernels::LANES];
+                kernels::scalar::est_u8_tile(&[ip], &[form], &xn, &packed, &mut out);
+                let est = f64::from(out[0]);
+                let exact: f64 = q.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
+                prop_assert!((est - exact).abs() <= f.err, "estimate {est}, exact {exact}, err {}", f.err);
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The per-probe bounded heaps every scan feeds, and the parallel run that
+//! feeds them.
+//!
+//! A scan is split into work units of rows of one source ([`work_units`]);
+//! [`fold_units`] runs them on rayon, each worker keeping one [`TopK`] per
+//! probe (and whatever scratch its scan needs), and merges the workers' heaps
+//! probe by probe at the end. Rows reach a heap through [`offer`] (or
+//! [`offer_group`]), which compares a run of scores with the heap's bound
+//! before it looks at tombstones and ids, read from a [`Source`] resolved once
+//! per work unit. Order is total, by distance then id, so what a heap keeps
+//! does not depend on how the work was split.
+//!
+//! What is scored, and how, is left to the scans (`direct`, `screen`,
+//! `tiled`); the candidate type [`Cand`] is the search module's.
+
+use super::Cand;
+use super::kernels::LANES;
+use crate::snapshot::Snapshot;
+use crate::snapshot::tombstones::Tombstones;
+use rayon::prelude::*;
+use std::collections::BinaryHeap;
+
+/// Rows per parallel work unit of the direct and code scans.
+pub(super) const BLOCK_ROWS: usize = 16 * 1024;
+/// Rows scored against every probe while they sit in cache (128 KiB of vectors).
+pub(super) const SUB_ROWS: usize = 256;
+
+/// The k smallest candidates seen so far.
+#[derive(Debug, Clone)]
+pub(super) struct TopK {
+    k: usize,
+    heap: BinaryHeap<Cand>,
+}
+
+impl TopK {
+    pub(super) fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.min(1024) + 1),
+        }
+    }
+    /// Distances above this cannot enter.
+    #[inline]
+    pub(super) fn bound(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::INFINITY
+        } else {
+            self.heap.peek().map_or(f32::INFINITY, |c| c.dist)
+        }
+    }
+    /// The worst candidate kept (infinite if none).
+    pub(super) fn worst(&self) -> f32 {
+        self.heap.peek().map_or(f32::INFINITY, |c| c.dist)
+    }
+    /// Offer a candidate; true if it entered.
+    #[inline]
+    fn push(&mut self, c: Cand) -> bool {
+        if self.heap.len() < self.k {
+            self.heap.push(c);
+            true
+        } else {
+            match self.heap.peek_mut() {
+                // Replacing the top sifts once (pop then push would sift twice).
+                Some(mut w) if c < *w => {
+                    *w = c;
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+    fn merge(&mut self, other: TopK) {
+        for c in other.heap {
+            self.push(c);
+        }
+    }
+    pub(super) fn into_sorted(self) -> Vec<Cand> {
+        self.heap.into_sorted_vec()
+    }
+}
+
+/// A work unit: (source, first row, end row).
+pub(super) type Unit = (usize, usize, usize);
+
+/// The scan's work units, `rows` at most each.
+pub(super) fn work_units(snap: &Snapshot, rows: usize) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for s in 0..snap.source_count() {
+        let n = snap.vectors(s).len();
+        for a in (0..n).step_by(rows) {
+            units.push((s, a, (a + rows).min(n)));
+        }
+    }
+    units
+}
+
+/// Run `scan` over `units` in parallel, `min_len` units at least per rayon
+/// job. Each fold starts with `probes` empty heaps of `keep` and a fresh
+/// `scratch()`; `scan` feeds one unit's rows into them; the folds' heaps are
+/// merged probe by probe and their scratch by `join`.
+pub(super) fn fold_units<S: Send>(
+    units: &[Unit],
+    min_len: usize,
+    probes: usize,
+    keep: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    scan: impl Fn(&mut [TopK], &mut S, Unit) + Sync + Send,
+    join: impl Fn(&mut S, S) + Sync + Send,
+) -> (Vec<TopK>, S) {
+    let empty = || (vec![TopK::new(keep); probes], scratch());
+    units
+        .par_iter()
+        .with_min_len(min_len)
+        .fold(empty, |(mut tops, mut s), &unit| {
+            scan(&mut tops, &mut s, unit);
+            (tops, s)
+        })
+        .reduce(empty, |(mut tops, mut s), (other, o)| {
+            for (x, y) in tops.iter_mut().zip(other) {
+                x.merge(y);
+            }
+            join(&mut s, o);
+            (tops, s)
+        })
+}
+
+/// A source's rows as [`offer`] needs them, resolved once per work unit
+/// rather than per row: its index, ids and tombstones.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    src: u32,
+    ids: &'a [u64],
+    tomb: &'a Tombstones,
+}
+
+impl<'a> Source<'a> {
+    pub(super) fn of(snap: &'a Snapshot, s: usize) -> Source<'a> {
+        Source {
+            src: s as u32,
+            ids: snap.ids(s),
+            tomb: snap.tombstones(s),
+        }
+    }
+}
+
+/// Offer the rows `first..first + dists.len()` of `src` to `top`. The
+/// comparison with the heap's bound runs sixteen lanes at a time (vectorised);
+/// only rows under it reach the tombstone check and the heap.
+#[inline]
+pub(super) fn offer(top: &mut TopK, dists: &[f32], src: &Source<'_>, first: usize) {
+    let mut bound = top.bound();
+    for (ci, chunk) in dists.chunks(16).enumerate() {
+        let mut mask = 0u32;
+        for (lane, &d) in chunk.iter().enumerate() {
+            mask |= ((d <= bound) as u32) << lane;
+        }
+        while mask != 0 {
+            let lane = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let d = chunk[lane];
+            if d > bound {
+                continue;
+            }
+            let row = first + ci * 16 + lane;
+            if src.tomb.get(row) {
+                continue;
+            }
+            if top.push(Cand {
+                dist: d,
+                id: src.ids[row],
+                src: src.src,
+                row: row as u32,
+            }) {
+                bound = top.bound();
+            }
+        }
+    }
+}
+
+/// [`offer`] for one packed group: `d` holds the estimates of rows
+/// `first..first + live` (`live ≤ LANES`). The comparison with the heap's
+/// bound runs on the whole fixed-size group at once (one vector compare).
+#[inline(always)]
+pub(super) fn offer_group(
+    top: &mut TopK,
+    d: &[f32; LANES],
+    live: usize,
+    src: &Source<'_>,
+    first: usize,
+) {
+    let bound = top.bound();
+    let mut mask = 0u32;
+    for (lane, &x) in d.iter().enumerate() {
+        mask |= ((x <= bound) as u32) << lane;
+    }
+    mask &= (1u32 << live) - 1;
+    if mask != 0 {
+        offer(top, &d[..live], src, first);
+    }
+}
