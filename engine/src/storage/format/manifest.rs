@@ -55,6 +55,10 @@ pub fn encode_manifest(m: &ManifestData) -> Vec<u8> {
     body.extend_from_slice(&m.generation.to_le_bytes());
     body.extend_from_slice(&m.next_file_no.to_le_bytes());
     body.extend_from_slice(&m.wal_start.to_le_bytes());
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a segment is a file: a gallery holds far fewer than 2^32 of them"
+    )]
     body.extend_from_slice(&(m.segments.len() as u32).to_le_bytes());
     for s in &m.segments {
         body.extend_from_slice(&s.file_no.to_le_bytes());
@@ -134,16 +138,21 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         let file_no = c.u64()?;
         let rows = c.u64()?;
         let nd = c.u64()?;
-        if nd > rows || nd > (b.len() / 4) as u64 {
-            return Err(c.err(format!(
-                "segment {file_no:016x}: {nd} tombstones for {rows} rows"
-            )));
-        }
-        let mut deleted = Vec::with_capacity(nd as usize);
+        // Each tombstone takes 4 bytes of the file: a count within that bound
+        // fits in `usize` and bounds the allocation.
+        let nd = match usize::try_from(nd) {
+            Ok(n) if nd <= rows && n <= b.len() / 4 => n,
+            _ => {
+                return Err(c.err(format!(
+                    "segment {file_no:016x}: {nd} tombstones for {rows} rows"
+                )));
+            }
+        };
+        let mut deleted = Vec::with_capacity(nd);
         let mut prev: Option<u32> = None;
         for _ in 0..nd {
             let r = c.u32()?;
-            if r as u64 >= rows || prev.is_some_and(|p| p >= r) {
+            if u64::from(r) >= rows || prev.is_some_and(|p| p >= r) {
                 return Err(c.err(format!(
                     "segment {file_no:016x}: tombstone row {r} out of order or range"
                 )));

@@ -198,11 +198,16 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[SEG_MAGIC_OFF..SEG_MAGIC_OFF + 8].copy_from_slice(&SEGMENT_MAGIC);
         put_u32(&mut b, SEG_VERSION_OFF, self.version);
+        #[allow(clippy::cast_possible_truncation, reason = "DIM is 128")]
         put_u32(&mut b, SEG_DIM_OFF, DIM as u32);
         put_u64(&mut b, SEG_ROWS_OFF, self.rows);
         put_u64(&mut b, SEG_SUBJECTS_OFF, self.subjects);
         put_u64(&mut b, SEG_FILE_NO_OFF, self.file_no);
         let n = sections_in(self.version);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "at most SECTION_COUNT (12)"
+        )]
         put_u32(&mut b, SEG_SECTION_COUNT_OFF, n as u32);
         for (i, s) in self.sections.iter().take(n).enumerate() {
             let at = SEG_TABLE_OFF + i * SECTION_ENTRY_LEN;
@@ -250,7 +255,7 @@ impl SegmentHeader {
         }
         check_version(path, version)?;
         let dim = get_u32(b, SEG_DIM_OFF);
-        if dim as usize != DIM {
+        if usize::try_from(dim) != Ok(DIM) {
             return Err(Error::corrupt(
                 path,
                 SEG_DIM_OFF as u64,
@@ -259,7 +264,7 @@ impl SegmentHeader {
         }
         let rows = get_u64(b, SEG_ROWS_OFF);
         let subjects = get_u64(b, SEG_SUBJECTS_OFF);
-        if rows > u32::MAX as u64 || subjects > rows {
+        if rows > u64::from(u32::MAX) || subjects > rows {
             return Err(Error::corrupt(
                 path,
                 SEG_ROWS_OFF as u64,
@@ -268,7 +273,7 @@ impl SegmentHeader {
         }
         let count = get_u32(b, SEG_SECTION_COUNT_OFF);
         let n = sections_in(version);
-        if count as usize != n {
+        if usize::try_from(count) != Ok(n) {
             return Err(Error::corrupt(
                 path,
                 SEG_SECTION_COUNT_OFF as u64,

@@ -41,6 +41,8 @@ use std::path::Path;
 pub const WAL_MAGIC: [u8; 8] = *b"\x89VWL\r\n\x1a\n";
 /// Longest WAL record payload (a batch) in bytes.
 pub const MAX_RECORD_LEN: usize = 256 << 20;
+// Every payload length `read_frame` accepts fits the frame's u32 length field.
+const _: () = assert!(MAX_RECORD_LEN <= u32::MAX as usize);
 
 /// Length of the WAL file header.
 pub const WAL_HEADER_LEN: usize = 32;
@@ -107,6 +109,12 @@ pub fn frame_header(
     payload_len: usize,
     payload_crc: &crc32fast::Hasher,
 ) -> [u8; RECORD_FRAME_LEN] {
+    // Callers keep payloads within MAX_RECORD_LEN (< 2^32, asserted above), the
+    // most `read_frame` accepts, so the length always fits its u32 field.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "payloads are at most MAX_RECORD_LEN < 2^32"
+    )]
     let len = (payload_len as u32).to_le_bytes();
     let mut h = crc32fast::Hasher::new_with_initial(salt);
     h.update(&len);
@@ -119,6 +127,10 @@ pub fn frame_header(
 
 /// Append one framed record holding `payload` to `out`.
 pub fn frame_record(salt: u32, payload: &[u8], out: &mut Vec<u8>) {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "payloads are at most MAX_RECORD_LEN < 2^32, as in `frame_header`"
+    )]
     let len = (payload.len() as u32).to_le_bytes();
     out.extend_from_slice(&len);
     out.extend_from_slice(&record_crc(salt, len, payload).to_le_bytes());
@@ -199,9 +211,17 @@ pub fn encode_insert<'a>(
     out: &mut Vec<u8>,
 ) {
     out.push(KIND_INSERT);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a record holds at most MAX_RECORD_LEN bytes, so fewer than 2^32 embeddings"
+    )]
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for (id, subject, v) in items {
         out.extend_from_slice(&id.to_le_bytes());
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the write path refuses subjects longer than MAX_SUBJECT_LEN (256)"
+        )]
         out.extend_from_slice(&(subject.len() as u16).to_le_bytes());
         out.extend_from_slice(subject.as_bytes());
         // f32 bytes in memory order are little-endian: big-endian targets are refused at compile time.
@@ -212,6 +232,10 @@ pub fn encode_insert<'a>(
 /// Encode a delete payload.
 pub fn encode_delete(ids: &[u64], out: &mut Vec<u8>) {
     out.push(KIND_DELETE);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a record holds at most MAX_RECORD_LEN bytes, so fewer than 2^32 ids"
+    )]
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     for id in ids {
         out.extend_from_slice(&id.to_le_bytes());
@@ -245,7 +269,7 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
             let mut items = Vec::with_capacity(count);
             for i in 0..count {
                 let id = c.u64()?;
-                let slen = c.u16()? as usize;
+                let slen = usize::from(c.u16()?);
                 let at = c.at;
                 let subject = std::str::from_utf8(c.take(slen)?)
                     .map_err(|_| Error::corrupt(path, offset + at as u64, "subject is not UTF-8"))?
