@@ -16,7 +16,7 @@
 //! - A damaged manifest, or one listing a missing segment, is a clear error.
 //! - Segments not in the manifest and `*.tmp` files are removed at open.
 //!
-//! Section offsets are read from the segment header as `format.rs` documents
+//! Section offsets are read from the segment header as `storage/format/segment.rs` documents
 //! it (table at byte 48, 24 bytes a slot), independently of the engine's code.
 
 use crate::support::{Model, assert_contents, files_like, gallery_dir, last_wal, opts};
@@ -265,7 +265,7 @@ fn damaged_wal_header_is_an_error_naming_the_file() {
     }
 }
 
-/// (offset, length) of each section slot, read from the header per `format.rs`.
+/// (offset, length) of each section slot, read from the header per `storage/format/segment.rs`.
 fn sections(seg: &[u8]) -> Vec<(usize, usize)> {
     (0..10)
         .map(|i| {

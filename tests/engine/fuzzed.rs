@@ -21,7 +21,7 @@
 //! - `max_pairs` of 241 million in TrainHead: 120 GB of features (found by
 //!   `requests`).
 //!
-//! Files are edited as `format.rs` documents them (section table at byte 48,
+//! Files are edited as `engine/src/storage/format/` documents them (section table at byte 48,
 //! 24 bytes a slot; CRCs recomputed), independently of the engine's code.
 
 use crate::support::{Model, check_search, files_like, gallery_dir, last_wal, opts};
@@ -118,7 +118,7 @@ fn section(seg: &[u8], slot: usize) -> (usize, usize) {
     (off, len)
 }
 
-/// CRC-32 (IEEE, reflected), bit by bit: the checksum `format.rs` documents.
+/// CRC-32 (IEEE, reflected), bit by bit: the checksum `storage/format/mod.rs` documents.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut c = !0u32;
     for &b in bytes {

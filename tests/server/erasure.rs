@@ -11,7 +11,7 @@
 //! graceful restart and a later write.
 //!
 //! Segments are read here from the layout documented in
-//! `engine/src/format.rs` (header, section table, sq8 sections), independently
+//! `engine/src/storage/format/segment.rs` (header, section table, sq8 sections), independently
 //! of the engine's reader.
 
 use crate::harness::{Server, TempData};
