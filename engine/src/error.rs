@@ -67,9 +67,25 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
-    /// Caller error: some other argument is out of range (k = 0, batch too large, ...).
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// Caller error: `k` is 0, or larger than the call allows.
+    #[error("{}", if *got == 0 { "k must be at least 1".to_owned() } else { format!("k: {got} exceeds the limit of {limit}") })]
+    InvalidK {
+        /// The `k` received.
+        got: usize,
+        /// The largest `k` the call allows.
+        limit: usize,
+    },
+    /// Caller error: a numeric option (a threshold, a training setting) is
+    /// outside its range.
+    #[error("{option} must be {expected}, got {got}")]
+    OutOfRange {
+        /// The option (`max_distance`, `min_probability`, `target_far`, ...).
+        option: &'static str,
+        /// Its range, in words.
+        expected: String,
+        /// The value received.
+        got: String,
+    },
     /// Caller error: the batch is larger than the engine accepts in one call.
     #[error("{what}: {got} exceeds the limit of {limit}")]
     TooLarge {
@@ -80,13 +96,51 @@ pub enum Error {
         /// Limit.
         limit: usize,
     },
-    /// Caller error: the request needs something the gallery does not have yet
-    /// (e.g. ranking by the head before a head is trained).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Caller error: an embedding id or subject named by the request does not exist.
-    #[error("{0}")]
-    NotFound(String),
+    /// Caller error: the gallery's labels cannot train or calibrate a head
+    /// (too few subjects, only one kind of pair, degenerate pairs); nothing
+    /// was changed.
+    #[error("{reason}")]
+    CannotTrain {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Caller error: the request needs a trained head, and the gallery has none.
+    #[error("gallery {gallery:?} has no trained head: {hint}")]
+    NoTrainedHead {
+        /// Gallery name.
+        gallery: String,
+        /// What needed it, and what to do instead.
+        hint: &'static str,
+    },
+    /// Caller error: the request gave no threshold, the gallery has no
+    /// calibrated one, and calibrating one now failed.
+    #[error(
+        "gallery {gallery:?} has no calibrated threshold and could not calibrate one ({source}); \
+         pass max_distance or min_probability"
+    )]
+    NoThreshold {
+        /// Gallery name.
+        gallery: String,
+        /// Why calibration failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Caller error: an embedding id named by the request does not exist.
+    #[error("{field}: no embedding with id {id}")]
+    UnknownId {
+        /// The request field (`pairs[3].id`).
+        field: String,
+        /// The id.
+        id: u64,
+    },
+    /// Caller error: a subject named by the request has no live embedding.
+    #[error("{field}: no embedding of subject {subject:?}")]
+    UnknownSubject {
+        /// The request field (`pairs[3].subject`).
+        field: String,
+        /// The subject, as error messages quote names (at most 64 bytes).
+        subject: String,
+    },
     /// Caller error: no gallery of that name.
     #[error("gallery {0:?} does not exist")]
     GalleryNotFound(String),
@@ -159,6 +213,8 @@ pub enum Error {
         gallery: String,
         /// The failure that latched.
         reason: String,
+        /// Whether that failure was a full disk (ENOSPC, EDQUOT).
+        disk_full: bool,
     },
     /// Resource: the disk has not enough free space for the operation, which
     /// was refused before it changed anything; retry once space is freed.
@@ -193,6 +249,8 @@ pub enum Error {
         limit: usize,
         /// The last background flush or compaction failure, if any.
         failure: Option<String>,
+        /// Whether that failure was a full disk.
+        disk_full: bool,
     },
     /// The engine is shutting down.
     #[error("the engine is closed")]
@@ -209,11 +267,15 @@ impl Error {
                 | Error::InvalidSubject { .. }
                 | Error::DuplicateId { .. }
                 | Error::InvalidName { .. }
-                | Error::InvalidArgument(_)
+                | Error::InvalidK { .. }
+                | Error::OutOfRange { .. }
                 | Error::TooLarge { .. }
+                | Error::CannotTrain { .. }
+                | Error::NoTrainedHead { .. }
+                | Error::NoThreshold { .. }
+                | Error::UnknownId { .. }
+                | Error::UnknownSubject { .. }
                 | Error::GalleryNotFound(_)
-                | Error::FailedPrecondition(_)
-                | Error::NotFound(_)
                 | Error::GalleryExists(_)
         )
     }
@@ -231,13 +293,9 @@ impl Error {
     /// True when the underlying I/O error means the disk is full.
     pub fn is_no_space(&self) -> bool {
         match self {
-            // ENOSPC, EDQUOT
-            Error::Io { source, .. } => matches!(source.raw_os_error(), Some(28 | 122)),
+            Error::Io { source, .. } => io_disk_full(source),
             Error::NoSpace { .. } => true,
-            Error::Backlogged {
-                failure: Some(f), ..
-            } => f.contains("not enough free disk space") || f.contains("No space left"),
-            Error::Poisoned { reason, .. } => reason.contains("No space left"),
+            Error::Backlogged { disk_full, .. } | Error::Poisoned { disk_full, .. } => *disk_full,
             _ => false,
         }
     }
@@ -276,6 +334,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+/// True when an I/O error means the disk is full (ENOSPC, EDQUOT).
+pub(crate) fn io_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 #[cfg(test)]

@@ -41,12 +41,15 @@ pub fn code_of(e: &Error) -> Code {
         | Error::InvalidSubject { .. }
         | Error::DuplicateId { .. }
         | Error::InvalidName { .. }
-        | Error::InvalidArgument(_) => Code::InvalidArgument,
         // `k` too large is a bad argument, not a lack of resources.
-        Error::TooLarge { what: "k", .. } => Code::InvalidArgument,
+        | Error::InvalidK { .. }
+        | Error::OutOfRange { .. }
+        | Error::CannotTrain { .. } => Code::InvalidArgument,
         Error::TooLarge { .. } => Code::ResourceExhausted,
-        Error::GalleryNotFound(_) | Error::NotFound(_) => Code::NotFound,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::GalleryNotFound(_) | Error::UnknownId { .. } | Error::UnknownSubject { .. } => {
+            Code::NotFound
+        }
+        Error::NoTrainedHead { .. } | Error::NoThreshold { .. } => Code::FailedPrecondition,
         Error::GalleryExists(_) => Code::AlreadyExists,
         Error::Locked { .. } => Code::FailedPrecondition,
         Error::ChecksumMismatch { .. }
@@ -113,15 +116,6 @@ pub fn in_field(e: Error, field: &'static str) -> Error {
             what: field,
             index,
             reason,
-        },
-        Error::TooLarge {
-            what: "k",
-            got,
-            limit,
-        } => Error::TooLarge {
-            what: "k",
-            got,
-            limit,
         },
         Error::TooLarge { got, limit, .. } => Error::TooLarge {
             what: field,
@@ -200,15 +194,25 @@ mod tests {
                 },
                 Code::InvalidArgument,
             ),
+            (Error::InvalidK { got: 0, limit: 10 }, Code::InvalidArgument),
             (
-                Error::InvalidArgument("k must be at least 1".into()),
+                Error::InvalidK {
+                    got: 20_000,
+                    limit: 10_000,
+                },
                 Code::InvalidArgument,
             ),
             (
-                Error::TooLarge {
-                    what: "k",
-                    got: 20_000,
-                    limit: 10_000,
+                Error::OutOfRange {
+                    option: "max_distance",
+                    expected: "finite and at least 0".into(),
+                    got: "-1".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::CannotTrain {
+                    reason: "training needs both genuine and impostor pairs".into(),
                 },
                 Code::InvalidArgument,
             ),
@@ -222,11 +226,33 @@ mod tests {
             ),
             (Error::GalleryNotFound("x".into()), Code::NotFound),
             (
-                Error::NotFound("pairs[0].id: no embedding with id 9".into()),
+                Error::UnknownId {
+                    field: "pairs[0].id".into(),
+                    id: 9,
+                },
                 Code::NotFound,
             ),
             (
-                Error::FailedPrecondition("gallery \"g\" has no trained head".into()),
+                Error::UnknownSubject {
+                    field: "pairs[0].subject".into(),
+                    subject: "ann".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                Error::NoTrainedHead {
+                    gallery: "g".into(),
+                    hint: "call TrainHead before ranking by HEAD",
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::NoThreshold {
+                    gallery: "g".into(),
+                    source: Box::new(Error::CannotTrain {
+                        reason: "too few subjects".into(),
+                    }),
+                },
                 Code::FailedPrecondition,
             ),
             (Error::GalleryExists("x".into()), Code::AlreadyExists),
@@ -277,6 +303,7 @@ mod tests {
                     rows: 9,
                     limit: 8,
                     failure: Some("I/O error on /x: disk on fire".into()),
+                    disk_full: false,
                 },
                 Code::Unavailable,
             ),
@@ -286,6 +313,7 @@ mod tests {
                     rows: 9,
                     limit: 8,
                     failure: Some("not enough free disk space for flush in /x".into()),
+                    disk_full: true,
                 },
                 Code::ResourceExhausted,
             ),
@@ -295,6 +323,7 @@ mod tests {
                 Error::Poisoned {
                     gallery: "g".into(),
                     reason: "WAL write failed: No space left on device (os error 28)".into(),
+                    disk_full: true,
                 },
                 Code::ResourceExhausted,
             ),
@@ -302,6 +331,7 @@ mod tests {
                 Error::Poisoned {
                     gallery: "g".into(),
                     reason: "injected fsync failure".into(),
+                    disk_full: false,
                 },
                 Code::Unavailable,
             ),
@@ -326,14 +356,7 @@ mod tests {
             "queries",
         );
         assert_eq!(e.to_string(), "queries[2]: expected 128 values, got 3");
-        let k = in_field(
-            Error::TooLarge {
-                what: "k",
-                got: 5,
-                limit: 1,
-            },
-            "queries",
-        );
+        let k = in_field(Error::InvalidK { got: 5, limit: 1 }, "queries");
         assert_eq!(k.to_string(), "k: 5 exceeds the limit of 1");
     }
 }

@@ -881,7 +881,7 @@ fn a_head_survives_reopen_retraining_replaces_it_and_damage_fails_the_open() {
     };
     assert!(matches!(
         fx.g.search_with(&probes, &so),
-        Err(Error::FailedPrecondition(_))
+        Err(Error::NoTrainedHead { .. })
     ));
     let min_p = VerifyOptions {
         min_probability: Some(0.5),
@@ -889,7 +889,7 @@ fn a_head_survives_reopen_retraining_replaces_it_and_damage_fails_the_open() {
     };
     assert!(matches!(
         fx.g.verify(&pairs, &min_p),
-        Err(Error::FailedPrecondition(_))
+        Err(Error::NoTrainedHead { .. })
     ));
 }
 
@@ -1049,7 +1049,10 @@ fn verify_rejects_unknown_targets_and_bad_vectors_with_their_position() {
             },
         )
         .unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)), "{b:?}: {err:?}");
+        assert!(
+            matches!(err, Error::UnknownId { .. } | Error::UnknownSubject { .. }),
+            "{b:?}: {err:?}"
+        );
         assert!(err.to_string().contains(field), "{b:?}: {err}");
     }
     let short = v[..DIM - 1].to_vec();
@@ -1135,7 +1138,7 @@ fn verify_rejects_unknown_targets_and_bad_vectors_with_their_position() {
         ),
     ] {
         let err = g.verify(std::slice::from_ref(&ok), &o).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{what}: {err:?}");
+        assert!(matches!(err, Error::OutOfRange { .. }), "{what}: {err:?}");
         assert!(err.to_string().contains(what), "{err}");
     }
 }
@@ -1158,14 +1161,14 @@ fn without_a_head_verify_and_identify_go_by_distance() {
         ..Default::default()
     };
     let err = g.search_with(&vectors, &so).unwrap_err();
-    assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+    assert!(matches!(err, Error::NoTrainedHead { .. }), "{err:?}");
     let io = IdentifyOptions {
         k: 5,
         min_probability: Some(0.5),
         max_distance: None,
     };
     let err = g.identify_open(&vectors, &io).unwrap_err();
-    assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+    assert!(matches!(err, Error::NoTrainedHead { .. }), "{err:?}");
 
     // Verify by subject: the nearest of the subject's embeddings (ties by id).
     let pairs: Vec<VerifyPair> = probes
@@ -1421,7 +1424,7 @@ fn identify_open_ranks_by_the_head_and_follows_its_thresholds() {
         },
     ] {
         let err = g.identify_open(&vectors, &o).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{o:?}: {err:?}");
+        assert!(matches!(err, Error::OutOfRange { .. }), "{o:?}: {err:?}");
     }
 }
 

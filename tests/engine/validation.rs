@@ -235,7 +235,7 @@ fn every_rejection_names_the_position_and_changes_nothing() {
         &model,
         &before,
         g.search(&p, 0),
-        |e| matches!(e, Error::InvalidArgument(_)),
+        |e| matches!(e, Error::InvalidK { got: 0, .. }),
         "k",
     );
     rejected(
@@ -243,7 +243,7 @@ fn every_rejection_names_the_position_and_changes_nothing() {
         &model,
         &before,
         g.identify(&p, 0),
-        |e| matches!(e, Error::InvalidArgument(_)),
+        |e| matches!(e, Error::InvalidK { got: 0, .. }),
         "k",
     );
     rejected(
@@ -251,7 +251,7 @@ fn every_rejection_names_the_position_and_changes_nothing() {
         &model,
         &before,
         g.search(&p, MAX_K + 1),
-        |e| matches!(e, Error::TooLarge { what: "k", got, limit } if *got == MAX_K + 1 && *limit == MAX_K),
+        |e| matches!(e, Error::InvalidK { got, limit } if *got == MAX_K + 1 && *limit == MAX_K),
         &MAX_K.to_string(),
     );
     rejected(
@@ -259,7 +259,7 @@ fn every_rejection_names_the_position_and_changes_nothing() {
         &model,
         &before,
         g.identify(&p, MAX_IDENTIFY_K + 1),
-        |e| matches!(e, Error::TooLarge { what: "k", limit, .. } if *limit == MAX_IDENTIFY_K),
+        |e| matches!(e, Error::InvalidK { limit, .. } if *limit == MAX_IDENTIFY_K),
         &MAX_IDENTIFY_K.to_string(),
     );
     let mut bad_dim = p.clone();

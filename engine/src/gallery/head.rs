@@ -1,7 +1,7 @@
 //! The gallery's scoring head: training and calibrating it on the gallery's
 //! own labels, exporting the pairs, and persisting the `HEAD` file.
 
-use super::{Gallery, HEAD, lock};
+use super::{Failure, Gallery, HEAD, lock};
 use crate::DIM;
 use crate::error::Result;
 use crate::head::{self, HeadInfo, TrainOptions};
@@ -58,7 +58,7 @@ impl Gallery {
         ) {
             Ok(()) => {}
             Err(e) if e.renamed => {
-                return Err(self.set_poison(format!("head directory sync failed: {}", e.error)));
+                return Err(self.set_poison(Failure::of("head directory sync failed", &e.error)));
             }
             Err(e) => return Err(e.error),
         }

@@ -2,7 +2,7 @@
 //! compaction runs of the policy's plans, and the background thread that
 //! does both.
 
-use super::{Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
+use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::DIM;
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
@@ -88,7 +88,7 @@ impl Gallery {
         ) {
             Ok(()) => Ok(()),
             Err(e) if e.renamed => {
-                Err(self.set_poison(format!("manifest directory sync failed: {}", e.error)))
+                Err(self.set_poison(Failure::of("manifest directory sync failed", &e.error)))
             }
             Err(e) => {
                 if let Some(seg) = new_seg {
@@ -110,7 +110,7 @@ impl Gallery {
                     return Ok(());
                 }
                 st.wal.sync().map_err(|e| {
-                    self.set_poison(format!("WAL sync before rotation failed: {e}"))
+                    self.set_poison(Failure::io("WAL sync before rotation failed".into(), &e))
                 })?;
                 let n = st.alloc_file_no(&self.dir)?;
                 let new_wal = WalWriter::create(&*self.fs, &self.dir, n)?;
@@ -373,7 +373,10 @@ pub(super) fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
             }
             Err(e) => {
                 let msg = e.to_string();
-                *lock(&g.maintenance_failure) = Some(msg.clone());
+                *lock(&g.maintenance_failure) = Some(Failure {
+                    reason: msg.clone(),
+                    disk_full: e.is_no_space(),
+                });
                 let repeat = last_failure
                     .as_ref()
                     .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));

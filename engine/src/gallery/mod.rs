@@ -97,6 +97,38 @@ impl Default for GalleryOptions {
     }
 }
 
+/// A failure that latched (poisoning) or persists (background maintenance).
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: String,
+    /// Whether it was a full disk: the server answers RESOURCE_EXHAUSTED.
+    disk_full: bool,
+}
+
+impl Failure {
+    /// The failure of an engine operation.
+    fn of(context: &str, e: &Error) -> Failure {
+        Failure {
+            reason: format!("{context}: {e}"),
+            disk_full: e.is_no_space(),
+        }
+    }
+    /// The failure of a file operation.
+    fn io(context: String, e: &std::io::Error) -> Failure {
+        Failure {
+            reason: format!("{context}: {e}"),
+            disk_full: crate::error::io_disk_full(e),
+        }
+    }
+    fn poisoned(&self, gallery: &str) -> Error {
+        Error::Poisoned {
+            gallery: gallery.to_owned(),
+            reason: self.reason.clone(),
+            disk_full: self.disk_full,
+        }
+    }
+}
+
 /// Wakes the maintenance thread.
 #[derive(Default)]
 struct Signal {
@@ -116,11 +148,11 @@ pub struct Gallery {
     queue: Mutex<VecDeque<Arc<Pending>>>,
     queue_cv: Condvar,
     maintenance: Mutex<()>,
-    poison: Mutex<Option<String>>,
+    poison: Mutex<Option<Failure>>,
     closed: AtomicBool,
     signal: Arc<Signal>,
     /// The last background maintenance failure, until maintenance works again.
-    maintenance_failure: Mutex<Option<String>>,
+    maintenance_failure: Mutex<Option<Failure>>,
     head: RwLock<Option<Arc<HeadInfo>>>,
     head_lock: Mutex<()>,
 }
@@ -185,23 +217,16 @@ impl Gallery {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if let Some(reason) = lock(&self.poison).clone() {
-            return Err(Error::Poisoned {
-                gallery: self.name.clone(),
-                reason,
-            });
+        if let Some(f) = lock(&self.poison).clone() {
+            return Err(f.poisoned(&self.name));
         }
         Ok(())
     }
 
-    fn set_poison(&self, reason: String) -> Error {
-        tracing::error!(gallery = %self.name, %reason, "gallery refuses writes until reopened");
-        let mut p = lock(&self.poison);
-        p.get_or_insert(reason.clone());
-        Error::Poisoned {
-            gallery: self.name.clone(),
-            reason,
-        }
+    /// Latch the gallery into refusing writes (the first failure is kept).
+    fn set_poison(&self, failure: Failure) -> Error {
+        tracing::error!(gallery = %self.name, reason = %failure.reason, "gallery refuses writes until reopened");
+        lock(&self.poison).get_or_insert(failure).poisoned(&self.name)
     }
 
     pub(crate) fn close(&self) {

@@ -95,9 +95,11 @@ impl Gallery {
         if let Some(d) = opts.max_distance
             && (d.is_nan() || d < 0.0)
         {
-            return Err(Error::InvalidArgument(format!(
-                "max_distance must be a number at least 0, got {d}"
-            )));
+            return Err(Error::OutOfRange {
+                option: "max_distance",
+                expected: "a number at least 0".into(),
+                got: d.to_string(),
+            });
         }
         let probes = check_probes(probes, opts.k, MAX_K)?;
         let head = self.head();
@@ -107,10 +109,10 @@ impl Gallery {
             RankBy::Distance => search::Metric::L2,
             RankBy::Head => {
                 let h = head.as_ref().filter(|h| h.trained).ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "gallery {:?} has no trained head: call TrainHead before ranking by HEAD",
-                        self.name
-                    ))
+                    Error::NoTrainedHead {
+                        gallery: self.name.clone(),
+                        hint: "call TrainHead before ranking by HEAD",
+                    }
                 })?;
                 w = h.weight_array();
                 search::Metric::Head(&w, h.distance_weight)
@@ -241,7 +243,10 @@ impl Gallery {
                 }
                 Target::Id(id) => {
                     let e = snap.get(*id).ok_or_else(|| {
-                        Error::NotFound(format!("pairs[{i}].id: no embedding with id {id}"))
+                        Error::UnknownId {
+                            field: format!("pairs[{i}].id"),
+                            id: *id,
+                        }
                     })?;
                     let v = check_vector("stored", 0, &e.vector)?;
                     let (d, l) = score(&v);
@@ -250,10 +255,10 @@ impl Gallery {
                 Target::Subject(s) => {
                     let rows = snap.subject_rows(s);
                     if rows.is_empty() {
-                        return Err(Error::NotFound(format!(
-                            "pairs[{i}].subject: no embedding of subject {:?}",
-                            crate::engine::shown(s)
-                        )));
+                        return Err(Error::UnknownSubject {
+                            field: format!("pairs[{i}].subject"),
+                            subject: crate::engine::shown(s),
+                        });
                     }
                     rows.iter()
                         .map(|&(src, r)| {
@@ -304,15 +309,17 @@ impl Gallery {
         let head = self.head();
         if let Some(p) = min_probability {
             if !(0.0..=1.0).contains(&p) {
-                return Err(Error::InvalidArgument(format!(
-                    "min_probability must be in [0, 1], got {p}"
-                )));
+                return Err(Error::OutOfRange {
+                    option: "min_probability",
+                    expected: "in [0, 1]".into(),
+                    got: p.to_string(),
+                });
             }
             if !head.as_ref().is_some_and(|h| h.trained) {
-                return Err(Error::FailedPrecondition(format!(
-                    "min_probability needs a trained head, and gallery {:?} has none: train one or pass max_distance",
-                    self.name
-                )));
+                return Err(Error::NoTrainedHead {
+                    gallery: self.name.clone(),
+                    hint: "min_probability needs one (train one, or pass max_distance)",
+                });
             }
             let logit = if p <= 0.0 {
                 f32::NEG_INFINITY
@@ -325,9 +332,11 @@ impl Gallery {
         }
         if let Some(d) = max_distance {
             if d.is_nan() || d < 0.0 || !d.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "max_distance must be finite and at least 0, got {d}"
-                )));
+                return Err(Error::OutOfRange {
+                    option: "max_distance",
+                    expected: "finite and at least 0".into(),
+                    got: d.to_string(),
+                });
             }
             return Ok(Decision::Distance(d));
         }
@@ -341,12 +350,12 @@ impl Gallery {
             Some(h) => Ok(Decision::Distance(h.distance_threshold)),
             None => {
                 // No threshold yet: calibrate the distance threshold now from the gallery's own pairs.
-                let h = self.calibrate(&TrainOptions::default()).map_err(|e| {
-                    Error::FailedPrecondition(format!(
-                        "gallery {:?} has no calibrated threshold and could not calibrate one ({e}); pass max_distance or min_probability",
-                        self.name
-                    ))
-                })?;
+                let h = self
+                    .calibrate(&TrainOptions::default())
+                    .map_err(|e| Error::NoThreshold {
+                        gallery: self.name.clone(),
+                        source: Box::new(e),
+                    })?;
                 Ok(Decision::Distance(if open_set && h.open_probes > 0 {
                     h.open_distance_threshold
                 } else {

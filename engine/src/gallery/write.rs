@@ -4,7 +4,7 @@
 //! publish and acknowledge). Also the writer's state (`WriteState`): the WAL
 //! writer, the segments with their tombstones, the frozen and active memtables.
 
-use super::{BACKLOG_STALL, Durability, Gallery, MANIFEST, lock};
+use super::{BACKLOG_STALL, Durability, Failure, Gallery, MANIFEST, lock};
 use crate::api::*;
 use crate::error::{Error, Result};
 use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
@@ -254,15 +254,8 @@ pub(super) fn check_probes<P: AsRef<[f32]>>(
     k: usize,
     max_k: usize,
 ) -> Result<Vec<[f32; DIM]>> {
-    if k == 0 {
-        return Err(Error::InvalidArgument("k must be at least 1".into()));
-    }
-    if k > max_k {
-        return Err(Error::TooLarge {
-            what: "k",
-            got: k,
-            limit: max_k,
-        });
+    if k == 0 || k > max_k {
+        return Err(Error::InvalidK { got: k, limit: max_k });
     }
     if probes.len() > MAX_PROBES {
         return Err(Error::TooLarge {
@@ -303,7 +296,8 @@ impl Gallery {
                     gallery: self.name.clone(),
                     rows,
                     limit: self.opts.max_unflushed_rows,
-                    failure,
+                    disk_full: failure.as_ref().is_some_and(|f| f.disk_full),
+                    failure: failure.map(|f| f.reason),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -461,15 +455,17 @@ impl Gallery {
                 .iter()
                 .map(|_| {
                     Err(match e {
-                        Error::Poisoned { gallery, reason } => Error::Poisoned {
+                        Error::Poisoned {
+                            gallery,
+                            reason,
+                            disk_full,
+                        } => Error::Poisoned {
                             gallery: gallery.clone(),
                             reason: reason.clone(),
+                            disk_full: *disk_full,
                         },
                         Error::Closed => Error::Closed,
-                        other => Error::Poisoned {
-                            gallery: self.name.clone(),
-                            reason: other.to_string(),
-                        },
+                        other => Failure::of("write refused", other).poisoned(&self.name),
                     })
                 })
                 .collect()
@@ -556,9 +552,9 @@ impl Gallery {
                 }
             });
             if let Err(e) = res {
-                let err = self.set_poison(format!(
-                    "WAL write or sync failed on {}: {e}",
-                    path.display()
+                let err = self.set_poison(Failure::io(
+                    format!("WAL write or sync failed on {}", path.display()),
+                    &e,
                 ));
                 return fail_all(&err);
             }
