@@ -15,7 +15,8 @@
 //! - `storage`: files: [`format`] (**the** on-disk format, one place, with its
 //!   version history), the WAL, segments, [`fs`] and the only mmap code.
 //! - [`api`]: the public request and response types; [`error`](Error): the one error type.
-//! - [`synth`]: seeded synthetic face-like embeddings; `rng`: the seeded PRNG.
+//! - [`synth`]: seeded synthetic face-like embeddings.
+//! - [`rng`]: the seeded PRNG (splitmix64) of the head, synth and the tests.
 //!
 //! `unsafe` is denied everywhere except `storage::mmap` and `search::kernels`.
 #![deny(unsafe_code)]
@@ -31,6 +32,7 @@ mod error;
 pub mod fuzzing;
 pub mod gallery;
 pub mod head;
+pub mod rng;
 mod search;
 mod snapshot;
 mod storage;

@@ -22,11 +22,11 @@
 
 use crate::DIM;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use crate::search::kernels;
 use crate::search::{self, Metric};
 use crate::snapshot::Snapshot;
 use crate::storage::format::HeadData;
-use crate::synth::SynthRng;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -242,7 +242,7 @@ pub(crate) fn sample_pairs(
     with_training: bool,
 ) -> Result<Pairs> {
     let groups = rows_by_subject(snap);
-    let mut rng = SynthRng::new(opts.seed);
+    let mut rng = Rng::new(opts.seed);
     let mut order: Vec<usize> = (0..groups.len()).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i + 1));
@@ -266,7 +266,7 @@ pub(crate) fn sample_pairs(
     let train_budget = opts.max_pairs - held_budget;
     let mut pairs = Pairs::default();
     let genuine =
-        |rng: &mut SynthRng, set: &[usize], out: &mut Vec<(RowRef, RowRef, bool)>, n: usize| {
+        |rng: &mut Rng, set: &[usize], out: &mut Vec<(RowRef, RowRef, bool)>, n: usize| {
             let multi: Vec<usize> = set
                 .iter()
                 .copied()
@@ -295,7 +295,7 @@ pub(crate) fn sample_pairs(
             }
         };
     let impostor =
-        |rng: &mut SynthRng, set: &[usize], out: &mut Vec<(RowRef, RowRef, bool)>, n: usize| {
+        |rng: &mut Rng, set: &[usize], out: &mut Vec<(RowRef, RowRef, bool)>, n: usize| {
             for _ in 0..n {
                 let a = set[rng.below(set.len())];
                 let b = loop {
@@ -922,7 +922,7 @@ mod tests {
 
     #[test]
     fn calibration_never_exceeds_the_target_far() {
-        let mut rng = SynthRng::new(3);
+        let mut rng = Rng::new(3);
         let imp: Vec<f64> = (0..10_000).map(|_| rng.normal() as f64).collect();
         let genuine: Vec<f64> = (0..1000).map(|_| rng.normal() as f64 + 3.0).collect();
         for far in [1e-3, 1e-2, 0.1] {
@@ -944,7 +944,7 @@ mod tests {
     #[test]
     fn newton_recovers_a_known_logistic_model() {
         // Labels drawn from a known model; the fit must find it (large n, tiny penalty).
-        let mut rng = SynthRng::new(11);
+        let mut rng = Rng::new(11);
         let mut true_w = [0f64; DIM];
         true_w[0] = -4.0;
         true_w[5] = 3.0;
