@@ -1,23 +1,23 @@
 //! Helpers shared by the integration tests (and the benches and fuzz targets):
 //! a seeded PRNG and data generators.
 
+use visage_engine::rng::splitmix64;
 use visage_engine::{DIM, Embedding};
 
 pub mod faults;
 pub mod scan;
 
-/// splitmix64: a small, good PRNG for reproducible test data.
+/// The engine's splitmix64 ([`visage_engine::rng`]) with the test data's
+/// samplers: `Rng(s)` starts at state `s` itself (the engine's `Rng::new`
+/// mixes its seed first), and [`Rng::f32`] and [`Rng::below`] use the bits
+/// their own way. Every seeded test and fuzz seed depends on these values.
 #[derive(Debug, Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
     /// Uniform in [0, 1).
     pub fn f32(&mut self) -> f32 {

@@ -18,7 +18,8 @@
 //! - `quantizer`: the 8-bit codes (parameters, encoding, decoded norms) and
 //!   their error bounds: written by storage, read by search, so below both.
 //! - [`api`]: the public request and response types; [`error`](Error): the one error type.
-//! - [`synth`]: seeded synthetic face-like embeddings; `rng`: the seeded PRNG.
+//! - [`synth`]: seeded synthetic face-like embeddings.
+//! - [`rng`]: the seeded PRNG (splitmix64) of the head, synth and the tests.
 //!
 //! `unsafe` is denied everywhere except `storage::mmap` and `search::kernels`.
 #![deny(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod fuzzing;
 pub mod gallery;
 pub mod head;
 mod quantizer;
+pub mod rng;
 mod search;
 mod snapshot;
 mod storage;

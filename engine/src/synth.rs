@@ -10,6 +10,7 @@
 //! total noise energy. Probes are new images of enrolled subjects, or images of
 //! people never enrolled (fresh centres).
 
+use crate::rng::Rng;
 use crate::{DIM, Embedding};
 
 /// How image-to-image variation is spread over the coordinates.
@@ -85,49 +86,13 @@ impl Default for SynthConfig {
     }
 }
 
-/// A seeded random source (splitmix64 with Box–Muller normals).
-#[derive(Debug, Clone)]
-pub struct SynthRng {
-    state: u64,
-    spare: Option<f32>,
-}
+/// The seeded random source of the generator: the crate's [`Rng`] under the
+/// name synth has always used for it (same type, same values).
+pub type SynthRng = Rng;
 
-impl SynthRng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> SynthRng {
-        SynthRng {
-            state: seed ^ 0x5151_5151_5151_5151,
-            spare: None,
-        }
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-    /// Standard normal.
-    pub fn normal(&mut self) -> f32 {
-        if let Some(s) = self.spare.take() {
-            return s;
-        }
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
-        self.spare = Some((r * s) as f32);
-        (r * c) as f32
-    }
+/// Synth's sampler on the generator (an inherent method, so that
+/// `rng.unit_vector()` reads as it always has).
+impl Rng {
     /// A point uniform on the unit sphere.
     pub fn unit_vector(&mut self) -> [f32; DIM] {
         let mut v = [0f32; DIM];

@@ -346,7 +346,13 @@ fn training_refuses_more_pairs_than_the_limit() {
                 })
                 .unwrap_err();
             assert!(
-                matches!(&err, Error::OutOfRange { option: "max_pairs", .. }),
+                matches!(
+                    &err,
+                    Error::OutOfRange {
+                        option: "max_pairs",
+                        ..
+                    }
+                ),
                 "{err}"
             );
         }

@@ -226,7 +226,9 @@ impl Gallery {
     /// Latch the gallery into refusing writes (the first failure is kept).
     fn set_poison(&self, failure: Failure) -> Error {
         tracing::error!(gallery = %self.name, reason = %failure.reason, "gallery refuses writes until reopened");
-        lock(&self.poison).get_or_insert(failure).poisoned(&self.name)
+        lock(&self.poison)
+            .get_or_insert(failure)
+            .poisoned(&self.name)
     }
 
     pub(crate) fn close(&self) {

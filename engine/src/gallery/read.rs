@@ -108,12 +108,13 @@ impl Gallery {
         let metric = match opts.rank_by {
             RankBy::Distance => search::Metric::L2,
             RankBy::Head => {
-                let h = head.as_ref().filter(|h| h.trained).ok_or_else(|| {
-                    Error::NoTrainedHead {
-                        gallery: self.name.clone(),
-                        hint: "call TrainHead before ranking by HEAD",
-                    }
-                })?;
+                let h =
+                    head.as_ref()
+                        .filter(|h| h.trained)
+                        .ok_or_else(|| Error::NoTrainedHead {
+                            gallery: self.name.clone(),
+                            hint: "call TrainHead before ranking by HEAD",
+                        })?;
                 w = h.weight_array();
                 search::Metric::Head(&w, h.distance_weight)
             }
@@ -242,11 +243,9 @@ impl Gallery {
                     Some((d, l, None))
                 }
                 Target::Id(id) => {
-                    let e = snap.get(*id).ok_or_else(|| {
-                        Error::UnknownId {
-                            field: format!("pairs[{i}].id"),
-                            id: *id,
-                        }
+                    let e = snap.get(*id).ok_or_else(|| Error::UnknownId {
+                        field: format!("pairs[{i}].id"),
+                        id: *id,
                     })?;
                     let v = check_vector("stored", 0, &e.vector)?;
                     let (d, l) = score(&v);
@@ -350,12 +349,12 @@ impl Gallery {
             Some(h) => Ok(Decision::Distance(h.distance_threshold)),
             None => {
                 // No threshold yet: calibrate the distance threshold now from the gallery's own pairs.
-                let h = self
-                    .calibrate(&TrainOptions::default())
-                    .map_err(|e| Error::NoThreshold {
-                        gallery: self.name.clone(),
-                        source: Box::new(e),
-                    })?;
+                let h =
+                    self.calibrate(&TrainOptions::default())
+                        .map_err(|e| Error::NoThreshold {
+                            gallery: self.name.clone(),
+                            source: Box::new(e),
+                        })?;
                 Ok(Decision::Distance(if open_set && h.open_probes > 0 {
                     h.open_distance_threshold
                 } else {

@@ -255,7 +255,10 @@ pub(super) fn check_probes<P: AsRef<[f32]>>(
     max_k: usize,
 ) -> Result<Vec<[f32; DIM]>> {
     if k == 0 || k > max_k {
-        return Err(Error::InvalidK { got: k, limit: max_k });
+        return Err(Error::InvalidK {
+            got: k,
+            limit: max_k,
+        });
     }
     if probes.len() > MAX_PROBES {
         return Err(Error::TooLarge {
