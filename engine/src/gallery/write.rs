@@ -499,6 +499,15 @@ impl Gallery {
                 }
                 Op::Delete { ids, subjects } => {
                     let resolved = st.resolve_delete(ids, subjects);
+                    if resolved.len() > format::MAX_DELETE_IDS {
+                        // One record could not hold it: refused whole, nothing applied.
+                        outs.push(Err(Error::TooLarge {
+                            what: "embeddings to delete (by id and by subject)",
+                            got: resolved.len(),
+                            limit: format::MAX_DELETE_IDS,
+                        }));
+                        continue;
+                    }
                     if !resolved.is_empty() {
                         let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
                         format::encode_delete(&resolved, &mut payload);
@@ -534,7 +543,8 @@ impl Gallery {
         let mut deletes = deletes.iter().peekable();
         for (i, (p, out)) in group.iter().zip(&outs).enumerate() {
             if out.is_err() {
-                break;
+                // Refused (too large, or no space): not applied, nothing to log.
+                continue;
             }
             match &p.op {
                 Op::Insert { payload, crc, .. } => records.push(Record { payload, crc }),

@@ -61,9 +61,9 @@ pub use segment::{
     SectionEntry, SegmentHeader, sections_in,
 };
 pub use wal::{
-    Frame, KIND_DELETE, KIND_INSERT, MAX_RECORD_LEN, RECORD_FRAME_LEN, WAL_HEADER_LEN, WAL_MAGIC,
-    WalEmbedding, WalOp, decode_op, decode_wal_header, encode_delete, encode_insert,
-    encode_wal_header, frame_header, frame_record, read_frame, record_crc,
+    Frame, KIND_DELETE, KIND_INSERT, MAX_DELETE_IDS, MAX_RECORD_LEN, RECORD_FRAME_LEN,
+    WAL_HEADER_LEN, WAL_MAGIC, WalEmbedding, WalOp, decode_op, decode_wal_header, encode_delete,
+    encode_insert, encode_wal_header, frame_header, frame_record, read_frame, record_crc,
 };
 
 use crate::DIM;

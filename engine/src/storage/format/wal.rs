@@ -44,6 +44,13 @@ pub const MAX_RECORD_LEN: usize = 256 << 20;
 // Every payload length `read_frame` accepts fits the frame's u32 length field.
 const _: () = assert!(MAX_RECORD_LEN <= u32::MAX as usize);
 
+/// Most ids one delete record holds: its payload (kind byte, u32 count, the
+/// ids) stays within [`MAX_RECORD_LEN`]. The gallery refuses a delete that
+/// resolves to more (a record `read_frame` would refuse is never written).
+pub const MAX_DELETE_IDS: usize = (MAX_RECORD_LEN - 5) / 8;
+const _: () = assert!(5 + 8 * MAX_DELETE_IDS <= MAX_RECORD_LEN);
+const _: () = assert!(5 + 8 * (MAX_DELETE_IDS + 1) > MAX_RECORD_LEN);
+
 /// Length of the WAL file header.
 pub const WAL_HEADER_LEN: usize = 32;
 /// Length of a WAL record's frame (length + CRC).
