@@ -153,11 +153,31 @@ fn status_line(s: &Status) -> String {
             msg = format!("{msg}: {src}");
         }
     }
-    // What a plaintext client sees when the server speaks TLS.
-    if s.code() == Code::Internal && msg.starts_with("h2 protocol error") {
-        msg.push_str(" (if the server uses TLS, connect with an https:// address)");
+    // A plaintext client against a TLS server: the server reads the HTTP/2
+    // preface as a bad TLS record and closes, and depending on timing the
+    // client reports that as INTERNAL (the TLS alert read as a frame),
+    // CANCELLED, UNKNOWN or UNAVAILABLE. What they share is that the channel
+    // made the status, not the server.
+    if transport_failure(s) {
+        msg.push_str(TLS_HINT);
     }
     format!("{}: {msg}", code_name(s.code()))
+}
+
+const TLS_HINT: &str = " (if the server uses TLS, connect with an https:// address)";
+
+/// Whether the channel made `s` because the connection failed or closed: tonic
+/// keeps the transport error as its source. A status the server sent (even
+/// CANCELLED or UNAVAILABLE) has no source.
+fn transport_failure(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
 }
 
 impl fmt::Display for Error {
@@ -167,6 +187,9 @@ impl fmt::Display for Error {
                 let hint = if reason.contains("certificate") {
                     "is the CA certificate given (--tls-ca) the one that signed the server's, \
                      and does the server's certificate carry the host name (or --tls-domain)?"
+                } else if url.starts_with("http://") && !reason.contains("refused") {
+                    // Something listens there: a TLS server closes on a plaintext client.
+                    "is visage-server running there? if it uses TLS, connect with an https:// address"
                 } else {
                     "is visage-server running there?"
                 };
@@ -938,6 +961,35 @@ mod tests {
         assert_eq!(normalise_url("http://h:2", false), "http://h:2");
         assert_eq!(normalise_url("localhost:1", true), "https://localhost:1");
         assert_eq!(normalise_url("http://h:2", true), "http://h:2");
+    }
+
+    #[test]
+    fn only_transport_failures_hint_at_tls() {
+        // Statuses the server sent, of every code a failed connection may
+        // also show, get no hint.
+        for s in [
+            Status::not_found("gallery \"x\" does not exist"),
+            Status::cancelled("operation was canceled"),
+            Status::unavailable("shutting down"),
+            Status::unknown("transport error"),
+            Status::internal("h2 protocol error: http2 error"),
+        ] {
+            let e = Error::from(s);
+            assert!(!e.to_string().contains("https://"), "{e}");
+        }
+        // A status the channel made from its own error gets it.
+        let transport = Endpoint::from_shared("not an address").expect_err("invalid address");
+        let e = Error::from(Status::from_error(Box::new(transport)));
+        assert!(e.to_string().ends_with(TLS_HINT), "{e}");
+        // So does a failed plaintext connection, unless nothing listens there.
+        let connect = |reason: &str| Error::Connect {
+            url: "http://h:1".into(),
+            reason: reason.into(),
+        };
+        let closed = connect("transport error: connection closed").to_string();
+        assert!(closed.contains("https://"), "{closed}");
+        let refused = connect("tcp connect error: Connection refused (os error 111)");
+        assert!(!refused.to_string().contains("https://"), "{refused}");
     }
 
     #[test]
