@@ -1,8 +1,8 @@
-//! Shared pieces of the benchmarks: seeded data, cached galleries, machine
-//! bounds ([`bounds`]) and `.npy` files ([`npy`]).
+//! Shared pieces of the benchmarks: seeded data, cached galleries and machine
+//! bounds ([`bounds`]). `.npy` files are read and written with
+//! [`visage_client::npy`].
 
 pub mod bounds;
-pub mod npy;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -53,7 +53,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
-use visage_engine::error_chain;
+use visage_proto::error_chain;
 use visage_proto::v1::visage_client::VisageClient;
 
 pub use proto::{

@@ -45,7 +45,7 @@ pub mod synth;
 pub use api::{DIM, Embedding, Hit};
 pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name, shown};
-pub use error::{Error, Result, error_chain};
+pub use error::{Error, Result};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
     InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,

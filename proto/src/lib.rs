@@ -22,6 +22,22 @@ pub const PROTO_SOURCE: &str = include_str!("../visage/v1/visage.proto");
 /// Fully qualified name of the service (for health checks).
 pub const SERVICE_NAME: &str = "visage.v1.Visage";
 
+/// An error and its sources on one line, each said once (a source whose text
+/// its parent already includes is not repeated): for messages that must not
+/// lose the cause behind a wrapper, such as a TLS or transport error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        src = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +81,30 @@ mod tests {
             v1::Verdict::decode(v.encode_to_vec().as_slice()).unwrap(),
             v
         );
+    }
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_says_every_source_once() {
+        let root = Wrap("no such file", None);
+        let mid = Wrap("reading key: no such file", Some(Box::new(root)));
+        let top = Wrap("unusable TLS key", Some(Box::new(mid)));
+        assert_eq!(
+            error_chain(&top),
+            "unusable TLS key: reading key: no such file"
+        );
+        assert_eq!(error_chain(&Wrap("alone", None)), "alone");
     }
 }

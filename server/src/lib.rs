@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Identity, Server};
-use visage_engine::{Engine, error_chain};
+use visage_engine::Engine;
+use visage_proto::error_chain;
 use visage_proto::v1::visage_server::VisageServer;
 
 pub use auth::ApiKeys;

@@ -18,10 +18,10 @@ use crate::harness::{Server, TempData};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use visage_client::{Embedding, Gallery};
+use visage_engine::DIM;
 use visage_tests::Rng;
 use visage_tests::scan::{Windows, contains, le_bytes, read_tree};
 
-const DIM: usize = 128;
 const DOOMED: &str = "erase-me-5f1c9a";
 const KEPT: usize = 6;
 

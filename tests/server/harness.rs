@@ -22,7 +22,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it first (`cargo build -p visage-server -p visage-client`, \
+        "{} is missing: build it first (`cargo build -p visage-server -p visage-cli`, \
          or run `cargo test --workspace`, which builds it)",
         path.display()
     );

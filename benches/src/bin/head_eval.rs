@@ -92,9 +92,9 @@ fn main() {
 fn write_pairs(prefix: &std::path::Path, pairs: &(Vec<[f32; 128]>, Vec<bool>)) {
     let (x, y) = pairs;
     let flat: Vec<f32> = x.iter().flatten().copied().collect();
-    visage_bench::npy::write_f32(&prefix.with_extension("x.npy"), &flat, &[x.len(), 128])
+    visage_client::npy::write_f32(prefix.with_extension("x.npy"), &flat, &[x.len(), 128])
         .expect("write x");
     let labels: Vec<f32> = y.iter().map(|&l| if l { 1.0 } else { 0.0 }).collect();
-    visage_bench::npy::write_f32(&prefix.with_extension("y.npy"), &labels, &[y.len()])
+    visage_client::npy::write_f32(prefix.with_extension("y.npy"), &labels, &[y.len()])
         .expect("write y");
 }

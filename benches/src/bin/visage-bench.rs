@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
-use visage_bench::{bounds, npy, quiet_options};
+use visage_bench::{bounds, quiet_options};
+use visage_client::npy;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
 use visage_engine::{DIM, Durability, Embedding, Engine, MAX_PROBES, ScanMode, SearchOptions};
 
@@ -492,8 +493,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
                 ids[i * a.k + j] = h.id as i64;
             }
         }
-        npy::write_i64(path, &ids, &[n_batch, a.k])
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        npy::write_i64(path, &ids, &[n_batch, a.k]).map_err(|e| e.to_string())?;
     }
 
     let ratio = |x: Option<u64>| x.map(|x| x as f64 / mapped.max(1) as f64);
@@ -643,8 +643,8 @@ fn gen_data(a: GenArgs) -> Res<ExitCode> {
         .collect();
     let bp = a.out.join("base.npy");
     let pp = a.out.join("probes.npy");
-    npy::write_f32(&bp, &base, &[a.n, DIM]).map_err(|e| format!("{}: {e}", bp.display()))?;
-    npy::write_f32(&pp, &pv, &[probes.len(), DIM]).map_err(|e| format!("{}: {e}", pp.display()))?;
+    npy::write_f32(&bp, &base, &[a.n, DIM]).map_err(|e| e.to_string())?;
+    npy::write_f32(&pp, &pv, &[probes.len(), DIM]).map_err(|e| e.to_string())?;
     eprintln!(
         "wrote {} [{}, {DIM}] and {} [{}, {DIM}] in {:.1} s",
         bp.display(),

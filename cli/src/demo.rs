@@ -18,9 +18,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 use visage_engine::synth::{Probe, SynthGallery};
 use visage_engine::{
-    Engine, EngineOptions, Gallery, GalleryStats, HeadInfo, IdentifyOptions, MAX_PROBES,
-    TrainOptions, VerifyOptions, VerifyPair, VerifyTarget,
+    Engine, EngineOptions, Gallery, GalleryStats, IdentifyOptions, MAX_PROBES, TrainOptions,
+    VerifyOptions, VerifyPair, VerifyTarget,
 };
+use visage_server::convert::head_out;
 
 /// Embeddings per durable insert.
 const ENROL_BATCH: usize = 10_000;
@@ -48,35 +49,6 @@ pub struct DemoArgs {
     /// Keep the data directory here instead of a temporary one (created; must not hold a gallery named `demo`).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-}
-
-/// The engine's head as the wire message, so it prints like `visage head-info`.
-fn head_proto(h: &HeadInfo) -> visage_client::HeadInfo {
-    visage_client::HeadInfo {
-        trained: h.trained,
-        weights: h.weights.clone(),
-        bias: h.bias,
-        threshold: h.threshold,
-        target_far: h.target_far as f32,
-        auc: h.auc as f32,
-        tar_at_far: h.tar_at_far as f32,
-        pairs: h.pairs,
-        eer: h.eer as f32,
-        distance_threshold: h.distance_threshold,
-        distance_auc: h.distance_auc as f32,
-        distance_tar_at_far: h.distance_tar_at_far as f32,
-        distance_eer: h.distance_eer as f32,
-        heldout_genuine: h.heldout_genuine,
-        heldout_impostor: h.heldout_impostor,
-        seed: h.seed,
-        distance_weight: h.distance_weight,
-        logit_threshold: h.logit_threshold,
-        open_logit_threshold: h.open_logit_threshold,
-        open_distance_threshold: h.open_distance_threshold,
-        open_tar: h.open_tar as f32,
-        open_distance_tar: h.open_distance_tar as f32,
-        open_probes: h.open_probes,
-    }
 }
 
 /// One probe's answer, whatever decided it.
@@ -307,7 +279,8 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     };
     let head = g.train_head(&opts)?;
     let train_s = secs(t);
-    let hp = head_proto(&head);
+    // The wire message, as the server converts it, so it prints like `visage head-info`.
+    let hp = head_out(Some(&head));
     say(format!(
         "head:     trained and calibrated in {train_s:.2} s (max_pairs {})",
         count(a.max_pairs as u64)

@@ -36,8 +36,7 @@ use visage_client::{
     Against, Client, ConnectOptions, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome,
     Maintenance, SearchOptions, Threshold, TrainHead,
 };
-
-const DIM: usize = 128;
+use visage_engine::DIM;
 
 /// Command-line client for a visage server (galleries of 128-d face embeddings).
 #[derive(Debug, Parser)]
