@@ -41,7 +41,7 @@ fn insert(c: &mut Criterion) {
                 }
                 i += 1;
                 gal.insert(&batch).expect("insert")
-            })
+            });
         });
     }
     // The foreground write path alone: WAL write (no fsync) and memtable, with no
@@ -70,7 +70,7 @@ fn insert(c: &mut Criterion) {
                 done += n;
             }
             total
-        })
+        });
     });
     // The bound: the same number of bytes (one WAL record of 1,000 embeddings), written and fdatasync'ed.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -80,7 +80,7 @@ fn insert(c: &mut Criterion) {
         b.iter(|| {
             f.write_all(&record).expect("write");
             f.sync_data().expect("fdatasync");
-        })
+        });
     });
     g.finish();
 }
@@ -98,7 +98,7 @@ fn search(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 gal.search(&probes[i % 64..i % 64 + 1], 10).expect("search")
-            })
+            });
         });
         g.bench_function(BenchmarkId::new("sq8_single_probe", n), |b| {
             let opts = SearchOptions {
@@ -110,12 +110,12 @@ fn search(c: &mut Criterion) {
                 i += 1;
                 gal.search_with(&probes[i % 64..i % 64 + 1], &opts)
                     .expect("search")
-            })
+            });
         });
         // The floor: reading the vectors once from memory, with every core.
         let bytes = n * 512;
         g.bench_function(BenchmarkId::new("bound_memory_read", n), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| memory_read_time(bytes, 1)).sum())
+            b.iter_custom(|iters| (0..iters).map(|_| memory_read_time(bytes, 1)).sum());
         });
     }
     g.finish();
@@ -132,7 +132,7 @@ fn search_batch(c: &mut Criterion) {
         for batch in [10usize, 100, 1000] {
             g.throughput(Throughput::Elements(batch as u64));
             g.bench_function(BenchmarkId::new(format!("exact_{n}"), batch), |b| {
-                b.iter(|| gal.search(&probes[..batch], 10).expect("search"))
+                b.iter(|| gal.search(&probes[..batch], 10).expect("search"));
             });
         }
     }
@@ -160,7 +160,7 @@ fn open(c: &mut Criterion) {
                     drop(e);
                 }
                 total
-            })
+            });
         });
     }
     g.finish();
@@ -172,7 +172,7 @@ fn memory_bound_sanity(_c: &mut Criterion) {
     println!(
         "memory read of 512 MiB with all cores: median {:.1} ms ({:.1} GB/s)",
         t.as_secs_f64() * 1e3,
-        512.0 * 1.048576 / 1e3 / t.as_secs_f64()
+        512.0 * 1.048_576 / 1e3 / t.as_secs_f64()
     );
 }
 

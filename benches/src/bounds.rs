@@ -84,6 +84,10 @@ impl Isa {
     }
 
     /// Run `iters` iterations of its loop; returns a value that depends on all of them.
+    #[allow(
+        unsafe_code,
+        reason = "calls the `#[target_feature]` loops, after `detect` checked the CPU"
+    )]
     fn run(self, iters: u64) -> f32 {
         match self {
             #[cfg(target_arch = "x86_64")]

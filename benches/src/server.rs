@@ -106,7 +106,7 @@ impl ServerProc {
             match child.try_wait() {
                 Ok(Some(st)) => return st.success(),
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 _ => {
                     let _ = child.kill();

@@ -714,7 +714,7 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
         g.insert_stream(tokio_stream::iter(batches)).await
     } else {
         g.insert_batches((0..n).step_by(batch).map(make), a.concurrency, |len| {
-            pb.inc(len)
+            pb.inc(len);
         })
         .await
     };

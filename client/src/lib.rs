@@ -39,7 +39,6 @@
 //! [`Identification`], [`Verdict`], [`GalleryInfo`] ...). Errors from the
 //! server keep their gRPC status ([`Error::code`]) and print as one line,
 //! `NOT_FOUND: gallery "x" does not exist`.
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

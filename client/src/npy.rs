@@ -593,14 +593,11 @@ pub fn read_i64(path: impl AsRef<Path>) -> Result<Array2<i64>, NpyError> {
 pub fn read_ids(path: impl AsRef<Path>) -> Result<Vec<u64>, NpyError> {
     let path = path.as_ref();
     let (mut r, h) = open(path)?;
-    let n = match h.shape[..] {
-        [n] | [n, 1] => n,
-        _ => {
-            return Err(err(
-                path,
-                format!("expected ids of shape (N,), found shape {:?}", h.shape),
-            ));
-        }
+    let ([n] | [n, 1]) = h.shape[..] else {
+        return Err(err(
+            path,
+            format!("expected ids of shape (N,), found shape {:?}", h.shape),
+        ));
     };
     let signed: Vec<i128> = match h.dtype {
         Dtype::I64 => read_data(path, &mut r, &h, n, |b, be| {

@@ -21,8 +21,8 @@
 //! - [`synth`]: seeded synthetic face-like embeddings.
 //! - [`rng`]: the seeded PRNG (splitmix64) of the head, synth and the tests.
 //!
-//! `unsafe` is denied everywhere except `storage::mmap` and `search::kernels`.
-#![deny(unsafe_code)]
+//! `unsafe` is denied everywhere (the workspace lint `unsafe_code`) except
+//! `storage::mmap` and `search::kernels`.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -9,7 +9,6 @@
 //! - [`auth`]: API keys and roles, checked by a tower layer before any service.
 //! - [`serve`]: run the server until a shutdown signal, then stop accepting,
 //!   finish calls in flight, flush every gallery.
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -65,7 +65,7 @@ fn insert_payload(items: &[(u64, &str, [f32; DIM])]) -> Vec<u8> {
 fn assert_corrupt(root: &Path, o: EngineOptions, what: &str) {
     match Engine::open(root, o) {
         Err(Error::Corruption { reason, .. }) => {
-            assert!(reason.contains(what), "{reason:?} does not say {what:?}")
+            assert!(reason.contains(what), "{reason:?} does not say {what:?}");
         }
         Err(e) => panic!("expected a corruption error about {what:?}, got {e}"),
         Ok(_) => panic!("opened a gallery with {what:?}"),
@@ -373,7 +373,7 @@ fn segment_subject_the_write_path_refuses_is_refused() {
 fn segment_non_finite_value_is_refused_by_full_verification() {
     let dir = gallery_with(&rows(4), true);
     edit_section(dir.path(), 0, |v| {
-        v[4 * 130..4 * 131].copy_from_slice(&f32::NAN.to_le_bytes())
+        v[4 * 130..4 * 131].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     assert_corrupt(dir.path(), full(), "row 1 value 2 is NaN");
 }

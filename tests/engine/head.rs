@@ -842,14 +842,13 @@ fn a_head_survives_reopen_retraining_replaces_it_and_damage_fails_the_open() {
         let mut bad = good.clone();
         bad[at] ^= 0x10;
         std::fs::write(&path, &bad).unwrap();
-        let err = match Engine::open(fx.dir.path(), opts(false, 1 << 20)) {
-            Ok(_) => panic!("opened a gallery whose HEAD has a flipped byte in {what}"),
-            Err(e) => e,
+        let Err(err) = Engine::open(fx.dir.path(), opts(false, 1 << 20)) else {
+            panic!("opened a gallery whose HEAD has a flipped byte in {what}")
         };
         assert!(err.is_corruption(), "{what}: {err:?}");
         match &err {
             Error::ChecksumMismatch { path: p, .. } | Error::Corruption { path: p, .. } => {
-                assert_eq!(p, &path, "{what}: {err}")
+                assert_eq!(p, &path, "{what}: {err}");
             }
             other => panic!("{what}: {other:?}"),
         }

@@ -350,7 +350,7 @@ fn invalid_gallery_names_are_refused_and_create_nothing() {
             // must not make a megabyte-long message).
             Err(Error::InvalidName { name: n, .. }) if name.len() <= 64 => assert_eq!(n, name),
             Err(Error::InvalidName { name: n, .. }) => {
-                assert_eq!(n, format!("{}… (65 bytes)", "a".repeat(64)))
+                assert_eq!(n, format!("{}… (65 bytes)", "a".repeat(64)));
             }
             other => panic!("{name:?}: {other:?}"),
         }

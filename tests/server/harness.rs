@@ -77,15 +77,12 @@ impl Server {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "visage-server printed no address within 60 s; log:\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "visage-server printed no address within 60 s; log:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
         };
         let Some(addr) = line.trim().strip_prefix("visage-server listening on ") else {
             let _ = child.kill();

@@ -19,7 +19,7 @@ fn main() {
                 subjects = args
                     .next()
                     .and_then(|s| s.parse().ok())
-                    .expect("--subjects N")
+                    .expect("--subjects N");
             }
             "--export" => export = Some(args.next().expect("--export DIR").into()),
             other => {

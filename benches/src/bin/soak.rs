@@ -252,7 +252,7 @@ impl Worker {
                     let elapsed = t.elapsed();
                     match r.first().and_then(|h| h.first()) {
                         Some(h) if h.id == id && h.distance == 0.0 => {
-                            sh.stats.lock().expect("stats").record(SEARCH, elapsed)
+                            sh.stats.lock().expect("stats").record(SEARCH, elapsed);
                         }
                         other => sh.error(
                             SEARCH,

@@ -490,7 +490,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         let mut ids = vec![-1i64; n_batch * a.k];
         for (i, hits) in last.iter().enumerate() {
             for (j, h) in hits.iter().take(a.k).enumerate() {
-                ids[i * a.k + j] = h.id as i64;
+                ids[i * a.k + j] = i64::try_from(h.id).expect("ids are row numbers");
             }
         }
         npy::write_i64(path, &ids, &[n_batch, a.k]).map_err(|e| e.to_string())?;

@@ -194,7 +194,7 @@ impl Gallery {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        tracing::warn!(file = %p.display(), error = %e, "could not remove covered WAL file")
+                        tracing::warn!(file = %p.display(), error = %e, "could not remove covered WAL file");
                     }
                 }
             }

@@ -74,7 +74,7 @@ impl WriteState {
             Loc::Active(l) => self.active.delete(l),
             Loc::Frozen(l) => {
                 if let Some(f) = self.frozen.as_mut() {
-                    f.delete(l)
+                    f.delete(l);
                 }
             }
             Loc::Seg(i, r) => {

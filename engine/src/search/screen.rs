@@ -142,13 +142,13 @@ fn scan_codes(
                                 bound: f32::INFINITY,
                             };
                             let (c, x) = (&codes[start..end], &xn[start..end]);
-                            kern.est_u8_rows(&ips[p], &f, x, c, &mut dists)
+                            kern.est_u8_rows(&ips[p], &f, x, c, &mut dists);
                         }
                         (Some((_, step, codes)), None) => {
-                            kern.sq8_l2_many(&qms[p], step, &codes[start..end], &mut dists)
+                            kern.sq8_l2_many(&qms[p], step, &codes[start..end], &mut dists);
                         }
                         (None, _) => {
-                            kern.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists)
+                            kern.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists);
                         }
                     }
                     offer(top, &dists[..end - start], &src, start);

@@ -45,7 +45,7 @@ pub(crate) struct IdHasher {
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.h = (self.h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+            self.h = (self.h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
         }
     }
     fn write_u64(&mut self, x: u64) {
@@ -76,7 +76,17 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     /// A chunk of rows (ids unique within it); builds the sorted index.
+    ///
+    /// Rows are numbered in u32 here and in [`MemLoc`]: a chunk holds one
+    /// insert batch (at most `MAX_INSERT_BATCH`) or one WAL record (at most
+    /// `MAX_RECORD_LEN` bytes, over 512 per row), and [`Memtable::append`]
+    /// merges only chunks under `MERGE_BELOW` rows.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a chunk's rows fit in u32 (see above)"
+    )]
     pub(crate) fn new(ids: Vec<u64>, subjects: Vec<Arc<str>>, vectors: Vec<[f32; DIM]>) -> Chunk {
+        debug_assert!(u32::try_from(ids.len()).is_ok());
         let mut sorted: Vec<(u64, u32)> = ids
             .iter()
             .enumerate()
@@ -169,9 +179,14 @@ impl Memtable {
             chunk.ids.extend_from_slice(&new.ids);
             chunk.subjects.extend(new.subjects.iter().cloned());
             chunk.vectors.extend_from_slice(&new.vectors);
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "`first` is below MERGE_BELOW"
+            )]
+            let first32 = first as u32;
             chunk
                 .sorted
-                .extend(new.sorted.iter().map(|&(id, r)| (id, r + first as u32)));
+                .extend(new.sorted.iter().map(|&(id, r)| (id, r + first32)));
             chunk.sorted.sort_unstable();
             Arc::make_mut(&mut mc.tomb).grow(chunk.len());
             (ci, first)
@@ -184,6 +199,11 @@ impl Memtable {
         };
         let chunk = &self.chunks[ci].chunk;
         self.index.reserve(n);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a chunk's rows fit in u32 (see `Chunk::new`); there are fewer \
+                      chunks than rows in memory, each over 512 bytes, so far fewer than 2^32"
+        )]
         for r in first_row..first_row + n {
             let id = chunk.ids[r];
             self.index.insert(

@@ -4,6 +4,11 @@
 //!
 //! The rows written since the last flush live in [`memtable`] chunks; the
 //! deletion bitmaps of segments and chunks in [`tombstones`].
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless,
+    clippy::cast_sign_loss
+)]
 
 pub(crate) mod memtable;
 pub(crate) mod tombstones;
@@ -116,7 +121,7 @@ impl Snapshot {
                     .iter()
                     .any(|&r| !ss.tomb.get(r as usize))
                 {
-                    set.insert(ss.seg.subject(ord as u32));
+                    set.insert(ss.seg.subject_at(ord));
                 }
             }
         }

@@ -66,11 +66,15 @@ impl Tombstones {
         let bit = 1u64 << (row % 64);
         let was_live = *w & bit == 0;
         *w |= bit;
-        self.count += was_live as usize;
+        self.count += usize::from(was_live);
         was_live
     }
 
     /// Deleted rows in ascending order.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "rows are below `len`, a segment's (≤ u32::MAX, checked on open) or a chunk's row count"
+    )]
     pub(crate) fn rows(&self) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.count);
         for (i, &w) in self.words.iter().enumerate() {

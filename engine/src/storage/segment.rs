@@ -47,10 +47,23 @@ pub(crate) fn write_segment(
     rows: &[RowRef<'_>],
 ) -> Result<u64> {
     let n = rows.len();
+    // Rows, ordinals and posting entries are stored as u32 (the reader
+    // refuses more rows than that): refuse here rather than write such a file.
+    let Ok(n32) = u32::try_from(n) else {
+        return Err(Error::TooLarge {
+            what: "rows in one segment",
+            got: n,
+            limit: u32::MAX as usize,
+        });
+    };
     // Subject table: sorted distinct subjects; ordinal per row; postings.
     let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject).collect();
     subjects.sort_unstable();
     subjects.dedup();
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a subject's index is below `n`, which fits in u32 (checked above)"
+    )]
     let ords: Vec<u32> = rows
         .iter()
         .map(|r| {
@@ -69,8 +82,8 @@ pub(crate) fn write_segment(
     }
     let mut fill = posting_offsets.clone();
     let mut posting_rows = vec![0u32; n];
-    for (row, &o) in ords.iter().enumerate() {
-        posting_rows[fill[o as usize] as usize] = row as u32;
+    for (row, &o) in (0..n32).zip(&ords) {
+        posting_rows[fill[o as usize] as usize] = row;
         fill[o as usize] += 1;
     }
     let mut subject_offsets = Vec::with_capacity(subjects.len() + 1);
@@ -81,7 +94,7 @@ pub(crate) fn write_segment(
     }
     subject_offsets.push(subject_bytes.len() as u64);
     let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut order: Vec<u32> = (0..n32).collect();
     order.sort_unstable_by_key(|&r| ids[r as usize]);
     let sorted_ids: Vec<u64> = order.iter().map(|&r| ids[r as usize]).collect();
     let norms: Vec<f32> = rows
@@ -101,8 +114,12 @@ pub(crate) fn write_segment(
     let mut sections = [SectionEntry::default(); SECTION_COUNT];
     for sec in Section::ALL {
         let aligned = format::align_up(pos);
-        w.write_all(&vec![0u8; (aligned - pos) as usize])
-            .map_err(io)?;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "padding to the next section is below SECTION_ALIGN (64)"
+        )]
+        let pad = (aligned - pos) as usize;
+        w.write_all(&vec![0u8; pad]).map_err(io)?;
         pos = aligned;
         let mut h = crc32fast::Hasher::new();
         let mut len = 0u64;
@@ -183,6 +200,9 @@ pub(crate) struct Segment {
     file_no: u64,
     map: MappedFile,
     header: SegmentHeader,
+    /// `header.rows` and `header.subjects` as `usize`.
+    rows: usize,
+    subjects: usize,
     ranges: [Range<usize>; SECTION_COUNT],
     /// `‖x̂‖²` of each row's decoded codes, computed on first use by a batch search.
     decoded_norms: std::sync::OnceLock<Vec<f32>>,
@@ -219,10 +239,31 @@ impl Segment {
                 ),
             ));
         }
-        let ranges: [Range<usize>; SECTION_COUNT] = std::array::from_fn(|i| {
-            let e = header.sections[i];
-            e.offset as usize..(e.offset + e.len) as usize
-        });
+        // `decode` checked that every section ends within `bytes`, and that
+        // rows ≤ u32::MAX and subjects ≤ rows: these conversions cannot fail.
+        let mut ranges: [Range<usize>; SECTION_COUNT] = std::array::from_fn(|_| 0..0);
+        for (range, e) in ranges.iter_mut().zip(&header.sections) {
+            let (Ok(start), Ok(end)) =
+                (usize::try_from(e.offset), usize::try_from(e.offset + e.len))
+            else {
+                return Err(Error::corrupt(
+                    path,
+                    e.offset,
+                    "section beyond the address space",
+                ));
+            };
+            *range = start..end;
+        }
+        let (Ok(rows), Ok(subjects)) = (
+            usize::try_from(header.rows),
+            usize::try_from(header.subjects),
+        ) else {
+            return Err(Error::corrupt(
+                path,
+                0,
+                "more rows than the address space holds",
+            ));
+        };
         for &sec in &Section::ALL[..format::sections_in(header.version)] {
             let bulk = matches!(sec, Section::Vectors | Section::Sq8Codes);
             if bulk && verify == VerifyChecksums::Metadata {
@@ -243,6 +284,8 @@ impl Segment {
             file_no,
             map,
             header,
+            rows,
+            subjects,
             ranges,
             decoded_norms: std::sync::OnceLock::new(),
         };
@@ -308,7 +351,7 @@ impl Segment {
     /// would silently change what a gallery holds.
     fn check_structure(&self) -> Result<()> {
         let rows = self.rows();
-        let nsub = self.header.subjects as usize;
+        let nsub = self.subject_count();
         let bad = |sec: Section, i: usize, what: String| {
             let e = self.header.sections[sec as usize];
             Error::corrupt(
@@ -366,7 +409,7 @@ impl Segment {
         }
         let po = self.u32s(Section::PostingOffsets)?;
         if po.first() != Some(&0)
-            || po.last() != Some(&(rows as u32))
+            || po.last().map(|&r| r as usize) != Some(rows)
             || po.windows(2).any(|w| w[0] > w[1])
         {
             return Err(bad(
@@ -382,7 +425,8 @@ impl Segment {
         for (ord, w) in po.windows(2).enumerate() {
             let list = &postings[w[0] as usize..w[1] as usize];
             let stray = list.iter().enumerate().find(|&(j, &r)| {
-                ords.get(r as usize) != Some(&(ord as u32)) || (j > 0 && list[j - 1] >= r)
+                ords.get(r as usize).map(|&o| o as usize) != Some(ord)
+                    || (j > 0 && list[j - 1] >= r)
             });
             if let Some((j, &r)) = stray {
                 return Err(bad(
@@ -407,7 +451,10 @@ impl Segment {
             ));
         }
         for i in 0..nsub {
-            let s = &sb[so[i] as usize..so[i + 1] as usize];
+            // The offsets ascend to `sb.len()` (checked above), so they fit in usize.
+            #[allow(clippy::cast_possible_truncation, reason = "at most sb.len()")]
+            let (start, end) = (so[i] as usize, so[i + 1] as usize);
+            let s = &sb[start..end];
             // UTF-8, and a subject the write path accepts (one a client could
             // not name, in a delete or a verification, must not be stored).
             let problem = match std::str::from_utf8(s) {
@@ -417,7 +464,7 @@ impl Segment {
             if let Some(why) = problem {
                 return Err(bad(
                     Section::SubjectBytes,
-                    so[i] as usize,
+                    start,
                     format!("subject {i} {why}"),
                 ));
             }
@@ -474,11 +521,11 @@ impl Segment {
     }
     /// Rows (live and deleted).
     pub(crate) fn rows(&self) -> usize {
-        self.header.rows as usize
+        self.rows
     }
     /// Distinct subjects.
     pub(crate) fn subject_count(&self) -> usize {
-        self.header.subjects as usize
+        self.subjects
     }
 
     // The views below were checked (length, alignment, bounds) by `open`;
@@ -532,13 +579,22 @@ impl Segment {
     }
     /// Subject string of ordinal `ord`.
     pub(crate) fn subject(&self, ord: u32) -> &str {
+        self.subject_at(ord as usize)
+    }
+    /// Subject string of ordinal `i` (a `usize`, as counted by [`Self::subject_count`]).
+    pub(crate) fn subject_at(&self, i: usize) -> &str {
         let so = self.u64s(Section::SubjectOffsets).unwrap_or(&[]);
         let sb = self.section(Section::SubjectBytes);
-        let i = ord as usize;
-        match (so.get(i), so.get(i + 1)) {
-            (Some(&a), Some(&b)) => std::str::from_utf8(&sb[a as usize..b as usize]).unwrap_or(""),
-            _ => "",
-        }
+        let bytes = match (so.get(i), so.get(i + 1)) {
+            (Some(&a), Some(&b)) => usize::try_from(a)
+                .ok()
+                .zip(usize::try_from(b).ok())
+                .and_then(|(a, b)| sb.get(a..b)),
+            _ => None,
+        };
+        bytes
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("")
     }
     /// Subject of row `row`.
     pub(crate) fn row_subject(&self, row: usize) -> &str {
@@ -564,7 +620,7 @@ impl Segment {
         let (mut lo, mut hi) = (0usize, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match self.subject(mid as u32).cmp(subject) {
+            match self.subject_at(mid).cmp(subject) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return self.posting(mid),
@@ -615,7 +671,10 @@ mod tests {
                 assert_eq!(seg.ids()[i], r.id);
                 assert_eq!(seg.row_subject(i), r.subject);
                 assert_eq!(seg.find_id(r.id), Some(i));
-                assert!(seg.subject_rows(r.subject).contains(&(i as u32)));
+                assert!(
+                    seg.subject_rows(r.subject)
+                        .contains(&u32::try_from(i).unwrap())
+                );
                 let norm: f32 = r.vector.iter().map(|x| x * x).sum();
                 assert_eq!(seg.norms()[i], norm);
             }

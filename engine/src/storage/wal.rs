@@ -48,6 +48,10 @@ impl Record<'_> {
 /// Disk space is reserved for the WAL ahead of appends in steps of this size.
 const RESERVE_STEP: u64 = 8 << 20;
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "any 32 bits of the hash make a salt"
+)]
 fn random_salt(file_no: u64) -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -347,7 +351,7 @@ mod tests {
         assert!(replay(&RealFs, &path, 5, false).is_err());
         // Damage in the middle record, with a valid record after it.
         let mut mid = std::fs::read(&path).unwrap();
-        mid[ends[0] as usize + 10] ^= 1;
+        mid[usize::try_from(ends[0]).unwrap() + 10] ^= 1;
         std::fs::write(&path, &mid).unwrap();
         let err = replay(&RealFs, &path, 5, true).unwrap_err();
         assert!(

@@ -350,7 +350,7 @@ impl Kernels {
     #[inline]
     pub fn l2sq_many(&self, q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
         let out = &mut out[..rows.len()];
-        (self.l2sq_many)(q, rows, out)
+        (self.l2sq_many)(q, rows, out);
     }
 
     /// Weighted L1 distance `Σ w_k·|a_k − b_k|` of equal-length slices: the
@@ -374,7 +374,7 @@ impl Kernels {
     #[inline]
     pub fn wl1_many(&self, w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
         let out = &mut out[..rows.len()];
-        (self.wl1_many)(w, q, rows, out)
+        (self.wl1_many)(w, q, rows, out);
     }
 
     /// Dot products of up to [`TILE_PROBES`] probes with one packed group of
@@ -393,7 +393,7 @@ impl Kernels {
             qs.len() <= TILE_PROBES,
             "at most {TILE_PROBES} probes per tile"
         );
-        (self.dots_tile)(qs, packed, out)
+        (self.dots_tile)(qs, packed, out);
     }
 
     /// Squared L2 from a probe to 8-bit coded rows: `out[i] = Σ (qm_d − step_d·codes[i]_d)²`,
@@ -410,7 +410,7 @@ impl Kernels {
         out: &mut [f32],
     ) {
         let out = &mut out[..codes.len()];
-        (self.sq8_l2_many)(qm, step, codes, out)
+        (self.sq8_l2_many)(qm, step, codes, out);
     }
 
     /// Integer dot products of up to [`TILE_PROBES`] probes with one packed
@@ -430,7 +430,7 @@ impl Kernels {
             qs.len() <= TILE_PROBES,
             "at most {TILE_PROBES} probes per tile"
         );
-        (self.dots_u8_tile)(qs, packed, out)
+        (self.dots_u8_tile)(qs, packed, out);
     }
 
     /// Distance estimates of up to [`TILE_PROBES`] probes to one packed group of
@@ -472,7 +472,7 @@ impl Kernels {
         out: &mut [f32],
     ) {
         let (xn, out) = (&xn[..codes.len()], &mut out[..codes.len()]);
-        (self.est_u8_rows)(q, form, xn, codes, out)
+        (self.est_u8_rows)(q, form, xn, codes, out);
     }
 }
 

@@ -80,8 +80,8 @@ pub fn dots_u8_tile(
                 let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
                 for b in 0..4 {
                     let c = i32::from(packed[64 * j + 4 * lane + b]);
-                    hi += c * i32::from(h[b] as i8);
-                    lo += c * i32::from(l[b] as i8);
+                    hi += c * i32::from(h[b].cast_signed());
+                    lo += c * i32::from(l[b].cast_signed());
                 }
             }
             out[p * LANES + lane] = 256 * hi + lo;
@@ -130,8 +130,8 @@ pub fn est_u8_rows(
             let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
             for b in 0..4 {
                 let v = i32::from(c[4 * j + b]);
-                hi += v * i32::from(h[b] as i8);
-                lo += v * i32::from(l[b] as i8);
+                hi += v * i32::from(h[b].cast_signed());
+                lo += v * i32::from(l[b].cast_signed());
             }
         }
         *o = (form.c0 + x) - form.alpha2 * (256 * hi + lo) as f32;

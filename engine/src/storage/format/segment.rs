@@ -369,7 +369,7 @@ mod tests {
     fn segment_header_golden_bytes() {
         let mut sections = empty_sections();
         for (i, s) in sections.iter_mut().enumerate() {
-            s.crc = i as u32;
+            s.crc = u32::try_from(i).unwrap();
         }
         let h = SegmentHeader {
             version: 2,
