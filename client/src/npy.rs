@@ -544,17 +544,14 @@ fn read_exact_2d<T>(
             ),
         ));
     }
-    let (rows, cols) = match h.shape[..] {
-        [r, c] => (r, c),
-        _ => {
-            return Err(err(
-                path,
-                format!(
-                    "expected a 2-D array (rows, columns), found shape {:?}: reshape with arr.reshape(-1, d)",
-                    h.shape
-                ),
-            ));
-        }
+    let [rows, cols] = h.shape[..] else {
+        return Err(err(
+            path,
+            format!(
+                "expected a 2-D array (rows, columns), found shape {:?}: reshape with arr.reshape(-1, d)",
+                h.shape
+            ),
+        ));
     };
     if h.fortran_order && rows > 1 && cols > 1 {
         return Err(err(
@@ -664,7 +661,7 @@ fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
     };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     // Version 1.0 holds the padded header's length in a u16.
-    let v1 = (10 + dict.len() + 1).div_ceil(64) * 64 - 10 <= u16::MAX as usize;
+    let v1 = u16::try_from((10 + dict.len() + 1).div_ceil(64) * 64 - 10).is_ok();
     let pre = if v1 { 10 } else { 12 };
     let total = (pre + dict.len() + 1).div_ceil(64) * 64;
     let header_len = total - pre;

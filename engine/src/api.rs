@@ -4,7 +4,7 @@
 //! `Identification`, `Verdict`, statistics), with the per-call limits.
 //!
 //! Plain data only: the gallery ([`crate::gallery`]) validates and answers,
-//! the search ([`crate::search`]) ranks.
+//! the search (`search`) ranks.
 
 /// Dimension of every embedding.
 pub const DIM: usize = 128;

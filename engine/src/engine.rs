@@ -7,7 +7,7 @@
 //! the directory to `NAME.dropping` (durably) and then removes it, so a crash
 //! mid-drop cannot leave a half-deleted gallery that opens.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shown};
 use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
 use crate::storage::fs::{DirLock, fsync_dir};
 use crate::storage::io::{FileSystem, RealFs};
@@ -33,21 +33,6 @@ pub struct Engine {
     galleries: RwLock<BTreeMap<String, Arc<Gallery>>>,
     fs: Arc<dyn FileSystem>,
     _lock: DirLock,
-}
-
-/// A caller's name as error messages quote it: at most 64 bytes, so a
-/// hostile megabyte-long name cannot make a megabyte-long status message
-/// (which would not even fit in the HTTP/2 trailers that carry it).
-pub fn shown(name: &str) -> String {
-    const MAX: usize = 64;
-    if name.len() <= MAX {
-        return name.to_owned();
-    }
-    let mut end = MAX;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &name[..end], name.len())
 }
 
 /// Check a gallery name: 1 to 64 characters from `A-Z a-z 0-9 _ -`, starting with a letter or digit.

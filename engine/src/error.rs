@@ -320,6 +320,21 @@ impl Error {
     }
 }
 
+/// A caller's name as error messages quote it: at most 64 bytes, so a
+/// hostile megabyte-long name cannot make a megabyte-long status message
+/// (which would not even fit in the HTTP/2 trailers that carry it).
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &name[..end], name.len())
+}
+
 /// True when an I/O error means the disk is full (ENOSPC, EDQUOT).
 pub(crate) fn io_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28 | 122))

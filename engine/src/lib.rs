@@ -13,8 +13,9 @@
 //!   distance [`kernels`], chosen once per process.
 //! - `snapshot`: the immutable read view (segments, memtable chunks, tombstones).
 //! - [`compaction`]: the pure policy deciding what to rewrite.
-//! - `storage`: files: [`format`] (**the** on-disk format, one place, with its
-//!   version history), the WAL, segments, [`fs`] and the only mmap code.
+//! - `storage`: files: [`format`](mod@format) (**the** on-disk format, one
+//!   place, with its version history), the WAL, segments, [`io`] (the
+//!   file-system seam), [`fs`] and the only mmap code.
 //! - `quantizer`: the 8-bit codes (parameters, encoding, decoded norms) and
 //!   their error bounds: written by storage, read by search, so below both.
 //! - [`api`]: the public request and response types; [`error`](Error): the one error type.
@@ -44,8 +45,8 @@ pub mod synth;
 
 pub use api::{DIM, Embedding, Hit};
 pub use compaction::CompactionPolicy;
-pub use engine::{Engine, EngineOptions, check_gallery_name, shown};
-pub use error::{Error, Result};
+pub use engine::{Engine, EngineOptions, check_gallery_name};
+pub use error::{Error, Result, shown};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
     InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,

@@ -26,8 +26,9 @@
 //! - `head.rs`: training and calibrating the scoring head, the `HEAD` file;
 //! - `maintain.rs`: statistics, flush, compaction runs, the maintenance thread.
 //!
-//! Segment layout is [`crate::storage::segment`]'s, WAL framing
-//! [`crate::storage::wal`]'s, compaction policy [`crate::compaction`]'s.
+//! Segment layout is `storage::segment`'s, WAL framing `storage::wal`'s,
+//! compaction policy [`crate::compaction`]'s, file access the
+//! [`FileSystem`](crate::io::FileSystem) seam's.
 
 mod head;
 mod maintain;

@@ -256,7 +256,7 @@ impl Gallery {
                     if rows.is_empty() {
                         return Err(Error::UnknownSubject {
                             field: format!("pairs[{i}].subject"),
-                            subject: crate::engine::shown(s),
+                            subject: crate::error::shown(s),
                         });
                     }
                     rows.iter()
