@@ -28,7 +28,7 @@
 //!
 //! Segment layout is `storage::segment`'s, WAL framing `storage::wal`'s,
 //! compaction policy [`crate::compaction`]'s, file access the
-//! [`FileSystem`](crate::io::FileSystem) seam's.
+//! [`crate::io::FileSystem`] seam's.
 
 mod head;
 mod maintain;

@@ -6,7 +6,7 @@
 //!
 //! [`RealFs`] is the production implementation: plain `std::fs` calls,
 //! `fallocate` for reservations, `statvfs` for free space, and the one memory
-//! map of [`super::mmap`]. What the engine *means* by these calls (atomic
+//! map of `storage::mmap`. What the engine *means* by these calls (atomic
 //! replacement, the WAL's append protocol, sealing a segment) is the business
 //! of the modules above: [`super::fs`], `wal`, `segment`.
 //!

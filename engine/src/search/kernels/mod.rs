@@ -16,9 +16,9 @@
 //! This module owns the kernels, their data layouts (packed groups, packed
 //! codes, [`IntProbe`]) and the dispatch; *what* is scanned, and the
 //! quantiser's arithmetic and error bounds, belong to the scans in
-//! [`crate::search`] and to `crate::quantizer`.
+//! `crate::search` and to `crate::quantizer`.
 //!
-//! This module and [`crate::storage::mmap`] are the only places that may use `unsafe`:
+//! This module and `crate::storage::mmap` are the only places that may use `unsafe`:
 //! calling a `#[target_feature]` function is `unsafe`, and each such call is
 //! made only from a table that [`Kernel::kernels`] hands out after
 //! [`Kernel::is_available`] returned true.
