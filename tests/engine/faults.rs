@@ -4,31 +4,14 @@
 //! manifest was renamed. After each, a reopened gallery holds exactly what
 //! was acknowledged.
 
-use crate::support::{Model, assert_contents, opts};
-use std::sync::Arc;
-use visage_engine::{Embedding, Engine, Error, Gallery};
-use visage_tests::faults::{Fault, FaultyFs, Op};
+use crate::support::{Model, assert_contents, faulty_gallery, opts};
+use visage_engine::{Embedding, Engine, Error};
+use visage_tests::faults::{Fault, Op};
 use visage_tests::{Rng, embedding};
 
 fn batch(rng: &mut Rng, ids: std::ops::Range<u64>, tag: &str) -> Vec<Embedding> {
     ids.map(|i| embedding(rng, i, &format!("{tag}{}", i % 7)))
         .collect()
-}
-
-/// A gallery "g" on a fault-injecting file system, holding rows `ids` (also put in `model`).
-fn faulty_gallery(
-    dir: &std::path::Path,
-    rng: &mut Rng,
-    model: &mut Model,
-    ids: std::ops::Range<u64>,
-) -> (Arc<FaultyFs>, Engine, Arc<Gallery>) {
-    let fs = FaultyFs::new();
-    let engine = Engine::open_with_fs(dir, opts(false, 1 << 17), fs.clone()).unwrap();
-    let g = engine.create_gallery("g").unwrap();
-    let a = batch(rng, ids, "p");
-    g.insert(&a).unwrap();
-    model.extend(a.into_iter().map(|e| (e.id, e)));
-    (fs, engine, g)
 }
 
 /// Bytes one insert of `b` adds to a fresh gallery's WAL.
@@ -59,7 +42,7 @@ fn a_wal_append_cut_short_at_any_byte_loses_only_the_unacknowledged_batch() {
         let tmp = tempfile::tempdir().unwrap();
         let mut model = Model::new();
         {
-            let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..20);
+            let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..20, 7);
             g.delete(&[3], &[]).unwrap();
             model.remove(&3);
 
@@ -97,7 +80,7 @@ fn a_failed_manifest_rename_fails_the_flush_and_changes_nothing() {
     let mut model = Model::new();
     let ids: Vec<u64> = (0..400).collect();
     {
-        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..200);
+        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..200, 7);
 
         fs.inject(Fault::on(Op::Rename, "MANIFEST"));
         let err = g.flush().unwrap_err();
@@ -128,7 +111,7 @@ fn a_failed_directory_sync_after_the_manifest_rename_poisons_and_loses_nothing()
     let mut model = Model::new();
     let ids: Vec<u64> = (0..300).collect();
     {
-        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..200);
+        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..200, 7);
         g.flush().unwrap();
         let b = batch(&mut rng, 150..250, "p");
         g.insert(&b).unwrap();

@@ -7,7 +7,9 @@
 //! whose bytes may or may not have reached the disk, is wholly present or
 //! wholly absent.
 
-use crate::support::{Model, assert_contents, assert_same, check_identify, check_search, opts};
+use crate::support::{
+    Model, assert_contents, assert_same, check_identify, check_search, faulty_gallery, opts,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,14 +60,7 @@ fn a_failed_fsync_poisons_writes_until_reopen_and_hides_the_failed_batch() {
     let mut model = Model::new();
     let failed: Vec<Embedding>;
     {
-        let fs = FaultyFs::new();
-        let engine = Engine::open_with_fs(tmp.path(), opts(false, 1 << 17), fs.clone()).unwrap();
-        let g = engine.create_gallery("g").unwrap();
-        let a: Vec<Embedding> = (0..200)
-            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 20)))
-            .collect();
-        g.insert(&a).unwrap();
-        model.extend(a.into_iter().map(|e| (e.id, e)));
+        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..200, 20);
         g.flush().unwrap();
         let b: Vec<Embedding> = (150..260)
             .map(|i| embedding(&mut rng, i, &format!("p{}", i % 20)))
@@ -221,14 +216,7 @@ fn a_failed_wal_write_poisons_and_its_partial_record_is_dropped_at_reopen() {
     let mut model = Model::new();
     let failed: Vec<Embedding>;
     {
-        let fs = FaultyFs::new();
-        let engine = Engine::open_with_fs(tmp.path(), opts(false, 1 << 17), fs.clone()).unwrap();
-        let g = engine.create_gallery("g").unwrap();
-        let a: Vec<Embedding> = (0..100)
-            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
-            .collect();
-        g.insert(&a).unwrap();
-        model.extend(a.into_iter().map(|e| (e.id, e)));
+        let (fs, _engine, g) = faulty_gallery(tmp.path(), &mut rng, &mut model, 0..100, 10);
         fs.inject(Fault::on(Op::Write, "wal-").short(8));
         failed = [5u64, 500]
             .iter()
@@ -265,15 +253,7 @@ fn no_space_for_the_wal_refuses_the_batch_and_keeps_the_gallery_writable() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x5BACE);
     let mut model = Model::new();
-    {
-        let engine = Engine::open(tmp.path(), opts(false, 1 << 17)).unwrap();
-        let g = engine.create_gallery("g").unwrap();
-        let a: Vec<Embedding> = (0..100)
-            .map(|i| embedding(&mut rng, i, &format!("p{}", i % 10)))
-            .collect();
-        g.insert(&a).unwrap();
-        model.extend(a.into_iter().map(|e| (e.id, e)));
-    }
+    drop(faulty_gallery(tmp.path(), &mut rng, &mut model, 0..100, 10));
     // Reopened, the WAL has no space reserved past its end: the next write
     // must reserve, and the disk is full.
     let fs = FaultyFs::new();

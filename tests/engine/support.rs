@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use visage_engine::{DIM, Embedding, EngineOptions, Hit};
-use visage_tests::{Rng, l2sq_f64};
+use visage_engine::{DIM, Embedding, Engine, EngineOptions, Hit};
+use visage_tests::{Rng, embedding, l2sq_f64};
 
 /// The model every suite checks against: id → embedding.
 pub type Model = BTreeMap<u64, Embedding>;
@@ -386,4 +386,28 @@ pub fn rerun_self(name: &str) -> Command {
     let mut c = Command::new(exe);
     c.args([name, "--exact", "--nocapture", "--test-threads=1"]);
     c
+}
+
+/// A gallery "g" in `dir` on a fault-injecting file system (no fault armed),
+/// holding rows `ids` (subject `p{id % subjects}`), which are also put in `model`.
+pub fn faulty_gallery(
+    dir: &Path,
+    rng: &mut Rng,
+    model: &mut Model,
+    ids: std::ops::Range<u64>,
+    subjects: u64,
+) -> (
+    std::sync::Arc<visage_tests::faults::FaultyFs>,
+    Engine,
+    std::sync::Arc<visage_engine::Gallery>,
+) {
+    let fs = visage_tests::faults::FaultyFs::new();
+    let engine = Engine::open_with_fs(dir, opts(false, 1 << 17), fs.clone()).unwrap();
+    let g = engine.create_gallery("g").unwrap();
+    let a: Vec<Embedding> = ids
+        .map(|i| embedding(rng, i, &format!("p{}", i % subjects)))
+        .collect();
+    g.insert(&a).unwrap();
+    model.extend(a.into_iter().map(|e| (e.id, e)));
+    (fs, engine, g)
 }
