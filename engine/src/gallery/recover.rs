@@ -3,7 +3,7 @@
 //! WAL (truncating a torn tail, refusing corruption), load the head.
 
 use super::maintain::maintenance_loop;
-use super::write::{SubjectCounts, WriteState};
+use super::write::WriteState;
 use super::{Gallery, GalleryOptions, HEAD, MANIFEST, Signal, parse_file_no, seg_name};
 use crate::error::{Error, Result};
 use crate::head::HeadInfo;
@@ -120,7 +120,6 @@ impl Gallery {
         let mut active = Memtable::default();
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
-            subjects: SubjectCounts::of_segments(&segments),
             segments,
             frozen: None,
             active: std::mem::take(&mut active),

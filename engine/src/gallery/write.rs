@@ -12,7 +12,7 @@ use crate::snapshot::{SegState, Snapshot};
 use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
 use crate::storage::wal::{Record, WalWriter};
 use crate::{DIM, Embedding};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,58 +36,6 @@ pub(super) struct WriteState {
     pub(super) generation: u64,
     /// First WAL file the manifest says to replay.
     pub(super) wal_start: u64,
-    /// Live rows per subject, kept by every insert and delete.
-    pub(super) subjects: SubjectCounts,
-}
-
-/// Live rows per subject: the gallery's count of enrolled subjects kept up to
-/// date by the write path, so that reading it costs nothing (a scan of every
-/// row's subject would not do per decision at tens of millions of rows).
-#[derive(Debug, Default)]
-pub(super) struct SubjectCounts(HashMap<Arc<str>, u64>);
-
-impl SubjectCounts {
-    /// The counts of the live rows of `segments`.
-    pub(super) fn of_segments(segments: &[SegState]) -> SubjectCounts {
-        let mut counts = SubjectCounts::default();
-        for ss in segments {
-            for ord in 0..ss.seg.subject_count() {
-                let live = ss
-                    .seg
-                    .posting(ord)
-                    .iter()
-                    .filter(|&&r| !ss.tomb.get(r as usize))
-                    .count() as u64;
-                if live > 0 {
-                    *counts
-                        .0
-                        .entry(Arc::from(ss.seg.subject_at(ord)))
-                        .or_insert(0) += live;
-                }
-            }
-        }
-        counts
-    }
-    fn add(&mut self, subject: &Arc<str>) {
-        match self.0.get_mut(&**subject) {
-            Some(n) => *n += 1,
-            None => {
-                self.0.insert(subject.clone(), 1);
-            }
-        }
-    }
-    fn remove(&mut self, subject: &str) {
-        if let Some(n) = self.0.get_mut(subject) {
-            *n -= 1;
-            if *n == 0 {
-                self.0.remove(subject);
-            }
-        }
-    }
-    /// Subjects with at least one live row.
-    pub(super) fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 impl WriteState {
@@ -123,18 +71,13 @@ impl WriteState {
 
     pub(super) fn delete_loc(&mut self, loc: Loc) {
         match loc {
-            Loc::Active(l) => {
-                self.subjects.remove(self.active.subject(l));
-                self.active.delete(l);
-            }
+            Loc::Active(l) => self.active.delete(l),
             Loc::Frozen(l) => {
                 if let Some(f) = self.frozen.as_mut() {
-                    self.subjects.remove(f.subject(l));
                     f.delete(l);
                 }
             }
             Loc::Seg(i, r) => {
-                self.subjects.remove(self.segments[i].seg.row_subject(r));
                 Arc::make_mut(&mut self.segments[i].tomb).set(r);
             }
         }
@@ -150,9 +93,6 @@ impl WriteState {
             }
         }
         let n = chunk.len() as u64;
-        for subject in &chunk.subjects {
-            self.subjects.add(subject);
-        }
         self.active.append(chunk);
         InsertOutcome {
             inserted: n - replaced,
@@ -232,7 +172,6 @@ impl WriteState {
         Snapshot {
             segments: self.segments.clone(),
             chunks,
-            subject_count: self.subjects.len(),
         }
     }
 

@@ -223,11 +223,6 @@ impl Memtable {
         self.rows += n;
     }
 
-    /// Subject of the row at `loc`.
-    pub(crate) fn subject(&self, loc: MemLoc) -> &str {
-        &self.chunks[loc.chunk as usize].chunk.subjects[loc.row as usize]
-    }
-
     /// Delete the live row at `loc`.
     pub(crate) fn delete(&mut self, loc: MemLoc) {
         let mc = &mut self.chunks[loc.chunk as usize];

@@ -16,6 +16,7 @@ pub(crate) mod tombstones;
 use crate::storage::segment::Segment;
 use crate::{DIM, Embedding};
 use memtable::MemChunk;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tombstones::Tombstones;
 
@@ -31,8 +32,6 @@ pub(crate) struct SegState {
 pub(crate) struct Snapshot {
     pub segments: Vec<SegState>,
     pub chunks: Vec<MemChunk>,
-    /// Distinct subjects with a live row (kept by the writer, not counted here).
-    pub subject_count: usize,
 }
 
 impl Snapshot {
@@ -112,11 +111,8 @@ impl Snapshot {
         self.segments.iter().map(|s| s.tomb.count()).sum::<usize>()
             + self.chunks.iter().map(|c| c.tomb.count()).sum::<usize>()
     }
-    /// Distinct subjects with a live row, counted by a scan of every row: the
-    /// reference the writer's [`Snapshot::subject_count`] is checked against.
-    #[cfg(debug_assertions)]
-    pub(crate) fn count_subjects(&self) -> usize {
-        let mut set: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    pub(crate) fn subjects(&self) -> usize {
+        let mut set: HashSet<&str> = HashSet::new();
         for ss in &self.segments {
             for ord in 0..ss.seg.subject_count() {
                 if ss
