@@ -392,16 +392,21 @@ mod tests {
         assert_eq!(back, h);
     }
 
-    #[test]
-    fn segment_header_rejects_every_flipped_byte() {
-        let b = SegmentHeader {
+    /// The encoded header of an empty version-1 segment (file 1).
+    fn empty_v1_header() -> [u8; SEGMENT_HEADER_LEN] {
+        SegmentHeader {
             version: 1,
             rows: 0,
             subjects: 0,
             file_no: 1,
             sections: empty_sections(),
         }
-        .encode();
+        .encode()
+    }
+
+    #[test]
+    fn segment_header_rejects_every_flipped_byte() {
+        let b = empty_v1_header();
         for i in 0..SEGMENT_HEADER_LEN {
             let mut c = b;
             c[i] ^= 0x40;
@@ -416,14 +421,7 @@ mod tests {
     /// bytes under a valid CRC, so an accepted file did not re-encode to itself.
     #[test]
     fn reserved_bytes_must_be_zero_even_under_a_valid_crc() {
-        let v1 = SegmentHeader {
-            version: 1,
-            rows: 0,
-            subjects: 0,
-            file_no: 1,
-            sections: empty_sections(),
-        }
-        .encode();
+        let v1 = empty_v1_header();
         assert!(SegmentHeader::decode(Path::new("s"), &v1, 4096).is_ok());
         // The reserved word, a slot's reserved word, a slot version 1 does not
         // use (slot 10), and the padding before the CRC.
