@@ -10,6 +10,7 @@ mod erasure;
 mod faults;
 mod fuzzed;
 mod head;
+mod layers;
 mod lock;
 mod model;
 mod poison;

@@ -76,17 +76,11 @@ impl Snapshot {
     }
     #[inline]
     pub(crate) fn deleted(&self, s: usize, row: usize) -> bool {
-        match self.segments.get(s) {
-            Some(ss) => ss.tomb.get(row),
-            None => self.chunks[s - self.segments.len()].tomb.get(row),
-        }
+        self.tombstones(s).get(row)
     }
     #[inline]
     pub(crate) fn id(&self, s: usize, row: usize) -> u64 {
-        match self.segments.get(s) {
-            Some(ss) => ss.seg.ids()[row],
-            None => self.chunks[s - self.segments.len()].chunk.ids[row],
-        }
+        self.ids(s)[row]
     }
     pub(crate) fn subject(&self, s: usize, row: usize) -> &str {
         match self.segments.get(s) {
