@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
             rows: h.rows,
             deleted: vec![],
         }],
+        subjects: None,
     };
     std::fs::write(dir.join("MANIFEST"), format::encode_manifest(&manifest)).expect("write");
     std::fs::write(

@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
         next_file_no: file_no + 1,
         wal_start: file_no,
         segments: vec![],
+        subjects: Some(0),
     };
     let mut files = Files::new();
     files.insert("MANIFEST".into(), format::encode_manifest(&manifest));

@@ -75,6 +75,8 @@ fn every_committed_format_version_opens_with_its_contents() {
         let ids: Vec<u64> = (1..=44).collect();
         assert_eq!(g.get(&ids), want, "format v{version}");
         assert_eq!(g.stats().live, 42);
+        // Versions before 3 do not record the subject count: opening counts it.
+        assert_eq!(g.stats().subjects, 8, "format v{version}");
         let hits = g.search(&[want[0].vector.clone()], 1).unwrap();
         assert_eq!(hits[0][0].id, want[0].id);
         opened += 1;

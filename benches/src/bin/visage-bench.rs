@@ -42,6 +42,61 @@ enum Cmd {
     Gen(GenArgs),
     /// Measure memory read bandwidth and the FMA peak with every core.
     Bounds(BoundsArgs),
+    /// Measure the false-accept rates of a gallery's calibrated decisions on
+    /// fresh synthetic probes (the calibration scenario) and print the table.
+    Calibration(CalibrationArgs),
+}
+
+#[derive(clap::Args)]
+struct CalibrationArgs {
+    /// Enrolled subjects at training time.
+    #[arg(long, default_value_t = 4000)]
+    subjects: usize,
+    /// Images per subject.
+    #[arg(long, default_value_t = 10)]
+    images: usize,
+    /// Target false-accept rate of training.
+    #[arg(long, default_value_t = 0.01)]
+    target_far: f64,
+    /// Decisions per measured rate.
+    #[arg(long, default_value_t = 20_000)]
+    decisions: usize,
+    /// Seed of the data.
+    #[arg(long, default_value_t = 12)]
+    seed: u64,
+    /// Spread the images' noise over every coordinate alike (default: the
+    /// anisotropic noise, where some images lie near many people).
+    #[arg(long)]
+    isotropic: bool,
+}
+
+fn calibration_cmd(a: CalibrationArgs) -> Res<ExitCode> {
+    use visage_tests::calibration::{Scenario, run, table};
+    let s = Scenario {
+        subjects: a.subjects,
+        images: a.images,
+        target_far: a.target_far,
+        decisions: a.decisions,
+        seed: a.seed,
+        nuisance: if a.isotropic {
+            visage_tests::calibration::ISOTROPIC
+        } else {
+            visage_tests::calibration::NUISANCE
+        },
+    };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let t = std::time::Instant::now();
+    let m = run(dir.path(), &s, visage_engine::TrainOptions::default());
+    println!(
+        "{} subjects x {} images, target {}, genuine cosine {:.3}, {:.0} s\n",
+        s.subjects,
+        s.images,
+        s.target_far,
+        m.genuine_cosine,
+        t.elapsed().as_secs_f64()
+    );
+    print!("{}", table(&m, s.target_far));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,6 +218,7 @@ fn main() -> ExitCode {
         Cmd::Search(a) => search(a),
         Cmd::Gen(a) => gen_data(a),
         Cmd::Bounds(a) => bounds_cmd(a),
+        Cmd::Calibration(a) => calibration_cmd(a),
     };
     match r {
         Ok(code) => code,

@@ -25,10 +25,16 @@ impl Gallery {
             .fs
             .read_dir(&self.dir)
             .map_or(0, |entries| entries.iter().map(|e| e.len).sum());
+        // Every engine test that reads statistics checks the writer's count.
+        debug_assert_eq!(
+            snap.subjects(),
+            snap.count_subjects() as u64,
+            "the writer's subject count drifted from the rows"
+        );
         GalleryStats {
             live: snap.live_rows() as u64,
             deleted: snap.deleted_rows() as u64,
-            subjects: snap.subjects() as u64,
+            subjects: snap.subjects(),
             segments: snap.segments.len() as u64,
             memtable_rows: snap.chunks.iter().map(|c| c.chunk.ids.len() as u64).sum(),
             bytes_on_disk: bytes,

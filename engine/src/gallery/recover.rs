@@ -29,6 +29,7 @@ impl Gallery {
             next_file_no: 2,
             wal_start: 1,
             segments: vec![],
+            subjects: Some(0),
         };
         crate::storage::fs::atomic_write(fs, &dir.join(MANIFEST), &format::encode_manifest(&m))
             .map_err(|e| e.error)?;
@@ -118,6 +119,11 @@ impl Gallery {
         let next_file_no = manifest.next_file_no.max(max_no.saturating_add(1));
         // Replay.
         let mut active = Memtable::default();
+        // Galleries written before the count (format 1 and 2) count once here.
+        let subjects = match manifest.subjects {
+            Some(n) => n,
+            None => super::write::count_subjects(&segments),
+        };
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
             segments,
@@ -126,6 +132,7 @@ impl Gallery {
             next_file_no,
             generation: manifest.generation,
             wal_start: manifest.wal_start,
+            subjects,
         };
         let mut writer = None;
         for (i, &n) in wals.iter().enumerate() {

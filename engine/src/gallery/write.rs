@@ -36,6 +36,11 @@ pub(super) struct WriteState {
     pub(super) generation: u64,
     /// First WAL file the manifest says to replay.
     pub(super) wal_start: u64,
+    /// Subjects with at least one live row: the gallery's size N for the
+    /// open-set decisions, kept by every insert, upsert and delete (each
+    /// looks up only the subjects it touches) and persisted, for the rows in
+    /// segments, with the manifest.
+    pub(super) subjects: u64,
 }
 
 impl WriteState {
@@ -69,6 +74,44 @@ impl WriteState {
         })
     }
 
+    /// Whether `subject` has a live row anywhere: the memtables' subject
+    /// indexes, then each segment's sorted subject dictionary.
+    pub(super) fn has_live(&self, subject: &str) -> bool {
+        self.active.subject_ids(subject).next().is_some()
+            || self
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.subject_ids(subject).next().is_some())
+            || live_in_segments(&self.segments, subject)
+    }
+
+    /// The subject of the live row at `loc`.
+    fn subject_at(&self, loc: Loc) -> Arc<str> {
+        match loc {
+            Loc::Active(l) => self.active.subject(l).clone(),
+            Loc::Frozen(l) => self
+                .frozen
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |f| f.subject(l).clone()),
+            Loc::Seg(i, r) => Arc::from(self.segments[i].seg.row_subject(r)),
+        }
+    }
+
+    /// Subjects with a live row in `segments`: the count the manifest naming
+    /// them records. The rows not in them are the memtables', so this is the
+    /// live count less the subjects that only the memtables hold (a scan of
+    /// the memtables' subjects, never of the segments').
+    pub(super) fn subjects_in(&self, segments: &[SegState]) -> u64 {
+        let mut only_in_memory: HashSet<&str> = HashSet::new();
+        let frozen = self.frozen.iter().flat_map(Memtable::subjects);
+        for s in self.active.subjects().chain(frozen) {
+            if !live_in_segments(segments, s) {
+                only_in_memory.insert(s);
+            }
+        }
+        self.subjects - only_in_memory.len() as u64
+    }
+
     pub(super) fn delete_loc(&mut self, loc: Loc) {
         match loc {
             Loc::Active(l) => self.active.delete(l),
@@ -85,15 +128,25 @@ impl WriteState {
 
     /// Upsert the rows of `chunk` (ids unique within it).
     pub(super) fn apply_insert(&mut self, chunk: Chunk) -> InsertOutcome {
+        let mut added: HashSet<Arc<str>> = HashSet::new();
+        for s in &chunk.subjects {
+            if !added.contains(s) && !self.has_live(s) {
+                added.insert(s.clone());
+            }
+        }
         let mut replaced = 0;
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
         for &id in &chunk.ids {
             if let Some(loc) = self.find_live(id) {
+                touched.insert(self.subject_at(loc));
                 self.delete_loc(loc);
                 replaced += 1;
             }
         }
         let n = chunk.len() as u64;
         self.active.append(chunk);
+        self.subjects += added.len() as u64;
+        self.forget_emptied(touched);
         InsertOutcome {
             inserted: n - replaced,
             replaced,
@@ -102,13 +155,22 @@ impl WriteState {
 
     pub(super) fn apply_delete(&mut self, ids: &[u64]) -> u64 {
         let mut n = 0;
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
         for &id in ids {
             if let Some(loc) = self.find_live(id) {
+                touched.insert(self.subject_at(loc));
                 self.delete_loc(loc);
                 n += 1;
             }
         }
+        self.forget_emptied(touched);
         n
+    }
+
+    /// Subjects that lost rows: those left with none no longer count.
+    fn forget_emptied(&mut self, touched: HashSet<Arc<str>>) {
+        let emptied = touched.iter().filter(|s| !self.has_live(s)).count() as u64;
+        self.subjects -= emptied;
     }
 
     pub(super) fn apply_op(&mut self, op: &WalOp) {
@@ -172,6 +234,7 @@ impl WriteState {
         Snapshot {
             segments: self.segments.clone(),
             chunks,
+            subjects: self.subjects,
         }
     }
 
@@ -190,8 +253,38 @@ impl WriteState {
                     deleted: s.tomb.rows(),
                 })
                 .collect(),
+            subjects: Some(self.subjects_in(segments)),
         }
     }
+}
+
+/// Whether `subject` has a live row in `segments`.
+fn live_in_segments(segments: &[SegState], subject: &str) -> bool {
+    segments.iter().any(|ss| {
+        ss.seg
+            .subject_rows(subject)
+            .iter()
+            .any(|&r| !ss.tomb.get(r as usize))
+    })
+}
+
+/// Subjects with a live row in `segments`, counted from their dictionaries:
+/// what opening a gallery whose manifest predates the count does once.
+pub(super) fn count_subjects(segments: &[SegState]) -> u64 {
+    let mut set: HashSet<&str> = HashSet::new();
+    for ss in segments {
+        for ord in 0..ss.seg.subject_count() {
+            if ss
+                .seg
+                .posting(ord)
+                .iter()
+                .any(|&r| !ss.tomb.get(r as usize))
+            {
+                set.insert(ss.seg.subject_at(ord));
+            }
+        }
+    }
+    set.len() as u64
 }
 
 /// A validated write waiting in the commit queue.

@@ -160,6 +160,15 @@ impl Memtable {
         self.by_subject.get(subject).into_iter().flatten().copied()
     }
 
+    /// Subjects with a live row here.
+    pub(crate) fn subjects(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_subject.keys().map(|s| &**s)
+    }
+    /// Subject of the row at `loc`.
+    pub(crate) fn subject(&self, loc: MemLoc) -> &Arc<str> {
+        &self.chunks[loc.chunk as usize].chunk.subjects[loc.row as usize]
+    }
+
     /// Append a chunk whose ids are not live anywhere (the caller removed old versions).
     pub(crate) fn append(&mut self, new: Chunk) {
         let n = new.len();

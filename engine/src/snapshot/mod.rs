@@ -32,6 +32,8 @@ pub(crate) struct SegState {
 pub(crate) struct Snapshot {
     pub segments: Vec<SegState>,
     pub chunks: Vec<MemChunk>,
+    /// Subjects with a live row, as the writer counted them when it published this.
+    pub subjects: u64,
 }
 
 impl Snapshot {
@@ -105,7 +107,13 @@ impl Snapshot {
         self.segments.iter().map(|s| s.tomb.count()).sum::<usize>()
             + self.chunks.iter().map(|c| c.tomb.count()).sum::<usize>()
     }
-    pub(crate) fn subjects(&self) -> usize {
+    /// Subjects with a live row (the writer's count: no scan).
+    pub(crate) fn subjects(&self) -> u64 {
+        self.subjects
+    }
+    /// Subjects with a live row, counted by reading every row's subject: the
+    /// reference the writer's count is checked against in debug builds.
+    pub(crate) fn count_subjects(&self) -> usize {
         let mut set: HashSet<&str> = HashSet::new();
         for ss in &self.segments {
             for ord in 0..ss.seg.subject_count() {

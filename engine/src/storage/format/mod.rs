@@ -41,6 +41,12 @@
 //!   scanned exactly by every mode (fixture `tests/fixtures/format-v1`).
 //! - 2: segments carry 8-bit scalar-quantised codes (sections 10 and 11);
 //!   the head file gained the open-set thresholds. WAL and manifest unchanged.
+//! - 3: the manifest records how many subjects have a live row in its
+//!   segments (so opening needs no scan of every subject); the head file
+//!   gained the calibrated probability (Platt scaling and prior), the
+//!   subject-claim thresholds by image count, the open-set threshold by
+//!   gallery size and the DET curves. Segments and WAL unchanged (they carry
+//!   version 3 in their headers, with version 2's layout).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -71,7 +77,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
