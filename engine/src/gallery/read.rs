@@ -5,7 +5,7 @@ use super::Gallery;
 use super::write::{check_probes, check_subject, check_vector};
 use crate::api::*;
 use crate::error::{Error, Result};
-use crate::head::{HeadInfo, TrainOptions, sigmoid};
+use crate::head::{ClaimScore, HeadInfo, TrainOptions};
 use crate::search;
 use crate::snapshot::Snapshot;
 use crate::{DIM, Embedding, Hit};
@@ -63,7 +63,7 @@ fn hit(
         distance,
         probability: head
             .filter(|h| h.trained)
-            .map(|h| sigmoid(h.logit(probe, v))),
+            .map(|h| h.probability(h.logit(probe, v))),
     }
 }
 
@@ -164,9 +164,13 @@ impl Gallery {
         opts: &IdentifyOptions,
     ) -> Result<Vec<Identification>> {
         let probes = check_probes(probes, opts.k, MAX_IDENTIFY_K)?;
-        let decision = self.decision_for(opts.min_probability, opts.max_distance, true)?;
-        let head = self.head();
         let snap = self.snapshot();
+        let decision = self.decision_for(
+            opts.min_probability,
+            opts.max_distance,
+            Some(snap.subjects()),
+        )?;
+        let head = self.head();
         let w = head
             .as_ref()
             .map(|h| h.weight_array())
@@ -226,8 +230,9 @@ impl Gallery {
             checked.push((a, b));
         }
         let decision = self.decision(opts.min_probability, opts.max_distance)?;
-        let head = self.head();
-        let head = head.as_deref().filter(|h| h.trained);
+        let overridden = opts.min_probability.is_some() || opts.max_distance.is_some();
+        let head_info = self.head();
+        let head = head_info.as_deref().filter(|h| h.trained);
         let snap = self.snapshot();
         let mut out = Vec::with_capacity(pairs.len());
         for (i, (a, b)) in checked.iter().enumerate() {
@@ -237,10 +242,12 @@ impl Gallery {
                     head.map(|h| h.logit(a, v)),
                 )
             };
-            let best: Option<(f32, Option<f32>, Option<u64>)> = match b {
+            // (distance, logit, matched id) of the best-matching embedding,
+            // and the decision's rule when a claim has its own.
+            let (best, claim) = match b {
                 Target::Vector(v) => {
                     let (d, l) = score(v);
-                    Some((d, l, None))
+                    ((d, l, None), None)
                 }
                 Target::Id(id) => {
                     let e = snap.get(*id).ok_or_else(|| Error::UnknownId {
@@ -249,7 +256,7 @@ impl Gallery {
                     })?;
                     let v = check_vector("stored", 0, &e.vector)?;
                     let (d, l) = score(&v);
-                    Some((d, l, Some(*id)))
+                    ((d, l, Some(*id)), None)
                 }
                 Target::Subject(s) => {
                     let rows = snap.subject_rows(s);
@@ -259,28 +266,48 @@ impl Gallery {
                             subject: crate::error::shown(s),
                         });
                     }
-                    rows.iter()
+                    let scored: Vec<(f32, Option<f32>, Option<u64>)> = rows
+                        .iter()
                         .map(|&(src, r)| {
                             let (d, l) = score(&snap.vectors(src)[r]);
                             (d, l, Some(snap.id(src, r)))
                         })
+                        .collect();
+                    let best = scored
+                        .iter()
+                        .copied()
                         .min_by(|x, y| match (x.1, y.1) {
                             // Best = highest logit with a head, else smallest distance; ties by id.
                             (Some(lx), Some(ly)) => ly.total_cmp(&lx).then(x.2.cmp(&y.2)),
                             _ => x.0.total_cmp(&y.0).then(x.2.cmp(&y.2)),
                         })
+                        .unwrap_or((f32::INFINITY, None, None));
+                    // A claim compares with every image: its calibrated rule
+                    // for that many images, on the best logit or their mean.
+                    let claim = head_info.as_deref().map(|h| {
+                        let rule = h.claim_rule(rows.len());
+                        let mean = || {
+                            let sum: f64 = scored.iter().filter_map(|x| x.1).map(f64::from).sum();
+                            (sum / scored.len() as f64) as f32
+                        };
+                        match (head, rule.score) {
+                            (Some(_), ClaimScore::Mean) => best.1.is_some() && mean() >= rule.logit,
+                            (Some(_), ClaimScore::Best) => best.1.is_some_and(|l| l >= rule.logit),
+                            (None, _) => best.0 <= rule.distance,
+                        }
+                    });
+                    (best, claim)
                 }
             };
-            let Some((distance, logit, matched)) = best else {
-                continue;
-            };
-            let same = match decision {
-                Decision::Logit(t) => logit.is_some_and(|l| l >= t),
-                Decision::Distance(t) => distance <= t,
+            let (distance, logit, matched) = best;
+            let same = match (claim, decision) {
+                (Some(same), _) if !overridden => same,
+                (_, Decision::Logit(t)) => logit.is_some_and(|l| l >= t),
+                (_, Decision::Distance(t)) => distance <= t,
             };
             out.push(Verdict {
                 same,
-                probability: logit.map(sigmoid),
+                probability: logit.map(|l| head.map_or(0.0, |h| h.probability(l))),
                 distance,
                 matched_id: matched,
             });
@@ -294,16 +321,17 @@ impl Gallery {
         min_probability: Option<f32>,
         max_distance: Option<f32>,
     ) -> Result<Decision> {
-        self.decision_for(min_probability, max_distance, false)
+        self.decision_for(min_probability, max_distance, None)
     }
 
-    /// As [`Gallery::decision`]; `open_set` picks the identification (1:N)
-    /// thresholds instead of the verification (1:1) ones.
+    /// As [`Gallery::decision`]; `open_set`, the gallery's current subject
+    /// count, picks the identification (1:N) thresholds for that size instead
+    /// of the verification (1:1) ones.
     fn decision_for(
         &self,
         min_probability: Option<f32>,
         max_distance: Option<f32>,
-        open_set: bool,
+        open_set: Option<u64>,
     ) -> Result<Decision> {
         let head = self.head();
         if let Some(p) = min_probability {
@@ -320,14 +348,10 @@ impl Gallery {
                     hint: "min_probability needs one (train one, or pass max_distance)",
                 });
             }
-            let logit = if p <= 0.0 {
-                f32::NEG_INFINITY
-            } else if p >= 1.0 {
-                f32::INFINITY
-            } else {
-                (p / (1.0 - p)).ln()
-            };
-            return Ok(Decision::Logit(logit));
+            let h = head.as_deref().filter(|h| h.trained);
+            return Ok(Decision::Logit(
+                h.map_or(f32::INFINITY, |h| h.logit_at_probability(p)),
+            ));
         }
         if let Some(d) = max_distance {
             if d.is_nan() || d < 0.0 || !d.is_finite() {
@@ -339,12 +363,16 @@ impl Gallery {
             }
             return Ok(Decision::Distance(d));
         }
+        let open = |h: &HeadInfo| open_set.and_then(|n| h.open_rule(n));
         match head.as_deref() {
-            Some(h) if open_set && h.open_probes > 0 => Ok(if h.trained {
-                Decision::Logit(h.open_logit_threshold)
-            } else {
-                Decision::Distance(h.open_distance_threshold)
-            }),
+            Some(h) if open(h).is_some() => {
+                let rule = open(h).expect("checked");
+                Ok(match (h.trained, rule.logit, rule.distance) {
+                    (true, Some(t), _) => Decision::Logit(t),
+                    (_, _, Some(t)) => Decision::Distance(t),
+                    _ => Decision::Logit(h.logit_threshold),
+                })
+            }
             Some(h) if h.trained => Ok(Decision::Logit(h.logit_threshold)),
             Some(h) => Ok(Decision::Distance(h.distance_threshold)),
             None => {
@@ -355,11 +383,11 @@ impl Gallery {
                             gallery: self.name.clone(),
                             source: Box::new(e),
                         })?;
-                Ok(Decision::Distance(if open_set && h.open_probes > 0 {
-                    h.open_distance_threshold
-                } else {
-                    h.distance_threshold
-                }))
+                let rule = open_set.and_then(|n| h.open_rule(n));
+                Ok(Decision::Distance(
+                    rule.and_then(|r| r.distance)
+                        .unwrap_or(h.distance_threshold),
+                ))
             }
         }
     }

@@ -1,21 +1,16 @@
-//! Calibration: thresholds at a target false-accept rate. [`calibrate`]
-//! finds the operating point of any score on labelled pairs; [`verification`]
-//! sets the 1:1 thresholds (the plain distance's, and the head's if trained)
-//! on held-out pairs, and [`open_set`] the 1:N thresholds from held-out probes
-//! searched against the gallery, scored exactly as identification scores them.
+//! Calibration on held-out pairs: thresholds at a target false-accept rate.
+//! [`calibrate`] finds the operating point of any score on labelled pairs;
+//! [`verification`] sets the 1:1 thresholds (the plain distance's, and the
+//! head's if trained), fits the Platt scaling that makes the head's
+//! probability calibrated ([`platt`]) and draws the DET curves. The
+//! subject-level decisions (claims, identification) are `subjects`'.
 //! Thresholds are stored as f32 rounded so that f32 scores decide as the f64
 //! calibration did.
 
-use super::pairs::RowRef;
 use super::stats::{auc, eer};
 use super::{HeadInfo, sigmoid};
 use crate::DIM;
 use crate::search::kernels;
-use crate::search::{self, Metric};
-use crate::snapshot::Snapshot;
-
-/// Candidates examined per open-set probe.
-const OPEN_K: usize = 32;
 
 /// Operating point of a score ("higher means same") on labelled pairs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,7 +63,7 @@ pub fn calibrate(genuine: &[f64], impostor: &[f64], target_far: f64) -> Calibrat
 
 /// The smallest f32 at or above `t`: for an f32 score `s`, `s ≥ t` iff
 /// `s ≥ f32_at_or_above(t)`, so an f64 threshold stored as f32 decides alike.
-fn f32_at_or_above(t: f64) -> f32 {
+pub(super) fn f32_at_or_above(t: f64) -> f32 {
     let r = t as f32;
     if (r as f64) < t { r.next_up() } else { r }
 }
@@ -84,9 +79,127 @@ fn next_up(x: f64) -> f64 {
     f64::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 })
 }
 
+/// What the pair-level calibration adds beyond the thresholds in `HeadInfo`.
+pub(super) struct PairLevel {
+    pub platt: Option<(f64, f64)>,
+    pub det_head: Vec<(f32, f32)>,
+    pub det_distance: Vec<(f32, f32)>,
+    pub op_head: Option<(f32, f32)>,
+    pub op_distance: (f32, f32),
+}
+
+/// Platt scaling: `(a, b)` of `σ(a·z + b)` fitted by Newton's method to
+/// held-out scores, the two classes weighted equally (so it is P(same | z) at
+/// prior ½), with Platt's smoothed targets `(n₊ + 1)/(n₊ + 2)` and
+/// `1/(n₋ + 2)` so that separable scores still give a finite slope. `None`
+/// without both classes, or if the fit does not give a positive slope.
+pub fn platt(genuine: &[f64], impostor: &[f64]) -> Option<(f64, f64)> {
+    if genuine.is_empty() || impostor.is_empty() {
+        return None;
+    }
+    let (np, nn) = (genuine.len() as f64, impostor.len() as f64);
+    let classes = [
+        (genuine, (np + 1.0) / (np + 2.0), 0.5 / np),
+        (impostor, 1.0 / (nn + 2.0), 0.5 / nn),
+    ];
+    let loss = |a: f64, b: f64| -> f64 {
+        let mut l = 0.0;
+        for (scores, t, w) in classes {
+            for &z in scores {
+                let x = a * z + b;
+                // −t·ln σ(x) − (1 − t)·ln(1 − σ(x)), stably.
+                let softplus = |v: f64| {
+                    if v > 0.0 {
+                        v + (-v).exp().ln_1p()
+                    } else {
+                        v.exp().ln_1p()
+                    }
+                };
+                l += w * (t * softplus(-x) + (1.0 - t) * softplus(x));
+            }
+        }
+        l
+    };
+    let (mut a, mut b) = (1.0, 0.0);
+    let mut current = loss(a, b);
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (scores, t, w) in classes {
+            for &z in scores {
+                let p = 1.0 / (1.0 + (-(a * z + b)).exp());
+                let r = w * (p - t);
+                let s = w * p * (1.0 - p);
+                ga += r * z;
+                gb += r;
+                haa += s * z * z;
+                hab += s * z;
+                hbb += s;
+            }
+        }
+        let det = haa * hbb - hab * hab;
+        if !(det > 0.0) {
+            break;
+        }
+        let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);
+        let mut step = 1.0;
+        let mut improved = false;
+        for _ in 0..40 {
+            let (na, nb) = (a - step * da, b - step * db);
+            let l = loss(na, nb);
+            if l <= current {
+                improved = current - l > 1e-15;
+                (a, b, current) = (na, nb, l);
+                break;
+            }
+            step /= 2.0;
+        }
+        if !improved {
+            break;
+        }
+    }
+    (a.is_finite() && a > 0.0 && b.is_finite()).then_some((a, b))
+}
+
+/// DET curve of a score on labelled pairs: (false-accept, false-reject
+/// rate) at thresholds where the FAR steps through 10^(−k/8) down to one
+/// impostor, FAR ascending.
+fn det_curve(genuine: &[f64], impostor: &[f64]) -> Vec<(f32, f32)> {
+    if genuine.is_empty() || impostor.is_empty() {
+        return Vec::new();
+    }
+    let mut imp = impostor.to_vec();
+    imp.sort_by(|a, b| b.total_cmp(a));
+    let mut gen_ = genuine.to_vec();
+    gen_.sort_by(|a, b| a.total_cmp(b));
+    let (ni, ng) = (imp.len() as f64, gen_.len() as f64);
+    let mut out: Vec<(f32, f32)> = Vec::new();
+    for k in 0..=64 {
+        let far = 10f64.powf(-f64::from(k) / 8.0);
+        let idx = ((far * ni).ceil() as usize).clamp(1, imp.len()) - 1;
+        let t = imp[idx];
+        let accepted = imp.partition_point(|&s| s >= t) as f64;
+        let rejected = gen_.partition_point(|&s| s < t) as f64;
+        let p = ((accepted / ni) as f32, (rejected / ng) as f32);
+        if out.last() != Some(&p) {
+            out.push(p);
+        }
+        if idx == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    out
+}
+
 /// Calibrate the 1:1 thresholds on held-out pairs (features `xh`, labels
-/// `yh`): the plain distance's always, the head's if `info` is trained.
-pub(super) fn verification(xh: &[[f32; DIM]], yh: &[bool], target_far: f64, info: &mut HeadInfo) {
+/// `yh`): the plain distance's always, the head's if `info` is trained;
+/// with the Platt scaling and the DET curves.
+pub(super) fn verification(
+    xh: &[[f32; DIM]],
+    yh: &[bool],
+    target_far: f64,
+    info: &mut HeadInfo,
+) -> PairLevel {
     let split = |scores: Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let mut g = Vec::new();
         let mut i = Vec::new();
@@ -103,6 +216,13 @@ pub(super) fn verification(xh: &[[f32; DIM]], yh: &[bool], target_far: f64, info
     let dscores: Vec<f64> = xh.iter().map(|f| -(kernel.l2sq(f, &zero) as f64)).collect();
     let (g, i) = split(dscores);
     let dc = calibrate(&g, &i, target_far);
+    let mut out = PairLevel {
+        platt: None,
+        det_head: Vec::new(),
+        det_distance: det_curve(&g, &i),
+        op_head: None,
+        op_distance: (dc.far as f32, (1.0 - dc.tar) as f32),
+    };
     // Accept iff distance ≤ −t: the largest f32 at or below −t keeps that for f32 distances.
     info.distance_threshold = -f32_at_or_above(dc.threshold);
     info.distance_auc = dc.auc;
@@ -129,69 +249,11 @@ pub(super) fn verification(xh: &[[f32; DIM]], yh: &[bool], target_far: f64, info
         info.auc = hc.auc;
         info.tar_at_far = hc.tar;
         info.eer = hc.eer;
+        out.platt = platt(&g, &i);
+        out.det_head = det_curve(&g, &i);
+        out.op_head = Some((hc.far as f32, (1.0 - hc.tar) as f32));
     }
-}
-
-/// Calibrate the open-set thresholds: each probe is a held-out embedding; its
-/// best match among *other* subjects is a stranger's best match (the gallery
-/// minus one subject), its best *other* embedding of its own subject a genuine
-/// best match. Scores are computed exactly as identification computes them.
-pub(super) fn open_set(snap: &Snapshot, probes: &[RowRef], target_far: f64, info: &mut HeadInfo) {
-    if probes.is_empty() {
-        return;
-    }
-    let qs: Vec<[f32; DIM]> = probes
-        .iter()
-        .map(|&(s, r)| snap.vectors(s as usize)[r as usize])
-        .collect();
-    let best = |metric: Metric<'_>,
-                score: &dyn Fn(&[f32; DIM], &search::Cand) -> f64|
-     -> (Vec<f64>, Vec<f64>) {
-        let tops = search::top_k(snap, &qs, OPEN_K, metric);
-        let (mut genuine, mut stranger) = (Vec::new(), Vec::new());
-        for ((&(ps, pr), q), cands) in probes.iter().zip(&qs).zip(&tops) {
-            let own = snap.subject(ps as usize, pr as usize);
-            let mut seen_same = false;
-            let mut seen_other = false;
-            for c in cands {
-                if (c.src, c.row) == (ps, pr) {
-                    continue;
-                }
-                let same = snap.subject(c.src as usize, c.row as usize) == own;
-                if same && !seen_same {
-                    seen_same = true;
-                    genuine.push(score(q, c));
-                } else if !same && !seen_other {
-                    seen_other = true;
-                    stranger.push(score(q, c));
-                }
-                if seen_same && seen_other {
-                    break;
-                }
-            }
-        }
-        (genuine, stranger)
-    };
-    let (g, s) = best(Metric::L2, &|_, c| -(c.dist as f64));
-    if s.is_empty() {
-        return;
-    }
-    let dc = calibrate(&g, &s, target_far);
-    info.open_distance_threshold = -f32_at_or_above(dc.threshold);
-    info.open_distance_tar = dc.tar;
-    info.open_probes = s.len() as u64;
-    if info.trained {
-        let w = info.weight_array();
-        let head = info.clone();
-        let (g, s) = best(Metric::Head(&w, info.distance_weight), &|q, c| {
-            head.logit(q, &snap.vectors(c.src as usize)[c.row as usize]) as f64
-        });
-        if !s.is_empty() {
-            let hc = calibrate(&g, &s, target_far);
-            info.open_logit_threshold = f32_at_or_above(hc.threshold);
-            info.open_tar = hc.tar;
-        }
-    }
+    out
 }
 
 #[cfg(test)]

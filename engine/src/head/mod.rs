@@ -30,23 +30,30 @@ mod calibrate;
 mod fit;
 mod pairs;
 mod stats;
+mod subjects;
 
-pub use calibrate::{Calibration, calibrate};
+pub use calibrate::{Calibration, calibrate, platt};
 pub use fit::fit;
 pub(crate) use pairs::{features, sample_pairs};
 pub use stats::{auc, eer};
+pub use subjects::{ClaimCalibration, ClaimScore, MAX_CLAIM_IMAGES, OpenPoint, OpenSetModel};
 
 use crate::DIM;
 use crate::error::{Error, Result};
 use crate::search::kernels;
 use crate::snapshot::Snapshot;
-use crate::storage::format::HeadData;
+use crate::storage::format::{HeadData, HeadExt, OpenTable};
 
 /// Most pairs one training or calibration may draw. Each pair costs its 128
 /// features (512 bytes) and a share of every Newton step: the limit keeps a
 /// request from asking for gigabytes (found by the `requests` fuzz target:
 /// `max_pairs` is a `uint32` on the wire).
 pub const MAX_TRAIN_PAIRS: usize = 1_000_000;
+
+/// The prior probabilities are stated at unless the gallery sets another: a
+/// comparison about as likely to be of the same person as not, as in a
+/// claim someone makes about their own identity.
+pub const DEFAULT_PRIOR: f64 = 0.5;
 
 /// Parameters of training and calibration.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +69,8 @@ pub struct TrainOptions {
     pub l2: f64,
     /// Fraction of subjects held out for calibration.
     pub heldout_fraction: f64,
+    /// Prior P(same person) that reported probabilities are stated at, in (0, 1).
+    pub prior: f64,
 }
 
 impl Default for TrainOptions {
@@ -72,6 +81,7 @@ impl Default for TrainOptions {
             seed: 1,
             l2: 1.0,
             heldout_fraction: 0.3,
+            prior: DEFAULT_PRIOR,
         }
     }
 }
@@ -127,6 +137,63 @@ pub struct HeadInfo {
     pub open_distance_tar: f64,
     /// Probes used for the open-set calibration (0: not calibrated).
     pub open_probes: u64,
+    /// What calibration format 3 adds: calibrated probabilities, subject
+    /// claims, open-set thresholds by gallery size, DET curves. `None` for a
+    /// head read from an older file until it is retrained or recalibrated.
+    pub calibrated: Option<Calibrated>,
+}
+
+/// The calibration of format version 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibrated {
+    /// Prior P(same person) the probabilities are stated at.
+    pub prior: f64,
+    /// Platt scaling `(a, b)` of the head's logit `z`, fitted on held-out
+    /// pairs with the classes weighted equally: P(same) = σ(a·z + b + ln(prior/(1 − prior))).
+    /// `None` without a trained head.
+    pub platt: Option<(f64, f64)>,
+    /// Thresholds of claims against a subject, by its image count.
+    pub claims: Option<ClaimCalibration>,
+    /// Open-set threshold by gallery size: of the head's logit (with a
+    /// trained head), of the squared distance.
+    pub open_head: Option<OpenSetModel>,
+    /// See `open_head`.
+    pub open_distance: Option<OpenSetModel>,
+    /// DET curves (false-accept, false-reject rate) on held-out pairs, FAR
+    /// ascending: of the head (empty without one), of plain distance.
+    pub det_head: Vec<(f32, f32)>,
+    /// See `det_head`.
+    pub det_distance: Vec<(f32, f32)>,
+    /// Operating points (FAR, FRR) on held-out pairs at the 1:1 thresholds.
+    pub op_head: Option<(f32, f32)>,
+    /// See `op_head`.
+    pub op_distance: Option<(f32, f32)>,
+}
+
+/// The 1:1 decision thresholds a claim against a subject with some number
+/// of images uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClaimRule {
+    /// How the head's logits over the subject's images are combined.
+    pub score: ClaimScore,
+    /// Accept iff the combined logit reaches this (with a trained head).
+    pub logit: f32,
+    /// Accept iff the smallest squared distance is at most this (without).
+    pub distance: f32,
+}
+
+/// The open-set thresholds for the gallery's current size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenRule {
+    /// Enrolled subjects they are for.
+    pub subjects: u64,
+    /// On the head's logit (accept iff ≥), with a trained head.
+    pub logit: Option<f32>,
+    /// On the squared distance (accept iff ≤).
+    pub distance: Option<f32>,
+    /// Whether `subjects` is within what the calibration's scores back
+    /// (the smaller of the two models' trusted sizes).
+    pub trusted: bool,
 }
 
 impl HeadInfo {
@@ -139,6 +206,106 @@ impl HeadInfo {
         let k = kernels::selected();
         let z = k.wl1(&self.weights, a, b) + self.distance_weight * k.l2sq(a, b) + self.bias;
         if z.is_nan() { f32::NEG_INFINITY } else { z }
+    }
+
+    /// The reported probability for a logit: calibrated at the prior when
+    /// this head has Platt scaling, else the raw σ(z) of older heads.
+    pub fn probability(&self, z: f32) -> f32 {
+        match self
+            .calibrated
+            .as_ref()
+            .and_then(|c| c.platt.map(|p| (p, c.prior)))
+        {
+            Some(((a, b), prior)) => {
+                let x = a * f64::from(z) + b + (prior / (1.0 - prior)).ln();
+                (1.0 / (1.0 + (-x).exp())) as f32
+            }
+            None => sigmoid(z),
+        }
+    }
+
+    /// The logit at or above which [`HeadInfo::probability`] reaches `p`
+    /// (−∞ for p ≤ 0, +∞ for p ≥ 1).
+    pub fn logit_at_probability(&self, p: f32) -> f32 {
+        if p <= 0.0 {
+            return f32::NEG_INFINITY;
+        }
+        if p >= 1.0 {
+            return f32::INFINITY;
+        }
+        let lp = (f64::from(p) / (1.0 - f64::from(p))).ln();
+        match self
+            .calibrated
+            .as_ref()
+            .and_then(|c| c.platt.map(|q| (q, c.prior)))
+        {
+            Some(((a, b), prior)) => {
+                let z = (lp - b - (prior / (1.0 - prior)).ln()) / a;
+                // The smallest f32 whose probability reaches p: round down,
+                // then step up while the probability is below p.
+                let mut t = z as f32;
+                if f64::from(t) > z {
+                    t = t.next_down();
+                }
+                while self.probability(t) < p && t < f32::MAX {
+                    t = t.next_up();
+                }
+                t
+            }
+            None => lp as f32,
+        }
+    }
+
+    /// The thresholds of a claim against a subject with `images` images:
+    /// the calibrated ones for that count (counts beyond the calibrated
+    /// range use the largest), else, for older heads, the pair thresholds.
+    pub fn claim_rule(&self, images: usize) -> ClaimRule {
+        let pair = ClaimRule {
+            score: ClaimScore::Best,
+            logit: self.logit_threshold,
+            distance: self.distance_threshold,
+        };
+        let Some(c) = self.calibrated.as_ref().and_then(|c| c.claims.as_ref()) else {
+            return pair;
+        };
+        let at = |v: &[f32]| v.get(images.clamp(1, v.len().max(1)) - 1).copied();
+        ClaimRule {
+            score: if self.trained {
+                c.score
+            } else {
+                ClaimScore::Best
+            },
+            logit: at(&c.logit_thresholds).unwrap_or(pair.logit),
+            distance: at(&c.distance_thresholds).unwrap_or(pair.distance),
+        }
+    }
+
+    /// The open-set thresholds for a gallery of `subjects` enrolled subjects:
+    /// from the models by gallery size, else (older heads) the fixed ones.
+    pub fn open_rule(&self, subjects: u64) -> Option<OpenRule> {
+        let c = self.calibrated.as_ref();
+        let head = c
+            .and_then(|c| c.open_head.as_ref())
+            .filter(|_| self.trained);
+        let dist = c.and_then(|c| c.open_distance.as_ref());
+        if head.is_none() && dist.is_none() {
+            return (self.open_probes > 0).then_some(OpenRule {
+                subjects,
+                logit: self.trained.then_some(self.open_logit_threshold),
+                distance: Some(self.open_distance_threshold),
+                trusted: false,
+            });
+        }
+        let trusted = [head, dist]
+            .iter()
+            .flatten()
+            .all(|m| subjects <= m.trusted_up_to);
+        Some(OpenRule {
+            subjects,
+            logit: head.and_then(|m| m.threshold(subjects)),
+            distance: dist.and_then(|m| m.threshold(subjects)),
+            trusted,
+        })
     }
 
     /// The weights as an array (zeros if not trained).
@@ -176,6 +343,7 @@ impl HeadInfo {
             open_thresholds: [self.open_logit_threshold, self.open_distance_threshold],
             open_tar: [self.open_tar, self.open_distance_tar],
             open_probes: self.open_probes,
+            ext: self.calibrated.as_ref().map(Calibrated::to_ext),
         }
     }
 
@@ -204,6 +372,83 @@ impl HeadInfo {
             open_tar: d.open_tar[0],
             open_distance_tar: d.open_tar[1],
             open_probes: if d.flags & 4 == 4 { d.open_probes } else { 0 },
+            calibrated: d.ext.as_ref().map(Calibrated::from_ext),
+        }
+    }
+}
+
+impl Calibrated {
+    fn to_ext(&self) -> HeadExt {
+        let open = |m: &Option<OpenSetModel>| match m {
+            Some(m) => OpenTable {
+                subjects: m.subjects,
+                trusted_up_to: m.trusted_up_to,
+                points: m
+                    .points
+                    .iter()
+                    .map(|p| (p.subjects, p.threshold, p.fpir_fixed))
+                    .collect(),
+            },
+            None => OpenTable::default(),
+        };
+        let nan2 = [f32::NAN; 2];
+        let pair = |p: Option<(f32, f32)>| p.map_or(nan2, |(a, b)| [a, b]);
+        let det = |d: &[(f32, f32)]| d.iter().map(|&(a, b)| [a, b]).collect();
+        let claims = self.claims.as_ref();
+        HeadExt {
+            prior: self.prior,
+            platt: self.platt.map_or([f64::NAN; 2], |(a, b)| [a, b]),
+            claim_score: u32::from(claims.is_some_and(|c| c.score == ClaimScore::Mean)),
+            claim_images: claims.map_or(0, |c| c.images),
+            claim_tar: claims.map_or([f64::NAN; 3], |c| [c.tar, c.tar_other, c.distance_tar]),
+            claim_logit: claims.map_or_else(Vec::new, |c| c.logit_thresholds.clone()),
+            claim_distance: claims.map_or_else(Vec::new, |c| c.distance_thresholds.clone()),
+            open: [open(&self.open_head), open(&self.open_distance)],
+            det: [det(&self.det_head), det(&self.det_distance)],
+            op: [pair(self.op_head), pair(self.op_distance)],
+        }
+    }
+
+    fn from_ext(e: &HeadExt) -> Calibrated {
+        let open = |t: &OpenTable| {
+            (!t.points.is_empty()).then(|| OpenSetModel {
+                subjects: t.subjects,
+                trusted_up_to: t.trusted_up_to,
+                points: t
+                    .points
+                    .iter()
+                    .map(|&(subjects, threshold, fpir_fixed)| OpenPoint {
+                        subjects,
+                        threshold,
+                        fpir_fixed,
+                    })
+                    .collect(),
+            })
+        };
+        let pair = |p: [f32; 2]| (!p[0].is_nan()).then_some((p[0], p[1]));
+        let det = |d: &[[f32; 2]]| d.iter().map(|p| (p[0], p[1])).collect();
+        Calibrated {
+            prior: e.prior,
+            platt: (!e.platt[0].is_nan()).then_some((e.platt[0], e.platt[1])),
+            claims: (!e.claim_distance.is_empty()).then(|| ClaimCalibration {
+                score: if e.claim_score == 1 {
+                    ClaimScore::Mean
+                } else {
+                    ClaimScore::Best
+                },
+                logit_thresholds: e.claim_logit.clone(),
+                distance_thresholds: e.claim_distance.clone(),
+                images: e.claim_images,
+                tar: e.claim_tar[0],
+                tar_other: e.claim_tar[1],
+                distance_tar: e.claim_tar[2],
+            }),
+            open_head: open(&e.open[0]),
+            open_distance: open(&e.open[1]),
+            det_head: det(&e.det[0]),
+            det_distance: det(&e.det[1]),
+            op_head: pair(e.op[0]),
+            op_distance: pair(e.op[1]),
         }
     }
 }
@@ -225,6 +470,13 @@ pub(crate) fn train(
             option: "target_far",
             expected: "in (0, 1)".into(),
             got: opts.target_far.to_string(),
+        });
+    }
+    if !(opts.prior > 0.0 && opts.prior < 1.0) {
+        return Err(Error::OutOfRange {
+            option: "prior",
+            expected: "in (0, 1)".into(),
+            got: opts.prior.to_string(),
         });
     }
     if !(100..=MAX_TRAIN_PAIRS).contains(&opts.max_pairs) {
@@ -261,6 +513,7 @@ pub(crate) fn train(
             open_tar: f64::NAN,
             open_distance_tar: f64::NAN,
             open_probes: 0,
+            calibrated: None,
         },
     };
     if fit_head {
@@ -285,8 +538,48 @@ pub(crate) fn train(
     let (xh, yh) = features(snap, &pairs.heldout);
     info.target_far = opts.target_far;
     info.seed = opts.seed;
-    calibrate::verification(&xh, &yh, opts.target_far, &mut info);
-    calibrate::open_set(snap, &pairs.open_probes, opts.target_far, &mut info);
+    let pair_level = calibrate::verification(&xh, &yh, opts.target_far, &mut info);
+    let head = info.clone();
+    let logit = |a: &[f32; DIM], b: &[f32; DIM]| f64::from(head.logit(a, b));
+    let logit: Option<&(dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync)> =
+        if info.trained { Some(&logit) } else { None };
+    let subject_level = subjects::calibrate_subjects(
+        snap,
+        &pairs.groups,
+        &pairs.open_probes,
+        opts.target_far,
+        opts.seed,
+        logit,
+    );
+    let mut cal = Calibrated {
+        prior: opts.prior,
+        platt: pair_level.platt,
+        claims: None,
+        open_head: None,
+        open_distance: None,
+        det_head: pair_level.det_head,
+        det_distance: pair_level.det_distance,
+        op_head: pair_level.op_head,
+        op_distance: Some(pair_level.op_distance),
+    };
+    info.open_probes = 0;
+    if let Some(sl) = subject_level {
+        // The fixed open-set fields of older formats: the thresholds for the
+        // calibration size.
+        let n0 = snap.subjects();
+        if let Some(t) = sl.open_head.as_ref().and_then(|m| m.threshold(n0)) {
+            info.open_logit_threshold = t;
+        }
+        if let Some(t) = sl.open_distance.as_ref().and_then(|m| m.threshold(n0)) {
+            info.open_distance_threshold = t;
+            info.open_probes = sl.probes;
+        }
+        (info.open_tar, info.open_distance_tar) = sl.open_tar;
+        cal.claims = sl.claims;
+        cal.open_head = sl.open_head;
+        cal.open_distance = sl.open_distance;
+    }
+    info.calibrated = Some(cal);
     Ok(info)
 }
 

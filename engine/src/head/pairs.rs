@@ -23,8 +23,11 @@ pub(super) type RowRef = (u32, u32);
 pub(crate) struct Pairs {
     pub train: Vec<(RowRef, RowRef, bool)>,
     pub heldout: Vec<(RowRef, RowRef, bool)>,
-    /// Held-out rows to probe the gallery with for the open-set calibration.
-    pub open_probes: Vec<RowRef>,
+    /// Held-out rows to probe the gallery with for the subject-level
+    /// calibration, with the index of their subject in `groups`.
+    pub open_probes: Vec<(RowRef, usize)>,
+    /// Live rows of each subject.
+    pub groups: Vec<Vec<RowRef>>,
 }
 
 /// Most probes of the open-set calibration.
@@ -176,7 +179,7 @@ pub(crate) fn sample_pairs(
                 break;
             }
             if let Some(&r) = groups[s].get(round).filter(|_| groups[s].len() >= 2) {
-                pairs.open_probes.push(r);
+                pairs.open_probes.push((r, s));
             }
         }
         if pairs.open_probes.len() == before || pairs.open_probes.len() >= OPEN_PROBES {
@@ -191,6 +194,7 @@ pub(crate) fn sample_pairs(
         &mut pairs.heldout,
         held_budget.saturating_sub(n_gen).max(held_budget / 2),
     );
+    pairs.groups = groups;
     Ok(pairs)
 }
 

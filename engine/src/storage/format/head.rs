@@ -1,8 +1,11 @@
 //! The head file (`HEAD`): layout, encoder and decoder. No I/O.
 //!
-//! # Head file (`HEAD`), version 1
+//! # Head file (`HEAD`), versions 1 to 3
 //!
 //! The gallery's learned scoring head and its calibration, replaced atomically.
+//! Versions 1 and 2 are the fixed 668 bytes below; version 3 keeps bytes
+//! 0..664 and puts the calibration it adds (the extension) between them and
+//! the CRC, which then covers the whole file.
 //!
 //! | offset | size | type | meaning |
 //! |---|---|---|---|
@@ -20,21 +23,42 @@
 //! | 636 | 4 | f32 | open-set decision threshold on the squared distance |
 //! | 640 | 2 × 8 | f64 | open-set TAR of the head, of the distance |
 //! | 656 | 8 | u64 | probes used for the open-set calibration |
-//! | 664 | 4 | u32 | crc32 of bytes 0..664 |
+//! | 664 | 4 | u32 | versions 1–2: crc32 of bytes 0..664 |
+//!
+//! The version-3 extension, from byte 664 (counts bound the lists; `f32`
+//! thresholds are never NaN):
+//!
+//! | size | type | meaning |
+//! |---|---|---|
+//! | 8 | f64 | prior P(same) probabilities are stated at, in (0, 1) |
+//! | 2 × 8 | f64 | Platt scaling `a`, `b`: P(same) at prior ½ is `σ(a·logit + b)`; NaN, NaN without a head |
+//! | 4 | u32 | claim score of the head: 0 best of the subject's images, 1 their mean |
+//! | 4 | u32 | image count at which the claim TARs were measured |
+//! | 3 × 8 | f64 | claim TAR of the head, of the other claim score, of plain distance |
+//! | 4 | u32 | `c`, claim thresholds on the logit (0 without a head) |
+//! | c × 4 | f32 | logit threshold for a subject with 1, 2, … images |
+//! | 4 | u32 | `d`, claim thresholds on the squared distance |
+//! | d × 4 | f32 | distance threshold for 1, 2, … images |
+//! | 2 × … | | open-set model of the head's logit, then of the distance: subjects at calibration u64, trusted up to u64, count `k` u32, then `k` × (subjects u64, threshold f32, FPIR at the fixed threshold f32), subjects strictly ascending (`k` = 0: none) |
+//! | 2 × … | | DET curve of the head, then of the distance, on held-out pairs: count u32, then (FAR f32, FRR f32) each in [0, 1] |
+//! | 2 × 2 × 4 | f32 | operating points (FAR, FRR) of the head and of the distance at their thresholds (NaN: none) |
+//! | 4 | u32 | crc32 of everything before it |
 //!
 //! The 1:1 thresholds (verification) are set on held-out impostor *pairs*; the
 //! open-set thresholds (identification, flag bit 2) on the best match of
 //! held-out embeddings among all *other* subjects, so that a stranger is
 //! accepted as someone at about the target rate whatever the gallery's size.
 
-use super::{FORMAT_VERSION, VECTOR_BYTES, check_version, get_u32, get_u64, put_u32, put_u64};
+use super::{
+    Cursor, FORMAT_VERSION, VECTOR_BYTES, check_version, get_u32, get_u64, put_u32, put_u64,
+};
 use crate::DIM;
 use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Magic number of the head file.
 pub const HEAD_MAGIC: [u8; 8] = *b"\x89VHD\r\n\x1a\n";
-/// Length of the head file.
+/// Length of a version-1 or -2 head file (version 3 is longer).
 pub const HEAD_LEN: usize = 668;
 const HEAD_WEIGHTS_OFF: usize = 16;
 const HEAD_BIAS_OFF: usize = HEAD_WEIGHTS_OFF + VECTOR_BYTES;
@@ -71,6 +95,197 @@ pub struct HeadData {
     pub open_tar: [f64; 2],
     /// Probes used for the open-set calibration.
     pub open_probes: u64,
+    /// What version 3 adds (`None`: read from an older file).
+    pub ext: Option<HeadExt>,
+}
+
+/// The calibration a version-3 head file adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadExt {
+    /// Prior of the stated probabilities.
+    pub prior: f64,
+    /// Platt scaling (a, b), NaN without a head.
+    pub platt: [f64; 2],
+    /// 0: best of the images, 1: mean.
+    pub claim_score: u32,
+    /// Image count of the claim TARs.
+    pub claim_images: u32,
+    /// Claim TAR: head, other score, distance.
+    pub claim_tar: [f64; 3],
+    /// Claim thresholds on the logit by image count.
+    pub claim_logit: Vec<f32>,
+    /// Claim thresholds on the squared distance by image count.
+    pub claim_distance: Vec<f32>,
+    /// Open-set models: head, distance.
+    pub open: [OpenTable; 2],
+    /// DET curves (FAR, FRR): head, distance.
+    pub det: [Vec<[f32; 2]>; 2],
+    /// Operating points (FAR, FRR): head, distance.
+    pub op: [[f32; 2]; 2],
+}
+
+impl Default for HeadExt {
+    /// No calibration: prior ½, no Platt scaling, no claims, models or curves.
+    fn default() -> Self {
+        HeadExt {
+            prior: 0.5,
+            platt: [f64::NAN; 2],
+            claim_score: 0,
+            claim_images: 0,
+            claim_tar: [f64::NAN; 3],
+            claim_logit: Vec::new(),
+            claim_distance: Vec::new(),
+            open: [OpenTable::default(), OpenTable::default()],
+            det: [Vec::new(), Vec::new()],
+            op: [[f32::NAN; 2]; 2],
+        }
+    }
+}
+
+/// An open-set model as stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpenTable {
+    /// Subjects at calibration.
+    pub subjects: u64,
+    /// Largest size backed by observed scores.
+    pub trusted_up_to: u64,
+    /// (subjects, threshold, FPIR at the fixed threshold).
+    pub points: Vec<(u64, f32, f32)>,
+}
+
+fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "list lengths are bounded by the calibration (a few hundred entries)"
+)]
+fn encode_ext(b: &mut Vec<u8>, e: &HeadExt) {
+    b.extend_from_slice(&e.prior.to_le_bytes());
+    for v in e.platt {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&e.claim_score.to_le_bytes());
+    b.extend_from_slice(&e.claim_images.to_le_bytes());
+    for v in e.claim_tar {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for list in [&e.claim_logit, &e.claim_distance] {
+        b.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        put_f32s(b, list);
+    }
+    for t in &e.open {
+        b.extend_from_slice(&t.subjects.to_le_bytes());
+        b.extend_from_slice(&t.trusted_up_to.to_le_bytes());
+        b.extend_from_slice(&(t.points.len() as u32).to_le_bytes());
+        for &(n, th, f) in &t.points {
+            b.extend_from_slice(&n.to_le_bytes());
+            put_f32s(b, &[th, f]);
+        }
+    }
+    for d in &e.det {
+        b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        for p in d {
+            put_f32s(b, p);
+        }
+    }
+    for p in &e.op {
+        put_f32s(b, p);
+    }
+}
+
+impl Cursor<'_> {
+    fn f32(&mut self) -> Result<f32> {
+        Ok(f32::from_bits(self.u32()?))
+    }
+    fn f64(&mut self) -> Result<f64> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    /// A count of items of `size` bytes each that fit in what is left.
+    fn count(&mut self, size: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n > (self.buf.len() - self.at) / size {
+            return Err(self.err(format!("{n} entries do not fit in the file")));
+        }
+        Ok(n)
+    }
+    fn threshold(&mut self) -> Result<f32> {
+        let v = self.f32()?;
+        if v.is_nan() {
+            return Err(self.err("NaN threshold".into()));
+        }
+        Ok(v)
+    }
+}
+
+fn decode_ext(c: &mut Cursor<'_>) -> Result<HeadExt> {
+    let prior = c.f64()?;
+    if !(prior > 0.0 && prior < 1.0) {
+        return Err(c.err(format!("prior {prior} is not in (0, 1)")));
+    }
+    let platt = [c.f64()?, c.f64()?];
+    let no_platt = platt[0].is_nan() && platt[1].is_nan();
+    if !no_platt && !(platt[0].is_finite() && platt[0] > 0.0 && platt[1].is_finite()) {
+        return Err(c.err(format!("Platt scaling {platt:?} is not a positive slope")));
+    }
+    let claim_score = c.u32()?;
+    if claim_score > 1 {
+        return Err(c.err(format!("claim score {claim_score} is not 0 or 1")));
+    }
+    let claim_images = c.u32()?;
+    let claim_tar = [c.f64()?, c.f64()?, c.f64()?];
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let n = c.count(4)?;
+        for _ in 0..n {
+            list.push(c.threshold()?);
+        }
+    }
+    let [claim_logit, claim_distance] = lists;
+    let mut open = [OpenTable::default(), OpenTable::default()];
+    for t in &mut open {
+        t.subjects = c.u64()?;
+        t.trusted_up_to = c.u64()?;
+        let n = c.count(16)?;
+        for _ in 0..n {
+            let subjects = c.u64()?;
+            if t.points.last().is_some_and(|p| p.0 >= subjects) {
+                return Err(c.err("open-set sizes out of order".into()));
+            }
+            t.points.push((subjects, c.threshold()?, c.f32()?));
+        }
+    }
+    let rate = |v: f32| (0.0..=1.0).contains(&v);
+    let mut det = [Vec::new(), Vec::new()];
+    for d in &mut det {
+        let n = c.count(8)?;
+        for _ in 0..n {
+            let p = [c.f32()?, c.f32()?];
+            if !(rate(p[0]) && rate(p[1])) {
+                return Err(c.err(format!("DET point {p:?} is not a pair of rates")));
+            }
+            d.push(p);
+        }
+    }
+    let mut op = [[0f32; 2]; 2];
+    for p in &mut op {
+        *p = [c.f32()?, c.f32()?];
+    }
+    Ok(HeadExt {
+        prior,
+        platt,
+        claim_score,
+        claim_images,
+        claim_tar,
+        claim_logit,
+        claim_distance,
+        open,
+        det,
+        op,
+    })
 }
 
 /// Encode the head file.
@@ -106,18 +321,23 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
         b[HEAD_OPEN_OFF + 8 + 8 * i..HEAD_OPEN_OFF + 16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
     put_u64(&mut b, HEAD_OPEN_OFF + 24, h.open_probes);
-    let crc = crc32fast::hash(&b[..HEAD_CRC_OFF]);
-    put_u32(&mut b, HEAD_CRC_OFF, crc);
+    b.truncate(HEAD_CRC_OFF);
+    encode_ext(&mut b, &h.ext.clone().unwrap_or_default());
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
     b
 }
 
 /// Decode a head file read from `path`.
 pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
-    if b.len() != HEAD_LEN {
+    if b.len() < HEAD_LEN {
         return Err(Error::corrupt(
             path,
             0,
-            format!("head file is {} bytes, expected {HEAD_LEN}", b.len()),
+            format!(
+                "head file is {} bytes, at least {HEAD_LEN} expected",
+                b.len()
+            ),
         ));
     }
     if b[..8] != HEAD_MAGIC {
@@ -127,8 +347,21 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
             "not a visage head file (bad magic number)",
         ));
     }
-    let stored = get_u32(b, HEAD_CRC_OFF);
-    let computed = crc32fast::hash(&b[..HEAD_CRC_OFF]);
+    let version = get_u32(b, 8);
+    // Versions 1 and 2 are exactly HEAD_LEN bytes; 3 has its CRC at the end.
+    if version < 3 && b.len() != HEAD_LEN {
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "version-{version} head file is {} bytes, expected {HEAD_LEN}",
+                b.len()
+            ),
+        ));
+    }
+    let crc_at = b.len() - 4;
+    let stored = get_u32(b, crc_at);
+    let computed = crc32fast::hash(&b[..crc_at]);
     if stored != computed {
         return Err(Error::ChecksumMismatch {
             path: path.into(),
@@ -137,7 +370,6 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
             got: computed,
         });
     }
-    let version = get_u32(b, 8);
     check_version(path, version)?;
     let f32_at = |at: usize| f32::from_bits(get_u32(b, at));
     let weights: Vec<f32> = (0..DIM).map(|i| f32_at(HEAD_WEIGHTS_OFF + 4 * i)).collect();
@@ -153,7 +385,19 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
         open_thresholds: std::array::from_fn(|i| f32_at(HEAD_OPEN_OFF + 4 * i)),
         open_tar: std::array::from_fn(|i| f64::from_bits(get_u64(b, HEAD_OPEN_OFF + 8 + 8 * i))),
         open_probes: get_u64(b, HEAD_OPEN_OFF + 24),
+        ext: None,
     };
+    let mut h = h;
+    if version >= 3 {
+        let mut c = Cursor {
+            buf: &b[..crc_at],
+            at: HEAD_CRC_OFF,
+            path,
+            base: 0,
+        };
+        h.ext = Some(decode_ext(&mut c)?);
+        c.finish()?;
+    }
     // The weights, distance weight and bias must be finite (an infinite weight
     // times a zero difference is a NaN probability); the thresholds may be
     // infinite (an uncalibrated one is) but not NaN.
@@ -191,9 +435,28 @@ mod tests {
             open_thresholds: [3.5, 0.25],
             open_tar: [0.8, 0.6],
             open_probes: 2000,
+            ext: Some(HeadExt {
+                prior: 0.25,
+                platt: [1.5, -0.5],
+                claim_score: 1,
+                claim_images: 9,
+                claim_tar: [0.9, 0.8, 0.7],
+                claim_logit: vec![1.0, 2.0, 3.0],
+                claim_distance: vec![0.5, 0.4],
+                open: [
+                    OpenTable {
+                        subjects: 100,
+                        trusted_up_to: 400,
+                        points: vec![(50, 1.0, 0.005), (100, 2.0, 0.01)],
+                    },
+                    OpenTable::default(),
+                ],
+                det: [vec![[0.001, 0.2], [0.01, 0.1]], vec![[0.5, 0.5]]],
+                op: [[0.01, 0.1], [0.01, 0.3]],
+            }),
         };
         let b = encode_head(&h);
-        assert_eq!(b.len(), HEAD_LEN);
+        assert_eq!(&b[664..672], &0.25f64.to_le_bytes());
         assert_eq!(&b[..8], b"\x89VHD\r\n\x1a\n");
         assert_eq!(&b[528..532], &2.5f32.to_le_bytes());
         assert_eq!(&b[544..552], &1e-3f64.to_le_bytes());
@@ -207,6 +470,24 @@ mod tests {
             assert!(decode_head(Path::new("h"), &c).is_err(), "byte {i}");
         }
         assert!(decode_head(Path::new("h"), &b[..100]).is_err());
+        for cut in [HEAD_LEN, b.len() - 1] {
+            let mut c = b[..cut].to_vec();
+            reseal(&mut c);
+            assert!(decode_head(Path::new("h"), &c).is_err(), "cut at {cut}");
+        }
+        // A version-2 file: the same first 664 bytes, its CRC right after.
+        let mut v2 = b[..HEAD_CRC_OFF + 4].to_vec();
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        reseal(&mut v2);
+        let old = decode_head(Path::new("h"), &v2).unwrap();
+        assert_eq!(old.ext, None);
+        assert_eq!(
+            HeadData {
+                ext: h.ext.clone(),
+                ..old
+            },
+            h
+        );
         // Found by the `head` target's checks: an infinite weight under a valid
         // CRC was accepted, and a probe equal to a stored vector then scored
         // inf × 0, a NaN probability.

@@ -58,7 +58,7 @@ pub mod manifest;
 pub mod segment;
 pub mod wal;
 
-pub use head::{HEAD_LEN, HEAD_MAGIC, HeadData, decode_head, encode_head};
+pub use head::{HEAD_LEN, HEAD_MAGIC, HeadData, HeadExt, OpenTable, decode_head, encode_head};
 pub use manifest::{
     MANIFEST_MAGIC, ManifestData, ManifestSegment, decode_manifest, encode_manifest,
 };
