@@ -88,14 +88,34 @@ fn calibration_cmd(a: CalibrationArgs) -> Res<ExitCode> {
     let t = std::time::Instant::now();
     let m = run(dir.path(), &s, visage_engine::TrainOptions::default());
     println!(
-        "{} subjects x {} images, target {}, genuine cosine {:.3}, {:.0} s\n",
+        "{} subjects x {} images, target {}, genuine cosine {:.3}, training {:.1} s, all {:.0} s\n",
         s.subjects,
         s.images,
         s.target_far,
         m.genuine_cosine,
+        m.train_seconds,
         t.elapsed().as_secs_f64()
     );
     print!("{}", table(&m, s.target_far));
+    if let Some(c) = &m.head.calibrated {
+        for (name, model) in [("head", &c.open_head), ("distance", &c.open_distance)] {
+            if let Some(model) = model {
+                println!(
+                    "\nopen-set model of the {name}: calibrated at {} subjects, trusted up to {}",
+                    model.subjects, model.trusted_up_to
+                );
+                println!(
+                    "| subjects | threshold | predicted FPIR at the training threshold |\n|---|---|---|"
+                );
+                for p in model.points.iter().step_by(4) {
+                    println!(
+                        "| {} | {:.4} | {:.4} |",
+                        p.subjects, p.threshold, p.fpir_fixed
+                    );
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -29,6 +29,23 @@ pub struct Calibration {
 
 /// Threshold, TAR, AUC and EER of `genuine` vs `impostor` scores at `target_far`.
 pub fn calibrate(genuine: &[f64], impostor: &[f64], target_far: f64) -> Calibration {
+    let (threshold, tar, far) = operating_point(genuine, impostor, target_far);
+    Calibration {
+        threshold,
+        tar,
+        far,
+        auc: auc(genuine, impostor),
+        eer: eer(genuine, impostor),
+    }
+}
+
+/// The threshold of [`calibrate`] with its TAR and FAR, without the AUC and
+/// EER (which cost a sort of both classes each).
+pub(super) fn operating_point(
+    genuine: &[f64],
+    impostor: &[f64],
+    target_far: f64,
+) -> (f64, f64, f64) {
     let mut imp: Vec<f64> = impostor.to_vec();
     imp.sort_by(|a, b| b.total_cmp(a)); // descending
     let allowed = ((target_far * imp.len() as f64).floor() as usize).min(imp.len());
@@ -52,13 +69,7 @@ pub fn calibrate(genuine: &[f64], impostor: &[f64], target_far: f64) -> Calibrat
     };
     let tar = genuine.iter().filter(|&&s| s >= t).count() as f64 / genuine.len().max(1) as f64;
     let far = imp.iter().filter(|&&s| s >= t).count() as f64 / imp.len().max(1) as f64;
-    Calibration {
-        threshold: t,
-        tar,
-        far,
-        auc: auc(genuine, impostor),
-        eer: eer(genuine, impostor),
-    }
+    (t, tar, far)
 }
 
 /// The smallest f32 at or above `t`: for an f32 score `s`, `s ≥ t` iff
@@ -137,7 +148,7 @@ pub fn platt(genuine: &[f64], impostor: &[f64]) -> Option<(f64, f64)> {
             }
         }
         let det = haa * hbb - hab * hab;
-        if !(det > 0.0) {
+        if det.is_nan() || det <= 0.0 {
             break;
         }
         let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);

@@ -541,8 +541,7 @@ pub(crate) fn train(
     let pair_level = calibrate::verification(&xh, &yh, opts.target_far, &mut info);
     let head = info.clone();
     let logit = |a: &[f32; DIM], b: &[f32; DIM]| f64::from(head.logit(a, b));
-    let logit: Option<&(dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync)> =
-        if info.trained { Some(&logit) } else { None };
+    let logit: Option<&subjects::PairScore<'_>> = if info.trained { Some(&logit) } else { None };
     let subject_level = subjects::calibrate_subjects(
         snap,
         &pairs.groups,

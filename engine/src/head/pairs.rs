@@ -30,8 +30,10 @@ pub(crate) struct Pairs {
     pub groups: Vec<Vec<RowRef>>,
 }
 
-/// Most probes of the open-set calibration.
-const OPEN_PROBES: usize = 2000;
+/// Most probes of the subject-level calibration: the false positives of
+/// identification come from the few strangers nearest to many people, so
+/// the probes must sample that upper tail well.
+const OPEN_PROBES: usize = 10_000;
 
 /// Live rows grouped by subject, in a deterministic order.
 fn rows_by_subject(snap: &Snapshot) -> Vec<Vec<RowRef>> {

@@ -25,25 +25,31 @@
 //! Everything is a function of the snapshot, the scores and the seed:
 //! probes are scored in parallel but collected in order.
 
-use super::calibrate::{calibrate, f32_at_or_above};
+use super::calibrate::{f32_at_or_above, operating_point};
 use super::pairs::RowRef;
 use crate::DIM;
 use crate::rng::Rng;
 use crate::snapshot::Snapshot;
 use rayon::prelude::*;
 
-/// Most subjects each probe is scored against.
-const MAX_SUBJECTS: usize = 4000;
+/// Most subjects each probe is scored against (a window of a seeded
+/// shuffle of all subjects, starting at a place of its own).
+const MAX_SUBJECTS: usize = 4096;
+/// Probes scored together against one window of subjects.
+const PROBE_TILE: usize = 32;
 /// Of those, how many give each probe an impostor claim per image count.
 const CLAIM_SUBJECTS: usize = 64;
 /// Image counts with a claim threshold of their own; larger subjects use the last.
 pub const MAX_CLAIM_IMAGES: usize = 32;
 /// Impostor claims needed to set a claim threshold.
 const MIN_CLAIMS: usize = 1000;
-/// Pooled standardised scores above which the tail is exponential.
+/// Fewest pooled standardised scores a fitted tail rests on.
 const TAIL_K: usize = 100;
 /// Grid of gallery sizes: N0 · 2^(j/4) for j in −GRID..=GRID.
 const GRID: i32 = 24;
+
+/// A score of a pair of embeddings, higher meaning the same person.
+pub(super) type PairScore<'a> = dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync + 'a;
 
 /// How a claim scores a subject's images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,56 +164,63 @@ struct ProbeScores {
 }
 
 fn score_all(
-    snap: &Snapshot,
-    groups: &[Vec<RowRef>],
-    sample: &[usize],
-    probes: &[(RowRef, usize)],
-    score: &(dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync),
+    groups: &[Vec<&[f32; DIM]>],
+    order: &[usize],
+    probes: &[(&[f32; DIM], usize, usize)],
+    score: &PairScore<'_>,
 ) -> Scored {
-    let vec_of = |(s, r): RowRef| &snap.vectors(s as usize)[r as usize];
+    let window = MAX_SUBJECTS.min(order.len() - 1);
+    // Probes in tiles that share their window of subjects, so each subject's
+    // rows are read from memory once per tile rather than once per probe.
     let per: Vec<ProbeScores> = probes
-        .par_iter()
-        .map(|&(row, own)| {
-            let q = vec_of(row);
-            let mut out = ProbeScores {
-                best: Vec::with_capacity(sample.len()),
-                imp: Vec::new(),
-                gen_: Vec::new(),
-                own_best: None,
-            };
-            let mut claimed = 0;
-            for &s in sample {
-                if s == own {
-                    continue;
+        .par_chunks(PROBE_TILE)
+        .flat_map_iter(|tile| {
+            let start = tile[0].2;
+            let mut outs: Vec<ProbeScores> = tile
+                .iter()
+                .map(|_| ProbeScores {
+                    best: Vec::with_capacity(window),
+                    imp: Vec::new(),
+                    gen_: Vec::new(),
+                    own_best: None,
+                })
+                .collect();
+            let sample = (0..=window).map(|k| order[(start + k) % order.len()]);
+            for s in sample {
+                for (&(q, own, _), out) in tile.iter().zip(&mut outs) {
+                    if s == own || out.best.len() == window {
+                        continue;
+                    }
+                    let claims = out.best.len() < CLAIM_SUBJECTS;
+                    let (mut mx, mut sum) = (f64::NEG_INFINITY, 0.0);
+                    for (i, &r) in groups[s].iter().enumerate() {
+                        let v = score(q, r);
+                        mx = mx.max(v);
+                        sum += v;
+                        if claims && i < MAX_CLAIM_IMAGES {
+                            out.imp.push((i, mx, sum / (i + 1) as f64));
+                        }
+                    }
+                    out.best.push(mx);
                 }
-                let claims = claimed < CLAIM_SUBJECTS;
-                claimed += 1;
-                let (mut mx, mut sum) = (f64::NEG_INFINITY, 0.0);
-                for (i, &r) in groups[s].iter().enumerate() {
-                    let v = score(q, vec_of(r));
+            }
+            for (&(q, own, _), out) in tile.iter().zip(&mut outs) {
+                let (mut mx, mut sum, mut i) = (f64::NEG_INFINITY, 0.0, 0);
+                for &r in &groups[own] {
+                    if std::ptr::eq(r, q) {
+                        continue;
+                    }
+                    let v = score(q, r);
                     mx = mx.max(v);
                     sum += v;
-                    if claims && i < MAX_CLAIM_IMAGES {
-                        out.imp.push((i, mx, sum / (i + 1) as f64));
+                    if i < MAX_CLAIM_IMAGES {
+                        out.gen_.push((i, mx, sum / (i + 1) as f64));
                     }
+                    i += 1;
                 }
-                out.best.push(mx);
+                out.own_best = (i > 0).then_some(mx);
             }
-            let (mut mx, mut sum, mut i) = (f64::NEG_INFINITY, 0.0, 0);
-            for &r in &groups[own] {
-                if r == row {
-                    continue;
-                }
-                let v = score(q, vec_of(r));
-                mx = mx.max(v);
-                sum += v;
-                if i < MAX_CLAIM_IMAGES {
-                    out.gen_.push((i, mx, sum / (i + 1) as f64));
-                }
-                i += 1;
-            }
-            out.own_best = (i > 0).then_some(mx);
-            out
+            outs
         })
         .collect();
     let mut s = Scored {
@@ -243,7 +256,7 @@ pub(super) fn calibrate_subjects(
     probes: &[(RowRef, usize)],
     target: f64,
     seed: u64,
-    logit: Option<&(dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync)>,
+    logit: Option<&PairScore<'_>>,
 ) -> Option<SubjectLevel> {
     if probes.is_empty() || groups.len() < 2 {
         return None;
@@ -255,8 +268,18 @@ pub(super) fn calibrate_subjects(
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i + 1));
     }
-    order.truncate(MAX_SUBJECTS);
-    let mut shuffled: Vec<Vec<RowRef>> = groups.to_vec();
+    // Each row's vector resolved once (a snapshot lookup per score would
+    // cost more than the score).
+    let vec_of = |(s, r): RowRef| &snap.vectors(s as usize)[r as usize];
+    let probes: Vec<(&[f32; DIM], usize, usize)> = probes
+        .iter()
+        .map(|&(row, own)| (vec_of(row), own, rng.below(order.len())))
+        .collect();
+    let probes = &probes[..];
+    let mut shuffled: Vec<Vec<&[f32; DIM]>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&r| vec_of(r)).collect())
+        .collect();
     for g in &mut shuffled {
         for i in (1..g.len()).rev() {
             g.swap(i, rng.below(i + 1));
@@ -269,8 +292,8 @@ pub(super) fn calibrate_subjects(
 
     let kernel = crate::search::kernels::selected();
     let dist = |a: &[f32; DIM], b: &[f32; DIM]| -f64::from(kernel.l2sq(a, b));
-    let d = score_all(snap, &shuffled, &order, probes, &dist);
-    let h = logit.map(|f| score_all(snap, &shuffled, &order, probes, f));
+    let d = score_all(&shuffled, &order, probes, &dist);
+    let h = logit.map(|f| score_all(&shuffled, &order, probes, f));
 
     // Claims: one threshold per image count with enough impostor claims.
     let counts = d
@@ -285,7 +308,7 @@ pub(super) fn calibrate_subjects(
             .unwrap_or(1);
         let per_m = |imp: &[Vec<f64>], gen_: &[Vec<f64>]| -> (Vec<f64>, f64) {
             let ts: Vec<f64> = (0..counts)
-                .map(|m| calibrate(&gen_[m], &imp[m], target).threshold)
+                .map(|m| operating_point(&gen_[m], &imp[m], target).0)
                 .collect();
             let g = &gen_[eval_m - 1];
             let t = ts[eval_m - 1];
@@ -318,7 +341,6 @@ pub(super) fn calibrate_subjects(
         }
         c
     });
-
     let (open_distance, dtar) = open_model(&d.best, &d.own_best, n0, target, true);
     let (open_head, htar) = match &h {
         Some(h) => {
@@ -336,58 +358,216 @@ pub(super) fn calibrate_subjects(
     })
 }
 
-/// The pooled standardised tail and each probe's location and scale.
+/// Strata of probes by their mean score (cut at these quantiles): the tail
+/// shape of the probes near many people need not be that of the others.
+const STRATA: [f64; 3] = [0.5, 0.8, 0.95];
+/// Fewest probes a stratum needs, else the probes form one.
+const MIN_STRATUM: usize = 50;
+
+/// The standardised scores of a stratum of probes, pooled: empirical down
+/// to the `k`-th highest, a generalised Pareto tail beyond (fitted to the
+/// `k` highest by probability-weighted moments, Hosking and Wallis 1987).
+struct Stratum {
+    /// The `k + 1` highest values, descending.
+    top: Vec<f64>,
+    /// Values in all.
+    total: f64,
+    /// The lowest value.
+    lo: f64,
+    /// Values the tail is fitted to.
+    k: usize,
+    /// Shape ξ and scale σ of the generalised Pareto tail.
+    xi: f64,
+    scale: f64,
+    /// The empirical survival at evenly spaced points from the lowest value
+    /// to `z[k]` (a decision-time lookup without searching millions of values).
+    table: Vec<f64>,
+}
+
+/// Intervals of a stratum's survival table.
+const TABLE: usize = 4096;
+
+/// Observed values beyond a standardised score for it to count as observed.
+const OBSERVED: usize = 10;
+
+impl Stratum {
+    fn new(mut z: Vec<f64>) -> Option<Stratum> {
+        if z.len() < 2 * TAIL_K || !z.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let total = z.len() as f64;
+        // The top 1% (at least TAIL_K values, at most 10,000) sorted; the
+        // rest only counted into the table's intervals.
+        let k = (z.len() / 100).clamp(TAIL_K, 10_000);
+        z.select_nth_unstable_by(k, |a, b| b.total_cmp(a));
+        let (top, rest) = z.split_at_mut(k + 1);
+        top.sort_unstable_by(|a, b| b.total_cmp(a));
+        let u = top[k];
+        let lo = rest.iter().copied().fold(u, f64::min);
+        // Exceedances over u, ascending, with plotting positions (j − 0.35)/k.
+        let n = k as f64;
+        let (mut a0, mut a1) = (0.0, 0.0);
+        for (j, &v) in top[..k].iter().rev().enumerate() {
+            let y = v - u;
+            a0 += y;
+            a1 += (1.0 - (j as f64 + 0.65) / n) * y;
+        }
+        a0 /= n;
+        a1 /= n;
+        let d = (a0 - 2.0 * a1).max(1e-300);
+        // Hosking and Wallis's k is −ξ. A shape far below zero would put an
+        // end point close above the data: keep it at −0.5 or above.
+        let xi = -(a0 / d - 2.0).clamp(-10.0, 0.5);
+        let scale = (2.0 * a0 * a1 / d).max(1e-12);
+        // table[i]: the fraction of values at or above lo + h·i.
+        let h = (u - lo) / TABLE as f64;
+        let mut counts = vec![0u64; TABLE + 2];
+        for &v in rest.iter() {
+            // Values in (lo + h·(b − 1), lo + h·b] are ≥ the points 0..b.
+            let b = if h > 0.0 {
+                ((v - lo) / h).floor() as usize
+            } else {
+                0
+            };
+            counts[b.min(TABLE)] += 1;
+        }
+        let mut table = vec![0f64; TABLE + 1];
+        let mut above = (k + 1) as f64; // the top values are all ≥ u
+        for i in (0..=TABLE).rev() {
+            above += counts[i] as f64;
+            table[i] = above / total;
+        }
+        Some(Stratum {
+            top: top[..=k].to_vec(),
+            total,
+            k,
+            xi,
+            scale,
+            lo,
+            table,
+        })
+    }
+
+    /// Pooled survival P(Z ≥ z), and whether fewer than [`OBSERVED`]
+    /// standardised scores reach `z` (the value rests on the fitted tail).
+    fn survival(&self, z: f64) -> (f64, bool) {
+        let total = self.total;
+        let u = self.top[self.k];
+        let sparse = z > self.top[OBSERVED - 1];
+        if z > u {
+            let y = (z - u) / self.scale;
+            let tail = if self.xi.abs() < 1e-9 {
+                (-y).exp()
+            } else {
+                let b = 1.0 + self.xi * y;
+                if b <= 0.0 {
+                    0.0
+                } else {
+                    b.powf(-1.0 / self.xi)
+                }
+            };
+            return (self.k as f64 / total * tail, sparse);
+        }
+        let lo = self.lo;
+        if z <= lo {
+            return (1.0, sparse);
+        }
+        // Linear between the table's points.
+        let x = (z - lo) / (u - lo) * TABLE as f64;
+        let i = (x as usize).min(TABLE - 1);
+        let f = x - i as f64;
+        (
+            self.table[i] + f * (self.table[i + 1] - self.table[i]),
+            sparse,
+        )
+    }
+}
+
+/// The probes' locations and scales, and their strata's tails.
 struct Tail {
-    /// Standardised scores, descending.
-    z: Vec<f64>,
-    /// Each probe's mean and standard deviation.
-    loc: Vec<(f64, f64)>,
-    /// Mean excess of the TAIL_K highest over the K-th.
-    beta: f64,
+    /// Each probe's mean, standard deviation and stratum.
+    loc: Vec<(f64, f64, usize)>,
+    strata: Vec<Stratum>,
+    /// Range of standardised scores seen.
+    z_range: (f64, f64),
 }
 
 impl Tail {
     fn new(best: &[Vec<f64>]) -> Option<Tail> {
-        let mut loc = Vec::with_capacity(best.len());
-        let mut z = Vec::new();
-        for s in best.iter().filter(|s| s.len() >= 2) {
+        let best: Vec<&Vec<f64>> = best.iter().filter(|s| s.len() >= 3).collect();
+        let mut loc: Vec<(f64, f64, usize)> = Vec::with_capacity(best.len());
+        for s in &best {
             let n = s.len() as f64;
-            let mu = s.iter().sum::<f64>() / n;
-            let var = s.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (n - 1.0);
-            let sd = var.sqrt().max(1e-12);
-            loc.push((mu, sd));
-            z.extend(s.iter().map(|v| (v - mu) / sd));
+            let (sum, sum2) = s.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+            let mu = sum / n;
+            let sd = ((sum2 - n * mu * mu) / (n - 1.0))
+                .max(0.0)
+                .sqrt()
+                .max(1e-12);
+            loc.push((mu, sd, 0));
         }
-        if z.len() < 2 * TAIL_K || !z.iter().all(|v| v.is_finite()) {
-            return None;
+        // Strata by mean score.
+        let mut by_mu: Vec<usize> = (0..loc.len()).collect();
+        by_mu.sort_unstable_by(|&a, &b| loc[a].0.total_cmp(&loc[b].0));
+        let mut cuts: Vec<usize> = STRATA
+            .iter()
+            .map(|f| (f * loc.len() as f64) as usize)
+            .collect();
+        cuts.push(loc.len());
+        let mut start = 0;
+        let mut stratum = 0;
+        for &end in &cuts {
+            // Too small a stratum joins the next (the last joins the one before).
+            if end - start < MIN_STRATUM && end != loc.len() {
+                continue;
+            }
+            if end - start < MIN_STRATUM && stratum > 0 {
+                stratum -= 1;
+            }
+            for &p in &by_mu[start..end] {
+                loc[p].2 = stratum;
+            }
+            stratum += 1;
+            start = end;
         }
-        z.par_sort_unstable_by(|a, b| b.total_cmp(a));
-        let zk = z[TAIL_K - 1];
-        let beta = (z[..TAIL_K].iter().map(|v| v - zk).sum::<f64>() / TAIL_K as f64).max(1e-9);
-        Some(Tail { z, loc, beta })
-    }
-
-    /// Pooled survival P(Z ≥ z).
-    fn survival(&self, z: f64) -> f64 {
-        let total = self.z.len() as f64;
-        let zk = self.z[TAIL_K - 1];
-        if z > zk {
-            return TAIL_K as f64 / total * (-(z - zk) / self.beta).exp();
+        let mut zs: Vec<Vec<f64>> = vec![Vec::new(); stratum];
+        for (s, l) in best.iter().zip(&loc) {
+            let n = s.len() as f64;
+            let (sum, sum2) = s.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+            // Each score standardised by the others' mean and deviation
+            // (leave one out): a new subject's score is not in the sample a
+            // decision standardises it by, and an extreme score would pull
+            // its own mean and deviation towards itself, shrinking exactly
+            // the standardised values the tail is made of.
+            zs[l.2].extend(s.iter().map(|v| {
+                let m = (sum - v) / (n - 1.0);
+                let var = (sum2 - v * v - (n - 1.0) * m * m) / (n - 2.0);
+                (v - m) / var.max(0.0).sqrt().max(1e-12)
+            }));
         }
-        self.z.partition_point(|&v| v >= z) as f64 / total
+        let strata: Vec<Stratum> = zs.into_iter().map(Stratum::new).collect::<Option<_>>()?;
+        let z_range = strata
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |r, s| {
+                (r.0.min(s.lo), r.1.max(s.top[0]))
+            });
+        Some(Tail {
+            loc,
+            strata,
+            z_range,
+        })
     }
 
     /// Predicted FPIR at score threshold `t` with `n` subjects, and the share
-    /// of it from standardised scores beyond the observed range.
+    /// of it from standardised scores fewer than [`OBSERVED`] calibration
+    /// scores reach.
     fn fpir(&self, t: f64, n: f64) -> (f64, f64) {
-        let zk = self.z[TAIL_K - 1];
         let (mut sum, mut beyond) = (0.0, 0.0);
-        for &(mu, sd) in &self.loc {
-            let z = (t - mu) / sd;
-            let g = self.survival(z).min(1.0 - 1e-15);
-            let p = -(n * (-g).ln_1p()).exp_m1();
+        for &(mu, sd, k) in &self.loc {
+            let (g, extrapolated) = self.strata[k].survival((t - mu) / sd);
+            let p = -(n * (-g.min(1.0 - 1e-15)).ln_1p()).exp_m1();
             sum += p;
-            if z > zk {
+            if extrapolated {
                 beyond += p;
             }
         }
@@ -400,12 +580,12 @@ impl Tail {
         let lo0 = self
             .loc
             .iter()
-            .map(|&(mu, sd)| mu + sd * self.z[self.z.len() - 1])
+            .map(|&(mu, sd, _)| mu + sd * self.z_range.0)
             .fold(f64::INFINITY, f64::min);
         let hi0 = self
             .loc
             .iter()
-            .map(|&(mu, sd)| mu + sd * self.z[0])
+            .map(|&(mu, sd, _)| mu + sd * self.z_range.1)
             .fold(f64::NEG_INFINITY, f64::max);
         let (mut lo, mut hi) = (lo0, hi0);
         let mut width = (hi0 - lo0).max(1e-9);
@@ -413,7 +593,7 @@ impl Tail {
             hi += width;
             width *= 2.0;
         }
-        for _ in 0..80 {
+        for _ in 0..60 {
             let mid = lo + (hi - lo) / 2.0;
             if self.fpir(mid, n).0 > target {
                 lo = mid;

@@ -228,7 +228,8 @@ fn decode_ext(c: &mut Cursor<'_>) -> Result<HeadExt> {
     }
     let platt = [c.f64()?, c.f64()?];
     let no_platt = platt[0].is_nan() && platt[1].is_nan();
-    if !no_platt && !(platt[0].is_finite() && platt[0] > 0.0 && platt[1].is_finite()) {
+    let slope = platt[0].is_finite() && platt[0] > 0.0 && platt[1].is_finite();
+    if !(no_platt || slope) {
         return Err(c.err(format!("Platt scaling {platt:?} is not a positive slope")));
     }
     let claim_score = c.u32()?;
