@@ -184,7 +184,7 @@ fn choose_pairs(
     if total <= n as u64 {
         return all();
     }
-    if total <= 4 * n as u64 {
+    if total <= (n as u64).saturating_mul(4) {
         // A partial Fisher–Yates shuffle: the first n of a random order.
         let mut v = all();
         for i in 0..n {
