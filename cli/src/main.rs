@@ -7,6 +7,7 @@
 //! visage train-head staff
 //! visage identify staff --probes probe.npy
 //! visage verify staff --a probe.npy --b-subjects claimed.txt
+//! visage calibration-report staff --probes probes.npy --truth truth.txt
 //! visage delete staff --subjects emp-00123
 //! visage compact staff
 //! ```
@@ -21,6 +22,7 @@
 
 mod demo;
 mod output;
+mod report;
 mod synth;
 
 use clap::{Args, Parser, Subcommand};
@@ -103,6 +105,9 @@ enum Command {
     TrainHead(TrainHeadArgs),
     /// Show the gallery's scoring head and thresholds.
     HeadInfo(GalleryArg),
+    /// Measure the gallery's calibrated decisions on labelled probes: verify
+    /// and identify error rates with 95% intervals, against the target FAR.
+    CalibrationReport(report::ReportArgs),
     /// The same as train-head and head-info, as `head train` and `head info`.
     #[command(subcommand)]
     Head(HeadCommand),
@@ -449,6 +454,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             let h = client.gallery(&a.gallery).head().await?;
             head(&a.gallery, &h, json)?;
         }
+        Command::CalibrationReport(a) => report::run(&client, a, json).await?,
         Command::Synth(_) | Command::Demo(_) => unreachable!("run without a server"),
         Command::Health => {
             let serving = client.serving().await?;

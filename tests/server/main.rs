@@ -8,6 +8,7 @@
 
 mod cli;
 mod cli_head;
+mod cli_report;
 mod concurrency;
 mod crash;
 mod erasure;
