@@ -326,3 +326,426 @@ fn count_label(v: f64) -> String {
         format!("{v:.0e}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roxmltree::{Document, Node};
+
+    /// SplitMix64 and Box-Muller: normal samples without a dependency.
+    struct Normal(u64);
+
+    impl Normal {
+        fn uniform(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            // 53 random bits in (0, 1].
+            ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
+        }
+
+        fn sample(&mut self, mean: f64, sd: f64) -> f64 {
+            let (u, v) = (self.uniform(), self.uniform());
+            mean + sd * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        }
+    }
+
+    const STEPS: usize = 200;
+    const TARGET_RATE: f64 = 1e-3;
+
+    /// An empirical DET of distances (accept when at most the threshold) of
+    /// genuine and impostor pairs, at `STEPS` thresholds, FAR ascending, and
+    /// its operating point: the loosest threshold whose FAR meets the target.
+    fn det(rng: &mut Normal, genuine: (f64, f64), impostor: (f64, f64)) -> DetCurve {
+        let gen_d: Vec<f64> = (0..2_000)
+            .map(|_| rng.sample(genuine.0, genuine.1))
+            .collect();
+        let imp_d: Vec<f64> = (0..20_000)
+            .map(|_| rng.sample(impostor.0, impostor.1))
+            .collect();
+        let rate = |n: usize, of: &[f64]| n as f64 / of.len() as f64;
+        let points: Vec<(f64, f64)> = (0..STEPS)
+            .map(|i| {
+                let t = 3.0 * i as f64 / (STEPS - 1) as f64;
+                let far = rate(imp_d.iter().filter(|&&d| d <= t).count(), &imp_d);
+                let frr = rate(gen_d.iter().filter(|&&d| d > t).count(), &gen_d);
+                (far, frr)
+            })
+            .collect();
+        let op = points.iter().rev().find(|p| p.0 <= TARGET_RATE).copied();
+        DetCurve { points, op }
+    }
+
+    struct DetCurve {
+        points: Vec<(f64, f64)>,
+        op: Option<(f64, f64)>,
+    }
+
+    /// FPIR of an open-set search over `n` subjects when each comparison
+    /// false-matches with probability `q`: 1 - (1 - q)^n.
+    fn fpir(q: f64, n: f64) -> f64 {
+        -(n * (-q).ln_1p()).exp_m1()
+    }
+
+    fn realistic() -> PlotData {
+        let mut rng = Normal(7);
+        let head = det(&mut rng, (0.7, 0.15), (1.5, 0.2));
+        let distance = det(&mut rng, (0.75, 0.2), (1.45, 0.22));
+        let training_n = 10_000.0;
+        let ns: Vec<f64> = (0..=30)
+            .map(|i| 10f64.powf(1.0 + 5.0 * f64::from(i) / 30.0))
+            .collect();
+        // The threshold fixed at training N: per-comparison rate set so that
+        // FPIR meets the target at training N, then FPIR grows with N.
+        let q_fixed = -((-TARGET_RATE).ln_1p() / training_n).exp_m1();
+        // Derived for each N: meets the target up to estimation noise (±15%).
+        let mut derived = |n: f64| {
+            let q = -((-TARGET_RATE).ln_1p() / n).exp_m1();
+            fpir(q * (1.0 + 0.3 * rng.uniform() - 0.15), n)
+        };
+        let derived: Vec<(f64, f64)> = ns.iter().map(|&n| (n, derived(n))).collect();
+        PlotData {
+            title: "staff".into(),
+            det_head: head.points,
+            det_distance: distance.points,
+            op_head: head.op,
+            op_distance: distance.op,
+            target: TARGET_RATE,
+            fpir_curves: vec![
+                (
+                    "threshold fixed at training N".into(),
+                    ns.iter().map(|&n| (n, fpir(q_fixed, n))).collect(),
+                ),
+                ("threshold derived for each N".into(), derived),
+            ],
+            training_n: Some(training_n),
+            trusted_up_to: Some(100_000.0),
+        }
+    }
+
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    fn numbers(s: &str) -> Vec<f64> {
+        s.split([',', ' '])
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse().unwrap())
+            .collect()
+    }
+
+    fn attr(n: Node<'_, '_>, name: &str) -> f64 {
+        n.attribute(name).unwrap().parse().unwrap()
+    }
+
+    /// Every polyline: its stroke and its points.
+    fn polylines(doc: &Document<'_>) -> Vec<(String, Vec<(f64, f64)>)> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .map(|n| {
+                let xy = numbers(n.attribute("points").unwrap());
+                let points = xy.chunks(2).map(|p| (p[0], p[1])).collect();
+                (n.attribute("stroke").unwrap().to_owned(), points)
+            })
+            .collect()
+    }
+
+    /// The polylines of `colour` with exactly `len` points: the curves.
+    fn curves(doc: &Document<'_>, colour: RGBColor, len: usize) -> Vec<Vec<(f64, f64)>> {
+        polylines(doc)
+            .into_iter()
+            .filter(|(stroke, ps)| *stroke == hex(colour) && ps.len() == len)
+            .map(|(_, ps)| ps)
+            .collect()
+    }
+
+    fn texts(doc: &Document<'_>) -> Vec<String> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .map(|n| n.text().unwrap_or("").trim().to_owned())
+            .collect()
+    }
+
+    /// Every coordinate drawn (polyline and polygon points, line ends,
+    /// circle centres, text anchors).
+    fn coordinates(doc: &Document<'_>) -> Vec<(f64, f64)> {
+        let mut all = vec![];
+        for n in doc.descendants().filter(Node::is_element) {
+            match n.tag_name().name() {
+                "polyline" | "polygon" => {
+                    let xy = numbers(n.attribute("points").unwrap());
+                    all.extend(xy.chunks(2).map(|p| (p[0], p[1])));
+                }
+                "line" => {
+                    all.push((attr(n, "x1"), attr(n, "y1")));
+                    all.push((attr(n, "x2"), attr(n, "y2")));
+                }
+                "circle" => all.push((attr(n, "cx"), attr(n, "cy"))),
+                "text" => all.push((attr(n, "x"), attr(n, "y"))),
+                _ => {}
+            }
+        }
+        all
+    }
+
+    fn render_to_string(data: &PlotData) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calibration.svg");
+        render(data, &path).unwrap_or_else(|e| panic!("{}", e.0));
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    fn assert_svg_root(doc: &Document<'_>) {
+        let root = doc.root_element();
+        assert!(root.has_tag_name(("http://www.w3.org/2000/svg", "svg")));
+        assert_eq!(root.attribute("width"), Some("1200"));
+        assert_eq!(root.attribute("height"), Some("520"));
+        assert_eq!(root.attribute("viewBox"), Some("0 0 1200 520"));
+    }
+
+    fn assert_in_viewport(doc: &Document<'_>) {
+        let all = coordinates(doc);
+        assert!(!all.is_empty());
+        for (x, y) in all {
+            assert!(
+                (0.0..=1200.0).contains(&x) && (0.0..=520.0).contains(&y),
+                "({x}, {y}) outside"
+            );
+        }
+    }
+
+    #[test]
+    fn draws_det_and_fpir_panels() {
+        let data = realistic();
+        assert!(
+            data.det_head.iter().any(|p| p.0 == 0.0),
+            "the DET reaches FAR 0"
+        );
+        let svg = render_to_string(&data);
+        let doc = Document::parse(&svg).unwrap();
+        assert_svg_root(&doc);
+        assert_in_viewport(&doc);
+
+        // One polyline per DET curve, every point kept (FAR 0 is clamped,
+        // not dropped), in the left panel; FAR ascending and FRR descending
+        // run right and down.
+        for colour in [HEAD, DISTANCE] {
+            let found = curves(&doc, colour, STEPS);
+            assert_eq!(found.len(), 1, "DET curve {}", hex(colour));
+            let curve = &found[0];
+            assert!(curve.iter().all(|p| p.0 < 600.0));
+            assert!(
+                curve
+                    .windows(2)
+                    .all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1)
+            );
+            // It spans the panel's log axes rather than sitting in a corner.
+            assert!(curve.last().unwrap().0 - curve[0].0 > 300.0);
+        }
+        // One polyline per FPIR curve, in the right panel.
+        for (i, (label, points)) in data.fpir_curves.iter().enumerate() {
+            let found = curves(&doc, FPIR_COLOURS[i], points.len());
+            assert_eq!(found.len(), 1, "FPIR curve {label}");
+            assert!(found[0].iter().all(|p| p.0 > 600.0));
+        }
+        // The FPIR of the fixed threshold grows with N: up the picture.
+        let fixed = &curves(&doc, FPIR_COLOURS[0], data.fpir_curves[0].1.len())[0];
+        assert!(fixed.last().unwrap().1 < fixed[0].1 - 100.0);
+
+        // The operating points: a triangle of each curve's colour on the
+        // chart and another in the legend.
+        for colour in [HEAD, DISTANCE] {
+            let triangles = doc
+                .descendants()
+                .filter(|n| n.has_tag_name("polygon") && n.attribute("fill") == Some(&hex(colour)))
+                .filter(|n| {
+                    n.attribute("points")
+                        .is_some_and(|p| p.split(' ').filter(|s| !s.is_empty()).count() == 3)
+                })
+                .count();
+            assert_eq!(triangles, 2, "operating point of {}", hex(colour));
+        }
+
+        let labels = texts(&doc);
+        for label in [
+            "staff: DET on held-out pairs",
+            "staff: FPIR vs enrolled subjects",
+            "head",
+            "distance",
+            "head at threshold",
+            "distance at threshold",
+            "target false-accept rate",
+            "threshold fixed at training N",
+            "threshold derived for each N",
+            "target",
+            "training N",
+            "trusted up to",
+            "false-accept rate",
+            "enrolled subjects N",
+        ] {
+            assert!(
+                labels.iter().any(|t| t == label),
+                "no text {label:?} in {labels:?}"
+            );
+        }
+        // Decade tick labels.
+        for tick in ["1e-6", "1e-3", "1e-1", "1", "10", "1e4", "1e6"] {
+            assert!(
+                labels.iter().any(|t| t == tick),
+                "no tick {tick:?} in {labels:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn degenerate_data_gives_a_valid_svg() {
+        let nan = f64::NAN;
+        let cases = [
+            PlotData {
+                title: String::new(),
+                det_head: vec![],
+                det_distance: vec![],
+                op_head: None,
+                op_distance: None,
+                target: nan,
+                fpir_curves: vec![],
+                training_n: None,
+                trusted_up_to: None,
+            },
+            PlotData {
+                title: "a <b> & \"c\"".into(),
+                det_head: vec![(0.0, 1.0)],
+                det_distance: vec![
+                    (nan, 0.5),
+                    (0.0, 0.0),
+                    (0.05, 0.0),
+                    (1.0, 0.0),
+                    (f64::INFINITY, 0.1),
+                ],
+                op_head: Some((nan, 0.2)),
+                op_distance: Some((0.0, 0.0)),
+                target: 0.0,
+                fpir_curves: vec![
+                    ("empty".into(), vec![]),
+                    ("one".into(), vec![(1000.0, 1.0)]),
+                    (
+                        "bad n".into(),
+                        vec![(0.0, 0.1), (-5.0, 0.1), (nan, 0.1), (10.0, 2.0)],
+                    ),
+                ],
+                training_n: Some(0.0),
+                trusted_up_to: Some(f64::INFINITY),
+            },
+            PlotData {
+                title: "all equal".into(),
+                det_head: vec![(1.0, 1.0); 3],
+                det_distance: vec![(1e-300, 1e-300), (f64::MIN_POSITIVE, 1.0)],
+                op_head: Some((1.0, 1.0)),
+                op_distance: None,
+                target: 1.0,
+                fpir_curves: vec![("huge".into(), vec![(f64::MAX, 0.5), (f64::MAX, 0.5)])],
+                training_n: Some(1.0),
+                trusted_up_to: None,
+            },
+        ];
+        for data in &cases {
+            let svg = render_to_string(data);
+            let doc = Document::parse(&svg).unwrap_or_else(|e| panic!("{e}: {svg}"));
+            assert_svg_root(&doc);
+            assert_in_viewport(&doc);
+        }
+
+        // Nothing to draw: axes and titles, no curve and no legend.
+        let doc_text = render_to_string(&cases[0]);
+        let doc = Document::parse(&doc_text).unwrap();
+        assert!(
+            polylines(&doc).iter().all(|(_, ps)| ps.len() == 2),
+            "only axis and grid lines"
+        );
+        let labels = texts(&doc);
+        assert!(labels.iter().any(|t| t == "DET on held-out pairs"));
+        assert!(!labels.iter().any(|t| t == "head" || t == "target"));
+
+        // Non-finite points dropped, rates of 0 and 1 kept on the axis
+        // edges; a single point is a dot; N below 1 dropped.
+        let doc_text = render_to_string(&cases[1]);
+        let doc = Document::parse(&doc_text).unwrap();
+        assert!(
+            texts(&doc)
+                .iter()
+                .any(|t| t == "a <b> & \"c\": DET on held-out pairs")
+        );
+        let distance = curves(&doc, DISTANCE, 3);
+        assert_eq!(distance.len(), 1);
+        let [(x0, y0), (x1, y1), (x2, y2)] = distance[0][..] else {
+            unreachable!()
+        };
+        assert!(x0 < x1 && x2 > x0 + 300.0, "FAR 0 and 1 on the axis ends");
+        assert!(y0 == y1 && y1 == y2, "FRR 0 on the axis floor");
+        let dots = |colour: RGBColor| {
+            doc.descendants()
+                .filter(|n| n.has_tag_name("circle") && n.attribute("fill") == Some(&hex(colour)))
+                .count()
+        };
+        assert_eq!(dots(HEAD), 1, "single DET point");
+        assert_eq!(dots(FPIR_COLOURS[1]), 1, "single FPIR point");
+        assert_eq!(dots(FPIR_COLOURS[2]), 1, "one N of four is valid: a dot");
+        let labels = texts(&doc);
+        assert!(labels.iter().any(|t| t == "distance at threshold"));
+        assert!(
+            !labels
+                .iter()
+                .any(|t| t == "head at threshold" || t == "empty")
+        );
+        assert!(!labels.iter().any(|t| t.starts_with("target")), "target 0");
+        // Markers at N 0 and N infinite are dropped too.
+        assert!(
+            !labels
+                .iter()
+                .any(|t| t == "training N" || t == "trusted up to")
+        );
+    }
+
+    #[test]
+    fn axes_cover_the_data_in_whole_decades() {
+        let close = |a: Range<f64>, lo: f64, hi: f64| {
+            assert!(
+                (a.start / lo - 1.0).abs() < 1e-6 && (a.end / hi - 1.0).abs() < 1e-6,
+                "{a:?}"
+            );
+            // The decades themselves are inside, so they get their ticks.
+            assert!(a.start <= lo && a.end >= hi, "{a:?}");
+        };
+        let nan = f64::NAN;
+        close(rate_axis([0.0, 3e-5, 0.2, nan].into_iter()), 1e-5, 1.0);
+        close(rate_axis([1e-6].into_iter()), 1e-6, 1.0);
+        close(rate_axis([0.5, 1.0].into_iter()), 1e-2, 1.0);
+        close(rate_axis([1e-300, -1.0].into_iter()), RATE_FLOOR, 1.0);
+        close(rate_axis([0.0, nan].into_iter()), RATE_DEFAULT_LOW, 1.0);
+        close(count_axis([20.0, 3_000.0, 0.5].into_iter()), 10.0, 1e4);
+        close(count_axis([1_000.0].into_iter()), 1_000.0, 1e5);
+        close(count_axis([1.0, f64::MAX].into_iter()), 1.0, COUNT_CEILING);
+        assert_eq!(count_axis([0.0, -3.0, nan].into_iter()), COUNT_DEFAULT);
+
+        let axis = rate_axis([1e-3].into_iter());
+        assert_eq!(clamp_rate(0.0, &axis), Some(axis.start));
+        assert_eq!(clamp_rate(2.0, &axis), Some(axis.end));
+        assert_eq!(clamp_rate(0.1, &axis), Some(0.1));
+        assert_eq!(clamp_rate(nan, &axis), None);
+        assert_eq!(target(0.0, &axis), None);
+        let axis = count_axis([10.0, 1e6].into_iter());
+        assert_eq!(clamp_count(0.5, &axis), None);
+        assert_eq!(clamp_count(f64::INFINITY, &axis), None);
+        assert_eq!(clamp_count(1e4, &axis), Some(1e4));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("plot.svg");
+        let err = render(&realistic(), &path).expect_err("no such directory");
+        assert!(err.0.contains(&path.display().to_string()), "{}", err.0);
+    }
+}
