@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery, subject_name};
 use visage_engine::{
-    Embedding, Engine, EngineOptions, Gallery, IdentifyOptions, TrainOptions, VerifyOptions,
-    VerifyPair, VerifyTarget,
+    Embedding, Engine, EngineOptions, Gallery, IdentifyOptions, TrainOptions, Verdict,
+    VerifyOptions, VerifyPair, VerifyTarget,
 };
 
 /// The scenario's parameters.
@@ -101,6 +101,9 @@ pub struct Measured {
     pub head: visage_engine::HeadInfo,
     /// Seconds training took.
     pub train_seconds: f64,
+    /// Expected calibration error of the verdicts' probabilities on as many
+    /// fresh genuine as impostor pairs (prior ½).
+    pub ece: f64,
 }
 
 impl Measured {
@@ -154,16 +157,31 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-fn verify_count(g: &Gallery, pairs: &[VerifyPair]) -> usize {
+fn verify_all(g: &Gallery, pairs: &[VerifyPair]) -> Vec<Verdict> {
     pairs
         .chunks(1000)
-        .map(|c| {
-            g.verify(c, &VerifyOptions::default())
-                .expect("verify")
-                .iter()
-                .filter(|v| v.same)
-                .count()
-        })
+        .flat_map(|c| g.verify(c, &VerifyOptions::default()).expect("verify"))
+        .collect()
+}
+
+fn verify_count(g: &Gallery, pairs: &[VerifyPair]) -> usize {
+    verify_all(g, pairs).iter().filter(|v| v.same).count()
+}
+
+/// Expected calibration error of probabilities against outcomes, in ten
+/// equal-width bins of the probability: Σ (bin size / n)·|mean p − fraction same|.
+pub fn expected_calibration_error(scored: &[(f64, bool)]) -> f64 {
+    let mut bins = [(0usize, 0.0f64, 0usize); 10];
+    for &(p, same) in scored {
+        let b = ((p * 10.0) as usize).min(9);
+        bins[b].0 += 1;
+        bins[b].1 += p;
+        bins[b].2 += usize::from(same);
+    }
+    let n = scored.len().max(1) as f64;
+    bins.iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(k, sum, same)| k as f64 / n * (sum / k as f64 - same as f64 / k as f64).abs())
         .sum()
 }
 
@@ -276,8 +294,22 @@ pub fn run(dir: &Path, s: &Scenario, train: TrainOptions) -> Measured {
         accepted,
         impostor,
     };
+    // Reliability: as many genuine as impostor pairs, the default prior ½.
+    let imp_verdicts = verify_all(&g, &pair_imp);
+    let gen_verdicts = verify_all(&g, &pair_gen[..pair_gen.len().min(pair_imp.len())]);
+    let scored: Vec<(f64, bool)> = imp_verdicts
+        .iter()
+        .map(|v| (v, false))
+        .chain(gen_verdicts.iter().map(|v| (v, true)))
+        .map(|(v, same)| (f64::from(v.probability.expect("a trained head")), same))
+        .collect();
+    let ece = expected_calibration_error(&scored);
     let mut rates = vec![
-        rate(PAIR_FAR, verify_count(&g, &pair_imp), true),
+        rate(
+            PAIR_FAR,
+            imp_verdicts.iter().filter(|v| v.same).count(),
+            true,
+        ),
         rate(CLAIM_FAR, verify_count(&g, &claim_imp), true),
         rate(
             FPIR,
@@ -337,6 +369,7 @@ pub fn run(dir: &Path, s: &Scenario, train: TrainOptions) -> Measured {
         rates,
         head,
         train_seconds,
+        ece,
     }
 }
 

@@ -23,9 +23,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(h) = format::decode_head(Path::new("HEAD"), &buf) else {
         return;
     };
-    assert_reencodes(&buf, &format::encode_head(&h), fix_head_crc, || {
-        format!("head {h:?}")
-    });
+    assert_reencodes_or_upgrades(
+        &buf,
+        &format::encode_head(&h),
+        fix_head_crc,
+        |b| {
+            format::decode_head(Path::new("HEAD"), b)
+                .ok()
+                .map(|x| format::encode_head(&x))
+        },
+        || format!("head {h:?}"),
+    );
     if flags & 2 == 0 {
         return;
     }

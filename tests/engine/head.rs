@@ -198,6 +198,31 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// The published calibration as (slope, offset) of the logit: P(same) is
+/// σ(a·z + b + ln(prior/(1 − prior))) with Platt scaling, σ(z) without.
+fn calibration(h: &HeadInfo) -> (f64, f64) {
+    match h
+        .calibrated
+        .as_ref()
+        .and_then(|c| c.platt.map(|p| (p, c.prior)))
+    {
+        Some(((a, b), prior)) => (a, b + (prior / (1.0 - prior)).ln()),
+        None => (1.0, 0.0),
+    }
+}
+
+/// The reported probability of logit `z`, computed here in f64.
+fn probability_of(h: &HeadInfo, z: f64) -> f64 {
+    let (a, b) = calibration(h);
+    sigmoid(a * z + b)
+}
+
+/// The logit at which the reported probability is `p`.
+fn logit_for(h: &HeadInfo, p: f64) -> f64 {
+    let (a, b) = calibration(h);
+    ((p / (1.0 - p)).ln() - b) / a
+}
+
 /// How far an engine distance may be from the f64 one.
 fn dist_tol(d: f64, a: &[f32], b: &[f32]) -> f64 {
     let n: f64 = a.iter().chain(b).map(|&x| x as f64 * x as f64).sum();
@@ -205,12 +230,12 @@ fn dist_tol(d: f64, a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[track_caller]
-fn assert_probability(p: Option<f32>, s: Score, ctx: &str) {
+fn assert_probability(h: &HeadInfo, p: Option<f32>, s: Score, ctx: &str) {
     let p = p.unwrap_or_else(|| panic!("{ctx}: no probability although a head is trained"));
-    let want = sigmoid(s.z);
+    let want = probability_of(h, s.z);
     assert!(
-        (p as f64 - want).abs() <= 0.25 * s.tol + 1e-6,
-        "{ctx}: probability {p} but σ(logit) = {want} (logit {})",
+        (p as f64 - want).abs() <= 0.25 * calibration(h).0 * s.tol + 1e-6,
+        "{ctx}: probability {p} but the calibrated probability is {want} (logit {})",
         s.z
     );
 }
@@ -257,7 +282,7 @@ fn check_head_search(
             .unwrap_or_else(|| panic!("{ctx}: hit {i} is id {}, not live", hit.id));
         assert_eq!(hit.subject, e.subject, "{ctx}: subject of id {}", hit.id);
         let s = score(h, probe, &e.vector);
-        assert_probability(hit.probability, s, &format!("{ctx}: hit {i}"));
+        assert_probability(h, hit.probability, s, &format!("{ctx}: hit {i}"));
         assert_distance(hit.distance, probe, &e.vector, &format!("{ctx}: hit {i}"));
         if hit.id != we.id {
             assert!(
@@ -317,7 +342,7 @@ fn check_head_identify(
             c.id
         );
         let s = score(h, probe, &e.vector);
-        assert_probability(c.probability, s, &format!("{ctx}: candidate {i}"));
+        assert_probability(h, c.probability, s, &format!("{ctx}: candidate {i}"));
         assert_distance(
             c.distance,
             probe,
@@ -859,8 +884,9 @@ fn a_head_survives_reopen_retraining_replaces_it_and_damage_fails_the_open() {
     let Err(err) = Engine::open(fx.dir.path(), opts(false, 1 << 20)) else {
         panic!("opened a gallery with a truncated HEAD")
     };
+    // (The CRC of a version-3 file is its last 4 bytes: cut short, it fails that check.)
     assert!(
-        matches!(&err, Error::Corruption { path: p, .. } if p == &path),
+        matches!(&err, Error::Corruption { path: p, .. } | Error::ChecksumMismatch { path: p, .. } if p == &path),
         "{err:?}"
     );
     // Repaired, it opens with the head it had.
@@ -929,9 +955,17 @@ fn verify_with_a_head_is_the_best_of_the_subject_by_the_head() {
             ..Default::default()
         },
     ] {
-        let t = match o.min_probability {
-            Some(p) => (p as f64 / (1.0 - p as f64)).ln(),
-            None => h.logit_threshold as f64,
+        // With no override, a claim's own rule for the subject's image count.
+        let claims = h.calibrated.as_ref().and_then(|c| c.claims.as_ref());
+        let rule = |m: usize| -> (bool, f64) {
+            match (o.min_probability, claims) {
+                (Some(p), _) => (false, logit_for(h, p as f64)),
+                (None, Some(c)) => (
+                    c.score == visage_engine::head::ClaimScore::Mean,
+                    c.logit_thresholds[m.clamp(1, c.logit_thresholds.len()) - 1] as f64,
+                ),
+                (None, None) => (false, h.logit_threshold as f64),
+            }
         };
         let verdicts = g.verify(&by_subject, &o).unwrap();
         assert_eq!(verdicts.len(), by_subject.len());
@@ -947,6 +981,21 @@ fn verify_with_a_head_is_the_best_of_the_subject_by_the_head() {
                 .collect();
             rows.sort_by(|x, y| y.0.z.total_cmp(&x.0.z).then(x.1.id.cmp(&y.1.id)));
             let (bs, be) = rows[0];
+            let (mean_rule, t) = rule(rows.len());
+            // The decided score: the best logit, or the mean over the images.
+            let decided = if mean_rule {
+                let n = rows.len() as f64;
+                Score {
+                    z: rows.iter().map(|r| r.0.z).sum::<f64>() / n,
+                    tol: rows.iter().map(|r| r.0.tol).fold(0.0, f64::max),
+                }
+            } else {
+                score(
+                    h,
+                    &pair.a,
+                    &model[&v.matched_id.expect("matched id")].vector,
+                )
+            };
             let m = v.matched_id.expect("matched id of a subject");
             let me = model.get(&m).expect("matched id is live");
             assert_eq!(&me.subject, sub, "{ctx}: matched id of another subject");
@@ -961,10 +1010,15 @@ fn verify_with_a_head_is_the_best_of_the_subject_by_the_head() {
                 );
                 ambiguous += 1;
             }
-            assert_probability(v.probability, ms, &ctx);
+            assert_probability(h, v.probability, ms, &ctx);
             assert_distance(v.distance, &pair.a, &me.vector, &ctx);
-            if (ms.z - t).abs() > ms.tol + 1e-5 * t.abs() {
-                assert_eq!(v.same, ms.z >= t, "{ctx}: logit {} vs threshold {t}", ms.z);
+            if (decided.z - t).abs() > decided.tol + 1e-5 * t.abs() {
+                assert_eq!(
+                    v.same,
+                    decided.z >= t,
+                    "{ctx}: logit {} vs threshold {t}",
+                    decided.z
+                );
             } else {
                 ambiguous += 1;
             }
@@ -1006,7 +1060,7 @@ fn verify_with_a_head_is_the_best_of_the_subject_by_the_head() {
             "pair {i}: by id vs by vector"
         );
         let sc = score(h, &pairs[2 * i].a, &model[&id].vector);
-        assert_probability(w[0].probability, sc, &format!("by id, pair {i}"));
+        assert_probability(h, w[0].probability, sc, &format!("by id, pair {i}"));
     }
 }
 
@@ -1317,11 +1371,31 @@ fn identify_open_ranks_by_the_head_and_follows_its_thresholds() {
     // the best candidate (not the 1:1 threshold verify uses).
     assert!(h.open_probes > 0, "no open-set calibration: {h:?}");
     assert!(h.open_logit_threshold > h.logit_threshold, "{h:?}");
+    // The threshold for the gallery's current size, interpolated here from
+    // the published model (linear in ln N between its grid points).
+    let n = g.stats().subjects;
+    let points = &h
+        .calibrated
+        .as_ref()
+        .unwrap()
+        .open_head
+        .as_ref()
+        .unwrap()
+        .points;
+    let t = match points.iter().position(|q| q.subjects > n) {
+        Some(0) => points[0].threshold as f64,
+        None => points[points.len() - 1].threshold as f64,
+        Some(j) => {
+            let (a, b) = (&points[j - 1], &points[j]);
+            let f = ((n as f64).ln() - (a.subjects as f64).ln())
+                / ((b.subjects as f64).ln() - (a.subjects as f64).ln());
+            a.threshold as f64 + f * (b.threshold as f64 - a.threshold as f64)
+        }
+    };
     let mut known = 0;
     for (i, id) in base.iter().enumerate() {
         let best = &id.candidates[0];
         let sc = score(h, &vectors[i], &model[&best.id].vector);
-        let t = h.open_logit_threshold as f64;
         if (sc.z - t).abs() > sc.tol + 1e-5 * t.abs() {
             assert_eq!(id.known, sc.z >= t, "probe {i}: logit {} vs {t}", sc.z);
         }
@@ -1345,14 +1419,18 @@ fn identify_open_ranks_by_the_head_and_follows_its_thresholds() {
         .map(|id| id.candidates[0].probability.unwrap())
         .collect();
     let d0: Vec<f32> = base.iter().map(|id| id.candidates[0].distance).collect();
-    let mut thresholds: Vec<IdentifyOptions> = between(&p0, &[0.05, 0.25, 0.5, 0.75, 0.95], 1e-4)
-        .into_iter()
-        .map(|p| IdentifyOptions {
-            k,
-            min_probability: Some(p),
-            max_distance: None,
-        })
-        .collect();
+    let mut thresholds: Vec<IdentifyOptions> = between(
+        &p0,
+        &[0.05, 0.15, 0.25, 0.4, 0.5, 0.6, 0.75, 0.85, 0.95],
+        1e-4,
+    )
+    .into_iter()
+    .map(|p| IdentifyOptions {
+        k,
+        min_probability: Some(p),
+        max_distance: None,
+    })
+    .collect();
     assert!(thresholds.len() >= 4, "{thresholds:?}");
     let mut sorted_d = d0.clone();
     sorted_d.sort_by(f32::total_cmp);
@@ -1468,7 +1546,7 @@ fn search_ranked_by_the_head_equals_brute_force() {
         check_search(hs, model, p, 10, false, &format!("probe {i}"));
         for hit in hs {
             let sc = score(h, p, &model[&hit.id].vector);
-            assert_probability(hit.probability, sc, &format!("probe {i}, id {}", hit.id));
+            assert_probability(h, hit.probability, sc, &format!("probe {i}, id {}", hit.id));
         }
     }
 }

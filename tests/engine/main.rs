@@ -1,6 +1,7 @@
 //! Integration tests of the engine used as a library.
 
 mod basic;
+mod calibration;
 mod compat;
 mod concurrency;
 mod corruption;

@@ -97,6 +97,10 @@ fn calibration_cmd(a: CalibrationArgs) -> Res<ExitCode> {
         t.elapsed().as_secs_f64()
     );
     print!("{}", table(&m, s.target_far));
+    println!(
+        "\nexpected calibration error of the probabilities (fresh pairs, prior 0.5): {:.4}",
+        m.ece
+    );
     if let Some(c) = &m.head.calibrated {
         for (name, model) in [("head", &c.open_head), ("distance", &c.open_distance)] {
             if let Some(model) = model {
