@@ -44,10 +44,10 @@
 //! | 2 × 2 × 4 | f32 | operating points (FAR, FRR) of the head and of the distance at their thresholds (NaN: none) |
 //! | 4 | u32 | crc32 of everything before it |
 //!
-//! The 1:1 thresholds (verification) are set on held-out impostor *pairs*; the
-//! open-set thresholds (identification, flag bit 2) on the best match of
-//! held-out embeddings among all *other* subjects, so that a stranger is
-//! accepted as someone at about the target rate whatever the gallery's size.
+//! The 1:1 thresholds (verification) are set on held-out impostor *pairs*;
+//! the fixed open-set thresholds (identification, flag bit 2) are those for
+//! the gallery's size at calibration; version 3's open-set models give the
+//! threshold for any size (see `head::subjects`).
 
 use super::{
     Cursor, FORMAT_VERSION, VECTOR_BYTES, check_version, get_u32, get_u64, put_u32, put_u64,
