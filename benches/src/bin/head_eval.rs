@@ -31,9 +31,9 @@ fn main() {
         }
     }
     println!(
-        "| data | subjects | embeddings | head AUC | L2 AUC | head TAR@FAR=1e-3 | L2 TAR@FAR=1e-3 | head EER | L2 EER | train pairs | held-out genuine / impostor | train time |"
+        "| data | subjects | embeddings | head AUC | L2 AUC | head TAR@FAR=1e-3 | L2 TAR@FAR=1e-3 | head claim TAR | L2 claim TAR | head EER | L2 EER | train pairs | held-out genuine / impostor | train time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, nuisance) in [
         ("anisotropic", Nuisance::ANISOTROPIC),
         (
@@ -60,13 +60,21 @@ fn main() {
         let t = std::time::Instant::now();
         let h = g.train_head(&opts).expect("train");
         let secs = t.elapsed().as_secs_f64();
+        // Claims against a subject (all its images), at the same target, at
+        // the image count the calibration measured them for.
+        let claims = h.calibrated.as_ref().and_then(|c| c.claims.as_ref());
+        let claim = |f: fn(&visage_engine::head::ClaimCalibration) -> f64| {
+            claims.map_or_else(|| "-".to_owned(), |c| format!("{:.4} (m = {})", f(c), c.images))
+        };
         println!(
-            "| {label} | {subjects} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} / {} | {:.2} s |",
+            "| {label} | {subjects} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {:.4} | {:.4} | {} | {} / {} | {:.2} s |",
             data.embeddings.len(),
             h.auc,
             h.distance_auc,
             h.tar_at_far,
             h.distance_tar_at_far,
+            claim(|c| c.tar),
+            claim(|c| c.distance_tar),
             h.eer,
             h.distance_eer,
             h.pairs,
