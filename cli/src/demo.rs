@@ -280,7 +280,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     let head = g.train_head(&opts)?;
     let train_s = secs(t);
     // The wire message, as the server converts it, so it prints like `visage head-info`.
-    let hp = head_out(Some(&head));
+    let hp = head_out(Some(&head), g.stats().subjects);
     say(format!(
         "head:     trained and calibrated in {train_s:.2} s (max_pairs {})",
         count(a.max_pairs as u64)

@@ -449,6 +449,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
                 target_far: a.target_far,
                 max_pairs: a.max_pairs,
                 seed: a.seed,
+                prior: None,
             };
             let h = client.gallery(&a.gallery).train_head(&opts).await?;
             head(&a.gallery, &h, json)?;

@@ -310,6 +310,9 @@ pub struct TrainHead {
     pub max_pairs: Option<u32>,
     /// Seed of the pair sampling (default 1).
     pub seed: Option<u64>,
+    /// Prior P(same person) the probabilities are stated at, in (0, 1)
+    /// (default 0.5).
+    pub prior: Option<f64>,
 }
 
 /// How [`Gallery::insert_with`] splits and sends a large input.
@@ -880,12 +883,15 @@ impl Gallery {
                 target_far: opts.target_far.unwrap_or(0.0),
                 max_pairs: opts.max_pairs.unwrap_or(0),
                 seed: opts.seed,
+                prior: opts.prior,
             })
             .await?
             .into_inner())
     }
 
-    /// The gallery's scoring head and thresholds (`trained` is false while it has no head).
+    /// The gallery's scoring head and thresholds, with the open-set
+    /// thresholds in use for its current number of enrolled subjects
+    /// (`trained` is false while it has no head).
     pub async fn head(&self) -> Result<HeadInfo> {
         Ok(self
             .rpc

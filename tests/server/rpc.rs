@@ -509,6 +509,7 @@ async fn head_training_scores_and_decides() {
             target_far: Some(0.01),
             max_pairs: Some(20_000),
             seed: Some(3),
+            prior: None,
         })
         .await
         .unwrap();
