@@ -546,7 +546,7 @@ fn info_text(g: &GalleryInfo) -> String {
         let trusted = if g.open_trusted {
             ""
         } else {
-            " (not backed by the calibration at this size: retrain)"
+            " (extrapolated at this size: see head-info)"
         };
         t.row(vec![
             format!("identify threshold for {} subjects", count(g.subjects)),
@@ -1298,8 +1298,14 @@ fn head_text(h: &HeadInfo) -> String {
             count(m.trusted_up_to),
         ));
         if !h.current_open_trusted {
+            let remedy = if h.current_subjects > m.subjects {
+                "retrain to calibrate at this size"
+            } else {
+                "too few held-out probes to observe the target rate at this size \
+                 (a larger gallery or target FAR backs it by observed scores)"
+            };
             out.push_str(&format!(
-                "  N = {} is beyond that: its threshold rests on the fitted tail of the scores; retrain\n",
+                "  N = {} is beyond that: its threshold rests on the fitted tail of the scores; {remedy}\n",
                 count(h.current_subjects)
             ));
         }
