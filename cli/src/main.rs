@@ -268,7 +268,8 @@ struct IdentifyArgs {
     /// (default: the gallery's calibrated threshold).
     #[arg(long)]
     max_distance: Option<f32>,
-    /// Known only if the best candidate's head probability is at least this.
+    /// Known only if the best candidate's probability (calibrated P(same
+    /// person) of one comparison, at the gallery's prior) is at least this.
     #[arg(long)]
     min_probability: Option<f32>,
 }
@@ -294,7 +295,8 @@ struct VerifyArgs {
     /// calibrated threshold).
     #[arg(long)]
     max_distance: Option<f32>,
-    /// Same person iff the head's probability is at least this.
+    /// Same person iff the head's probability (calibrated P(same person) at
+    /// the gallery's prior) is at least this.
     #[arg(long)]
     min_probability: Option<f32>,
 }

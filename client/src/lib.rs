@@ -267,12 +267,16 @@ pub enum Against {
 }
 
 /// Which threshold decides "same person" / "known" in identify and verify.
-/// The default (both `None`) is the gallery's calibrated threshold.
+/// The default (both `None`) is the gallery's calibrated threshold: in
+/// identify, the open-set one for the gallery's current number of subjects;
+/// in verify, the 1:1 one, or for a subject the claim threshold for its
+/// number of images.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Threshold {
     /// Same iff the squared distance is at most this.
     pub max_distance: Option<f32>,
-    /// Same iff the head's probability is at least this (needs a trained head;
+    /// Same iff the head's probability (calibrated P(same person) of one
+    /// comparison at the gallery's prior) is at least this (needs a trained head;
     /// takes precedence over `max_distance`).
     pub min_probability: Option<f32>,
 }
