@@ -49,6 +49,10 @@ pub struct DemoArgs {
     /// Keep the data directory here instead of a temporary one (created; must not hold a gallery named `demo`).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Also draw the head's calibration as an SVG file (as `visage head-info
+    /// --plot`): DET curves of head and distance, FPIR against enrolled subjects.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// One probe's answer, whatever decided it.
@@ -279,8 +283,10 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     };
     let head = g.train_head(&opts)?;
     let train_s = secs(t);
-    // The wire message, as the server converts it, so it prints like `visage head-info`.
-    let hp = head_out(Some(&head));
+    // The wire message, as the server converts it, so it prints (and plots)
+    // like `visage head-info`.
+    let enrolled = g.stats().subjects;
+    let hp = head_out(Some(&head), enrolled);
     say(format!(
         "head:     trained and calibrated in {train_s:.2} s (max_pairs {})",
         count(a.max_pairs as u64)
@@ -290,24 +296,30 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
             println!("          {l}");
         }
     }
+    if let Some(path) = &a.plot {
+        crate::plot::render(&crate::plot::calibration("demo", &hp)?, path)?;
+        say(format!("plot:     written to {}", path.display()));
+    }
 
     // Identify: head, then plain distance.
     let vs: Vec<&[f32]> = ps.iter().map(|p| p.vector.as_slice()).collect();
     let t = Instant::now();
     let by_head = identify_head(&g, &vs)?;
     let head_rates = Rates::of(&ps, &by_head, secs(t));
-    let dist_threshold = if head.open_probes > 0 {
-        head.open_distance_threshold
-    } else {
-        head.distance_threshold
-    };
+    // The open-set distance threshold for the gallery's current size, as
+    // identify_open takes it without a head.
+    let dist_threshold = head
+        .open_rule(enrolled)
+        .and_then(|r| r.distance)
+        .unwrap_or(head.distance_threshold);
     let t = Instant::now();
     let by_distance = identify_distance(&g, &vs, dist_threshold)?;
     let dist_rates = Rates::of(&ps, &by_distance, secs(t));
     say(format!(
-        "identify: {} probes in one batch, k = {K}; head: identify_open (ranked by probability, its open-set threshold); \
-         distance: exact distance ranking, known iff d <= {dist_threshold:.4}",
-        count(ps.len() as u64)
+        "identify: {} probes in one batch, k = {K}; head: identify_open (ranked by probability, its open-set threshold \
+         for N = {}); distance: exact distance ranking, known iff d <= {dist_threshold:.4}",
+        count(ps.len() as u64),
+        count(enrolled)
     ));
     if !json {
         let mut t = Table::new(&["", "HEAD", "DISTANCE"], &[false, true, true]);
@@ -391,24 +403,37 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
         ),
         Err(e) => e.to_string(),
     };
-    let describe = |r: &visage_engine::Identification| -> String {
+    // Candidates' probabilities: the calibrated P(same person) of the one
+    // comparison with the candidate's best image, at the gallery's prior.
+    // Identification asks more of the best of N subjects than of one
+    // comparison: a high probability can still be "unknown".
+    let prior = head
+        .calibrated
+        .as_ref()
+        .filter(|c| c.platt.is_some())
+        .map(|c| c.prior);
+    let (n_before, n_after) = (enrolled, g.stats().subjects);
+    let describe = |r: &visage_engine::Identification, n: u64| -> String {
         let best = r.candidates.first().map_or("no candidate".into(), |c| {
-            format!(
-                "{} (p = {}, d = {:.4})",
-                c.subject,
-                c.probability.map_or("-".into(), |p| format!("{p:.4}")),
-                c.distance
-            )
+            let p = match (c.probability, prior) {
+                (Some(p), Some(prior)) => format!("P(same) = {p:.4} at prior {prior}"),
+                (Some(p), None) => format!("p = {p:.4}, uncalibrated"),
+                (None, _) => "no probability".into(),
+            };
+            format!("{} ({p}, d = {:.4})", c.subject, c.distance)
         });
         if r.known {
             format!("known: {best}")
         } else {
-            format!("unknown; best candidate {best}")
+            format!(
+                "unknown (below the identification threshold for N = {}); best candidate {best}",
+                count(n)
+            )
         }
     };
     say(format!(
         "delete:   probe {i} showed {who}: {}",
-        describe(&before)
+        describe(&before, n_before)
     ));
     say(format!(
         "          deleted subject {who} ({deleted} embeddings) in {:.3} s",
@@ -416,7 +441,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     ));
     say(format!(
         "          probe {i} now: {}; {who} {} its {K} candidates",
-        describe(&after),
+        describe(&after, n_after),
         if still_found {
             "IS STILL among"
         } else {

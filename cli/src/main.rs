@@ -22,8 +22,6 @@
 
 mod demo;
 mod output;
-// Not called yet: wired to head-info --plot and demo --plot.
-#[allow(dead_code)]
 mod plot;
 mod report;
 mod synth;
@@ -37,6 +35,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 use visage_client::npy::{self, Matrix};
+use visage_client::proto::{ClaimScore, DetPoint, OpenSetModel};
 use visage_client::{
     Against, Client, ConnectOptions, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome,
     Maintenance, SearchOptions, Threshold, TrainHead,
@@ -106,8 +105,10 @@ enum Command {
     /// Train the gallery's scoring head on its own subjects and calibrate the
     /// 1:1 (verify) and open-set (identify) thresholds.
     TrainHead(TrainHeadArgs),
-    /// Show the gallery's scoring head and thresholds.
-    HeadInfo(GalleryArg),
+    /// Show the gallery's scoring head and thresholds, the calibration's
+    /// probabilities, claims and open-set thresholds for the current number
+    /// of enrolled subjects (--plot: DET and FPIR charts as SVG).
+    HeadInfo(HeadInfoArgs),
     /// Measure the gallery's calibrated decisions on labelled probes: verify
     /// and identify error rates with 95% intervals, against the target FAR.
     CalibrationReport(report::ReportArgs),
@@ -130,7 +131,18 @@ enum HeadCommand {
     /// Train the head on the gallery's own subjects and calibrate thresholds (= train-head).
     Train(TrainHeadArgs),
     /// Show the head and thresholds (= head-info).
-    Info(GalleryArg),
+    Info(HeadInfoArgs),
+}
+
+#[derive(Debug, Args)]
+struct HeadInfoArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Also draw the calibration as an SVG file: DET curves of the head and
+    /// of plain distance on held-out pairs, and the false-positive
+    /// identification rate against the number of enrolled subjects.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +158,10 @@ struct TrainHeadArgs {
     /// Seed of the pair sampling (server default 1).
     #[arg(long)]
     seed: Option<u64>,
+    /// Prior P(same person) the reported probabilities are stated at, in
+    /// (0, 1) (server default 0.5). Changes probabilities, not decisions.
+    #[arg(long)]
+    prior: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -252,7 +268,8 @@ struct IdentifyArgs {
     /// (default: the gallery's calibrated threshold).
     #[arg(long)]
     max_distance: Option<f32>,
-    /// Known only if the best candidate's head probability is at least this.
+    /// Known only if the best candidate's probability (calibrated P(same
+    /// person) of one comparison, at the gallery's prior) is at least this.
     #[arg(long)]
     min_probability: Option<f32>,
 }
@@ -278,7 +295,8 @@ struct VerifyArgs {
     /// calibrated threshold).
     #[arg(long)]
     max_distance: Option<f32>,
-    /// Same person iff the head's probability is at least this.
+    /// Same person iff the head's probability (calibrated P(same person) at
+    /// the gallery's prior) is at least this.
     #[arg(long)]
     min_probability: Option<f32>,
 }
@@ -449,13 +467,25 @@ async fn run(cli: Cli) -> Res<ExitCode> {
                 target_far: a.target_far,
                 max_pairs: a.max_pairs,
                 seed: a.seed,
+                prior: a.prior,
             };
             let h = client.gallery(&a.gallery).train_head(&opts).await?;
             head(&a.gallery, &h, json)?;
         }
         Command::HeadInfo(a) | Command::Head(HeadCommand::Info(a)) => {
             let h = client.gallery(&a.gallery).head().await?;
+            // Refuse before printing anything when there is nothing to plot.
+            let plot = match &a.plot {
+                Some(path) => Some((path, plot::calibration(&a.gallery, &h)?)),
+                None => None,
+            };
             head(&a.gallery, &h, json)?;
+            if let Some((path, data)) = plot {
+                plot::render(&data, path)?;
+                if !json {
+                    println!("plot written to {}", path.display());
+                }
+            }
         }
         Command::CalibrationReport(a) => report::run(&client, a, json).await?,
         Command::Synth(_) | Command::Demo(_) => unreachable!("run without a server"),
@@ -479,6 +509,9 @@ fn info_json(g: &GalleryInfo) -> Value {
         "name": g.name, "dim": g.dim, "live": g.live, "deleted": g.deleted,
         "subjects": g.subjects, "segments": g.segments, "memtable_rows": g.memtable_rows,
         "bytes_on_disk": g.bytes_on_disk, "head_trained": g.head_trained,
+        "open_logit_threshold": g.open_logit_threshold,
+        "open_distance_threshold": g.open_distance_threshold,
+        "open_trusted": g.open_trusted,
     })
 }
 
@@ -505,6 +538,22 @@ fn info_text(g: &GalleryInfo) -> String {
         ),
     ] {
         t.row(vec![k.to_string(), v]);
+    }
+    let open = match (g.open_logit_threshold, g.open_distance_threshold) {
+        (Some(l), _) => Some(format!("logit >= {l:.4}")),
+        (None, Some(d)) => Some(format!("d <= {d:.4}")),
+        (None, None) => None,
+    };
+    if let Some(o) = open {
+        let trusted = if g.open_trusted {
+            ""
+        } else {
+            " (extrapolated at this size: see head-info)"
+        };
+        t.row(vec![
+            format!("identify threshold for {} subjects", count(g.subjects)),
+            format!("{o}{trusted}"),
+        ]);
     }
     // Skip the empty header line.
     t.render()
@@ -1017,7 +1066,23 @@ fn maintenance(verb: &str, gallery: &str, r: Maintenance, t: Instant, json: bool
 
 /// A head as JSON: every field of `HeadInfo`.
 fn head_json(h: &HeadInfo) -> Value {
-    json!({
+    let det = |d: &[DetPoint]| -> Value {
+        d.iter()
+            .map(|p| json!({"far": p.far, "frr": p.frr}))
+            .collect()
+    };
+    let op = |p: &Option<DetPoint>| p.as_ref().map(|p| json!({"far": p.far, "frr": p.frr}));
+    let model = |m: &Option<OpenSetModel>| {
+        m.as_ref().map(|m| {
+            json!({
+                "subjects": m.subjects, "trusted_up_to": m.trusted_up_to,
+                "points": m.points.iter().map(|p| json!({
+                    "subjects": p.subjects, "threshold": p.threshold, "fpir_fixed": p.fpir_fixed,
+                })).collect::<Vec<_>>(),
+            })
+        })
+    };
+    let mut v = json!({
         "trained": h.trained, "weights": h.weights, "distance_weight": h.distance_weight,
         "bias": h.bias, "threshold": h.threshold, "logit_threshold": h.logit_threshold,
         "target_far": h.target_far, "auc": h.auc, "tar_at_far": h.tar_at_far, "eer": h.eer,
@@ -1029,11 +1094,59 @@ fn head_json(h: &HeadInfo) -> Value {
         "open_distance_threshold": h.open_distance_threshold,
         "open_tar": h.open_tar, "open_distance_tar": h.open_distance_tar,
         "open_probes": h.open_probes,
-    })
+    });
+    // In two parts: one json! of every field passes the macro's recursion limit.
+    let calibration = json!({
+        "calibration_current": h.calibration_current,
+        "prior": h.prior,
+        "probability_calibrated": h.probability_calibrated,
+        "platt_a": h.platt_a, "platt_b": h.platt_b,
+        "claim_score": claim_score_name(h),
+        "claim_logit_thresholds": h.claim_logit_thresholds,
+        "claim_distance_thresholds": h.claim_distance_thresholds,
+        "claim_images": h.claim_images, "claim_tar": h.claim_tar,
+        "claim_tar_other": h.claim_tar_other, "claim_distance_tar": h.claim_distance_tar,
+        "open_head_model": model(&h.open_head_model),
+        "open_distance_model": model(&h.open_distance_model),
+        "det_head": det(&h.det_head), "det_distance": det(&h.det_distance),
+        "op_head": op(&h.op_head), "op_distance": op(&h.op_distance),
+        "current_subjects": h.current_subjects,
+        "current_open_logit_threshold": h.current_open_logit_threshold,
+        "current_open_distance_threshold": h.current_open_distance_threshold,
+        "current_open_trusted": h.current_open_trusted,
+    });
+    if let (Value::Object(all), Value::Object(more)) = (&mut v, calibration) {
+        all.extend(more);
+    }
+    v
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+/// `best` or `mean`: how a claim against a subject scores its images.
+fn claim_score_name(h: &HeadInfo) -> &'static str {
+    match h.claim_score() {
+        ClaimScore::Best => "best",
+        ClaimScore::Mean => "mean",
+    }
+}
+
+/// The probability the head reports for logit `z`: calibrated at the prior
+/// when the head has Platt scaling, else (older heads) the raw sigmoid.
+fn probability_of(h: &HeadInfo, z: f32) -> f64 {
+    let x = if h.probability_calibrated {
+        h.platt_a * f64::from(z) + h.platt_b + (h.prior / (1.0 - h.prior)).ln()
+    } else {
+        f64::from(z)
+    };
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// A rate, or `-` when it was not measured.
+fn rate4(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 /// A head's thresholds and quality, head against plain distance, as a table
@@ -1041,7 +1154,7 @@ fn sigmoid(z: f32) -> f32 {
 fn head_text(h: &HeadInfo) -> String {
     let mut t = Table::new(&["", "HEAD", "DISTANCE"], &[false, true, true]);
     let head_col = |v: String| if h.trained { v } else { "-".into() };
-    let p_at = |logit: f32| format!("p >= {:.6} (logit >= {logit:.3})", sigmoid(logit));
+    let p_at = |logit: f32| format!("p >= {:.6} (logit >= {logit:.3})", probability_of(h, logit));
     t.row(vec![
         format!("1:1 threshold (verify; FAR {})", h.target_far),
         head_col(p_at(h.logit_threshold)),
@@ -1062,14 +1175,64 @@ fn head_text(h: &HeadInfo) -> String {
         head_col(format!("{:.4}", h.eer)),
         format!("{:.4}", h.distance_eer),
     ]);
-    if h.open_probes > 0 {
+    let m = h.claim_images as usize;
+    if m > 0 {
+        // The thresholds at the image count the rates were measured at.
+        let at = |v: &[f32]| v.get(m.min(v.len()).max(1) - 1).copied();
+        let score = claim_score_name(h);
+        let other = if score == "best" { "mean" } else { "best" };
         t.row(vec![
-            format!("open-set threshold (identify; FAR {})", h.target_far),
-            head_col(p_at(h.open_logit_threshold)),
-            format!("d <= {:.4}", h.open_distance_threshold),
+            format!(
+                "claim threshold (verify a subject of {m} images; FAR {})",
+                h.target_far
+            ),
+            head_col(
+                at(&h.claim_logit_thresholds).map_or("-".into(), |l| match h.claim_score() {
+                    ClaimScore::Best => format!("best {}", p_at(l)),
+                    ClaimScore::Mean => format!("mean logit >= {l:.3}"),
+                }),
+            ),
+            at(&h.claim_distance_thresholds).map_or("-".into(), |d| format!("nearest d <= {d:.4}")),
         ]);
         t.row(vec![
-            "  open-set TAR".into(),
+            format!(
+                "  claim TAR ({score} of {m}; {other}: {})",
+                rate4(h.claim_tar_other)
+            ),
+            head_col(rate4(h.claim_tar)),
+            rate4(h.claim_distance_tar),
+        ]);
+    }
+    let rule = (
+        h.current_open_logit_threshold,
+        h.current_open_distance_threshold,
+    );
+    if rule.0.is_some() || rule.1.is_some() {
+        t.row(vec![
+            format!(
+                "open-set threshold (identify; FPIR {}; N = {} now)",
+                h.target_far,
+                count(h.current_subjects)
+            ),
+            head_col(rule.0.map_or("-".into(), p_at)),
+            rule.1.map_or("-".into(), |d| format!("d <= {d:.4}")),
+        ]);
+    }
+    let training_n = h
+        .open_head_model
+        .as_ref()
+        .or(h.open_distance_model.as_ref())
+        .map(|m| m.subjects);
+    if h.open_probes > 0 {
+        if let Some(n0) = training_n {
+            t.row(vec![
+                format!("  at training N = {}", count(n0)),
+                head_col(p_at(h.open_logit_threshold)),
+                format!("d <= {:.4}", h.open_distance_threshold),
+            ]);
+        }
+        t.row(vec![
+            "  open-set TAR (at training N)".into(),
             head_col(format!("{:.4}", h.open_tar)),
             format!("{:.4}", h.open_distance_tar),
         ]);
@@ -1083,11 +1246,22 @@ fn head_text(h: &HeadInfo) -> String {
                 (lo.min(*w), hi.max(*w))
             });
         out.push_str(&format!(
-            "p = sigmoid(sum_k w_k |a_k - b_k| + w_d |a - b|^2 + bias): {} weights in [{lo:.3}, {hi:.3}], w_d = {:.4}, bias = {:.4}\n",
+            "logit z = sum_k w_k |a_k - b_k| + w_d |a - b|^2 + bias: {} weights in [{lo:.3}, {hi:.3}], w_d = {:.4}, bias = {:.4}\n",
             h.weights.len(),
             h.distance_weight,
             h.bias
         ));
+        if h.probability_calibrated {
+            out.push_str(&format!(
+                "probabilities: calibrated P(same person) for one comparison at prior {}: \
+                 p = sigmoid({:.4} z + {:.4} + ln(prior / (1 - prior)))\n",
+                h.prior, h.platt_a, h.platt_b
+            ));
+        } else {
+            out.push_str(
+                "probabilities: uncalibrated, p = sigmoid(z) (older head file: retrain to calibrate them)\n",
+            );
+        }
         out.push_str(&format!(
             "trained on {} pairs; calibrated on {} genuine and {} impostor held-out pairs",
             count(h.pairs),
@@ -1108,6 +1282,36 @@ fn head_text(h: &HeadInfo) -> String {
         ));
     }
     out.push_str(&format!(" (seed {})\n", h.seed));
+    if !h.calibration_current {
+        out.push_str(
+            "calibration of an older head file: no claim thresholds, fixed open-set thresholds, \
+             uncalibrated probabilities (retrain to get them)\n",
+        );
+    } else if let Some(m) = h
+        .open_head_model
+        .as_ref()
+        .or(h.open_distance_model.as_ref())
+    {
+        out.push_str(&format!(
+            "identification thresholds follow the enrolled subjects: set for N = {} now \
+             (training N = {}; backed by observed scores up to N = {})\n",
+            count(h.current_subjects),
+            count(m.subjects),
+            count(m.trusted_up_to),
+        ));
+        if !h.current_open_trusted {
+            let remedy = if h.current_subjects > m.subjects {
+                "retrain to calibrate at this size"
+            } else {
+                "too few held-out probes to observe the target rate at this size \
+                 (a larger gallery or target FAR backs it by observed scores)"
+            };
+            out.push_str(&format!(
+                "  N = {} is beyond that: its threshold rests on the fitted tail of the scores; {remedy}\n",
+                count(h.current_subjects)
+            ));
+        }
+    }
     out
 }
 

@@ -21,6 +21,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::ops::Range;
 use std::path::Path;
+use visage_client::HeadInfo;
+use visage_client::proto::DetPoint;
 
 /// What `render` draws.
 pub struct PlotData {
@@ -40,6 +42,67 @@ pub struct PlotData {
     /// Subjects enrolled when the thresholds were calibrated, and the largest N the model is trusted for (optional markers).
     pub training_n: Option<f64>,
     pub trusted_up_to: Option<f64>,
+}
+
+/// What `render` draws for a head's calibration (the wire message; `visage
+/// demo` converts the engine's head to it as the server does). Fails when the
+/// head has none of the calibration drawn here.
+pub fn calibration(gallery: &str, h: &HeadInfo) -> Res<PlotData> {
+    if !h.calibration_current {
+        let why = if h.trained || h.distance_threshold != 0.0 {
+            "its head was calibrated by an older version, without DET curves or an open-set model (retrain it"
+        } else {
+            "it has no head and no calibration (train one"
+        };
+        return Err(Failure(format!(
+            "gallery {gallery} has nothing to plot: {why} with: visage train-head {gallery})"
+        )));
+    }
+    let det = |d: &[DetPoint]| -> Vec<(f64, f64)> {
+        d.iter()
+            .map(|p| (f64::from(p.far), f64::from(p.frr)))
+            .collect()
+    };
+    let op = |p: &Option<DetPoint>| p.as_ref().map(|p| (f64::from(p.far), f64::from(p.frr)));
+    let target = f64::from(h.target_far);
+    // The model identification uses: the head's with one, else distance's.
+    let model = match (&h.open_head_model, &h.open_distance_model) {
+        (Some(m), _) => Some(("head", m)),
+        (None, Some(m)) => Some(("distance", m)),
+        (None, None) => None,
+    };
+    let fpir_curves = model.map_or_else(Vec::new, |(score, m)| {
+        vec![
+            (
+                format!("{score}: threshold fixed at training N (predicted)"),
+                m.points
+                    .iter()
+                    .map(|p| (p.subjects as f64, f64::from(p.fpir_fixed)))
+                    .collect(),
+            ),
+            // What the model holds by construction where its scores back it:
+            // the threshold for each N is solved for the target.
+            (
+                format!("{score}: threshold derived for each N (target by construction)"),
+                m.points
+                    .iter()
+                    .filter(|p| p.subjects <= m.trusted_up_to)
+                    .map(|p| (p.subjects as f64, target))
+                    .collect(),
+            ),
+        ]
+    });
+    Ok(PlotData {
+        title: gallery.to_owned(),
+        det_head: det(&h.det_head),
+        det_distance: det(&h.det_distance),
+        op_head: op(&h.op_head),
+        op_distance: op(&h.op_distance),
+        target,
+        fpir_curves,
+        training_n: model.map(|(_, m)| m.subjects as f64),
+        trusted_up_to: model.map(|(_, m)| m.trusted_up_to as f64),
+    })
 }
 
 /// Size of the whole picture in pixels; each panel takes half the width.

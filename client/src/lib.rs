@@ -267,12 +267,16 @@ pub enum Against {
 }
 
 /// Which threshold decides "same person" / "known" in identify and verify.
-/// The default (both `None`) is the gallery's calibrated threshold.
+/// The default (both `None`) is the gallery's calibrated threshold: in
+/// identify, the open-set one for the gallery's current number of subjects;
+/// in verify, the 1:1 one, or for a subject the claim threshold for its
+/// number of images.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Threshold {
     /// Same iff the squared distance is at most this.
     pub max_distance: Option<f32>,
-    /// Same iff the head's probability is at least this (needs a trained head;
+    /// Same iff the head's probability (calibrated P(same person) of one
+    /// comparison at the gallery's prior) is at least this (needs a trained head;
     /// takes precedence over `max_distance`).
     pub min_probability: Option<f32>,
 }
@@ -310,6 +314,9 @@ pub struct TrainHead {
     pub max_pairs: Option<u32>,
     /// Seed of the pair sampling (default 1).
     pub seed: Option<u64>,
+    /// Prior P(same person) the probabilities are stated at, in (0, 1)
+    /// (default 0.5).
+    pub prior: Option<f64>,
 }
 
 /// How [`Gallery::insert_with`] splits and sends a large input.
@@ -880,12 +887,15 @@ impl Gallery {
                 target_far: opts.target_far.unwrap_or(0.0),
                 max_pairs: opts.max_pairs.unwrap_or(0),
                 seed: opts.seed,
+                prior: opts.prior,
             })
             .await?
             .into_inner())
     }
 
-    /// The gallery's scoring head and thresholds (`trained` is false while it has no head).
+    /// The gallery's scoring head and thresholds, with the open-set
+    /// thresholds in use for its current number of enrolled subjects
+    /// (`trained` is false while it has no head).
     pub async fn head(&self) -> Result<HeadInfo> {
         Ok(self
             .rpc

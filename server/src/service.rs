@@ -425,11 +425,11 @@ impl Visage for VisageService {
             .blocking(move |engine| {
                 let g = open(engine, &req.gallery)?;
                 let h = g.train_head(&opts)?;
-                tracing::info!(gallery = %req.gallery, auc = h.auc, tar_at_far = h.tar_at_far, target_far = h.target_far, "head trained");
-                Ok(h)
+                tracing::info!(gallery = %req.gallery, auc = h.auc, tar_at_far = h.tar_at_far, target_far = h.target_far, prior = opts.prior, "head trained");
+                Ok(convert::head_out(Some(&h), g.stats().subjects))
             })
             .await?;
-        Ok(Response::new(convert::head_out(Some(&head))))
+        Ok(Response::new(head))
     }
 
     async fn get_head(
@@ -438,9 +438,9 @@ impl Visage for VisageService {
     ) -> Result<Response<pb::HeadInfo>, Status> {
         let gallery = request.into_inner().gallery;
         let head = self
-            .blocking(move |engine| Ok(open(engine, &gallery)?.head()))
+            .blocking(move |engine| Ok(convert::gallery_head_out(&*open(engine, &gallery)?)))
             .await?;
-        Ok(Response::new(convert::head_out(head.as_deref())))
+        Ok(Response::new(head))
     }
 
     async fn compact(

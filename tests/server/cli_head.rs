@@ -7,6 +7,7 @@
 use crate::cli::{Cli, p, write_vectors};
 use crate::harness::{Server, TempData};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use visage_client::npy;
 
@@ -23,6 +24,34 @@ fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// The head's logit for a pair from its JSON (`visage head-info --json`):
+/// `sum_k w_k |a_k - b_k| + w_d ||a - b||^2 + bias`, in f64.
+fn logit_of(h: &Value, a: &[f32], b: &[f32]) -> f64 {
+    let num = |k: &str| h[k].as_f64().unwrap_or_else(|| panic!("{k} in {h}"));
+    let weights = h["weights"].as_array().unwrap();
+    let mut z = num("bias");
+    let mut d2 = 0.0;
+    for ((w, x), y) in weights.iter().zip(a).zip(b) {
+        let diff = f64::from(*x) - f64::from(*y);
+        z += w.as_f64().unwrap() * diff.abs();
+        d2 += diff * diff;
+    }
+    z + num("distance_weight") * d2
+}
+
+/// The probability the head's JSON says a logit has: Platt-scaled at the
+/// prior when calibrated, else the raw sigmoid.
+fn probability(h: &Value, z: f64) -> f64 {
+    let x = if h["probability_calibrated"].as_bool() == Some(true) {
+        let num = |k: &str| h[k].as_f64().unwrap();
+        let prior = num("prior");
+        num("platt_a") * z + num("platt_b") + (prior / (1.0 - prior)).ln()
+    } else {
+        z
+    };
+    1.0 / (1.0 + (-x).exp())
 }
 
 const FILES: [&str; 5] = [
@@ -298,9 +327,13 @@ fn train_head_then_identify_and_verify_show_probabilities() {
     ] {
         assert!(h[k].as_f64().is_some_and(|x| x != 0.0), "{k}: {h}");
     }
+    // The threshold is on the scale of the reported probabilities: the
+    // calibrated probability of the logit threshold at the prior.
     let threshold = h["threshold"].as_f64().unwrap();
     let logit = h["logit_threshold"].as_f64().unwrap();
-    assert!((threshold - 1.0 / (1.0 + (-logit).exp())).abs() < 1e-4);
+    assert_eq!(h["probability_calibrated"].as_bool(), Some(true));
+    assert_eq!(h["prior"].as_f64(), Some(0.5));
+    assert!((threshold - probability(&h, logit)).abs() < 1e-6);
     // GetHead returns what TrainHead returned, under both spellings.
     assert_eq!(cli.json(&["head-info", "org"]), h);
     assert_eq!(cli.json(&["head", "info", "org"]), h);
@@ -417,11 +450,48 @@ fn train_head_then_identify_and_verify_show_probabilities() {
         assert!(!s, "{diff:?}");
         assert!(ps < po && ds > dd);
     }
-    // Decisions follow the 1:1 threshold: same iff probability >= threshold
-    // (away from the threshold, where f32 rounding cannot decide).
-    for (s, prob, _) in same.iter().chain(&diff) {
-        if (prob - threshold).abs() > 1e-5 {
-            assert_eq!(*s, *prob > threshold, "{prob} vs {threshold}");
+    // A claim against a subject is decided by the claim threshold for the
+    // subject's image count, on the claim score (the best or the mean of the
+    // logits over its images), and reports the probability of its best image:
+    // all computed here from the published head and the enrolled files
+    // (away from the threshold, where f32 rounding could decide either way).
+    let enrolled_rows = npy::read_matrix(org.join("embeddings.npy")).unwrap();
+    let mut images: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+    for (row, subject) in enrolled_rows.rows().zip(lines(&org.join("subjects.txt"))) {
+        images.entry(subject).or_default().push(row.to_vec());
+    }
+    let claim_thresholds: Vec<f64> = h["claim_logit_thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect();
+    assert!(!claim_thresholds.is_empty());
+    let mean = match h["claim_score"].as_str() {
+        Some("best") => false,
+        Some("mean") => true,
+        other => panic!("claim_score {other:?}"),
+    };
+    for (file, verdicts) in [(&own, &same), (&other, &diff)] {
+        for ((row, subject), (s, prob, _)) in rows.iter().zip(file.iter()).zip(verdicts.iter()) {
+            let logits: Vec<f64> = images[*subject]
+                .iter()
+                .map(|v| logit_of(&h, row, v))
+                .collect();
+            let best = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let score = if mean {
+                logits.iter().sum::<f64>() / logits.len() as f64
+            } else {
+                best
+            };
+            let t = claim_thresholds[logits.len().min(claim_thresholds.len()) - 1];
+            if (score - t).abs() > 1e-3 * t.abs().max(1.0) {
+                assert_eq!(*s, score >= t, "claim against {subject}: {score} vs {t}");
+            }
+            assert!(
+                (prob - probability(&h, best)).abs() < 1e-4,
+                "{prob} vs logit {best}"
+            );
         }
     }
     let table = cli.ok(&[

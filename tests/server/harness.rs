@@ -315,3 +315,28 @@ pub async fn counts(client: &Client, gallery: &str) -> (u64, u64, u64) {
     let i = client.gallery(gallery).stats().await.expect("stats");
     (i.live, i.deleted, i.subjects)
 }
+
+/// The head's logit for a pair, in f64 from the published weights:
+/// `sum_k w_k |a_k - b_k| + w_d ||a - b||^2 + bias` (the reference for
+/// what the server scores).
+pub fn head_logit(h: &proto::HeadInfo, a: &[f32], b: &[f32]) -> f64 {
+    let weighted: f64 = h
+        .weights
+        .iter()
+        .zip(a.iter().zip(b))
+        .map(|(w, (x, y))| f64::from(*w) * (f64::from(*x) - f64::from(*y)).abs())
+        .sum();
+    weighted + f64::from(h.distance_weight) * l2sq_f64(a, b) + f64::from(h.bias)
+}
+
+/// The probability a head reports for logit `z`, as the proto documents it:
+/// `sigmoid(platt_a * z + platt_b + ln(prior / (1 - prior)))` when
+/// calibrated, else `sigmoid(z)`.
+pub fn calibrated_probability(h: &proto::HeadInfo, z: f64) -> f64 {
+    let x = if h.probability_calibrated {
+        h.platt_a * z + h.platt_b + (h.prior / (1.0 - h.prior)).ln()
+    } else {
+        z
+    };
+    1.0 / (1.0 + (-x).exp())
+}

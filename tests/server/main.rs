@@ -8,6 +8,7 @@
 
 mod cli;
 mod cli_head;
+mod cli_plot;
 mod cli_report;
 mod concurrency;
 mod crash;
@@ -19,4 +20,5 @@ mod health;
 mod hostile;
 mod restart;
 mod rpc;
+mod rpc_calibration;
 mod security;

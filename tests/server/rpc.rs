@@ -2,12 +2,12 @@
 //! acknowledged operations and brute-force distances.
 
 use crate::harness::{
-    Model, Server, TempData, assert_close, assert_hits, assert_status, batch, counts,
+    Model, Server, TempData, assert_close, assert_hits, assert_status, batch,
+    calibrated_probability, counts,
 };
 use tonic::Code;
 use visage_client::proto;
 use visage_client::{Against, InsertOptions, SearchOptions, Threshold, TrainHead};
-use visage_engine::head::sigmoid;
 use visage_engine::synth::{SynthConfig, SynthGallery};
 use visage_tests::{Rng, l2sq_f64};
 
@@ -509,6 +509,7 @@ async fn head_training_scores_and_decides() {
             target_far: Some(0.01),
             max_pairs: Some(20_000),
             seed: Some(3),
+            prior: None,
         })
         .await
         .unwrap();
@@ -553,10 +554,27 @@ async fn head_training_scores_and_decides() {
     // find their subject first, and `known` is exactly "the best candidate's
     // probability reaches the head's calibrated open-set (1:N) threshold",
     // which is stricter than the 1:1 one that Verify uses.
+    // Probabilities are the calibrated ones at the prior, the threshold on
+    // their scale, and identification uses the open-set threshold for the
+    // gallery's current size (nothing changed since training).
     assert!(trained.open_probes > 0, "open-set thresholds calibrated");
     assert!(trained.open_logit_threshold >= trained.logit_threshold);
-    assert!((trained.threshold - sigmoid(trained.logit_threshold)).abs() < 1e-6);
-    let open_threshold = sigmoid(trained.open_logit_threshold);
+    assert!(trained.probability_calibrated);
+    assert!(
+        (f64::from(trained.threshold)
+            - calibrated_probability(&trained, trained.logit_threshold.into()))
+        .abs()
+            < 1e-6
+    );
+    assert_eq!(trained.current_subjects, 120);
+    let open_logit = trained
+        .current_open_logit_threshold
+        .expect("an open-set threshold for the current size");
+    assert_eq!(
+        open_logit, trained.open_logit_threshold,
+        "same N as at training"
+    );
+    let open_threshold = calibrated_probability(&trained, open_logit.into()) as f32;
     let ids = g.identify(&vectors, 3).await.unwrap();
     for (p, r) in probes.iter().zip(&ids) {
         assert!(r.candidates.iter().all(|c| c.probability.is_some()));

@@ -238,6 +238,7 @@ fn main() {
                 target_far: 0.01,
                 max_pairs: 1000,
                 seed: Some(3),
+                prior: Some(0.25),
             }
             .encode_to_vec(),
         ),
