@@ -121,11 +121,7 @@ pub fn head_out(h: Option<&HeadInfo>, subjects: u64) -> pb::HeadInfo {
         distance_weight: h.distance_weight,
         // On the scale of the probabilities reported (calibrated when the
         // head has Platt scaling).
-        threshold: if h.trained {
-            h.probability(h.logit_threshold)
-        } else {
-            h.threshold
-        },
+        threshold: h.threshold,
         target_far: h.target_far as f32,
         auc: h.auc as f32,
         tar_at_far: h.tar_at_far as f32,

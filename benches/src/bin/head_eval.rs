@@ -64,7 +64,10 @@ fn main() {
         // the image count the calibration measured them for.
         let claims = h.calibrated.as_ref().and_then(|c| c.claims.as_ref());
         let claim = |f: fn(&visage_engine::head::ClaimCalibration) -> f64| {
-            claims.map_or_else(|| "-".to_owned(), |c| format!("{:.4} (m = {})", f(c), c.images))
+            claims.map_or_else(
+                || "-".to_owned(),
+                |c| format!("{:.4} (m = {})", f(c), c.images),
+            )
         };
         println!(
             "| {label} | {subjects} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {:.4} | {:.4} | {} | {} / {} | {:.2} s |",

@@ -97,7 +97,8 @@ pub struct HeadInfo {
     pub distance_weight: f32,
     /// Bias `β`.
     pub bias: f32,
-    /// Decision threshold on the probability.
+    /// The 1:1 decision threshold on the reported (calibrated) probability:
+    /// [`HeadInfo::probability`] of `logit_threshold`.
     pub threshold: f32,
     /// The same threshold on the logit (what decisions compare, exactly).
     pub logit_threshold: f32,
@@ -348,7 +349,7 @@ impl HeadInfo {
     }
 
     pub(crate) fn from_data(d: &HeadData) -> HeadInfo {
-        HeadInfo {
+        let mut h = HeadInfo {
             trained: d.flags & 1 == 1,
             weights: d.weights.clone(),
             distance_weight: d.distance_weight,
@@ -373,7 +374,9 @@ impl HeadInfo {
             open_distance_tar: d.open_tar[1],
             open_probes: if d.flags & 4 == 4 { d.open_probes } else { 0 },
             calibrated: d.ext.as_ref().map(Calibrated::from_ext),
-        }
+        };
+        h.threshold = h.probability(h.logit_threshold);
+        h
     }
 }
 
@@ -579,6 +582,9 @@ pub(crate) fn train(
         cal.open_distance = sl.open_distance;
     }
     info.calibrated = Some(cal);
+    if info.trained {
+        info.threshold = info.probability(info.logit_threshold);
+    }
     Ok(info)
 }
 
