@@ -47,6 +47,23 @@ pub fn embedding(rng: &mut Rng, id: u64, subject: &str) -> Embedding {
     }
 }
 
+/// CRC-32 (IEEE 802.3, reflected), bitwise: the reference tests reseal
+/// hand-edited files with, sharing no code with the engine's `crc32fast`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Squared L2 in f64: the independent reference for distances.
 pub fn l2sq_f64(a: &[f32], b: &[f32]) -> f64 {
     a.iter()

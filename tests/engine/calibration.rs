@@ -192,7 +192,7 @@ fn a_version_2_head_file_loads_and_recalibrates() {
     // The version-2 layout: the first 664 bytes, then their CRC.
     let mut v2 = v3[..format::HEAD_LEN - 4].to_vec();
     v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32_ieee(&v2);
+    let crc = visage_tests::crc32(&v2);
     v2.extend_from_slice(&crc.to_le_bytes());
     drop(g);
     drop(engine);
@@ -230,20 +230,4 @@ fn a_version_2_head_file_loads_and_recalibrates() {
         &std::fs::read(&head_path).unwrap()[8..12],
         &3u32.to_le_bytes()
     );
-}
-
-/// CRC-32 (IEEE), bitwise: the reference for resealing a file by hand.
-fn crc32_ieee(b: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &x in b {
-        crc ^= u32::from(x);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

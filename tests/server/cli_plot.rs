@@ -75,22 +75,6 @@ fn check_plot(path: &Path, head: &Value) -> Vec<String> {
     texts
 }
 
-/// Bitwise CRC-32 (IEEE, reflected): the head file's checksum.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// Rewrite a version-3 `HEAD` file as the version-2 file an older release
 /// wrote: its first 664 bytes (the fixed fields) with version 2, and their CRC.
 fn downgrade_head(path: &Path) {
@@ -99,14 +83,18 @@ fn downgrade_head(path: &Path) {
     assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 3);
     let mut old = b[..664].to_vec();
     old[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32(&old);
+    let crc = visage_tests::crc32(&old);
     old.extend_from_slice(&crc.to_le_bytes());
     std::fs::write(path, old).expect("write HEAD");
 }
 
 #[test]
 fn cli_head_info_plot_draws_the_calibration() {
-    assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the CRC-32 check value");
+    assert_eq!(
+        visage_tests::crc32(b"123456789"),
+        0xCBF4_3926,
+        "the CRC-32 check value"
+    );
     let t = TempData::new();
     let server = Server::start(&t.data());
     let cli = Cli { url: server.url() };

@@ -7,9 +7,9 @@ use super::write::WriteState;
 use super::{Gallery, GalleryOptions, HEAD, MANIFEST, Signal, parse_file_no, seg_name};
 use crate::error::{Error, Result};
 use crate::head::HeadInfo;
-use crate::snapshot::SegState;
 use crate::snapshot::memtable::Memtable;
 use crate::snapshot::tombstones::Tombstones;
+use crate::snapshot::{SegState, Snapshot};
 use crate::storage::format::{self, ManifestData};
 use crate::storage::io::FileSystem;
 use crate::storage::segment::Segment;
@@ -122,7 +122,11 @@ impl Gallery {
         // Galleries written before the count (format 1 and 2) count once here.
         let subjects = match manifest.subjects {
             Some(n) => n,
-            None => super::write::count_subjects(&segments),
+            None => Snapshot {
+                segments: segments.clone(),
+                ..Snapshot::default()
+            }
+            .count_subjects() as u64,
         };
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,

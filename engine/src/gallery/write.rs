@@ -268,25 +268,6 @@ fn live_in_segments(segments: &[SegState], subject: &str) -> bool {
     })
 }
 
-/// Subjects with a live row in `segments`, counted from their dictionaries:
-/// what opening a gallery whose manifest predates the count does once.
-pub(super) fn count_subjects(segments: &[SegState]) -> u64 {
-    let mut set: HashSet<&str> = HashSet::new();
-    for ss in segments {
-        for ord in 0..ss.seg.subject_count() {
-            if ss
-                .seg
-                .posting(ord)
-                .iter()
-                .any(|&r| !ss.tomb.get(r as usize))
-            {
-                set.insert(ss.seg.subject_at(ord));
-            }
-        }
-    }
-    set.len() as u64
-}
-
 /// A validated write waiting in the commit queue.
 pub(super) enum Op {
     /// The rows (taken by the leader) and the WAL payload with its CRC state.
