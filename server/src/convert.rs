@@ -313,7 +313,8 @@ mod tests {
             weights: vec![0.5; DIM],
             distance_weight: -2.0,
             bias: 3.0,
-            threshold: 0.75,
+            // As the engine sets it: the probability at the logit threshold.
+            threshold: 1.0 / (1.0 + (-1.1f32).exp()),
             logit_threshold: 1.1,
             target_far: 0.01,
             auc: 0.99,
@@ -385,7 +386,7 @@ mod tests {
                 })
                 .collect(),
         };
-        let h = HeadInfo {
+        let mut h = HeadInfo {
             calibrated: Some(visage_engine::head::Calibrated {
                 prior: 0.2,
                 platt: Some((1.5, -0.25)),
@@ -407,6 +408,8 @@ mod tests {
             }),
             ..old_head()
         };
+        // As the engine sets it for a calibrated head.
+        h.threshold = h.probability(h.logit_threshold);
         let p = head_out(Some(&h), 200);
         assert!(p.calibration_current && p.probability_calibrated);
         assert_eq!((p.prior, p.platt_a, p.platt_b), (0.2, 1.5, -0.25));
