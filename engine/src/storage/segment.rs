@@ -450,6 +450,7 @@ impl Segment {
                 "offsets not strictly ascending over the subject bytes".into(),
             ));
         }
+        let mut prev: Option<&[u8]> = None;
         for i in 0..nsub {
             // The offsets ascend to `sb.len()` (checked above), so they fit in usize.
             #[allow(clippy::cast_possible_truncation, reason = "at most sb.len()")]
@@ -468,6 +469,18 @@ impl Segment {
                     format!("subject {i} {why}"),
                 ));
             }
+            // Strictly ascending (bytewise, as `str` orders): lookups by name
+            // search the dictionary. Found by the `segment` fuzz target: with
+            // a subject listed twice, a lookup found one ordinal's rows only,
+            // and the writer's subject count lost a subject that had rows.
+            if prev.is_some_and(|p| p >= s) {
+                return Err(bad(
+                    Section::SubjectBytes,
+                    start,
+                    format!("subject {i} is not after subject {} in byte order", i - 1),
+                ));
+            }
+            prev = Some(s);
         }
         if self.header.version >= 2 {
             let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params))?;
