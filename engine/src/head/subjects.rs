@@ -10,15 +10,17 @@
 //!   higher true-accept rate at the target is kept ([`ClaimScore`]).
 //! - **Identification** keeps the best match over the whole gallery, so a
 //!   stranger's chance of passing a fixed threshold grows with the number N
-//!   of enrolled subjects. Each held-out probe is scored against a sample of
-//!   subjects (its score against a subject is the best over the subject's
-//!   images); its scores are standardised by their own mean and spread (some
-//!   faces are near many people, and dominate false positives), and the
-//!   standardised scores of all probes are pooled into one tail. The
-//!   false-positive identification rate at threshold `t` for N subjects is
-//!   then the mean over probes of `1 − (1 − G((t − μ_p)/σ_p))^N`, `G` the
-//!   pooled survival (empirical, with an exponential tail beyond its 100
-//!   highest values); the threshold for each N on a grid around the
+//!   of enrolled subjects. Each held-out probe (up to 10,000) is scored
+//!   against a window of up to 4,096 other subjects (its score against a
+//!   subject is the best over the subject's images). Its scores are
+//!   standardised by its own mean and deviation, each score by those of the
+//!   others (leave one out), since some faces are near many people and make
+//!   most false positives. The standardised scores are pooled within strata
+//!   of probes by mean score, each stratum's tail empirical down to its top
+//!   1% and a generalised Pareto distribution beyond. The false-positive
+//!   identification rate at threshold `t` for N subjects is then the mean
+//!   over probes of `1 − (1 − G((t − μ_p)/σ_p))^N`, `G` the probe's stratum's
+//!   survival; the threshold for each N on a grid from 1/64 to 64 times the
 //!   calibration size is solved from it and stored ([`OpenSetModel`]).
 //!   Decisions interpolate the grid at the gallery's current N.
 //!
