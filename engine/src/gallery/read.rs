@@ -5,7 +5,7 @@ use super::Gallery;
 use super::write::{check_probes, check_subject, check_vector};
 use crate::api::*;
 use crate::error::{Error, Result};
-use crate::head::{ClaimScore, HeadInfo, TrainOptions};
+use crate::head::{ClaimScore, HeadInfo, OpenRule, TrainOptions};
 use crate::search;
 use crate::snapshot::Snapshot;
 use crate::{DIM, Embedding, Hit};
@@ -365,16 +365,18 @@ impl Gallery {
         }
         let open = |h: &HeadInfo| open_set.and_then(|n| h.open_rule(n));
         match head.as_deref() {
-            Some(h) if open(h).is_some() => {
-                let rule = open(h).expect("checked");
-                Ok(match (h.trained, rule.logit, rule.distance) {
-                    (true, Some(t), _) => Decision::Logit(t),
-                    (_, _, Some(t)) => Decision::Distance(t),
-                    _ => Decision::Logit(h.logit_threshold),
-                })
-            }
-            Some(h) if h.trained => Ok(Decision::Logit(h.logit_threshold)),
-            Some(h) => Ok(Decision::Distance(h.distance_threshold)),
+            Some(h) => Ok(match (open(h), h.trained) {
+                // Identification: the thresholds for the gallery's current size.
+                (Some(OpenRule { logit: Some(t), .. }), true) => Decision::Logit(t),
+                (
+                    Some(OpenRule {
+                        distance: Some(t), ..
+                    }),
+                    _,
+                ) => Decision::Distance(t),
+                (_, true) => Decision::Logit(h.logit_threshold),
+                (_, false) => Decision::Distance(h.distance_threshold),
+            }),
             None => {
                 // No threshold yet: calibrate the distance threshold now from the gallery's own pairs.
                 let h =
