@@ -6,8 +6,106 @@
 //! Plain data only: the gallery ([`crate::gallery`]) validates and answers,
 //! the search (`search`) ranks.
 
-/// Dimension of every embedding.
+/// Default dimension of a gallery's embeddings (dlib, FaceNet-128, OpenFace, SFace);
+/// the fastest path.
 pub const DIM: usize = 128;
+/// Smallest dimension a gallery may have.
+pub const MIN_DIM: usize = 16;
+/// Largest dimension a gallery may have.
+pub const MAX_DIM: usize = 2048;
+/// Longest model name in bytes.
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// What a gallery holds, fixed when it is created: the dimension of its
+/// vectors, the model that made them and whether it normalises them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GallerySpec {
+    /// Values per vector: a multiple of 16 from [`MIN_DIM`] to [`MAX_DIM`].
+    pub dim: usize,
+    /// The model that made the vectors (free text, e.g.
+    /// `arcface-r100@insightface-0.7.3`; empty: not recorded). Requests that
+    /// name a model are refused when it differs.
+    pub model: String,
+    /// Store unit vectors and normalise probes (for models compared by
+    /// cosine); hits then carry the cosine similarity `1 − d/2`.
+    pub normalize: bool,
+}
+
+impl Default for GallerySpec {
+    fn default() -> Self {
+        GallerySpec {
+            dim: DIM,
+            model: String::new(),
+            normalize: false,
+        }
+    }
+}
+
+impl GallerySpec {
+    /// A spec of dimension `dim`, no model, not normalising.
+    pub fn with_dim(dim: usize) -> GallerySpec {
+        GallerySpec {
+            dim,
+            ..GallerySpec::default()
+        }
+    }
+
+    /// What is wrong with the spec, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !(MIN_DIM..=MAX_DIM).contains(&self.dim) || !self.dim.is_multiple_of(16) {
+            return Some(format!(
+                "dimension {} is not a multiple of 16 from {MIN_DIM} to {MAX_DIM}",
+                self.dim
+            ));
+        }
+        model_problem(&self.model).map(|why| format!("model {why}"))
+    }
+
+    /// The cosine similarity of two unit vectors at squared distance `d`,
+    /// when the gallery normalises.
+    pub fn similarity(&self, d: f32) -> Option<f32> {
+        self.normalize.then(|| 1.0 - d / 2.0)
+    }
+}
+
+/// What is wrong with a model name, if anything: at most [`MAX_MODEL_LEN`]
+/// bytes, no control characters (empty means "not recorded").
+pub fn model_problem(model: &str) -> Option<String> {
+    if model.len() > MAX_MODEL_LEN {
+        Some(format!(
+            "is {} bytes, longer than {MAX_MODEL_LEN}",
+            model.len()
+        ))
+    } else {
+        model
+            .chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("holds control character {c:?}"))
+    }
+}
+
+/// Per-call limits of a gallery of dimension `dim`: the element counts of
+/// [`MAX_INSERT_BATCH`] and [`MAX_PROBES`] hold at 128 values a vector, and
+/// shrink in proportion above it, so a call's vectors stay within the same
+/// bytes (an insert of 100,000 vectors of 128 values is 51 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most embeddings in one insert.
+    pub insert_batch: usize,
+    /// Most probes in one search or identify call.
+    pub probes: usize,
+}
+
+impl Limits {
+    /// The limits at dimension `dim`.
+    pub fn for_dim(dim: usize) -> Limits {
+        let scale = |n: usize| (n * DIM / dim.max(DIM)).max(1);
+        Limits {
+            insert_batch: scale(MAX_INSERT_BATCH),
+            probes: scale(MAX_PROBES),
+        }
+    }
+}
 
 /// One enrolled embedding.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +114,7 @@ pub struct Embedding {
     pub id: u64,
     /// The person it belongs to.
     pub subject: String,
-    /// The vector; must hold exactly [`DIM`] finite values.
+    /// The vector; must hold exactly the gallery's dimension of finite values.
     pub vector: Vec<f32>,
 }
 
@@ -31,6 +129,8 @@ pub struct Hit {
     pub distance: f32,
     /// The head's probability that the probe shows the same person (when a head is trained).
     pub probability: Option<f32>,
+    /// Cosine similarity `1 − d/2` (in a normalising gallery).
+    pub similarity: Option<f32>,
 }
 
 /// Largest insert batch (embeddings per call).
@@ -204,4 +304,6 @@ pub struct Verdict {
     pub distance: f32,
     /// The embedding compared with, for an id or a subject.
     pub matched_id: Option<u64>,
+    /// Cosine similarity `1 − d/2` (in a normalising gallery).
+    pub similarity: Option<f32>,
 }

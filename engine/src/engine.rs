@@ -7,6 +7,7 @@
 //! the directory to `NAME.dropping` (durably) and then removes it, so a crash
 //! mid-drop cannot leave a half-deleted gallery that opens.
 
+use crate::api::GallerySpec;
 use crate::error::{Error, Result, shown};
 use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
 use crate::storage::fs::{DirLock, fsync_dir};
@@ -121,9 +122,26 @@ impl Engine {
         &self.root
     }
 
-    /// Create an empty gallery.
+    /// Create an empty gallery of the default spec: 128 values a vector, no
+    /// model recorded, not normalising.
     pub fn create_gallery(&self, name: &str) -> Result<Arc<Gallery>> {
+        self.create_gallery_with(name, &GallerySpec::default())
+    }
+
+    /// Create an empty gallery for vectors of `spec.dim` values made by
+    /// `spec.model`, normalised if `spec.normalize`; all three are fixed for
+    /// the gallery's life.
+    pub fn create_gallery_with(&self, name: &str, spec: &GallerySpec) -> Result<Arc<Gallery>> {
         check_gallery_name(name)?;
+        if let Some(reason) = spec.problem() {
+            return Err(Error::InvalidSpec { reason });
+        }
+        // Temporary, while the engine's internals move from 128 to any dimension.
+        if spec.dim != crate::DIM {
+            return Err(Error::InvalidSpec {
+                reason: format!("dimension {} is not supported yet", spec.dim),
+            });
+        }
         let mut map = self.galleries.write().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(name) {
             return Err(Error::GalleryExists(name.to_owned()));
@@ -134,7 +152,7 @@ impl Engine {
             // Left behind by a creation that crashed after the last open: start over.
             fs.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        if let Err(e) = Gallery::create_files(fs, &dir) {
+        if let Err(e) = Gallery::create_files(fs, &dir, spec) {
             let _ = fs.remove_dir_all(&dir);
             return Err(e);
         }

@@ -20,7 +20,7 @@ pub enum Error {
         what: &'static str,
         /// Position in the batch.
         index: usize,
-        /// Expected dimension (128).
+        /// Expected dimension (the gallery's).
         expected: usize,
         /// Dimension received.
         got: usize,
@@ -36,6 +36,32 @@ pub enum Error {
         position: usize,
         /// The value itself.
         value: f32,
+    },
+    /// Caller error: a zero vector in a gallery that normalises (it has no direction).
+    #[error("{what}[{index}]: is a zero vector, which cannot be normalised (gallery normalises)")]
+    ZeroVector {
+        /// Which field of the request.
+        what: &'static str,
+        /// Position in the batch.
+        index: usize,
+    },
+    /// Caller error: the request names a model other than the gallery's.
+    #[error(
+        "gallery {gallery:?} holds vectors of model {expected:?}; the request names model {got:?}"
+    )]
+    ModelMismatch {
+        /// The gallery.
+        gallery: String,
+        /// The gallery's model (empty: none recorded).
+        expected: String,
+        /// The model the request named.
+        got: String,
+    },
+    /// Caller error: a gallery cannot be created with this specification.
+    #[error("invalid gallery specification: {reason}")]
+    InvalidSpec {
+        /// What is wrong.
+        reason: String,
     },
     /// Caller error: a subject string is empty, too long or holds control characters.
     #[error("{what}[{index}].subject: {reason}")]
@@ -263,6 +289,9 @@ impl Error {
         matches!(
             self,
             Error::DimensionMismatch { .. }
+                | Error::ZeroVector { .. }
+                | Error::ModelMismatch { .. }
+                | Error::InvalidSpec { .. }
                 | Error::NonFiniteValue { .. }
                 | Error::InvalidSubject { .. }
                 | Error::DuplicateId { .. }

@@ -43,7 +43,9 @@ mod snapshot;
 mod storage;
 pub mod synth;
 
-pub use api::{DIM, Embedding, Hit};
+pub use api::{
+    DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM, model_problem,
+};
 pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name};
 pub use error::{Error, Result, shown};

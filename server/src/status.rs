@@ -37,6 +37,8 @@ impl From<ApiError> for Status {
 pub fn code_of(e: &Error) -> Code {
     match e {
         Error::DimensionMismatch { .. }
+        | Error::ZeroVector { .. }
+        | Error::InvalidSpec { .. }
         | Error::NonFiniteValue { .. }
         | Error::InvalidSubject { .. }
         | Error::DuplicateId { .. }
@@ -49,7 +51,9 @@ pub fn code_of(e: &Error) -> Code {
         Error::GalleryNotFound(_) | Error::UnknownId { .. } | Error::UnknownSubject { .. } => {
             Code::NotFound
         }
-        Error::NoTrainedHead { .. } | Error::NoThreshold { .. } => Code::FailedPrecondition,
+        Error::NoTrainedHead { .. } | Error::NoThreshold { .. } | Error::ModelMismatch { .. } => {
+            Code::FailedPrecondition
+        }
         Error::GalleryExists(_) => Code::AlreadyExists,
         Error::Locked { .. } => Code::FailedPrecondition,
         Error::ChecksumMismatch { .. }

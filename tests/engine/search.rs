@@ -359,6 +359,7 @@ mod checker_rejects {
                 subject: e.subject.clone(),
                 distance: l2sq_f64(&probe, &e.vector) as f32,
                 probability: None,
+                similarity: None,
             })
             .collect();
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
@@ -396,6 +397,7 @@ mod checker_rejects {
             subject: far.subject.clone(),
             distance: l2sq_f64(&probe, &far.vector) as f32 + 1e9,
             probability: None,
+            similarity: None,
         };
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         check_search(&hits, &model, &probe, 10, false, "wrong row");

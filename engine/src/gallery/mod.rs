@@ -143,6 +143,8 @@ pub struct Gallery {
     fs: Arc<dyn FileSystem>,
     name: String,
     dir: PathBuf,
+    /// Dimension, model and normalisation, fixed at creation.
+    spec: GallerySpec,
     opts: GalleryOptions,
     state: Mutex<WriteState>,
     published: RwLock<Arc<Snapshot>>,
@@ -200,6 +202,30 @@ impl Gallery {
     /// The gallery's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The gallery's dimension, model and normalisation.
+    pub fn spec(&self) -> &GallerySpec {
+        &self.spec
+    }
+
+    /// Values per vector.
+    pub fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    /// Refuse a request that names a model other than the gallery's (an empty
+    /// name is not checked). Callers check before acting, so a refused request
+    /// changes nothing.
+    pub fn check_model(&self, model: &str) -> Result<()> {
+        if model.is_empty() || model == self.spec.model {
+            return Ok(());
+        }
+        Err(Error::ModelMismatch {
+            gallery: crate::error::shown(&self.name),
+            expected: crate::error::shown(&self.spec.model),
+            got: crate::error::shown(model),
+        })
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {

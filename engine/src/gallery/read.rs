@@ -44,6 +44,7 @@ impl Decision {
 
 /// A result row: exact distance to the probe, and the head's probability when trained.
 fn hit(
+    spec: &GallerySpec,
     snap: &Snapshot,
     c: &search::Cand,
     probe: &[f32; DIM],
@@ -64,6 +65,7 @@ fn hit(
         probability: head
             .filter(|h| h.trained)
             .map(|h| h.probability(h.logit(probe, v))),
+        similarity: spec.similarity(distance),
     }
 }
 
@@ -101,7 +103,7 @@ impl Gallery {
                 got: d.to_string(),
             });
         }
-        let probes = check_probes(probes, opts.k, MAX_K)?;
+        let probes = check_probes(&self.spec, probes, opts.k, MAX_K)?;
         let head = self.head();
         let snap = self.snapshot();
         let w;
@@ -130,7 +132,7 @@ impl Gallery {
             .zip(&probes)
             .map(|(cs, q)| {
                 cs.iter()
-                    .map(|c| hit(&snap, c, q, head.as_deref(), is_l2))
+                    .map(|c| hit(&self.spec, &snap, c, q, head.as_deref(), is_l2))
                     .filter(|h| opts.max_distance.is_none_or(|m| h.distance <= m))
                     .collect()
             })
@@ -140,7 +142,7 @@ impl Gallery {
     /// For each probe, the `k` best distinct subjects, each with its best-matching
     /// embedding, ranked by distance exactly as a brute-force scan ranks them.
     pub fn identify<P: AsRef<[f32]>>(&self, probes: &[P], k: usize) -> Result<Vec<Vec<Hit>>> {
-        let probes = check_probes(probes, k, MAX_IDENTIFY_K)?;
+        let probes = check_probes(&self.spec, probes, k, MAX_IDENTIFY_K)?;
         let head = self.head();
         let snap = self.snapshot();
         Ok(search::identify(&snap, &probes, k, search::Metric::L2)
@@ -148,7 +150,7 @@ impl Gallery {
             .zip(&probes)
             .map(|(cs, q)| {
                 cs.iter()
-                    .map(|c| hit(&snap, c, q, head.as_deref(), true))
+                    .map(|c| hit(&self.spec, &snap, c, q, head.as_deref(), true))
                     .collect()
             })
             .collect())
@@ -163,7 +165,7 @@ impl Gallery {
         probes: &[P],
         opts: &IdentifyOptions,
     ) -> Result<Vec<Identification>> {
-        let probes = check_probes(probes, opts.k, MAX_IDENTIFY_K)?;
+        let probes = check_probes(&self.spec, probes, opts.k, MAX_IDENTIFY_K)?;
         let snap = self.snapshot();
         let decision = self.decision_for(
             opts.min_probability,
@@ -188,7 +190,7 @@ impl Gallery {
             .map(|(cs, q)| {
                 let candidates: Vec<Hit> = cs
                     .iter()
-                    .map(|c| hit(&snap, c, q, head.as_deref(), !trained))
+                    .map(|c| hit(&self.spec, &snap, c, q, head.as_deref(), !trained))
                     .collect();
                 let known = candidates
                     .first()
@@ -209,18 +211,21 @@ impl Gallery {
     /// 1:1 verification of each pair: probability (with a head), distance, and the decision.
     /// Against a subject, the best over that subject's embeddings counts.
     pub fn verify(&self, pairs: &[VerifyPair], opts: &VerifyOptions) -> Result<Vec<Verdict>> {
-        if pairs.len() > MAX_PROBES {
+        let limit = Limits::for_dim(self.spec.dim).probes;
+        if pairs.len() > limit {
             return Err(Error::TooLarge {
                 what: "pairs",
                 got: pairs.len(),
-                limit: MAX_PROBES,
+                limit,
             });
         }
         let mut checked = Vec::with_capacity(pairs.len());
         for (i, p) in pairs.iter().enumerate() {
-            let a = check_vector("pairs.a", i, &p.a)?;
+            let a = check_vector(&self.spec, "pairs.a", i, &p.a)?;
             let b = match &p.b {
-                VerifyTarget::Vector(v) => Target::Vector(Box::new(check_vector("pairs.b", i, v)?)),
+                VerifyTarget::Vector(v) => {
+                    Target::Vector(Box::new(check_vector(&self.spec, "pairs.b", i, v)?))
+                }
                 VerifyTarget::Id(id) => Target::Id(*id),
                 VerifyTarget::Subject(s) => {
                     check_subject("pairs", i, s)?;
@@ -254,7 +259,7 @@ impl Gallery {
                         field: format!("pairs[{i}].id"),
                         id: *id,
                     })?;
-                    let v = check_vector("stored", 0, &e.vector)?;
+                    let v = check_vector(&self.spec, "stored", 0, &e.vector)?;
                     let (d, l) = score(&v);
                     ((d, l, Some(*id)), None)
                 }
@@ -310,6 +315,7 @@ impl Gallery {
                 probability: logit.map(|l| head.map_or(0.0, |h| h.probability(l))),
                 distance,
                 matched_id: matched,
+                similarity: self.spec.similarity(distance),
             });
         }
         Ok(out)

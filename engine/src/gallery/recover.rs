@@ -5,6 +5,7 @@
 use super::maintain::maintenance_loop;
 use super::write::WriteState;
 use super::{Gallery, GalleryOptions, HEAD, MANIFEST, Signal, parse_file_no, seg_name};
+use crate::api::GallerySpec;
 use crate::error::{Error, Result};
 use crate::head::HeadInfo;
 use crate::snapshot::memtable::Memtable;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 impl Gallery {
     /// Create the files of an empty gallery in `dir` (which must not exist).
-    pub(crate) fn create_files(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    pub(crate) fn create_files(fs: &dyn FileSystem, dir: &Path, spec: &GallerySpec) -> Result<()> {
         fs.create_dir(dir).map_err(|e| Error::io(dir, e))?;
         WalWriter::create(fs, dir, 1)?;
         let m = ManifestData {
@@ -30,6 +31,7 @@ impl Gallery {
             wal_start: 1,
             segments: vec![],
             subjects: Some(0),
+            spec: spec.clone(),
         };
         crate::storage::fs::atomic_write(fs, &dir.join(MANIFEST), &format::encode_manifest(&m))
             .map_err(|e| e.error)?;
@@ -137,6 +139,7 @@ impl Gallery {
             generation: manifest.generation,
             wal_start: manifest.wal_start,
             subjects,
+            spec: manifest.spec.clone(),
         };
         let mut writer = None;
         for (i, &n) in wals.iter().enumerate() {
@@ -179,6 +182,7 @@ impl Gallery {
             fs: fs_handle.clone(),
             name: name.to_owned(),
             dir: dir.to_owned(),
+            spec: manifest.spec,
             opts,
             state: Mutex::new(tmp),
             published: RwLock::new(snapshot),

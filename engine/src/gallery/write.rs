@@ -41,6 +41,8 @@ pub(super) struct WriteState {
     /// looks up only the subjects it touches) and persisted, for the rows in
     /// segments, with the manifest.
     pub(super) subjects: u64,
+    /// The gallery's spec, carried into every manifest.
+    pub(super) spec: GallerySpec,
 }
 
 impl WriteState {
@@ -254,6 +256,7 @@ impl WriteState {
                 })
                 .collect(),
             subjects: Some(self.subjects_in(segments)),
+            spec: self.spec.clone(),
         }
     }
 }
@@ -304,9 +307,24 @@ pub(super) fn check_subject(what: &'static str, index: usize, s: &str) -> Result
     }
 }
 
-/// Check one vector: dimension and finiteness.
-pub(super) fn check_vector(what: &'static str, index: usize, v: &[f32]) -> Result<[f32; DIM]> {
-    let arr: [f32; DIM] = v.try_into().map_err(|_| Error::DimensionMismatch {
+/// Check one vector against the gallery's spec (dimension, finite values, not
+/// zero where the gallery normalises) and return it as the gallery keeps it:
+/// scaled to unit length where the gallery normalises.
+pub(super) fn check_vector(
+    spec: &GallerySpec,
+    what: &'static str,
+    index: usize,
+    v: &[f32],
+) -> Result<[f32; DIM]> {
+    if v.len() != spec.dim {
+        return Err(Error::DimensionMismatch {
+            what,
+            index,
+            expected: spec.dim,
+            got: v.len(),
+        });
+    }
+    let mut arr: [f32; DIM] = v.try_into().map_err(|_| Error::DimensionMismatch {
         what,
         index,
         expected: DIM,
@@ -320,10 +338,28 @@ pub(super) fn check_vector(what: &'static str, index: usize, v: &[f32]) -> Resul
             value: arr[position],
         });
     }
+    if spec.normalize {
+        normalize(&mut arr).ok_or(Error::ZeroVector { what, index })?;
+    }
     Ok(arr)
 }
 
+/// Scale `v` to unit length (its norm computed in f64, so no finite vector
+/// overflows); `None` for the zero vector, which has no direction.
+pub(crate) fn normalize(v: &mut [f32]) -> Option<()> {
+    let n2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if n2 == 0.0 {
+        return None;
+    }
+    let inv = 1.0 / n2.sqrt();
+    for x in v.iter_mut() {
+        *x = (f64::from(*x) * inv) as f32;
+    }
+    Some(())
+}
+
 pub(super) fn check_probes<P: AsRef<[f32]>>(
+    spec: &GallerySpec,
     probes: &[P],
     k: usize,
     max_k: usize,
@@ -334,17 +370,18 @@ pub(super) fn check_probes<P: AsRef<[f32]>>(
             limit: max_k,
         });
     }
-    if probes.len() > MAX_PROBES {
+    let limit = Limits::for_dim(spec.dim).probes;
+    if probes.len() > limit {
         return Err(Error::TooLarge {
             what: "probes",
             got: probes.len(),
-            limit: MAX_PROBES,
+            limit,
         });
     }
     probes
         .iter()
         .enumerate()
-        .map(|(i, p)| check_vector("probes", i, p.as_ref()))
+        .map(|(i, p)| check_vector(spec, "probes", i, p.as_ref()))
         .collect()
 }
 
@@ -403,11 +440,12 @@ impl Gallery {
     /// Insert (upsert) a batch. The batch is validated whole first; a bad batch
     /// is rejected with an error naming the position and changes nothing.
     pub fn insert(&self, batch: &[Embedding]) -> Result<InsertOutcome> {
-        if batch.len() > MAX_INSERT_BATCH {
+        let limit = Limits::for_dim(self.spec.dim).insert_batch;
+        if batch.len() > limit {
             return Err(Error::TooLarge {
                 what: "embeddings",
                 got: batch.len(),
-                limit: MAX_INSERT_BATCH,
+                limit,
             });
         }
         let mut seen = crate::snapshot::memtable::IdMap::with_capacity_and_hasher(
@@ -416,7 +454,7 @@ impl Gallery {
         );
         let mut vectors = Vec::with_capacity(batch.len());
         for (i, e) in batch.iter().enumerate() {
-            vectors.push(check_vector("embeddings", i, &e.vector)?);
+            vectors.push(check_vector(&self.spec, "embeddings", i, &e.vector)?);
             check_subject("embeddings", i, &e.subject)?;
             if let Some(first) = seen.insert(e.id, i) {
                 return Err(Error::DuplicateId {

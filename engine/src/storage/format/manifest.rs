@@ -1,6 +1,6 @@
 //! The manifest (`MANIFEST`): layout, encoder and decoder. No I/O.
 //!
-//! # Manifest (`MANIFEST`), version 3 (1 and 2 are the same without the subject count)
+//! # Manifest (`MANIFEST`), version 4 (3 is the same without the gallery's spec; 1 and 2 also without the subject count)
 //!
 //! | size | type | meaning |
 //! |---|---|---|
@@ -17,9 +17,14 @@
 //! order; then (version 3) the number of subjects with a live row in these
 //! segments, u64 (`u64::MAX`: not counted, the next open counts them). With
 //! the WAL's records replayed on top, it gives the gallery's subject count
-//! without reading every segment's subjects at open.
+//! without reading every segment's subjects at open. Then (version 4) the
+//! gallery's spec, fixed at creation: dimension u32 (a multiple of 16 from
+//! 16 to 2,048), flags u32 (bit 0: normalise; the other bits reserved, 0),
+//! model name length u16 (at most 256) and its UTF-8 bytes. A manifest of
+//! version 1 to 3 is a gallery of 128 values a vector, no model, not normalising.
 
 use super::{Cursor, FORMAT_VERSION, check_version, check_zero, get_u32, get_u64};
+use crate::api::GallerySpec;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -40,6 +45,9 @@ pub struct ManifestData {
     /// Subjects with a live row in the segments (`None`: not counted, as in
     /// versions 1 and 2).
     pub subjects: Option<u64>,
+    /// The gallery's dimension, model and normalisation (the default, 128
+    /// values and no model, for versions 1 to 3).
+    pub spec: GallerySpec,
 }
 
 /// One segment in the manifest.
@@ -75,6 +83,16 @@ pub fn encode_manifest(m: &ManifestData) -> Vec<u8> {
         }
     }
     body.extend_from_slice(&m.subjects.unwrap_or(u64::MAX).to_le_bytes());
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a spec's dimension is at most 2,048 and its model at most 256 bytes (GallerySpec::problem)"
+    )]
+    {
+        body.extend_from_slice(&(m.spec.dim as u32).to_le_bytes());
+        body.extend_from_slice(&u32::from(m.spec.normalize).to_le_bytes());
+        body.extend_from_slice(&(m.spec.model.len() as u16).to_le_bytes());
+    }
+    body.extend_from_slice(m.spec.model.as_bytes());
     let mut out = Vec::with_capacity(MANIFEST_PREFIX_LEN + body.len() + 4);
     out.extend_from_slice(&MANIFEST_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -178,6 +196,33 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
     } else {
         None
     };
+    let spec = if version >= 4 {
+        let at = c.at;
+        let dim = c.u32()? as usize;
+        let flags = c.u32()?;
+        if flags > 1 {
+            return Err(Error::corrupt(
+                path,
+                (at + 4) as u64,
+                format!("unknown gallery flags {flags:#x}"),
+            ));
+        }
+        let len = usize::from(c.u16()?);
+        let model = std::str::from_utf8(c.take(len)?)
+            .map_err(|_| Error::corrupt(path, (at + 10) as u64, "model name is not UTF-8"))?
+            .to_owned();
+        let spec = GallerySpec {
+            dim,
+            model,
+            normalize: flags == 1,
+        };
+        if let Some(why) = spec.problem() {
+            return Err(Error::corrupt(path, at as u64, why));
+        }
+        spec
+    } else {
+        GallerySpec::default()
+    };
     c.finish()?;
     let mut numbers: Vec<u64> = segments.iter().map(|s| s.file_no).collect();
     numbers.sort_unstable();
@@ -194,6 +239,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         wal_start,
         segments,
         subjects,
+        spec,
     })
 }
 
@@ -221,6 +267,11 @@ mod tests {
                 },
             ],
             subjects: Some(7),
+            spec: GallerySpec {
+                dim: 512,
+                model: "arcface-r100@insightface-0.7.3".into(),
+                normalize: true,
+            },
         };
         let b = encode_manifest(&m);
         assert_eq!(decode_manifest(Path::new("m"), &b).unwrap(), m);
@@ -238,9 +289,22 @@ mod tests {
         twice.segments[1].file_no = 4;
         twice.segments[1].deleted.clear();
         assert!(decode_manifest(Path::new("m"), &encode_manifest(&twice)).is_err());
+        // A spec the engine could not have created is corruption.
+        for spec in [
+            GallerySpec::with_dim(100),
+            GallerySpec::with_dim(4096),
+            GallerySpec {
+                model: "a\nb".into(),
+                ..GallerySpec::default()
+            },
+        ] {
+            let bad = ManifestData { spec, ..m.clone() };
+            assert!(decode_manifest(Path::new("m"), &encode_manifest(&bad)).is_err());
+        }
     }
 
-    /// A version-2 manifest (no subject count) still decodes, its count unknown;
+    /// A version-3 manifest (no spec) decodes as a default gallery of 128
+    /// values; a version-2 one (no subject count) still decodes, its count unknown;
     /// "not counted" written by this version reads back as unknown too.
     #[test]
     fn versions_without_the_subject_count_decode_as_unknown() {
@@ -254,8 +318,21 @@ mod tests {
                 deleted: vec![2],
             }],
             subjects: Some(3),
+            spec: GallerySpec::default(),
         };
-        let v3 = encode_manifest(&m);
+        // The spec of a default gallery takes 10 bytes: 128, no flags, no model.
+        let v4 = encode_manifest(&m);
+        assert_eq!(
+            &v4[v4.len() - 14..v4.len() - 4],
+            &[128, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let mut v3 = v4[..v4.len() - 14].to_vec();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let body = (v3.len() - MANIFEST_PREFIX_LEN) as u64;
+        v3[16..24].copy_from_slice(&body.to_le_bytes());
+        v3.extend_from_slice(&[0; 4]);
+        reseal(&mut v3);
+        assert_eq!(decode_manifest(Path::new("m"), &v3).unwrap(), m);
         assert_eq!(&v3[v3.len() - 12..v3.len() - 4], &3u64.to_le_bytes());
         let mut v2 = v3[..v3.len() - 12].to_vec();
         v2[8..12].copy_from_slice(&2u32.to_le_bytes());

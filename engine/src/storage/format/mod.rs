@@ -47,6 +47,13 @@
 //!   subject-claim thresholds by image count, the open-set threshold by
 //!   gallery size and the DET curves. Segments and WAL unchanged (they carry
 //!   version 3 in their headers, with version 2's layout).
+//! - 4: a gallery may hold vectors of any dimension that is a multiple of 16
+//!   from 16 to 2,048. The manifest records the gallery's spec (dimension,
+//!   model, normalisation); the WAL header records the dimension of its
+//!   records (in bytes 24..28, reserved until version 3); the head file records
+//!   its dimension and holds one weight per dimension. Segments already
+//!   recorded their dimension: their layout is unchanged. Files of versions 1
+//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -77,7 +84,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
