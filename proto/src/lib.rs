@@ -67,6 +67,7 @@ mod tests {
                 subject: "emp-1".into(),
                 vector: vec![0.5; 128],
             }],
+            model: "arcface-r100".into(),
         };
         let bytes = req.encode_to_vec();
         let back = v1::InsertRequest::decode(bytes.as_slice()).unwrap();
@@ -76,6 +77,7 @@ mod tests {
             probability: None,
             distance: 1.0,
             matched_id: Some(3),
+            similarity: Some(0.5),
         };
         assert_eq!(
             v1::Verdict::decode(v.encode_to_vec().as_slice()).unwrap(),

@@ -5,10 +5,20 @@
 use crate::status::{ApiError, invalid};
 use visage_engine::head::{ClaimScore, OpenSetModel};
 use visage_engine::{
-    DIM, Embedding, Gallery, GalleryStats, HeadInfo, Hit, Identification, TrainOptions, Verdict,
-    VerifyPair, VerifyTarget,
+    DIM, Embedding, Gallery, GallerySpec, GalleryStats, HeadInfo, Hit, Identification,
+    TrainOptions, Verdict, VerifyPair, VerifyTarget,
 };
 use visage_proto::v1 as pb;
+
+/// What a CreateGallery request asks for: `dim` 0 means the default (128).
+/// The engine checks the rest (`InvalidSpec`).
+pub fn spec_in(r: &pb::CreateGalleryRequest) -> GallerySpec {
+    GallerySpec {
+        dim: if r.dim == 0 { DIM } else { r.dim as usize },
+        model: r.model.clone(),
+        normalize: r.normalize,
+    }
+}
 
 /// Wire embeddings to engine embeddings (moves the vectors, no copy).
 pub fn embeddings_in(batch: Vec<pb::Embedding>) -> Vec<Embedding> {
@@ -43,6 +53,7 @@ pub fn hit_out(h: Hit) -> pb::Hit {
         subject: h.subject,
         distance: h.distance,
         probability: h.probability,
+        similarity: h.similarity,
     }
 }
 
@@ -53,6 +64,7 @@ pub fn candidate_out(h: Hit) -> pb::Candidate {
         id: h.id,
         distance: h.distance,
         probability: h.probability,
+        similarity: h.similarity,
     }
 }
 
@@ -92,6 +104,7 @@ pub fn verdict_out(v: Verdict) -> pb::Verdict {
         probability: v.probability,
         distance: v.distance,
         matched_id: v.matched_id,
+        similarity: v.similarity,
     }
 }
 
@@ -229,9 +242,12 @@ pub fn info_out(g: &Gallery) -> pb::GalleryInfo {
     let s = g.stats();
     let head = g.head();
     let rule = head.as_deref().and_then(|h| h.open_rule(s.subjects));
+    let spec = g.spec();
     pb::GalleryInfo {
         name: g.name().to_owned(),
-        dim: DIM as u32,
+        dim: spec.dim as u32,
+        model: spec.model.clone(),
+        normalize: spec.normalize,
         live: s.live,
         deleted: s.deleted,
         subjects: s.subjects,

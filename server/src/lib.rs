@@ -35,8 +35,16 @@ pub use service::VisageService;
 
 /// Limits the server adds to the engine's (documented in the proto file).
 pub mod limits {
-    /// Largest number of ids in one Get.
+    /// Largest number of ids in one Get from a gallery of at most 128
+    /// values a vector; see [`get_ids`] for the others.
     pub const MAX_GET_IDS: usize = 100_000;
+    /// Largest number of ids in one Get from a gallery of dimension `dim`:
+    /// [`MAX_GET_IDS`] up to 128 values a vector, proportionally fewer above
+    /// (as the engine scales its own limits, `visage_engine::Limits`), so the
+    /// response's vectors stay within about 51 MB.
+    pub fn get_ids(dim: usize) -> usize {
+        (MAX_GET_IDS * visage_engine::DIM / dim.max(visage_engine::DIM)).max(1)
+    }
     /// Largest `queries × k` (Search) or `probes × k` (Identify) in one request.
     pub const MAX_RESULTS: usize = 1_000_000;
     /// Default largest request message, in bytes.

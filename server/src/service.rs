@@ -5,9 +5,15 @@
 //! `spawn_blocking` (engine calls take locks, fsync and scan vectors: never on
 //! the async runtime), and converts back. Engine errors become statuses in
 //! [`crate::status`] only.
+//!
+//! A request that names a model (`model` on Insert, Search, Identify and
+//! Verify) is checked against the gallery's before anything else is done
+//! with it, so a mismatch changes nothing. Limits that depend on the size of
+//! a vector follow the gallery's dimension (the engine's `Limits::for_dim`
+//! for inserts and probes, [`crate::limits::get_ids`] for Get).
 
 use crate::convert::{self, distance_threshold};
-use crate::limits::{MAX_GET_IDS, MAX_RESULTS};
+use crate::limits::{self, MAX_GET_IDS, MAX_RESULTS};
 use crate::status::{ApiError, at, in_field, invalid, too_large};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -72,6 +78,15 @@ fn open(engine: &Engine, name: &str) -> Result<Arc<Gallery>, ApiError> {
     Ok(engine.gallery(name)?)
 }
 
+/// The gallery named by a request's `gallery` field, when the request's
+/// `model` (if it names one) is the gallery's: checked before the request
+/// does anything.
+fn open_for(engine: &Engine, name: &str, model: &str) -> Result<Arc<Gallery>, ApiError> {
+    let g = open(engine, name)?;
+    g.check_model(model)?;
+    Ok(g)
+}
+
 /// `probes × k` bounded so one request cannot ask for unbounded results.
 /// Skipped when `k` itself is out of range: the engine reports that.
 fn check_results(field: &str, n: usize, k: usize, max_k: usize) -> Result<(), ApiError> {
@@ -134,12 +149,20 @@ impl Visage for VisageService {
         &self,
         request: Request<pb::CreateGalleryRequest>,
     ) -> Result<Response<pb::GalleryInfo>, Status> {
-        let name = request.into_inner().name;
+        let req = request.into_inner();
+        let spec = convert::spec_in(&req);
+        let name = req.name;
         let info = self
             .blocking(move |engine| {
                 visage_engine::check_gallery_name(&name).map_err(|e| at("name", e))?;
-                let g = engine.create_gallery(&name)?;
-                tracing::info!(gallery = %name, "gallery created");
+                let g = engine.create_gallery_with(&name, &spec)?;
+                tracing::info!(
+                    gallery = %name,
+                    dim = spec.dim,
+                    model = %spec.model,
+                    normalize = spec.normalize,
+                    "gallery created"
+                );
                 Ok(convert::info_out(&g))
             })
             .await?;
@@ -204,7 +227,7 @@ impl Visage for VisageService {
         let req = request.into_inner();
         let out = self
             .blocking(move |engine| {
-                let g = open(engine, &req.gallery)?;
+                let g = open_for(engine, &req.gallery, &req.model)?;
                 Ok(g.insert(&convert::embeddings_in(req.embeddings))?)
             })
             .await?;
@@ -265,10 +288,10 @@ impl Visage for VisageService {
                     ));
                 }
             };
-            let embeddings = msg.embeddings;
+            let (embeddings, model) = (msg.embeddings, msg.model);
             let out = self
                 .blocking(move |engine| {
-                    let g = open(engine, &name)?;
+                    let g = open_for(engine, &name, &model)?;
                     Ok(g.insert(&convert::embeddings_in(embeddings))?)
                 })
                 .await
@@ -306,11 +329,20 @@ impl Visage for VisageService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
+        // The most any gallery allows, before anything is looked up ...
         if req.ids.len() > MAX_GET_IDS {
             return Err(too_large("ids", req.ids.len(), MAX_GET_IDS).into());
         }
         let found = self
-            .blocking(move |engine| Ok(open(engine, &req.gallery)?.get(&req.ids)))
+            .blocking(move |engine| {
+                let g = open(engine, &req.gallery)?;
+                // ... and what this gallery's dimension allows.
+                let limit = limits::get_ids(g.dim());
+                if req.ids.len() > limit {
+                    return Err(too_large("ids", req.ids.len(), limit));
+                }
+                Ok(g.get(&req.ids))
+            })
             .await?;
         Ok(Response::new(pb::GetResponse {
             embeddings: found.into_iter().map(convert::embedding_out).collect(),
@@ -346,10 +378,10 @@ impl Visage for VisageService {
         };
         check_results("queries", req.queries.len(), opts.k, MAX_K)?;
         let queries = convert::vectors_in(req.queries);
-        let gallery = req.gallery;
+        let (gallery, model) = (req.gallery, req.model);
         let results = self
             .blocking(move |engine| {
-                open(engine, &gallery)?
+                open_for(engine, &gallery, &model)?
                     .search_with(&queries, &opts)
                     .map_err(|e| in_field(e, "queries").into())
             })
@@ -376,9 +408,11 @@ impl Visage for VisageService {
         };
         check_results("probes", req.probes.len(), opts.k, MAX_IDENTIFY_K)?;
         let probes = convert::vectors_in(req.probes);
-        let gallery = req.gallery;
+        let (gallery, model) = (req.gallery, req.model);
         let results = self
-            .blocking(move |engine| Ok(open(engine, &gallery)?.identify_open(&probes, &opts)?))
+            .blocking(move |engine| {
+                Ok(open_for(engine, &gallery, &model)?.identify_open(&probes, &opts)?)
+            })
             .await?;
         Ok(Response::new(pb::IdentifyResponse {
             results: results
@@ -393,6 +427,8 @@ impl Visage for VisageService {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let req = request.into_inner();
+        // The most any gallery allows; the engine checks the gallery's own
+        // limit for its dimension.
         if req.pairs.len() > MAX_PROBES {
             return Err(too_large("pairs", req.pairs.len(), MAX_PROBES).into());
         }
@@ -406,9 +442,9 @@ impl Visage for VisageService {
             min_probability: req.min_probability,
             max_distance: req.max_distance,
         };
-        let gallery = req.gallery;
+        let (gallery, model) = (req.gallery, req.model);
         let verdicts = self
-            .blocking(move |engine| Ok(open(engine, &gallery)?.verify(&pairs, &opts)?))
+            .blocking(move |engine| Ok(open_for(engine, &gallery, &model)?.verify(&pairs, &opts)?))
             .await?;
         Ok(Response::new(pb::VerifyResponse {
             verdicts: verdicts.into_iter().map(convert::verdict_out).collect(),

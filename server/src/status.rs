@@ -116,6 +116,7 @@ pub fn in_field(e: Error, field: &'static str) -> Error {
             position,
             value,
         },
+        Error::ZeroVector { index, .. } => Error::ZeroVector { what: field, index },
         Error::InvalidSubject { index, reason, .. } => Error::InvalidSubject {
             what: field,
             index,
@@ -174,6 +175,27 @@ mod tests {
                     value: f32::NAN,
                 },
                 Code::InvalidArgument,
+            ),
+            (
+                Error::ZeroVector {
+                    what: "embeddings",
+                    index: 4,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::InvalidSpec {
+                    reason: "dimension 100 is not a multiple of 16 from 16 to 2048".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::ModelMismatch {
+                    gallery: "g".into(),
+                    expected: "arcface".into(),
+                    got: "facenet".into(),
+                },
+                Code::FailedPrecondition,
             ),
             (
                 Error::InvalidSubject {
@@ -360,6 +382,14 @@ mod tests {
             "queries",
         );
         assert_eq!(e.to_string(), "queries[2]: expected 128 values, got 3");
+        let z = in_field(
+            Error::ZeroVector {
+                what: "probes",
+                index: 7,
+            },
+            "queries",
+        );
+        assert!(z.to_string().starts_with("queries[7]: "), "{z}");
         let k = in_field(Error::InvalidK { got: 5, limit: 1 }, "queries");
         assert_eq!(k.to_string(), "k: 5 exceeds the limit of 1");
     }

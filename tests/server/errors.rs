@@ -116,6 +116,7 @@ async fn rejected_inserts_name_field_and_position_and_change_nothing() {
             .insert(proto::InsertRequest {
                 gallery: "g".into(),
                 embeddings: bad,
+                ..Default::default()
             })
             .await);
         assert_status(r, code, &fragments);
@@ -166,6 +167,7 @@ async fn rejected_inserts_name_field_and_position_and_change_nothing() {
             .insert(proto::InsertRequest {
                 gallery: name.into(),
                 embeddings: good(),
+                ..Default::default()
             })
             .await);
         assert_status(r, Code::InvalidArgument, &["gallery: ", fragment]);
@@ -200,6 +202,7 @@ async fn rejected_inserts_name_field_and_position_and_change_nothing() {
         .insert(proto::InsertRequest {
             gallery: "g".into(),
             embeddings: huge,
+            ..Default::default()
         })
         .await);
     assert_status(
@@ -226,6 +229,7 @@ async fn oversized_messages_are_resource_exhausted() {
         .insert(proto::InsertRequest {
             gallery: "g".into(),
             embeddings: batch(&mut rng, 0, 3000, 5, "s"),
+            ..Default::default()
         })
         .await);
     assert_status(
@@ -238,10 +242,12 @@ async fn oversized_messages_are_resource_exhausted() {
         proto::InsertRequest {
             gallery: "g".into(),
             embeddings: batch(&mut rng, 0, 10, 5, "s"),
+            ..Default::default()
         },
         proto::InsertRequest {
             gallery: "g".into(),
             embeddings: batch(&mut rng, 10, 3000, 5, "s"),
+            ..Default::default()
         },
     ];
     let r = raw(rpc.insert_stream(tokio_stream::iter(msgs)).await);
@@ -327,6 +333,7 @@ async fn query_errors() {
                 rank_by: 0,
                 max_distance: Some(bad),
                 mode: 0,
+                ..Default::default()
             })
             .await);
         assert_status(r, Code::InvalidArgument, &["max_distance"]);
@@ -337,6 +344,7 @@ async fn query_errors() {
                 k: 5,
                 min_probability: None,
                 max_distance: Some(bad),
+                ..Default::default()
             })
             .await);
         assert_status(r, Code::InvalidArgument, &["max_distance"]);
@@ -348,6 +356,7 @@ async fn query_errors() {
             k: 5,
             min_probability: Some(1.5),
             max_distance: None,
+            ..Default::default()
         })
         .await);
     assert_status(r, Code::InvalidArgument, &["min_probability"]);
@@ -359,6 +368,7 @@ async fn query_errors() {
             rank_by: 7,
             max_distance: None,
             mode: 0,
+            ..Default::default()
         })
         .await);
     assert_status(r, Code::InvalidArgument, &["rank_by", "7"]);
@@ -370,6 +380,7 @@ async fn query_errors() {
             rank_by: 0,
             max_distance: None,
             mode: 9,
+            ..Default::default()
         })
         .await);
     assert_status(r, Code::InvalidArgument, &["mode", "9"]);

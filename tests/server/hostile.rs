@@ -189,6 +189,7 @@ async fn malformed_protobuf_bytes_are_refused_and_change_nothing() {
         &proto::InsertRequest {
             gallery: "g".into(),
             embeddings: batch(&mut Rng(9), 500, 3, 1, "m"),
+            ..Default::default()
         },
         &mut valid,
     )
@@ -263,6 +264,7 @@ async fn slow_stalled_and_abandoned_streams() {
     tx.send(proto::InsertRequest {
         gallery: "g".into(),
         embeddings: batch(&mut rng, 10_000, 7, 1, "st"),
+        ..Default::default()
     })
     .await
     .expect("send");
@@ -304,6 +306,7 @@ async fn slow_stalled_and_abandoned_streams() {
             (i < 4).then(|| proto::InsertRequest {
                 gallery: "g".into(),
                 embeddings: batch(&mut rng, 20_000 + i * 10, 10, 1, "sl"),
+                ..Default::default()
             })
         })
     };
@@ -320,6 +323,7 @@ async fn slow_stalled_and_abandoned_streams() {
         tx.send(proto::InsertRequest {
             gallery: "g".into(),
             embeddings: rows,
+            ..Default::default()
         })
         .await
         .expect("send");

@@ -243,10 +243,12 @@ async fn insert_stream_commits_each_message() {
         proto::InsertRequest {
             gallery: "g".into(),
             embeddings: batch(&mut rng, 9000, 5, 5, "u"),
+            ..Default::default()
         },
         proto::InsertRequest {
             gallery: "other".into(),
             embeddings: batch(&mut rng, 9005, 5, 5, "u"),
+            ..Default::default()
         },
     ];
     let r = rpc.insert_stream(tokio_stream::iter(msgs)).await;
@@ -412,6 +414,7 @@ async fn verify_vectors_ids_and_subjects() {
             }],
             max_distance: Some(1.0),
             min_probability: None,
+            ..Default::default()
         })
         .await;
     assert_status(
@@ -428,6 +431,7 @@ async fn verify_vectors_ids_and_subjects() {
             }],
             max_distance: Some(1.0),
             min_probability: None,
+            ..Default::default()
         })
         .await;
     assert_status(
