@@ -35,6 +35,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A gallery of another dimension, for a model compared by cosine, with the
+//! model pinned ([`Client::create_gallery_with`], [`Gallery::with_model`]):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), visage_client::Error> {
+//! use visage_client::{Client, GallerySpec};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let model = "arcface-r100@insightface-0.7.3";
+//! let spec = GallerySpec { dim: 512, model: model.into(), normalize: true };
+//! client.create_gallery_with("staff512", &spec).await?;
+//! // Every request through this handle names the model: vectors of another
+//! // model are refused (FAILED_PRECONDITION), not mixed in.
+//! let staff = client.gallery("staff512").with_model(model);
+//! let hits = staff.search(&[vec![0.1f32; 512]], 10).await?;
+//! let cosine = hits[0].first().and_then(|h| h.similarity); // 1 - distance / 2
+//! # Ok(()) }
+//! ```
+//!
 //! Results are the wire messages of [`proto`] (plain structs: [`Hit`],
 //! [`Identification`], [`Verdict`], [`GalleryInfo`] ...). Errors from the
 //! server keep their gRPC status ([`Error::code`]) and print as one line,
@@ -319,10 +338,25 @@ pub struct TrainHead {
     pub prior: Option<f64>,
 }
 
+/// What [`Client::create_gallery_with`] creates: fixed for the gallery's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GallerySpec {
+    /// Values per vector: a multiple of 16 from 16 to 2,048 (0: the server's
+    /// default, 128).
+    pub dim: u32,
+    /// The model that made the vectors, free text such as
+    /// `arcface-r100@insightface-0.7.3` (empty: none recorded).
+    pub model: String,
+    /// Store unit vectors and normalise probes (for models compared by
+    /// cosine); hits, candidates and verdicts then carry `similarity`.
+    pub normalize: bool,
+}
+
 /// How [`Gallery::insert_with`] splits and sends a large input.
 #[derive(Debug, Clone, Copy)]
 pub struct InsertOptions {
-    /// Embeddings per request (at most 100,000).
+    /// Embeddings per request (at most the gallery's limit: 100,000 up to
+    /// 128 values a vector, proportionally fewer above).
     pub batch: usize,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -520,11 +554,25 @@ impl Client {
         Ok(r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
     }
 
-    /// Create an empty gallery.
+    /// Create an empty gallery of the default kind: 128 values a vector, no
+    /// model recorded, not normalising.
     pub async fn create_gallery(&self, name: &str) -> Result<GalleryInfo> {
+        self.create_gallery_with(name, &GallerySpec::default())
+            .await
+    }
+
+    /// Create an empty gallery of dimension `spec.dim` for vectors of
+    /// `spec.model`, normalising if `spec.normalize` (INVALID_ARGUMENT for a
+    /// dimension or model the server cannot take).
+    pub async fn create_gallery_with(&self, name: &str, spec: &GallerySpec) -> Result<GalleryInfo> {
         Ok(self
             .rpc()
-            .create_gallery(proto::CreateGalleryRequest { name: name.into() })
+            .create_gallery(proto::CreateGalleryRequest {
+                name: name.into(),
+                dim: spec.dim,
+                model: spec.model.clone(),
+                normalize: spec.normalize,
+            })
             .await?
             .into_inner())
     }
@@ -549,11 +597,13 @@ impl Client {
             .galleries)
     }
 
-    /// A handle on gallery `name` (no request is made).
+    /// A handle on gallery `name` (no request is made). Its requests name
+    /// no model; see [`Gallery::with_model`].
     pub fn gallery(&self, name: &str) -> Gallery {
         Gallery {
             rpc: self.rpc.clone(),
             name: name.to_owned(),
+            model: String::new(),
         }
     }
 }
@@ -563,6 +613,8 @@ impl Client {
 pub struct Gallery {
     rpc: VisageClient<Transport>,
     name: String,
+    /// Sent as `model` with every Insert, Search, Identify and Verify.
+    model: String,
 }
 
 /// Rewrite `embeddings[i]` in a server message to `embeddings[offset + i]`.
@@ -598,6 +650,20 @@ impl Gallery {
     /// The gallery's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This handle, naming `model` as the model of the vectors of every
+    /// Insert, Search, Identify and Verify it sends: the server refuses them
+    /// with FAILED_PRECONDITION (and changes nothing) when the gallery was
+    /// created for another model. Empty: no check.
+    pub fn with_model(mut self, model: impl Into<String>) -> Gallery {
+        self.model = model.into();
+        self
+    }
+
+    /// The model this handle's requests name (empty: none).
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Current statistics.
@@ -675,6 +741,7 @@ impl Gallery {
                 let req = proto::InsertRequest {
                     gallery: self.name.clone(),
                     embeddings: batch,
+                    model: self.model.clone(),
                 };
                 in_flight.spawn(async move { (start, len, rpc.insert(req).await) });
             }
@@ -724,10 +791,11 @@ impl Gallery {
         S: tokio_stream::Stream<Item = Vec<Embedding>> + Send + 'static,
     {
         use tokio_stream::StreamExt;
-        let name = self.name.clone();
+        let (name, model) = (self.name.clone(), self.model.clone());
         let requests = batches.map(move |embeddings| proto::InsertRequest {
             gallery: name.clone(),
             embeddings,
+            model: model.clone(),
         });
         let r = self.rpc.clone().insert_stream(requests).await?.into_inner();
         let mut total = InsertOutcome::default();
@@ -802,6 +870,7 @@ impl Gallery {
                 } else {
                     proto::ScanMode::Exact
                 } as i32,
+                model: self.model.clone(),
             })
             .await?
             .into_inner();
@@ -834,6 +903,7 @@ impl Gallery {
                 k,
                 min_probability: threshold.min_probability,
                 max_distance: threshold.max_distance,
+                model: self.model.clone(),
             })
             .await?
             .into_inner()
@@ -871,6 +941,7 @@ impl Gallery {
                 pairs,
                 max_distance: threshold.max_distance,
                 min_probability: threshold.min_probability,
+                model: self.model.clone(),
             })
             .await?
             .into_inner()

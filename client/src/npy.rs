@@ -12,7 +12,8 @@
 //! Two readers of vectors, for two kinds of caller:
 //! - [`read_matrix`] takes what NumPy users have: `float32` or `float64`
 //!   (converted to `f32`), either byte order, shape `(N, D)` or `(D,)` (one
-//!   vector), C or Fortran order;
+//!   vector), C or Fortran order; [`read_vectors`] does the same and checks
+//!   `D` against the dimension of the gallery the vectors are for;
 //! - [`read_f32`] (and [`read_i64`]) takes only little-endian C-order 2-D arrays
 //!   of exactly that dtype, and refuses anything else with how to convert it
 //!   with NumPy: for benchmark inputs, whose read time must not include a
@@ -458,12 +459,42 @@ impl<T> Array2<T> {
 
 /// Read a float matrix of shape `(N, D)` (or one vector of shape `(D,)`):
 /// `float32` or `float64`, either byte order, C or Fortran order.
+pub fn read_matrix(path: impl AsRef<Path>) -> Result<Matrix, NpyError> {
+    read_matrix_with_shape(path.as_ref()).map(|(m, _)| m)
+}
+
+/// Read vectors for `gallery` (a name for messages, such as `gallery "staff"`),
+/// whose vectors have `dim` values, as [`read_matrix`] does; a file whose
+/// vectors have another length is refused with its shape and the gallery's
+/// dimension.
+pub fn read_vectors(
+    path: impl AsRef<Path>,
+    dim: usize,
+    gallery: &str,
+) -> Result<Matrix, NpyError> {
+    let path = path.as_ref();
+    let (m, shape) = read_matrix_with_shape(path)?;
+    if m.cols != dim {
+        let shown: Vec<String> = shape.iter().map(usize::to_string).collect();
+        return Err(err(
+            path,
+            format!(
+                "shape [{}] holds vectors of {} values, but {gallery} has dimension {dim} \
+                 (expected shape [N, {dim}])",
+                shown.join(", "),
+                m.cols
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+/// [`read_matrix`], with the shape the file's header gives.
 #[expect(
     clippy::big_endian_bytes,
     reason = "NumPy files may hold big-endian data ('>f4')"
 )]
-pub fn read_matrix(path: impl AsRef<Path>) -> Result<Matrix, NpyError> {
-    let path = path.as_ref();
+fn read_matrix_with_shape(path: &Path) -> Result<(Matrix, Vec<usize>), NpyError> {
     let (mut r, h) = open(path)?;
     let (rows, cols) = match h.shape[..] {
         [n, d] => (n, d),
@@ -520,7 +551,7 @@ pub fn read_matrix(path: impl AsRef<Path>) -> Result<Matrix, NpyError> {
     } else {
         data
     };
-    Ok(Matrix { rows, cols, data })
+    Ok((Matrix { rows, cols, data }, h.shape))
 }
 
 /// Read exactly a little-endian C-order 2-D array of `dtype`; anything else
@@ -916,6 +947,32 @@ mod tests {
         assert_eq!(read_f32(&p).unwrap().rows, 0);
         // A shape the data does not fill is refused.
         assert!(write_f32(&p, &[1.0], &[2, 1]).is_err());
+    }
+
+    #[test]
+    fn vectors_are_checked_against_the_gallerys_dimension() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.npy");
+        let data: Vec<f32> = (0..2 * 512).map(|i| i as f32 / 512.0).collect();
+        write_f32(&p, &data, &[2, 512]).unwrap();
+        let m = read_vectors(&p, 512, "gallery \"big\"").unwrap();
+        assert_eq!((m.rows, m.cols, &m.data), (2, 512, &data));
+        let e = read_vectors(&p, 128, "gallery \"staff\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: shape [2, 512] holds vectors of 512 values, but gallery \"staff\" has \
+                 dimension 128 (expected shape [N, 128])",
+                p.display()
+            )
+        );
+        // One vector of shape (D,) shows its own shape.
+        write_f32(&p, &data[..128], &[128]).unwrap();
+        let e = read_vectors(&p, 512, "gallery \"big\"").unwrap_err();
+        assert!(e.to_string().contains(": shape [128] holds vectors of 128 values, but gallery \"big\" has dimension 512"), "{e}");
+        assert_eq!(read_vectors(&p, 128, "g").unwrap().rows, 1);
     }
 
     #[test]
