@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! visage gallery create staff
+//! visage gallery create staff512 --dim 512 --model arcface-r100 --normalize
 //! visage insert staff --vectors faces.npy --subjects names.txt
 //! visage search staff --probes probe.npy -k 5
 //! visage train-head staff
@@ -12,6 +13,9 @@
 //! visage compact staff
 //! ```
 //! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
+//! Vector files are checked against the gallery's dimension before anything
+//! is sent; `--model` on insert, search, identify and verify names the model
+//! of the vectors, and the server refuses them if the gallery's differs.
 //! `--tls-ca` (or `VISAGE_TLS_CA`) trusts a CA for an `https://` server;
 //! `VISAGE_API_KEY` (or `--api-key-file`) sends an API key with every call.
 //! Errors are printed as one line on stderr and the exit code is 1.
@@ -37,12 +41,12 @@ use std::time::Instant;
 use visage_client::npy::{self, Matrix};
 use visage_client::proto::{ClaimScore, DetPoint, OpenSetModel};
 use visage_client::{
-    Against, Client, ConnectOptions, Embedding, GalleryInfo, GalleryStats, HeadInfo, InsertOutcome,
-    Maintenance, SearchOptions, Threshold, TrainHead,
+    Against, Client, ConnectOptions, Embedding, Gallery, GalleryInfo, GallerySpec, GalleryStats,
+    HeadInfo, InsertOutcome, Maintenance, SearchOptions, Threshold, TrainHead,
 };
-use visage_engine::DIM;
+use visage_engine::Limits;
 
-/// Command-line client for a visage server (galleries of 128-d face embeddings).
+/// Command-line client for a visage server (galleries of face embeddings).
 #[derive(Debug, Parser)]
 #[command(name = "visage", version, about, propagate_version = true)]
 struct Cli {
@@ -86,7 +90,7 @@ enum Command {
     /// Create, drop, list and describe galleries.
     #[command(subcommand)]
     Gallery(GalleryCommand),
-    /// Insert (upsert) embeddings from an .npy file of float32 [N, 128].
+    /// Insert (upsert) embeddings from an .npy file of float32 [N, D] (D: the gallery's dimension).
     Insert(InsertArgs),
     /// Nearest embeddings of each probe.
     Search(SearchArgs),
@@ -178,6 +182,18 @@ enum GalleryCommand {
     Create {
         /// Gallery name (1-64 of A-Z a-z 0-9 _ -).
         name: String,
+        /// Values per vector: a multiple of 16 from 16 to 2048 (128 for
+        /// dlib, FaceNet-128, OpenFace, SFace; 512 for ArcFace-class models).
+        #[arg(long, default_value_t = 128)]
+        dim: u32,
+        /// The model that makes the gallery's vectors (free text, e.g.
+        /// arcface-r100@insightface-0.7.3); requests naming another are refused.
+        #[arg(long, value_name = "NAME", default_value = "")]
+        model: String,
+        /// Store unit vectors and normalise probes (for models compared by
+        /// cosine); results then show the cosine similarity.
+        #[arg(long)]
+        normalize: bool,
     },
     /// Drop a gallery and delete all its data.
     Drop {
@@ -206,9 +222,11 @@ struct GalleryArg {
 struct InsertArgs {
     /// Gallery name.
     gallery: String,
-    /// Vectors: .npy float32 (or float64) of shape [N, 128].
+    /// Vectors: .npy float32 (or float64) of shape [N, D], D the gallery's dimension.
     #[arg(long, value_name = "FILE.npy")]
     vectors: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Subjects: a text file with one subject per line (N lines).
     #[arg(long, value_name = "FILE")]
     subjects: PathBuf,
@@ -237,9 +255,11 @@ struct InsertArgs {
 struct SearchArgs {
     /// Gallery name.
     gallery: String,
-    /// Probes: .npy float32 of shape [P, 128] (or [128]).
+    /// Probes: .npy float32 of shape [P, D] (or [D]), D the gallery's dimension.
     #[arg(long, value_name = "FILE.npy")]
     probes: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Hits per probe.
     #[arg(short, long, default_value_t = 10)]
     k: u32,
@@ -258,9 +278,11 @@ struct SearchArgs {
 struct IdentifyArgs {
     /// Gallery name.
     gallery: String,
-    /// Probes: .npy float32 of shape [P, 128] (or [128]).
+    /// Probes: .npy float32 of shape [P, D] (or [D]), D the gallery's dimension.
     #[arg(long, value_name = "FILE.npy")]
     probes: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Candidate subjects per probe.
     #[arg(short, long, default_value_t = 5)]
     k: u32,
@@ -279,10 +301,12 @@ struct IdentifyArgs {
 struct VerifyArgs {
     /// Gallery name.
     gallery: String,
-    /// First vector of every pair: .npy float32 [N, 128].
+    /// First vector of every pair: .npy float32 [N, D], D the gallery's dimension.
     #[arg(long, value_name = "FILE.npy")]
     a: PathBuf,
-    /// Second vector of every pair: .npy float32 [N, 128].
+    #[command(flatten)]
+    model: ModelArg,
+    /// Second vector of every pair: .npy float32 [N, D].
     #[arg(long, value_name = "FILE.npy", group = "other")]
     b: Option<PathBuf>,
     /// Or: enrolled embedding ids to compare with (.npy or text, N ids).
@@ -301,6 +325,25 @@ struct VerifyArgs {
     min_probability: Option<f32>,
 }
 
+/// `--model`: the model that made a command's vectors.
+#[derive(Debug, Args)]
+pub(crate) struct ModelArg {
+    /// The model that made these vectors: the server refuses them
+    /// (FAILED_PRECONDITION, nothing changes) unless it is the gallery's.
+    /// Not given: not checked.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+}
+
+impl ModelArg {
+    /// A handle on `gallery` whose requests name this model.
+    pub(crate) fn gallery(&self, client: &Client, gallery: &str) -> Gallery {
+        client
+            .gallery(gallery)
+            .with_model(self.model.clone().unwrap_or_default())
+    }
+}
+
 #[derive(Debug, Args)]
 struct GetArgs {
     /// Gallery name.
@@ -308,7 +351,8 @@ struct GetArgs {
     /// Ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     ids: Vec<u64>,
-    /// Also write the vectors found to this .npy file (float32 [N, 128]).
+    /// Also write the vectors found to this .npy file (float32 [N, D]; in a
+    /// normalising gallery, the stored unit vectors).
     #[arg(long, value_name = "FILE.npy")]
     out: Option<PathBuf>,
 }
@@ -506,7 +550,8 @@ async fn run(cli: Cli) -> Res<ExitCode> {
 
 fn info_json(g: &GalleryInfo) -> Value {
     json!({
-        "name": g.name, "dim": g.dim, "live": g.live, "deleted": g.deleted,
+        "name": g.name, "dim": g.dim, "model": g.model, "normalize": g.normalize,
+        "live": g.live, "deleted": g.deleted,
         "subjects": g.subjects, "segments": g.segments, "memtable_rows": g.memtable_rows,
         "bytes_on_disk": g.bytes_on_disk, "head_trained": g.head_trained,
         "open_logit_threshold": g.open_logit_threshold,
@@ -532,6 +577,23 @@ fn info_text(g: &GalleryInfo) -> String {
         ("in memory (not in a segment)", count(g.memtable_rows)),
         ("on disk", bytes(g.bytes_on_disk)),
         ("dimension", g.dim.to_string()),
+        (
+            "model",
+            if g.model.is_empty() {
+                "none recorded".to_string()
+            } else {
+                g.model.clone()
+            },
+        ),
+        (
+            "normalised",
+            if g.normalize {
+                "yes: unit vectors, cosine similarity = 1 - d/2"
+            } else {
+                "no"
+            }
+            .to_string(),
+        ),
         (
             "scoring head",
             if g.head_trained { "trained" } else { "none" }.to_string(),
@@ -565,12 +627,22 @@ fn info_text(g: &GalleryInfo) -> String {
 
 async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
     match cmd {
-        GalleryCommand::Create { name } => {
-            let g = client.create_gallery(&name).await?;
+        GalleryCommand::Create {
+            name,
+            dim,
+            model,
+            normalize,
+        } => {
+            let spec = GallerySpec {
+                dim,
+                model,
+                normalize,
+            };
+            let g = client.create_gallery_with(&name, &spec).await?;
             if json {
                 print_json(&info_json(&g))?;
             } else {
-                println!("created gallery {}", g.name);
+                println!("created gallery {}{}", g.name, spec_text(&g));
             }
         }
         GalleryCommand::Drop { name, yes } => {
@@ -599,9 +671,20 @@ async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
             } else {
                 let mut t = Table::new(
                     &[
-                        "NAME", "LIVE", "DELETED", "SUBJECTS", "SEGMENTS", "ON DISK", "HEAD",
+                        "NAME",
+                        "LIVE",
+                        "DELETED",
+                        "SUBJECTS",
+                        "SEGMENTS",
+                        "ON DISK",
+                        "HEAD",
+                        "DIM",
+                        "NORMALISED",
+                        "MODEL",
                     ],
-                    &[false, true, true, true, true, true, false],
+                    &[
+                        false, true, true, true, true, true, false, true, false, false,
+                    ],
                 );
                 for g in &all {
                     t.row(vec![
@@ -612,6 +695,13 @@ async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
                         count(g.segments),
                         bytes(g.bytes_on_disk),
                         if g.head_trained { "trained" } else { "none" }.into(),
+                        g.dim.to_string(),
+                        if g.normalize { "yes" } else { "no" }.into(),
+                        if g.model.is_empty() {
+                            "-".into()
+                        } else {
+                            g.model.clone()
+                        },
                     ]);
                 }
                 print!("{}", t.render());
@@ -671,18 +761,39 @@ fn read_ids(path: &Path) -> Res<Vec<u64>> {
         .collect()
 }
 
-/// A float matrix with 128 columns.
-fn read_vectors(path: &Path) -> Res<Matrix> {
-    let m = npy::read_matrix(path)?;
-    if m.cols != DIM {
-        return Err(Failure(format!(
-            "{}: vectors must have {DIM} values, this file has shape [{}, {}]",
-            path.display(),
-            m.rows,
-            m.cols
-        )));
+/// ` (512-d, model "m", normalising)` for a gallery of other than the
+/// default kind, else nothing.
+fn spec_text(g: &GalleryInfo) -> String {
+    let mut parts = Vec::new();
+    if g.dim != 128 {
+        parts.push(format!("{}-d", g.dim));
     }
-    Ok(m)
+    if !g.model.is_empty() {
+        parts.push(format!("model {:?}", g.model));
+    }
+    if g.normalize {
+        parts.push("normalising: cosine similarity".into());
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// Vectors from an .npy file for gallery `g`, as many values a vector as its
+/// dimension (else an error naming the file, its shape and the dimension).
+fn read_vectors(path: &Path, g: &GalleryInfo) -> Res<Matrix> {
+    Ok(npy::read_vectors(
+        path,
+        g.dim as usize,
+        &format!("gallery {}", g.name),
+    )?)
+}
+
+/// A similarity for tables: `-` when absent.
+fn similarity(s: Option<f32>) -> String {
+    s.map_or("-".into(), |s| format!("{s:.4}"))
 }
 
 fn progress_bar(len: u64, hidden: bool) -> ProgressBar {
@@ -701,13 +812,18 @@ fn progress_bar(len: u64, hidden: bool) -> ProgressBar {
 }
 
 async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
-    if a.batch == 0 || a.batch > 100_000 {
+    let g = a.model.gallery(client, &a.gallery);
+    // Fail early and clearly if the gallery does not exist; its dimension
+    // checks the file and the batch size.
+    let info = g.stats().await?;
+    let limit = Limits::for_dim(info.dim as usize).insert_batch;
+    if a.batch == 0 || a.batch > limit {
         return Err(Failure(format!(
-            "--batch must be 1 to 100000, got {}",
-            a.batch
+            "--batch must be 1 to {limit} for gallery {} ({}-d), got {}",
+            a.gallery, info.dim, a.batch
         )));
     }
-    let m = read_vectors(&a.vectors)?;
+    let m = read_vectors(&a.vectors, &info)?;
     let n = m.rows;
     let subjects = read_lines(&a.subjects, "subject")?;
     if subjects.len() != n {
@@ -756,9 +872,6 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
                 .collect()
         }
     };
-    let g = client.gallery(&a.gallery);
-    // Fail early and clearly if the gallery does not exist.
-    g.stats().await?;
     let pb = progress_bar(n as u64, a.no_progress || json);
     pb.set_message(format!("inserting into {}", a.gallery));
     let t = Instant::now();
@@ -800,7 +913,9 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
 }
 
 async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
-    let probes = read_vectors(&a.probes)?;
+    let g = a.model.gallery(client, &a.gallery);
+    let info = g.stats().await?;
+    let probes = read_vectors(&a.probes, &info)?;
     let rows: Vec<&[f32]> = probes.rows().collect();
     let opts = SearchOptions {
         k: a.k,
@@ -808,7 +923,7 @@ async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
         max_distance: a.max_distance,
         quantized: a.quantized,
     };
-    let results = client.gallery(&a.gallery).search_with(&rows, &opts).await?;
+    let results = g.search_with(&rows, &opts).await?;
     if json {
         let v: Vec<Value> = results
             .iter()
@@ -817,7 +932,7 @@ async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
                 let hits: Vec<Value> = hits
                     .iter()
                     .map(|h| {
-                        json!({"id": h.id, "subject": h.subject, "distance": h.distance, "probability": h.probability})
+                        json!({"id": h.id, "subject": h.subject, "distance": h.distance, "probability": h.probability, "similarity": h.similarity})
                     })
                     .collect();
                 json!({ "probe": p, "hits": hits })
@@ -825,25 +940,31 @@ async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
             .collect();
         return print_json(&Value::Array(v));
     }
-    let mut t = Table::new(
-        &["PROBE", "RANK", "ID", "SUBJECT", "DISTANCE", "PROBABILITY"],
-        &[true, true, true, false, true, true],
-    );
+    // A normalising gallery's hits also show their cosine similarity.
+    let cosine = info.normalize;
+    let mut headers = vec!["PROBE", "RANK", "ID", "SUBJECT", "DISTANCE"];
+    headers.extend(cosine.then_some("SIMILARITY"));
+    headers.push("PROBABILITY");
+    let mut right = vec![true; headers.len()];
+    right[3] = false;
+    let mut t = Table::new(&headers, &right);
     for (p, hits) in results.iter().enumerate() {
         if hits.is_empty() {
             let mut row = vec![p.to_string(), "-".into(), "-".into(), "(no hit)".into()];
-            row.extend(dashes(2));
+            row.extend(dashes(headers.len() - 4));
             t.row(row);
         }
         for (r, h) in hits.iter().enumerate() {
-            t.row(vec![
+            let mut row = vec![
                 p.to_string(),
                 (r + 1).to_string(),
                 h.id.to_string(),
                 h.subject.clone(),
                 distance(h.distance),
-                probability(h.probability),
-            ]);
+            ];
+            row.extend(cosine.then(|| similarity(h.similarity)));
+            row.push(probability(h.probability));
+            t.row(row);
         }
     }
     print!("{}", t.render());
@@ -855,16 +976,15 @@ fn dashes(n: usize) -> impl Iterator<Item = String> {
 }
 
 async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
-    let probes = read_vectors(&a.probes)?;
+    let g = a.model.gallery(client, &a.gallery);
+    let info = g.stats().await?;
+    let probes = read_vectors(&a.probes, &info)?;
     let rows: Vec<&[f32]> = probes.rows().collect();
     let threshold = Threshold {
         max_distance: a.max_distance,
         min_probability: a.min_probability,
     };
-    let results = client
-        .gallery(&a.gallery)
-        .identify_with(&rows, a.k, threshold)
-        .await?;
+    let results = g.identify_with(&rows, a.k, threshold).await?;
     if json {
         let v: Vec<Value> = results
             .iter()
@@ -874,7 +994,7 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
                     .candidates
                     .iter()
                     .map(|c| {
-                        json!({"subject": c.subject, "id": c.id, "distance": c.distance, "probability": c.probability})
+                        json!({"subject": c.subject, "id": c.id, "distance": c.distance, "probability": c.probability, "similarity": c.similarity})
                     })
                     .collect();
                 json!({ "probe": p, "known": r.known, "subject": r.subject, "candidates": candidates })
@@ -882,18 +1002,13 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
             .collect();
         return print_json(&Value::Array(v));
     }
-    let mut t = Table::new(
-        &[
-            "PROBE",
-            "ANSWER",
-            "RANK",
-            "SUBJECT",
-            "ID",
-            "DISTANCE",
-            "PROBABILITY",
-        ],
-        &[true, false, true, false, true, true, true],
-    );
+    let cosine = info.normalize;
+    let mut headers = vec!["PROBE", "ANSWER", "RANK", "SUBJECT", "ID", "DISTANCE"];
+    headers.extend(cosine.then_some("SIMILARITY"));
+    headers.push("PROBABILITY");
+    let mut right = vec![true; headers.len()];
+    (right[1], right[3]) = (false, false);
+    let mut t = Table::new(&headers, &right);
     for (p, r) in results.iter().enumerate() {
         let answer = if r.known {
             r.subject.clone()
@@ -902,7 +1017,7 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
         };
         if r.candidates.is_empty() {
             let mut row = vec![p.to_string(), answer.clone()];
-            row.extend(dashes(5));
+            row.extend(dashes(headers.len() - 2));
             t.row(row);
         }
         for (i, c) in r.candidates.iter().enumerate() {
@@ -911,15 +1026,17 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
             } else {
                 String::new()
             };
-            t.row(vec![
+            let mut row = vec![
                 p.to_string(),
                 answer,
                 (i + 1).to_string(),
                 c.subject.clone(),
                 c.id.to_string(),
                 distance(c.distance),
-                probability(c.probability),
-            ]);
+            ];
+            row.extend(cosine.then(|| similarity(c.similarity)));
+            row.push(probability(c.probability));
+            t.row(row);
         }
     }
     print!("{}", t.render());
@@ -927,9 +1044,11 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
 }
 
 async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
-    let left = read_vectors(&a.a)?;
+    let g = a.model.gallery(client, &a.gallery);
+    let info = g.stats().await?;
+    let left = read_vectors(&a.a, &info)?;
     let others: Vec<Against> = match (&a.b, &a.b_ids, &a.b_subjects) {
-        (Some(p), _, _) => read_vectors(p)?
+        (Some(p), _, _) => read_vectors(p, &info)?
             .rows()
             .map(|r| Against::Vector(r.to_vec()))
             .collect(),
@@ -957,43 +1076,51 @@ async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
         max_distance: a.max_distance,
         min_probability: a.min_probability,
     };
-    let verdicts = client
-        .gallery(&a.gallery)
-        .verify_with(&pairs, threshold)
-        .await?;
+    let verdicts = g.verify_with(&pairs, threshold).await?;
     if json {
         let v: Vec<Value> = verdicts
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                json!({"pair": i, "same": v.same, "distance": v.distance, "probability": v.probability, "matched_id": v.matched_id})
+                json!({"pair": i, "same": v.same, "distance": v.distance, "probability": v.probability, "similarity": v.similarity, "matched_id": v.matched_id})
             })
             .collect();
         return print_json(&Value::Array(v));
     }
-    let mut t = Table::new(
-        &["PAIR", "SAME", "DISTANCE", "PROBABILITY", "MATCHED ID"],
-        &[true, false, true, true, true],
-    );
+    let cosine = info.normalize;
+    let mut headers = vec!["PAIR", "SAME", "DISTANCE"];
+    headers.extend(cosine.then_some("SIMILARITY"));
+    headers.extend(["PROBABILITY", "MATCHED ID"]);
+    let mut right = vec![true; headers.len()];
+    right[1] = false;
+    let mut t = Table::new(&headers, &right);
     for (i, v) in verdicts.iter().enumerate() {
-        t.row(vec![
+        let mut row = vec![
             i.to_string(),
             if v.same { "yes" } else { "no" }.into(),
             distance(v.distance),
-            probability(v.probability),
-            v.matched_id.map_or("-".into(), |id| id.to_string()),
-        ]);
+        ];
+        row.extend(cosine.then(|| similarity(v.similarity)));
+        row.push(probability(v.probability));
+        row.push(v.matched_id.map_or("-".into(), |id| id.to_string()));
+        t.row(row);
     }
     print!("{}", t.render());
     Ok(())
 }
 
 async fn get(client: &Client, a: GetArgs, json: bool) -> Res {
-    let found = client.gallery(&a.gallery).get(&a.ids).await?;
+    let g = client.gallery(&a.gallery);
+    let found = g.get(&a.ids).await?;
     if let Some(out) = &a.out {
+        // The gallery's dimension, also when no id was found.
+        let dim = match found.first() {
+            Some(e) => e.vector.len(),
+            None => g.stats().await?.dim as usize,
+        };
         let m = Matrix {
             rows: found.len(),
-            cols: DIM,
+            cols: dim,
             data: found
                 .iter()
                 .flat_map(|e| e.vector.iter().copied())

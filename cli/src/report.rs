@@ -25,21 +25,28 @@
 //!   identified as their true subject (FNIR).
 
 use crate::output::{Table, count};
-use crate::{Failure, Res, print_json, read_vectors};
+use crate::{Failure, ModelArg, Res, print_json, read_vectors};
 use clap::Args;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use visage_client::npy::Matrix;
 use visage_client::{Against, Client, Gallery, Threshold, code_name};
-use visage_engine::MAX_PROBES;
 use visage_engine::rng::Rng;
+use visage_engine::{Limits, MAX_PROBES};
 
-/// Probes or pairs per Identify or Verify request: within the server's limit
-/// (`MAX_PROBES`), and about 2 MB for vector pairs, far below the default
-/// message limit.
+/// Most probes or pairs per Identify or Verify request: within the server's
+/// limit (`MAX_PROBES` up to 128 values a vector), and about 2 MB for vector
+/// pairs of 128 values, far below the default message limit. Galleries of
+/// larger vectors take fewer ([`batch_for`]).
 const BATCH: usize = 2_000;
 const _: () = assert!(BATCH <= MAX_PROBES);
+
+/// Probes or pairs per request for a gallery of dimension `dim`: [`BATCH`],
+/// or the server's limit at that dimension if lower.
+fn batch_for(dim: usize) -> usize {
+    BATCH.min(Limits::for_dim(dim).probes)
+}
 
 /// The normal quantile of a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
@@ -52,9 +59,11 @@ const MAX_SUBJECT_BYTES: usize = 256;
 pub struct ReportArgs {
     /// Gallery name.
     gallery: String,
-    /// Probes: .npy float32 of shape [N, 128].
+    /// Probes: .npy float32 of shape [N, D], D the gallery's dimension.
     #[arg(long, value_name = "FILE.npy")]
     probes: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// True subject of each probe: a text file of N lines; an empty line or
     /// `-` (or a subject the gallery does not hold) is a stranger.
     #[arg(long, value_name = "FILE")]
@@ -145,9 +154,14 @@ fn unknown_subject_index(e: &visage_client::Error) -> Option<usize> {
 /// Which of `subjects` the gallery holds: each is verified against `probe`
 /// in batches; a subject the gallery does not hold fails its batch with
 /// NOT_FOUND naming its position, and the batch is sent again without it.
-async fn enrolled(g: &Gallery, subjects: &[String], probe: &[f32]) -> Res<BTreeSet<String>> {
+async fn enrolled(
+    g: &Gallery,
+    batch: usize,
+    subjects: &[String],
+    probe: &[f32],
+) -> Res<BTreeSet<String>> {
     let mut held = BTreeSet::new();
-    for chunk in subjects.chunks(BATCH) {
+    for chunk in subjects.chunks(batch) {
         let mut left: Vec<&String> = chunk.iter().collect();
         while !left.is_empty() {
             let pairs: Vec<(Vec<f32>, Against)> = left
@@ -211,9 +225,14 @@ fn pairs_of(n: u64) -> u64 {
 }
 
 /// Verify pairs of probes (rows of `m`) in batches; how many were accepted.
-async fn accepted_pairs(g: &Gallery, m: &Matrix, pairs: &[(usize, usize)]) -> Res<u64> {
+async fn accepted_pairs(
+    g: &Gallery,
+    batch: usize,
+    m: &Matrix,
+    pairs: &[(usize, usize)],
+) -> Res<u64> {
     let mut n = 0;
-    for chunk in pairs.chunks(BATCH) {
+    for chunk in pairs.chunks(batch) {
         let req: Vec<(Vec<f32>, Against)> = chunk
             .iter()
             .map(|&(i, j)| (m.row(i).to_vec(), Against::Vector(m.row(j).to_vec())))
@@ -224,9 +243,14 @@ async fn accepted_pairs(g: &Gallery, m: &Matrix, pairs: &[(usize, usize)]) -> Re
 }
 
 /// Verify probes against claimed subjects in batches; how many were accepted.
-async fn accepted_claims(g: &Gallery, m: &Matrix, claims: &[(usize, &str)]) -> Res<u64> {
+async fn accepted_claims(
+    g: &Gallery,
+    batch: usize,
+    m: &Matrix,
+    claims: &[(usize, &str)],
+) -> Res<u64> {
     let mut n = 0;
-    for chunk in claims.chunks(BATCH) {
+    for chunk in claims.chunks(batch) {
         let req: Vec<(Vec<f32>, Against)> = chunk
             .iter()
             .map(|&(i, s)| (m.row(i).to_vec(), Against::Subject(s.to_owned())))
@@ -250,9 +274,14 @@ async fn same_count(g: &Gallery, req: &[(Vec<f32>, Against)]) -> Res<u64> {
 
 /// Identify probes (k = 1) in batches with the default decision: for each,
 /// the subject it was identified as, or `None` when unknown.
-async fn identified(g: &Gallery, m: &Matrix, probes: &[usize]) -> Res<Vec<Option<String>>> {
+async fn identified(
+    g: &Gallery,
+    batch: usize,
+    m: &Matrix,
+    probes: &[usize],
+) -> Res<Vec<Option<String>>> {
     let mut out = Vec::with_capacity(probes.len());
-    for chunk in probes.chunks(BATCH) {
+    for chunk in probes.chunks(batch) {
         let rows: Vec<&[f32]> = chunk.iter().map(|&i| m.row(i)).collect();
         let r = g.identify_with(&rows, 1, Threshold::default()).await?;
         if r.len() != rows.len() {
@@ -269,7 +298,10 @@ async fn identified(g: &Gallery, m: &Matrix, probes: &[usize]) -> Res<Vec<Option
 
 /// Run `visage calibration-report`.
 pub async fn run(client: &Client, a: ReportArgs, json: bool) -> Res {
-    let m = read_vectors(&a.probes)?;
+    let g = a.model.gallery(client, &a.gallery);
+    let info = g.stats().await?;
+    let batch = batch_for(info.dim as usize);
+    let m = read_vectors(&a.probes, &info)?;
     let truth = truth_lines(&a.truth)?;
     if truth.len() != m.rows {
         return Err(Failure(format!(
@@ -283,7 +315,6 @@ pub async fn run(client: &Client, a: ReportArgs, json: bool) -> Res {
     if m.rows == 0 {
         return Err(Failure(format!("{} holds no probe", a.probes.display())));
     }
-    let g = client.gallery(&a.gallery);
     let head = g.head().await?;
     if !head.trained && head.distance_threshold == 0.0 {
         return Err(Failure(format!(
@@ -303,7 +334,7 @@ pub async fn run(client: &Client, a: ReportArgs, json: bool) -> Res {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let held = enrolled(&g, &named, m.row(0)).await?;
+    let held = enrolled(&g, batch, &named, m.row(0)).await?;
     let is_enrolled = |i: usize| truth[i].as_ref().is_some_and(|s| held.contains(s));
     let enrolled_probes: Vec<usize> = (0..m.rows).filter(|&i| is_enrolled(i)).collect();
     let strangers: Vec<usize> = (0..m.rows).filter(|&i| !is_enrolled(i)).collect();
@@ -413,16 +444,16 @@ pub async fn run(client: &Client, a: ReportArgs, json: bool) -> Res {
         .filter_map(|&i| truth[i].as_deref().map(|s| (i, s)))
         .collect();
 
-    let impostor_accepted = accepted_pairs(&g, &m, &impostor).await?;
-    let genuine_accepted = accepted_pairs(&g, &m, &genuine).await?;
-    let claims_accepted = accepted_claims(&g, &m, &impostor_claims).await?;
-    let own_accepted = accepted_claims(&g, &m, &genuine_claims).await?;
-    let strangers_known = identified(&g, &m, &strangers)
+    let impostor_accepted = accepted_pairs(&g, batch, &m, &impostor).await?;
+    let genuine_accepted = accepted_pairs(&g, batch, &m, &genuine).await?;
+    let claims_accepted = accepted_claims(&g, batch, &m, &impostor_claims).await?;
+    let own_accepted = accepted_claims(&g, batch, &m, &genuine_claims).await?;
+    let strangers_known = identified(&g, batch, &m, &strangers)
         .await?
         .iter()
         .filter(|s| s.is_some())
         .count() as u64;
-    let answers = identified(&g, &m, &enrolled_probes).await?;
+    let answers = identified(&g, batch, &m, &enrolled_probes).await?;
     let enrolled_right = answers
         .iter()
         .zip(&enrolled_probes)
