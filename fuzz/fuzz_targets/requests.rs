@@ -11,7 +11,10 @@
 //! rejected Insert or Delete changes nothing; an accepted Insert stores
 //! exactly what was sent and Delete removes what it names; replies have one
 //! entry per query, probe or pair, at most k hits, in order, within
-//! max_distance, with probabilities in [0, 1].
+//! max_distance, with probabilities in [0, 1]; a request naming a model other
+//! than the template's (none recorded) is never accepted;
+//! the template does not normalise, so nothing carries a similarity; a
+//! created gallery has the dimension, model and normalisation asked for.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -71,9 +74,19 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// A request naming a model is never accepted: the template records none.
+/// (It may fail for another reason first, such as a bad `k`.)
+fn check_model<T>(kind: &str, model: &str, r: &Result<T, Status>) {
+    assert!(
+        model.is_empty() || r.is_err(),
+        "{kind} naming model {model:?} accepted by a gallery that records none"
+    );
+}
+
 fn check_hits(hits: &[pb::Hit], k: usize, max_distance: Option<f32>, by_distance: bool) {
     assert!(hits.len() <= k, "{} hits for k = {k}", hits.len());
     for h in hits {
+        assert_eq!(h.similarity, None, "similarity from a gallery that does not normalise");
         if let Some(p) = h.probability {
             assert!((0.0..=1.0).contains(&p), "probability {p}");
         }
@@ -122,8 +135,16 @@ fuzz_target!(|data: &[u8]| {
     match kind {
         "CreateGallery" => {
             let r = decode!(pb::CreateGalleryRequest);
-            if let Err(s) = rt.block_on(svc.create_gallery(Request::new(r))) {
-                check_status(kind, &s);
+            match rt.block_on(svc.create_gallery(Request::new(r.clone()))) {
+                Ok(info) => {
+                    let info = info.into_inner();
+                    let dim = if r.dim == 0 { 128 } else { r.dim };
+                    assert_eq!(
+                        (info.dim, &info.model, info.normalize),
+                        (dim, &r.model, r.normalize)
+                    );
+                }
+                Err(s) => check_status(kind, &s),
             }
         }
         "DropGallery" => {
@@ -151,7 +172,14 @@ fuzz_target!(|data: &[u8]| {
             ids.extend(r.embeddings.iter().map(|e| e.id));
             let before = state(&g, &ids);
             let stats = g.stats();
-            match rt.block_on(svc.insert(Request::new(r.clone()))) {
+            let result = rt.block_on(svc.insert(Request::new(r.clone())));
+            check_model(kind, &r.model, &result);
+            if r.gallery == GALLERY && !r.model.is_empty() {
+                // The model is checked before anything else of the batch.
+                let code = result.as_ref().err().map(Status::code);
+                assert_eq!(code, Some(Code::FailedPrecondition), "{kind}: model mismatch");
+            }
+            match result {
                 Ok(out) => {
                     let out = out.into_inner();
                     assert_eq!(out.inserted + out.replaced, r.embeddings.len() as u64);
@@ -234,7 +262,9 @@ fuzz_target!(|data: &[u8]| {
         }
         "Search" => {
             let r = decode!(pb::SearchRequest);
-            match rt.block_on(svc.search(Request::new(r.clone()))) {
+            let result = rt.block_on(svc.search(Request::new(r.clone())));
+            check_model(kind, &r.model, &result);
+            match result {
                 Ok(out) => {
                     let res = out.into_inner().results;
                     assert_eq!(res.len(), r.queries.len());
@@ -247,13 +277,16 @@ fuzz_target!(|data: &[u8]| {
         }
         "Identify" => {
             let r = decode!(pb::IdentifyRequest);
-            match rt.block_on(svc.identify(Request::new(r.clone()))) {
+            let result = rt.block_on(svc.identify(Request::new(r.clone())));
+            check_model(kind, &r.model, &result);
+            match result {
                 Ok(out) => {
                     let res = out.into_inner().results;
                     assert_eq!(res.len(), r.probes.len());
                     for x in &res {
                         assert!(x.candidates.len() <= r.k as usize);
                         for c in &x.candidates {
+                            assert_eq!(c.similarity, None, "similarity without normalisation");
                             if let Some(p) = c.probability {
                                 assert!((0.0..=1.0).contains(&p), "probability {p}");
                             }
@@ -265,11 +298,14 @@ fuzz_target!(|data: &[u8]| {
         }
         "Verify" => {
             let r = decode!(pb::VerifyRequest);
-            match rt.block_on(svc.verify(Request::new(r.clone()))) {
+            let result = rt.block_on(svc.verify(Request::new(r.clone())));
+            check_model(kind, &r.model, &result);
+            match result {
                 Ok(out) => {
                     let v = out.into_inner().verdicts;
                     assert_eq!(v.len(), r.pairs.len());
                     for x in &v {
+                        assert_eq!(x.similarity, None, "similarity without normalisation");
                         if let Some(p) = x.probability {
                             assert!((0.0..=1.0).contains(&p), "probability {p}");
                         }

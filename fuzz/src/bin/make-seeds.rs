@@ -142,6 +142,17 @@ fn main() {
             0,
             pb::CreateGalleryRequest {
                 name: "staff-2".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            0,
+            pb::CreateGalleryRequest {
+                name: "arc-512".into(),
+                dim: 512,
+                model: "arcface-r100@insightface-0.7.3".into(),
+                normalize: true,
             }
             .encode_to_vec(),
         ),
@@ -153,6 +164,17 @@ fn main() {
             pb::InsertRequest {
                 gallery: g(),
                 embeddings: vec![e(1, "ada", 1), e(known.id, "émile", 2)],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            // A model the template gallery was not created for: refused.
+            4,
+            pb::InsertRequest {
+                gallery: g(),
+                embeddings: vec![e(2, "ada", 7)],
+                model: "facenet512".into(),
             }
             .encode_to_vec(),
         ),
@@ -182,6 +204,7 @@ fn main() {
                 rank_by: 0,
                 max_distance: None,
                 mode: 0,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -194,6 +217,7 @@ fn main() {
                 rank_by: 1,
                 max_distance: Some(2.5),
                 mode: 1,
+                model: "facenet512".into(),
             }
             .encode_to_vec(),
         ),
@@ -205,6 +229,7 @@ fn main() {
                 k: 3,
                 min_probability: None,
                 max_distance: Some(1.0),
+                model: "facenet512".into(),
             }
             .encode_to_vec(),
         ),
@@ -228,6 +253,7 @@ fn main() {
                 ],
                 max_distance: None,
                 min_probability: Some(0.5),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
