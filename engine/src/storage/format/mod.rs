@@ -53,7 +53,8 @@
 //!   records (in bytes 24..28, reserved until version 3); the head file records
 //!   its dimension and holds one weight per dimension. Segments already
 //!   recorded their dimension: their layout is unchanged. Files of versions 1
-//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`).
+//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`;
+//!   `format-v4` is this version's).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
