@@ -141,6 +141,7 @@ fn population(s: &Scenario) -> SynthGallery {
         max_images: s.images,
         nuisance: s.nuisance,
         seed: s.seed,
+        ..SynthConfig::default()
     })
 }
 

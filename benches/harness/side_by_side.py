@@ -398,6 +398,7 @@ def main():
     ap.add_argument("--base", help="use this gallery .npy instead of generating (with --probes)")
     ap.add_argument("--probes", help="probe .npy to go with --base")
     ap.add_argument("--n-probes", type=int, default=1000, help="probes to generate")
+    ap.add_argument("--dim", type=int, default=128, help="values per generated vector (128: dlib, FaceNet; 512: ArcFace)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=1000, help="probes in the batch call")
     ap.add_argument("--batch-runs", type=int, default=3)
@@ -444,26 +445,27 @@ def main():
     else:
         datasets = []
         for n in [int(s) for s in a.sizes.split(",") if s.strip()]:
-            d = work / f"n{n}-p{a.n_probes}"
+            d = work / (f"n{n}-p{a.n_probes}" + ("" if a.dim == 128 else f"-d{a.dim}"))
             b, p = d / "base.npy", d / "probes.npy"
             ok = False
             if b.exists() and p.exists():
-                ok = np.load(b, mmap_mode="r").shape == (n, 128) and np.load(p, mmap_mode="r").shape == (a.n_probes, 128)
+                ok = np.load(b, mmap_mode="r").shape == (n, a.dim) and np.load(p, mmap_mode="r").shape == (a.n_probes, a.dim)
             if not ok:
-                log(f"generating {n} embeddings and {a.n_probes} probes")
-                run([a.bench, "gen", "--n", str(n), "--probes", str(a.n_probes), "--out", str(d)], a.step_timeout, "gen")
+                log(f"generating {n} embeddings and {a.n_probes} probes of {a.dim} values")
+                run([a.bench, "gen", "--n", str(n), "--probes", str(a.n_probes), "--dim", str(a.dim), "--out", str(d)],
+                    a.step_timeout, "gen")
             datasets.append((b, p))
 
     modes = [m for m in a.modes.split(",") if m]
     results = []
     for base, probes in datasets:
-        n = np.load(base, mmap_mode="r").shape[0]
+        n, dim = np.load(base, mmap_mode="r").shape
         nq = np.load(probes, mmap_mode="r").shape[0]
         nb = min(a.batch, nq)
-        tag = work / f"run-n{n}"
+        tag = work / (f"run-n{n}" + ("" if dim == 128 else f"-d{dim}"))
         tag.mkdir(parents=True, exist_ok=True)
         log(f"N = {n:,}: {base}")
-        r = {"n": n, "probes": nq, "batch": nb, "visage": {}}
+        r = {"n": n, "dim": dim, "probes": nq, "batch": nb, "visage": {}}
 
         for i, mode in enumerate(modes):
             ids_path = tag / f"visage-{mode}-ids.npy"
@@ -534,7 +536,7 @@ def report(results, bounds, a, cpu, ncores, load0, commit):
         if t.get("internal_api") in ("openblas", "mkl", "blis")
     ) or "?"
     lines = [
-        f"## visage vs faiss: top-{k} by squared L2, 128-d float32",
+        f"## visage vs faiss: top-{k} by squared L2, {results[0]['dim']}-d float32",
         "",
         f"Machine: {cpu}, {ncores} cores, load average {load0:.2f} at the start. "
         f"visage {commit}; faiss-cpu {f0['faiss_version']}, numpy {f0['numpy_version']}; BLAS: {blas}.",
@@ -545,11 +547,11 @@ def report(results, bounds, a, cpu, ncores, load0, commit):
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in results:
-        n, nb, f = r["n"], r["batch"], r["faiss"]
+        n, nb, f, dim = r["n"], r["batch"], r["faiss"], r["dim"]
         vs = [r["visage"][m] for m in modes]
-        single_floor_ms = {m: n * (128 if m == "sq8" else 512) / bw * 1e3 for m in modes}
-        faiss_floor_ms = n * 512 / bw * 1e3
-        batch_ceiling = peak / (n * 2 * 128)  # probes/s at the FMA peak
+        single_floor_ms = {m: n * (dim if m == "sq8" else 4 * dim) / bw * 1e3 for m in modes}
+        faiss_floor_ms = n * 4 * dim / bw * 1e3
+        batch_ceiling = peak / (n * 2 * dim)  # probes/s at the FMA peak
 
         def row(metric, vals, fval, show_ratio=True, fmt_fn=fmt):
             cells = [f"{n:,}", metric, *[fmt_fn(x) for x in vals], fmt_fn(fval)]
@@ -587,11 +589,11 @@ def report(results, bounds, a, cpu, ncores, load0, commit):
         f"Bounds measured in this run with all {bounds['memory_read']['threads']} cores: memory read "
         f"{bw / 1e9:.1f} GB/s (median of reads of a {bounds['memory_read']['bytes'] / 2**30:.2g} GiB buffer); "
         f"FMA peak {peak / 1e9:.0f} GFLOP/s ({bounds['fma']['isa']}, {bounds['fma']['threads']} threads).",
-        "- Single-probe floor = bytes that must be read once / bandwidth: N × 512 B (f32 vectors) for exact and faiss, "
-        "N × 128 B (the 8-bit codes alone, re-rank not counted) for sq8. visage's exact mode screens the 8-bit codes "
+        f"- Single-probe floor = bytes that must be read once / bandwidth: N × {4 * results[0]['dim']} B (f32 vectors) for exact and faiss, "
+        f"N × {results[0]['dim']} B (the 8-bit codes alone, re-rank not counted) for sq8. visage's exact mode screens the 8-bit codes "
         "and proves its answer from an error bound (re-ranking in f32), so it reads about a quarter of the f32 floor's "
         "bytes and can run above 100% of it.",
-        "- Batch ceiling = FMA peak / (N × 2·128 flops) probes/s: the GEMM form costs one multiply-add (2 flops) "
+        f"- Batch ceiling = FMA peak / (N × 2·{results[0]['dim']} flops) probes/s: the GEMM form costs one multiply-add (2 flops) "
         "per dimension per (probe, vector) pair, as BLAS counts. Where the CPU has AVX-512 VNNI, visage's batches "
         "multiply the codes by 16-bit probe weights in integers (32 multiply-adds per instruction against 16 for "
         "f32 FMA), so they can pass this f32 ceiling.",
@@ -614,9 +616,9 @@ def report(results, bounds, a, cpu, ncores, load0, commit):
         )
     llc = last_level_cache_bytes()
     for r in results:
-        if llc and r["n"] * 512 <= llc:
+        if llc and r["n"] * 4 * r["dim"] <= llc:
             notes.append(
-                f"- N = {r['n']:,}: the vectors ({r['n'] * 512 / 2**20:.0f} MiB) fit in the "
+                f"- N = {r['n']:,}: the vectors ({r['n'] * 4 * r['dim'] / 2**20:.0f} MiB) fit in the "
                 f"{llc / 2**20:.0f} MiB last-level cache, so repeated scans are not bound by memory "
                 "bandwidth and the floor above does not hold (hence over 100%)."
             )

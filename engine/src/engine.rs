@@ -136,12 +136,6 @@ impl Engine {
         if let Some(reason) = spec.problem() {
             return Err(Error::InvalidSpec { reason });
         }
-        // Temporary, while the engine's internals move from 128 to any dimension.
-        if spec.dim != crate::DIM {
-            return Err(Error::InvalidSpec {
-                reason: format!("dimension {} is not supported yet", spec.dim),
-            });
-        }
         let mut map = self.galleries.write().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(name) {
             return Err(Error::GalleryExists(name.to_owned()));

@@ -27,11 +27,14 @@ pub struct WalReplay {
     pub file_len: u64,
 }
 
-/// Run the recovery scan on `bytes`, the whole of WAL file number `file_no`;
+/// Run the recovery scan on `bytes`, the whole of WAL file number `file_no`,
+/// in a gallery of the dimension its header states (128 if it has none);
 /// `is_last` says whether it is the newest file (the only one allowed a torn tail).
 pub fn replay_wal(bytes: &[u8], file_no: u64, is_last: bool) -> Result<WalReplay> {
     let path = Path::new(&wal::file_name(file_no)).to_owned();
-    let r = wal::replay_bytes(&path, bytes, file_no, is_last)?;
+    let dim = crate::storage::format::decode_wal_header(&path, bytes)
+        .map_or(DIM, |(_, _, dim)| dim as usize);
+    let r = wal::replay_bytes(&path, bytes, file_no, is_last, dim)?;
     Ok(WalReplay {
         salt: r.salt,
         ops: r.ops,
@@ -48,7 +51,7 @@ pub struct SegmentRow {
     /// Subject, through the row's ordinal and the subject table.
     pub subject: String,
     /// Vector.
-    pub vector: [f32; DIM],
+    pub vector: Vec<f32>,
     /// The row that the sorted-id index finds for `id`.
     pub found: Option<usize>,
     /// Whether the posting list of `subject` holds this row.
@@ -67,10 +70,17 @@ pub struct SegmentContents {
 }
 
 /// Open the segment file at `path` as file number `file_no` (memory-mapped,
-/// checked as at gallery open) and read every row back through the same
-/// accessors the gallery and the scans use.
+/// checked as at gallery open, in a gallery of the dimension its header
+/// states) and read every row back through the same accessors the gallery
+/// and the scans use.
 pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Result<SegmentContents> {
-    let seg = Segment::open(&crate::storage::io::RealFs, path, file_no, verify)?;
+    let bytes = std::fs::read(path).map_err(|e| crate::Error::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let header = crate::storage::format::SegmentHeader::decode(path, &bytes, bytes.len() as u64)?;
+    let dim = header.dim as usize;
+    let seg = Segment::open(&crate::storage::io::RealFs, path, file_no, verify, dim)?;
     let n = seg.rows();
     let vectors = seg.vectors();
     let ids = seg.ids();
@@ -85,7 +95,9 @@ pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Resul
         let in_posting = seg.subject_rows(&subject).contains(&(r as u32));
         rows.push(SegmentRow {
             id,
-            vector: vectors.get(r).copied().unwrap_or([0.0; DIM]),
+            vector: vectors
+                .get(r * dim..(r + 1) * dim)
+                .map_or_else(|| vec![0.0; dim], <[f32]>::to_vec),
             found: seg.find_id(id),
             in_posting,
             subject,
@@ -104,8 +116,9 @@ pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Resul
 
 /// The direct scan of `g`, the reference every other exact distance search
 /// must equal bit for bit: per probe, the ids and distances of the top `k`
-/// live rows by (squared L2, id).
-pub fn search_direct(g: &crate::Gallery, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<(u64, f32)>> {
+/// live rows by (squared L2, id). `probes` is row-major, the gallery's
+/// dimension a probe.
+pub fn search_direct(g: &crate::Gallery, probes: &[f32], k: usize) -> Vec<Vec<(u64, f32)>> {
     let snap = g.snapshot();
     crate::search::top_k_direct(&snap, probes, k, crate::search::Metric::L2)
         .into_iter()

@@ -19,24 +19,24 @@
 //! (storage) and the reader (search) share one definition without an import
 //! circle.
 
-use crate::DIM;
-
-/// Per-dimension minimum and step of the 8-bit scalar quantiser of `rows`.
-/// A dimension with a non-finite minimum or maximum (no rows) gets minimum 0
-/// and step 0; a step that overflows (values near ±f32::MAX) is 0.
+/// Per-dimension minimum and step of the 8-bit scalar quantiser of `rows`
+/// (each of `dim` values). A dimension with a non-finite minimum or maximum
+/// (no rows) gets minimum 0 and step 0; a step that overflows (values near
+/// ±f32::MAX) is 0.
 pub(crate) fn sq8_params<'a>(
-    rows: impl IntoIterator<Item = &'a [f32; DIM]>,
-) -> ([f32; DIM], [f32; DIM]) {
-    let mut lo = [f32::INFINITY; DIM];
-    let mut hi = [f32::NEG_INFINITY; DIM];
+    rows: impl IntoIterator<Item = &'a [f32]>,
+    dim: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut lo = vec![f32::INFINITY; dim];
+    let mut hi = vec![f32::NEG_INFINITY; dim];
     for v in rows {
-        for d in 0..DIM {
+        for d in 0..dim {
             lo[d] = lo[d].min(v[d]);
             hi[d] = hi[d].max(v[d]);
         }
     }
-    let mut step = [0f32; DIM];
-    for d in 0..DIM {
+    let mut step = vec![0f32; dim];
+    for d in 0..dim {
         if !lo[d].is_finite() || !hi[d].is_finite() {
             lo[d] = 0.0;
             continue;
@@ -50,16 +50,16 @@ pub(crate) fn sq8_params<'a>(
 }
 
 /// `‖x̂‖²` of a coded row, `x̂_d = min_d + step_d·c_d`, summed in f64.
-pub(crate) fn decoded_norm(min: &[f32; DIM], step: &[f32; DIM], c: &[u8; DIM]) -> f32 {
-    let x2: f64 = (0..DIM)
+pub(crate) fn decoded_norm(min: &[f32], step: &[f32], c: &[u8]) -> f32 {
+    let x2: f64 = (0..c.len())
         .map(|d| (f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).powi(2))
         .sum();
     x2 as f32
 }
 
 /// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
-pub(crate) fn sq8_encode(v: &[f32; DIM], min: &[f32; DIM], step: &[f32; DIM], out: &mut [u8; DIM]) {
-    for d in 0..DIM {
+pub(crate) fn sq8_encode(v: &[f32], min: &[f32], step: &[f32], out: &mut [u8]) {
+    for d in 0..out.len() {
         out[d] = if step[d] > 0.0 {
             ((v[d] - min[d]) / step[d]).round().clamp(0.0, 255.0) as u8
         } else {
@@ -70,15 +70,17 @@ pub(crate) fn sq8_encode(v: &[f32; DIM], min: &[f32; DIM], step: &[f32; DIM], ou
 
 /// Unit roundoff of f32.
 pub(crate) const U: f64 = f32::EPSILON as f64 / 2.0;
-/// Relative error allowed for a 128-term f32 sum of squares, twice the classic
-/// `n·u` bound (with room for the few extra roundings of each term).
-pub(crate) const GAMMA: f64 = 2.0 * (DIM as f64 + 8.0) * U;
+/// Relative error allowed for a `dim`-term f32 sum of squares, twice the
+/// classic `n·u` bound (with room for the few extra roundings of each term).
+pub(crate) fn gamma(dim: usize) -> f64 {
+    2.0 * (dim as f64 + 8.0) * U
+}
 
-/// The least exact distance (as the f32 kernel rounds it) of a coded row
-/// with `‖q − x̂‖ ≥ near`, its codes being within `rho` of its vector.
-pub(crate) fn coded_low(near: f64, rho: f64) -> f64 {
+/// The least exact distance (as the f32 kernel rounds it, over `dim` terms)
+/// of a coded row with `‖q − x̂‖ ≥ near`, its codes being within `rho` of its vector.
+pub(crate) fn coded_low(near: f64, rho: f64, dim: usize) -> f64 {
     let r = (near - rho).max(0.0);
-    (1.0 - GAMMA) * r * r
+    (1.0 - gamma(dim)) * r * r
 }
 
 /// What the exactness proof of the screened scan needs from a segment's
@@ -96,7 +98,7 @@ pub(crate) struct ScreenBound {
 impl ScreenBound {
     /// The bound of a quantiser, or `None` where its codes cannot screen
     /// (a step that overflowed: values near ±f32::MAX, which the codes do not bound).
-    pub(crate) fn of(min: &[f32; DIM], step: &[f32; DIM]) -> Option<ScreenBound> {
+    pub(crate) fn of(min: &[f32], step: &[f32]) -> Option<ScreenBound> {
         let (mut step2, mut min2) = (0f64, 0f64);
         for (&m, &st) in min.iter().zip(step) {
             if !m.is_finite() || !st.is_finite() || st < 0.0 || (st == 0.0 && m.abs() > 1e30) {
@@ -108,7 +110,7 @@ impl ScreenBound {
         // Half a step per coordinate, plus the rounding of the division that chose
         // the code; a zero step (one value, or a range below 255 subnormals) is
         // off by at most 1e-37 per coordinate.
-        let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (DIM as f64).sqrt();
+        let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (min.len() as f64).sqrt();
         Some(ScreenBound {
             rho,
             min_norm: min2.sqrt(),
@@ -117,11 +119,22 @@ impl ScreenBound {
     }
 }
 
-/// Largest weight magnitude of a probe's integer form: `256·127 + 127`, so the
-/// high byte of a weight stays in `-127..=127` (the low one in `-128..=127`)
-/// and a dot product with codes up to 255 stays inside `i32`
-/// (`128 · 32639 · 255 < 2^31`), as the integer kernels require.
+/// Largest weight magnitude of a probe's integer form at any dimension:
+/// `256·127 + 127`, so the high byte of a weight stays in `-127..=127` (the
+/// low one in `-128..=127`).
 pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
+
+/// Largest weight magnitude at dimension `dim`: [`INT_WEIGHT_MAX`] up to 256
+/// values, smaller above, so that the kernels' sums stay inside `i32`. The
+/// high bytes' sum `H` is at most `dim·255·(W + 128)/256` and the low bytes'
+/// `L` at most `dim·255·128`, and `256·H + L` is formed in `i32`: with
+/// `W = (2^31 − 1)/(255·dim) − 256`, `256·H + L ≤ dim·255·(W + 256) < 2^31`.
+/// At 512 values that is 16,192 (weights of 15 bits), at 2,048 3,856.
+pub fn int_weight_max(dim: usize) -> i32 {
+    let dim = i64::try_from(dim.max(1)).unwrap_or(i64::MAX / 255);
+    let fit = i64::from(i32::MAX) / (255 * dim) - 256;
+    i32::try_from(fit.clamp(1, i64::from(INT_WEIGHT_MAX))).unwrap_or(1)
+}
 
 /// A probe's integer form for one coded source: weights `m ≈ (q ∘ step)/α`,
 /// so that `q·x̂ = q·min + Σ_d q_d·step_d·c_d ≈ q·min + α·(m·c)`, with the
@@ -138,25 +151,31 @@ pub(crate) struct ProbeForm {
 /// a source with quantiser `min`, `step` and bound `b`, with the terms and
 /// error of its estimate.
 pub(crate) fn int_weights(
-    q: &[f32; DIM],
-    min: &[f32; DIM],
-    step: &[f32; DIM],
+    q: &[f32],
+    min: &[f32],
+    step: &[f32],
     b: &ScreenBound,
-) -> ([i32; DIM], ProbeForm) {
+) -> (Vec<i32>, ProbeForm) {
+    let wlim = f64::from(int_weight_max(q.len()));
     // Products of two f32 are exact in f64.
-    let w: [f64; DIM] = std::array::from_fn(|d| f64::from(q[d]) * f64::from(step[d]));
+    let w: Vec<f64> = q
+        .iter()
+        .zip(step)
+        .map(|(&x, &s)| f64::from(x) * f64::from(s))
+        .collect();
     let wmax = w.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let alpha = (wmax / f64::from(INT_WEIGHT_MAX)) as f32;
+    let alpha = (wmax / wlim) as f32;
     let a = f64::from(alpha);
-    let m: [i32; DIM] = std::array::from_fn(|d| {
-        if a > 0.0 {
-            (w[d] / a)
-                .round()
-                .clamp(-f64::from(INT_WEIGHT_MAX), f64::from(INT_WEIGHT_MAX)) as i32
-        } else {
-            0
-        }
-    });
+    let m: Vec<i32> = w
+        .iter()
+        .map(|&wd| {
+            if a > 0.0 {
+                (wd / a).round().clamp(-wlim, wlim) as i32
+            } else {
+                0
+            }
+        })
+        .collect();
     // |w·c − α·(m·c)| ≤ Σ_d |w_d − α·m_d|·c_d ≤ 255·Σ_d |w_d − α·m_d|.
     let e_dot = 255.0
         * w.iter()

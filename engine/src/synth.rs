@@ -9,6 +9,12 @@
 //! with [`Nuisance::Isotropic`] every coordinate varies alike, with the same
 //! total noise energy. Probes are new images of enrolled subjects, or images of
 //! people never enrolled (fresh centres).
+//!
+//! Any dimension (a multiple of 16) can be generated; the nuisance settings
+//! are stated for 128 values and scaled to the dimension (as many strong
+//! coordinates in proportion, each coordinate's deviation by `√(128/D)`), so
+//! a gallery is as hard to search at 512 values as at 128. At 128 values the
+//! data are what they always were, bit for bit.
 
 use crate::rng::Rng;
 use crate::{DIM, Embedding};
@@ -59,9 +65,35 @@ impl Nuisance {
     }
 }
 
+impl Nuisance {
+    /// This setting, stated for 128 values, at `dim` values.
+    fn at_dim(self, dim: usize) -> Nuisance {
+        if dim == DIM {
+            return self;
+        }
+        let scale = (DIM as f32 / dim as f32).sqrt();
+        match self {
+            Nuisance::Anisotropic {
+                strong_dims,
+                strong_sigma,
+                weak_sigma,
+            } => Nuisance::Anisotropic {
+                strong_dims: strong_dims * dim / DIM,
+                strong_sigma: strong_sigma * scale,
+                weak_sigma: weak_sigma * scale,
+            },
+            Nuisance::Isotropic { sigma } => Nuisance::Isotropic {
+                sigma: sigma * scale,
+            },
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SynthConfig {
+    /// Values per vector (a multiple of 16; 128 by default).
+    pub dim: usize,
     /// Enrolled subjects.
     pub subjects: usize,
     /// Fewest images per subject.
@@ -77,6 +109,7 @@ pub struct SynthConfig {
 impl Default for SynthConfig {
     fn default() -> Self {
         SynthConfig {
+            dim: DIM,
             subjects: 1000,
             min_images: 8,
             max_images: 12,
@@ -93,18 +126,15 @@ pub type SynthRng = Rng;
 /// Synth's sampler on the generator (an inherent method, so that
 /// `rng.unit_vector()` reads as it always has).
 impl Rng {
-    /// A point uniform on the unit sphere.
-    pub fn unit_vector(&mut self) -> [f32; DIM] {
-        let mut v = [0f32; DIM];
-        for x in v.iter_mut() {
-            *x = self.normal();
-        }
+    /// A point uniform on the unit sphere of `dim` dimensions.
+    pub fn unit_vector(&mut self, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| self.normal()).collect();
         normalize(&mut v);
         v
     }
 }
 
-fn normalize(v: &mut [f32; DIM]) {
+fn normalize(v: &mut [f32]) {
     let n = v
         .iter()
         .map(|x| x * x)
@@ -132,8 +162,8 @@ pub struct SynthGallery {
     pub config: SynthConfig,
     /// Enrolled embeddings, ids `0..`, subjects `subj-000000`....
     pub embeddings: Vec<Embedding>,
-    centres: Vec<[f32; DIM]>,
-    sigmas: [f32; DIM],
+    centres: Vec<Vec<f32>>,
+    sigmas: Vec<f32>,
 }
 
 /// Subject name of subject number `i`.
@@ -145,18 +175,19 @@ impl SynthGallery {
     /// Generate an organisation.
     pub fn generate(config: SynthConfig) -> SynthGallery {
         let mut rng = SynthRng::new(config.seed);
-        let sigmas = match config.nuisance {
-            Nuisance::Isotropic { sigma } => [sigma; DIM],
+        let dim = config.dim;
+        let sigmas = match config.nuisance.at_dim(dim) {
+            Nuisance::Isotropic { sigma } => vec![sigma; dim],
             Nuisance::Anisotropic {
                 strong_dims,
                 strong_sigma,
                 weak_sigma,
             } => {
-                let mut sigmas = [weak_sigma; DIM];
+                let mut sigmas = vec![weak_sigma; dim];
                 // A random subset of coordinates (partial Fisher–Yates).
-                let mut idx: Vec<usize> = (0..DIM).collect();
-                for i in 0..strong_dims.min(DIM) {
-                    let j = i + rng.below(DIM - i);
+                let mut idx: Vec<usize> = (0..dim).collect();
+                for i in 0..strong_dims.min(dim) {
+                    let j = i + rng.below(dim - i);
                     idx.swap(i, j);
                     sigmas[idx[i]] = strong_sigma;
                 }
@@ -171,8 +202,7 @@ impl SynthGallery {
         };
         let span = config.max_images.saturating_sub(config.min_images) + 1;
         for s in 0..config.subjects {
-            let centre = rng.unit_vector();
-            g.centres.push(centre);
+            let centre = rng.unit_vector(dim);
             let n = config.min_images + rng.below(span);
             for _ in 0..n {
                 let v = g.image(&mut rng, &centre);
@@ -183,18 +213,19 @@ impl SynthGallery {
                     vector: v,
                 });
             }
+            g.centres.push(centre);
         }
         g
     }
 
     /// One image of a face with this centre.
-    pub fn image(&self, rng: &mut SynthRng, centre: &[f32; DIM]) -> Vec<f32> {
-        let mut v = *centre;
+    pub fn image(&self, rng: &mut SynthRng, centre: &[f32]) -> Vec<f32> {
+        let mut v = centre.to_vec();
         for (x, s) in v.iter_mut().zip(&self.sigmas) {
             *x += s * rng.normal();
         }
         normalize(&mut v);
-        v.to_vec()
+        v
     }
 
     /// `known` new images of random enrolled subjects and `strangers` images of
@@ -212,7 +243,7 @@ impl SynthGallery {
             }
         }
         for _ in 0..strangers {
-            let c = rng.unit_vector();
+            let c = rng.unit_vector(self.config.dim);
             out.push(Probe {
                 vector: self.image(&mut rng, &c),
                 subject: None,
@@ -256,10 +287,18 @@ mod tests {
 
     #[test]
     fn images_of_a_subject_are_closer_than_strangers_on_average() {
+        for dim in [128, 512, 96] {
+            images_closer_at(dim);
+        }
+    }
+
+    fn images_closer_at(dim: usize) {
         let g = SynthGallery::generate(SynthConfig {
+            dim,
             subjects: 50,
             ..Default::default()
         });
+        assert!(g.embeddings.iter().all(|e| e.vector.len() == dim));
         let d = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
         let (mut same, mut ns, mut diff, mut nd) = (0f32, 0, 0f32, 0);
         for (i, a) in g.embeddings.iter().enumerate().step_by(7) {

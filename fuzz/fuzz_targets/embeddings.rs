@@ -3,17 +3,21 @@
 //! long, control-character and non-ASCII subjects, repeated ids), deletes by
 //! id and subject, flushes, compactions and a reopen.
 //!
+//! The gallery is made with a dimension (128, 16, 96 or 512) and with or
+//! without normalisation, as the input chooses.
+//!
 //! Checks: each batch is accepted exactly when the reference rules accept it
-//! (128 finite values; subject of 1 to 256 bytes without control characters;
-//! ids unique in the batch), and a rejected batch fails with the error and
+//! (the gallery's dimension of finite values, not all zero where it
+//! normalises; subject of 1 to 256 bytes without control characters; ids
+//! unique in the batch), and a rejected batch fails with the error and
 //! position of its first bad entry and changes nothing; after every step the
-//! gallery holds exactly the model's embeddings (bit for bit); the same after
-//! a reopen.
+//! gallery holds exactly the model's embeddings (bit for bit: normalised, in
+//! a normalising gallery, to unit length within 1e-5); the same after a reopen.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use visage_engine::{DIM, Embedding, Engine, Error};
+use visage_engine::{Embedding, Engine, Error, GallerySpec};
 use visage_fuzz::*;
 
 #[derive(Debug, Arbitrary)]
@@ -55,19 +59,21 @@ enum Vector {
     Patched(u16, u8, Value),
     /// A seeded vector of another length.
     Length(u16, u8),
+    /// All zeros.
+    Zero,
 }
 
 impl Vector {
-    fn values(&self) -> Vec<f32> {
+    fn values(&self, dim: usize) -> Vec<f32> {
         let seeded = |seed: u16, n: usize| -> Vec<f32> {
             let mut r = Rng(seed as u64);
             (0..n).map(|_| r.unit()).collect()
         };
         match self {
-            Vector::Seeded(s) => seeded(*s, DIM),
+            Vector::Seeded(s) => seeded(*s, dim),
             Vector::Patched(s, at, v) => {
-                let mut x = seeded(*s, DIM);
-                x[*at as usize % DIM] = match v {
+                let mut x = seeded(*s, dim);
+                x[*at as usize % dim] = match v {
                     Value::Finite(i) => *i as f32 / 8.0,
                     Value::Nan => f32::NAN,
                     Value::Inf => f32::INFINITY,
@@ -79,8 +85,33 @@ impl Vector {
                 x
             }
             Vector::Length(s, n) => seeded(*s, *n as usize),
+            Vector::Zero => vec![0.0; dim],
         }
     }
+}
+
+/// The gallery the steps run on.
+#[derive(Debug, Arbitrary)]
+struct Config {
+    dim: u8,
+    normalize: bool,
+}
+
+impl Config {
+    fn spec(&self) -> GallerySpec {
+        GallerySpec {
+            dim: [128, 16, 96, 512][self.dim as usize % 4],
+            normalize: self.normalize,
+            ..GallerySpec::default()
+        }
+    }
+}
+
+/// The vector a normalising gallery stores: scaled by 1/‖v‖ with the norm in f64.
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    let inv = 1.0 / n2.sqrt();
+    v.iter().map(|&x| (f64::from(x) * inv) as f32).collect()
 }
 
 #[derive(Debug, Arbitrary)]
@@ -104,14 +135,17 @@ fn subject_ok(s: &str) -> bool {
 }
 
 /// The first bad entry of a batch, as the engine must report it.
-fn expected_insert_error(batch: &[Embedding]) -> Option<String> {
+fn expected_insert_error(batch: &[Embedding], spec: &GallerySpec) -> Option<String> {
     let mut seen = std::collections::HashMap::new();
     for (i, e) in batch.iter().enumerate() {
-        if e.vector.len() != DIM {
+        if e.vector.len() != spec.dim {
             return Some(format!("dimension {i}"));
         }
         if let Some(p) = e.vector.iter().position(|x| !x.is_finite()) {
             return Some(format!("value {i} {p}"));
+        }
+        if spec.normalize && e.vector.iter().all(|&x| x == 0.0) {
+            return Some(format!("zero {i}"));
         }
         if !subject_ok(&e.subject) {
             return Some(format!("subject {i}"));
@@ -146,15 +180,21 @@ fn describe(e: &Error) -> String {
             index,
             ..
         } => format!("delete subject {index}"),
+        Error::ZeroVector {
+            what: "embeddings",
+            index,
+        } => format!("zero {index}"),
         Error::DuplicateId { first, second, .. } => format!("duplicate {first} {second}"),
         other => panic!("unexpected error: {other}"),
     }
 }
 
-fuzz_target!(|steps: Vec<Step>| {
+fuzz_target!(|input: (Config, Vec<Step>)| {
+    let (config, steps) = input;
+    let spec = config.spec();
     let root = fresh_dir("embeddings");
     let mut engine = Engine::open(&root, engine_options()).expect("open");
-    let mut g = engine.create_gallery(GALLERY).expect("create");
+    let mut g = engine.create_gallery_with(GALLERY, &spec).expect("create");
     let mut model = State::new();
     let all_ids: Vec<u64> = (0..=255).collect();
     for step in steps.iter().take(16) {
@@ -165,21 +205,29 @@ fuzz_target!(|steps: Vec<Step>| {
                     .map(|it| Embedding {
                         id: it.id as u64,
                         subject: it.subject.text(),
-                        vector: it.vector.values(),
+                        vector: it.vector.values(spec.dim),
                     })
                     .collect();
                 let stats = g.stats();
-                match (g.insert(&batch), expected_insert_error(&batch)) {
+                match (g.insert(&batch), expected_insert_error(&batch, &spec)) {
                     (Ok(out), None) => {
                         let replaced = batch.iter().filter(|e| model.contains_key(&e.id)).count();
                         assert_eq!(out.replaced, replaced as u64);
                         assert_eq!(out.inserted + out.replaced, batch.len() as u64);
                         for e in &batch {
+                            let stored = if spec.normalize {
+                                let u = unit(&e.vector);
+                                let n: f64 = u.iter().map(|&x| f64::from(x).powi(2)).sum();
+                                assert!((n - 1.0).abs() < 1e-5, "unit vector of norm² {n}");
+                                u
+                            } else {
+                                e.vector.clone()
+                            };
                             model.insert(
                                 e.id,
                                 (
                                     e.subject.clone(),
-                                    e.vector.iter().map(|x| x.to_bits()).collect(),
+                                    stored.iter().map(|x| x.to_bits()).collect(),
                                 ),
                             );
                         }
@@ -229,6 +277,7 @@ fuzz_target!(|steps: Vec<Step>| {
     }
     drop(g);
     (engine, g) = reopen(engine, &root);
+    assert_eq!(g.spec(), &spec, "the gallery's spec after a reopen");
     assert_eq!(
         state(&g, &all_ids),
         model,

@@ -41,15 +41,23 @@ fuzz_target!(|data: &[u8]| {
     let mut files = t.files.clone();
     files.insert("HEAD".into(), buf);
     let root = write_gallery("head", &files);
-    let engine = Engine::open(&root, engine_options())
-        .unwrap_or_else(|e| panic!("a gallery refused a head file that decodes: {e}"));
+    let opened = Engine::open(&root, engine_options());
+    if h.weights.len() != visage_engine::DIM {
+        // The template's gallery has 128 values a vector: a head of another
+        // dimension is refused, naming the mismatch.
+        let err = opened.expect_err("a gallery opened with a head of another dimension");
+        assert!(err.to_string().contains("weights"), "{err}");
+        return;
+    }
+    let engine =
+        opened.unwrap_or_else(|e| panic!("a gallery refused a head file that decodes: {e}"));
     let g = engine.gallery(GALLERY).expect("the gallery is there");
     let e = t
         .embeddings
         .values()
         .next()
         .expect("the template has embeddings");
-    let probes = vec![e.vector.clone(), sample_probes(1, 5).remove(0)];
+    let probes = vec![e.vector.clone(), sample_probes(1, 5, visage_engine::DIM).remove(0)];
     let checks = Checks {
         calibrate: flags & 4 != 0,
         tiled_is_exact: true,

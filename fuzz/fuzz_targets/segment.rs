@@ -62,11 +62,12 @@ fuzz_target!(|data: &[u8]| {
             deleted: vec![],
         }],
         subjects: None,
+        spec: visage_engine::GallerySpec::with_dim(h.dim as usize),
     };
     std::fs::write(dir.join("MANIFEST"), format::encode_manifest(&manifest)).expect("write");
     std::fs::write(
         dir.join(wal_name(file_no + 1)),
-        format::encode_wal_header(7, file_no + 1),
+        format::encode_wal_header(7, file_no + 1, h.dim),
     )
     .expect("write");
     let mut opts = engine_options();

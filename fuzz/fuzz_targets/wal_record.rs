@@ -4,8 +4,10 @@
 //! Input: the whole input is decoded as one payload; then a salt (4 bytes)
 //! followed by records is read frame by frame (unless bit 0 of the first byte
 //! is set, the frame CRCs are recomputed first so the payloads behind them
-//! are reached). Checks: no panic, no allocation beyond what the bytes
-//! can hold, and every accepted payload or frame re-encodes to the same bytes.
+//! are reached). Every payload is decoded as a gallery of 128, 16 and 512
+//! values a vector would decode it. Checks: no panic, no allocation beyond
+//! what the bytes can hold, and every accepted payload or frame re-encodes to
+//! the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,12 +16,14 @@ use visage_engine::format::{self, Frame};
 use visage_fuzz::encode_op;
 
 fn round_trip(payload: &[u8]) {
-    if let Ok(op) = format::decode_op(Path::new("wal"), 0, payload) {
-        assert_eq!(
-            encode_op(&op),
-            payload,
-            "decode_op accepted bytes it does not re-encode"
-        );
+    for dim in [128, 16, 512] {
+        if let Ok(op) = format::decode_op(Path::new("wal"), 0, payload, dim) {
+            assert_eq!(
+                encode_op(&op),
+                payload,
+                "decode_op at dimension {dim} accepted bytes it does not re-encode"
+            );
+        }
     }
 }
 

@@ -80,12 +80,16 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    // The gallery's dimension is the one the WAL's header states.
+    let dim = format::decode_wal_header(std::path::Path::new("wal"), &buf)
+        .map_or(visage_engine::DIM, |(_, _, d)| d as usize);
     let manifest = ManifestData {
         generation: 1,
         next_file_no: file_no + 1,
         wal_start: file_no,
         segments: vec![],
         subjects: Some(0),
+        spec: visage_engine::GallerySpec::with_dim(dim),
     };
     let mut files = Files::new();
     files.insert("MANIFEST".into(), format::encode_manifest(&manifest));

@@ -254,11 +254,11 @@ pub fn sample_embeddings(n: usize, subjects: usize, seed: u64) -> Vec<Embedding>
         .collect()
 }
 
-/// A few probes: copies and perturbations of gallery vectors, and strangers.
-pub fn sample_probes(n: usize, seed: u64) -> Vec<Vec<f32>> {
+/// `n` random probes of `dim` values.
+pub fn sample_probes(n: usize, seed: u64, dim: usize) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed);
     (0..n)
-        .map(|_| (0..DIM).map(|_| rng.unit()).collect())
+        .map(|_| (0..dim).map(|_| rng.unit()).collect())
         .collect()
 }
 
@@ -322,7 +322,7 @@ pub fn state(g: &Gallery, ids: &[u64]) -> State {
         .map(|e| {
             assert_eq!(
                 e.vector.len(),
-                DIM,
+                g.dim(),
                 "get returned a vector of {}",
                 e.vector.len()
             );
@@ -420,11 +420,14 @@ pub fn exercise(
         let key = |hits: &Vec<visage_engine::Hit>| -> Vec<(u64, u32)> {
             hits.iter().map(|h| (h.id, h.distance.to_bits())).collect()
         };
-        let arrays: Vec<[f32; visage_engine::DIM]> = batch
+        // Only probes of the gallery's dimension can be searched directly.
+        let arrays: Vec<&[f32]> = batch
             .iter()
-            .filter_map(|p| p.as_slice().try_into().ok())
+            .map(Vec::as_slice)
+            .filter(|p| p.len() == g.dim())
             .collect();
-        let direct: Vec<Vec<(u64, u32)>> = visage_engine::fuzzing::search_direct(g, &arrays, 5)
+        let flat = arrays.concat();
+        let direct: Vec<Vec<(u64, u32)>> = visage_engine::fuzzing::search_direct(g, &flat, 5)
             .into_iter()
             .map(|hits| hits.into_iter().map(|(id, d)| (id, d.to_bits())).collect())
             .collect();
@@ -542,7 +545,7 @@ pub fn maintain_and_reopen(engine: Engine, root: &Path, ids: &[u64], checks: Che
         .map(|(_, v)| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>())
         .filter(|v| v.iter().all(|x| x.is_finite()))
         .take(2)
-        .chain(sample_probes(1, 3))
+        .chain(sample_probes(1, 3, g.dim()))
         .collect();
     // An id and subject to verify against: one whose stored vector is finite
     // (segment vectors are not checked at open, see `VerifyChecksums`).
@@ -627,7 +630,7 @@ pub fn encode_op(op: &WalOp) -> Vec<u8> {
     let mut out = Vec::new();
     match op {
         WalOp::Insert(items) => format::encode_insert(
-            items.iter().map(|e| (e.id, e.subject.as_str(), &e.vector)),
+            items.iter().map(|e| (e.id, e.subject.as_str(), &e.vector[..])),
             &mut out,
         ),
         WalOp::Delete(ids) => format::encode_delete(ids, &mut out),

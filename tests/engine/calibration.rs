@@ -87,6 +87,7 @@ fn probabilities_are_calibrated_at_the_stated_prior_on_hard_data() {
         max_images: 6,
         nuisance: Nuisance::Isotropic { sigma: 0.2 },
         seed: 5,
+        ..SynthConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
     let mut o = EngineOptions::default();

@@ -57,7 +57,7 @@ fn append_record(root: &Path, payload: &[u8]) {
 
 fn insert_payload(items: &[(u64, &str, [f32; DIM])]) -> Vec<u8> {
     let mut p = Vec::new();
-    encode_insert(items.iter().map(|(id, s, v)| (*id, *s, v)), &mut p);
+    encode_insert(items.iter().map(|(id, s, v)| (*id, *s, &v[..])), &mut p);
     p
 }
 

@@ -47,6 +47,7 @@ fn synth(subjects: usize, nuisance: Nuisance, seed: u64) -> SynthGallery {
         max_images: 10,
         nuisance,
         seed,
+        ..SynthConfig::default()
     })
 }
 
@@ -721,7 +722,7 @@ fn stored_thresholds_keep_the_promise_on_the_heldout_pairs() {
         let h = fx.g.train_head(&o).unwrap();
         let (_, (x, y)) = fx.g.export_pairs(&o).unwrap();
         let pairs: Vec<VerifyPair> = x
-            .iter()
+            .chunks_exact(DIM)
             .map(|f| VerifyPair {
                 a: f.to_vec(),
                 b: VerifyTarget::Vector(zero.clone()),

@@ -100,10 +100,10 @@ fn main() {
     }
 }
 
-fn write_pairs(prefix: &std::path::Path, pairs: &(Vec<[f32; 128]>, Vec<bool>)) {
+fn write_pairs(prefix: &std::path::Path, pairs: &(Vec<f32>, Vec<bool>)) {
     let (x, y) = pairs;
-    let flat: Vec<f32> = x.iter().flatten().copied().collect();
-    visage_client::npy::write_f32(prefix.with_extension("x.npy"), &flat, &[x.len(), 128])
+    let dim = x.len() / y.len().max(1);
+    visage_client::npy::write_f32(prefix.with_extension("x.npy"), x, &[y.len(), dim])
         .expect("write x");
     let labels: Vec<f32> = y.iter().map(|&l| if l { 1.0 } else { 0.0 }).collect();
     visage_client::npy::write_f32(prefix.with_extension("y.npy"), &labels, &[y.len()])

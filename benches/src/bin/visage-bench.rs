@@ -3,11 +3,11 @@
 //! ```text
 //! visage-bench search --base BASE.npy --probes PROBES.npy [--k 10] [--mode exact|sq8]
 //!                     [--out-ids IDS.npy] [--json] [--batch N] [--single N] [--data-dir DIR]
-//! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic]
+//! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic] [--dim D]
 //! visage-bench bounds [--bytes B] [--json]
 //! ```
 //!
-//! `search` loads BASE (float32 `[N, 128]`, row `i` gets id `i`) into a data
+//! `search` loads BASE (float32 `[N, D]`, D the gallery's dimension, row `i` gets id `i`) into a data
 //! directory cached under `target/visage-bench-data/` (keyed by the file's
 //! canonical path, size and modification time), or reopens the one built
 //! before, then measures single-probe latency, batch throughput and resident
@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use visage_bench::{bounds, quiet_options};
 use visage_client::npy;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
-use visage_engine::{DIM, Durability, Embedding, Engine, MAX_PROBES, ScanMode, SearchOptions};
+use visage_engine::{
+    DIM, Durability, Embedding, Engine, GallerySpec, Limits, ScanMode, SearchOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -148,10 +150,11 @@ impl Mode {
 
 #[derive(clap::Args)]
 struct SearchArgs {
-    /// Gallery: float32 .npy of shape [N, 128]; row i is stored with id i.
+    /// Gallery: float32 .npy of shape [N, D] (D a multiple of 16 from 16 to
+    /// 2,048: the gallery's dimension); row i is stored with id i.
     #[arg(long)]
     base: PathBuf,
-    /// Probes: float32 .npy of shape [P, 128].
+    /// Probes: float32 .npy of shape [P, D].
     #[arg(long)]
     probes: PathBuf,
     /// Results per probe.
@@ -216,6 +219,9 @@ struct GenArgs {
     /// Isotropic image-to-image noise (default: anisotropic, like pose and light).
     #[arg(long)]
     isotropic: bool,
+    /// Values per vector (a multiple of 16 from 16 to 2,048).
+    #[arg(long, default_value_t = DIM)]
+    dim: usize,
 }
 
 #[derive(clap::Args)]
@@ -376,7 +382,7 @@ fn build(dir: &Path, base: &npy::Array2<f32>, rows_per_subject: usize) -> Res<Du
     let t = Instant::now();
     let engine = Engine::open(dir, opts).map_err(|e| format!("opening {}: {e}", dir.display()))?;
     let g = engine
-        .create_gallery(GALLERY)
+        .create_gallery_with(GALLERY, &GallerySpec::with_dim(base.cols))
         .map_err(|e| format!("creating the gallery: {e}"))?;
     let mut last_report = Instant::now();
     for start in (0..base.rows).step_by(INSERT_BATCH) {
@@ -428,9 +434,9 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         let t = Instant::now();
         let base = npy::read_f32(&a.base).map_err(|e| e.to_string())?;
         let read = t.elapsed();
-        if base.cols != DIM {
+        if let Some(why) = GallerySpec::with_dim(base.cols).problem() {
             return Err(format!(
-                "{}: vectors have {} dimensions; visage stores {DIM}",
+                "{}: vectors of {} values: {why}",
                 a.base.display(),
                 base.cols
             ));
@@ -474,13 +480,6 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     let t = Instant::now();
     let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
     let probes_read = t.elapsed();
-    if probes.cols != DIM {
-        return Err(format!(
-            "{}: probes have {} dimensions; visage stores {DIM}",
-            a.probes.display(),
-            probes.cols
-        ));
-    }
     if probes.rows == 0 {
         return Err(format!("{}: no probes", a.probes.display()));
     }
@@ -492,6 +491,15 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         .gallery(GALLERY)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let open = t.elapsed();
+    let dim = g.dim();
+    if probes.cols != dim {
+        return Err(format!(
+            "{}: probes have {} values; the gallery built from {} has {dim}",
+            a.probes.display(),
+            probes.cols,
+            a.base.display()
+        ));
+    }
     let stats = g.stats();
     if !cached(&dir, &key, Some(stats.live)) || stats.memtable_rows != 0 {
         return Err(format!(
@@ -545,7 +553,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         .batch
         .unwrap_or(probes.rows)
         .min(probes.rows)
-        .min(MAX_PROBES);
+        .min(Limits::for_dim(dim).probes);
     if n_batch == 0 {
         return Err("--batch must be at least 1".into());
     }
@@ -564,7 +572,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
 
     let (vm_rss, vm_hwm) = rss();
     let mapped = segment_bytes(g.dir());
-    let vectors_bytes = stats.live * (DIM as u64) * 4;
+    let vectors_bytes = stats.live * (dim as u64) * 4;
 
     if let Some(path) = &a.out_ids {
         let mut ids = vec![-1i64; n_batch * a.k];
@@ -582,7 +590,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         "mode": a.mode.name(),
         "k": a.k,
         "rows": stats.live,
-        "dim": DIM,
+        "dim": dim,
         "segments": stats.segments,
         "threads": rayon::current_num_threads(),
         "base": a.base.display().to_string(),
@@ -631,7 +639,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
             })
         };
         println!(
-            "visage {} search, k = {}, {} rows × {DIM} in {} segment(s), {} threads",
+            "visage {} search, k = {}, {} rows × {dim} in {} segment(s), {} threads",
             a.mode.name(),
             a.k,
             stats.live,
@@ -693,9 +701,14 @@ fn gen_data(a: GenArgs) -> Res<ExitCode> {
     let t = Instant::now();
     // About ten images per subject; subjects are generated in order from one
     // stream, so more subjects only extend the same prefix.
+    if let Some(why) = GallerySpec::with_dim(a.dim).problem() {
+        return Err(format!("--dim: {why}"));
+    }
+    let dim = a.dim;
     let mut subjects = (a.n / 10).max(1);
     let g = loop {
         let g = SynthGallery::generate(SynthConfig {
+            dim,
             subjects,
             nuisance,
             seed: a.seed,
@@ -723,10 +736,10 @@ fn gen_data(a: GenArgs) -> Res<ExitCode> {
         .collect();
     let bp = a.out.join("base.npy");
     let pp = a.out.join("probes.npy");
-    npy::write_f32(&bp, &base, &[a.n, DIM]).map_err(|e| e.to_string())?;
-    npy::write_f32(&pp, &pv, &[probes.len(), DIM]).map_err(|e| e.to_string())?;
+    npy::write_f32(&bp, &base, &[a.n, dim]).map_err(|e| e.to_string())?;
+    npy::write_f32(&pp, &pv, &[probes.len(), dim]).map_err(|e| e.to_string())?;
     eprintln!(
-        "wrote {} [{}, {DIM}] and {} [{}, {DIM}] in {:.1} s",
+        "wrote {} [{}, {dim}] and {} [{}, {dim}] in {:.1} s",
         bp.display(),
         a.n,
         pp.display(),

@@ -2,7 +2,6 @@
 //! own labels, exporting the pairs, and persisting the `HEAD` file.
 
 use super::{Failure, Gallery, HEAD, lock};
-use crate::DIM;
 use crate::error::Result;
 use crate::head::{self, HeadInfo, TrainOptions};
 use crate::storage::format;
@@ -31,11 +30,12 @@ impl Gallery {
     /// The features `|a − b|` and labels (true: same subject) of exactly the
     /// training and held-out pairs that [`Gallery::train_head`] with the same
     /// options would draw, for evaluation against other implementations.
+    /// Features are row-major, the gallery's dimension a pair.
     #[allow(clippy::type_complexity)]
     pub fn export_pairs(
         &self,
         opts: &TrainOptions,
-    ) -> Result<((Vec<[f32; DIM]>, Vec<bool>), (Vec<[f32; DIM]>, Vec<bool>))> {
+    ) -> Result<((Vec<f32>, Vec<bool>), (Vec<f32>, Vec<bool>))> {
         let snap = self.snapshot();
         let pairs = head::sample_pairs(&snap, opts, true)?;
         Ok((

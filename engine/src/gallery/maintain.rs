@@ -3,7 +3,6 @@
 //! does both.
 
 use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
-use crate::DIM;
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
 use crate::error::Result;
@@ -119,7 +118,7 @@ impl Gallery {
                     self.set_poison(Failure::io("WAL sync before rotation failed".into(), &e))
                 })?;
                 let n = st.alloc_file_no(&self.dir)?;
-                let new_wal = WalWriter::create(&*self.fs, &self.dir, n)?;
+                let new_wal = WalWriter::create(&*self.fs, &self.dir, n, self.spec.dim)?;
                 st.wal = new_wal;
                 let frozen = std::mem::take(&mut st.active);
                 st.frozen = Some(frozen);
@@ -136,6 +135,7 @@ impl Gallery {
                 .unwrap_or_default();
             (chunks, st.alloc_file_no(&self.dir)?)
         };
+        let dim = self.spec.dim;
         let mut map = Vec::new();
         let mut rows = Vec::new();
         for (c, mc) in chunks.iter().enumerate() {
@@ -145,7 +145,7 @@ impl Gallery {
                     rows.push(RowRef {
                         id: mc.chunk.ids[r],
                         subject: &mc.chunk.subjects[r],
-                        vector: &mc.chunk.vectors[r],
+                        vector: &mc.chunk.vectors[r * dim..(r + 1) * dim],
                     });
                 }
             }
@@ -236,14 +236,15 @@ impl Gallery {
         }
         // Per row: the vector, its 8-bit code, id, norm, subject index and
         // offsets; plus the subject strings, headers and the manifest after.
-        let per_row = (format::VECTOR_BYTES + DIM + 32) as u64;
+        let dim = self.spec.dim;
+        let per_row = (4 * dim + dim + 32) as u64;
         let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
         let needed = rows.len() as u64 * per_row + strings + (1 << 20);
         crate::storage::fs::check_space(&*self.fs, &self.dir, what, needed)?;
         let path = self.dir.join(seg_name(file_no));
-        let res = segment::write_segment(&*self.fs, &path, file_no, rows)
+        let res = segment::write_segment(&*self.fs, &path, file_no, rows, dim)
             .and_then(|_| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
-            .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata));
+            .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim));
         match res {
             Ok(seg) => Ok(Some(Arc::new(seg))),
             Err(e) => {
@@ -266,6 +267,7 @@ impl Gallery {
                 .collect();
             (cap, st.alloc_file_no(&self.dir)?)
         };
+        let dim = self.spec.dim;
         let mut map = Vec::new();
         let mut rows = Vec::new();
         for (i, ss) in captured.iter().enumerate() {
@@ -276,7 +278,7 @@ impl Gallery {
                     rows.push(RowRef {
                         id: ids[r],
                         subject: ss.seg.row_subject(r),
-                        vector: &vecs[r],
+                        vector: &vecs[r * dim..(r + 1) * dim],
                     });
                 }
             }

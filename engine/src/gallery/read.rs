@@ -2,16 +2,16 @@
 //! the published snapshot, and the decision thresholds they apply.
 
 use super::Gallery;
-use super::write::{check_probes, check_subject, check_vector};
+use super::write::{check_probes, check_subject, checked_vector};
 use crate::api::*;
 use crate::error::{Error, Result};
 use crate::head::{ClaimScore, HeadInfo, OpenRule, TrainOptions};
 use crate::search;
 use crate::snapshot::Snapshot;
-use crate::{DIM, Embedding, Hit};
+use crate::{Embedding, Hit};
 
 enum Target<'a> {
-    Vector(Box<[f32; DIM]>),
+    Vector(Vec<f32>),
     Id(u64),
     Subject(&'a str),
 }
@@ -28,14 +28,14 @@ impl Decision {
         &self,
         best: &Hit,
         head: Option<&HeadInfo>,
-        q: &[f32; DIM],
+        q: &[f32],
         snap: &Snapshot,
         c: &search::Cand,
     ) -> bool {
         match *self {
             Decision::Distance(t) => best.distance <= t,
             Decision::Logit(t) => head.filter(|h| h.trained).is_some_and(|h| {
-                let v = &snap.vectors(c.src as usize)[c.row as usize];
+                let v = snap.vector(c.src as usize, c.row as usize);
                 h.logit(q, v) >= t
             }),
         }
@@ -47,12 +47,12 @@ fn hit(
     spec: &GallerySpec,
     snap: &Snapshot,
     c: &search::Cand,
-    probe: &[f32; DIM],
+    probe: &[f32],
     head: Option<&HeadInfo>,
     metric_is_l2: bool,
 ) -> Hit {
     let (s, r) = (c.src as usize, c.row as usize);
-    let v = &snap.vectors(s)[r];
+    let v = snap.vector(s, r);
     let distance = if metric_is_l2 {
         c.dist
     } else {
@@ -117,7 +117,7 @@ impl Gallery {
                             gallery: self.name.clone(),
                             hint: "call TrainHead before ranking by HEAD",
                         })?;
-                w = h.weight_array();
+                w = h.weight_array(self.spec.dim);
                 search::Metric::Head(&w, h.distance_weight)
             }
         };
@@ -129,7 +129,7 @@ impl Gallery {
         };
         Ok(cands
             .into_iter()
-            .zip(&probes)
+            .zip(probes.chunks_exact(self.spec.dim))
             .map(|(cs, q)| {
                 cs.iter()
                     .map(|c| hit(&self.spec, &snap, c, q, head.as_deref(), is_l2))
@@ -147,7 +147,7 @@ impl Gallery {
         let snap = self.snapshot();
         Ok(search::identify(&snap, &probes, k, search::Metric::L2)
             .into_iter()
-            .zip(&probes)
+            .zip(probes.chunks_exact(self.spec.dim))
             .map(|(cs, q)| {
                 cs.iter()
                     .map(|c| hit(&self.spec, &snap, c, q, head.as_deref(), true))
@@ -175,8 +175,8 @@ impl Gallery {
         let head = self.head();
         let w = head
             .as_ref()
-            .map(|h| h.weight_array())
-            .unwrap_or([0.0; DIM]);
+            .map(|h| h.weight_array(self.spec.dim))
+            .unwrap_or_else(|| vec![0.0; self.spec.dim]);
         let trained = head.as_ref().is_some_and(|h| h.trained);
         let wd = head.as_ref().map_or(0.0, |h| h.distance_weight);
         let metric = if trained {
@@ -186,7 +186,7 @@ impl Gallery {
         };
         Ok(search::identify(&snap, &probes, opts.k, metric)
             .into_iter()
-            .zip(&probes)
+            .zip(probes.chunks_exact(self.spec.dim))
             .map(|(cs, q)| {
                 let candidates: Vec<Hit> = cs
                     .iter()
@@ -221,10 +221,10 @@ impl Gallery {
         }
         let mut checked = Vec::with_capacity(pairs.len());
         for (i, p) in pairs.iter().enumerate() {
-            let a = check_vector(&self.spec, "pairs.a", i, &p.a)?;
+            let a = checked_vector(&self.spec, "pairs.a", i, &p.a)?;
             let b = match &p.b {
                 VerifyTarget::Vector(v) => {
-                    Target::Vector(Box::new(check_vector(&self.spec, "pairs.b", i, v)?))
+                    Target::Vector(checked_vector(&self.spec, "pairs.b", i, v)?)
                 }
                 VerifyTarget::Id(id) => Target::Id(*id),
                 VerifyTarget::Subject(s) => {
@@ -241,7 +241,7 @@ impl Gallery {
         let snap = self.snapshot();
         let mut out = Vec::with_capacity(pairs.len());
         for (i, (a, b)) in checked.iter().enumerate() {
-            let score = |v: &[f32; DIM]| -> (f32, Option<f32>) {
+            let score = |v: &[f32]| -> (f32, Option<f32>) {
                 (
                     crate::search::kernels::l2sq(a, v),
                     head.map(|h| h.logit(a, v)),
@@ -259,8 +259,7 @@ impl Gallery {
                         field: format!("pairs[{i}].id"),
                         id: *id,
                     })?;
-                    let v = check_vector(&self.spec, "stored", 0, &e.vector)?;
-                    let (d, l) = score(&v);
+                    let (d, l) = score(&e.vector);
                     ((d, l, Some(*id)), None)
                 }
                 Target::Subject(s) => {
@@ -274,7 +273,7 @@ impl Gallery {
                     let scored: Vec<(f32, Option<f32>, Option<u64>)> = rows
                         .iter()
                         .map(|&(src, r)| {
-                            let (d, l) = score(&snap.vectors(src)[r]);
+                            let (d, l) = score(snap.vector(src, r));
                             (d, l, Some(snap.id(src, r)))
                         })
                         .collect();

@@ -24,7 +24,7 @@ impl Gallery {
     /// Create the files of an empty gallery in `dir` (which must not exist).
     pub(crate) fn create_files(fs: &dyn FileSystem, dir: &Path, spec: &GallerySpec) -> Result<()> {
         fs.create_dir(dir).map_err(|e| Error::io(dir, e))?;
-        WalWriter::create(fs, dir, 1)?;
+        WalWriter::create(fs, dir, 1, spec.dim)?;
         let m = ManifestData {
             generation: 1,
             next_file_no: 2,
@@ -63,7 +63,7 @@ impl Gallery {
                     ),
                 ));
             }
-            let seg = Segment::open(fs, &path, ms.file_no, opts.verify)?;
+            let seg = Segment::open(fs, &path, ms.file_no, opts.verify, manifest.spec.dim)?;
             if seg.rows() as u64 != ms.rows {
                 return Err(Error::corrupt(
                     &path,
@@ -126,6 +126,7 @@ impl Gallery {
             Some(n) => n,
             None => Snapshot {
                 segments: segments.clone(),
+                dim: manifest.spec.dim,
                 ..Snapshot::default()
             }
             .count_subjects() as u64,
@@ -145,7 +146,7 @@ impl Gallery {
         for (i, &n) in wals.iter().enumerate() {
             let path = dir.join(wal::file_name(n));
             let is_last = i + 1 == wals.len();
-            let r = wal::replay(fs, &path, n, is_last)?;
+            let r = wal::replay(fs, &path, n, is_last, manifest.spec.dim)?;
             for op in &r.ops {
                 tmp.apply_op(op);
             }
@@ -153,7 +154,7 @@ impl Gallery {
                 if r.valid_len == 0 {
                     // Crash while creating this WAL: nothing in it was acknowledged.
                     fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                    writer = Some(WalWriter::create(fs, dir, n)?);
+                    writer = Some(WalWriter::create(fs, dir, n, manifest.spec.dim)?);
                 } else {
                     if r.valid_len < r.file_len {
                         tracing::warn!(file = %path.display(), offset = r.valid_len, dropped = r.file_len - r.valid_len,
@@ -171,9 +172,21 @@ impl Gallery {
         }
         let head_path = dir.join(HEAD);
         let head_info = match fs.read(&head_path) {
-            Ok(bytes) => Some(HeadInfo::from_data(&format::decode_head(
-                &head_path, &bytes,
-            )?)),
+            Ok(bytes) => {
+                let data = format::decode_head(&head_path, &bytes)?;
+                if data.weights.len() != manifest.spec.dim {
+                    return Err(Error::corrupt(
+                        &head_path,
+                        0,
+                        format!(
+                            "head of {} weights in a gallery of {} values a vector",
+                            data.weights.len(),
+                            manifest.spec.dim
+                        ),
+                    ));
+                }
+                Some(HeadInfo::from_data(&data))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&head_path, e)),
         };

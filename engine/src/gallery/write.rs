@@ -5,13 +5,13 @@
 //! writer, the segments with their tombstones, the frozen and active memtables.
 
 use super::{BACKLOG_STALL, Durability, Failure, Gallery, MANIFEST, lock};
+use crate::Embedding;
 use crate::api::*;
 use crate::error::{Error, Result};
 use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
 use crate::snapshot::{SegState, Snapshot};
 use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
 use crate::storage::wal::{Record, WalWriter};
-use crate::{DIM, Embedding};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -184,7 +184,10 @@ impl WriteState {
                         .iter()
                         .map(|e| Arc::from(e.subject.as_str()))
                         .collect(),
-                    items.iter().map(|e| e.vector).collect(),
+                    items
+                        .iter()
+                        .flat_map(|e| e.vector.iter().copied())
+                        .collect(),
                 );
                 self.apply_insert(chunk);
             }
@@ -237,6 +240,7 @@ impl WriteState {
             segments: self.segments.clone(),
             chunks,
             subjects: self.subjects,
+            dim: self.spec.dim,
         }
     }
 
@@ -308,14 +312,16 @@ pub(super) fn check_subject(what: &'static str, index: usize, s: &str) -> Result
 }
 
 /// Check one vector against the gallery's spec (dimension, finite values, not
-/// zero where the gallery normalises) and return it as the gallery keeps it:
-/// scaled to unit length where the gallery normalises.
+/// zero where the gallery normalises) and append it to `out` as the gallery
+/// keeps it: scaled to unit length where the gallery normalises. On error
+/// `out` is unchanged.
 pub(super) fn check_vector(
     spec: &GallerySpec,
     what: &'static str,
     index: usize,
     v: &[f32],
-) -> Result<[f32; DIM]> {
+    out: &mut Vec<f32>,
+) -> Result<()> {
     if v.len() != spec.dim {
         return Err(Error::DimensionMismatch {
             what,
@@ -324,24 +330,33 @@ pub(super) fn check_vector(
             got: v.len(),
         });
     }
-    let mut arr: [f32; DIM] = v.try_into().map_err(|_| Error::DimensionMismatch {
-        what,
-        index,
-        expected: DIM,
-        got: v.len(),
-    })?;
-    if let Some(position) = arr.iter().position(|x| !x.is_finite()) {
+    if let Some(position) = v.iter().position(|x| !x.is_finite()) {
         return Err(Error::NonFiniteValue {
             what,
             index,
             position,
-            value: arr[position],
+            value: v[position],
         });
     }
-    if spec.normalize {
-        normalize(&mut arr).ok_or(Error::ZeroVector { what, index })?;
+    let start = out.len();
+    out.extend_from_slice(v);
+    if spec.normalize && normalize(&mut out[start..]).is_none() {
+        out.truncate(start);
+        return Err(Error::ZeroVector { what, index });
     }
-    Ok(arr)
+    Ok(())
+}
+
+/// [`check_vector`] of one vector, returned on its own.
+pub(super) fn checked_vector(
+    spec: &GallerySpec,
+    what: &'static str,
+    index: usize,
+    v: &[f32],
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(spec.dim);
+    check_vector(spec, what, index, v, &mut out)?;
+    Ok(out)
 }
 
 /// Scale `v` to unit length (its norm computed in f64, so no finite vector
@@ -358,12 +373,14 @@ pub(crate) fn normalize(v: &mut [f32]) -> Option<()> {
     Some(())
 }
 
+/// Check a batch of probes and `k`; the probes come back row-major, as the
+/// gallery searches them (normalised where it normalises).
 pub(super) fn check_probes<P: AsRef<[f32]>>(
     spec: &GallerySpec,
     probes: &[P],
     k: usize,
     max_k: usize,
-) -> Result<Vec<[f32; DIM]>> {
+) -> Result<Vec<f32>> {
     if k == 0 || k > max_k {
         return Err(Error::InvalidK {
             got: k,
@@ -378,11 +395,11 @@ pub(super) fn check_probes<P: AsRef<[f32]>>(
             limit,
         });
     }
-    probes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| check_vector(spec, "probes", i, p.as_ref()))
-        .collect()
+    let mut out = Vec::with_capacity(probes.len() * spec.dim);
+    for (i, p) in probes.iter().enumerate() {
+        check_vector(spec, "probes", i, p.as_ref(), &mut out)?;
+    }
+    Ok(out)
 }
 
 impl Gallery {
@@ -452,9 +469,10 @@ impl Gallery {
             batch.len(),
             Default::default(),
         );
-        let mut vectors = Vec::with_capacity(batch.len());
+        let dim = self.spec.dim;
+        let mut vectors = Vec::with_capacity(batch.len() * dim);
         for (i, e) in batch.iter().enumerate() {
-            vectors.push(check_vector(&self.spec, "embeddings", i, &e.vector)?);
+            check_vector(&self.spec, "embeddings", i, &e.vector, &mut vectors)?;
             check_subject("embeddings", i, &e.subject)?;
             if let Some(first) = seen.insert(e.id, i) {
                 return Err(Error::DuplicateId {
@@ -468,11 +486,11 @@ impl Gallery {
             return Ok(InsertOutcome::default());
         }
         self.check_backlog()?;
-        let mut payload = Vec::with_capacity(5 + batch.len() * (10 + format::VECTOR_BYTES + 16));
+        let mut payload = Vec::with_capacity(5 + batch.len() * (10 + 4 * dim + 16));
         format::encode_insert(
             batch
                 .iter()
-                .zip(&vectors)
+                .zip(vectors.chunks_exact(dim))
                 .map(|(e, v)| (e.id, e.subject.as_str(), v)),
             &mut payload,
         );

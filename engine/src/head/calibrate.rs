@@ -9,7 +9,6 @@
 
 use super::stats::{auc, eer};
 use super::{HeadInfo, sigmoid};
-use crate::DIM;
 use crate::search::kernels;
 
 /// Operating point of a score ("higher means same") on labelled pairs.
@@ -202,11 +201,12 @@ fn det_curve(genuine: &[f64], impostor: &[f64]) -> Vec<(f32, f32)> {
     out
 }
 
-/// Calibrate the 1:1 thresholds on held-out pairs (features `xh`, labels
-/// `yh`): the plain distance's always, the head's if `info` is trained;
+/// Calibrate the 1:1 thresholds on held-out pairs (features `xh`, row-major,
+/// `dim` values a pair; labels `yh`): the plain distance's always, the head's if `info` is trained;
 /// with the Platt scaling and the DET curves.
 pub(super) fn verification(
-    xh: &[[f32; DIM]],
+    xh: &[f32],
+    dim: usize,
     yh: &[bool],
     target_far: f64,
     info: &mut HeadInfo,
@@ -223,8 +223,11 @@ pub(super) fn verification(
     // kernel decisions use (l2sq(|a − b|, 0) is l2sq(a, b) to the bit), so
     // the stored threshold decides every held-out pair as calibrated.
     let kernel = kernels::selected();
-    let zero = [0f32; DIM];
-    let dscores: Vec<f64> = xh.iter().map(|f| -(kernel.l2sq(f, &zero) as f64)).collect();
+    let zero = vec![0f32; dim];
+    let dscores: Vec<f64> = xh
+        .chunks_exact(dim)
+        .map(|f| -(kernel.l2sq(f, &zero) as f64))
+        .collect();
     let (g, i) = split(dscores);
     let dc = calibrate(&g, &i, target_far);
     let mut out = PairLevel {
@@ -242,9 +245,9 @@ pub(super) fn verification(
     info.heldout_genuine = g.len() as u64;
     info.heldout_impostor = i.len() as u64;
     if info.trained {
-        let w = info.weight_array();
+        let w = info.weight_array(dim);
         let hscores: Vec<f64> = xh
-            .iter()
+            .chunks_exact(dim)
             .map(|f| {
                 (kernel.wl1(&w, f, &zero)
                     + info.distance_weight * kernel.l2sq(f, &zero)

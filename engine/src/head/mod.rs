@@ -38,7 +38,6 @@ pub(crate) use pairs::{features, sample_pairs};
 pub use stats::{auc, eer};
 pub use subjects::{ClaimCalibration, ClaimScore, MAX_CLAIM_IMAGES, OpenPoint, OpenSetModel};
 
-use crate::DIM;
 use crate::error::{Error, Result};
 use crate::search::kernels;
 use crate::snapshot::Snapshot;
@@ -203,7 +202,7 @@ impl HeadInfo {
     /// Values near `f32::MAX` (finite, so accepted) overflow the sums, and an
     /// infinite term of each sign makes a NaN. Such a pair is no evidence of the
     /// same person: its logit is −∞ (probability 0, never accepted), never NaN.
-    pub fn logit(&self, a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
+    pub fn logit(&self, a: &[f32], b: &[f32]) -> f32 {
         let k = kernels::selected();
         let z = k.wl1(&self.weights, a, b) + self.distance_weight * k.l2sq(a, b) + self.bias;
         if z.is_nan() { f32::NEG_INFINITY } else { z }
@@ -309,19 +308,20 @@ impl HeadInfo {
         })
     }
 
-    /// The weights as an array (zeros if not trained).
-    pub(crate) fn weight_array(&self) -> [f32; DIM] {
-        let mut w = [0f32; DIM];
-        for (d, s) in w.iter_mut().zip(&self.weights) {
-            *d = *s;
+    /// The weights for a gallery of `dim` values a vector (zeros if not
+    /// trained, or not trained at that dimension).
+    pub(crate) fn weight_array(&self, dim: usize) -> Vec<f32> {
+        if self.weights.len() == dim {
+            self.weights.clone()
+        } else {
+            vec![0.0; dim]
         }
-        w
     }
 
     pub(crate) fn to_data(&self) -> HeadData {
         HeadData {
             flags: if self.trained { 3 } else { 2 } | if self.open_probes > 0 { 4 } else { 0 },
-            weights: self.weight_array().to_vec(),
+            weights: self.weights.clone(),
             distance_weight: self.distance_weight,
             bias: self.bias,
             logit_threshold: self.logit_threshold,
@@ -494,7 +494,7 @@ pub(crate) fn train(
         Some(p) if !fit_head && p.trained => p.clone(),
         _ => HeadInfo {
             trained: false,
-            weights: vec![0.0; DIM],
+            weights: vec![0.0; snap.dim],
             distance_weight: 0.0,
             bias: 0.0,
             threshold: 1.0,
@@ -521,7 +521,7 @@ pub(crate) fn train(
     };
     if fit_head {
         let (x, y) = features(snap, &pairs.train);
-        let (w, wd, b, _) = fit(&x, &y, opts.l2)?;
+        let (w, wd, b, _) = fit(&x, snap.dim, &y, opts.l2)?;
         info.trained = true;
         info.weights = w.iter().map(|&v| v as f32).collect();
         info.distance_weight = wd as f32;
@@ -541,9 +541,9 @@ pub(crate) fn train(
     let (xh, yh) = features(snap, &pairs.heldout);
     info.target_far = opts.target_far;
     info.seed = opts.seed;
-    let pair_level = calibrate::verification(&xh, &yh, opts.target_far, &mut info);
+    let pair_level = calibrate::verification(&xh, snap.dim, &yh, opts.target_far, &mut info);
     let head = info.clone();
-    let logit = |a: &[f32; DIM], b: &[f32; DIM]| f64::from(head.logit(a, b));
+    let logit = |a: &[f32], b: &[f32]| f64::from(head.logit(a, b));
     let logit: Option<&subjects::PairScore<'_>> = if info.trained { Some(&logit) } else { None };
     let subject_level = subjects::calibrate_subjects(
         snap,
@@ -591,6 +591,7 @@ pub(crate) fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DIM;
 
     /// Found by the `head` fuzz target (huge weights): overflowing terms of both
     /// signs made the logit NaN, and probabilities NaN. Ordinary weights and

@@ -7,7 +7,6 @@
 //! for open-set calibration. Also the features `|a − b|` of a pair.
 
 use super::TrainOptions;
-use crate::DIM;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::search::{self, Metric};
@@ -39,7 +38,7 @@ const OPEN_PROBES: usize = 10_000;
 fn rows_by_subject(snap: &Snapshot) -> Vec<Vec<RowRef>> {
     let mut map: HashMap<&str, Vec<RowRef>> = HashMap::new();
     for s in 0..snap.source_count() {
-        for row in 0..snap.vectors(s).len() {
+        for row in 0..snap.vectors(s).len() / snap.dim {
             if !snap.deleted(s, row) {
                 map.entry(snap.subject(s, row))
                     .or_default()
@@ -148,9 +147,9 @@ pub(crate) fn sample_pairs(
                 (groups[s][rng.below(groups[s].len())], s)
             })
             .collect();
-        let qv: Vec<[f32; DIM]> = queries
+        let qv: Vec<f32> = queries
             .iter()
-            .map(|&((src, row), _)| snap.vectors(src as usize)[row as usize])
+            .flat_map(|&((src, row), _)| snap.vector(src as usize, row as usize).iter().copied())
             .collect();
         let tops = search::top_k(snap, &qv, per_query, Metric::L2);
         let mut hard = 0;
@@ -200,18 +199,18 @@ pub(crate) fn sample_pairs(
     Ok(pairs)
 }
 
-/// |a − b| for each pair, with labels.
-pub(crate) fn features(
-    snap: &Snapshot,
-    pairs: &[(RowRef, RowRef, bool)],
-) -> (Vec<[f32; DIM]>, Vec<bool>) {
-    let x = pairs
-        .par_iter()
-        .map(|&((sa, ra), (sb, rb), _)| {
-            let a = &snap.vectors(sa as usize)[ra as usize];
-            let b = &snap.vectors(sb as usize)[rb as usize];
-            std::array::from_fn(|k| (a[k] - b[k]).abs())
-        })
-        .collect();
+/// |a − b| for each pair (row-major, the snapshot's dimension a pair), with labels.
+pub(crate) fn features(snap: &Snapshot, pairs: &[(RowRef, RowRef, bool)]) -> (Vec<f32>, Vec<bool>) {
+    let dim = snap.dim;
+    let mut x = vec![0f32; pairs.len() * dim];
+    x.par_chunks_mut(dim)
+        .zip(pairs)
+        .for_each(|(out, &((sa, ra), (sb, rb), _))| {
+            let a = snap.vector(sa as usize, ra as usize);
+            let b = snap.vector(sb as usize, rb as usize);
+            for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                *o = (x - y).abs();
+            }
+        });
     (x, pairs.iter().map(|p| p.2).collect())
 }

@@ -29,7 +29,6 @@
 
 use super::calibrate::{f32_at_or_above, operating_point};
 use super::pairs::RowRef;
-use crate::DIM;
 use crate::rng::Rng;
 use crate::snapshot::Snapshot;
 use rayon::prelude::*;
@@ -51,7 +50,7 @@ const TAIL_K: usize = 100;
 const GRID: i32 = 24;
 
 /// A score of a pair of embeddings, higher meaning the same person.
-pub(super) type PairScore<'a> = dyn Fn(&[f32; DIM], &[f32; DIM]) -> f64 + Sync + 'a;
+pub(super) type PairScore<'a> = dyn Fn(&[f32], &[f32]) -> f64 + Sync + 'a;
 
 /// How a claim scores a subject's images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,9 +165,9 @@ struct ProbeScores {
 }
 
 fn score_all(
-    groups: &[Vec<&[f32; DIM]>],
+    groups: &[Vec<&[f32]>],
     order: &[usize],
-    probes: &[(&[f32; DIM], usize, usize)],
+    probes: &[(&[f32], usize, usize)],
     score: &PairScore<'_>,
 ) -> Scored {
     let window = MAX_SUBJECTS.min(order.len() - 1);
@@ -272,13 +271,13 @@ pub(super) fn calibrate_subjects(
     }
     // Each row's vector resolved once (a snapshot lookup per score would
     // cost more than the score).
-    let vec_of = |(s, r): RowRef| &snap.vectors(s as usize)[r as usize];
-    let probes: Vec<(&[f32; DIM], usize, usize)> = probes
+    let vec_of = |(s, r): RowRef| snap.vector(s as usize, r as usize);
+    let probes: Vec<(&[f32], usize, usize)> = probes
         .iter()
         .map(|&(row, own)| (vec_of(row), own, rng.below(order.len())))
         .collect();
     let probes = &probes[..];
-    let mut shuffled: Vec<Vec<&[f32; DIM]>> = groups
+    let mut shuffled: Vec<Vec<&[f32]>> = groups
         .iter()
         .map(|g| g.iter().map(|&r| vec_of(r)).collect())
         .collect();
@@ -293,7 +292,7 @@ pub(super) fn calibrate_subjects(
     let n0 = snap.subjects().max(1);
 
     let kernel = crate::search::kernels::selected();
-    let dist = |a: &[f32; DIM], b: &[f32; DIM]| -f64::from(kernel.l2sq(a, b));
+    let dist = |a: &[f32], b: &[f32]| -f64::from(kernel.l2sq(a, b));
     let d = score_all(&shuffled, &order, probes, &dist);
     let h = logit.map(|f| score_all(&shuffled, &order, probes, f));
 

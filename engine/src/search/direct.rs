@@ -9,7 +9,6 @@
 use super::kernels::Kernels;
 use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, fold_units, offer, work_units};
 use super::{Cand, Metric};
-use crate::DIM;
 use crate::snapshot::Snapshot;
 
 /// The per-probe scan: exact distances from the start. Within a block, each
@@ -18,28 +17,30 @@ use crate::snapshot::Snapshot;
 pub(super) fn scan(
     kern: &Kernels,
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
     if probes.is_empty() {
         return Vec::new();
     }
+    let dim = snap.dim;
     let units = work_units(snap, BLOCK_ROWS);
     let (tops, ()) = fold_units(
         &units,
         1,
-        probes.len(),
+        super::probe_count(snap, probes),
         k,
         || (),
         |acc, (), (s, a, b)| {
             let src = Source::of(snap, s);
-            let vecs = &snap.vectors(s)[a..b];
+            let vecs = snap.rows(s, a, b);
             let mut dists = [0f32; SUB_ROWS];
             let mut extra = [0f32; SUB_ROWS];
-            for (sub_i, sub) in vecs.chunks(SUB_ROWS).enumerate() {
+            for (sub_i, sub) in vecs.chunks(SUB_ROWS * dim).enumerate() {
                 let base = a + sub_i * SUB_ROWS;
-                for (q, top) in probes.iter().zip(acc.iter_mut()) {
+                let rows = sub.len() / dim;
+                for (q, top) in probes.chunks_exact(dim).zip(acc.iter_mut()) {
                     match metric {
                         Metric::L2 => kern.l2sq_many(q, sub, &mut dists),
                         Metric::Head(w, wd) => {
@@ -50,7 +51,7 @@ pub(super) fn scan(
                             }
                         }
                     }
-                    offer(top, &dists[..sub.len()], &src, base);
+                    offer(top, &dists[..rows], &src, base);
                 }
             }
         },

@@ -21,6 +21,9 @@
 //! max-heap per probe, and the heaps are merged at the end. Order is total: by
 //! distance, then by id, so results are deterministic and equal to a
 //! brute-force scan's.
+//!
+//! Probes are passed row-major, `snap.dim` values each (`probes.len()` is a
+//! multiple of it): a batch is one allocation whatever the dimension.
 
 mod direct;
 pub mod kernels;
@@ -28,7 +31,6 @@ mod screen;
 mod tiled;
 mod topk;
 
-use crate::DIM;
 use crate::snapshot::Snapshot;
 use kernels::Kernels;
 use std::cmp::Ordering;
@@ -40,7 +42,7 @@ pub(crate) enum Metric<'a> {
     /// Squared L2 distance.
     L2,
     /// The head's score: key = −(Σ w_k·|q_k − x_k| + w_d·‖q − x‖²) (the bias does not change the order).
-    Head(&'a [f32; DIM], f32),
+    Head(&'a [f32], f32),
 }
 
 /// A candidate row; `dist` is the metric's key.
@@ -77,7 +79,7 @@ impl Ord for Cand {
 /// return the same answer, bit for bit.
 pub(crate) fn top_k(
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
@@ -85,7 +87,7 @@ pub(crate) fn top_k(
     if matches!(metric, Metric::L2) {
         let bounds = screen::screen_bounds(snap);
         let coded = bounds.iter().any(Option::is_some);
-        if probes.len() >= batch_threshold(kern, coded) {
+        if probe_count(snap, probes) >= batch_threshold(kern, coded) {
             return tiled::scan(kern, snap, probes, k, &bounds);
         }
         if coded {
@@ -98,7 +100,7 @@ pub(crate) fn top_k(
 /// The per-probe scan: exact distances from the start.
 pub(crate) fn top_k_direct(
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
@@ -110,16 +112,39 @@ pub(crate) fn top_k_direct(
 /// below the candidates by its estimate is missed. A large batch is
 /// compute-bound, not bandwidth-bound: there the exact tiled scan is faster
 /// than decoding codes probe by probe, and it is taken instead.
-pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[[f32; DIM]], k: usize) -> Vec<Vec<Cand>> {
+pub(crate) fn top_k_quantized(snap: &Snapshot, probes: &[f32], k: usize) -> Vec<Vec<Cand>> {
     if probes.is_empty() {
         return Vec::new();
     }
     let kern = kernels::selected();
     let bounds = screen::screen_bounds(snap);
-    if probes.len() >= batch_threshold(kern, bounds.iter().any(Option::is_some)) {
+    if probe_count(snap, probes) >= batch_threshold(kern, bounds.iter().any(Option::is_some)) {
         return tiled::scan(kern, snap, probes, k, &bounds);
     }
     screen::approximate(kern, snap, probes, k, &bounds)
+}
+
+/// Probes in a row-major batch.
+///
+/// # Panics
+/// If the batch is not a whole number of probes of the snapshot's dimension
+/// (the gallery checked every probe's length).
+pub(crate) fn probe_count(snap: &Snapshot, probes: &[f32]) -> usize {
+    assert!(
+        snap.dim > 0 && probes.len().is_multiple_of(snap.dim),
+        "probes of {} values",
+        snap.dim
+    );
+    probes.len() / snap.dim
+}
+
+/// The probes at positions `which` of a row-major batch, gathered into one.
+pub(crate) fn gather(probes: &[f32], dim: usize, which: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(which.len() * dim);
+    for &i in which {
+        out.extend_from_slice(&probes[i * dim..(i + 1) * dim]);
+    }
+    out
 }
 
 /// Batches at least this large use the tiled scan in f32.
@@ -148,19 +173,20 @@ fn batch_threshold(kern: &Kernels, coded: bool) -> usize {
 /// live row, so the answer is exact in every case.
 pub(crate) fn identify(
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     metric: Metric<'_>,
 ) -> Vec<Vec<Cand>> {
     let live = snap.live_rows();
-    let mut results = vec![Vec::new(); probes.len()];
+    let n = probe_count(snap, probes);
+    let mut results = vec![Vec::new(); n];
     if live == 0 || k == 0 {
         return results;
     }
     let mut kk = k.saturating_mul(10).max(32).min(live);
-    let mut pending: Vec<usize> = (0..probes.len()).collect();
+    let mut pending: Vec<usize> = (0..n).collect();
     loop {
-        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let qs = gather(probes, snap.dim, &pending);
         let tops = top_k(snap, &qs, kk, metric);
         let mut next = Vec::new();
         for (j, cands) in tops.into_iter().enumerate() {

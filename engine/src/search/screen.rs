@@ -15,9 +15,8 @@
 
 use super::kernels::{self, IntProbe, Kernels};
 use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, fold_units, offer, work_units};
-use super::{Cand, Metric, direct};
-use crate::DIM;
-use crate::quantizer::{GAMMA, ProbeForm, ScreenBound, U, coded_low, int_weights};
+use super::{Cand, Metric, direct, gather, probe_count};
+use crate::quantizer::{ProbeForm, ScreenBound, U, coded_low, gamma, int_weights};
 use crate::snapshot::Snapshot;
 
 /// The bound of each source, or `None` where its codes cannot screen: memtable
@@ -41,7 +40,7 @@ pub(super) type IntForms = Vec<Option<(Vec<IntProbe>, Vec<ProbeForm>)>>;
 pub(super) fn int_forms(
     kern: &Kernels,
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     bounds: &[Option<ScreenBound>],
 ) -> IntForms {
     let fast = kern.fast_u8_dots();
@@ -51,19 +50,19 @@ pub(super) fn int_forms(
         .map(|(s, b)| {
             let b = b.as_ref().filter(|_| fast)?;
             let (min, step, _) = snap.sq8(s)?;
-            Some(probes.iter().map(|q| int_probe(q, min, step, b)).unzip())
+            Some(
+                probes
+                    .chunks_exact(snap.dim)
+                    .map(|q| int_probe(q, min, step, b))
+                    .unzip(),
+            )
         })
         .collect()
 }
 
 /// A probe's integer form for one coded source: the quantiser's weights, in
 /// the byte layout of the integer kernels.
-fn int_probe(
-    q: &[f32; DIM],
-    min: &[f32; DIM],
-    step: &[f32; DIM],
-    b: &ScreenBound,
-) -> (IntProbe, ProbeForm) {
+fn int_probe(q: &[f32], min: &[f32], step: &[f32], b: &ScreenBound) -> (IntProbe, ProbeForm) {
     let (m, form) = int_weights(q, min, step, b);
     (IntProbe::new(&m), form)
 }
@@ -79,7 +78,7 @@ fn int_probe(
 pub(super) fn approximate(
     kern: &Kernels,
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     bounds: &[Option<ScreenBound>],
 ) -> Vec<Vec<Cand>> {
@@ -90,7 +89,7 @@ pub(super) fn approximate(
     let forms = int_forms(kern, snap, probes, bounds);
     scan_codes(kern, snap, probes, keep, &coded, &forms)
         .into_iter()
-        .zip(probes)
+        .zip(probes.chunks_exact(snap.dim))
         .map(|(top, q)| rerank(kern, snap, q, top, k).0)
         .collect()
 }
@@ -102,16 +101,17 @@ pub(super) fn approximate(
 fn scan_codes(
     kern: &Kernels,
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     keep: usize,
     coded: &[bool],
     forms: &IntForms,
 ) -> Vec<TopK> {
+    let dim = snap.dim;
     let units = work_units(snap, BLOCK_ROWS);
     let (tops, ()) = fold_units(
         &units,
         1,
-        probes.len(),
+        probe_count(snap, probes),
         keep,
         || (),
         |acc, (), (s, a, b)| {
@@ -119,10 +119,11 @@ fn scan_codes(
             let mut dists = [0f32; SUB_ROWS];
             let sq8 = snap.sq8(s).filter(|_| coded[s]);
             let int = forms[s].as_ref().filter(|_| sq8.is_some());
-            let qms: Vec<[f32; DIM]> = match sq8 {
+            // Each probe minus the quantiser's minimum, row-major.
+            let qms: Vec<f32> = match sq8 {
                 Some((min, _, _)) if int.is_none() => probes
-                    .iter()
-                    .map(|q| std::array::from_fn(|d| q[d] - min[d]))
+                    .chunks_exact(dim)
+                    .flat_map(|q| q.iter().zip(min).map(|(x, m)| x - m))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -141,14 +142,17 @@ fn scan_codes(
                                 alpha2: pf[p].alpha2,
                                 bound: f32::INFINITY,
                             };
-                            let (c, x) = (&codes[start..end], &xn[start..end]);
-                            kern.est_u8_rows(&ips[p], &f, x, c, &mut dists);
+                            let (c, x) = (&codes[start * dim..end * dim], &xn[start..end]);
+                            kern.est_u8_rows(&ips[p], &f, x, c, dim, &mut dists);
                         }
                         (Some((_, step, codes)), None) => {
-                            kern.sq8_l2_many(&qms[p], step, &codes[start..end], &mut dists);
+                            let qm = &qms[p * dim..(p + 1) * dim];
+                            let c = &codes[start * dim..end * dim];
+                            kern.sq8_l2_many(qm, step, c, &mut dists);
                         }
                         (None, _) => {
-                            kern.l2sq_many(&probes[p], &snap.vectors(s)[start..end], &mut dists);
+                            let q = &probes[p * dim..(p + 1) * dim];
+                            kern.l2sq_many(q, snap.rows(s, start, end), &mut dists);
                         }
                     }
                     offer(top, &dists[..end - start], &src, start);
@@ -171,7 +175,7 @@ fn scan_codes(
 pub(super) fn rerank(
     kern: &Kernels,
     snap: &Snapshot,
-    q: &[f32; DIM],
+    q: &[f32],
     top: TopK,
     k: usize,
 ) -> (Vec<Cand>, f32, usize) {
@@ -179,9 +183,9 @@ pub(super) fn rerank(
     let mut cands = top.into_sorted();
     let kept = cands.len();
     for c in cands.iter_mut() {
-        let row = &snap.vectors(c.src as usize)[c.row as usize];
+        let row = snap.vector(c.src as usize, c.row as usize);
         let mut d = [0f32];
-        kern.l2sq_many(q, std::slice::from_ref(row), &mut d);
+        kern.l2sq_many(q, row, &mut d);
         c.dist = d[0];
     }
     cands.retain(|c| !c.dist.is_nan());
@@ -230,25 +234,27 @@ pub(super) fn proven(
 pub(super) fn screened(
     kern: &Kernels,
     snap: &Snapshot,
-    probes: &[[f32; DIM]],
+    probes: &[f32],
     k: usize,
     bounds: &[Option<ScreenBound>],
 ) -> Vec<Vec<Cand>> {
+    let dim = snap.dim;
     let coded: Vec<bool> = bounds.iter().map(Option::is_some).collect();
     let live = snap.live_rows();
-    let mut results = vec![Vec::new(); probes.len()];
-    let mut pending: Vec<usize> = (0..probes.len()).collect();
+    let n = probe_count(snap, probes);
+    let mut results = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = (0..n).collect();
     let mut keep = k.saturating_mul(8).saturating_add(32);
     for _round in 0..2 {
         if pending.is_empty() {
             return results;
         }
-        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let qs = gather(probes, dim, &pending);
         let forms = int_forms(kern, snap, &qs, bounds);
         let mut next = Vec::new();
         for (j, (top, q)) in scan_codes(kern, snap, &qs, keep, &coded, &forms)
             .into_iter()
-            .zip(&qs)
+            .zip(qs.chunks_exact(dim))
             .enumerate()
         {
             let i = pending[j];
@@ -266,10 +272,11 @@ pub(super) fn screened(
                         // The f32 estimate: a relative error γ, and each term's
                         // difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
                         None => {
-                            (w / (1.0 + GAMMA)).sqrt() - 3.0 * U * (qn + b.min_norm + b.range_norm)
+                            (w / (1.0 + gamma(dim))).sqrt()
+                                - 3.0 * U * (qn + b.min_norm + b.range_norm)
                         }
                     };
-                    low = low.min(coded_low(near, b.rho));
+                    low = low.min(coded_low(near, b.rho, dim));
                 }
                 low
             });
@@ -283,7 +290,7 @@ pub(super) fn screened(
         keep = keep.saturating_mul(16);
     }
     if !pending.is_empty() {
-        let qs: Vec<[f32; DIM]> = pending.iter().map(|&i| probes[i]).collect();
+        let qs = gather(probes, dim, &pending);
         for (i, r) in pending
             .into_iter()
             .zip(direct::scan(kern, snap, &qs, k, Metric::L2))
@@ -300,10 +307,10 @@ mod tests {
     use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
     use proptest::prelude::*;
 
-    fn vector(seed: &[f32], scale: f32, offset: f32) -> [f32; DIM] {
-        std::array::from_fn(|d| {
-            offset + scale * seed[d % seed.len()] * (1.0 + d as f32 / 7.0).sin()
-        })
+    fn vector(seed: &[f32], scale: f32, offset: f32, dim: usize) -> Vec<f32> {
+        (0..dim)
+            .map(|d| offset + scale * seed[d % seed.len()] * (1.0 + d as f32 / 7.0).sin())
+            .collect()
     }
 
     proptest! {
@@ -317,30 +324,31 @@ mod tests {
             q in prop::collection::vec(-1.0f32..1.0, 1..40),
             scale in prop::sample::select(vec![1e-3f32, 0.1, 1.0, 30.0]),
             offset in prop::sample::select(vec![0.0f32, 1.0, -250.0, 1000.0]),
+            dim in prop::sample::select(vec![16usize, 96, 128, 512, 2048]),
         ) {
-            let mut rows: Vec<[f32; DIM]> = seeds.iter().map(|s| vector(s, scale, offset)).collect();
-            let q = vector(&q, scale * 1.5, offset);
+            let mut rows: Vec<Vec<f32>> = seeds.iter().map(|s| vector(s, scale, offset, dim)).collect();
+            let q = vector(&q, scale * 1.5, offset, dim);
             // The quantiser over `rows` as the segment writer makes it.
-            let (min, step) = sq8_params(&rows);
+            let (min, step) = sq8_params(rows.iter().map(Vec::as_slice), dim);
             // A row half a step from a code in every dimension: the worst case of ρ.
-            rows.push(std::array::from_fn(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)));
+            rows.push((0..dim).map(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)).collect());
             let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
             let (ip, f) = int_probe(&q, &min, &step, &b);
             prop_assert!(f.err.is_finite());
             for x in &rows {
-                let mut c = [0u8; DIM];
+                let mut c = vec![0u8; dim];
                 sq8_encode(x, &min, &step, &mut c);
-                let xhat: [f64; DIM] = std::array::from_fn(|d| f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]));
+                let xhat: Vec<f64> = (0..dim).map(|d| f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).collect();
                 let off: f64 = x.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum::<f64>().sqrt();
                 prop_assert!(off <= b.rho, "‖x − x̂‖ = {off} above ρ = {}", b.rho);
                 // The estimate as the scan computes it: one probe, one row, the scalar kernel.
-                let mut packed = [0u8; kernels::PACKED_CODES];
-                kernels::pack_codes(std::slice::from_ref(&c), &mut packed);
+                let mut packed = vec![0u8; dim * kernels::LANES];
+                kernels::pack_codes(&c, dim, &mut packed);
                 let form = kernels::TileForm { c0: f.c0, alpha2: f.alpha2, bound: 0.0 };
                 let mut xn = [0f32; kernels::LANES];
                 xn[0] = decoded_norm(&min, &step, &c);
                 let mut out = [0f32; kernels::TILE_PROBES * kernels::LANES];
-                kernels::scalar::est_u8_tile(&[ip], &[form], &xn, &packed, &mut out);
+                kernels::scalar::est_u8_tile(std::slice::from_ref(&ip), &[form], &xn, &packed, &mut out);
                 let est = f64::from(out[0]);
                 let exact: f64 = q.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
                 prop_assert!((est - exact).abs() <= f.err, "estimate {est}, exact {exact}, err {}", f.err);

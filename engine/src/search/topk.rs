@@ -86,7 +86,7 @@ pub(super) type Unit = (usize, usize, usize);
 pub(super) fn work_units(snap: &Snapshot, rows: usize) -> Vec<Unit> {
     let mut units = Vec::new();
     for s in 0..snap.source_count() {
-        let n = snap.vectors(s).len();
+        let n = snap.vectors(s).len() / snap.dim;
         for a in (0..n).step_by(rows) {
             units.push((s, a, (a + rows).min(n)));
         }

@@ -7,7 +7,6 @@
 //! The WAL owns durability and the gallery owns when to freeze and flush.
 
 use super::tombstones::Tombstones;
-use crate::DIM;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -69,7 +68,8 @@ pub(crate) type IdMap<V> = HashMap<u64, V, IdHashBuilder>;
 pub(crate) struct Chunk {
     pub ids: Vec<u64>,
     pub subjects: Vec<Arc<str>>,
-    pub vectors: Vec<[f32; DIM]>,
+    /// Row-major vectors, the gallery's dimension a row.
+    pub vectors: Vec<f32>,
     /// (id, row) sorted by id, for lookups from snapshots.
     pub sorted: Vec<(u64, u32)>,
 }
@@ -85,7 +85,7 @@ impl Chunk {
         clippy::cast_possible_truncation,
         reason = "a chunk's rows fit in u32 (see above)"
     )]
-    pub(crate) fn new(ids: Vec<u64>, subjects: Vec<Arc<str>>, vectors: Vec<[f32; DIM]>) -> Chunk {
+    pub(crate) fn new(ids: Vec<u64>, subjects: Vec<Arc<str>>, vectors: Vec<f32>) -> Chunk {
         debug_assert!(u32::try_from(ids.len()).is_ok());
         let mut sorted: Vec<(u64, u32)> = ids
             .iter()
@@ -264,18 +264,18 @@ impl Memtable {
 mod tests {
     use super::*;
 
-    fn chunk(rows: &[(u64, &str, &[f32; DIM])]) -> Chunk {
+    fn chunk(rows: &[(u64, &str, &[f32])]) -> Chunk {
         Chunk::new(
             rows.iter().map(|r| r.0).collect(),
             rows.iter().map(|r| Arc::from(r.1)).collect(),
-            rows.iter().map(|r| *r.2).collect(),
+            rows.iter().flat_map(|r| r.2.iter().copied()).collect(),
         )
     }
 
     #[test]
     fn append_find_delete() {
         let mut m = Memtable::default();
-        let v = [1.0; DIM];
+        let v = [1.0; 16];
         m.append(chunk(&[(1, "a", &v), (2, "b", &v)]));
         m.append(chunk(&[(3, "a", &v)]));
         assert_eq!(m.chunks.len(), 1, "small chunks merge");
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn snapshot_chunks_do_not_change_under_readers() {
         let mut m = Memtable::default();
-        let v = [1.0; DIM];
+        let v = [1.0; 16];
         m.append(chunk(&[(1, "a", &v)]));
         let seen = m.chunks.clone();
         m.append(chunk(&[(2, "a", &v)]));

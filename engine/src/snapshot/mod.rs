@@ -13,8 +13,8 @@
 pub(crate) mod memtable;
 pub(crate) mod tombstones;
 
+use crate::Embedding;
 use crate::storage::segment::Segment;
-use crate::{DIM, Embedding};
 use memtable::MemChunk;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub(crate) struct Snapshot {
     pub chunks: Vec<MemChunk>,
     /// Subjects with a live row, as the writer counted them when it published this.
     pub subjects: u64,
+    /// Values per vector (the gallery's dimension).
+    pub dim: usize,
 }
 
 impl Snapshot {
@@ -41,15 +43,24 @@ impl Snapshot {
     pub(crate) fn source_count(&self) -> usize {
         self.segments.len() + self.chunks.len()
     }
-    pub(crate) fn vectors(&self, s: usize) -> &[[f32; DIM]] {
+    /// A source's vectors, row-major, [`Snapshot::dim`] values a row.
+    pub(crate) fn vectors(&self, s: usize) -> &[f32] {
         match self.segments.get(s) {
             Some(ss) => ss.seg.vectors(),
             None => &self.chunks[s - self.segments.len()].chunk.vectors,
         }
     }
-    /// The 8-bit codes of a source (version-2 segments only).
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
+    /// Rows `a..b` of a source's vectors.
+    pub(crate) fn rows(&self, s: usize, a: usize, b: usize) -> &[f32] {
+        &self.vectors(s)[a * self.dim..b * self.dim]
+    }
+    /// One row's vector.
+    pub(crate) fn vector(&self, s: usize, row: usize) -> &[f32] {
+        self.rows(s, row, row + 1)
+    }
+    /// The 8-bit codes of a source (row-major, [`Snapshot::dim`] a row), with
+    /// the quantiser's minimum and step (segments of version 2 and later only).
+    pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32], &[f32], &[u8])> {
         self.segments.get(s).and_then(|ss| ss.seg.sq8())
     }
     /// `‖x̂‖²` of each coded row of a segment (computed on first use; empty for memtable chunks).
@@ -164,7 +175,7 @@ impl Snapshot {
                 return Some(Embedding {
                     id,
                     subject: c.chunk.subjects[r].to_string(),
-                    vector: c.chunk.vectors[r].to_vec(),
+                    vector: c.chunk.vectors[r * self.dim..(r + 1) * self.dim].to_vec(),
                 });
             }
         }
@@ -173,7 +184,7 @@ impl Snapshot {
                 return Some(Embedding {
                     id,
                     subject: ss.seg.row_subject(r).to_owned(),
-                    vector: ss.seg.vectors()[r].to_vec(),
+                    vector: ss.seg.vectors()[r * self.dim..(r + 1) * self.dim].to_vec(),
                 });
             }
         }

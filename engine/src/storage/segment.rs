@@ -7,7 +7,6 @@
 
 use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
-use crate::DIM;
 use crate::error::{Error, Result};
 use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
 use crate::storage::format::{
@@ -35,18 +34,24 @@ pub enum VerifyChecksums {
 pub(crate) struct RowRef<'a> {
     pub id: u64,
     pub subject: &'a str,
-    pub vector: &'a [f32; DIM],
+    pub vector: &'a [f32],
 }
 
-/// Write `rows` (ids unique) as segment file `file_no` at `path`, fsynced.
-/// The caller fsyncs the directory and records the file in the manifest.
+/// Write `rows` (ids unique, vectors of `dim` values) as segment file
+/// `file_no` at `path`, fsynced. The caller fsyncs the directory and records
+/// the file in the manifest.
 pub(crate) fn write_segment(
     fs: &dyn FileSystem,
     path: &Path,
     file_no: u64,
     rows: &[RowRef<'_>],
+    dim: usize,
 ) -> Result<u64> {
     let n = rows.len();
+    debug_assert!(rows.iter().all(|r| r.vector.len() == dim));
+    let dim32 = u32::try_from(dim).map_err(|_| Error::InvalidSpec {
+        reason: format!("dimension {dim}"),
+    })?;
     // Rows, ordinals and posting entries are stored as u32 (the reader
     // refuses more rows than that): refuse here rather than write such a file.
     let Ok(n32) = u32::try_from(n) else {
@@ -102,7 +107,7 @@ pub(crate) fn write_segment(
         .map(|r| r.vector.iter().map(|x| x * x).sum())
         .collect();
 
-    let (sq_min, sq_step) = sq8_params(rows.iter().map(|r| r.vector));
+    let (sq_min, sq_step) = sq8_params(rows.iter().map(|r| r.vector), dim);
 
     let file = fs
         .create(path, Create::New)
@@ -148,7 +153,7 @@ pub(crate) fn write_segment(
                 put(&mut w, &le_f32s(&sq_step))?;
             }
             Section::Sq8Codes => {
-                let mut code = [0u8; DIM];
+                let mut code = vec![0u8; dim];
                 for r in rows {
                     sq8_encode(r.vector, &sq_min, &sq_step, &mut code);
                     put(&mut w, &code)?;
@@ -164,6 +169,7 @@ pub(crate) fn write_segment(
     }
     let header = SegmentHeader {
         version: format::FORMAT_VERSION,
+        dim: dim32,
         rows: n as u64,
         subjects: subjects.len() as u64,
         file_no,
@@ -202,6 +208,8 @@ pub(crate) struct Segment {
     header: SegmentHeader,
     /// `header.rows` and `header.subjects` as `usize`.
     rows: usize,
+    /// Values per vector.
+    dim: usize,
     subjects: usize,
     ranges: [Range<usize>; SECTION_COUNT],
     /// `‖x̂‖²` of each row's decoded codes, computed on first use by a batch search.
@@ -218,12 +226,13 @@ impl std::fmt::Debug for Segment {
 }
 
 impl Segment {
-    /// Map and check the segment at `path`.
+    /// Map and check the segment at `path`, of a gallery of `dim` values a vector.
     pub(crate) fn open(
         fs: &dyn FileSystem,
         path: &Path,
         file_no: u64,
         verify: VerifyChecksums,
+        dim: usize,
     ) -> Result<Segment> {
         let map = fs.map(path).map_err(|e| Error::io(path, e))?;
         let bytes = map.bytes();
@@ -236,6 +245,16 @@ impl Segment {
                 format!(
                     "header says file {:016x}, expected {file_no:016x}",
                     header.file_no
+                ),
+            ));
+        }
+        if header.dim as usize != dim {
+            return Err(Error::corrupt(
+                path,
+                12,
+                format!(
+                    "segment of vectors of {} values in a gallery of {dim}",
+                    header.dim
                 ),
             ));
         }
@@ -285,6 +304,7 @@ impl Segment {
             map,
             header,
             rows,
+            dim,
             subjects,
             ranges,
             decoded_norms: std::sync::OnceLock::new(),
@@ -304,25 +324,32 @@ impl Segment {
         let norms = self.u32s(Section::Norms)?;
         let vectors_at = self.header.sections[Section::Vectors as usize].offset;
         let sq8 = self.sq8();
-        for (i, (v, &n)) in self.vectors_checked()?.iter().zip(norms).enumerate() {
+        let dim = self.dim;
+        let mut want = vec![0u8; dim];
+        for (i, (v, &n)) in self
+            .vectors_checked()?
+            .chunks_exact(dim)
+            .zip(norms)
+            .enumerate()
+        {
             if let Some(d) = v.iter().position(|x| !x.is_finite()) {
                 return Err(Error::corrupt(
                     self.path(),
-                    vectors_at + (i * format::VECTOR_BYTES + 4 * d) as u64,
+                    vectors_at + (i * 4 * dim + 4 * d) as u64,
                     format!("section vectors: row {i} value {d} is {}", v[d]),
                 ));
             }
             if let Some((min, step, codes)) = sq8 {
-                let mut want = [0u8; DIM];
                 sq8_encode(v, min, step, &mut want);
-                if let Some(d) = (0..DIM).find(|&d| codes[i][d] != want[d]) {
+                let row = &codes[i * dim..(i + 1) * dim];
+                if let Some(d) = (0..dim).find(|&d| row[d] != want[d]) {
                     let e = self.header.sections[Section::Sq8Codes as usize];
                     return Err(Error::corrupt(
                         self.path(),
-                        e.offset + (i * DIM + d) as u64,
+                        e.offset + (i * dim + d) as u64,
                         format!(
                             "section sq8 codes: row {i} value {d} is coded {}, its vector codes to {}",
-                            codes[i][d], want[d]
+                            row[d], want[d]
                         ),
                     ));
                 }
@@ -484,7 +511,8 @@ impl Segment {
         }
         if self.header.version >= 2 {
             let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params))?;
-            let bad_param = |(i, x): (usize, &f32)| !x.is_finite() || (i >= DIM && *x < 0.0);
+            let dim = self.dim;
+            let bad_param = |(i, x): (usize, &f32)| !x.is_finite() || (i >= dim && *x < 0.0);
             if let Some(i) = params.iter().enumerate().position(bad_param) {
                 return Err(bad(
                     Section::Sq8Params,
@@ -516,7 +544,7 @@ impl Segment {
     fn subject_ords_raw(&self) -> Result<&[u32]> {
         self.u32s(Section::SubjectOrds)
     }
-    fn vectors_checked(&self) -> Result<&[[f32; DIM]]> {
+    fn vectors_checked(&self) -> Result<&[f32]> {
         mmap::cast(
             self.path(),
             self.header.sections[0].offset,
@@ -540,12 +568,17 @@ impl Segment {
     pub(crate) fn subject_count(&self) -> usize {
         self.subjects
     }
+    /// Values per vector.
+    #[cfg(test)]
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
 
     // The views below were checked (length, alignment, bounds) by `open`;
     // a failure here would be a bug, so they fall back to empty slices rather than panic.
 
-    /// Row-major vectors.
-    pub(crate) fn vectors(&self) -> &[[f32; DIM]] {
+    /// Row-major vectors, [`Segment::dim`] values a row.
+    pub(crate) fn vectors(&self) -> &[f32] {
         self.vectors_checked().unwrap_or(&[])
     }
     /// Id of each row.
@@ -568,7 +601,7 @@ impl Segment {
             Some((min, step, codes)) => {
                 use rayon::prelude::*;
                 codes
-                    .par_iter()
+                    .par_chunks_exact(self.dim)
                     .with_min_len(4096)
                     .map(|c| decoded_norm(min, step, c))
                     .collect()
@@ -577,18 +610,18 @@ impl Segment {
         })
     }
 
-    /// The 8-bit codes with the quantiser's per-dimension minimum and step
-    /// (version 2 segments; `None` for version 1).
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn sq8(&self) -> Option<(&[f32; DIM], &[f32; DIM], &[[u8; DIM]])> {
+    /// The 8-bit codes (row-major, [`Segment::dim`] a row) with the
+    /// quantiser's per-dimension minimum and step (version 2 segments and
+    /// later; `None` for version 1).
+    pub(crate) fn sq8(&self) -> Option<(&[f32], &[f32], &[u8])> {
         if self.header.version < 2 {
             return None;
         }
         let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params)).ok()?;
-        let codes: &[[u8; DIM]] = bytemuck::try_cast_slice(self.section(Section::Sq8Codes)).ok()?;
-        let min: &[f32; DIM] = params.get(..DIM)?.try_into().ok()?;
-        let step: &[f32; DIM] = params.get(DIM..)?.try_into().ok()?;
-        (codes.len() == self.rows()).then_some((min, step, codes))
+        let codes = self.section(Section::Sq8Codes);
+        let (min, step) = params.split_at_checked(self.dim)?;
+        (codes.len() == self.rows() * self.dim && step.len() == self.dim)
+            .then_some((min, step, codes))
     }
     /// Subject string of ordinal `ord`.
     pub(crate) fn subject(&self, ord: u32) -> &str {
@@ -657,15 +690,21 @@ mod tests {
     use super::*;
     use crate::storage::io::RealFs;
 
-    fn vec_of(x: f32) -> [f32; DIM] {
-        std::array::from_fn(|i| x + i as f32 * 0.01)
+    fn vec_of(x: f32, dim: usize) -> Vec<f32> {
+        (0..dim).map(|i| x + i as f32 * 0.01).collect()
     }
 
     #[test]
     fn write_then_open_gives_back_every_row() {
+        for dim in [16, 96, 128, 512] {
+            write_then_open_at(dim);
+        }
+    }
+
+    fn write_then_open_at(dim: usize) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg.vseg");
-        let vs: Vec<[f32; DIM]> = (0..50).map(|i| vec_of(i as f32)).collect();
+        let vs: Vec<Vec<f32>> = (0..50).map(|i| vec_of(i as f32, dim)).collect();
         let subjects = ["bob", "alice", "carol", "alice", "émile"];
         let rows: Vec<RowRef> = (0..50)
             .map(|i| RowRef {
@@ -674,13 +713,16 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 42, &rows).unwrap();
+        write_segment(&RealFs, &path, 42, &rows, dim).unwrap();
         for verify in [VerifyChecksums::Metadata, VerifyChecksums::Full] {
-            let seg = Segment::open(&RealFs, &path, 42, verify).unwrap();
+            let seg = Segment::open(&RealFs, &path, 42, verify, dim).unwrap();
             assert_eq!(seg.rows(), 50);
+            assert_eq!(seg.dim(), dim);
             assert_eq!(seg.subject_count(), 4);
+            let (_, _, codes) = seg.sq8().unwrap();
+            assert_eq!(codes.len(), 50 * dim);
             for (i, r) in rows.iter().enumerate() {
-                assert_eq!(seg.vectors()[i], *r.vector);
+                assert_eq!(&seg.vectors()[i * dim..(i + 1) * dim], r.vector);
                 assert_eq!(seg.ids()[i], r.id);
                 assert_eq!(seg.row_subject(i), r.subject);
                 assert_eq!(seg.find_id(r.id), Some(i));
@@ -696,16 +738,19 @@ mod tests {
             assert!(seg.subject_rows("dave").is_empty());
         }
         assert!(
-            Segment::open(&RealFs, &path, 43, VerifyChecksums::Metadata).is_err(),
+            Segment::open(&RealFs, &path, 43, VerifyChecksums::Metadata, dim).is_err(),
             "wrong file number"
         );
+        let other = if dim == 128 { 512 } else { 128 };
+        let err = Segment::open(&RealFs, &path, 42, VerifyChecksums::Metadata, other).unwrap_err();
+        assert!(err.to_string().contains("gallery of"), "{err}");
     }
 
     #[test]
     fn every_corrupted_metadata_byte_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg.vseg");
-        let vs: Vec<[f32; DIM]> = (0..3).map(|i| vec_of(i as f32)).collect();
+        let vs: Vec<Vec<f32>> = (0..3).map(|i| vec_of(i as f32, 128)).collect();
         let rows: Vec<RowRef> = (0..3)
             .map(|i| RowRef {
                 id: i as u64,
@@ -713,9 +758,9 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 1, &rows).unwrap();
+        write_segment(&RealFs, &path, 1, &rows, 128).unwrap();
         let good = std::fs::read(&path).unwrap();
-        let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full)
+        let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, 128)
             .unwrap()
             .ranges
             .clone();
@@ -729,7 +774,7 @@ mod tests {
                 continue;
             }
             assert!(
-                Segment::open(&RealFs, &path, 1, VerifyChecksums::Full).is_err(),
+                Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, 128).is_err(),
                 "flipped byte {i} went unnoticed"
             );
             // The bulk sections (vectors, codes) are verified only with Full.
@@ -737,12 +782,12 @@ mod tests {
                 || ranges[Section::Sq8Codes as usize].contains(&i);
             if !bulk {
                 assert!(
-                    Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata).is_err(),
+                    Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata, 128).is_err(),
                     "byte {i}"
                 );
             }
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata).is_err());
+        assert!(Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata, 128).is_err());
     }
 }

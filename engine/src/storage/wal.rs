@@ -67,15 +67,21 @@ fn random_salt(file_no: u64) -> u32 {
 }
 
 impl WalWriter {
-    /// Create WAL file `file_no` in `dir` with a fresh salt; header synced, directory synced.
-    pub(crate) fn create(fs: &dyn FileSystem, dir: &Path, file_no: u64) -> Result<WalWriter> {
+    /// Create WAL file `file_no` in `dir`, for vectors of `dim` values, with a
+    /// fresh salt; header synced, directory synced.
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        file_no: u64,
+        dim: usize,
+    ) -> Result<WalWriter> {
         let path = dir.join(file_name(file_no));
         let salt = random_salt(file_no);
         let mut file = fs
             .create(&path, Create::New)
             .map_err(|e| Error::io(&path, e))?;
         let written = file
-            .write_all(&format::encode_wal_header(salt, file_no))
+            .write_all(&format::encode_wal_header(salt, file_no, dim_u32(dim)))
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))
             .and_then(|()| crate::storage::fs::fsync_dir(fs, dir));
@@ -207,17 +213,25 @@ pub(crate) struct Replayed {
     pub file_len: u64,
 }
 
-/// Read WAL file `path` (number `file_no`). A torn tail is reported through
-/// `valid_len < file_len` when `is_last`; otherwise it is corruption. A bad
-/// record followed by a valid one is always corruption.
+/// A gallery's dimension as the WAL header stores it.
+fn dim_u32(dim: usize) -> u32 {
+    // A gallery's dimension is at most MAX_DIM (2,048).
+    u32::try_from(dim).unwrap_or(u32::MAX)
+}
+
+/// Read WAL file `path` (number `file_no`) of a gallery of `dim` values a
+/// vector. A torn tail is reported through `valid_len < file_len` when
+/// `is_last`; otherwise it is corruption. A bad record followed by a valid
+/// one is always corruption.
 pub(crate) fn replay(
     fs: &dyn FileSystem,
     path: &Path,
     file_no: u64,
     is_last: bool,
+    dim: usize,
 ) -> Result<Replayed> {
     let buf = fs.read(path).map_err(|e| Error::io(path, e))?;
-    replay_bytes(path, &buf, file_no, is_last)
+    replay_bytes(path, &buf, file_no, is_last, dim)
 }
 
 /// [`replay`] of the bytes `buf` of WAL file `path`, already read.
@@ -226,6 +240,7 @@ pub(crate) fn replay_bytes(
     buf: &[u8],
     file_no: u64,
     is_last: bool,
+    dim: usize,
 ) -> Result<Replayed> {
     if buf.len() < format::WAL_HEADER_LEN && is_last {
         // A crash while creating the file: no record can have been acknowledged in it.
@@ -236,12 +251,19 @@ pub(crate) fn replay_bytes(
             file_len: buf.len() as u64,
         });
     }
-    let (salt, n) = format::decode_wal_header(path, buf)?;
+    let (salt, n, file_dim) = format::decode_wal_header(path, buf)?;
     if n != file_no {
         return Err(Error::corrupt(
             path,
             16,
             format!("header says WAL {n:016x}, expected {file_no:016x}"),
+        ));
+    }
+    if file_dim as usize != dim {
+        return Err(Error::corrupt(
+            path,
+            24,
+            format!("WAL of vectors of {file_dim} values in a gallery of {dim}"),
         ));
     }
     let mut at = format::WAL_HEADER_LEN;
@@ -254,6 +276,7 @@ pub(crate) fn replay_bytes(
                     path,
                     (at + format::RECORD_FRAME_LEN) as u64,
                     payload,
+                    dim,
                 )?);
                 at = next;
             }
@@ -299,7 +322,7 @@ mod tests {
     use crate::storage::io::RealFs;
 
     fn write_records(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
-        let mut w = WalWriter::create(&RealFs, dir, 5).unwrap();
+        let mut w = WalWriter::create(&RealFs, dir, 5, 128).unwrap();
         let mut ends = vec![];
         for i in 0..n {
             let mut p = Vec::new();
@@ -324,7 +347,7 @@ mod tests {
         let full = std::fs::read(&path).unwrap();
         for cut in format::WAL_HEADER_LEN..=full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            let r = replay(&RealFs, &path, 5, true).unwrap();
+            let r = replay(&RealFs, &path, 5, true, 128).unwrap();
             let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
             assert_eq!(r.ops.len(), whole, "cut at {cut}");
             assert_eq!(
@@ -345,15 +368,15 @@ mod tests {
         let mut full = std::fs::read(&path).unwrap();
         full.extend_from_slice(&[0xAB; 37]);
         std::fs::write(&path, &full).unwrap();
-        let r = replay(&RealFs, &path, 5, true).unwrap();
+        let r = replay(&RealFs, &path, 5, true, 128).unwrap();
         assert_eq!((r.ops.len(), r.valid_len), (3, ends[2]));
         // The same garbage in a sealed file is corruption.
-        assert!(replay(&RealFs, &path, 5, false).is_err());
+        assert!(replay(&RealFs, &path, 5, false, 128).is_err());
         // Damage in the middle record, with a valid record after it.
         let mut mid = std::fs::read(&path).unwrap();
         mid[usize::try_from(ends[0]).unwrap() + 10] ^= 1;
         std::fs::write(&path, &mid).unwrap();
-        let err = replay(&RealFs, &path, 5, true).unwrap_err();
+        let err = replay(&RealFs, &path, 5, true, 128).unwrap_err();
         assert!(
             err.to_string().contains(&format!("offset {}", ends[0])),
             "{err}"
@@ -367,7 +390,7 @@ mod tests {
         let mut full = std::fs::read(&path).unwrap();
         full.extend_from_slice(&[0; 4096]);
         std::fs::write(&path, &full).unwrap();
-        let r = replay(&RealFs, &path, 5, true).unwrap();
+        let r = replay(&RealFs, &path, 5, true, 128).unwrap();
         assert_eq!((r.ops.len(), r.valid_len), (2, ends[1]));
     }
 }

@@ -81,9 +81,7 @@ fn main() {
     let v = [vector(1), vector(2)];
     let mut insert = Vec::new();
     format::encode_insert(
-        [(1u64, "ada", &v[0][..]), (2, "émile", &v[1][..])]
-            .into_iter()
-            .map(|(id, s, x)| (id, s, <&[f32; DIM]>::try_from(x).expect("128 values"))),
+        [(1u64, "ada", &v[0][..]), (2, "émile", &v[1][..])].into_iter(),
         &mut insert,
     );
     let mut delete = Vec::new();
@@ -97,8 +95,16 @@ fn main() {
         )
         .expect("write");
     }
-    let mut wal = format::encode_wal_header(0x5a17, 9).to_vec();
+    let mut wal = format::encode_wal_header(0x5a17, 9, DIM as u32).to_vec();
     format::frame_record(0x5a17, &insert, &mut wal);
+    format::frame_record(0x5a17, &delete, &mut wal);
+    seed("wal_replay", Some(8), &wal);
+    // A WAL of a 512-value gallery (format 4 records the dimension in its header).
+    let wide: Vec<f32> = (0..512).map(|i| (i as f32 / 512.0).sin()).collect();
+    let mut insert512 = Vec::new();
+    format::encode_insert([(7u64, "wide", &wide[..])].into_iter(), &mut insert512);
+    let mut wal = format::encode_wal_header(0x5a17, 9, 512).to_vec();
+    format::frame_record(0x5a17, &insert512, &mut wal);
     format::frame_record(0x5a17, &delete, &mut wal);
     seed("wal_replay", Some(8), &wal);
 
@@ -121,12 +127,28 @@ fn main() {
             rows: 3,
             deleted: vec![0, 2],
         }],
+        ..ManifestData::default()
     };
     seed("manifest", Some(0), &format::encode_manifest(&empty));
+    // A cosine gallery of 512 values with its model pinned.
+    let spec = visage_engine::GallerySpec {
+        dim: 512,
+        model: "arcface-r100@insightface-0.7.3".into(),
+        normalize: true,
+    };
+    seed(
+        "manifest",
+        Some(0),
+        &format::encode_manifest(&ManifestData { spec, ..empty }),
+    );
 
     // The head file: trained, as the template trains it.
     seed("head", Some(0), &t.files["HEAD"]);
     seed("head", Some(2), &t.files["HEAD"]);
+    // A head of 512 weights (a 512-value gallery's; the template's gallery refuses it).
+    let mut wide = format::decode_head(Path::new("HEAD"), &t.files["HEAD"]).expect("decode");
+    wide.weights = (0..512).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
+    seed("head", Some(2), &format::encode_head(&wide));
 
     // Requests, one byte for the message type (the order of `KINDS` in requests.rs).
     let g = || GALLERY.to_string();

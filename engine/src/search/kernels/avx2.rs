@@ -1,7 +1,11 @@
 //! AVX2 + FMA kernels (x86_64). Called only through the table that
 //! `Kernel::Avx2Fma.kernels()` hands out after `is_available()` returned true.
 
-use crate::DIM;
+//!
+//! The kernels over rows take `const D: usize`: 128 and 512 are compiled with
+//! the length known (loops unrolled, bounds checks gone), 0 takes the length
+//! from the probe (any multiple of 16).
+
 use std::arch::x86_64::*;
 
 // Index loops keep the register blocking explicit.
@@ -58,17 +62,23 @@ pub(super) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Squared L2 from `q` to each row: the probe stays in registers.
+/// The dimension: `D`, or the probe's length when `D` is 0.
+#[inline(always)]
+fn dim_of<const D: usize>(len: usize) -> usize {
+    debug_assert!(D == 0 || D == len);
+    if D == 0 { len } else { D }
+}
+
+/// Squared L2 from `q` to each row (the compiler keeps the probe in registers
+/// where it fits).
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-    let mut qv = [_mm256_setzero_ps(); DIM / 8];
-    for (j, v) in qv.iter_mut().enumerate() {
-        *v = load8(q, 8 * j);
-    }
-    for (o, r) in out.iter_mut().zip(rows) {
+pub(super) fn l2sq_many<const D: usize>(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = dim_of::<D>(q.len());
+    let q = &q[..dim];
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
         let mut acc = [_mm256_setzero_ps(); 4];
-        for j in 0..DIM / 8 {
-            let d = _mm256_sub_ps(load8(r, 8 * j), qv[j]);
+        for j in 0..dim / 8 {
+            let d = _mm256_sub_ps(load8(r, 8 * j), load8(q, 8 * j));
             acc[j % 4] = _mm256_fmadd_ps(d, d, acc[j % 4]);
         }
         *o = hsum(_mm256_add_ps(
@@ -111,21 +121,17 @@ pub(super) fn wl1(w: &[f32], a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Weighted L1 from `q` to each row: probe and weights stay in registers.
+/// Weighted L1 from `q` to each row.
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
+pub(super) fn wl1_many<const D: usize>(w: &[f32], q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = dim_of::<D>(q.len());
+    let (w, q) = (&w[..dim], &q[..dim]);
     let sign = _mm256_set1_ps(-0.0);
-    let mut qv = [_mm256_setzero_ps(); DIM / 8];
-    let mut wv = [_mm256_setzero_ps(); DIM / 8];
-    for j in 0..DIM / 8 {
-        qv[j] = load8(q, 8 * j);
-        wv[j] = load8(w, 8 * j);
-    }
-    for (o, r) in out.iter_mut().zip(rows) {
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
         let mut acc = [_mm256_setzero_ps(); 4];
-        for j in 0..DIM / 8 {
-            let d = _mm256_andnot_ps(sign, _mm256_sub_ps(load8(r, 8 * j), qv[j]));
-            acc[j % 4] = _mm256_fmadd_ps(wv[j], d, acc[j % 4]);
+        for j in 0..dim / 8 {
+            let d = _mm256_andnot_ps(sign, _mm256_sub_ps(load8(r, 8 * j), load8(q, 8 * j)));
+            acc[j % 4] = _mm256_fmadd_ps(load8(w, 8 * j), d, acc[j % 4]);
         }
         *o = hsum(_mm256_add_ps(
             _mm256_add_ps(acc[0], acc[1]),
@@ -136,22 +142,25 @@ pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out:
 
 /// Dot products of up to 8 probes with 16 packed rows (two 8-lane halves).
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn dots_tile(
-    qs: &[[f32; DIM]],
-    packed: &[f32; super::PACKED_GROUP],
+pub(super) fn dots_tile<const D: usize>(
+    qs: &[f32],
+    packed: &[f32],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) {
+    let dim = dim_of::<D>(packed.len() / super::LANES);
+    let n = qs.len() / dim;
     // Six accumulator pairs fit the 16 ymm registers with the two row halves.
     let mut start = 0;
-    while start < qs.len() {
-        let end = (start + 6).min(qs.len());
+    while start < n {
+        let end = (start + 6).min(n);
+        let q = &qs[start * dim..end * dim];
         match end - start {
-            6 => tile::<6>(&qs[start..end], start, packed, out),
-            5 => tile::<5>(&qs[start..end], start, packed, out),
-            4 => tile::<4>(&qs[start..end], start, packed, out),
-            3 => tile::<3>(&qs[start..end], start, packed, out),
-            2 => tile::<2>(&qs[start..end], start, packed, out),
-            _ => tile::<1>(&qs[start..end], start, packed, out),
+            6 => tile::<D, 6>(q, start, packed, out),
+            5 => tile::<D, 5>(q, start, packed, out),
+            4 => tile::<D, 4>(q, start, packed, out),
+            3 => tile::<D, 3>(q, start, packed, out),
+            2 => tile::<D, 2>(q, start, packed, out),
+            _ => tile::<D, 1>(q, start, packed, out),
         }
         start = end;
     }
@@ -161,15 +170,17 @@ pub(super) fn dots_tile(
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn tile<const P: usize>(
-    qs: &[[f32; DIM]],
+fn tile<const D: usize, const P: usize>(
+    qs: &[f32],
     first: usize,
-    packed: &[f32; super::PACKED_GROUP],
+    packed: &[f32],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) {
+    let dim = dim_of::<D>(packed.len() / super::LANES);
+    let qs: [&[f32]; P] = std::array::from_fn(|p| &qs[p * dim..(p + 1) * dim]);
     let mut lo = [_mm256_setzero_ps(); P];
     let mut hi = [_mm256_setzero_ps(); P];
-    for d in 0..DIM {
+    for d in 0..dim {
         let xl = load8(packed, d * 16);
         let xh = load8(packed, d * 16 + 8);
         for p in 0..P {
@@ -191,15 +202,12 @@ fn tile<const P: usize>(
 
 /// Squared L2 from a probe to 8-bit coded rows (see `scalar::sq8_l2_many`).
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn sq8_l2_many(
-    qm: &[f32; DIM],
-    step: &[f32; DIM],
-    codes: &[[u8; DIM]],
-    out: &mut [f32],
-) {
-    for (o, c) in out.iter_mut().zip(codes) {
+pub(super) fn sq8_l2_many<const D: usize>(qm: &[f32], step: &[f32], codes: &[u8], out: &mut [f32]) {
+    let dim = dim_of::<D>(qm.len());
+    let (qm, step) = (&qm[..dim], &step[..dim]);
+    for (o, c) in out.iter_mut().zip(codes.chunks_exact(dim)) {
         let mut acc = [_mm256_setzero_ps(); 4];
-        for j in 0..DIM / 8 {
+        for j in 0..dim / 8 {
             let bytes: &[u8; 8] = c[8 * j..8 * j + 8].try_into().expect("8 codes");
             // SAFETY: `bytes` is a valid reference to 8 bytes; loadl reads exactly 8 bytes, unaligned.
             let raw = unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) };

@@ -2,8 +2,19 @@
 //! `Kernel::Avx512.kernels()` hands out after `is_available()` returned true
 //! (and, for the VNNI ones, `fast_u8_dots()`).
 
-use crate::DIM;
+//!
+//! The kernels over rows take `const D: usize`: 128 and 512 are compiled with
+//! the length known (loops unrolled, bounds checks gone), 0 takes the length
+//! from the probe (any multiple of 16).
+
 use std::arch::x86_64::*;
+
+/// The dimension: `D`, or the length given when `D` is 0.
+#[inline(always)]
+fn dim_of<const D: usize>(len: usize) -> usize {
+    debug_assert!(D == 0 || D == len);
+    if D == 0 { len } else { D }
+}
 
 /// Load 16 floats from `s[at..at + 16]` (bounds-checked slice access).
 // Index loops keep the register blocking explicit.
@@ -43,17 +54,16 @@ pub(super) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Squared L2 from `q` to each row: the probe stays in registers.
+/// Squared L2 from `q` to each row (the compiler keeps the probe in
+/// registers where it fits).
 #[target_feature(enable = "avx512f")]
-pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-    let mut qv = [_mm512_setzero_ps(); DIM / 16];
-    for (j, v) in qv.iter_mut().enumerate() {
-        *v = load16(q, 16 * j);
-    }
-    let row = |r: &[f32; DIM]| {
+pub(super) fn l2sq_many<const D: usize>(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = dim_of::<D>(q.len());
+    let q = &q[..dim];
+    let row = |r: &[f32]| {
         let mut acc = [_mm512_setzero_ps(); 2];
-        for j in 0..DIM / 16 {
-            let d = _mm512_sub_ps(load16(r, 16 * j), qv[j]);
+        for j in 0..dim / 16 {
+            let d = _mm512_sub_ps(load16(r, 16 * j), load16(q, 16 * j));
             acc[j % 2] = _mm512_fmadd_ps(d, d, acc[j % 2]);
         }
         _mm512_add_ps(acc[0], acc[1])
@@ -62,9 +72,11 @@ pub(super) fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
     // row instead of a serial horizontal sum each).
     // Every row goes through the same reduction tree, whatever its position,
     // so a distance does not depend on which other rows were scored with it.
-    for (g, o) in rows.chunks(16).zip(out.chunks_mut(16)) {
-        let accs: [__m512; 16] =
-            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_ps(), &row));
+    for (g, o) in rows.chunks(16 * dim).zip(out.chunks_mut(16)) {
+        let accs: [__m512; 16] = std::array::from_fn(|i| {
+            g.get(i * dim..(i + 1) * dim)
+                .map_or(_mm512_setzero_ps(), &row)
+        });
         store_n(o, hsum16(&accs));
     }
 }
@@ -137,20 +149,16 @@ pub(super) fn wl1(w: &[f32], a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Weighted L1 from `q` to each row: probe and weights stay in registers.
+/// Weighted L1 from `q` to each row.
 #[target_feature(enable = "avx512f")]
-pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-    let mut qv = [_mm512_setzero_ps(); DIM / 16];
-    let mut wv = [_mm512_setzero_ps(); DIM / 16];
-    for j in 0..DIM / 16 {
-        qv[j] = load16(q, 16 * j);
-        wv[j] = load16(w, 16 * j);
-    }
-    for (o, r) in out.iter_mut().zip(rows) {
+pub(super) fn wl1_many<const D: usize>(w: &[f32], q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = dim_of::<D>(q.len());
+    let (w, q) = (&w[..dim], &q[..dim]);
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
         let mut acc = [_mm512_setzero_ps(); 2];
-        for j in 0..DIM / 16 {
-            let d = _mm512_abs_ps(_mm512_sub_ps(load16(r, 16 * j), qv[j]));
-            acc[j % 2] = _mm512_fmadd_ps(wv[j], d, acc[j % 2]);
+        for j in 0..dim / 16 {
+            let d = _mm512_abs_ps(_mm512_sub_ps(load16(r, 16 * j), load16(q, 16 * j)));
+            acc[j % 2] = _mm512_fmadd_ps(load16(w, 16 * j), d, acc[j % 2]);
         }
         *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
     }
@@ -159,20 +167,21 @@ pub(super) fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out:
 /// Dot products of up to 8 probes with 16 packed rows: one accumulator per probe,
 /// each FMA takes its probe value as a broadcast.
 #[target_feature(enable = "avx512f")]
-pub(super) fn dots_tile(
-    qs: &[[f32; DIM]],
-    packed: &[f32; super::PACKED_GROUP],
+pub(super) fn dots_tile<const D: usize>(
+    qs: &[f32],
+    packed: &[f32],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) {
-    match qs.len() {
-        8 => tile::<8>(qs, packed, out),
-        7 => tile::<7>(qs, packed, out),
-        6 => tile::<6>(qs, packed, out),
-        5 => tile::<5>(qs, packed, out),
-        4 => tile::<4>(qs, packed, out),
-        3 => tile::<3>(qs, packed, out),
-        2 => tile::<2>(qs, packed, out),
-        1 => tile::<1>(qs, packed, out),
+    let dim = dim_of::<D>(packed.len() / super::LANES);
+    match qs.len() / dim {
+        8 => tile::<D, 8>(qs, packed, out),
+        7 => tile::<D, 7>(qs, packed, out),
+        6 => tile::<D, 6>(qs, packed, out),
+        5 => tile::<D, 5>(qs, packed, out),
+        4 => tile::<D, 4>(qs, packed, out),
+        3 => tile::<D, 3>(qs, packed, out),
+        2 => tile::<D, 2>(qs, packed, out),
+        1 => tile::<D, 1>(qs, packed, out),
         _ => {}
     }
 }
@@ -181,13 +190,15 @@ pub(super) fn dots_tile(
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn tile<const P: usize>(
-    qs: &[[f32; DIM]],
-    packed: &[f32; super::PACKED_GROUP],
+fn tile<const D: usize, const P: usize>(
+    qs: &[f32],
+    packed: &[f32],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) {
+    let dim = dim_of::<D>(packed.len() / super::LANES);
+    let qs: [&[f32]; P] = std::array::from_fn(|p| &qs[p * dim..(p + 1) * dim]);
     let mut acc = [_mm512_setzero_ps(); P];
-    for d in 0..DIM {
+    for d in 0..dim {
         let x = load16(packed, d * 16);
         for p in 0..P {
             acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[p][d]), x, acc[p]);
@@ -204,33 +215,26 @@ fn tile<const P: usize>(
 
 /// Squared L2 from a probe to 8-bit coded rows (see `scalar::sq8_l2_many`).
 #[target_feature(enable = "avx512f")]
-pub(super) fn sq8_l2_many(
-    qm: &[f32; DIM],
-    step: &[f32; DIM],
-    codes: &[[u8; DIM]],
-    out: &mut [f32],
-) {
-    let mut qv = [_mm512_setzero_ps(); DIM / 16];
-    let mut sv = [_mm512_setzero_ps(); DIM / 16];
-    for j in 0..DIM / 16 {
-        qv[j] = load16(qm, 16 * j);
-        sv[j] = load16(step, 16 * j);
-    }
-    let row = |c: &[u8; DIM]| {
+pub(super) fn sq8_l2_many<const D: usize>(qm: &[f32], step: &[f32], codes: &[u8], out: &mut [f32]) {
+    let dim = dim_of::<D>(qm.len());
+    let (qm, step) = (&qm[..dim], &step[..dim]);
+    let row = |c: &[u8]| {
         let mut acc = [_mm512_setzero_ps(); 2];
-        for j in 0..DIM / 16 {
+        for j in 0..dim / 16 {
             let bytes: &[u8; 16] = c[16 * j..16 * j + 16].try_into().expect("16 codes");
             // SAFETY: `bytes` is a valid reference to 16 bytes; loadu has no alignment requirement.
             let raw = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
             let x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(raw));
-            let t = _mm512_fnmadd_ps(sv[j], x, qv[j]);
+            let t = _mm512_fnmadd_ps(load16(step, 16 * j), x, load16(qm, 16 * j));
             acc[j % 2] = _mm512_fmadd_ps(t, t, acc[j % 2]);
         }
         _mm512_add_ps(acc[0], acc[1])
     };
-    for (g, o) in codes.chunks(16).zip(out.chunks_mut(16)) {
-        let accs: [__m512; 16] =
-            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_ps(), &row));
+    for (g, o) in codes.chunks(16 * dim).zip(out.chunks_mut(16)) {
+        let accs: [__m512; 16] = std::array::from_fn(|i| {
+            g.get(i * dim..(i + 1) * dim)
+                .map_or(_mm512_setzero_ps(), &row)
+        });
         store_n(o, hsum16(&accs));
     }
 }
@@ -240,20 +244,20 @@ pub(super) fn sq8_l2_many(
 /// four probe bytes (signed) per lane, once for the probe's high bytes and once
 /// for its low bytes.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) fn dots_u8_tile(
+pub(super) fn dots_u8_tile<const D: usize>(
     qs: &[super::IntProbe],
-    packed: &[u8; super::PACKED_CODES],
+    packed: &[u8],
     out: &mut [i32; super::TILE_PROBES * super::LANES],
 ) {
     match qs.len() {
-        8 => itile::<8>(qs, packed, out),
-        7 => itile::<7>(qs, packed, out),
-        6 => itile::<6>(qs, packed, out),
-        5 => itile::<5>(qs, packed, out),
-        4 => itile::<4>(qs, packed, out),
-        3 => itile::<3>(qs, packed, out),
-        2 => itile::<2>(qs, packed, out),
-        1 => itile::<1>(qs, packed, out),
+        8 => itile::<D, 8>(qs, packed, out),
+        7 => itile::<D, 7>(qs, packed, out),
+        6 => itile::<D, 6>(qs, packed, out),
+        5 => itile::<D, 5>(qs, packed, out),
+        4 => itile::<D, 4>(qs, packed, out),
+        3 => itile::<D, 3>(qs, packed, out),
+        2 => itile::<D, 2>(qs, packed, out),
+        1 => itile::<D, 1>(qs, packed, out),
         _ => {}
     }
 }
@@ -261,22 +265,22 @@ pub(super) fn dots_u8_tile(
 /// Distance estimates of up to 8 probes to 16 packed coded rows (see
 /// `scalar::est_u8_tile`), with the mask of lanes at or under each probe's bound.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) fn est_u8_tile(
+pub(super) fn est_u8_tile<const D: usize>(
     qs: &[super::IntProbe],
     forms: &[super::TileForm],
     xn: &[f32; super::LANES],
-    packed: &[u8; super::PACKED_CODES],
+    packed: &[u8],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) -> [u16; super::TILE_PROBES] {
     match qs.len() {
-        8 => etile::<8>(qs, forms, xn, packed, out),
-        7 => etile::<7>(qs, forms, xn, packed, out),
-        6 => etile::<6>(qs, forms, xn, packed, out),
-        5 => etile::<5>(qs, forms, xn, packed, out),
-        4 => etile::<4>(qs, forms, xn, packed, out),
-        3 => etile::<3>(qs, forms, xn, packed, out),
-        2 => etile::<2>(qs, forms, xn, packed, out),
-        1 => etile::<1>(qs, forms, xn, packed, out),
+        8 => etile::<D, 8>(qs, forms, xn, packed, out),
+        7 => etile::<D, 7>(qs, forms, xn, packed, out),
+        6 => etile::<D, 6>(qs, forms, xn, packed, out),
+        5 => etile::<D, 5>(qs, forms, xn, packed, out),
+        4 => etile::<D, 4>(qs, forms, xn, packed, out),
+        3 => etile::<D, 3>(qs, forms, xn, packed, out),
+        2 => etile::<D, 2>(qs, forms, xn, packed, out),
+        1 => etile::<D, 1>(qs, forms, xn, packed, out),
         _ => [0; super::TILE_PROBES],
     }
 }
@@ -285,14 +289,14 @@ pub(super) fn est_u8_tile(
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn etile<const P: usize>(
+fn etile<const D: usize, const P: usize>(
     qs: &[super::IntProbe],
     forms: &[super::TileForm],
     xn: &[f32; super::LANES],
-    packed: &[u8; super::PACKED_CODES],
+    packed: &[u8],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) -> [u16; super::TILE_PROBES] {
-    let dots = idots::<P>(qs, packed);
+    let dots = idots::<D, P>(qs, packed);
     let x = load16(xn, 0);
     let mut masks = [0u16; super::TILE_PROBES];
     for p in 0..P {
@@ -314,12 +318,12 @@ fn etile<const P: usize>(
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn itile<const P: usize>(
+fn itile<const D: usize, const P: usize>(
     qs: &[super::IntProbe],
-    packed: &[u8; super::PACKED_CODES],
+    packed: &[u8],
     out: &mut [i32; super::TILE_PROBES * super::LANES],
 ) {
-    let dots = idots::<P>(qs, packed);
+    let dots = idots::<D, P>(qs, packed);
     for p in 0..P {
         let dst: &mut [i32; 16] = (&mut out[p * 16..p * 16 + 16]).try_into().expect("16 ints");
         // SAFETY: `dst` is a valid, exclusive reference to 16 contiguous i32; storeu has no alignment requirement.
@@ -332,13 +336,11 @@ fn itile<const P: usize>(
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn idots<const P: usize>(
-    qs: &[super::IntProbe],
-    packed: &[u8; super::PACKED_CODES],
-) -> [__m512i; P] {
+fn idots<const D: usize, const P: usize>(qs: &[super::IntProbe], packed: &[u8]) -> [__m512i; P] {
+    let dim = dim_of::<D>(packed.len() / super::LANES);
     let mut hi = [_mm512_setzero_si512(); P];
     let mut lo = [_mm512_setzero_si512(); P];
-    for j in 0..super::QUADS {
+    for j in 0..dim / 4 {
         let bytes: &[u8; 64] = packed[64 * j..64 * j + 64].try_into().expect("64 codes");
         // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
         let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
@@ -383,41 +385,64 @@ fn hsum16_epi32(v: &[__m512i; 16]) -> __m512i {
 }
 
 /// Distance estimates of one probe to row-major coded rows (see
-/// `scalar::est_u8_rows`): per row, four `vpdpbusd` (two halves of the row,
-/// high and low weight bytes), then sixteen rows' lanes summed at once.
+/// `scalar::est_u8_rows`): per row, two `vpdpbusd` (high and low weight
+/// bytes) for each 64 codes (the last ones masked), then sixteen rows' lanes
+/// summed at once.
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) fn est_u8_rows(
+pub(super) fn est_u8_rows<const D: usize>(
     q: &super::IntProbe,
     form: &super::TileForm,
     xn: &[f32],
-    codes: &[[u8; DIM]],
+    codes: &[u8],
     out: &mut [f32],
 ) {
-    let load = |s: &[i32]| {
-        let s: &[i32; 16] = s.try_into().expect("16 quads");
+    if xn.is_empty() {
+        return;
+    }
+    let dim = dim_of::<D>(codes.len() / xn.len());
+    let load = |s: &[i32], at: usize| {
+        let s: &[i32; 16] = s[at..at + 16].try_into().expect("16 quads");
         // SAFETY: `s` is a valid reference to 16 contiguous i32; loadu has no alignment requirement.
         unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
     };
-    let (h0, h1) = (load(&q.hi[..16]), load(&q.hi[16..]));
-    let (l0, l1) = (load(&q.lo[..16]), load(&q.lo[16..]));
     let c0 = _mm512_set1_ps(form.c0);
     let alpha2 = _mm512_set1_ps(form.alpha2);
-    let row = |c: &[u8; DIM]| {
-        // SAFETY: `c` is a valid reference to 128 bytes; each loadu reads 64 of them, unaligned.
-        let (x0, x1) = unsafe {
-            (
-                _mm512_loadu_si512(c.as_ptr().cast()),
-                _mm512_loadu_si512(c[64..].as_ptr().cast()),
-            )
-        };
+    // 64 codes (16 quads) a register; a last partial register loads only the
+    // row's remaining quads (the probe's padding weights are zero).
+    let (full, tail) = (dim / 64, (dim % 64) / 4);
+    let tail_mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+    let row = |c: &[u8]| {
+        let c = &c[..dim];
         let z = _mm512_setzero_si512();
-        let hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, x0, h0), x1, h1);
-        let lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, x0, l0), x1, l1);
+        let (mut hi, mut lo) = (z, z);
+        for j in 0..full {
+            let bytes: &[u8; 64] = c[64 * j..64 * j + 64].try_into().expect("64 codes");
+            // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
+            let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
+            hi = _mm512_dpbusd_epi32(hi, x, load(&q.hi, 16 * j));
+            lo = _mm512_dpbusd_epi32(lo, x, load(&q.lo, 16 * j));
+        }
+        if tail > 0 {
+            let rest = &c[64 * full..];
+            debug_assert_eq!(rest.len(), 4 * tail);
+            // SAFETY: the mask selects the first `tail` i32 lanes, exactly the
+            // `4·tail` bytes of `rest`; masked-off lanes are not read, and
+            // loadu has no alignment requirement.
+            let x = unsafe { _mm512_maskz_loadu_epi32(tail_mask, rest.as_ptr().cast()) };
+            hi = _mm512_dpbusd_epi32(hi, x, load(&q.hi, 16 * full));
+            lo = _mm512_dpbusd_epi32(lo, x, load(&q.lo, 16 * full));
+        }
         _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo)
     };
-    for ((g, o), x) in codes.chunks(16).zip(out.chunks_mut(16)).zip(xn.chunks(16)) {
-        let accs: [__m512i; 16] =
-            std::array::from_fn(|i| g.get(i).map_or(_mm512_setzero_si512(), &row));
+    for ((g, o), x) in codes
+        .chunks(16 * dim)
+        .zip(out.chunks_mut(16))
+        .zip(xn.chunks(16))
+    {
+        let accs: [__m512i; 16] = std::array::from_fn(|i| {
+            g.get(i * dim..(i + 1) * dim)
+                .map_or(_mm512_setzero_si512(), &row)
+        });
         let dots = hsum16_epi32(&accs);
         let mut xs = [0f32; 16];
         xs[..x.len()].copy_from_slice(x);

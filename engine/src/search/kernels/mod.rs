@@ -24,7 +24,6 @@
 //! [`Kernel::is_available`] returned true.
 #![allow(unsafe_code)]
 
-use crate::DIM;
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
@@ -126,49 +125,71 @@ impl Kernel {
 pub const LANES: usize = 16;
 /// Most probes one call of [`Kernels::dots_tile`] scores.
 pub const TILE_PROBES: usize = 8;
-/// Floats in one packed group: `DIM × LANES`, dimension-major.
-pub const PACKED_GROUP: usize = DIM * LANES;
 
-/// Pack up to [`LANES`] rows dimension-major (`out[d·LANES + lane] = rows[lane][d]`),
-/// zero-filling missing lanes, so a batch kernel reads one row-group per load.
-pub fn pack_group(rows: &[[f32; DIM]], out: &mut [f32; PACKED_GROUP]) {
+/// Pack up to [`LANES`] rows of `dim` values (`rows`, row-major) dimension-major
+/// (`out[d·LANES + lane] = rows[lane][d]`), zero-filling missing lanes, so a
+/// batch kernel reads one row-group per load. `out` holds `dim × LANES` floats.
+///
+/// # Panics
+/// If `rows` is not a whole number of rows, or `out` has the wrong length.
+pub fn pack_group(rows: &[f32], dim: usize, out: &mut [f32]) {
+    assert!(rows.len().is_multiple_of(dim) && out.len() == dim * LANES);
     out.fill(0.0);
-    for (lane, r) in rows.iter().take(LANES).enumerate() {
+    for (lane, r) in rows.chunks_exact(dim).take(LANES).enumerate() {
         for (d, &x) in r.iter().enumerate() {
             out[d * LANES + lane] = x;
         }
     }
 }
 
-/// Bytes in one packed group of 8-bit codes: `DIM × LANES`, in quads of four
-/// dimensions (`out[64·j + 4·lane + b] = rows[lane][4·j + b]`).
-pub const PACKED_CODES: usize = DIM * LANES;
-/// Quads of four dimensions in an embedding.
-pub const QUADS: usize = DIM / 4;
+/// Pack up to [`LANES`] rows of `dim` codes for [`Kernels::dots_u8_tile`], in
+/// quads of four dimensions (`out[64·j + 4·lane + b] = rows[lane][4·j + b]`),
+/// zero-filling missing lanes. `out` holds `dim × LANES` bytes.
+///
+/// # Panics
+/// If `rows` is not a whole number of rows, or `out` has the wrong length.
+pub fn pack_codes(rows: &[u8], dim: usize, out: &mut [u8]) {
+    assert!(rows.len().is_multiple_of(dim) && out.len() == dim * LANES);
+    out.fill(0);
+    for (lane, r) in rows.chunks_exact(dim).take(LANES).enumerate() {
+        for j in 0..dim / 4 {
+            out[64 * j + 4 * lane..64 * j + 4 * lane + 4].copy_from_slice(&r[4 * j..4 * j + 4]);
+        }
+    }
+}
+
+/// Quads (of four dimensions) an [`IntProbe`] holds: its dimension's, rounded
+/// up to a multiple of 16 (one 512-bit register) with zero weights.
+fn padded_quads(dim: usize) -> usize {
+    (dim / 4).div_ceil(16) * 16
+}
 
 /// A probe as the integer batch kernel takes it: signed 16-bit weights
 /// `m_d = 256·hi_d + lo_d`, split into two signed bytes, four dimensions to
-/// an `i32` (little-endian, dimension `4·j + b` in byte `b` of quad `j`).
-/// The weights themselves are the quantiser's (`crate::quantizer::int_weights`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// an `i32` (little-endian, dimension `4·j + b` in byte `b` of quad `j`),
+/// zero-padded to a multiple of 16 quads. The weights themselves are the
+/// quantiser's (`crate::quantizer::int_weights`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntProbe {
     /// High bytes of the weights.
-    pub hi: [i32; QUADS],
+    pub hi: Vec<i32>,
     /// Low bytes of the weights.
-    pub lo: [i32; QUADS],
+    pub lo: Vec<i32>,
 }
 
 impl IntProbe {
-    /// Split weights (each within ±[`INT_WEIGHT_MAX`]) into high and low bytes.
+    /// Split weights (each within ±[`INT_WEIGHT_MAX`]; a multiple of four of
+    /// them) into high and low bytes.
     ///
     /// # Panics
-    /// If a weight is out of range.
-    pub fn new(m: &[i32; DIM]) -> IntProbe {
-        let (mut hi, mut lo) = ([0i32; QUADS], [0i32; QUADS]);
-        for j in 0..QUADS {
+    /// If a weight is out of range or their count is not a multiple of four.
+    pub fn new(m: &[i32]) -> IntProbe {
+        assert!(m.len().is_multiple_of(4), "weights in whole quads");
+        let quads = padded_quads(m.len());
+        let (mut hi, mut lo) = (vec![0i32; quads], vec![0i32; quads]);
+        for (j, w4) in m.chunks_exact(4).enumerate() {
             let (mut h, mut l) = ([0u8; 4], [0u8; 4]);
-            for b in 0..4 {
-                let w = m[4 * j + b];
+            for (b, &w) in w4.iter().enumerate() {
                 assert!(w.abs() <= INT_WEIGHT_MAX, "weight {w} out of range");
                 // Round half up: the low byte lands in -128..=127.
                 let hb = (w + 128).div_euclid(256);
@@ -193,21 +214,42 @@ pub struct TileForm {
     pub bound: f32,
 }
 
-/// Pack up to [`LANES`] rows of codes for [`Kernels::dots_u8_tile`], zero-filling
-/// missing lanes.
-pub fn pack_codes(rows: &[[u8; DIM]], out: &mut [u8; PACKED_CODES]) {
-    out.fill(0);
-    for (lane, r) in rows.iter().take(LANES).enumerate() {
-        for j in 0..QUADS {
-            out[64 * j + 4 * lane..64 * j + 4 * lane + 4].copy_from_slice(&r[4 * j..4 * j + 4]);
-        }
+/// Kernels come specialised for the dimensions of today's face models, whose
+/// loops the compiler unrolls with the length known, and in one generic
+/// version for every other dimension (a multiple of 16): index 0 is 128
+/// values, 1 is 512, 2 any other.
+type ByDim<F> = [F; 3];
+
+/// The index of a dimension in a [`ByDim`].
+#[inline]
+fn class(dim: usize) -> usize {
+    match dim {
+        128 => 0,
+        512 => 1,
+        _ => 2,
     }
+}
+
+/// The three specialisations of a SIMD kernel, as the closures of a table: the
+/// caller of this macro states the CPU check the `unsafe` calls rest on.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_dim {
+    ($($f:ident)::+ ($($a:ident),*)) => {
+        [
+            // SAFETY: reached only through `Kernel::kernels`, after the table's CPU features were detected.
+            |$($a),*| unsafe { $($f)::+::<128>($($a),*) },
+            // SAFETY: reached only through `Kernel::kernels`, after the table's CPU features were detected.
+            |$($a),*| unsafe { $($f)::+::<512>($($a),*) },
+            // SAFETY: reached only through `Kernel::kernels`, after the table's CPU features were detected.
+            |$($a),*| unsafe { $($f)::+::<0>($($a),*) },
+        ]
+    };
 }
 
 /// One implementation's kernels: plain function pointers, chosen once (see
 /// the module documentation). Obtained from [`Kernel::kernels`],
 /// [`Kernels::available`] or [`selected`]; the methods check their arguments
-/// and call straight through.
+/// and call straight through, to the specialisation for the dimension.
 // Each field's type is its kernel's signature, spelled out.
 #[allow(clippy::type_complexity)]
 #[derive(Debug, Clone, Copy)]
@@ -215,35 +257,37 @@ pub struct Kernels {
     kernel: Kernel,
     fast_u8_dots: bool,
     l2sq: fn(&[f32], &[f32]) -> f32,
-    l2sq_many: fn(&[f32; DIM], &[[f32; DIM]], &mut [f32]),
+    l2sq_many: ByDim<fn(&[f32], &[f32], &mut [f32])>,
     wl1: fn(&[f32], &[f32], &[f32]) -> f32,
-    wl1_many: fn(&[f32; DIM], &[f32; DIM], &[[f32; DIM]], &mut [f32]),
-    dots_tile: fn(&[[f32; DIM]], &[f32; PACKED_GROUP], &mut [f32; TILE_PROBES * LANES]),
-    sq8_l2_many: fn(&[f32; DIM], &[f32; DIM], &[[u8; DIM]], &mut [f32]),
-    dots_u8_tile: fn(&[IntProbe], &[u8; PACKED_CODES], &mut [i32; TILE_PROBES * LANES]),
-    est_u8_tile: fn(
-        &[IntProbe],
-        &[TileForm],
-        &[f32; LANES],
-        &[u8; PACKED_CODES],
-        &mut [f32; TILE_PROBES * LANES],
-    ) -> [u16; TILE_PROBES],
-    est_u8_rows: fn(&IntProbe, &TileForm, &[f32], &[[u8; DIM]], &mut [f32]),
+    wl1_many: ByDim<fn(&[f32], &[f32], &[f32], &mut [f32])>,
+    dots_tile: ByDim<fn(&[f32], &[f32], &mut [f32; TILE_PROBES * LANES])>,
+    sq8_l2_many: ByDim<fn(&[f32], &[f32], &[u8], &mut [f32])>,
+    dots_u8_tile: ByDim<fn(&[IntProbe], &[u8], &mut [i32; TILE_PROBES * LANES])>,
+    est_u8_tile: ByDim<
+        fn(
+            &[IntProbe],
+            &[TileForm],
+            &[f32; LANES],
+            &[u8],
+            &mut [f32; TILE_PROBES * LANES],
+        ) -> [u16; TILE_PROBES],
+    >,
+    est_u8_rows: ByDim<fn(&IntProbe, &TileForm, &[f32], &[u8], &mut [f32])>,
 }
 
-/// The portable reference, on every CPU.
+/// The portable reference, on every CPU (one version for every dimension).
 const SCALAR: Kernels = Kernels {
     kernel: Kernel::Scalar,
     fast_u8_dots: false,
     l2sq: scalar::l2sq,
-    l2sq_many: scalar::l2sq_many,
+    l2sq_many: [scalar::l2sq_many; 3],
     wl1: scalar::wl1,
-    wl1_many: scalar::wl1_many,
-    dots_tile: scalar::dots_tile,
-    sq8_l2_many: scalar::sq8_l2_many,
-    dots_u8_tile: scalar::dots_u8_tile,
-    est_u8_tile: scalar::est_u8_tile,
-    est_u8_rows: scalar::est_u8_rows,
+    wl1_many: [scalar::wl1_many; 3],
+    dots_tile: [scalar::dots_tile; 3],
+    sq8_l2_many: [scalar::sq8_l2_many; 3],
+    dots_u8_tile: [scalar::dots_u8_tile; 3],
+    est_u8_tile: [scalar::est_u8_tile; 3],
+    est_u8_rows: [scalar::est_u8_rows; 3],
 };
 
 // The SIMD tables below are private and reached only through
@@ -258,16 +302,12 @@ const AVX2_FMA: Kernels = Kernels {
     fast_u8_dots: false,
     // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
     l2sq: |a, b| unsafe { avx2::l2sq(a, b) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
-    l2sq_many: |q, rows, out| unsafe { avx2::l2sq_many(q, rows, out) },
+    l2sq_many: by_dim!(avx2::l2sq_many(q, rows, out)),
     // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
     wl1: |w, a, b| unsafe { avx2::wl1(w, a, b) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
-    wl1_many: |w, q, rows, out| unsafe { avx2::wl1_many(w, q, rows, out) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
-    dots_tile: |qs, packed, out| unsafe { avx2::dots_tile(qs, packed, out) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
-    sq8_l2_many: |qm, step, codes, out| unsafe { avx2::sq8_l2_many(qm, step, codes, out) },
+    wl1_many: by_dim!(avx2::wl1_many(w, q, rows, out)),
+    dots_tile: by_dim!(avx2::dots_tile(qs, packed, out)),
+    sq8_l2_many: by_dim!(avx2::sq8_l2_many(qm, step, codes, out)),
     ..SCALAR
 };
 
@@ -278,16 +318,12 @@ const AVX512F: Kernels = Kernels {
     fast_u8_dots: false,
     // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
     l2sq: |a, b| unsafe { avx512::l2sq(a, b) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
-    l2sq_many: |q, rows, out| unsafe { avx512::l2sq_many(q, rows, out) },
+    l2sq_many: by_dim!(avx512::l2sq_many(q, rows, out)),
     // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
     wl1: |w, a, b| unsafe { avx512::wl1(w, a, b) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
-    wl1_many: |w, q, rows, out| unsafe { avx512::wl1_many(w, q, rows, out) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
-    dots_tile: |qs, packed, out| unsafe { avx512::dots_tile(qs, packed, out) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
-    sq8_l2_many: |qm, step, codes, out| unsafe { avx512::sq8_l2_many(qm, step, codes, out) },
+    wl1_many: by_dim!(avx512::wl1_many(w, q, rows, out)),
+    dots_tile: by_dim!(avx512::dots_tile(qs, packed, out)),
+    sq8_l2_many: by_dim!(avx512::sq8_l2_many(qm, step, codes, out)),
     ..SCALAR
 };
 
@@ -295,14 +331,9 @@ const AVX512F: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 const AVX512_VNNI: Kernels = Kernels {
     fast_u8_dots: true,
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
-    dots_u8_tile: |qs, packed, out| unsafe { avx512::dots_u8_tile(qs, packed, out) },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
-    est_u8_tile: |qs, forms, xn, packed, out| unsafe {
-        avx512::est_u8_tile(qs, forms, xn, packed, out)
-    },
-    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F and VNNI were detected.
-    est_u8_rows: |q, form, xn, codes, out| unsafe { avx512::est_u8_rows(q, form, xn, codes, out) },
+    dots_u8_tile: by_dim!(avx512::dots_u8_tile(qs, packed, out)),
+    est_u8_tile: by_dim!(avx512::est_u8_tile(qs, forms, xn, packed, out)),
+    est_u8_rows: by_dim!(avx512::est_u8_rows(q, form, xn, codes, out)),
     ..AVX512F
 };
 
@@ -343,14 +374,16 @@ impl Kernels {
         (self.l2sq)(a, b)
     }
 
-    /// Squared L2 distance from `q` to each row, written to `out[i]`.
+    /// Squared L2 distance from `q` (a multiple of 16 values) to each row of
+    /// `rows` (row-major, `q.len()` values a row), written to `out[i]`.
     ///
     /// # Panics
-    /// If `out` is shorter than `rows`.
+    /// If `q` is not a multiple of 16 values, `rows` not whole rows, or `out`
+    /// shorter than the rows.
     #[inline]
-    pub fn l2sq_many(&self, q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-        let out = &mut out[..rows.len()];
-        (self.l2sq_many)(q, rows, out);
+    pub fn l2sq_many(&self, q: &[f32], rows: &[f32], out: &mut [f32]) {
+        let n = rows_of(rows.len(), q.len());
+        (self.l2sq_many[class(q.len())])(q, rows, &mut out[..n]);
     }
 
     /// Weighted L1 distance `Σ w_k·|a_k − b_k|` of equal-length slices: the
@@ -367,70 +400,59 @@ impl Kernels {
         (self.wl1)(w, a, b)
     }
 
-    /// Weighted L1 from `q` to each row, written to `out[i]`.
+    /// Weighted L1 from `q` to each row (as [`Kernels::l2sq_many`]), written to `out[i]`.
     ///
     /// # Panics
-    /// If `out` is shorter than `rows`.
+    /// As [`Kernels::l2sq_many`], or if `w` and `q` differ in length.
     #[inline]
-    pub fn wl1_many(&self, w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-        let out = &mut out[..rows.len()];
-        (self.wl1_many)(w, q, rows, out);
+    pub fn wl1_many(&self, w: &[f32], q: &[f32], rows: &[f32], out: &mut [f32]) {
+        assert_eq!(w.len(), q.len(), "weights and probe of different lengths");
+        let n = rows_of(rows.len(), q.len());
+        (self.wl1_many[class(q.len())])(w, q, rows, &mut out[..n]);
     }
 
-    /// Dot products of up to [`TILE_PROBES`] probes with one packed group of
-    /// [`LANES`] rows: `out[p·LANES + lane] = qs[p] · row[lane]`.
+    /// Dot products of up to [`TILE_PROBES`] probes (`qs`, row-major) with one
+    /// packed group of [`LANES`] rows (see [`pack_group`]; its length gives
+    /// the dimension): `out[p·LANES + lane] = qs[p] · row[lane]`.
     ///
     /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given.
+    /// If more than [`TILE_PROBES`] probes are given, or the lengths disagree.
     #[inline]
-    pub fn dots_tile(
-        &self,
-        qs: &[[f32; DIM]],
-        packed: &[f32; PACKED_GROUP],
-        out: &mut [f32; TILE_PROBES * LANES],
-    ) {
-        assert!(
-            qs.len() <= TILE_PROBES,
-            "at most {TILE_PROBES} probes per tile"
-        );
-        (self.dots_tile)(qs, packed, out);
+    pub fn dots_tile(&self, qs: &[f32], packed: &[f32], out: &mut [f32; TILE_PROBES * LANES]) {
+        let dim = packed.len() / LANES;
+        let n = rows_of(qs.len(), dim);
+        assert!(n <= TILE_PROBES, "at most {TILE_PROBES} probes per tile");
+        (self.dots_tile[class(dim)])(qs, packed, out);
     }
 
     /// Squared L2 from a probe to 8-bit coded rows: `out[i] = Σ (qm_d − step_d·codes[i]_d)²`,
     /// where `qm = q − min` (see the segment format's scalar quantiser).
     ///
     /// # Panics
-    /// If `out` is shorter than `codes`.
+    /// If the lengths disagree, or `out` is shorter than the rows.
     #[inline]
-    pub fn sq8_l2_many(
-        &self,
-        qm: &[f32; DIM],
-        step: &[f32; DIM],
-        codes: &[[u8; DIM]],
-        out: &mut [f32],
-    ) {
-        let out = &mut out[..codes.len()];
-        (self.sq8_l2_many)(qm, step, codes, out);
+    pub fn sq8_l2_many(&self, qm: &[f32], step: &[f32], codes: &[u8], out: &mut [f32]) {
+        assert_eq!(qm.len(), step.len(), "probe and steps of different lengths");
+        let n = rows_of(codes.len(), qm.len());
+        (self.sq8_l2_many[class(qm.len())])(qm, step, codes, &mut out[..n]);
     }
 
     /// Integer dot products of up to [`TILE_PROBES`] probes with one packed
-    /// group of [`LANES`] coded rows: `out[p·LANES + lane] = Σ_d m_p[d]·code[lane][d]`,
-    /// exact in `i32`.
+    /// group of [`LANES`] coded rows (see [`pack_codes`]; its length gives the
+    /// dimension): `out[p·LANES + lane] = Σ_d m_p[d]·code[lane][d]`, exact in `i32`.
     ///
     /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given.
+    /// If more than [`TILE_PROBES`] probes are given, or a probe is shorter
+    /// than the codes.
     #[inline]
     pub fn dots_u8_tile(
         &self,
         qs: &[IntProbe],
-        packed: &[u8; PACKED_CODES],
+        packed: &[u8],
         out: &mut [i32; TILE_PROBES * LANES],
     ) {
-        assert!(
-            qs.len() <= TILE_PROBES,
-            "at most {TILE_PROBES} probes per tile"
-        );
-        (self.dots_u8_tile)(qs, packed, out);
+        let dim = check_int_probes(qs, packed.len() / LANES);
+        (self.dots_u8_tile[class(dim)])(qs, packed, out);
     }
 
     /// Distance estimates of up to [`TILE_PROBES`] probes to one packed group of
@@ -439,41 +461,76 @@ impl Kernels {
     /// bit); returns per probe the mask of lanes with an estimate at most its bound.
     ///
     /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given, or fewer forms than probes.
+    /// If more than [`TILE_PROBES`] probes are given, fewer forms than probes,
+    /// or a probe is shorter than the codes.
     #[inline]
     pub fn est_u8_tile(
         &self,
         qs: &[IntProbe],
         forms: &[TileForm],
         xn: &[f32; LANES],
-        packed: &[u8; PACKED_CODES],
+        packed: &[u8],
         out: &mut [f32; TILE_PROBES * LANES],
     ) -> [u16; TILE_PROBES] {
-        assert!(
-            qs.len() <= TILE_PROBES && forms.len() >= qs.len(),
-            "at most {TILE_PROBES} probes per tile, each with its form"
-        );
-        (self.est_u8_tile)(qs, forms, xn, packed, out)
+        assert!(forms.len() >= qs.len(), "a form for each probe");
+        let dim = check_int_probes(qs, packed.len() / LANES);
+        (self.est_u8_tile[class(dim)])(qs, forms, xn, packed, out)
     }
 
     /// [`Kernels::est_u8_tile`] for one probe and row-major codes (as a segment
-    /// stores them): `out[i] = (c0 + xn[i]) − alpha2·(m·codes[i])`, bit for bit
-    /// the same value (`form.bound` is not used).
+    /// stores them, `dim` bytes a row): `out[i] = (c0 + xn[i]) − alpha2·(m·codes[i])`,
+    /// bit for bit the same value (`form.bound` is not used).
     ///
     /// # Panics
-    /// If `xn` or `out` is shorter than `codes`.
+    /// If `xn` or `out` is shorter than the rows, or the probe is shorter than a row.
     #[inline]
     pub fn est_u8_rows(
         &self,
         q: &IntProbe,
         form: &TileForm,
         xn: &[f32],
-        codes: &[[u8; DIM]],
+        codes: &[u8],
+        dim: usize,
         out: &mut [f32],
     ) {
-        let (xn, out) = (&xn[..codes.len()], &mut out[..codes.len()]);
-        (self.est_u8_rows)(q, form, xn, codes, out);
+        check_int_probes(std::slice::from_ref(q), dim);
+        let n = rows_of(codes.len(), dim);
+        (self.est_u8_rows[class(dim)])(q, form, &xn[..n], codes, &mut out[..n]);
     }
+}
+
+/// Rows of `dim` values in `len` values.
+///
+/// # Panics
+/// If `dim` is not a positive multiple of 16 or `len` not a multiple of it.
+#[inline]
+fn rows_of(len: usize, dim: usize) -> usize {
+    assert!(
+        dim > 0 && dim.is_multiple_of(16) && len.is_multiple_of(dim),
+        "{len} values are not whole rows of {dim} (a multiple of 16)"
+    );
+    len / dim
+}
+
+/// The dimension of packed codes, checked against the probes: at most
+/// [`TILE_PROBES`], each with weights for every quad of the codes.
+#[inline]
+fn check_int_probes(qs: &[IntProbe], dim: usize) -> usize {
+    assert!(
+        dim > 0 && dim.is_multiple_of(16),
+        "codes of {dim} values (a multiple of 16)"
+    );
+    assert!(
+        qs.len() <= TILE_PROBES,
+        "at most {TILE_PROBES} probes per tile"
+    );
+    let quads = padded_quads(dim);
+    assert!(
+        qs.iter()
+            .all(|q| q.hi.len() == quads && q.lo.len() == quads),
+        "probes of {quads} quads for codes of {dim} values"
+    );
+    dim
 }
 
 /// The kernels used by the engine: the best available implementation's table,
@@ -494,7 +551,7 @@ pub fn selected() -> &'static Kernels {
 
 /// Squared L2 distance between two embeddings with the selected kernel.
 #[inline]
-pub fn l2sq(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
+pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     selected().l2sq(a, b)
 }
 
@@ -580,20 +637,21 @@ mod tests {
 
         #[test]
         fn every_wl1_many_kernel_matches_scalar(
-            w in prop::collection::vec(-3.0f32..3.0, DIM),
-            q in prop::collection::vec(-10.0f32..10.0, DIM),
-            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..20),
+            (dim, w, q, rows) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(-3.0f32..3.0, d),
+                prop::collection::vec(-10.0f32..10.0, d),
+                prop::collection::vec(prop::collection::vec(-10.0f32..10.0, d), 0..20),
+            ))
         ) {
-            let w: [f32; DIM] = w.try_into().unwrap();
-            let q: [f32; DIM] = q.try_into().unwrap();
-            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let flat: Vec<f32> = rows.concat();
             for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 2];
-                k.wl1_many(&w, &q, &rows, &mut got);
+                k.wl1_many(&w, &q, &flat, &mut got);
                 for (i, r) in rows.iter().enumerate() {
                     let want = scalar::wl1(&w, &q, r);
                     let mag: f32 = w.iter().zip(&q).zip(r).map(|((w, x), y)| (w * (x - y)).abs()).sum();
-                    prop_assert!((got[i] - want).abs() <= 1e-4 * mag.max(1.0), "{} row {i}", k.name());
+                    prop_assert!((got[i] - want).abs() <= 1e-4 * mag.max(1.0), "{} dim {dim} row {i}", k.name());
                 }
                 prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
@@ -601,22 +659,24 @@ mod tests {
 
         #[test]
         fn every_dots_tile_kernel_matches_scalar(
-            qs in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 1..=TILE_PROBES),
-            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..=LANES),
+            (dim, qs, rows) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(prop::collection::vec(-10.0f32..10.0, d), 1..=TILE_PROBES),
+                prop::collection::vec(prop::collection::vec(-10.0f32..10.0, d), 0..=LANES),
+            ))
         ) {
-            let qs: Vec<[f32; DIM]> = qs.into_iter().map(|r| r.try_into().unwrap()).collect();
-            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
-            let mut packed = [f32::NAN; PACKED_GROUP];
-            pack_group(&rows, &mut packed);
+            let mut packed = vec![f32::NAN; dim * LANES];
+            pack_group(&rows.concat(), dim, &mut packed);
+            let flat_qs = qs.concat();
             for k in Kernels::available() {
                 let mut out = [f32::NAN; TILE_PROBES * LANES];
-                k.dots_tile(&qs, &packed, &mut out);
+                k.dots_tile(&flat_qs, &packed, &mut out);
                 for (p, q) in qs.iter().enumerate() {
                     for lane in 0..LANES {
                         let want: f32 = rows.get(lane).map_or(0.0, |r| q.iter().zip(r).map(|(a, b)| a * b).sum());
                         let mag: f32 = rows.get(lane).map_or(0.0, |r| q.iter().zip(r).map(|(a, b)| (a * b).abs()).sum());
                         let got = out[p * LANES + lane];
-                        prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{} p {p} lane {lane}: {got} vs {want}", k.name());
+                        prop_assert!((got - want).abs() <= 1e-4 * mag.max(1.0), "{} dim {dim} p {p} lane {lane}: {got} vs {want}", k.name());
                     }
                 }
             }
@@ -624,20 +684,21 @@ mod tests {
 
         #[test]
         fn every_sq8_kernel_matches_scalar(
-            qm in prop::collection::vec(-2.0f32..2.0, DIM),
-            step in prop::collection::vec(0.0f32..0.02, DIM),
-            codes in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..20),
+            (dim, qm, step, codes) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(-2.0f32..2.0, d),
+                prop::collection::vec(0.0f32..0.02, d),
+                prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..20),
+            ))
         ) {
-            let qm: [f32; DIM] = qm.try_into().unwrap();
-            let step: [f32; DIM] = step.try_into().unwrap();
-            let codes: Vec<[u8; DIM]> = codes.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let flat = codes.concat();
             let mut want = vec![0f32; codes.len()];
-            scalar::sq8_l2_many(&qm, &step, &codes, &mut want);
+            scalar::sq8_l2_many(&qm, &step, &flat, &mut want);
             for k in Kernels::available() {
                 let mut got = vec![f32::NAN; codes.len() + 2];
-                k.sq8_l2_many(&qm, &step, &codes, &mut got);
+                k.sq8_l2_many(&qm, &step, &flat, &mut got);
                 for i in 0..codes.len() {
-                    prop_assert!(close(got[i], want[i]), "{} row {i}: {} vs {}", k.name(), got[i], want[i]);
+                    prop_assert!(close(got[i], want[i]), "{} dim {dim} row {i}: {} vs {}", k.name(), got[i], want[i]);
                 }
                 prop_assert!(got[codes.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
@@ -645,22 +706,22 @@ mod tests {
 
         #[test]
         fn every_u8_dots_kernel_matches_scalar_exactly(
-            ms in prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM), 1..=TILE_PROBES),
-            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..=LANES),
+            (dim, ms, rows) in dims_up_to_max().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d), 1..=TILE_PROBES),
+                prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..=LANES),
+            )),
             extreme in any::<bool>(),
         ) {
-            // Extreme: every weight at ±the limit and every code 255, the largest sums.
-            let ms: Vec<[i32; DIM]> = ms.into_iter().map(|m| {
-                let m: [i32; DIM] = m.try_into().unwrap();
-                if extreme { m.map(|w| if w < 0 { -INT_WEIGHT_MAX } else { INT_WEIGHT_MAX }) } else { m }
+            // Extreme: every weight at ±the dimension's limit and every code 255, the largest sums.
+            let wmax = int_weight_max(dim);
+            let ms: Vec<Vec<i32>> = ms.into_iter().map(|m| {
+                if extreme { m.iter().map(|&w| if w < 0 { -wmax } else { wmax }).collect() } else { m }
             }).collect();
-            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| {
-                let r: [u8; DIM] = r.try_into().unwrap();
-                if extreme { [255; DIM] } else { r }
-            }).collect();
-            let qs: Vec<IntProbe> = ms.iter().map(IntProbe::new).collect();
-            let mut packed = [7u8; PACKED_CODES];
-            pack_codes(&rows, &mut packed);
+            let rows: Vec<Vec<u8>> = rows.into_iter().map(|r| if extreme { vec![255; dim] } else { r }).collect();
+            let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(m)).collect();
+            let mut packed = vec![7u8; dim * LANES];
+            pack_codes(&rows.concat(), dim, &mut packed);
             for k in Kernels::available() {
                 let mut out = [i32::MIN; TILE_PROBES * LANES];
                 k.dots_u8_tile(&qs, &packed, &mut out);
@@ -668,7 +729,7 @@ mod tests {
                     for lane in 0..LANES {
                         // Independent of the byte split: i64 over the original weights.
                         let want: i64 = rows.get(lane).map_or(0, |r| m.iter().zip(r).map(|(&w, &c)| i64::from(w) * i64::from(c)).sum());
-                        prop_assert_eq!(i64::from(out[p * LANES + lane]), want, "{} p {} lane {}", k.name(), p, lane);
+                        prop_assert_eq!(i64::from(out[p * LANES + lane]), want, "{} dim {} p {} lane {}", k.name(), dim, p, lane);
                     }
                 }
                 prop_assert!(out[qs.len() * LANES..].iter().all(|&x| x == i32::MIN), "wrote past the probes");
@@ -677,24 +738,26 @@ mod tests {
 
         #[test]
         fn every_u8_estimate_kernel_matches_scalar_bit_for_bit(
-            ms in prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM), 1..=TILE_PROBES),
-            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..=LANES),
+            (dim, ms, rows) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d), 1..=TILE_PROBES),
+                prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..=LANES),
+            )),
             forms in prop::collection::vec((-100.0f32..100.0, 0.0f32..1e-3, -10.0f32..200.0), TILE_PROBES),
             xn in prop::collection::vec(0.0f32..100.0, LANES),
         ) {
-            let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(&m.clone().try_into().unwrap())).collect();
-            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(m)).collect();
             let forms: Vec<TileForm> = forms.into_iter().map(|(c0, a, bound)| TileForm { c0, alpha2: 2.0 * a, bound }).collect();
             let xn: [f32; LANES] = xn.try_into().unwrap();
-            let mut packed = [0u8; PACKED_CODES];
-            pack_codes(&rows, &mut packed);
+            let mut packed = vec![0u8; dim * LANES];
+            pack_codes(&rows.concat(), dim, &mut packed);
             let mut want = [f32::NAN; TILE_PROBES * LANES];
             let want_masks = scalar::est_u8_tile(&qs, &forms, &xn, &packed, &mut want);
             for k in Kernels::available() {
                 let mut got = [f32::NAN; TILE_PROBES * LANES];
                 let masks = k.est_u8_tile(&qs, &forms, &xn, &packed, &mut got);
                 for i in 0..qs.len() * LANES {
-                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} at {}", k.name(), i);
+                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} dim {} at {}", k.name(), dim, i);
                 }
                 prop_assert_eq!(masks, want_masks, "{}", k.name());
                 prop_assert!(got[qs.len() * LANES..].iter().all(|x| x.is_nan()), "wrote past the probes");
@@ -703,30 +766,33 @@ mod tests {
 
         #[test]
         fn every_u8_row_estimate_kernel_matches_the_tile_kernel_bit_for_bit(
-            m in prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, DIM),
-            rows in prop::collection::vec(prop::collection::vec(0u8..=255, DIM), 0..40),
+            (dim, m, rows) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d),
+                prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..40),
+            )),
             (c0, a) in (-100.0f32..100.0, 0.0f32..1e-3),
             xn in prop::collection::vec(0.0f32..100.0, 40),
         ) {
-            let q = IntProbe::new(&m.try_into().unwrap());
-            let rows: Vec<[u8; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let q = IntProbe::new(&m);
             let form = TileForm { c0, alpha2: 2.0 * a, bound: 0.0 };
             // The reference: the packed tile kernel, sixteen rows at a time.
             let mut want = vec![0f32; rows.len()];
             for (g, chunk) in rows.chunks(LANES).enumerate() {
-                let mut packed = [0u8; PACKED_CODES];
-                pack_codes(chunk, &mut packed);
+                let mut packed = vec![0u8; dim * LANES];
+                pack_codes(&chunk.concat(), dim, &mut packed);
                 let mut x = [0f32; LANES];
                 x[..chunk.len()].copy_from_slice(&xn[g * LANES..g * LANES + chunk.len()]);
                 let mut out = [0f32; TILE_PROBES * LANES];
-                scalar::est_u8_tile(&[q], &[form], &x, &packed, &mut out);
+                scalar::est_u8_tile(std::slice::from_ref(&q), &[form], &x, &packed, &mut out);
                 want[g * LANES..g * LANES + chunk.len()].copy_from_slice(&out[..chunk.len()]);
             }
+            let flat = rows.concat();
             for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 3];
-                k.est_u8_rows(&q, &form, &xn, &rows, &mut got);
+                k.est_u8_rows(&q, &form, &xn, &flat, dim, &mut got);
                 for i in 0..rows.len() {
-                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} row {}", k.name(), i);
+                    prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} dim {} row {}", k.name(), dim, i);
                 }
                 prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
@@ -734,22 +800,40 @@ mod tests {
 
         #[test]
         fn every_many_kernel_matches_scalar(
-            q in prop::collection::vec(-10.0f32..10.0, DIM),
-            rows in prop::collection::vec(prop::collection::vec(-10.0f32..10.0, DIM), 0..40),
+            (dim, q, rows) in dims().prop_flat_map(|d| (
+                Just(d),
+                prop::collection::vec(-10.0f32..10.0, d),
+                prop::collection::vec(prop::collection::vec(-10.0f32..10.0, d), 0..40),
+            ))
         ) {
-            let q: [f32; DIM] = q.try_into().unwrap();
-            let rows: Vec<[f32; DIM]> = rows.into_iter().map(|r| r.try_into().unwrap()).collect();
+            let flat = rows.concat();
             let mut want = vec![0f32; rows.len()];
-            scalar::l2sq_many(&q, &rows, &mut want);
+            scalar::l2sq_many(&q, &flat, &mut want);
             for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 3];
-                k.l2sq_many(&q, &rows, &mut got);
+                k.l2sq_many(&q, &flat, &mut got);
                 for i in 0..rows.len() {
-                    prop_assert!(close(got[i], want[i]), "{} row {i}: {} vs {}", k.name(), got[i], want[i]);
+                    prop_assert!(close(got[i], want[i]), "{} dim {dim} row {i}: {} vs {}", k.name(), got[i], want[i]);
                     prop_assert!(close(got[i], scalar::l2sq(&q, &rows[i])));
                 }
                 prop_assert!(got[rows.len()..].iter().all(|x| x.is_nan()), "wrote past the rows");
             }
         }
+    }
+
+    /// The dimensions the kernel tests run at: the two specialised ones and
+    /// generic ones (the smallest, one with a partial 64-code register, one
+    /// between the specialised sizes).
+    fn dims() -> impl Strategy<Value = usize> {
+        prop::sample::select(vec![16usize, 48, 96, 128, 144, 512])
+    }
+
+    /// As [`dims`], plus the largest dimension (where the integer weights are smallest).
+    fn dims_up_to_max() -> impl Strategy<Value = usize> {
+        prop::sample::select(vec![16usize, 96, 128, 512, 2048])
+    }
+
+    fn int_weight_max(dim: usize) -> i32 {
+        crate::quantizer::int_weight_max(dim)
     }
 }

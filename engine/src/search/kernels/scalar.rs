@@ -1,6 +1,8 @@
 //! Scalar reference kernels: the definition every SIMD kernel is tested against.
+//! One version for every dimension: rows are row-major slices, the dimension
+//! is the probe's length (or a packed group's length over [`super::LANES`]).
 
-use crate::DIM;
+use super::{IntProbe, LANES, TILE_PROBES, TileForm};
 
 /// Squared L2 distance, summed left to right.
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
@@ -8,8 +10,8 @@ pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Squared L2 distance from `q` to every row.
-pub fn l2sq_many(q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-    for (o, r) in out.iter_mut().zip(rows) {
+pub fn l2sq_many(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
         *o = l2sq(q, r);
     }
 }
@@ -24,20 +26,16 @@ pub fn wl1(w: &[f32], a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Weighted L1 from `q` to every row.
-pub fn wl1_many(w: &[f32; DIM], q: &[f32; DIM], rows: &[[f32; DIM]], out: &mut [f32]) {
-    for (o, r) in out.iter_mut().zip(rows) {
+pub fn wl1_many(w: &[f32], q: &[f32], rows: &[f32], out: &mut [f32]) {
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
         *o = wl1(w, q, r);
     }
 }
 
-/// Dot products of a probe tile with a packed row group (see `Kernel::dots_tile`).
-pub fn dots_tile(
-    qs: &[[f32; DIM]],
-    packed: &[f32; super::PACKED_GROUP],
-    out: &mut [f32; super::TILE_PROBES * super::LANES],
-) {
-    use super::LANES;
-    for (p, q) in qs.iter().enumerate() {
+/// Dot products of a probe tile with a packed row group (see `Kernels::dots_tile`).
+pub fn dots_tile(qs: &[f32], packed: &[f32], out: &mut [f32; TILE_PROBES * LANES]) {
+    let dim = packed.len() / LANES;
+    for (p, q) in qs.chunks_exact(dim).enumerate() {
         let mut acc = [0f32; LANES];
         for (d, &qd) in q.iter().enumerate() {
             let col = &packed[d * LANES..d * LANES + LANES];
@@ -51,8 +49,8 @@ pub fn dots_tile(
 
 /// Squared L2 from a probe to 8-bit coded rows: `Σ (qm_d − step_d·code_d)²`
 /// where `qm = q − min` (the quantiser's minimum subtracted once per probe).
-pub fn sq8_l2_many(qm: &[f32; DIM], step: &[f32; DIM], codes: &[[u8; DIM]], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(codes) {
+pub fn sq8_l2_many(qm: &[f32], step: &[f32], codes: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(codes.chunks_exact(qm.len())) {
         *o = qm
             .iter()
             .zip(step)
@@ -65,26 +63,29 @@ pub fn sq8_l2_many(qm: &[f32; DIM], step: &[f32; DIM], codes: &[[u8; DIM]], out:
     }
 }
 
+/// `m·c` of a probe's weights and one row's codes, the weights' high and low
+/// bytes summed apart and combined in `i32`, as every kernel does.
+fn dot_row(q: &IntProbe, code: impl Fn(usize) -> u8, dim: usize) -> i32 {
+    let (mut hi, mut lo) = (0i32, 0i32);
+    for j in 0..dim / 4 {
+        let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
+        for b in 0..4 {
+            let c = i32::from(code(4 * j + b));
+            hi += c * i32::from(h[b].cast_signed());
+            lo += c * i32::from(l[b].cast_signed());
+        }
+    }
+    256 * hi + lo
+}
+
 /// Integer dot products of a probe tile with a packed group of 8-bit codes
 /// (see `Kernel::dots_u8_tile`), summed in `i32`.
-pub fn dots_u8_tile(
-    qs: &[super::IntProbe],
-    packed: &[u8; super::PACKED_CODES],
-    out: &mut [i32; super::TILE_PROBES * super::LANES],
-) {
-    use super::{LANES, QUADS};
+pub fn dots_u8_tile(qs: &[IntProbe], packed: &[u8], out: &mut [i32; TILE_PROBES * LANES]) {
+    let dim = packed.len() / LANES;
     for (p, q) in qs.iter().enumerate() {
         for lane in 0..LANES {
-            let (mut hi, mut lo) = (0i32, 0i32);
-            for j in 0..QUADS {
-                let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
-                for b in 0..4 {
-                    let c = i32::from(packed[64 * j + 4 * lane + b]);
-                    hi += c * i32::from(h[b].cast_signed());
-                    lo += c * i32::from(l[b].cast_signed());
-                }
-            }
-            out[p * LANES + lane] = 256 * hi + lo;
+            let code = |d: usize| packed[64 * (d / 4) + 4 * lane + d % 4];
+            out[p * LANES + lane] = dot_row(q, code, dim);
         }
     }
 }
@@ -94,16 +95,15 @@ pub fn dots_u8_tile(
 /// multiply-add), and per probe the mask of lanes whose estimate is at most
 /// its bound (see `Kernel::est_u8_tile`).
 pub fn est_u8_tile(
-    qs: &[super::IntProbe],
-    forms: &[super::TileForm],
-    xn: &[f32; super::LANES],
-    packed: &[u8; super::PACKED_CODES],
-    out: &mut [f32; super::TILE_PROBES * super::LANES],
-) -> [u16; super::TILE_PROBES] {
-    use super::LANES;
-    let mut dots = [0i32; super::TILE_PROBES * LANES];
+    qs: &[IntProbe],
+    forms: &[TileForm],
+    xn: &[f32; LANES],
+    packed: &[u8],
+    out: &mut [f32; TILE_PROBES * LANES],
+) -> [u16; TILE_PROBES] {
+    let mut dots = [0i32; TILE_PROBES * LANES];
     dots_u8_tile(qs, packed, &mut dots);
-    let mut masks = [0u16; super::TILE_PROBES];
+    let mut masks = [0u16; TILE_PROBES];
     for (p, f) in forms.iter().enumerate().take(qs.len()) {
         for lane in 0..LANES {
             let est = (f.c0 + xn[lane]) - f.alpha2 * dots[p * LANES + lane] as f32;
@@ -116,24 +116,15 @@ pub fn est_u8_tile(
 
 /// Distance estimates of one probe to row-major coded rows, as
 /// [`est_u8_tile`] computes them for packed groups: `out[i] = (c0 + xn[i]) −
-/// alpha2·(m·codes[i] as f32)`, the dot product exact in `i32`.
-pub fn est_u8_rows(
-    q: &super::IntProbe,
-    form: &super::TileForm,
-    xn: &[f32],
-    codes: &[[u8; DIM]],
-    out: &mut [f32],
-) {
-    for ((o, c), &x) in out.iter_mut().zip(codes).zip(xn) {
-        let (mut hi, mut lo) = (0i32, 0i32);
-        for j in 0..super::QUADS {
-            let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
-            for b in 0..4 {
-                let v = i32::from(c[4 * j + b]);
-                hi += v * i32::from(h[b].cast_signed());
-                lo += v * i32::from(l[b].cast_signed());
-            }
-        }
-        *o = (form.c0 + x) - form.alpha2 * (256 * hi + lo) as f32;
+/// alpha2·(m·codes[i] as f32)`, the dot product exact in `i32`. The
+/// dimension is the codes' length over the rows' (`xn`'s).
+pub fn est_u8_rows(q: &IntProbe, form: &TileForm, xn: &[f32], codes: &[u8], out: &mut [f32]) {
+    if xn.is_empty() {
+        return;
+    }
+    let dim = codes.len() / xn.len();
+    for ((o, c), &x) in out.iter_mut().zip(codes.chunks_exact(dim)).zip(xn) {
+        let dot = dot_row(q, |d| c[d], dim);
+        *o = (form.c0 + x) - form.alpha2 * dot as f32;
     }
 }

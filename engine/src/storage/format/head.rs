@@ -1,18 +1,20 @@
 //! The head file (`HEAD`): layout, encoder and decoder. No I/O.
 //!
-//! # Head file (`HEAD`), versions 1 to 3
+//! # Head file (`HEAD`), versions 1 to 4
 //!
 //! The gallery's learned scoring head and its calibration, replaced atomically.
 //! Versions 1 and 2 are the fixed 668 bytes below; version 3 keeps bytes
 //! 0..664 and puts the calibration it adds (the extension) between them and
-//! the CRC, which then covers the whole file.
+//! the CRC, which then covers the whole file. Version 4 holds one weight per
+//! dimension of the gallery, after the extension: its bytes 16..528 are
+//! zero, and the weights are `D` u32 then `D` × f32 right before the CRC.
 //!
 //! | offset | size | type | meaning |
 //! |---|---|---|---|
 //! | 0 | 8 | `[u8; 8]` | magic `89 56 48 44 0D 0A 1A 0A` (`\x89VHD\r\n\x1a\n`) |
 //! | 8 | 4 | u32 | format version (1) |
 //! | 12 | 4 | u32 | flags: bit 0 head trained, bit 1 distance threshold calibrated |
-//! | 16 | 512 | 128 × f32 | weights `w_k` |
+//! | 16 | 512 | 128 × f32 | weights `w_k` (version 4: zero, see above) |
 //! | 528 | 4 | f32 | bias `β` |
 //! | 532 | 4 | f32 | decision threshold on the logit `Σ w_k·|a_k − b_k| + β` |
 //! | 536 | 4 | f32 | decision threshold on the squared L2 distance |
@@ -42,6 +44,8 @@
 //! | 2 × … | | open-set model of the head's logit, then of the distance: subjects at calibration u64, trusted up to u64, count `k` u32, then `k` × (subjects u64, threshold f32, FPIR at the fixed threshold f32), subjects strictly ascending (`k` = 0: none) |
 //! | 2 × … | | DET curve of the head, then of the distance, on held-out pairs: count u32, then (FAR f32, FRR f32) each in [0, 1] |
 //! | 2 × 2 × 4 | f32 | operating points (FAR, FRR) of the head and of the distance at their thresholds (NaN: none) |
+//! | 4 | u32 | version 4: `D`, the weights' count (the gallery's dimension) |
+//! | D × 4 | f32 | version 4: weights `w_k` |
 //! | 4 | u32 | crc32 of everything before it |
 //!
 //! The 1:1 thresholds (verification) are set on held-out impostor *pairs*;
@@ -50,9 +54,10 @@
 //! threshold for any size (see `head::subjects`).
 
 use super::{
-    Cursor, FORMAT_VERSION, VECTOR_BYTES, check_version, get_u32, get_u64, put_u32, put_u64,
+    Cursor, FORMAT_VERSION, check_version, check_zero, get_u32, get_u64, put_u32, put_u64,
 };
 use crate::DIM;
+use crate::api::GallerySpec;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -61,7 +66,7 @@ pub const HEAD_MAGIC: [u8; 8] = *b"\x89VHD\r\n\x1a\n";
 /// Length of a version-1 or -2 head file (version 3 is longer).
 pub const HEAD_LEN: usize = 668;
 const HEAD_WEIGHTS_OFF: usize = 16;
-const HEAD_BIAS_OFF: usize = HEAD_WEIGHTS_OFF + VECTOR_BYTES;
+const HEAD_BIAS_OFF: usize = HEAD_WEIGHTS_OFF + DIM * size_of::<f32>();
 const HEAD_STATS_OFF: usize = HEAD_BIAS_OFF + 4 * size_of::<f32>();
 const HEAD_COUNTS_OFF: usize = HEAD_STATS_OFF + 7 * size_of::<f64>();
 const HEAD_OPEN_OFF: usize = HEAD_COUNTS_OFF + 4 * size_of::<u64>();
@@ -75,7 +80,7 @@ const _: () = assert!(HEAD_CRC_OFF + 4 == HEAD_LEN);
 pub struct HeadData {
     /// Bit 0: head trained; bit 1: distance threshold calibrated.
     pub flags: u32,
-    /// Weights.
+    /// Weights, one per dimension of the gallery.
     pub weights: Vec<f32>,
     /// Weight of the squared distance.
     pub distance_weight: f32,
@@ -295,9 +300,6 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
     b[..8].copy_from_slice(&HEAD_MAGIC);
     put_u32(&mut b, 8, FORMAT_VERSION);
     put_u32(&mut b, 12, h.flags);
-    for (i, w) in h.weights.iter().take(DIM).enumerate() {
-        b[HEAD_WEIGHTS_OFF + 4 * i..HEAD_WEIGHTS_OFF + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
-    }
     for (i, v) in [
         h.bias,
         h.logit_threshold,
@@ -324,6 +326,12 @@ pub fn encode_head(h: &HeadData) -> Vec<u8> {
     put_u64(&mut b, HEAD_OPEN_OFF + 24, h.open_probes);
     b.truncate(HEAD_CRC_OFF);
     encode_ext(&mut b, &h.ext.clone().unwrap_or_default());
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "one weight per dimension: at most 2,048"
+    )]
+    b.extend_from_slice(&(h.weights.len() as u32).to_le_bytes());
+    put_f32s(&mut b, &h.weights);
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
@@ -373,7 +381,14 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
     }
     check_version(path, version)?;
     let f32_at = |at: usize| f32::from_bits(get_u32(b, at));
-    let weights: Vec<f32> = (0..DIM).map(|i| f32_at(HEAD_WEIGHTS_OFF + 4 * i)).collect();
+    // Up to version 3, the 128 weights of a 128-value gallery at offset 16;
+    // from version 4 at the end, and zeros here.
+    let weights: Vec<f32> = if version >= 4 {
+        check_zero(path, b, HEAD_WEIGHTS_OFF..HEAD_BIAS_OFF)?;
+        Vec::new()
+    } else {
+        (0..DIM).map(|i| f32_at(HEAD_WEIGHTS_OFF + 4 * i)).collect()
+    };
     let h = HeadData {
         flags: get_u32(b, 12),
         weights,
@@ -397,6 +412,20 @@ pub fn decode_head(path: &Path, b: &[u8]) -> Result<HeadData> {
             base: 0,
         };
         h.ext = Some(decode_ext(&mut c)?);
+        if version >= 4 {
+            let at = c.at;
+            let dim = c.count(4)?;
+            if let Some(why) = GallerySpec::with_dim(dim).problem() {
+                return Err(Error::corrupt(
+                    path,
+                    at as u64,
+                    format!("head weights: {why}"),
+                ));
+            }
+            for _ in 0..dim {
+                h.weights.push(c.f32()?);
+            }
+        }
         c.finish()?;
     }
     // The weights, distance weight and bias must be finite (an infinite weight
@@ -458,6 +487,12 @@ mod tests {
         };
         let b = encode_head(&h);
         assert_eq!(&b[664..672], &0.25f64.to_le_bytes());
+        // Version 4: the weights at the end, after their count; zeros at 16..528.
+        assert_eq!(&b[8..12], &FORMAT_VERSION.to_le_bytes());
+        assert!(b[16..528].iter().all(|&x| x == 0));
+        let tail = b.len() - 4 - 4 * DIM - 4;
+        assert_eq!(&b[tail..tail + 4], &128u32.to_le_bytes());
+        assert_eq!(&b[tail + 8..tail + 12], &(-0.1f32).to_le_bytes());
         assert_eq!(&b[..8], b"\x89VHD\r\n\x1a\n");
         assert_eq!(&b[528..532], &2.5f32.to_le_bytes());
         assert_eq!(&b[544..552], &1e-3f64.to_le_bytes());
@@ -476,9 +511,13 @@ mod tests {
             reseal(&mut c);
             assert!(decode_head(Path::new("h"), &c).is_err(), "cut at {cut}");
         }
-        // A version-2 file: the same first 664 bytes, its CRC right after.
+        // A version-2 file: the same first 664 bytes with the weights at 16,
+        // its CRC right after.
         let mut v2 = b[..HEAD_CRC_OFF + 4].to_vec();
         v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        for (i, w) in h.weights.iter().enumerate() {
+            v2[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_le_bytes());
+        }
         reseal(&mut v2);
         let old = decode_head(Path::new("h"), &v2).unwrap();
         assert_eq!(old.ext, None);
@@ -489,10 +528,25 @@ mod tests {
             },
             h
         );
+        // A head of 512 weights round-trips; a weight count no gallery has is corruption.
+        let wide = HeadData {
+            weights: (0..512).map(|i| i as f32 / 512.0).collect(),
+            ..h.clone()
+        };
+        assert_eq!(
+            decode_head(Path::new("h"), &encode_head(&wide)).unwrap(),
+            wide
+        );
+        let odd = HeadData {
+            weights: vec![0.5; 100],
+            ..h.clone()
+        };
+        assert!(decode_head(Path::new("h"), &encode_head(&odd)).is_err());
         // Found by the `head` target's checks: an infinite weight under a valid
         // CRC was accepted, and a probe equal to a stored vector then scored
         // inf × 0, a NaN probability.
-        for at in [HEAD_WEIGHTS_OFF, HEAD_BIAS_OFF, HEAD_BIAS_OFF + 12] {
+        let first_weight = b.len() - 4 - 4 * DIM;
+        for at in [first_weight, HEAD_BIAS_OFF, HEAD_BIAS_OFF + 12] {
             let mut c = b.clone();
             c[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
             reseal(&mut c);

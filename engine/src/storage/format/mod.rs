@@ -53,7 +53,8 @@
 //!   records (in bytes 24..28, reserved until version 3); the head file records
 //!   its dimension and holds one weight per dimension. Segments already
 //!   recorded their dimension: their layout is unchanged. Files of versions 1
-//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`).
+//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`;
+//!   `format-v4` is this version's).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -70,8 +71,8 @@ pub use manifest::{
     MANIFEST_MAGIC, ManifestData, ManifestSegment, decode_manifest, encode_manifest,
 };
 pub use segment::{
-    SECTION_COUNT, SECTION_SLOTS, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SQ8_PARAMS_BYTES, Section,
-    SectionEntry, SegmentHeader, sections_in,
+    SECTION_COUNT, SECTION_SLOTS, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, Section, SectionEntry,
+    SegmentHeader, sections_in, sq8_params_bytes,
 };
 pub use wal::{
     Frame, KIND_DELETE, KIND_INSERT, MAX_DELETE_IDS, MAX_RECORD_LEN, RECORD_FRAME_LEN,
@@ -79,7 +80,6 @@ pub use wal::{
     encode_insert, encode_wal_header, frame_header, frame_record, read_frame, record_crc,
 };
 
-use crate::DIM;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -88,8 +88,6 @@ pub const FORMAT_VERSION: u32 = 4;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
-/// Bytes in one stored vector.
-pub const VECTOR_BYTES: usize = DIM * size_of::<f32>();
 /// Every section starts at a multiple of this.
 pub const SECTION_ALIGN: u64 = 64;
 /// Longest subject in bytes.

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | 0 | 8 | `[u8; 8]` | magic `89 56 53 47 0D 0A 1A 0A` (`\x89VSG\r\n\x1a\n`) |
 //! | 8 | 4 | u32 | format version (1) |
-//! | 12 | 4 | u32 | dimension (128) |
+//! | 12 | 4 | u32 | dimension `D` (128 up to version 3; from version 4 a multiple of 16 from 16 to 2,048, the gallery's) |
 //! | 16 | 8 | u64 | rows |
 //! | 24 | 8 | u64 | distinct subjects |
 //! | 32 | 8 | u64 | segment file number |
@@ -21,7 +21,7 @@
 //!
 //! | slot | name | length | contents |
 //! |---|---|---|---|
-//! | 0 | vectors | rows × 512 | row-major `[f32; 128]` |
+//! | 0 | vectors | rows × 4·D | row-major `[f32; D]` |
 //! | 1 | ids | rows × 8 | u64 id of each row |
 //! | 2 | subject_ords | rows × 4 | u32 ordinal of each row's subject in the subject table |
 //! | 3 | norms | rows × 4 | f32 squared L2 norm of each row |
@@ -31,18 +31,17 @@
 //! | 7 | subject_bytes | Σ | UTF-8 subject strings, in ascending byte order, concatenated |
 //! | 8 | posting_offsets | (subjects + 1) × 4 | u32 start of each subject's rows in `posting_rows`, then `rows` |
 //! | 9 | posting_rows | rows × 4 | u32 rows grouped by subject ordinal, ascending within a subject |
-//! | 10 | sq8_params | 1024 | version 2: f32 minimum of each dimension, then f32 step of each dimension |
-//! | 11 | sq8_codes | rows × 128 | version 2: u8 code per value, `x ≈ min + step·code` (round to nearest, clamped) |
+//! | 10 | sq8_params | 8·D | version 2: f32 minimum of each dimension, then f32 step of each dimension |
+//! | 11 | sq8_codes | rows × D | version 2: u8 code per value, `x ≈ min + step·code` (round to nearest, clamped) |
 //!
 //! A segment holds each id at most once. Sections 1–9 are verified against their
 //! CRC at every open (they are small); the vector section on request
 //! ([`crate::VerifyChecksums::Full`]), because reading 512 MB per million rows
 //! would make open O(n).
 
-use super::{
-    SECTION_ALIGN, VECTOR_BYTES, check_version, check_zero, get_u32, get_u64, put_u32, put_u64,
-};
+use super::{SECTION_ALIGN, check_version, check_zero, get_u32, get_u64, put_u32, put_u64};
 use crate::DIM;
+use crate::api::GallerySpec;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -110,8 +109,11 @@ pub fn sections_in(version: u32) -> usize {
     if version >= 2 { 12 } else { 10 }
 }
 
-/// Bytes of the scalar-quantiser parameters: per dimension a minimum and a step (f32 each).
-pub const SQ8_PARAMS_BYTES: u64 = 2 * DIM as u64 * 4;
+/// Bytes of the scalar-quantiser parameters at dimension `dim`: per dimension
+/// a minimum and a step (f32 each).
+pub fn sq8_params_bytes(dim: u64) -> u64 {
+    2 * dim * 4
+}
 
 impl Section {
     /// All sections in slot order.
@@ -148,11 +150,11 @@ impl Section {
         }
     }
 
-    /// Expected length in bytes for a segment of `rows` rows and `subjects` subjects;
-    /// `None` for the variable-length subject bytes.
-    pub fn expected_len(self, rows: u64, subjects: u64) -> Option<u64> {
+    /// Expected length in bytes for a segment of `rows` rows of `dim` values
+    /// and `subjects` subjects; `None` for the variable-length subject bytes.
+    pub fn expected_len(self, rows: u64, subjects: u64, dim: u64) -> Option<u64> {
         Some(match self {
-            Section::Vectors => rows.checked_mul(VECTOR_BYTES as u64)?,
+            Section::Vectors => rows.checked_mul(dim)?.checked_mul(4)?,
             Section::Ids | Section::SortedIds => rows.checked_mul(8)?,
             Section::SubjectOrds | Section::Norms | Section::SortedRows | Section::PostingRows => {
                 rows.checked_mul(4)?
@@ -160,8 +162,8 @@ impl Section {
             Section::SubjectOffsets => subjects.checked_add(1)?.checked_mul(8)?,
             Section::PostingOffsets => subjects.checked_add(1)?.checked_mul(4)?,
             Section::SubjectBytes => return None,
-            Section::Sq8Params => SQ8_PARAMS_BYTES,
-            Section::Sq8Codes => rows.checked_mul(DIM as u64)?,
+            Section::Sq8Params => sq8_params_bytes(dim),
+            Section::Sq8Codes => rows.checked_mul(dim)?,
         })
     }
 }
@@ -182,6 +184,8 @@ pub struct SectionEntry {
 pub struct SegmentHeader {
     /// Format version.
     pub version: u32,
+    /// Values per vector.
+    pub dim: u32,
     /// Rows.
     pub rows: u64,
     /// Distinct subjects.
@@ -198,8 +202,7 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[SEG_MAGIC_OFF..SEG_MAGIC_OFF + 8].copy_from_slice(&SEGMENT_MAGIC);
         put_u32(&mut b, SEG_VERSION_OFF, self.version);
-        #[allow(clippy::cast_possible_truncation, reason = "DIM is 128")]
-        put_u32(&mut b, SEG_DIM_OFF, DIM as u32);
+        put_u32(&mut b, SEG_DIM_OFF, self.dim);
         put_u64(&mut b, SEG_ROWS_OFF, self.rows);
         put_u64(&mut b, SEG_SUBJECTS_OFF, self.subjects);
         put_u64(&mut b, SEG_FILE_NO_OFF, self.file_no);
@@ -255,11 +258,17 @@ impl SegmentHeader {
         }
         check_version(path, version)?;
         let dim = get_u32(b, SEG_DIM_OFF);
-        if usize::try_from(dim) != Ok(DIM) {
+        // Up to version 3 every gallery was of 128 values.
+        let valid = if version >= 4 {
+            GallerySpec::with_dim(dim as usize).problem().is_none()
+        } else {
+            dim as usize == DIM
+        };
+        if !valid {
             return Err(Error::corrupt(
                 path,
                 SEG_DIM_OFF as u64,
-                format!("dimension {dim}, expected {DIM}"),
+                format!("dimension {dim} is not one a version-{version} segment can have"),
             ));
         }
         let rows = get_u64(b, SEG_ROWS_OFF);
@@ -324,7 +333,7 @@ impl SegmentHeader {
                     ),
                 ));
             }
-            if let Some(want) = sec.expected_len(rows, subjects)
+            if let Some(want) = sec.expected_len(rows, subjects, u64::from(dim))
                 && want != e.len
             {
                 return Err(Error::corrupt(
@@ -341,6 +350,7 @@ impl SegmentHeader {
         }
         Ok(SegmentHeader {
             version,
+            dim,
             rows,
             subjects,
             file_no: get_u64(b, SEG_FILE_NO_OFF),
@@ -356,23 +366,26 @@ mod tests {
 
     /// The section table of a segment with no rows: each section at its own
     /// aligned offset after the header, with the length its counts imply.
-    fn empty_sections() -> [SectionEntry; SECTION_COUNT] {
+    fn empty_sections(dim: u64) -> [SectionEntry; SECTION_COUNT] {
         let mut sections = [SectionEntry::default(); SECTION_COUNT];
+        let mut at = 512;
         for (i, s) in sections.iter_mut().enumerate() {
-            s.offset = 512 + 64 * i as u64;
-            s.len = Section::ALL[i].expected_len(0, 0).unwrap_or(0);
+            s.offset = at;
+            s.len = Section::ALL[i].expected_len(0, 0, dim).unwrap_or(0);
+            at = super::super::align_up(at + s.len.max(1));
         }
         sections
     }
 
     #[test]
     fn segment_header_golden_bytes() {
-        let mut sections = empty_sections();
+        let mut sections = empty_sections(128);
         for (i, s) in sections.iter_mut().enumerate() {
             s.crc = u32::try_from(i).unwrap();
         }
         let h = SegmentHeader {
             version: 2,
+            dim: 128,
             rows: 0,
             subjects: 0,
             file_no: 0x0102,
@@ -390,16 +403,38 @@ mod tests {
         assert_eq!(&b[508..512], &crc32fast::hash(&b[..508]).to_le_bytes());
         let back = SegmentHeader::decode(Path::new("x"), &b, 4096).unwrap();
         assert_eq!(back, h);
+        // Version 4 records any dimension the gallery may have; older versions only 128.
+        let sections = empty_sections(512);
+        let v4 = SegmentHeader {
+            version: 4,
+            dim: 512,
+            sections,
+            ..h.clone()
+        };
+        let b = v4.encode();
+        assert_eq!(&b[12..16], &[0, 2, 0, 0]);
+        assert_eq!(SegmentHeader::decode(Path::new("x"), &b, 8192).unwrap(), v4);
+        for (version, dim) in [(3, 512), (4, 100), (4, 4096), (4, 0)] {
+            let bad = SegmentHeader {
+                version,
+                dim,
+                sections: empty_sections(u64::from(dim)),
+                ..h.clone()
+            };
+            let err = SegmentHeader::decode(Path::new("x"), &bad.encode(), 1 << 20).unwrap_err();
+            assert!(err.to_string().contains("dimension"), "{err}");
+        }
     }
 
     /// The encoded header of an empty version-1 segment (file 1).
     fn empty_v1_header() -> [u8; SEGMENT_HEADER_LEN] {
         SegmentHeader {
             version: 1,
+            dim: 128,
             rows: 0,
             subjects: 0,
             file_no: 1,
-            sections: empty_sections(),
+            sections: empty_sections(128),
         }
         .encode()
     }

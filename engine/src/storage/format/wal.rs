@@ -1,6 +1,6 @@
 //! WAL files (`.log`): the header, record framing, insert and delete records. No I/O.
 //!
-//! # WAL file (`.log`), version 1
+//! # WAL file (`.log`), version 4 (1 to 3: bytes 24..28 reserved, 0, and records of 128 values)
 //!
 //! | offset | size | type | meaning |
 //! |---|---|---|---|
@@ -8,7 +8,7 @@
 //! | 8 | 4 | u32 | format version (1) |
 //! | 12 | 4 | u32 | salt: random seed of every record CRC in this file |
 //! | 16 | 8 | u64 | WAL file number |
-//! | 24 | 4 | u32 | reserved, 0 |
+//! | 24 | 4 | u32 | dimension `D` of every vector in the file (the gallery's) |
 //! | 28 | 4 | u32 | crc32 of bytes 0..28 |
 //!
 //! Then records, each one whole batch (applied entirely or not at all):
@@ -20,7 +20,7 @@
 //! | n | payload | kind u8, then the body |
 //!
 //! Kind 1, insert (upsert): count u32, then per embedding id u64, subject
-//! length u16, subject bytes, 128 × f32. Kind 2, delete: count u32, then count × id u64
+//! length u16, subject bytes, D × f32. Kind 2, delete: count u32, then count × id u64
 //! (deletes by subject are logged as the ids they resolved to).
 //!
 //! The salt means a stale record left in a reused or preallocated file can never
@@ -30,10 +30,10 @@
 //! or a bad record in an older WAL file, is corruption and an error.
 
 use super::{
-    Cursor, FORMAT_VERSION, VECTOR_BYTES, check_version, check_zero, get_u32, get_u64, put_u32,
-    put_u64, subject_problem,
+    Cursor, FORMAT_VERSION, check_version, check_zero, get_u32, get_u64, put_u32, put_u64,
+    subject_problem,
 };
-use crate::DIM;
+use crate::api::GallerySpec;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -56,20 +56,21 @@ pub const WAL_HEADER_LEN: usize = 32;
 /// Length of a WAL record's frame (length + CRC).
 pub const RECORD_FRAME_LEN: usize = 8;
 
-/// Encode a WAL file header.
-pub fn encode_wal_header(salt: u32, file_no: u64) -> [u8; WAL_HEADER_LEN] {
+/// Encode a WAL file header for records of `dim` values a vector.
+pub fn encode_wal_header(salt: u32, file_no: u64, dim: u32) -> [u8; WAL_HEADER_LEN] {
     let mut b = [0u8; WAL_HEADER_LEN];
     b[..8].copy_from_slice(&WAL_MAGIC);
     put_u32(&mut b, 8, FORMAT_VERSION);
     put_u32(&mut b, 12, salt);
     put_u64(&mut b, 16, file_no);
+    put_u32(&mut b, 24, dim);
     let crc = crc32fast::hash(&b[..28]);
     put_u32(&mut b, 28, crc);
     b
 }
 
-/// Decode a WAL file header; returns `(salt, file number)`.
-pub fn decode_wal_header(path: &Path, b: &[u8]) -> Result<(u32, u64)> {
+/// Decode a WAL file header; returns `(salt, file number, dimension)`.
+pub fn decode_wal_header(path: &Path, b: &[u8]) -> Result<(u32, u64, u32)> {
     if b.len() < WAL_HEADER_LEN {
         return Err(Error::corrupt(
             path,
@@ -96,8 +97,18 @@ pub fn decode_wal_header(path: &Path, b: &[u8]) -> Result<(u32, u64)> {
     }
     let version = get_u32(b, 8);
     check_version(path, version)?;
-    check_zero(path, b, 24..28)?;
-    Ok((get_u32(b, 12), get_u64(b, 16)))
+    // Up to version 3 the field was reserved and every vector had 128 values.
+    let dim = if version >= 4 {
+        let dim = get_u32(b, 24);
+        if let Some(why) = GallerySpec::with_dim(dim as usize).problem() {
+            return Err(Error::corrupt(path, 24, why));
+        }
+        dim
+    } else {
+        check_zero(path, b, 24..28)?;
+        128
+    };
+    Ok((get_u32(b, 12), get_u64(b, 16), dim))
 }
 
 /// CRC of a record: seeded with the file's salt, over the length field and payload.
@@ -200,7 +211,7 @@ pub struct WalEmbedding {
     /// Subject.
     pub subject: String,
     /// Vector.
-    pub vector: [f32; DIM],
+    pub vector: Vec<f32>,
 }
 
 /// A decoded WAL record.
@@ -214,7 +225,7 @@ pub enum WalOp {
 
 /// Encode an insert payload.
 pub fn encode_insert<'a>(
-    items: impl ExactSizeIterator<Item = (u64, &'a str, &'a [f32; DIM])>,
+    items: impl ExactSizeIterator<Item = (u64, &'a str, &'a [f32])>,
     out: &mut Vec<u8>,
 ) {
     out.push(KIND_INSERT);
@@ -249,13 +260,15 @@ pub fn encode_delete(ids: &[u64], out: &mut Vec<u8>) {
     }
 }
 
-/// Decode a record payload; `offset` is the payload's position in `path`, for errors.
+/// Decode a record payload of a file of `dim` values a vector; `offset` is
+/// the payload's position in `path`, for errors.
 ///
 /// A record holds only what the write path accepts: an insert's subjects pass
 /// [`subject_problem`], its values are finite and its ids distinct. A record
 /// that passes its CRC but breaks these rules is corruption, refused here
 /// rather than carried into the memtable and the next segment.
-pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
+pub fn decode_op(path: &Path, offset: u64, payload: &[u8], dim: usize) -> Result<WalOp> {
+    let vector_bytes = 4 * dim;
     let mut c = Cursor {
         buf: payload,
         at: 0,
@@ -266,8 +279,8 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
     let count = c.u32()? as usize;
     match kind {
         KIND_INSERT => {
-            // Each embedding takes at least 8 + 2 + 512 bytes: bound the allocation by the payload.
-            if count > payload.len() / (10 + VECTOR_BYTES) {
+            // Each embedding takes at least 8 + 2 + 4·dim bytes: bound the allocation by the payload.
+            if count > payload.len() / (10 + vector_bytes) {
                 return Err(c.err(format!(
                     "insert record claims {count} embeddings in {} bytes",
                     payload.len()
@@ -288,9 +301,9 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
                         format!("embedding {i}: subject {why}"),
                     ));
                 }
-                let mut vector = [0f32; DIM];
+                let mut vector = vec![0f32; dim];
                 let at = c.at;
-                let raw = c.take(VECTOR_BYTES)?;
+                let raw = c.take(vector_bytes)?;
                 for (dst, src) in vector.iter_mut().zip(raw.chunks_exact(4)) {
                     *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
                 }
@@ -344,18 +357,20 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8]) -> Result<WalOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DIM;
     use crate::storage::format::test_support::reseal;
 
     #[test]
     fn wal_header_and_records_round_trip() {
-        let h = encode_wal_header(0xdead_beef, 7);
+        let h = encode_wal_header(0xdead_beef, 7, 512);
         assert_eq!(
             decode_wal_header(Path::new("w"), &h).unwrap(),
-            (0xdead_beef, 7)
+            (0xdead_beef, 7, 512)
         );
-        let v = [0.5f32; DIM];
+        assert_eq!(&h[24..28], &[0, 2, 0, 0]);
+        let v = vec![0.5f32; 512];
         let mut payload = Vec::new();
-        encode_insert([(9u64, "emp-1", &v)].into_iter(), &mut payload);
+        encode_insert([(9u64, "emp-1", &v[..])].into_iter(), &mut payload);
         let mut file = Vec::new();
         frame_record(0xdead_beef, &payload, &mut file);
         let mut del = Vec::new();
@@ -365,13 +380,15 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            decode_op(Path::new("w"), 8, p).unwrap(),
+            decode_op(Path::new("w"), 8, p, 512).unwrap(),
             WalOp::Insert(vec![WalEmbedding {
                 id: 9,
                 subject: "emp-1".into(),
                 vector: v
             }])
         );
+        // Read at another dimension, the record does not parse.
+        assert!(decode_op(Path::new("w"), 8, p, 128).is_err());
         let Frame::Record {
             payload: p,
             next: end,
@@ -380,7 +397,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            decode_op(Path::new("w"), 0, p).unwrap(),
+            decode_op(Path::new("w"), 0, p, 512).unwrap(),
             WalOp::Delete(vec![1, 2, 3])
         );
         assert_eq!(read_frame(0xdead_beef, &file, end), Frame::End);
@@ -406,23 +423,31 @@ mod tests {
     /// bytes under a valid CRC, so an accepted file did not re-encode to itself.
     #[test]
     fn reserved_bytes_must_be_zero_even_under_a_valid_crc() {
-        let w = encode_wal_header(1, 2);
+        // Version 3 and before: bytes 24..28 reserved, the dimension 128.
+        let mut w = encode_wal_header(1, 2, 0);
+        w[8] = 3;
+        reseal(&mut w);
+        assert_eq!(decode_wal_header(Path::new("w"), &w).unwrap(), (1, 2, 128));
         let mut bad = w;
         bad[25] = 1;
         reseal(&mut bad);
-        assert!(decode_wal_header(Path::new("w"), &w).is_ok());
         assert!(decode_wal_header(Path::new("w"), &bad).is_err());
+        // Version 4: a dimension no gallery can have is corruption.
+        for dim in [0, 100, 4096] {
+            let b = encode_wal_header(1, 2, dim);
+            assert!(decode_wal_header(Path::new("w"), &b).is_err(), "{dim}");
+        }
     }
 
     #[test]
     fn decode_op_rejects_garbage_without_panicking() {
         let mut payload = Vec::new();
-        encode_insert([(1u64, "a", &[1.0; DIM])].into_iter(), &mut payload);
+        encode_insert([(1u64, "a", &[1.0; DIM][..])].into_iter(), &mut payload);
         for cut in 0..payload.len() {
-            assert!(decode_op(Path::new("w"), 0, &payload[..cut]).is_err());
+            assert!(decode_op(Path::new("w"), 0, &payload[..cut], DIM).is_err());
         }
         let mut huge = vec![KIND_INSERT];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_op(Path::new("w"), 0, &huge).is_err());
+        assert!(decode_op(Path::new("w"), 0, &huge, DIM).is_err());
     }
 }
