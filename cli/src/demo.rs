@@ -18,12 +18,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 use visage_engine::synth::{Probe, SynthGallery};
 use visage_engine::{
-    Engine, EngineOptions, Gallery, GalleryStats, IdentifyOptions, MAX_PROBES, TrainOptions,
-    VerifyOptions, VerifyPair, VerifyTarget,
+    DIM, Engine, EngineOptions, Gallery, GallerySpec, GalleryStats, IdentifyOptions, Limits,
+    TrainOptions, VerifyOptions, VerifyPair, VerifyTarget,
 };
 use visage_server::convert::head_out;
 
-/// Embeddings per durable insert.
+/// Embeddings per durable insert (fewer for large vectors: the gallery's
+/// limit, `Limits::for_dim`).
 const ENROL_BATCH: usize = 10_000;
 /// Candidates per probe.
 const K: usize = 5;
@@ -40,6 +41,9 @@ pub struct DemoArgs {
     /// Seed of the data and of the head's pair sampling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Values per vector: a multiple of 16 from 16 to 2048.
+    #[arg(long, default_value_t = DIM)]
+    dim: usize,
     /// Pairs drawn to train and calibrate the head (the engine's default).
     #[arg(long, default_value_t = TrainOptions::default().max_pairs)]
     max_pairs: usize,
@@ -139,11 +143,11 @@ fn stats_json(s: &GalleryStats) -> Value {
     })
 }
 
-/// Identify in batches of at most `MAX_PROBES` with the head (or the
-/// gallery's calibrated decision).
+/// Identify in batches of at most the gallery's probe limit with the head
+/// (or the gallery's calibrated decision).
 fn identify_head(g: &Gallery, vs: &[&[f32]]) -> Res<Vec<Answer>> {
     let mut out = Vec::with_capacity(vs.len());
-    for chunk in vs.chunks(MAX_PROBES) {
+    for chunk in vs.chunks(Limits::for_dim(g.dim()).probes) {
         let opts = IdentifyOptions {
             k: K,
             ..IdentifyOptions::default()
@@ -162,7 +166,7 @@ fn identify_head(g: &Gallery, vs: &[&[f32]]) -> Res<Vec<Answer>> {
 /// Identify by exact distance, known iff the best is within `threshold`.
 fn identify_distance(g: &Gallery, vs: &[&[f32]], threshold: f32) -> Res<Vec<Answer>> {
     let mut out = Vec::with_capacity(vs.len());
-    for chunk in vs.chunks(MAX_PROBES) {
+    for chunk in vs.chunks(Limits::for_dim(g.dim()).probes) {
         for cands in g.identify(chunk, K)? {
             let best = cands.first();
             let known = best.is_some_and(|b| b.distance <= threshold);
@@ -206,7 +210,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
 
     // Data.
     let t = Instant::now();
-    let cfg = config(a.subjects, a.seed, a.isotropic);
+    let cfg = config(a.subjects, a.seed, a.isotropic, a.dim)?;
     let data = SynthGallery::generate(cfg);
     let ps = probes(&data, a.probes);
     let generate_s = secs(t);
@@ -223,7 +227,8 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
         }
     };
     let engine = Engine::open(&root, EngineOptions::default())?;
-    let g = engine.create_gallery("demo")?;
+    let g = engine.create_gallery_with("demo", &GallerySpec::with_dim(a.dim))?;
+    let enrol_batch = ENROL_BATCH.min(Limits::for_dim(a.dim).insert_batch);
     say(format!(
         "visage demo: embedded engine in {}{}",
         root.display(),
@@ -234,9 +239,10 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
         }
     ));
     say(format!(
-        "data:     {} subjects, {} embeddings ({}-{} images each, {} nuisance, seed {}), generated in {generate_s:.2} s",
+        "data:     {} subjects, {} embeddings of {} values ({}-{} images each, {} nuisance, seed {}), generated in {generate_s:.2} s",
         count(a.subjects as u64),
         count(n as u64),
+        a.dim,
         cfg.min_images,
         cfg.max_images,
         nuisance_name(cfg.nuisance),
@@ -252,7 +258,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     // Enrol.
     let t = Instant::now();
     let mut batches = 0;
-    for chunk in data.embeddings.chunks(ENROL_BATCH) {
+    for chunk in data.embeddings.chunks(enrol_batch) {
         g.insert(chunk)?;
         batches += 1;
     }
@@ -260,7 +266,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
     say(format!(
         "enrol:    {} embeddings in {batches} durable batches of up to {}: {enrol_s:.2} s ({} embeddings/s)",
         count(n as u64),
-        count(ENROL_BATCH as u64),
+        count(enrol_batch as u64),
         rate(n, enrol_s)
     ));
     // The rows are in the WAL and memtable; write them to a segment, as the
@@ -484,7 +490,7 @@ pub fn run(a: DemoArgs, json: bool) -> Res {
                 "subjects": a.subjects, "embeddings": n, "probes": ps.len(),
                 "enrolled_probes": known_probes, "stranger_probes": ps.len() - known_probes,
                 "seed": a.seed, "nuisance": nuisance_name(cfg.nuisance),
-                "max_pairs": a.max_pairs, "k": K, "enrol_batch": ENROL_BATCH,
+                "max_pairs": a.max_pairs, "k": K, "enrol_batch": enrol_batch, "dim": a.dim,
             },
             "enrol": {
                 "embeddings": n, "batches": batches, "seconds": enrol_s,

@@ -322,3 +322,98 @@ fn a_512_d_cosine_gallery_through_the_cli() {
     ]);
     assert_eq!(cli.json(&["gallery", "info", "arc"])["live"], 403);
 }
+
+#[test]
+fn synth_and_demo_at_512_values() {
+    let t = TempData::new();
+    let server = Server::start(&t.data());
+    let cli = Cli { url: server.url() };
+    let dir = t.dir.path();
+    let org = dir.join("org");
+    let v = cli.json(&[
+        "synth",
+        "--subjects",
+        "30",
+        "--probes",
+        "10",
+        "--dim",
+        "512",
+        "--out",
+        p(&org),
+    ]);
+    assert_eq!(v["dim"].as_u64(), Some(512));
+    let m = npy::read_matrix(org.join("embeddings.npy")).unwrap();
+    assert_eq!((m.cols, v["embeddings"].as_u64()), (512, Some(m.rows as u64)));
+    let probes = npy::read_matrix(org.join("probes.npy")).unwrap();
+    assert_eq!((probes.rows, probes.cols), (10, 512));
+    for r in m.rows().chain(probes.rows()) {
+        let norm: f64 = r.iter().map(|x| f64::from(*x).powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "squared norm {norm}");
+    }
+    let e = cli.fails(&["synth", "--subjects", "3", "--dim", "100", "--out", p(&org)]);
+    assert!(e.contains("--dim") && e.contains("dimension 100"), "{e}");
+
+    // The files go into a 512-d gallery (and not into a 128-d one), and its
+    // enrolled probes are identified as their subjects.
+    cli.ok(&["gallery", "create", "org", "--dim", "512", "--normalize"]);
+    cli.ok(&["gallery", "create", "small"]);
+    let files = |g: &str| -> Vec<String> {
+        [
+            "insert",
+            g,
+            "--vectors",
+            p(&org.join("embeddings.npy")),
+            "--subjects",
+            p(&org.join("subjects.txt")),
+            "--ids",
+            p(&org.join("ids.npy")),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args = files("small");
+    let e = cli.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("gallery small has dimension 128"), "{e}");
+    let args = files("org");
+    cli.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        cli.json(&["gallery", "info", "org"])["live"].as_u64(),
+        Some(m.rows as u64)
+    );
+    let who = cli.json(&[
+        "identify",
+        "org",
+        "--probes",
+        p(&org.join("probes.npy")),
+        "-k",
+        "1",
+        "--max-distance",
+        "4",
+    ]);
+    let truth = std::fs::read_to_string(org.join("probes_truth.txt")).unwrap();
+    let mut enrolled = 0;
+    for (r, t) in who.as_array().unwrap().iter().zip(truth.lines()) {
+        if t != "-" {
+            enrolled += 1;
+            assert_eq!(r["candidates"][0]["subject"].as_str(), Some(t), "{r}");
+        }
+    }
+    assert_eq!(enrolled, 5);
+
+    // The embedded demo at 512 values: a head of 512 weights that identifies.
+    let v = cli.json(&[
+        "demo",
+        "--subjects",
+        "60",
+        "--probes",
+        "40",
+        "--max-pairs",
+        "20000",
+        "--dim",
+        "512",
+    ]);
+    assert_eq!(v["config"]["dim"].as_u64(), Some(512));
+    assert_eq!(v["head"]["weights"].as_array().map(Vec::len), Some(512));
+    let rank1 = v["identify"]["head"]["rank1_rate"].as_f64().unwrap();
+    assert!(rank1 >= 0.9, "rank-1 {rank1}");
+}
