@@ -75,13 +75,21 @@ fn check_plot(path: &Path, head: &Value) -> Vec<String> {
     texts
 }
 
-/// Rewrite a version-3 `HEAD` file as the version-2 file an older release
-/// wrote: its first 664 bytes (the fixed fields) with version 2, and their CRC.
+/// Rewrite a version-4 `HEAD` file of a 128-value gallery as the version-2
+/// file an older release wrote: its first 664 bytes (the fixed fields) with
+/// version 2 and the 128 weights at byte 16 (version 4 keeps them, after
+/// their count, right before the CRC), and their CRC.
 fn downgrade_head(path: &Path) {
     let b = std::fs::read(path).expect("HEAD");
     assert_eq!(&b[..8], b"\x89VHD\r\n\x1a\n");
-    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 3);
+    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 4);
+    let n = b.len();
+    let weights = &b[n - 4 - 512..n - 4];
+    let count = u32::from_le_bytes(b[n - 8 - 512..n - 4 - 512].try_into().unwrap());
+    assert_eq!(count, 128, "the weights' count");
     let mut old = b[..664].to_vec();
+    assert!(old[16..528].iter().all(|&x| x == 0), "version 4: no weights at 16");
+    old[16..528].copy_from_slice(weights);
     old[8..12].copy_from_slice(&2u32.to_le_bytes());
     let crc = visage_tests::crc32(&old);
     old.extend_from_slice(&crc.to_le_bytes());

@@ -29,7 +29,7 @@ fn kept_subject(s: usize) -> String {
     format!("keep-{s}-b83e")
 }
 
-/// What the test reads of a version-2 segment file.
+/// What the test reads of a segment file (version 2's layout).
 struct SegmentView {
     path: PathBuf,
     ids: Vec<u64>,
@@ -59,13 +59,15 @@ fn section(b: &[u8], slot: usize) -> &[u8] {
 fn parse_segment(path: &Path, b: &[u8]) -> SegmentView {
     assert_eq!(&b[..8], b"\x89VSG\r\n\x1a\n", "{}: magic", path.display());
     let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-    // Version 3 segments have version 2's layout (only the manifest and
-    // head file changed).
+    // Version 3 and 4 segments have version 2's layout (only the manifest,
+    // WAL and head file changed).
     assert!(
-        (2..=3).contains(&version),
-        "{}: this test reads the layout of version-2 and -3 segments, not {version}",
+        (2..=4).contains(&version),
+        "{}: this test reads the layout of version-2 to -4 segments, not {version}",
         path.display()
     );
+    let dim = u32::from_le_bytes(b[12..16].try_into().unwrap());
+    assert_eq!(dim as usize, DIM, "{}: the gallery's dimension", path.display());
     let rows = u64_at(b, 16) as usize;
     let ids: Vec<u64> = section(b, 1)
         .chunks_exact(8)
