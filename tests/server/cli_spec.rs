@@ -407,8 +407,9 @@ fn synth_and_demo_at_512_values() {
         "60",
         "--probes",
         "40",
+        // Few pairs: a 512-weight head trains slowly in a debug build.
         "--max-pairs",
-        "20000",
+        "2000",
         "--dim",
         "512",
     ]);

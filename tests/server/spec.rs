@@ -533,6 +533,58 @@ async fn refusals(dim: usize) {
         &["ids", &(insert_limit + 1).to_string(), &insert_limit.to_string()],
     );
     assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("a batch over the limit"));
+
+    // A batch at the limit goes through the server's default message limit.
+    let full = embeddings(&mut rng, dim, 10_000, insert_limit, 500);
+    let out = g
+        .insert_with(
+            &full,
+            visage_client::InsertOptions {
+                batch: insert_limit,
+                concurrency: 1,
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.inserted, out.batches), (insert_limit as u64, 1));
+}
+
+/// The largest Insert and Search of every dimension, with short subjects,
+/// fit in the server's default message limit (64 MiB); the unscaled limit of
+/// 100,000 embeddings would not from 176 values a vector.
+#[test]
+fn the_largest_requests_fit_the_default_message_limit() {
+    use prost::Message;
+    const DEFAULT: usize = 64 << 20;
+    let insert = |dim: usize, n: usize| proto::InsertRequest {
+        gallery: "g".repeat(64),
+        embeddings: (0..n as u64)
+            .map(|i| Embedding {
+                id: u64::MAX - i,
+                subject: format!("emp-{i:012}"),
+                vector: vec![0.25; dim],
+            })
+            .collect(),
+        model: "m".repeat(256),
+    };
+    for dim in [16, 128, 176, 512, 1024, 2048] {
+        let limits = visage_engine::Limits::for_dim(dim);
+        let bytes = insert(dim, limits.insert_batch).encoded_len();
+        assert!(bytes <= DEFAULT, "insert at {dim}: {bytes} bytes");
+        let search = proto::SearchRequest {
+            gallery: "g".into(),
+            queries: vec![proto::Vector { values: vec![0.25; dim] }; limits.probes],
+            k: 100,
+            ..Default::default()
+        };
+        assert!(search.encoded_len() <= DEFAULT / 8, "search at {dim}");
+        if dim >= 176 {
+            assert!(insert(dim, 100_000).encoded_len() > DEFAULT, "{dim}");
+        }
+    }
+    assert_eq!(visage_engine::Limits::for_dim(512).insert_batch, 25_000);
+    assert_eq!(visage_engine::Limits::for_dim(2048).probes, 625);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
