@@ -28,7 +28,7 @@ enum DurabilityArg {
     ProcessCrash,
 }
 
-/// Serve visage galleries of 128-d face embeddings over gRPC.
+/// Serve visage galleries of face embeddings over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "visage-server", version, about, long_about = None)]
 struct Args {

@@ -208,6 +208,19 @@ fn a_512_d_cosine_gallery_through_the_cli() {
     let before = state(&cli, &file("probes.npy"));
     assert_eq!(before.0, 400);
 
+    // --batch is checked against the gallery's limit at 512 values.
+    let e = cli.fails(&[
+        "insert",
+        "arc",
+        "--vectors",
+        p(&file("faces.npy")),
+        "--subjects",
+        p(&file("names.txt")),
+        "--batch",
+        "25001",
+    ]);
+    assert!(e.contains("--batch must be 1 to 25000 for gallery arc (512-d)"), "{e}");
+
     // A 128-d file into the 512-d gallery: refused before anything is sent.
     let small: Vec<Vec<f32>> = (0..4).map(|_| rng.vector()).collect();
     write(&file("faces128.npy"), &small);

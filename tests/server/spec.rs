@@ -550,9 +550,9 @@ async fn refusals(dim: usize) {
     assert_eq!((out.inserted, out.batches), (insert_limit as u64, 1));
 }
 
-/// The largest Insert and Search of every dimension, with short subjects,
-/// fit in the server's default message limit (64 MiB); the unscaled limit of
-/// 100,000 embeddings would not from 176 values a vector.
+/// The largest Insert and Search of every dimension, with subjects of 100
+/// bytes, fit in the server's default message limit (64 MiB); the unscaled
+/// limit of 100,000 embeddings would not from 176 values a vector.
 #[test]
 fn the_largest_requests_fit_the_default_message_limit() {
     use prost::Message;
@@ -562,7 +562,7 @@ fn the_largest_requests_fit_the_default_message_limit() {
         embeddings: (0..n as u64)
             .map(|i| Embedding {
                 id: u64::MAX - i,
-                subject: format!("emp-{i:012}"),
+                subject: format!("{i:0100}"),
                 vector: vec![0.25; dim],
             })
             .collect(),
