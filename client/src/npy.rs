@@ -467,11 +467,7 @@ pub fn read_matrix(path: impl AsRef<Path>) -> Result<Matrix, NpyError> {
 /// whose vectors have `dim` values, as [`read_matrix`] does; a file whose
 /// vectors have another length is refused with its shape and the gallery's
 /// dimension.
-pub fn read_vectors(
-    path: impl AsRef<Path>,
-    dim: usize,
-    gallery: &str,
-) -> Result<Matrix, NpyError> {
+pub fn read_vectors(path: impl AsRef<Path>, dim: usize, gallery: &str) -> Result<Matrix, NpyError> {
     let path = path.as_ref();
     let (m, shape) = read_matrix_with_shape(path)?;
     if m.cols != dim {
@@ -971,7 +967,12 @@ mod tests {
         // One vector of shape (D,) shows its own shape.
         write_f32(&p, &data[..128], &[128]).unwrap();
         let e = read_vectors(&p, 512, "gallery \"big\"").unwrap_err();
-        assert!(e.to_string().contains(": shape [128] holds vectors of 128 values, but gallery \"big\" has dimension 512"), "{e}");
+        assert!(
+            e.to_string().contains(
+                ": shape [128] holds vectors of 128 values, but gallery \"big\" has dimension 512"
+            ),
+            "{e}"
+        );
         assert_eq!(read_vectors(&p, 128, "g").unwrap().rows, 1);
     }
 

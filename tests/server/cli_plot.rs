@@ -88,7 +88,10 @@ fn downgrade_head(path: &Path) {
     let count = u32::from_le_bytes(b[n - 8 - 512..n - 4 - 512].try_into().unwrap());
     assert_eq!(count, 128, "the weights' count");
     let mut old = b[..664].to_vec();
-    assert!(old[16..528].iter().all(|&x| x == 0), "version 4: no weights at 16");
+    assert!(
+        old[16..528].iter().all(|&x| x == 0),
+        "version 4: no weights at 16"
+    );
     old[16..528].copy_from_slice(weights);
     old[8..12].copy_from_slice(&2u32.to_le_bytes());
     let crc = visage_tests::crc32(&old);

@@ -68,7 +68,11 @@ fn a_512_d_cosine_gallery_through_the_cli() {
     assert!(row("normalised").starts_with("yes"), "{info}");
     let v = cli.json(&["gallery", "info", "arc"]);
     assert_eq!(
-        (v["dim"].as_u64(), v["model"].as_str(), v["normalize"].as_bool()),
+        (
+            v["dim"].as_u64(),
+            v["model"].as_str(),
+            v["normalize"].as_bool()
+        ),
         (Some(512), Some(ARCFACE), Some(true))
     );
 
@@ -126,19 +130,33 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         let want = model.search(&probes[i], 8);
         let hits = r["hits"].as_array().unwrap();
         let ids: Vec<u64> = hits.iter().map(|h| h["id"].as_u64().unwrap()).collect();
-        assert_eq!(ids, want.iter().map(|w| w.0).collect::<Vec<_>>(), "probe {i}");
+        assert_eq!(
+            ids,
+            want.iter().map(|w| w.0).collect::<Vec<_>>(),
+            "probe {i}"
+        );
         for (h, w) in hits.iter().zip(&want) {
             let d = h["distance"].as_f64().unwrap();
             let s = h["similarity"].as_f64().unwrap();
             assert!((d - w.2).abs() < 1e-5, "probe {i}: distance {d} vs {}", w.2);
             assert!((-1.0..=1.0).contains(&s), "similarity {s}");
-            assert!((s - (1.0 - d / 2.0)).abs() < 1e-6, "similarity {s}, distance {d}");
+            assert!(
+                (s - (1.0 - d / 2.0)).abs() < 1e-6,
+                "similarity {s}, distance {d}"
+            );
             assert!((s - w.3).abs() < 1e-5, "similarity {s} vs cosine {}", w.3);
         }
     }
     assert_eq!(v[0]["hits"][0]["id"].as_u64(), Some(17));
     // The table has a SIMILARITY column.
-    let table = cli.ok(&["search", "arc", "--probes", p(&file("probes.npy")), "-k", "1"]);
+    let table = cli.ok(&[
+        "search",
+        "arc",
+        "--probes",
+        p(&file("probes.npy")),
+        "-k",
+        "1",
+    ]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].split_whitespace().eq([
@@ -183,7 +201,13 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         "--max-distance",
         "0.5",
     ]);
-    for (i, (x, id)) in v.as_array().unwrap().iter().zip([17u64, 0, 1, 2]).enumerate() {
+    for (i, (x, id)) in v
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([17u64, 0, 1, 2])
+        .enumerate()
+    {
         let d = x["distance"].as_f64().unwrap();
         let s = x["similarity"].as_f64().unwrap();
         let want = unit(&probes[i])
@@ -219,7 +243,10 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         "--batch",
         "25001",
     ]);
-    assert!(e.contains("--batch must be 1 to 25000 for gallery arc (512-d)"), "{e}");
+    assert!(
+        e.contains("--batch must be 1 to 25000 for gallery arc (512-d)"),
+        "{e}"
+    );
 
     // A 128-d file into the 512-d gallery: refused before anything is sent.
     let small: Vec<Vec<f32>> = (0..4).map(|_| rng.vector()).collect();
@@ -243,7 +270,11 @@ fn a_512_d_cosine_gallery_through_the_cli() {
             file("faces128.npy").display()
         )
     );
-    assert_eq!(state(&cli, &file("probes.npy")), before, "a 128-d file changed the gallery");
+    assert_eq!(
+        state(&cli, &file("probes.npy")),
+        before,
+        "a 128-d file changed the gallery"
+    );
     for cmd in [
         vec!["search", "arc", "--probes"],
         vec!["identify", "arc", "--probes"],
@@ -254,7 +285,8 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         args.push(p(&f));
         let e = cli.fails(&args);
         assert!(
-            e.contains("faces128.npy: shape [4, 128]") && e.contains("gallery arc has dimension 512"),
+            e.contains("faces128.npy: shape [4, 128]")
+                && e.contains("gallery arc has dimension 512"),
             "{cmd:?}: {e}"
         );
     }
@@ -278,7 +310,11 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         e.contains("FAILED_PRECONDITION") && e.contains(ARCFACE) && e.contains(FACENET),
         "{e}"
     );
-    assert_eq!(state(&cli, &file("probes.npy")), before, "another model changed the gallery");
+    assert_eq!(
+        state(&cli, &file("probes.npy")),
+        before,
+        "another model changed the gallery"
+    );
     for cmd in [
         vec!["search", "arc", "--probes"],
         vec!["identify", "arc", "--probes"],
@@ -289,7 +325,9 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         args.extend([p(&f), "--model", FACENET]);
         let e = cli.fails(&args);
         assert!(
-            e.starts_with("error: FAILED_PRECONDITION: ") && e.contains(ARCFACE) && e.contains(FACENET),
+            e.starts_with("error: FAILED_PRECONDITION: ")
+                && e.contains(ARCFACE)
+                && e.contains(FACENET),
             "{cmd:?}: {e}"
         );
     }
@@ -314,7 +352,11 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         e.contains("INVALID_ARGUMENT") && e.contains("embeddings[2]") && e.contains("zero vector"),
         "{e}"
     );
-    assert_eq!(state(&cli, &file("probes.npy")), before, "a zero vector changed the gallery");
+    assert_eq!(
+        state(&cli, &file("probes.npy")),
+        before,
+        "a zero vector changed the gallery"
+    );
     let e = cli.fails(&["search", "arc", "--probes", p(&file("zero.npy"))]);
     assert!(e.contains("queries[2]") && e.contains("zero vector"), "{e}");
 
@@ -356,7 +398,10 @@ fn synth_and_demo_at_512_values() {
     ]);
     assert_eq!(v["dim"].as_u64(), Some(512));
     let m = npy::read_matrix(org.join("embeddings.npy")).unwrap();
-    assert_eq!((m.cols, v["embeddings"].as_u64()), (512, Some(m.rows as u64)));
+    assert_eq!(
+        (m.cols, v["embeddings"].as_u64()),
+        (512, Some(m.rows as u64))
+    );
     let probes = npy::read_matrix(org.join("probes.npy")).unwrap();
     assert_eq!((probes.rows, probes.cols), (10, 512));
     for r in m.rows().chain(probes.rows()) {

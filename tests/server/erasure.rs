@@ -67,7 +67,12 @@ fn parse_segment(path: &Path, b: &[u8]) -> SegmentView {
         path.display()
     );
     let dim = u32::from_le_bytes(b[12..16].try_into().unwrap());
-    assert_eq!(dim as usize, DIM, "{}: the gallery's dimension", path.display());
+    assert_eq!(
+        dim as usize,
+        DIM,
+        "{}: the gallery's dimension",
+        path.display()
+    );
     let rows = u64_at(b, 16) as usize;
     let ids: Vec<u64> = section(b, 1)
         .chunks_exact(8)

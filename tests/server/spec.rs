@@ -50,8 +50,7 @@ pub(crate) struct Cosine {
 impl Cosine {
     pub(crate) fn insert(&mut self, batch: &[Embedding]) {
         for e in batch {
-            self.rows
-                .insert(e.id, (e.subject.clone(), unit(&e.vector)));
+            self.rows.insert(e.id, (e.subject.clone(), unit(&e.vector)));
         }
     }
 
@@ -143,9 +142,17 @@ async fn cosine_gallery_end_to_end(dim: usize) {
     let t = TempData::new();
     let server = Server::start(&t.data());
     let c = server.client().await;
-    let info = c.create_gallery_with("arc", &spec(dim as u32)).await.unwrap();
+    let info = c
+        .create_gallery_with("arc", &spec(dim as u32))
+        .await
+        .unwrap();
     assert_eq!(
-        (info.dim as usize, info.model.as_str(), info.normalize, info.live),
+        (
+            info.dim as usize,
+            info.model.as_str(),
+            info.normalize,
+            info.live
+        ),
         (dim, ARCFACE, true, 0)
     );
     // Requests naming the gallery's model and requests naming none are served.
@@ -293,11 +300,7 @@ async fn state(
     gallery: &str,
     ids: &[u64],
     probe: &[f32],
-) -> (
-    (u64, u64, u64),
-    Vec<Embedding>,
-    Vec<(u64, String, u32)>,
-) {
+) -> ((u64, u64, u64), Vec<Embedding>, Vec<(u64, String, u32)>) {
     let g = c.gallery(gallery);
     let i = g.stats().await.unwrap();
     let hits = g.search(&[probe], 20).await.unwrap();
@@ -324,14 +327,18 @@ async fn refusals(dim: usize) {
     let t = TempData::new();
     let server = Server::start(&t.data());
     let c = server.client().await;
-    c.create_gallery_with("arc", &spec(dim as u32)).await.unwrap();
+    c.create_gallery_with("arc", &spec(dim as u32))
+        .await
+        .unwrap();
     let g = c.gallery("arc").with_model(ARCFACE);
     let other = c.gallery("arc").with_model(FACENET);
     let mut rng = Rng(13);
     let base = embeddings(&mut rng, dim, 0, 200, 20);
     g.insert(&base).await.unwrap();
     g.flush().await.unwrap();
-    g.insert(&embeddings(&mut rng, dim, 200, 50, 20)).await.unwrap();
+    g.insert(&embeddings(&mut rng, dim, 200, 50, 20))
+        .await
+        .unwrap();
     let ids: Vec<u64> = (0..300).collect();
     let probe = vector(&mut rng, dim);
     let before = state(&c, "arc", &ids, &probe).await;
@@ -353,15 +360,21 @@ async fn refusals(dim: usize) {
         Code::FailedPrecondition,
         &models,
     );
-    assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("insert"));
+    assert!(
+        state(&c, "arc", &ids, &probe).await == before,
+        "{}",
+        unchanged("insert")
+    );
     assert_status(
-        other
-            .insert_stream(tokio_stream::iter(vec![batch()]))
-            .await,
+        other.insert_stream(tokio_stream::iter(vec![batch()])).await,
         Code::FailedPrecondition,
         &["messages[0]", ARCFACE, FACENET],
     );
-    assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("insert_stream"));
+    assert!(
+        state(&c, "arc", &ids, &probe).await == before,
+        "{}",
+        unchanged("insert_stream")
+    );
     // A stream whose second message names the other model: the first is
     // committed, the second refused whole.
     let mut rpc = c.rpc();
@@ -383,24 +396,38 @@ async fn refusals(dim: usize) {
     assert_status(
         r,
         Code::FailedPrecondition,
-        &["messages[1]", ARCFACE, FACENET, "1 earlier messages (3 embeddings)"],
+        &[
+            "messages[1]",
+            ARCFACE,
+            FACENET,
+            "1 earlier messages (3 embeddings)",
+        ],
     );
     let before = {
         let now = state(&c, "arc", &ids, &probe).await;
-        assert_eq!(now.0, (253, before.0.1, before.0.2), "only the first message");
+        assert_eq!(
+            now.0,
+            (253, before.0.1, before.0.2),
+            "only the first message"
+        );
         assert!(now.1 == before.1, "{}", unchanged("the refused message"));
         let got = g.get(&[1000, 1001, 1002]).await.unwrap();
-        assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [1000, 1001, 1002]);
+        assert_eq!(
+            got.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [1000, 1001, 1002]
+        );
         now
     };
 
     let q = [probe.clone()];
     assert_status(other.search(&q, 5).await, Code::FailedPrecondition, &models);
-    assert_status(other.identify(&q, 5).await, Code::FailedPrecondition, &models);
     assert_status(
-        other
-            .verify(&[(probe.clone(), Against::Id(3))])
-            .await,
+        other.identify(&q, 5).await,
+        Code::FailedPrecondition,
+        &models,
+    );
+    assert_status(
+        other.verify(&[(probe.clone(), Against::Id(3))]).await,
         Code::FailedPrecondition,
         &models,
     );
@@ -418,15 +445,26 @@ async fn refusals(dim: usize) {
     let expected = format!("expected {dim} values, got 128");
     let mut b = batch();
     b[3].vector.truncate(128);
-    assert_status(g.insert(&b).await, Code::InvalidArgument, &["embeddings[3]", &expected]);
+    assert_status(
+        g.insert(&b).await,
+        Code::InvalidArgument,
+        &["embeddings[3]", &expected],
+    );
     let mut b = batch();
     b[6].vector.push(0.5);
     assert_status(
         g.insert(&b).await,
         Code::InvalidArgument,
-        &["embeddings[6]", &format!("expected {dim} values, got {}", dim + 1)],
+        &[
+            "embeddings[6]",
+            &format!("expected {dim} values, got {}", dim + 1),
+        ],
     );
-    assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("a wrong dimension"));
+    assert!(
+        state(&c, "arc", &ids, &probe).await == before,
+        "{}",
+        unchanged("a wrong dimension")
+    );
     let short: Vec<f32> = probe[..128].to_vec();
     assert_status(
         g.search(&[probe.clone(), short.clone()], 5).await,
@@ -434,7 +472,7 @@ async fn refusals(dim: usize) {
         &["queries[1]", &expected],
     );
     assert_status(
-        g.identify(&[short.clone()], 5).await,
+        g.identify(&[&short], 5).await,
         Code::InvalidArgument,
         &["probes[0]", &expected],
     );
@@ -462,15 +500,20 @@ async fn refusals(dim: usize) {
         Code::InvalidArgument,
         &["embeddings[2]", "zero vector"],
     );
-    assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("a zero vector"));
+    assert!(
+        state(&c, "arc", &ids, &probe).await == before,
+        "{}",
+        unchanged("a zero vector")
+    );
     let zero = vec![0.0f32; dim];
     assert_status(
-        g.search(&[probe.clone(), probe.clone(), zero.clone()], 5).await,
+        g.search(&[probe.clone(), probe.clone(), zero.clone()], 5)
+            .await,
         Code::InvalidArgument,
         &["queries[2]", "zero vector"],
     );
     assert_status(
-        g.identify(&[zero.clone()], 5).await,
+        g.identify(&[&zero], 5).await,
         Code::InvalidArgument,
         &["probes[0]", "zero vector"],
     );
@@ -530,9 +573,17 @@ async fn refusals(dim: usize) {
     assert_status(
         g.get(&get_ids).await,
         Code::ResourceExhausted,
-        &["ids", &(insert_limit + 1).to_string(), &insert_limit.to_string()],
+        &[
+            "ids",
+            &(insert_limit + 1).to_string(),
+            &insert_limit.to_string(),
+        ],
     );
-    assert!(state(&c, "arc", &ids, &probe).await == before, "{}", unchanged("a batch over the limit"));
+    assert!(
+        state(&c, "arc", &ids, &probe).await == before,
+        "{}",
+        unchanged("a batch over the limit")
+    );
 
     // A batch at the limit goes through the server's default message limit.
     let full = embeddings(&mut rng, dim, 10_000, insert_limit, 500);
@@ -574,7 +625,12 @@ fn the_largest_requests_fit_the_default_message_limit() {
         assert!(bytes <= DEFAULT, "insert at {dim}: {bytes} bytes");
         let search = proto::SearchRequest {
             gallery: "g".into(),
-            queries: vec![proto::Vector { values: vec![0.25; dim] }; limits.probes],
+            queries: vec![
+                proto::Vector {
+                    values: vec![0.25; dim]
+                };
+                limits.probes
+            ],
             k: 100,
             ..Default::default()
         };
@@ -598,12 +654,21 @@ async fn bad_specs_are_refused_and_defaults_are_128_d() {
         normalize,
     };
     for (s, fragments) in [
-        (with(100, "", false), vec!["dimension 100", "multiple of 16"]),
+        (
+            with(100, "", false),
+            vec!["dimension 100", "multiple of 16"],
+        ),
         (with(4096, "", false), vec!["dimension 4096", "2048"]),
         (with(8, ARCFACE, true), vec!["dimension 8", "16"]),
         (with(2064, "", false), vec!["dimension 2064"]),
-        (with(512, &"m".repeat(300), false), vec!["model", "300 bytes"]),
-        (with(128, "arc\nface", false), vec!["model", "control character"]),
+        (
+            with(512, &"m".repeat(300), false),
+            vec!["model", "300 bytes"],
+        ),
+        (
+            with(128, "arc\nface", false),
+            vec!["model", "control character"],
+        ),
     ] {
         assert_status(
             c.create_gallery_with("g", &s).await,
@@ -611,7 +676,10 @@ async fn bad_specs_are_refused_and_defaults_are_128_d() {
             &fragments,
         );
     }
-    assert!(c.list_galleries().await.unwrap().is_empty(), "nothing created");
+    assert!(
+        c.list_galleries().await.unwrap().is_empty(),
+        "nothing created"
+    );
 
     // dim 0 and the plain call are the default: 128, no model, not normalising.
     let d = c.create_gallery("plain").await.unwrap();
@@ -632,7 +700,9 @@ async fn bad_specs_are_refused_and_defaults_are_128_d() {
         .unwrap();
     let g = c.gallery("facenet").with_model(FACENET);
     let mut rng = Rng(3);
-    g.insert(&embeddings(&mut rng, 128, 0, 20, 4)).await.unwrap();
+    g.insert(&embeddings(&mut rng, 128, 0, 20, 4))
+        .await
+        .unwrap();
     let hits = g.search(&[rng.vector()], 5).await.unwrap();
     assert!(hits[0].iter().all(|h| h.similarity.is_none()));
     assert_status(
@@ -694,12 +764,21 @@ async fn galleries_of_older_formats_are_128_d_without_a_model() {
         // 44 written, ids 5 and 6 deleted (see tests/engine/compat.rs).
         assert_eq!(fixture_info(&info), (128, "", false, 42), "{v}");
         assert_eq!(
-            c.list_galleries().await.unwrap().iter().map(fixture_info).collect::<Vec<_>>(),
+            c.list_galleries()
+                .await
+                .unwrap()
+                .iter()
+                .map(fixture_info)
+                .collect::<Vec<_>>(),
             [(128, "", false, 42)],
             "{v}"
         );
         let e = c.gallery("fixture").get(&[7]).await.unwrap();
-        let hits = c.gallery("fixture").search(&[&e[0].vector], 1).await.unwrap();
+        let hits = c
+            .gallery("fixture")
+            .search(&[&e[0].vector], 1)
+            .await
+            .unwrap();
         assert_eq!((hits[0][0].id, hits[0][0].similarity), (7, None), "{v}");
     }
 }
