@@ -3,13 +3,15 @@
 //! must be the direct scan's, bit for bit and tie for tie: here the same rows
 //! are held twice, uncoded in a memtable (scanned directly) and coded in
 //! segments (screened), and every answer of the two galleries is compared.
+//! Every case runs at each dimension of `support::DIMS` (128, 512 and 96, the
+//! generic kernels).
 
 use std::sync::Arc;
 use visage_engine::synth::{SynthConfig, SynthGallery};
 use visage_engine::{Embedding, Engine, Gallery, Hit, SearchOptions};
 use visage_tests::Rng;
 
-use crate::support::opts;
+use crate::support::{DIMS, create, opts};
 
 /// Ids and distance bits, the whole of what a search answers.
 fn key(hits: &[Hit]) -> Vec<(u64, u32)> {
@@ -19,7 +21,7 @@ fn key(hits: &[Hit]) -> Vec<(u64, u32)> {
 /// `rows` in a gallery, in three parts: the first `coded` of them flushed to
 /// segments, the rest left in the memtable; then the same deletions.
 fn gallery(engine: &Engine, name: &str, rows: &[Embedding], coded: usize) -> Arc<Gallery> {
-    let g = engine.create_gallery(name).unwrap();
+    let g = create(engine, name, rows[0].vector.len());
     let third = rows.len() / 3;
     for (i, part) in [&rows[..third], &rows[third..2 * third], &rows[2 * third..]]
         .into_iter()
@@ -36,6 +38,7 @@ fn gallery(engine: &Engine, name: &str, rows: &[Embedding], coded: usize) -> Arc
 }
 
 fn check(rows: &[Embedding], probes: &[Vec<f32>], what: &str) {
+    let what = &format!("{what} at {}", rows[0].vector.len());
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), opts(false, usize::MAX)).unwrap();
     let direct = gallery(&engine, "direct", rows, 0);
@@ -110,39 +113,44 @@ fn probes(
 
 #[test]
 fn screened_search_equals_the_direct_scan_on_face_like_data() {
-    let data = SynthGallery::generate(SynthConfig {
-        subjects: 500,
-        seed: 11,
-        ..Default::default()
-    });
-    let fresh: Vec<Vec<f32>> = data
-        .probes(40, 40, 5)
-        .into_iter()
-        .map(|p| p.vector)
-        .collect();
-    let mut rng = Rng(5);
-    let mut ps = probes(&mut rng, &data.embeddings, |r| {
-        fresh[r.below(80) as usize].clone()
-    });
-    ps.extend(fresh);
-    check(&data.embeddings, &ps, "face-like");
+    for dim in DIMS {
+        let data = SynthGallery::generate(SynthConfig {
+            dim,
+            subjects: 500,
+            seed: 11,
+            ..Default::default()
+        });
+        let fresh: Vec<Vec<f32>> = data
+            .probes(40, 40, 5)
+            .into_iter()
+            .map(|p| p.vector)
+            .collect();
+        let mut rng = Rng(5);
+        let mut ps = probes(&mut rng, &data.embeddings, |r| {
+            fresh[r.below(80) as usize].clone()
+        });
+        ps.extend(fresh);
+        check(&data.embeddings, &ps, "face-like");
+    }
 }
 
 #[test]
 fn screened_search_equals_the_direct_scan_with_exact_duplicates_and_ties() {
     // Many rows share a few vectors exactly: the k-th distance is tied with
     // rows outside any candidate set, which the proof must refuse to settle.
-    let mut rng = Rng(6);
-    let base: Vec<Vec<f32>> = (0..40).map(|_| rng.vector()).collect();
-    let rows: Vec<Embedding> = (0..4500u64)
-        .map(|i| Embedding {
-            id: 1 + (i * 7919) % 4500,
-            subject: format!("s{}", i % 300),
-            vector: base[(i as usize * 13) % base.len()].clone(),
-        })
-        .collect();
-    let ps = probes(&mut rng, &rows, |r| r.vector());
-    check(&rows, &ps, "duplicates");
+    for dim in DIMS {
+        let mut rng = Rng(6);
+        let base: Vec<Vec<f32>> = (0..40).map(|_| rng.vector_of(dim)).collect();
+        let rows: Vec<Embedding> = (0..4500u64)
+            .map(|i| Embedding {
+                id: 1 + (i * 7919) % 4500,
+                subject: format!("s{}", i % 300),
+                vector: base[(i as usize * 13) % base.len()].clone(),
+            })
+            .collect();
+        let ps = probes(&mut rng, &rows, |r| r.vector_of(dim));
+        check(&rows, &ps, "duplicates");
+    }
 }
 
 #[test]
@@ -153,46 +161,56 @@ fn screened_search_equals_the_direct_scan_with_uneven_ranges() {
     // them, 400 rows differ from one vector only in that dimension: the codes
     // cannot tell them apart, and only the bound (which knows how coarse the
     // codes are) sends probes near them back to an exact scan.
-    let mut rng = Rng(7);
-    let line = rng.vector();
-    let rows: Vec<Embedding> = (0..4500u64)
-        .map(|i| {
-            let mut e = visage_tests::embedding(&mut rng, i + 1, &format!("s{}", i % 300));
-            if i < 1500 && i % 100 == 0 {
-                e.vector[3] = 100.0 * (rng.f32() - 0.5);
-            } else if (500..900).contains(&i) {
-                e.vector = line.clone();
-                e.vector[3] = (i - 500) as f32 / 400.0;
-            }
-            e
-        })
-        .collect();
-    let mut ps = probes(&mut rng, &rows, |r| r.vector());
-    for t in [0.3f32, 0.5, 0.77, 0.999] {
-        let mut p = line.clone();
-        p[3] = t + 1e-4;
-        ps.push(p);
+    for dim in DIMS {
+        let mut rng = Rng(7);
+        let line = rng.vector_of(dim);
+        let rows: Vec<Embedding> = (0..4500u64)
+            .map(|i| {
+                let mut e =
+                    visage_tests::embedding_of(&mut rng, i + 1, &format!("s{}", i % 300), dim);
+                if i < 1500 && i % 100 == 0 {
+                    e.vector[3] = 100.0 * (rng.f32() - 0.5);
+                } else if (500..900).contains(&i) {
+                    e.vector = line.clone();
+                    e.vector[3] = (i - 500) as f32 / 400.0;
+                }
+                e
+            })
+            .collect();
+        let mut ps = probes(&mut rng, &rows, |r| r.vector_of(dim));
+        for t in [0.3f32, 0.5, 0.77, 0.999] {
+            let mut p = line.clone();
+            p[3] = t + 1e-4;
+            ps.push(p);
+        }
+        check(&rows, &ps, "uneven ranges");
     }
-    check(&rows, &ps, "uneven ranges");
 }
 
 #[test]
 fn screened_search_equals_the_direct_scan_far_from_the_origin() {
     // Rows clustered around (1000, …, 1000): the estimates of the integer
-    // batch scan cancel terms of 10^8 to find distances of about 1, so their
-    // rounding, not the codes, decides what the bound may settle.
-    let mut rng = Rng(8);
-    let rows: Vec<Embedding> = (0..4500u64)
-        .map(|i| {
-            let mut e = visage_tests::embedding(&mut rng, i + 1, &format!("s{}", i % 300));
-            for x in e.vector.iter_mut() {
-                *x = 1000.0 + *x * 0.05;
-            }
-            e
-        })
-        .collect();
-    let ps = probes(&mut rng, &rows, |r| {
-        r.vector().into_iter().map(|x| 1000.0 + x * 0.05).collect()
-    });
-    check(&rows, &ps, "far from the origin");
+    // batch scan cancel terms of 10^8 (10^9 at 512 values) to find distances
+    // of about 1, so their rounding, not the codes, decides what the bound
+    // may settle.
+    for dim in DIMS {
+        let mut rng = Rng(8);
+        let rows: Vec<Embedding> = (0..4500u64)
+            .map(|i| {
+                let mut e =
+                    visage_tests::embedding_of(&mut rng, i + 1, &format!("s{}", i % 300), dim);
+                for x in e.vector.iter_mut() {
+                    *x = 1000.0 + *x * 0.05;
+                }
+                e
+            })
+            .collect();
+        let ps = probes(&mut rng, &rows, |r| {
+            r.vector_of(dim)
+                .into_iter()
+                .map(|x| 1000.0 + x * 0.05)
+                .collect()
+        });
+        check(&rows, &ps, "far from the origin");
+    }
 }
