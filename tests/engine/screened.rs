@@ -37,6 +37,9 @@ fn gallery(engine: &Engine, name: &str, rows: &[Embedding], coded: usize) -> Arc
     g
 }
 
+/// The values of `k` every comparison runs at.
+const KS: [usize; 3] = [1, 10, 64];
+
 fn check(rows: &[Embedding], probes: &[Vec<f32>], what: &str) {
     let what = &format!("{what} at {}", rows[0].vector.len());
     let dir = tempfile::tempdir().unwrap();
@@ -47,6 +50,36 @@ fn check(rows: &[Embedding], probes: &[Vec<f32>], what: &str) {
         0,
         "{what}: the reference must be uncoded"
     );
+    // The reference, for each k: the direct scan of the uncoded gallery, and
+    // its identification (one probe at a time: the direct scan too).
+    let flat = probes.concat();
+    let want: Vec<Vec<Vec<(u64, u32)>>> = KS
+        .iter()
+        .map(|&k| {
+            visage_engine::fuzzing::search_direct(&direct, &flat, k)
+                .into_iter()
+                .map(|hits| hits.into_iter().map(|(id, d)| (id, d.to_bits())).collect())
+                .collect()
+        })
+        .collect();
+    let want_identify: Vec<Vec<Vec<(u64, u32)>>> = KS
+        .iter()
+        .map(|&k| {
+            probes[..8]
+                .iter()
+                .map(|p| key(&direct.identify(std::slice::from_ref(p), k.min(20)).unwrap()[0]))
+                .collect()
+        })
+        .collect();
+    // Batches of the uncoded gallery from 32 probes take the tiled scan in f32.
+    compare(
+        &direct,
+        &want,
+        &want_identify,
+        probes,
+        &[48],
+        &format!("{what}, uncoded"),
+    );
     // Coded segments with a memtable tail, and coded segments alone.
     for coded in [2, 3] {
         let screened = gallery(&engine, &format!("screened{coded}"), rows, coded);
@@ -55,37 +88,55 @@ fn check(rows: &[Embedding], probes: &[Vec<f32>], what: &str) {
             coded as u64,
             "{what}: coded segments"
         );
+        // One probe per call and 3 (screened), 16 (the tiled batch scan on
+        // integer dot products of the codes where the CPU has them, else
+        // screened) and 48 (tiled, in f32 where the CPU lacks them).
         compare(
-            &direct,
             &screened,
+            &want,
+            &want_identify,
             probes,
+            &[1, 3, 16, 48],
             &format!("{what}, {coded} segments"),
         );
     }
 }
 
-fn compare(direct: &Gallery, screened: &Gallery, probes: &[Vec<f32>], what: &str) {
-    for k in [1usize, 10, 64] {
+/// `g`'s answers in batches of each size of `batches` equal `want` (per k of
+/// [`KS`], per probe), and its identification `want_identify`.
+fn compare(
+    g: &Gallery,
+    want: &[Vec<Vec<(u64, u32)>>],
+    want_identify: &[Vec<Vec<(u64, u32)>>],
+    probes: &[Vec<f32>],
+    batches: &[usize],
+    what: &str,
+) {
+    for (ki, &k) in KS.iter().enumerate() {
         let o = SearchOptions {
             k,
             ..Default::default()
         };
-        // One probe per call and 3 (screened), 16 (the tiled batch scan on
-        // integer dot products of the codes where the CPU has them, else
-        // screened) and 48 (tiled, in f32 where the CPU lacks them).
-        for batch in [1usize, 3, 16, 48] {
-            for chunk in probes.chunks(batch) {
-                let want = direct.search_with(chunk, &o).unwrap();
-                let got = screened.search_with(chunk, &o).unwrap();
-                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                    assert_eq!(key(g), key(w), "{what}: k {k}, batch {batch}, probe {i}");
+        for &batch in batches {
+            for (c, chunk) in probes.chunks(batch).enumerate() {
+                let got = g.search_with(chunk, &o).unwrap();
+                for (i, hits) in got.iter().enumerate() {
+                    let p = c * batch + i;
+                    assert_eq!(
+                        key(hits),
+                        want[ki][p],
+                        "{what}: k {k}, batch {batch}, probe {p}"
+                    );
                 }
             }
         }
-        let want = direct.identify(&probes[..8], k.min(20)).unwrap();
-        let got = screened.identify(&probes[..8], k.min(20)).unwrap();
-        for (w, g) in want.iter().zip(&got) {
-            assert_eq!(key(g), key(w), "{what}: identify k {k}");
+        let got = g.identify(&probes[..8], k.min(20)).unwrap();
+        for (p, hits) in got.iter().enumerate() {
+            assert_eq!(
+                key(hits),
+                want_identify[ki][p],
+                "{what}: identify k {k}, probe {p}"
+            );
         }
     }
 }

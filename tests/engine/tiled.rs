@@ -48,7 +48,14 @@ fn gallery_with_everything(
 
 fn check(duplicates: bool) {
     for dim in DIMS {
-        for seed in [1u64, 2, 3] {
+        // Three galleries at the default dimension; one at the others, whose
+        // structure (segments, memtable, deletes, tiles) is the same.
+        let seeds: &[u64] = if dim == visage_engine::DIM {
+            &[1, 2, 3]
+        } else {
+            &[1]
+        };
+        for &seed in seeds {
             let dir = tempfile::tempdir().unwrap();
             let mut rng = Rng(seed);
             let (engine, base) = gallery_with_everything(dir.path(), &mut rng, duplicates, dim);
