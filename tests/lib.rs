@@ -32,18 +32,28 @@ impl Rng {
     pub fn unit(&mut self) -> f32 {
         self.f32() * 2.0 - 1.0
     }
-    /// A vector with values uniform in [-1, 1).
+    /// A vector of the default dimension ([`DIM`]) with values uniform in [-1, 1).
     pub fn vector(&mut self) -> Vec<f32> {
-        (0..DIM).map(|_| self.unit()).collect()
+        self.vector_of(DIM)
+    }
+    /// A vector of `dim` values uniform in [-1, 1) (at [`DIM`] the same
+    /// values as [`Rng::vector`]).
+    pub fn vector_of(&mut self, dim: usize) -> Vec<f32> {
+        (0..dim).map(|_| self.unit()).collect()
     }
 }
 
-/// An embedding with a random vector.
+/// An embedding with a random vector of the default dimension.
 pub fn embedding(rng: &mut Rng, id: u64, subject: &str) -> Embedding {
+    embedding_of(rng, id, subject, DIM)
+}
+
+/// An embedding with a random vector of `dim` values.
+pub fn embedding_of(rng: &mut Rng, id: u64, subject: &str, dim: usize) -> Embedding {
     Embedding {
         id,
         subject: subject.to_owned(),
-        vector: rng.vector(),
+        vector: rng.vector_of(dim),
     }
 }
 

@@ -171,7 +171,7 @@ fn probabilities_are_calibrated_at_the_stated_prior_on_hard_data() {
 /// A head file of format version 2 (written before this calibration) still
 /// loads: its head decides with the thresholds it has, reports no current
 /// calibration (raw σ(logit) probabilities, pair thresholds for claims) until
-/// it is recalibrated, which writes a version-3 file.
+/// it is recalibrated, which writes a file of the current version.
 #[test]
 fn a_version_2_head_file_loads_and_recalibrates() {
     use visage_engine::synth::{SynthConfig, SynthGallery};
@@ -188,11 +188,15 @@ fn a_version_2_head_file_loads_and_recalibrates() {
     g.insert(&data.embeddings).unwrap();
     let trained = g.train_head(&TrainOptions::default()).unwrap();
     let head_path = dir.path().join("galleries").join("old").join("HEAD");
-    let v3 = std::fs::read(&head_path).unwrap();
-    assert_eq!(&v3[8..12], &3u32.to_le_bytes());
-    // The version-2 layout: the first 664 bytes, then their CRC.
-    let mut v2 = v3[..format::HEAD_LEN - 4].to_vec();
+    let current = std::fs::read(&head_path).unwrap();
+    assert_eq!(&current[8..12], &format::FORMAT_VERSION.to_le_bytes());
+    // The version-2 layout: the first 664 bytes, then their CRC, with the 128
+    // weights at byte 16 (from version 4 they are zero there, and kept at the
+    // end of the file, right before its CRC).
+    let mut v2 = current[..format::HEAD_LEN - 4].to_vec();
     v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let weights_at = current.len() - 4 - 4 * trained.weights.len();
+    v2[16..16 + 4 * trained.weights.len()].copy_from_slice(&current[weights_at..current.len() - 4]);
     let crc = visage_tests::crc32(&v2);
     v2.extend_from_slice(&crc.to_le_bytes());
     drop(g);
@@ -229,6 +233,6 @@ fn a_version_2_head_file_loads_and_recalibrates() {
     assert!(c.calibrated.is_some());
     assert_eq!(
         &std::fs::read(&head_path).unwrap()[8..12],
-        &3u32.to_le_bytes()
+        &format::FORMAT_VERSION.to_le_bytes()
     );
 }

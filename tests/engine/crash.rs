@@ -14,9 +14,12 @@
 //! line also carries the batch's seed and a fingerprint of its contents, so
 //! parent and child provably agree on what was written. The default durable
 //! mode is tested with 30 kills, `Durability::ProcessCrash` (which promises to
-//! survive exactly this) with 10.
+//! survive exactly this) with 10; galleries of 512 values a vector (the other
+//! size with specialised kernels) and 96 (the generic kernels) with fewer.
 
-use crate::support::{Model, assert_same, check_search, mix, opts, rerun_self, subject_count};
+use crate::support::{
+    Model, assert_same, check_search, create, mix, opts, rerun_self, subject_count,
+};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
@@ -41,8 +44,8 @@ enum Batch {
     },
 }
 
-/// Batch number `n` of thread `t` of the run: its seed and contents.
-fn batch(run_seed: u64, t: u64, n: u64) -> (u64, Batch) {
+/// Batch number `n` of thread `t` of the run: its seed and contents (vectors of `dim` values).
+fn batch(run_seed: u64, t: u64, n: u64, dim: usize) -> (u64, Batch) {
     let bseed = mix(mix(run_seed, t), n);
     let mut rng = Rng(bseed);
     let base = t * ID_SPACE;
@@ -73,7 +76,7 @@ fn batch(run_seed: u64, t: u64, n: u64) -> (u64, Batch) {
         .map(|id| Embedding {
             id,
             subject: format!("t{t}-s{}", (subject + rng.below(3)) % SUBJECTS),
-            vector: rng.vector(),
+            vector: rng.vector_of(dim),
         })
         .collect();
     items.sort_by_key(|e| mix(e.id, 1));
@@ -110,8 +113,8 @@ fn fingerprint(b: &Batch) -> u64 {
     h
 }
 
-fn ack_line(run_seed: u64, t: u64, n: u64) -> String {
-    let (bseed, b) = batch(run_seed, t, n);
+fn ack_line(run_seed: u64, t: u64, n: u64, dim: usize) -> String {
+    let (bseed, b) = batch(run_seed, t, n, dim);
     format!("{n} {bseed:016x} {:016x}\n", fingerprint(&b))
 }
 
@@ -157,6 +160,7 @@ fn child() {
     o.gallery.compaction.min_small_to_merge = 3;
     let engine = Engine::open(dir.join("data"), o).expect("child: open");
     let g = engine.gallery(GALLERY).expect("child: gallery");
+    let dim = g.dim();
     std::thread::scope(|scope| {
         for t in 0..THREADS {
             let (g, start) = (&g, env_u64(&format!("VISAGE_CRASH_START_{t}")));
@@ -167,7 +171,7 @@ fn child() {
                     .expect("child: ack log");
                 let t0 = Instant::now();
                 for n in start.. {
-                    match batch(run_seed, t, n).1 {
+                    match batch(run_seed, t, n, dim).1 {
                         Batch::Insert(items) => {
                             g.insert(&items).expect("child: insert");
                         }
@@ -175,7 +179,8 @@ fn child() {
                             g.delete(&ids, &subjects).expect("child: delete");
                         }
                     }
-                    ack.write_all(ack_line(run_seed, t, n).as_bytes()).unwrap();
+                    ack.write_all(ack_line(run_seed, t, n, dim).as_bytes())
+                        .unwrap();
                     ack.sync_data().unwrap();
                     if t == 0 && n % 50 == 49 {
                         g.compact().expect("child: compact");
@@ -191,7 +196,7 @@ fn child() {
 
 /// Read the complete lines of the acknowledgement log from batch `next` on,
 /// checking that they name consecutive batches with the contents we regenerate.
-fn read_acks(path: &Path, run_seed: u64, t: u64, next: u64) -> Vec<u64> {
+fn read_acks(path: &Path, run_seed: u64, t: u64, next: u64, dim: usize) -> Vec<u64> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     let mut expect = next;
@@ -206,7 +211,7 @@ fn read_acks(path: &Path, run_seed: u64, t: u64, next: u64) -> Vec<u64> {
         assert_eq!(n, expect, "thread {t}: acknowledgement log skips a batch");
         assert_eq!(
             line,
-            ack_line(run_seed, t, n),
+            ack_line(run_seed, t, n, dim),
             "thread {t} batch {n}: child and parent disagree on its contents"
         );
         out.push(n);
@@ -245,19 +250,21 @@ fn same(state: &Model, model: &Model) -> bool {
         })
 }
 
-/// Kill the child `kills` times in `mode` and verify after each kill.
-fn run(mode: &str, kills: usize) {
+/// Kill the child `kills` times in mode `durability`, writing to a gallery of `dim`
+/// values a vector, and verify after each kill.
+fn run(durability: &str, kills: usize, dim: usize) {
     let run_seed: u64 = std::env::var("VISAGE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_C4A5);
+    let mode = &format!("{durability} at {dim}");
     println!("{mode}: crash test run seed {run_seed} (set VISAGE_CRASH_SEED to repeat)");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = dir.join("data");
     {
         let e = Engine::open(&data, opts(false, 64)).unwrap();
-        e.create_gallery(GALLERY).unwrap();
+        create(&e, GALLERY, dim);
     }
     for t in 0..THREADS {
         std::fs::write(ack_path(dir, t), "").unwrap();
@@ -272,7 +279,7 @@ fn run(mode: &str, kills: usize) {
         let mut cmd = rerun_self("crash::child");
         cmd.env(CHILD_ENV, dir)
             .env("VISAGE_CRASH_SEED", run_seed.to_string())
-            .env("VISAGE_CRASH_MODE", mode)
+            .env("VISAGE_CRASH_MODE", durability)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap());
         for t in 0..THREADS {
@@ -295,13 +302,18 @@ fn run(mode: &str, kills: usize) {
         let engine = Engine::open(&data, opts(false, 64))
             .unwrap_or_else(|e| panic!("{mode}, kill {kill}: reopen after SIGKILL failed: {e}"));
         let g = engine.gallery(GALLERY).unwrap();
+        assert_eq!(
+            g.dim(),
+            dim,
+            "{mode}, kill {kill}: dimension after reopening"
+        );
         let mut acked_any = false;
         for t in 0..THREADS {
             let ti = t as usize;
-            let acked = read_acks(&ack_path(dir, t), run_seed, t, next[ti]);
+            let acked = read_acks(&ack_path(dir, t), run_seed, t, next[ti], dim);
             acked_any |= !acked.is_empty();
             for &n in &acked {
-                apply(&mut models[ti], &batch(run_seed, t, n).1);
+                apply(&mut models[ti], &batch(run_seed, t, n, dim).1);
             }
             next[ti] += acked.len() as u64;
             let ids: Vec<u64> = (t * ID_SPACE..(t + 1) * ID_SPACE).collect();
@@ -309,7 +321,7 @@ fn run(mode: &str, kills: usize) {
             if !same(&state, &models[ti]) {
                 // The batch in flight may have been committed before its acknowledgement was logged.
                 let mut with_next = models[ti].clone();
-                apply(&mut with_next, &batch(run_seed, t, next[ti]).1);
+                apply(&mut with_next, &batch(run_seed, t, next[ti], dim).1);
                 assert!(
                     same(&state, &with_next),
                     "{mode}, kill {kill} (run seed {run_seed}), thread {t}: its ids match neither its {} \
@@ -324,7 +336,9 @@ fn run(mode: &str, kills: usize) {
                 in_flight_applied += 1;
             }
             // Keep only whole lines, so the next child appends after a clean end.
-            let lines: String = (0..next[ti]).map(|n| ack_line(run_seed, t, n)).collect();
+            let lines: String = (0..next[ti])
+                .map(|n| ack_line(run_seed, t, n, dim))
+                .collect();
             std::fs::write(ack_path(dir, t), lines).unwrap();
         }
         if acked_any {
@@ -347,7 +361,7 @@ fn run(mode: &str, kills: usize) {
             "{mode}, kill {kill}: subjects"
         );
         max_segments = max_segments.max(s.segments);
-        let probe = rng.vector();
+        let probe = rng.vector_of(dim);
         let hits = g.search(std::slice::from_ref(&probe), 20).unwrap();
         check_search(
             &hits[0],
@@ -373,10 +387,25 @@ fn run(mode: &str, kills: usize) {
 
 #[test]
 fn acknowledged_batches_survive_sigkill_and_none_is_half_applied() {
-    run("power-loss", 30);
+    run("power-loss", 30, 128);
+}
+
+#[test]
+fn acknowledged_batches_survive_sigkill_and_none_is_half_applied_at_512() {
+    run("power-loss", 20, 512);
+}
+
+#[test]
+fn acknowledged_batches_survive_sigkill_and_none_is_half_applied_at_96() {
+    run("power-loss", 10, 96);
 }
 
 #[test]
 fn process_crash_mode_also_survives_sigkill() {
-    run("process-crash", 10);
+    run("process-crash", 10, 128);
+}
+
+#[test]
+fn process_crash_mode_also_survives_sigkill_at_512() {
+    run("process-crash", 6, 512);
 }

@@ -6,6 +6,7 @@ mod compat;
 mod concurrency;
 mod corruption;
 mod crash;
+mod dims;
 mod docs;
 mod erasure;
 mod faults;

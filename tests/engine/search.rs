@@ -9,10 +9,13 @@
 //! of embeddings sit next to the probes, so identification must widen its scan
 //! (its internal "grow K" path) to find `k` distinct subjects; `k` also exceeds
 //! the number of subjects and the number of live rows.
+//!
+//! Each suite runs at 128 values a vector (the default), at 512 (the other
+//! size with specialised kernels) and at 96 (the generic kernels).
 
 use crate::support::{
-    Compared, Model, check_identify, check_search, continuous_near, dyadic_near, dyadic_vector,
-    opts,
+    Compared, Model, check_identify, check_search, continuous_near, create, dyadic_near,
+    dyadic_vector_of, opts,
 };
 use std::collections::HashSet;
 use visage_engine::{Embedding, Engine, Gallery};
@@ -27,22 +30,23 @@ struct Subject {
 struct World {
     rng: Rng,
     exact: bool,
+    dim: usize,
     subjects: Vec<Subject>,
     model: Model,
     ever: std::collections::BTreeSet<u64>,
 }
 
 impl World {
-    fn new(seed: u64, exact: bool) -> World {
+    fn new(seed: u64, exact: bool, dim: usize) -> World {
         let mut rng = Rng(seed);
         let n_small = 40 + rng.below(30) as usize;
         let mut subjects = Vec::new();
         for i in 0..n_small + 3 {
             let big = i >= n_small;
             let center = if exact {
-                dyadic_vector(&mut rng)
+                dyadic_vector_of(&mut rng, dim)
             } else {
-                rng.vector()
+                rng.vector_of(dim)
             };
             subjects.push(Subject {
                 name: if big {
@@ -57,6 +61,7 @@ impl World {
         World {
             rng,
             exact,
+            dim,
             subjects,
             model: Model::new(),
             ever: Default::default(),
@@ -165,9 +170,9 @@ impl World {
             p.push(self.near(s));
         }
         p.push(if self.exact {
-            dyadic_vector(&mut self.rng)
+            dyadic_vector_of(&mut self.rng, self.dim)
         } else {
-            self.rng.vector()
+            self.rng.vector_of(self.dim)
         });
         p
     }
@@ -221,14 +226,17 @@ fn check_all(g: &Gallery, w: &mut World, tally: &mut Tally, ctx: &str) {
     }
 }
 
-fn run(seed: u64, exact: bool) -> Tally {
-    let ctx = format!("seed {seed:#x} ({})", if exact { "exact" } else { "f32" });
+fn run(seed: u64, exact: bool, dim: usize) -> Tally {
+    let ctx = format!(
+        "dim {dim}, seed {seed:#x} ({})",
+        if exact { "exact" } else { "f32" }
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut w = World::new(seed, exact);
+    let mut w = World::new(seed, exact, dim);
     let mut tally = Tally::default();
     {
         let engine = Engine::open(dir.path(), opts(false, 1 << 17)).unwrap();
-        let g = engine.create_gallery("g").unwrap();
+        let g = create(&engine, "g", dim);
         for phase in 0..5 {
             let n = 250 + w.rng.below(150) as usize;
             w.insert_batch(&g, n);
@@ -289,49 +297,84 @@ fn run(seed: u64, exact: bool) -> Tally {
     }
     let engine = Engine::open(dir.path(), opts(false, 1 << 17)).unwrap();
     let g = engine.gallery("g").unwrap();
+    assert_eq!(g.dim(), dim, "{ctx}: dimension after reopening");
     check_all(&g, &mut w, &mut tally, &format!("{ctx}, reopened"));
     tally
 }
 
-#[test]
-fn exact_data_search_and_identify_equal_brute_force() {
+/// Dyadic data at dimension `dim`, over `seeds`: ids and distances equal.
+fn exact_data(dim: usize, seeds: &[u64]) {
     let mut total = Tally::default();
-    for seed in [1u64, 0xfeed, 0xdead_beef, 42] {
-        let t = run(seed, true);
+    for &seed in seeds {
+        let t = run(seed, true, dim);
         total.compared += t.compared;
         total.grow_cases += t.grow_cases;
     }
     assert_eq!(total.compared.ambiguous, 0);
     assert!(
-        total.grow_cases > 20,
-        "identification's widening path was exercised only {} times",
+        total.grow_cases > 20 * seeds.len(),
+        "dim {dim}: identification's widening path was exercised only {} times",
         total.grow_cases
     );
     println!(
-        "exact: {} positions compared, {} identify cases needing a wider scan",
+        "exact, dim {dim}: {} positions compared, {} identify cases needing a wider scan",
         total.compared.positions, total.grow_cases
     );
 }
 
-#[test]
-fn continuous_data_search_and_identify_equal_brute_force() {
+/// Continuous data at dimension `dim`, over `seeds`: equal up to f32 near-ties.
+fn continuous_data(dim: usize, seeds: &[u64]) {
     let mut total = Tally::default();
-    for seed in [7u64, 0x5eed, 0x00ab_cdef] {
-        let t = run(seed, false);
+    for &seed in seeds {
+        let t = run(seed, false, dim);
         total.compared += t.compared;
         total.grow_cases += t.grow_cases;
     }
-    assert!(total.grow_cases > 20, "grow cases: {}", total.grow_cases);
+    assert!(
+        total.grow_cases > 20 * seeds.len(),
+        "dim {dim}: grow cases: {}",
+        total.grow_cases
+    );
     // Near-ties must stay rare, or the tolerant comparison would prove little.
     assert!(
         total.compared.ambiguous * 50 <= total.compared.positions,
-        "{:?}",
+        "dim {dim}: {:?}",
         total.compared
     );
     println!(
-        "f32: {} positions compared, {} at f32 near-ties, {} identify cases needing a wider scan",
+        "f32, dim {dim}: {} positions compared, {} at f32 near-ties, {} identify cases needing a wider scan",
         total.compared.positions, total.compared.ambiguous, total.grow_cases
     );
+}
+
+#[test]
+fn exact_data_search_and_identify_equal_brute_force() {
+    exact_data(128, &[1, 0xfeed, 0xdead_beef, 42]);
+}
+
+#[test]
+fn exact_data_search_and_identify_equal_brute_force_at_512() {
+    exact_data(512, &[1, 0xfeed]);
+}
+
+#[test]
+fn exact_data_search_and_identify_equal_brute_force_at_96() {
+    exact_data(96, &[42]);
+}
+
+#[test]
+fn continuous_data_search_and_identify_equal_brute_force() {
+    continuous_data(128, &[7, 0x5eed, 0x00ab_cdef]);
+}
+
+#[test]
+fn continuous_data_search_and_identify_equal_brute_force_at_512() {
+    continuous_data(512, &[7, 0x5eed]);
+}
+
+#[test]
+fn continuous_data_search_and_identify_equal_brute_force_at_96() {
+    continuous_data(96, &[0x00ab_cdef]);
 }
 
 /// The comparison itself must reject wrong answers, or the suites above prove nothing.

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use visage_engine::{DIM, Embedding, Engine, EngineOptions, Hit};
+use std::sync::Arc;
+use visage_engine::{DIM, Embedding, Engine, EngineOptions, Gallery, GallerySpec, Hit};
 use visage_tests::{Rng, embedding, l2sq_f64};
 
 /// The model every suite checks against: id → embedding.
@@ -22,20 +23,40 @@ pub fn opts(background: bool, memtable_rows: usize) -> EngineOptions {
     o
 }
 
+/// The dimensions the exactness suites run at: the default, the other one
+/// with kernels specialised for it, and one that takes the generic path.
+pub const DIMS: [usize; 3] = [128, 512, 96];
+
+/// A new gallery `name` of dimension `dim` (no model, not normalising).
+pub fn create(engine: &Engine, name: &str, dim: usize) -> Arc<Gallery> {
+    let g = engine
+        .create_gallery_with(name, &GallerySpec::with_dim(dim))
+        .unwrap();
+    assert_eq!(g.dim(), dim, "dimension of the new gallery {name}");
+    g
+}
+
 /// A seed derived from two numbers (splitmix of a mix), for per-item data.
 pub fn mix(a: u64, b: u64) -> u64 {
     Rng(a ^ b.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()
 }
 
-/// A vector of multiples of 1/4 in [-4, 4], with the occasional `-0.0`.
-///
-/// Every squared difference is a multiple of 1/16 below 64 and every partial
-/// sum of 128 of them is below 2^13, so any kernel (any summation order, FMA
-/// or not, direct or through norms) computes every distance *exactly* in f32:
-/// the reference ranking is unambiguous and ties are frequent, which exercises
-/// the tie-break by id.
+/// A vector of [`DIM`] multiples of 1/4 in [-4, 4] ([`dyadic_vector_of`]).
 pub fn dyadic_vector(rng: &mut Rng) -> Vec<f32> {
-    (0..DIM)
+    dyadic_vector_of(rng, DIM)
+}
+
+/// A vector of `dim` multiples of 1/4 in [-4, 4], with the occasional `-0.0`.
+///
+/// Every squared difference, square and product is a multiple of 1/16 of at
+/// most 64, so every partial sum of `dim` of them is a multiple of 1/16 of at
+/// most 2^6 · `dim` (2^15 at 512, 2^17 at 2,048): it fits in the 24 bits of an f32
+/// mantissa for any dimension up to 2^14. Any kernel (any summation order, FMA
+/// or not, direct or through norms) therefore computes every distance
+/// *exactly* in f32: the reference ranking is unambiguous and ties are
+/// frequent, which exercises the tie-break by id.
+pub fn dyadic_vector_of(rng: &mut Rng, dim: usize) -> Vec<f32> {
+    (0..dim)
         .map(|_| match rng.below(40) {
             0 => -0.0,
             _ => (rng.below(33) as f32 - 16.0) / 4.0,
