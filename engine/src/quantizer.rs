@@ -96,6 +96,13 @@ pub(crate) struct ScreenBound {
 }
 
 impl ScreenBound {
+    /// The bound with `ρ` lowered to the largest coding error actually found
+    /// in the segment's rows (`stats.rho`), where that is smaller.
+    pub(crate) fn tightened(self, stats: Option<&CodeStats>) -> ScreenBound {
+        let rho = stats.map_or(self.rho, |s| self.rho.min(s.rho));
+        ScreenBound { rho, ..self }
+    }
+
     /// The bound of a quantiser, or `None` where its codes cannot screen
     /// (a step that overflowed: values near ±f32::MAX, which the codes do not bound).
     pub(crate) fn of(min: &[f32], step: &[f32]) -> Option<ScreenBound> {
@@ -119,44 +126,153 @@ impl ScreenBound {
     }
 }
 
-/// Largest weight magnitude of a probe's integer form at any dimension:
-/// `256·127 + 127`, so the high byte of a weight stays in `-127..=127` (the
-/// low one in `-128..=127`).
-pub const INT_WEIGHT_MAX: i32 = 256 * 127 + 127;
+/// Largest weight magnitude of a probe's integer form: one signed byte, so a
+/// `vpdpbusd` multiplies four codes by four weights in one step (64
+/// multiply-adds an instruction). Sums stay far inside `i32` at every
+/// dimension: `2048·255·127 < 2^26`.
+pub const INT_WEIGHT_MAX: i32 = 127;
 
-/// Largest weight magnitude at dimension `dim`: [`INT_WEIGHT_MAX`] up to 256
-/// values, smaller above, so that the kernels' sums stay inside `i32`. The
-/// high bytes' sum `H` is at most `dim·255·(W + 128)/256` and the low bytes'
-/// `L` at most `dim·255·128`, and `256·H + L` is formed in `i32`: with
-/// `W = (2^31 − 1)/(255·dim) − 256`, `256·H + L ≤ dim·255·(W + 256) < 2^31`.
-/// At 512 values that is 16,192 (weights of 15 bits), at 2,048 3,856.
-pub fn int_weight_max(dim: usize) -> i32 {
-    let dim = i64::try_from(dim.max(1)).unwrap_or(i64::MAX / 255);
-    let fit = i64::from(i32::MAX) / (255 * dim) - 256;
-    i32::try_from(fit.clamp(1, i64::from(INT_WEIGHT_MAX))).unwrap_or(1)
+/// What the integer estimate's per-row error bound needs from a coded
+/// segment, computed once from its codes ([`CodeStats::of`]): the decoded
+/// norms `‖x̂‖²`, a per-dimension centre code `μ_d` (the rounded mean code)
+/// and each row's spread `‖c − μ‖`.
+#[derive(Debug, Default)]
+pub(crate) struct CodeStats {
+    /// `‖x̂‖²` of each row (see [`decoded_norm`]).
+    pub norms: Vec<f32>,
+    /// The centre code of each dimension.
+    pub centre: Vec<u8>,
+    /// `‖c − μ‖` of each row, rounded up (exact integer sum, one rounding of its root).
+    pub spread: Vec<f32>,
+    /// The largest `‖x − x̂‖` of any row, from the vectors themselves (with
+    /// room for the f64 arithmetic): usually well under [`ScreenBound`]'s
+    /// worst case of half a step in every coordinate. Infinite if a vector
+    /// is not finite.
+    pub rho: f64,
 }
 
-/// A probe's integer form for one coded source: weights `m ≈ (q ∘ step)/α`,
-/// so that `q·x̂ = q·min + Σ_d q_d·step_d·c_d ≈ q·min + α·(m·c)`, with the
-/// distance estimate `c0 + ‖x̂‖² − 2α·(m·c)`, `c0 = ‖q‖² − 2·q·min`, and
-/// `err` bounding its distance from `‖q − x̂‖²`.
+impl CodeStats {
+    /// The statistics of a segment's codes (row-major, `dim` a row) and of
+    /// their distance from its `vectors` (the same rows), in parallel.
+    pub(crate) fn of(
+        min: &[f32],
+        step: &[f32],
+        codes: &[u8],
+        vectors: &[f32],
+        dim: usize,
+    ) -> CodeStats {
+        use rayon::prelude::*;
+        let rows = codes.len() / dim.max(1);
+        if rows == 0 || vectors.len() != codes.len() {
+            return CodeStats::default();
+        }
+        let sums = codes
+            .par_chunks_exact(dim)
+            .with_min_len(4096)
+            .fold(
+                || vec![0u64; dim],
+                |mut acc, c| {
+                    for (a, &x) in acc.iter_mut().zip(c) {
+                        *a += u64::from(x);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0u64; dim],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    a
+                },
+            );
+        let n = rows as u64;
+        // Rounded mean, at most 255 as every code is.
+        let centre: Vec<u8> = sums
+            .iter()
+            .map(|&s| u8::try_from((2 * s + n) / (2 * n)).unwrap_or(u8::MAX))
+            .collect();
+        let (norms, spread) = codes
+            .par_chunks_exact(dim)
+            .with_min_len(4096)
+            .map(|c| (decoded_norm(min, step, c), code_spread(c, &centre)))
+            .unzip();
+        let rho = codes
+            .par_chunks_exact(dim)
+            .zip(vectors.par_chunks_exact(dim))
+            .with_min_len(4096)
+            .map(|(c, x)| coding_error(min, step, c, x))
+            .reduce(|| 0.0, f64::max);
+        CodeStats {
+            norms,
+            centre,
+            spread,
+            rho,
+        }
+    }
+}
+
+/// `‖x − x̂‖` of one row, computed in f64 and rounded up generously: each
+/// coordinate of `x̂` is off by at most 2^-53 of itself, and the sum and the
+/// root by a relative 2^-50 at 2,048 terms, far inside the margins added.
+/// Infinite where `x` is not finite.
+fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f64 {
+    let (mut e2, mut n2) = (0f64, 0f64);
+    for d in 0..c.len() {
+        let xh = f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]);
+        e2 += (f64::from(x[d]) - xh).powi(2);
+        n2 += xh * xh;
+    }
+    let e = e2.sqrt() * (1.0 + 1e-9) + 1e-14 * n2.sqrt();
+    if e.is_finite() { e } else { f64::INFINITY }
+}
+
+/// `‖c − μ‖` of one row's codes, rounded up to f32 (the sum of squares is an
+/// exact integer; its square root is rounded in f64, then up).
+pub(crate) fn code_spread(c: &[u8], centre: &[u8]) -> f32 {
+    let s2: u64 = c
+        .iter()
+        .zip(centre)
+        .map(|(&x, &m)| {
+            let d = u64::from(x.abs_diff(m));
+            d * d
+        })
+        .sum();
+    let s = (s2 as f64).sqrt() * (1.0 + 1e-12);
+    let f = s as f32;
+    if f64::from(f) < s { f.next_up() } else { f }
+}
+
+/// A probe's integer form for one coded source: signed-byte weights
+/// `m ≈ (q ∘ step)/α` with residuals `r = q ∘ step − α·m`, so that
+///
+/// `q·x̂ = q·min + α·(m·c) + r·μ + r·(c − μ)`,
+///
+/// and the distance estimate `e = c0 + ‖x̂‖² − 2α·(m·c)` with
+/// `c0 = ‖q‖² − 2·q·min − 2·r·μ` misses `‖q − x̂‖²` by `2·r·(c − μ)`, at most
+/// `κ·‖c − μ‖` with `κ = 2‖r‖` (Cauchy–Schwarz). The scans rank rows by the
+/// lower estimate `e − κ·‖c − μ‖`, which is at most `‖q − x̂‖²` up to the f32
+/// rounding `err`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProbeForm {
     pub alpha2: f32,
     pub c0: f32,
+    pub kappa: f32,
     pub err: f64,
 }
 
 /// The integer weights `m` (each within ±[`INT_WEIGHT_MAX`]) of probe `q` for
-/// a source with quantiser `min`, `step` and bound `b`, with the terms and
-/// error of its estimate.
+/// a source with quantiser `min`, `step`, centre codes `centre` and bound `b`,
+/// with the terms and rounding error of its lower estimate.
 pub(crate) fn int_weights(
     q: &[f32],
     min: &[f32],
     step: &[f32],
+    centre: &[u8],
     b: &ScreenBound,
 ) -> (Vec<i32>, ProbeForm) {
-    let wlim = f64::from(int_weight_max(q.len()));
+    let wlim = f64::from(INT_WEIGHT_MAX);
     // Products of two f32 are exact in f64.
     let w: Vec<f64> = q
         .iter()
@@ -176,32 +292,52 @@ pub(crate) fn int_weights(
             }
         })
         .collect();
-    // |w·c − α·(m·c)| ≤ Σ_d |w_d − α·m_d|·c_d ≤ 255·Σ_d |w_d − α·m_d|.
-    let e_dot = 255.0
-        * w.iter()
-            .zip(&m)
-            .map(|(&wd, &md)| (wd - a * f64::from(md)).abs())
-            .sum::<f64>();
+    // `a·m_d` is exact in f64 (24 by 7 bits); the residual is rounded once,
+    // by at most 2^-53 of itself, which the factor on ‖r‖ covers.
+    let r: Vec<f64> = w
+        .iter()
+        .zip(&m)
+        .map(|(&wd, &md)| wd - a * f64::from(md))
+        .collect();
+    let rnorm = r.iter().map(|x| x * x).sum::<f64>().sqrt() * (1.0 + 1e-9);
+    let kappa64 = 2.0 * rnorm;
+    let kappa = {
+        let k = kappa64 as f32;
+        if f64::from(k) < kappa64 {
+            k.next_up()
+        } else {
+            k
+        }
+    };
+    let rmu: f64 = r.iter().zip(centre).map(|(&x, &c)| x * f64::from(c)).sum();
     let qn2: f64 = q.iter().map(|&x| f64::from(x).powi(2)).sum();
     let qmin: f64 = q
         .iter()
         .zip(min)
         .map(|(&x, &m)| f64::from(x) * f64::from(m))
         .sum();
-    let c0 = qn2 - 2.0 * qmin;
-    // Magnitudes the f32 estimate rounds at: |c0|, ‖x̂‖² ≤ (‖min‖ + ‖step·c‖)², 2α·|m·c|.
+    let c0 = qn2 - 2.0 * qmin - 2.0 * rmu;
+    // Magnitudes the f32 lower estimate rounds at: |c0|, ‖x̂‖² ≤ (‖min‖ +
+    // ‖step·c‖)², 2α·|m·c|, and κ·‖c − μ‖ ≤ κ·255·√D; plus the f64 sums above.
     let mabs: f64 = m.iter().map(|&x| f64::from(x.abs())).sum();
     let xmax = b.min_norm + b.range_norm;
-    let mag = c0.abs() + xmax * xmax + 2.0 * a * 255.0 * mabs;
+    let mag = c0.abs()
+        + qn2
+        + 2.0 * qmin.abs()
+        + 2.0 * rmu.abs()
+        + xmax * xmax
+        + 2.0 * a * 255.0 * mabs
+        + f64::from(kappa) * 255.0 * (q.len() as f64).sqrt();
     // Far inside f32's range every term of the estimate is finite, so no
     // estimate is NaN (which would drop a row unseen); otherwise (values near
     // ±f32::MAX) the bound is infinite and the probe is searched again.
-    let finite = alpha.is_finite() && mag.is_finite() && mag < 1e30;
+    let finite = alpha.is_finite() && kappa.is_finite() && mag.is_finite() && mag < 1e30;
     let form = ProbeForm {
         alpha2: 2.0 * alpha,
         c0: c0 as f32,
+        kappa,
         err: if finite {
-            2.0 * e_dot + 16.0 * U * mag
+            16.0 * U * mag
         } else {
             f64::INFINITY
         },

@@ -7,7 +7,7 @@
 //! `topk`, the kernels in `kernels`, the choice of scan in the module root.
 
 use super::kernels::Kernels;
-use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, fold_units, offer, work_units};
+use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, fold_units, offer, work_units};
 use super::{Cand, Metric};
 use crate::snapshot::Snapshot;
 
@@ -57,5 +57,5 @@ pub(super) fn scan(
         },
         |(), ()| {},
     );
-    tops.into_iter().map(TopK::into_sorted).collect()
+    tops.into_iter().map(|t| t.into_sorted().0).collect()
 }

@@ -8,7 +8,7 @@
 //! - `screen`: scans through the 8-bit codes, the screened exact scan's proof
 //!   and the approximate 8-bit mode;
 //! - `tiled`: batches as tiles of probes × packed groups of rows;
-//! - `topk`: the per-probe bounded heaps, work units and the parallel
+//! - `topk`: the per-probe top-k sets, work units and the parallel
 //!   fold/merge they all share;
 //! - [`kernels`]: the distance kernels, chosen once per process.
 //!
@@ -18,7 +18,7 @@
 //!
 //! Every scan splits the rows into blocks across segments and memtable
 //! chunks; rayon runs the blocks in parallel, each worker keeping one bounded
-//! max-heap per probe, and the heaps are merged at the end. Order is total: by
+//! top-k set per probe, and the sets are merged at the end. Order is total: by
 //! distance, then by id, so results are deterministic and equal to a
 //! brute-force scan's.
 //!

@@ -27,6 +27,7 @@ pub(super) fn screen_bounds(snap: &Snapshot) -> Vec<Option<ScreenBound>> {
         .map(|s| {
             snap.sq8(s)
                 .and_then(|(min, step, _)| ScreenBound::of(min, step))
+                .map(|b| b.tightened(snap.code_stats(s)))
         })
         .collect()
 }
@@ -50,10 +51,11 @@ pub(super) fn int_forms(
         .map(|(s, b)| {
             let b = b.as_ref().filter(|_| fast)?;
             let (min, step, _) = snap.sq8(s)?;
+            let centre = &snap.code_stats(s)?.centre;
             Some(
                 probes
                     .chunks_exact(snap.dim)
-                    .map(|q| int_probe(q, min, step, b))
+                    .map(|q| int_probe(q, min, step, centre, b))
                     .unzip(),
             )
         })
@@ -62,9 +64,25 @@ pub(super) fn int_forms(
 
 /// A probe's integer form for one coded source: the quantiser's weights, in
 /// the byte layout of the integer kernels.
-fn int_probe(q: &[f32], min: &[f32], step: &[f32], b: &ScreenBound) -> (IntProbe, ProbeForm) {
-    let (m, form) = int_weights(q, min, step, b);
+fn int_probe(
+    q: &[f32],
+    min: &[f32],
+    step: &[f32],
+    centre: &[u8],
+    b: &ScreenBound,
+) -> (IntProbe, ProbeForm) {
+    let (m, form) = int_weights(q, min, step, centre, b);
     (IntProbe::new(&m), form)
+}
+
+/// A probe's terms of the kernels' lower estimate, with a bound for the mask.
+pub(super) fn tile_form(pf: &ProbeForm, bound: f32) -> kernels::TileForm {
+    kernels::TileForm {
+        c0: pf.c0,
+        alpha2: pf.alpha2,
+        kappa: pf.kappa,
+        bound,
+    }
 }
 
 /// The 8-bit path (for batches below the tiled threshold; the module root
@@ -127,22 +145,16 @@ fn scan_codes(
                     .collect(),
                 _ => Vec::new(),
             };
-            let xn = if int.is_some() {
-                snap.decoded_norms(s)
-            } else {
-                &[]
-            };
+            let stats = int.and(snap.code_stats(s));
+            let (xn, xs) = stats.map_or((&[][..], &[][..]), |c| (&c.norms[..], &c.spread[..]));
             for start in (a..b).step_by(SUB_ROWS) {
                 let end = (start + SUB_ROWS).min(b);
                 for (p, top) in acc.iter_mut().enumerate() {
                     match (sq8, int) {
                         (Some((_, _, codes)), Some((ips, pf))) => {
-                            let f = kernels::TileForm {
-                                c0: pf[p].c0,
-                                alpha2: pf[p].alpha2,
-                                bound: f32::INFINITY,
-                            };
-                            let (c, x) = (&codes[start * dim..end * dim], &xn[start..end]);
+                            let f = tile_form(&pf[p], f32::INFINITY);
+                            let c = &codes[start * dim..end * dim];
+                            let x = (&xn[start..end], &xs[start..end]);
                             kern.est_u8_rows(&ips[p], &f, x, c, dim, &mut dists);
                         }
                         (Some((_, step, codes)), None) => {
@@ -179,8 +191,7 @@ pub(super) fn rerank(
     top: TopK,
     k: usize,
 ) -> (Vec<Cand>, f32, usize) {
-    let worst = top.worst();
-    let mut cands = top.into_sorted();
+    let (mut cands, worst) = top.into_sorted();
     let kept = cands.len();
     for c in cands.iter_mut() {
         let row = snap.vector(c.src as usize, c.row as usize);
@@ -267,7 +278,7 @@ pub(super) fn screened(
                 for (b, f) in bounds.iter().zip(&forms) {
                     let Some(b) = b else { continue };
                     let near = match f {
-                        // The integer estimate is within `err` of ‖q − x̂‖².
+                        // The integer lower estimate is at most ‖q − x̂‖² + err.
                         Some((_, pf)) => (w - pf[j].err).max(0.0).sqrt(),
                         // The f32 estimate: a relative error γ, and each term's
                         // difference off by at most 3u·(|q_d − min_d| + |step_d·c_d|).
@@ -304,7 +315,7 @@ pub(super) fn screened(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
+    use crate::quantizer::{CodeStats, sq8_encode, sq8_params};
     use proptest::prelude::*;
 
     fn vector(seed: &[f32], scale: f32, offset: f32, dim: usize) -> Vec<f32> {
@@ -316,8 +327,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         /// The two bounds the exactness proofs rest on, against f64: every
-        /// coded row is within ρ of its vector, and the integer estimate is
-        /// within `err` of `‖q − x̂‖²`, near the origin and far from it.
+        /// coded row is within ρ of its vector, and the integer lower
+        /// estimate is at most `‖q − x̂‖² + err` (and not far below it: within
+        /// its per-row allowance `κ·‖c − μ‖`), near the origin and far from it.
         #[test]
         fn codes_and_integer_estimates_stay_within_their_bounds(
             seeds in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 1..40), 2..12),
@@ -332,26 +344,38 @@ mod tests {
             let (min, step) = sq8_params(rows.iter().map(Vec::as_slice), dim);
             // A row half a step from a code in every dimension: the worst case of ρ.
             rows.push((0..dim).map(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)).collect());
-            let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
-            let (ip, f) = int_probe(&q, &min, &step, &b);
-            prop_assert!(f.err.is_finite());
-            for x in &rows {
+            let codes: Vec<u8> = rows.iter().flat_map(|x| {
                 let mut c = vec![0u8; dim];
                 sq8_encode(x, &min, &step, &mut c);
+                c
+            }).collect();
+            let flat: Vec<f32> = rows.concat();
+            let stats = CodeStats::of(&min, &step, &codes, &flat, dim);
+            let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
+            let (ip, f) = int_probe(&q, &min, &step, &stats.centre, &b);
+            prop_assert!(f.err.is_finite());
+            for (i, (x, c)) in rows.iter().zip(codes.chunks_exact(dim)).enumerate() {
                 let xhat: Vec<f64> = (0..dim).map(|d| f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d])).collect();
                 let off: f64 = x.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum::<f64>().sqrt();
                 prop_assert!(off <= b.rho, "‖x − x̂‖ = {off} above ρ = {}", b.rho);
+                prop_assert!(off <= stats.rho, "‖x − x̂‖ = {off} above the data's ρ = {}", stats.rho);
+                // The spread against f64.
+                let spread: f64 = c.iter().zip(&stats.centre).map(|(&a, &m)| (f64::from(a) - f64::from(m)).powi(2)).sum::<f64>().sqrt();
+                prop_assert!(f64::from(stats.spread[i]) >= spread && f64::from(stats.spread[i]) <= spread * (1.0 + 1e-6) + 1e-30);
                 // The estimate as the scan computes it: one probe, one row, the scalar kernel.
                 let mut packed = vec![0u8; dim * kernels::LANES];
-                kernels::pack_codes(&c, dim, &mut packed);
-                let form = kernels::TileForm { c0: f.c0, alpha2: f.alpha2, bound: 0.0 };
-                let mut xn = [0f32; kernels::LANES];
-                xn[0] = decoded_norm(&min, &step, &c);
+                kernels::pack_codes(c, dim, &mut packed);
+                let form = tile_form(&f, 0.0);
+                let (mut xn, mut xs) = ([0f32; kernels::LANES], [0f32; kernels::LANES]);
+                xn[0] = stats.norms[i];
+                xs[0] = stats.spread[i];
                 let mut out = [0f32; kernels::TILE_PROBES * kernels::LANES];
-                kernels::scalar::est_u8_tile(std::slice::from_ref(&ip), &[form], &xn, &packed, &mut out);
-                let est = f64::from(out[0]);
+                kernels::scalar::est_u8_tile(&kernels::IntTile::new(std::slice::from_ref(&ip)), &[form], &xn, &xs, &packed, &mut out);
+                let low = f64::from(out[0]);
                 let exact: f64 = q.iter().zip(&xhat).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
-                prop_assert!((est - exact).abs() <= f.err, "estimate {est}, exact {exact}, err {}", f.err);
+                prop_assert!(low <= exact + f.err, "lower estimate {low} above exact {exact} + err {}", f.err);
+                let allowance = 2.0 * f64::from(f.kappa) * f64::from(xs[0]);
+                prop_assert!(low >= exact - allowance - f.err, "lower estimate {low} more than {allowance} + {} below exact {exact}", f.err);
             }
         }
     }

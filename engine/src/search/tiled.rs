@@ -8,8 +8,8 @@
 //! `crate::quantizer`'s; heaps and the parallel run are `topk`'s.
 
 use super::Cand;
-use super::kernels::{Kernels, LANES, TILE_PROBES, TileForm};
-use super::screen::{int_forms, proven, rerank, screened};
+use super::kernels::{IntTile, Kernels, LANES, TILE_PROBES, TileForm};
+use super::screen::{int_forms, proven, rerank, screened, tile_form};
 use super::topk::{Source, fold_units, offer, offer_group, work_units};
 use super::{gather, probe_count};
 use crate::quantizer::{ScreenBound, U, coded_low};
@@ -30,24 +30,30 @@ struct Scratch {
     packed: Vec<f32>,
     /// Packed groups of codes, `dim × LANES` bytes each.
     codes: Vec<u8>,
+    /// Each row's squared norm (decoded, for codes).
     norms: Vec<f32>,
+    /// Each coded row's spread about the centre codes (see `CodeStats`).
+    spread: Vec<f32>,
 }
 
-/// The batch scan. Each probe keeps `4k + 16` candidates by an estimate, their
+/// The batch scan. Each probe keeps `8k + 32` candidates by an estimate, their
 /// distances are recomputed exactly, and the result is accepted only if no row
-/// outside the candidates can beat the k-th (as in the screened scan); a probe
-/// the bound cannot settle is searched again by the screened scan, so the
-/// answer is always exactly the direct scan's.
+/// outside the candidates can beat the k-th (as in the screened scan). The
+/// probes the bound cannot settle (near-ties, crowded neighbourhoods) are
+/// scanned again together, as a batch, with sixteen times the candidates;
+/// the few left then take the screened scan, so the answer is always exactly
+/// the direct scan's.
 ///
 /// Where the CPU has integer dot products (AVX-512 VNNI), coded segments are
-/// scanned through their 8-bit codes: each probe is turned into 16-bit integer
-/// weights per segment (`screen::int_forms`) and tiles of probes × packed code
-/// groups are multiplied exactly in `i32`, twice the multiply-adds per
-/// instruction of f32 and a quarter of the bytes. The estimate's error is the
-/// codes' (`ρ`, as in the screened scan) plus the weights' rounding, both
-/// bounded per probe. Elsewhere, and for memtable chunks and version-1
-/// segments, tiles of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`,
-/// within `4·D·u·(‖q‖ + ‖x‖)²` of the direct form (`D` values a row).
+/// scanned through their 8-bit codes: each probe is turned into signed-byte
+/// weights per segment (`screen::int_forms`) and tiles of probes × packed
+/// code groups are multiplied exactly in `i32`, 64 multiply-adds an
+/// instruction (four times f32's) and a quarter of the bytes. Rows are ranked
+/// by a lower estimate: the codes' error (`ρ`, as in the screened scan) and the
+/// weights' rounding (`κ` times the row's spread) are both bounded per probe
+/// and row. Elsewhere, and for memtable chunks and version-1 segments, tiles
+/// of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`, within
+/// `4·D·u·(‖q‖ + ‖x‖)²` of the direct form (`D` values a row).
 pub(super) fn scan(
     kern: &Kernels,
     snap: &Snapshot,
@@ -55,11 +61,80 @@ pub(super) fn scan(
     k: usize,
     bounds: &[Option<ScreenBound>],
 ) -> Vec<Vec<Cand>> {
+    let n = probe_count(snap, probes);
+    let mut results = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = (0..n).collect();
+    let mut keep = first_keep(k, snap.dim);
+    for _round in 0..2 {
+        let qs = gather(probes, snap.dim, &pending);
+        let mut next = Vec::new();
+        for (j, r) in scan_round(kern, snap, &qs, k, keep, bounds)
+            .into_iter()
+            .enumerate()
+        {
+            match r {
+                Some(cands) => results[pending[j]] = cands,
+                None => next.push(pending[j]),
+            }
+        }
+        pending = next;
+        if pending.is_empty() {
+            return results;
+        }
+        keep = keep.saturating_mul(16);
+    }
+    let qs = gather(probes, snap.dim, &pending);
+    for (i, r) in pending
+        .into_iter()
+        .zip(screened(kern, snap, &qs, k, bounds))
+    {
+        results[i] = r;
+    }
+    results
+}
+
+/// Candidates a probe keeps in the batch scan's first pass: `8k + 32`, times
+/// `⌈√(D/128)⌉`. Distances concentrate as the dimension grows, so more rows
+/// fall inside the codes' margin of a probe's k-th; too few candidates and the
+/// proof fails, too many and keeping them costs (measured at 1M rows, k = 10:
+/// at 128 values 112 settle every probe of 1,000; at 512, 112 leave a quarter
+/// unsettled and 224 a handful).
+fn first_keep(k: usize, dim: usize) -> usize {
+    let scale = (dim.div_ceil(128) as f64).sqrt().ceil() as usize;
+    k.saturating_mul(8)
+        .saturating_add(32)
+        .saturating_mul(scale.max(1))
+}
+
+/// One pass of the batch scan with `keep` candidates a probe: each probe's
+/// proven top `k`, or `None` where the bound could not settle it.
+fn scan_round(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[f32],
+    k: usize,
+    keep: usize,
+    bounds: &[Option<ScreenBound>],
+) -> Vec<Option<Vec<Cand>>> {
     let dim = snap.dim;
     let n_probes = probe_count(snap, probes);
     let group = dim * LANES;
-    let keep = k.saturating_mul(4).saturating_add(16);
     let forms = int_forms(kern, snap, probes, bounds);
+    // Each coded source's probes interleaved, a tile at a time, checked once.
+    let tiles: Vec<Vec<IntTile>> = forms
+        .iter()
+        .map(|f| {
+            f.as_ref().map_or_else(Vec::new, |(ips, _)| {
+                ips.chunks(TILE_PROBES)
+                    .map(|t| {
+                        let tile = IntTile::new(t);
+                        Kernels::check_int_tile(&tile, dim);
+                        tile
+                    })
+                    .collect()
+            })
+        })
+        .collect();
     let qn: Vec<f32> = probes
         .chunks_exact(dim)
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
@@ -83,15 +158,18 @@ pub(super) fn scan(
             let n = b - a;
             let groups = n.div_ceil(LANES);
             acc.norms.clear();
-            let coded = forms[s].as_ref().zip(snap.sq8(s));
+            acc.spread.clear();
+            let coded = forms[s].as_ref().zip(snap.sq8(s)).zip(snap.code_stats(s));
             match coded {
-                Some((_, (_, _, codes))) => {
+                Some(((_, (_, _, codes)), stats)) => {
                     acc.codes.resize(groups * group, 0);
                     let rows = codes[a * dim..b * dim].chunks(LANES * dim);
                     for (rows, out) in rows.zip(acc.codes.chunks_exact_mut(group)) {
                         super::kernels::pack_codes(rows, dim, out);
                     }
-                    acc.norms.extend_from_slice(&snap.decoded_norms(s)[a..b]);
+                    acc.norms.extend_from_slice(&stats.norms[a..b]);
+                    acc.spread.extend_from_slice(&stats.spread[a..b]);
+                    acc.spread.resize(groups * LANES, 0.0);
                 }
                 None => {
                     let vecs = snap.rows(s, a, b);
@@ -118,19 +196,18 @@ pub(super) fn scan(
                     let xn = &acc.norms[g * LANES..g * LANES + LANES];
                     let live = (n - g * LANES).min(LANES);
                     let first = a + g * LANES;
-                    if let Some(((ips, pf), _)) = coded {
+                    if let Some(((_, pf), _)) = coded.map(|(f, _)| f) {
                         // Estimates and the lanes under each probe's bound, in one kernel call.
                         let forms: [TileForm; TILE_PROBES] = std::array::from_fn(|p| {
                             let i = (t + p).min(te - 1);
-                            TileForm {
-                                c0: pf[i].c0,
-                                alpha2: pf[i].alpha2,
-                                bound: tops[i].bound(),
-                            }
+                            tile_form(&pf[i], tops[i].bound())
                         });
                         let xn: &[f32; LANES] = xn.try_into().expect("a group of norms");
+                        let xs = &acc.spread[g * LANES..g * LANES + LANES];
+                        let xs: &[f32; LANES] = xs.try_into().expect("a group of spreads");
                         let codes = &acc.codes[g * group..(g + 1) * group];
-                        let masks = kern.est_u8_tile(&ips[t..te], &forms, xn, codes, &mut out);
+                        let tile = &tiles[s][t / TILE_PROBES];
+                        let masks = kern.est_u8_tile(tile, &forms, xn, xs, codes, &mut out);
                         for (p, &m) in masks.iter().enumerate().take(te - t) {
                             if u32::from(m) & ((1u32 << live) - 1) != 0 {
                                 let d = &out[p * LANES..p * LANES + live];
@@ -159,36 +236,27 @@ pub(super) fn scan(
     let uncoded = forms.iter().any(Option::is_none);
     let max_x = f64::from(scratch.max_norm).sqrt();
     let live = snap.live_rows();
-    let mut results = Vec::with_capacity(n_probes);
-    let mut rescan = Vec::new();
     // |estimate − exact| ≤ 4·D·u·(‖q‖ + ‖x‖)² (512·u at 128 values: generous
     // for D-term sums, whose rounding is within about D·u of the magnitudes).
     let slack = 4.0 * dim as f64 * U;
-    for (i, top) in tops.into_iter().enumerate() {
-        let q = &probes[i * dim..(i + 1) * dim];
-        let (cands, worst, kept) = rerank(kern, snap, q, top, k);
-        let ok = proven((&cands, worst, kept), keep, live, k, |w| {
-            let mut low = f64::INFINITY;
-            if uncoded {
-                low = w - slack * (f64::from(qn[i]).sqrt() + max_x).powi(2);
-            }
-            for (b, f) in bounds.iter().zip(&forms) {
-                if let (Some(b), Some((_, pf))) = (b, f) {
-                    low = low.min(coded_low((w - pf[i].err).max(0.0).sqrt(), b.rho, dim));
+    tops.into_iter()
+        .enumerate()
+        .map(|(i, top)| {
+            let q = &probes[i * dim..(i + 1) * dim];
+            let (cands, worst, kept) = rerank(kern, snap, q, top, k);
+            let ok = proven((&cands, worst, kept), keep, live, k, |w| {
+                let mut low = f64::INFINITY;
+                if uncoded {
+                    low = w - slack * (f64::from(qn[i]).sqrt() + max_x).powi(2);
                 }
-            }
-            low
-        });
-        if !ok {
-            rescan.push(i);
-        }
-        results.push(cands);
-    }
-    if !rescan.is_empty() {
-        let qs = gather(probes, dim, &rescan);
-        for (i, r) in rescan.into_iter().zip(screened(kern, snap, &qs, k, bounds)) {
-            results[i] = r;
-        }
-    }
-    results
+                for (b, f) in bounds.iter().zip(&forms) {
+                    if let (Some(b), Some((_, pf))) = (b, f) {
+                        low = low.min(coded_low((w - pf[i].err).max(0.0).sqrt(), b.rho, dim));
+                    }
+                }
+                low
+            });
+            ok.then_some(cands)
+        })
+        .collect()
 }

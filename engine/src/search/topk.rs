@@ -1,4 +1,4 @@
-//! The per-probe bounded heaps every scan feeds, and the parallel run that
+//! The per-probe top-k sets every scan feeds, and the parallel run that
 //! feeds them.
 //!
 //! A scan is split into work units of rows of one source ([`work_units`]);
@@ -18,64 +18,78 @@ use super::kernels::LANES;
 use crate::snapshot::Snapshot;
 use crate::snapshot::tombstones::Tombstones;
 use rayon::prelude::*;
-use std::collections::BinaryHeap;
 
 /// Rows per parallel work unit of the direct and code scans.
 pub(super) const BLOCK_ROWS: usize = 16 * 1024;
 /// Rows scored against every probe while they sit in cache (128 KiB of vectors).
 pub(super) const SUB_ROWS: usize = 256;
 
-/// The k smallest candidates seen so far.
+/// The k smallest candidates seen so far: an unordered buffer and a cut.
+///
+/// A candidate enters only if it is below the cut (the k-th smallest at the
+/// last compaction); when the buffer holds `k` plus a slack, it is compacted
+/// to its k smallest (a linear-time selection) and the cut moves down. Every
+/// candidate turned away, then or later, is at least the final k-th, so the
+/// kept set is exactly the k smallest offered, as a heap's would be, for
+/// constant work a candidate instead of a heap's log k sifts.
 #[derive(Debug, Clone)]
 pub(super) struct TopK {
     k: usize,
-    heap: BinaryHeap<Cand>,
+    buf: Vec<Cand>,
+    /// The k-th smallest at the last compaction; nothing at or above it can enter.
+    cut: Option<Cand>,
 }
 
 impl TopK {
     pub(super) fn new(k: usize) -> TopK {
         TopK {
             k,
-            heap: BinaryHeap::with_capacity(k.min(1024) + 1),
+            buf: Vec::with_capacity(Self::capacity(k).min(4096)),
+            cut: None,
         }
+    }
+    /// Candidates held before a compaction.
+    fn capacity(k: usize) -> usize {
+        k.saturating_add(k.max(32))
     }
     /// Distances above this cannot enter.
     #[inline]
     pub(super) fn bound(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::INFINITY
-        } else {
-            self.heap.peek().map_or(f32::INFINITY, |c| c.dist)
-        }
-    }
-    /// The worst candidate kept (infinite if none).
-    pub(super) fn worst(&self) -> f32 {
-        self.heap.peek().map_or(f32::INFINITY, |c| c.dist)
+        self.cut.map_or(f32::INFINITY, |c| c.dist)
     }
     /// Offer a candidate; true if it entered.
     #[inline]
     fn push(&mut self, c: Cand) -> bool {
-        if self.heap.len() < self.k {
-            self.heap.push(c);
-            true
-        } else {
-            match self.heap.peek_mut() {
-                // Replacing the top sifts once (pop then push would sift twice).
-                Some(mut w) if c < *w => {
-                    *w = c;
-                    true
-                }
-                _ => false,
-            }
+        if self.k == 0 || self.cut.is_some_and(|w| c >= w) {
+            return false;
+        }
+        self.buf.push(c);
+        if self.buf.len() >= Self::capacity(self.k) {
+            self.compact();
+        }
+        true
+    }
+    /// Keep the k smallest and move the cut to the largest of them.
+    fn compact(&mut self) {
+        if self.buf.len() > self.k {
+            self.buf.select_nth_unstable(self.k - 1);
+            self.buf.truncate(self.k);
+        }
+        if self.buf.len() == self.k {
+            self.cut = self.buf.iter().max().copied();
         }
     }
     fn merge(&mut self, other: TopK) {
-        for c in other.heap {
+        for c in other.buf {
             self.push(c);
         }
     }
-    pub(super) fn into_sorted(self) -> Vec<Cand> {
-        self.heap.into_sorted_vec()
+    /// The kept candidates, ascending, with the worst of them (infinite if none).
+    pub(super) fn into_sorted(mut self) -> (Vec<Cand>, f32) {
+        self.compact();
+        self.buf.sort_unstable();
+        let worst = self.buf.last().map_or(f32::INFINITY, |c| c.dist);
+        (self.buf, worst)
     }
 }
 

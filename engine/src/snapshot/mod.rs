@@ -14,6 +14,7 @@ pub(crate) mod memtable;
 pub(crate) mod tombstones;
 
 use crate::Embedding;
+use crate::quantizer::CodeStats;
 use crate::storage::segment::Segment;
 use memtable::MemChunk;
 use std::collections::HashSet;
@@ -63,11 +64,13 @@ impl Snapshot {
     pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32], &[f32], &[u8])> {
         self.segments.get(s).and_then(|ss| ss.seg.sq8())
     }
-    /// `‖x̂‖²` of each coded row of a segment (computed on first use; empty for memtable chunks).
-    pub(crate) fn decoded_norms(&self, s: usize) -> &[f32] {
+    /// The statistics of a coded segment's codes (computed on first use; `None`
+    /// for memtable chunks and segments without codes).
+    pub(crate) fn code_stats(&self, s: usize) -> Option<&CodeStats> {
         self.segments
             .get(s)
-            .map_or(&[], |ss| ss.seg.decoded_norms())
+            .map(|ss| ss.seg.code_stats())
+            .filter(|c| !c.centre.is_empty())
     }
     /// Precomputed squared norms of a source's rows (segments have them; memtable chunks do not).
     pub(crate) fn norms(&self, s: usize) -> Option<&[f32]> {

@@ -8,7 +8,7 @@
 use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{decoded_norm, sq8_encode, sq8_params};
+use crate::quantizer::{CodeStats, sq8_encode, sq8_params};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -212,8 +212,8 @@ pub(crate) struct Segment {
     dim: usize,
     subjects: usize,
     ranges: [Range<usize>; SECTION_COUNT],
-    /// `‖x̂‖²` of each row's decoded codes, computed on first use by a batch search.
-    decoded_norms: std::sync::OnceLock<Vec<f32>>,
+    /// The codes' statistics for the integer scans, computed on first use.
+    code_stats: std::sync::OnceLock<CodeStats>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -307,7 +307,7 @@ impl Segment {
             dim,
             subjects,
             ranges,
-            decoded_norms: std::sync::OnceLock::new(),
+            code_stats: std::sync::OnceLock::new(),
         };
         seg.check_structure()?;
         if verify == VerifyChecksums::Full {
@@ -593,20 +593,14 @@ impl Segment {
     pub(crate) fn norms(&self) -> &[f32] {
         mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
     }
-    /// `‖x̂‖²` of each row's decoded codes (`x̂_d = min_d + step_d·c_d`, summed in
-    /// f64, rounded once), for the integer batch scan; computed once, on first
-    /// use (4 bytes per row). Empty without codes.
-    pub(crate) fn decoded_norms(&self) -> &[f32] {
-        self.decoded_norms.get_or_init(|| match self.sq8() {
-            Some((min, step, codes)) => {
-                use rayon::prelude::*;
-                codes
-                    .par_chunks_exact(self.dim)
-                    .with_min_len(4096)
-                    .map(|c| decoded_norm(min, step, c))
-                    .collect()
-            }
-            None => Vec::new(),
+    /// The statistics of the codes the integer scans need (`‖x̂‖²` of each
+    /// row, the centre codes and each row's spread about them; see
+    /// [`CodeStats`]), computed once, on first use (8 bytes per row). Empty
+    /// without codes.
+    pub(crate) fn code_stats(&self) -> &CodeStats {
+        self.code_stats.get_or_init(|| match self.sq8() {
+            Some((min, step, codes)) => CodeStats::of(min, step, codes, self.vectors(), self.dim),
+            None => CodeStats::default(),
         })
     }
 

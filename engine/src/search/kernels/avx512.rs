@@ -241,15 +241,14 @@ pub(super) fn sq8_l2_many<const D: usize>(qm: &[f32], step: &[f32], codes: &[u8]
 
 /// Integer dot products of up to 8 probes with 16 packed coded rows (see
 /// `scalar::dots_u8_tile`): `vpdpbusd` multiplies four code bytes (unsigned) by
-/// four probe bytes (signed) per lane, once for the probe's high bytes and once
-/// for its low bytes.
+/// four weight bytes (signed) per lane.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) fn dots_u8_tile<const D: usize>(
-    qs: &[super::IntProbe],
+    qs: &super::IntTile,
     packed: &[u8],
     out: &mut [i32; super::TILE_PROBES * super::LANES],
 ) {
-    match qs.len() {
+    match qs.probes() {
         8 => itile::<D, 8>(qs, packed, out),
         7 => itile::<D, 7>(qs, packed, out),
         6 => itile::<D, 6>(qs, packed, out),
@@ -262,27 +261,38 @@ pub(super) fn dots_u8_tile<const D: usize>(
     }
 }
 
-/// Distance estimates of up to 8 probes to 16 packed coded rows (see
+/// Lower distance estimates of up to 8 probes to 16 packed coded rows (see
 /// `scalar::est_u8_tile`), with the mask of lanes at or under each probe's bound.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) fn est_u8_tile<const D: usize>(
-    qs: &[super::IntProbe],
+    qs: &super::IntTile,
     forms: &[super::TileForm],
     xn: &[f32; super::LANES],
+    xs: &[f32; super::LANES],
     packed: &[u8],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) -> [u16; super::TILE_PROBES] {
-    match qs.len() {
-        8 => etile::<D, 8>(qs, forms, xn, packed, out),
-        7 => etile::<D, 7>(qs, forms, xn, packed, out),
-        6 => etile::<D, 6>(qs, forms, xn, packed, out),
-        5 => etile::<D, 5>(qs, forms, xn, packed, out),
-        4 => etile::<D, 4>(qs, forms, xn, packed, out),
-        3 => etile::<D, 3>(qs, forms, xn, packed, out),
-        2 => etile::<D, 2>(qs, forms, xn, packed, out),
-        1 => etile::<D, 1>(qs, forms, xn, packed, out),
+    match qs.probes() {
+        8 => etile::<D, 8>(qs, forms, xn, xs, packed, out),
+        7 => etile::<D, 7>(qs, forms, xn, xs, packed, out),
+        6 => etile::<D, 6>(qs, forms, xn, xs, packed, out),
+        5 => etile::<D, 5>(qs, forms, xn, xs, packed, out),
+        4 => etile::<D, 4>(qs, forms, xn, xs, packed, out),
+        3 => etile::<D, 3>(qs, forms, xn, xs, packed, out),
+        2 => etile::<D, 2>(qs, forms, xn, xs, packed, out),
+        1 => etile::<D, 1>(qs, forms, xn, xs, packed, out),
         _ => [0; super::TILE_PROBES],
     }
+}
+
+/// `((c0 + xn) − alpha2·dot) − kappa·xs` for 16 lanes, rounded at each step
+/// as the scalar version is (no FMA).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lower16(f: &super::TileForm, xn: __m512, xs: __m512, dot: __m512i) -> __m512 {
+    let prod = _mm512_mul_ps(_mm512_set1_ps(f.alpha2), _mm512_cvtepi32_ps(dot));
+    let est = _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(f.c0), xn), prod);
+    _mm512_sub_ps(est, _mm512_mul_ps(_mm512_set1_ps(f.kappa), xs))
 }
 
 // Index loops keep the register blocking explicit.
@@ -290,20 +300,19 @@ pub(super) fn est_u8_tile<const D: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
 fn etile<const D: usize, const P: usize>(
-    qs: &[super::IntProbe],
+    qs: &super::IntTile,
     forms: &[super::TileForm],
     xn: &[f32; super::LANES],
+    xs: &[f32; super::LANES],
     packed: &[u8],
     out: &mut [f32; super::TILE_PROBES * super::LANES],
 ) -> [u16; super::TILE_PROBES] {
     let dots = idots::<D, P>(qs, packed);
-    let x = load16(xn, 0);
+    let (x, s) = (load16(xn, 0), load16(xs, 0));
     let mut masks = [0u16; super::TILE_PROBES];
     for p in 0..P {
-        let f = forms[p];
-        // (c0 + ‖x̂‖²) − α2·dot, rounded at each step as the scalar version is (no FMA).
-        let prod = _mm512_mul_ps(_mm512_set1_ps(f.alpha2), _mm512_cvtepi32_ps(dots[p]));
-        let est = _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(f.c0), x), prod);
+        let f = &forms[p];
+        let est = lower16(f, x, s, dots[p]);
         masks[p] = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(est, _mm512_set1_ps(f.bound));
         let dst: &mut [f32; 16] = (&mut out[p * 16..p * 16 + 16])
             .try_into()
@@ -319,7 +328,7 @@ fn etile<const D: usize, const P: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
 fn itile<const D: usize, const P: usize>(
-    qs: &[super::IntProbe],
+    qs: &super::IntTile,
     packed: &[u8],
     out: &mut [i32; super::TILE_PROBES * super::LANES],
 ) {
@@ -331,25 +340,29 @@ fn itile<const D: usize, const P: usize>(
     }
 }
 
-/// `Σ_d m_p[d]·code[lane][d]` for P probes, one register of 16 lanes each.
+/// `Σ_d m_p[d]·code[lane][d]` for P probes, one register of 16 lanes each:
+/// one `vpdpbusd` per probe for each 64 codes (four dimensions of 16 rows).
 // Index loops keep the register blocking explicit.
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn idots<const D: usize, const P: usize>(qs: &[super::IntProbe], packed: &[u8]) -> [__m512i; P] {
+fn idots<const D: usize, const P: usize>(qs: &super::IntTile, packed: &[u8]) -> [__m512i; P] {
     let dim = dim_of::<D>(packed.len() / super::LANES);
-    let mut hi = [_mm512_setzero_si512(); P];
-    let mut lo = [_mm512_setzero_si512(); P];
-    for j in 0..dim / 4 {
-        let bytes: &[u8; 64] = packed[64 * j..64 * j + 64].try_into().expect("64 codes");
+    let quads = dim / 4;
+    let mut acc = [_mm512_setzero_si512(); P];
+    // Each 64 codes meet the tile's P weights for the same quad: both walked
+    // in fixed-size chunks, so the loop has no bounds checks.
+    let weights = qs.weights()[..quads * P].chunks_exact(P);
+    for (w, bytes) in weights.zip(packed[..64 * quads].chunks_exact(64)) {
+        let w: &[i32; P] = w.try_into().expect("P weights");
+        let bytes: &[u8; 64] = bytes.try_into().expect("64 codes");
         // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
         let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
         for p in 0..P {
-            hi[p] = _mm512_dpbusd_epi32(hi[p], x, _mm512_set1_epi32(qs[p].hi[j]));
-            lo[p] = _mm512_dpbusd_epi32(lo[p], x, _mm512_set1_epi32(qs[p].lo[j]));
+            acc[p] = _mm512_dpbusd_epi32(acc[p], x, _mm512_set1_epi32(w[p]));
         }
     }
-    std::array::from_fn(|p| _mm512_add_epi32(_mm512_slli_epi32::<8>(hi[p]), lo[p]))
+    acc
 }
 
 /// `hsum16` on integers: lane `i` of the result is the sum of the sixteen lanes
@@ -384,15 +397,16 @@ fn hsum16_epi32(v: &[__m512i; 16]) -> __m512i {
     )
 }
 
-/// Distance estimates of one probe to row-major coded rows (see
-/// `scalar::est_u8_rows`): per row, two `vpdpbusd` (high and low weight
-/// bytes) for each 64 codes (the last ones masked), then sixteen rows' lanes
-/// summed at once.
+/// Lower distance estimates of one probe to row-major coded rows (see
+/// `scalar::est_u8_rows`): per row, one `vpdpbusd` for each 64 codes (the
+/// last ones masked), then sixteen rows' lanes summed at once. At 128 and 512
+/// values the probe's weights stay in registers across the rows.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) fn est_u8_rows<const D: usize>(
     q: &super::IntProbe,
     form: &super::TileForm,
     xn: &[f32],
+    xs: &[f32],
     codes: &[u8],
     out: &mut [f32],
 ) {
@@ -400,27 +414,38 @@ pub(super) fn est_u8_rows<const D: usize>(
         return;
     }
     let dim = dim_of::<D>(codes.len() / xn.len());
-    let load = |s: &[i32], at: usize| {
-        let s: &[i32; 16] = s[at..at + 16].try_into().expect("16 quads");
-        // SAFETY: `s` is a valid reference to 16 contiguous i32; loadu has no alignment requirement.
-        unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
-    };
-    let c0 = _mm512_set1_ps(form.c0);
-    let alpha2 = _mm512_set1_ps(form.alpha2);
     // 64 codes (16 quads) a register; a last partial register loads only the
     // row's remaining quads (the probe's padding weights are zero).
     let (full, tail) = (dim / 64, (dim % 64) / 4);
     let tail_mask: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+    let wreg = |j: usize| {
+        let s: &[i32; 16] = q.w[16 * j..16 * j + 16].try_into().expect("16 quads");
+        // SAFETY: `s` is a valid reference to 16 contiguous i32; loadu has no alignment requirement.
+        unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+    };
+    // Up to 512 values, the weights are loaded once (in registers when `D` is known).
+    const HELD: usize = 8;
+    let held: [__m512i; HELD] = std::array::from_fn(|j| {
+        if j < full.min(HELD) {
+            wreg(j)
+        } else {
+            _mm512_setzero_si512()
+        }
+    });
+    let weights = |j: usize| if j < HELD { held[j] } else { wreg(j) };
+    let tail_w = if tail > 0 {
+        wreg(full)
+    } else {
+        _mm512_setzero_si512()
+    };
     let row = |c: &[u8]| {
         let c = &c[..dim];
-        let z = _mm512_setzero_si512();
-        let (mut hi, mut lo) = (z, z);
+        let mut acc = _mm512_setzero_si512();
         for j in 0..full {
             let bytes: &[u8; 64] = c[64 * j..64 * j + 64].try_into().expect("64 codes");
             // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
             let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
-            hi = _mm512_dpbusd_epi32(hi, x, load(&q.hi, 16 * j));
-            lo = _mm512_dpbusd_epi32(lo, x, load(&q.lo, 16 * j));
+            acc = _mm512_dpbusd_epi32(acc, x, weights(j));
         }
         if tail > 0 {
             let rest = &c[64 * full..];
@@ -429,25 +454,24 @@ pub(super) fn est_u8_rows<const D: usize>(
             // `4·tail` bytes of `rest`; masked-off lanes are not read, and
             // loadu has no alignment requirement.
             let x = unsafe { _mm512_maskz_loadu_epi32(tail_mask, rest.as_ptr().cast()) };
-            hi = _mm512_dpbusd_epi32(hi, x, load(&q.hi, 16 * full));
-            lo = _mm512_dpbusd_epi32(lo, x, load(&q.lo, 16 * full));
+            acc = _mm512_dpbusd_epi32(acc, x, tail_w);
         }
-        _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo)
+        acc
     };
-    for ((g, o), x) in codes
+    for (((g, o), x), s) in codes
         .chunks(16 * dim)
         .zip(out.chunks_mut(16))
         .zip(xn.chunks(16))
+        .zip(xs.chunks(16))
     {
         let accs: [__m512i; 16] = std::array::from_fn(|i| {
             g.get(i * dim..(i + 1) * dim)
                 .map_or(_mm512_setzero_si512(), &row)
         });
         let dots = hsum16_epi32(&accs);
-        let mut xs = [0f32; 16];
-        xs[..x.len()].copy_from_slice(x);
-        let prod = _mm512_mul_ps(alpha2, _mm512_cvtepi32_ps(dots));
-        let est = _mm512_sub_ps(_mm512_add_ps(c0, load16(&xs, 0)), prod);
-        store_n(o, est);
+        let (mut xv, mut sv) = ([0f32; 16], [0f32; 16]);
+        xv[..x.len()].copy_from_slice(x);
+        sv[..s.len()].copy_from_slice(s);
+        store_n(o, lower16(form, load16(&xv, 0), load16(&sv, 0), dots));
     }
 }

@@ -164,52 +164,103 @@ fn padded_quads(dim: usize) -> usize {
     (dim / 4).div_ceil(16) * 16
 }
 
-/// A probe as the integer batch kernel takes it: signed 16-bit weights
-/// `m_d = 256·hi_d + lo_d`, split into two signed bytes, four dimensions to
-/// an `i32` (little-endian, dimension `4·j + b` in byte `b` of quad `j`),
-/// zero-padded to a multiple of 16 quads. The weights themselves are the
+/// A probe as the integer kernels take it: signed-byte weights (within
+/// ±[`INT_WEIGHT_MAX`]), four dimensions to an `i32` (little-endian,
+/// dimension `4·j + b` in byte `b` of quad `j`), zero-padded to a multiple of
+/// 16 quads (one 512-bit register). The weights themselves are the
 /// quantiser's (`crate::quantizer::int_weights`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntProbe {
-    /// High bytes of the weights.
-    pub hi: Vec<i32>,
-    /// Low bytes of the weights.
-    pub lo: Vec<i32>,
+    /// The weights, four to a quad.
+    pub w: Vec<i32>,
 }
 
 impl IntProbe {
-    /// Split weights (each within ±[`INT_WEIGHT_MAX`]; a multiple of four of
-    /// them) into high and low bytes.
+    /// Pack weights (each within ±[`INT_WEIGHT_MAX`]; a multiple of four of them).
     ///
     /// # Panics
     /// If a weight is out of range or their count is not a multiple of four.
     pub fn new(m: &[i32]) -> IntProbe {
         assert!(m.len().is_multiple_of(4), "weights in whole quads");
-        let quads = padded_quads(m.len());
-        let (mut hi, mut lo) = (vec![0i32; quads], vec![0i32; quads]);
-        for (j, w4) in m.chunks_exact(4).enumerate() {
-            let (mut h, mut l) = ([0u8; 4], [0u8; 4]);
-            for (b, &w) in w4.iter().enumerate() {
-                assert!(w.abs() <= INT_WEIGHT_MAX, "weight {w} out of range");
-                // Round half up: the low byte lands in -128..=127.
-                let hb = (w + 128).div_euclid(256);
-                h[b] = hb as i8 as u8;
-                l[b] = (w - 256 * hb) as i8 as u8;
+        let mut w = vec![0i32; padded_quads(m.len())];
+        for (q, w4) in w.iter_mut().zip(m.chunks_exact(4)) {
+            let mut b = [0u8; 4];
+            for (b, &x) in b.iter_mut().zip(w4) {
+                assert!(x.abs() <= INT_WEIGHT_MAX, "weight {x} out of range");
+                *b = x as i8 as u8;
             }
-            hi[j] = i32::from_le_bytes(h);
-            lo[j] = i32::from_le_bytes(l);
+            *q = i32::from_le_bytes(b);
         }
-        IntProbe { hi, lo }
+        IntProbe { w }
+    }
+
+    /// Quads of weights, padding included.
+    pub fn quads(&self) -> usize {
+        self.w.len()
     }
 }
 
-/// A probe's terms of the integer batch scan's estimate (see [`Kernels::est_u8_tile`]).
+/// Up to [`TILE_PROBES`] integer probes interleaved for the tile kernels:
+/// quad `j` of probe `p` at `w[j·probes + p]`, so a kernel reads one short
+/// contiguous run of weights for each 64 codes. Built once per batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntTile {
+    probes: usize,
+    quads: usize,
+    w: Vec<i32>,
+}
+
+impl IntTile {
+    /// Interleave probes of equal length.
+    ///
+    /// # Panics
+    /// If there are more than [`TILE_PROBES`] or their lengths differ.
+    pub fn new(qs: &[IntProbe]) -> IntTile {
+        assert!(
+            qs.len() <= TILE_PROBES,
+            "at most {TILE_PROBES} probes per tile"
+        );
+        let quads = qs.first().map_or(0, IntProbe::quads);
+        assert!(
+            qs.iter().all(|q| q.quads() == quads),
+            "probes of one length"
+        );
+        let probes = qs.len();
+        let mut w = vec![0i32; quads * probes];
+        for (p, q) in qs.iter().enumerate() {
+            for (j, &x) in q.w.iter().enumerate() {
+                w[j * probes + p] = x;
+            }
+        }
+        IntTile { probes, quads, w }
+    }
+
+    /// Probes in the tile.
+    pub fn probes(&self) -> usize {
+        self.probes
+    }
+
+    /// Quads of weights of each probe, padding included.
+    pub fn quads(&self) -> usize {
+        self.quads
+    }
+
+    /// The interleaved weights.
+    pub fn weights(&self) -> &[i32] {
+        &self.w
+    }
+}
+
+/// A probe's terms of the integer scans' lower estimate (see [`Kernels::est_u8_tile`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TileForm {
-    /// `‖q‖² − 2·q·min`.
+    /// `‖q‖² − 2·q·min − 2·r·μ` (see `crate::quantizer::ProbeForm`).
     pub c0: f32,
     /// Twice the weights' scale α.
     pub alpha2: f32,
+    /// Twice the norm of the weights' residuals: the row's spread times it
+    /// bounds what the weights miss.
+    pub kappa: f32,
     /// Estimates at most this are flagged in the returned mask.
     pub bound: f32,
 }
@@ -262,17 +313,18 @@ pub struct Kernels {
     wl1_many: ByDim<fn(&[f32], &[f32], &[f32], &mut [f32])>,
     dots_tile: ByDim<fn(&[f32], &[f32], &mut [f32; TILE_PROBES * LANES])>,
     sq8_l2_many: ByDim<fn(&[f32], &[f32], &[u8], &mut [f32])>,
-    dots_u8_tile: ByDim<fn(&[IntProbe], &[u8], &mut [i32; TILE_PROBES * LANES])>,
+    dots_u8_tile: ByDim<fn(&IntTile, &[u8], &mut [i32; TILE_PROBES * LANES])>,
     est_u8_tile: ByDim<
         fn(
-            &[IntProbe],
+            &IntTile,
             &[TileForm],
+            &[f32; LANES],
             &[f32; LANES],
             &[u8],
             &mut [f32; TILE_PROBES * LANES],
         ) -> [u16; TILE_PROBES],
     >,
-    est_u8_rows: ByDim<fn(&IntProbe, &TileForm, &[f32], &[u8], &mut [f32])>,
+    est_u8_rows: ByDim<fn(&IntProbe, &TileForm, &[f32], &[f32], &[u8], &mut [f32])>,
 }
 
 /// The portable reference, on every CPU (one version for every dimension).
@@ -332,8 +384,8 @@ const AVX512F: Kernels = Kernels {
 const AVX512_VNNI: Kernels = Kernels {
     fast_u8_dots: true,
     dots_u8_tile: by_dim!(avx512::dots_u8_tile(qs, packed, out)),
-    est_u8_tile: by_dim!(avx512::est_u8_tile(qs, forms, xn, packed, out)),
-    est_u8_rows: by_dim!(avx512::est_u8_rows(q, form, xn, codes, out)),
+    est_u8_tile: by_dim!(avx512::est_u8_tile(qs, forms, xn, xs, packed, out)),
+    est_u8_rows: by_dim!(avx512::est_u8_rows(q, form, xn, xs, codes, out)),
     ..AVX512F
 };
 
@@ -437,65 +489,96 @@ impl Kernels {
         (self.sq8_l2_many[class(qm.len())])(qm, step, codes, &mut out[..n]);
     }
 
-    /// Integer dot products of up to [`TILE_PROBES`] probes with one packed
-    /// group of [`LANES`] coded rows (see [`pack_codes`]; its length gives the
+    /// Integer dot products of a tile of probes with one packed group of
+    /// [`LANES`] coded rows (see [`pack_codes`]; its length gives the
     /// dimension): `out[p·LANES + lane] = Σ_d m_p[d]·code[lane][d]`, exact in `i32`.
     ///
     /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given, or a probe is shorter
-    /// than the codes.
+    /// If the tile's quads do not fit the codes.
     #[inline]
-    pub fn dots_u8_tile(
-        &self,
-        qs: &[IntProbe],
-        packed: &[u8],
-        out: &mut [i32; TILE_PROBES * LANES],
-    ) {
-        let dim = check_int_probes(qs, packed.len() / LANES);
+    pub fn dots_u8_tile(&self, qs: &IntTile, packed: &[u8], out: &mut [i32; TILE_PROBES * LANES]) {
+        let dim = packed.len() / LANES;
+        Self::check_int_tile(qs, dim);
         (self.dots_u8_tile[class(dim)])(qs, packed, out);
     }
 
-    /// Distance estimates of up to [`TILE_PROBES`] probes to one packed group of
-    /// coded rows: `out[p·LANES + lane] = (c0_p + xn[lane]) − alpha2_p·(m_p·c_lane)`,
-    /// rounded operation by operation (so every implementation agrees to the
-    /// bit); returns per probe the mask of lanes with an estimate at most its bound.
+    /// Lower distance estimates of a tile of probes to one packed group of
+    /// coded rows: `out[p·LANES + lane] = ((c0_p + xn[lane]) −
+    /// alpha2_p·(m_p·c_lane)) − kappa_p·xs[lane]`, rounded operation by
+    /// operation (so every implementation agrees to the bit); returns per
+    /// probe the mask of lanes with an estimate at most its bound. `xn` are
+    /// the rows' decoded norms, `xs` their spreads (`crate::quantizer::CodeStats`).
+    ///
+    /// The tile is checked against the codes once per scan, not here (this is
+    /// the inner loop of the batch scan): see [`Kernels::check_int_tile`]. A
+    /// tile with too few quads panics on a bounds check inside the kernel.
     ///
     /// # Panics
-    /// If more than [`TILE_PROBES`] probes are given, fewer forms than probes,
-    /// or a probe is shorter than the codes.
+    /// If there are fewer forms than probes.
     #[inline]
     pub fn est_u8_tile(
         &self,
-        qs: &[IntProbe],
+        qs: &IntTile,
         forms: &[TileForm],
         xn: &[f32; LANES],
+        xs: &[f32; LANES],
         packed: &[u8],
         out: &mut [f32; TILE_PROBES * LANES],
     ) -> [u16; TILE_PROBES] {
-        assert!(forms.len() >= qs.len(), "a form for each probe");
-        let dim = check_int_probes(qs, packed.len() / LANES);
-        (self.est_u8_tile[class(dim)])(qs, forms, xn, packed, out)
+        assert!(forms.len() >= qs.probes(), "a form for each probe");
+        (self.est_u8_tile[class(packed.len() / LANES)])(qs, forms, xn, xs, packed, out)
     }
 
     /// [`Kernels::est_u8_tile`] for one probe and row-major codes (as a segment
-    /// stores them, `dim` bytes a row): `out[i] = (c0 + xn[i]) − alpha2·(m·codes[i])`,
-    /// bit for bit the same value (`form.bound` is not used).
+    /// stores them, `dim` bytes a row), bit for bit the same values
+    /// (`form.bound` is not used).
     ///
     /// # Panics
-    /// If `xn` or `out` is shorter than the rows, or the probe is shorter than a row.
+    /// If `xn`, `xs` or `out` is shorter than the rows, or the probe's quads
+    /// do not fit the codes.
     #[inline]
     pub fn est_u8_rows(
         &self,
         q: &IntProbe,
         form: &TileForm,
-        xn: &[f32],
+        (xn, xs): (&[f32], &[f32]),
         codes: &[u8],
         dim: usize,
         out: &mut [f32],
     ) {
-        check_int_probes(std::slice::from_ref(q), dim);
+        Self::check_int_probes(std::slice::from_ref(q), dim);
         let n = rows_of(codes.len(), dim);
-        (self.est_u8_rows[class(dim)])(q, form, &xn[..n], codes, &mut out[..n]);
+        (self.est_u8_rows[class(dim)])(q, form, &xn[..n], &xs[..n], codes, &mut out[..n]);
+    }
+
+    /// Checks, once per scan, that a tile fits codes of `dim` values (see
+    /// [`Kernels::check_int_probes`]).
+    ///
+    /// # Panics
+    /// If it does not.
+    pub fn check_int_tile(qs: &IntTile, dim: usize) {
+        assert!(
+            dim > 0 && dim.is_multiple_of(16) && qs.quads() == padded_quads(dim),
+            "a tile of {} quads for codes of {dim} values",
+            qs.quads()
+        );
+    }
+
+    /// Checks, once per scan, that integer probes fit codes of `dim` values
+    /// (a positive multiple of 16): each has [`padded_quads`] quads.
+    ///
+    /// # Panics
+    /// If they do not.
+    pub fn check_int_probes(qs: &[IntProbe], dim: usize) {
+        assert!(
+            dim > 0 && dim.is_multiple_of(16),
+            "codes of {dim} values (a multiple of 16)"
+        );
+        let quads = padded_quads(dim);
+        assert!(
+            qs.iter().all(|q| q.quads() == quads),
+            "probes of {quads} quads for codes of {dim} values"
+        );
     }
 }
 
@@ -510,27 +593,6 @@ fn rows_of(len: usize, dim: usize) -> usize {
         "{len} values are not whole rows of {dim} (a multiple of 16)"
     );
     len / dim
-}
-
-/// The dimension of packed codes, checked against the probes: at most
-/// [`TILE_PROBES`], each with weights for every quad of the codes.
-#[inline]
-fn check_int_probes(qs: &[IntProbe], dim: usize) -> usize {
-    assert!(
-        dim > 0 && dim.is_multiple_of(16),
-        "codes of {dim} values (a multiple of 16)"
-    );
-    assert!(
-        qs.len() <= TILE_PROBES,
-        "at most {TILE_PROBES} probes per tile"
-    );
-    let quads = padded_quads(dim);
-    assert!(
-        qs.iter()
-            .all(|q| q.hi.len() == quads && q.lo.len() == quads),
-        "probes of {quads} quads for codes of {dim} values"
-    );
-    dim
 }
 
 /// The kernels used by the engine: the best available implementation's table,
@@ -708,26 +770,26 @@ mod tests {
         fn every_u8_dots_kernel_matches_scalar_exactly(
             (dim, ms, rows) in dims_up_to_max().prop_flat_map(|d| (
                 Just(d),
-                prop::collection::vec(prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d), 1..=TILE_PROBES),
+                prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, d), 1..=TILE_PROBES),
                 prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..=LANES),
             )),
             extreme in any::<bool>(),
         ) {
-            // Extreme: every weight at ±the dimension's limit and every code 255, the largest sums.
-            let wmax = int_weight_max(dim);
+            // Extreme: every weight at ±the limit and every code 255, the largest sums.
             let ms: Vec<Vec<i32>> = ms.into_iter().map(|m| {
-                if extreme { m.iter().map(|&w| if w < 0 { -wmax } else { wmax }).collect() } else { m }
+                if extreme { m.iter().map(|&w| if w < 0 { -INT_WEIGHT_MAX } else { INT_WEIGHT_MAX }).collect() } else { m }
             }).collect();
             let rows: Vec<Vec<u8>> = rows.into_iter().map(|r| if extreme { vec![255; dim] } else { r }).collect();
             let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(m)).collect();
+            let tile = IntTile::new(&qs);
             let mut packed = vec![7u8; dim * LANES];
             pack_codes(&rows.concat(), dim, &mut packed);
             for k in Kernels::available() {
                 let mut out = [i32::MIN; TILE_PROBES * LANES];
-                k.dots_u8_tile(&qs, &packed, &mut out);
+                k.dots_u8_tile(&tile, &packed, &mut out);
                 for (p, m) in ms.iter().enumerate() {
                     for lane in 0..LANES {
-                        // Independent of the byte split: i64 over the original weights.
+                        // Independent of the packing: i64 over the original weights.
                         let want: i64 = rows.get(lane).map_or(0, |r| m.iter().zip(r).map(|(&w, &c)| i64::from(w) * i64::from(c)).sum());
                         prop_assert_eq!(i64::from(out[p * LANES + lane]), want, "{} dim {} p {} lane {}", k.name(), dim, p, lane);
                     }
@@ -740,22 +802,25 @@ mod tests {
         fn every_u8_estimate_kernel_matches_scalar_bit_for_bit(
             (dim, ms, rows) in dims().prop_flat_map(|d| (
                 Just(d),
-                prop::collection::vec(prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d), 1..=TILE_PROBES),
+                prop::collection::vec(prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, d), 1..=TILE_PROBES),
                 prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..=LANES),
             )),
-            forms in prop::collection::vec((-100.0f32..100.0, 0.0f32..1e-3, -10.0f32..200.0), TILE_PROBES),
+            forms in prop::collection::vec((-100.0f32..100.0, 0.0f32..1e-3, 0.0f32..1e-3, -10.0f32..200.0), TILE_PROBES),
             xn in prop::collection::vec(0.0f32..100.0, LANES),
+            xs in prop::collection::vec(0.0f32..6000.0, LANES),
         ) {
             let qs: Vec<IntProbe> = ms.iter().map(|m| IntProbe::new(m)).collect();
-            let forms: Vec<TileForm> = forms.into_iter().map(|(c0, a, bound)| TileForm { c0, alpha2: 2.0 * a, bound }).collect();
+            let tile = IntTile::new(&qs);
+            let forms: Vec<TileForm> = forms.into_iter().map(|(c0, a, kappa, bound)| TileForm { c0, alpha2: 2.0 * a, kappa, bound }).collect();
             let xn: [f32; LANES] = xn.try_into().unwrap();
+            let xs: [f32; LANES] = xs.try_into().unwrap();
             let mut packed = vec![0u8; dim * LANES];
             pack_codes(&rows.concat(), dim, &mut packed);
             let mut want = [f32::NAN; TILE_PROBES * LANES];
-            let want_masks = scalar::est_u8_tile(&qs, &forms, &xn, &packed, &mut want);
+            let want_masks = scalar::est_u8_tile(&tile, &forms, &xn, &xs, &packed, &mut want);
             for k in Kernels::available() {
                 let mut got = [f32::NAN; TILE_PROBES * LANES];
-                let masks = k.est_u8_tile(&qs, &forms, &xn, &packed, &mut got);
+                let masks = k.est_u8_tile(&tile, &forms, &xn, &xs, &packed, &mut got);
                 for i in 0..qs.len() * LANES {
                     prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} dim {} at {}", k.name(), dim, i);
                 }
@@ -768,29 +833,32 @@ mod tests {
         fn every_u8_row_estimate_kernel_matches_the_tile_kernel_bit_for_bit(
             (dim, m, rows) in dims().prop_flat_map(|d| (
                 Just(d),
-                prop::collection::vec(-int_weight_max(d)..=int_weight_max(d), d),
+                prop::collection::vec(-INT_WEIGHT_MAX..=INT_WEIGHT_MAX, d),
                 prop::collection::vec(prop::collection::vec(0u8..=255, d), 0..40),
             )),
-            (c0, a) in (-100.0f32..100.0, 0.0f32..1e-3),
+            (c0, a, kappa) in (-100.0f32..100.0, 0.0f32..1e-3, 0.0f32..1e-3),
             xn in prop::collection::vec(0.0f32..100.0, 40),
+            xs in prop::collection::vec(0.0f32..6000.0, 40),
         ) {
             let q = IntProbe::new(&m);
-            let form = TileForm { c0, alpha2: 2.0 * a, bound: 0.0 };
+            let tile = IntTile::new(std::slice::from_ref(&q));
+            let form = TileForm { c0, alpha2: 2.0 * a, kappa, bound: 0.0 };
             // The reference: the packed tile kernel, sixteen rows at a time.
             let mut want = vec![0f32; rows.len()];
             for (g, chunk) in rows.chunks(LANES).enumerate() {
                 let mut packed = vec![0u8; dim * LANES];
                 pack_codes(&chunk.concat(), dim, &mut packed);
-                let mut x = [0f32; LANES];
+                let (mut x, mut s) = ([0f32; LANES], [0f32; LANES]);
                 x[..chunk.len()].copy_from_slice(&xn[g * LANES..g * LANES + chunk.len()]);
+                s[..chunk.len()].copy_from_slice(&xs[g * LANES..g * LANES + chunk.len()]);
                 let mut out = [0f32; TILE_PROBES * LANES];
-                scalar::est_u8_tile(std::slice::from_ref(&q), &[form], &x, &packed, &mut out);
+                scalar::est_u8_tile(&tile, &[form], &x, &s, &packed, &mut out);
                 want[g * LANES..g * LANES + chunk.len()].copy_from_slice(&out[..chunk.len()]);
             }
             let flat = rows.concat();
             for k in Kernels::available() {
                 let mut got = vec![f32::NAN; rows.len() + 3];
-                k.est_u8_rows(&q, &form, &xn, &flat, dim, &mut got);
+                k.est_u8_rows(&q, &form, (&xn, &xs), &flat, dim, &mut got);
                 for i in 0..rows.len() {
                     prop_assert_eq!(got[i].to_bits(), want[i].to_bits(), "{} dim {} row {}", k.name(), dim, i);
                 }
@@ -828,12 +896,8 @@ mod tests {
         prop::sample::select(vec![16usize, 48, 96, 128, 144, 512])
     }
 
-    /// As [`dims`], plus the largest dimension (where the integer weights are smallest).
+    /// As [`dims`], plus the largest dimension (the largest sums).
     fn dims_up_to_max() -> impl Strategy<Value = usize> {
         prop::sample::select(vec![16usize, 96, 128, 512, 2048])
-    }
-
-    fn int_weight_max(dim: usize) -> i32 {
-        crate::quantizer::int_weight_max(dim)
     }
 }

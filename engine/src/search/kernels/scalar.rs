@@ -2,7 +2,7 @@
 //! One version for every dimension: rows are row-major slices, the dimension
 //! is the probe's length (or a packed group's length over [`super::LANES`]).
 
-use super::{IntProbe, LANES, TILE_PROBES, TileForm};
+use super::{IntProbe, IntTile, LANES, TILE_PROBES, TileForm};
 
 /// Squared L2 distance, summed left to right.
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
@@ -63,50 +63,55 @@ pub fn sq8_l2_many(qm: &[f32], step: &[f32], codes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `m·c` of a probe's weights and one row's codes, the weights' high and low
-/// bytes summed apart and combined in `i32`, as every kernel does.
-fn dot_row(q: &IntProbe, code: impl Fn(usize) -> u8, dim: usize) -> i32 {
-    let (mut hi, mut lo) = (0i32, 0i32);
+/// `m·c` of a probe's signed-byte weights (quad `j` at `w(j)`) and one
+/// row's codes, in `i32`.
+fn dot_row(w: impl Fn(usize) -> i32, code: impl Fn(usize) -> u8, dim: usize) -> i32 {
+    let mut dot = 0i32;
     for j in 0..dim / 4 {
-        let (h, l) = (q.hi[j].to_le_bytes(), q.lo[j].to_le_bytes());
-        for b in 0..4 {
-            let c = i32::from(code(4 * j + b));
-            hi += c * i32::from(h[b].cast_signed());
-            lo += c * i32::from(l[b].cast_signed());
+        for (b, &wb) in w(j).to_le_bytes().iter().enumerate() {
+            dot += i32::from(code(4 * j + b)) * i32::from(wb.cast_signed());
         }
     }
-    256 * hi + lo
+    dot
 }
 
 /// Integer dot products of a probe tile with a packed group of 8-bit codes
 /// (see `Kernel::dots_u8_tile`), summed in `i32`.
-pub fn dots_u8_tile(qs: &[IntProbe], packed: &[u8], out: &mut [i32; TILE_PROBES * LANES]) {
+pub fn dots_u8_tile(qs: &IntTile, packed: &[u8], out: &mut [i32; TILE_PROBES * LANES]) {
     let dim = packed.len() / LANES;
-    for (p, q) in qs.iter().enumerate() {
+    let (n, w) = (qs.probes(), qs.weights());
+    for p in 0..n {
         for lane in 0..LANES {
             let code = |d: usize| packed[64 * (d / 4) + 4 * lane + d % 4];
-            out[p * LANES + lane] = dot_row(q, code, dim);
+            out[p * LANES + lane] = dot_row(|j| w[j * n + p], code, dim);
         }
     }
 }
 
-/// Distance estimates `(c0 + xn[lane]) − alpha2·(dot as f32)` of a probe tile
-/// to a packed group of codes, each operation rounded in turn (no fused
-/// multiply-add), and per probe the mask of lanes whose estimate is at most
-/// its bound (see `Kernel::est_u8_tile`).
+/// One lower estimate, `((c0 + xn) − alpha2·(dot as f32)) − kappa·xs`, each
+/// operation rounded in turn (no fused multiply-add), as every kernel computes it.
+#[inline]
+fn lower(f: &TileForm, xn: f32, xs: f32, dot: i32) -> f32 {
+    ((f.c0 + xn) - f.alpha2 * dot as f32) - f.kappa * xs
+}
+
+/// Lower distance estimates of a probe tile to a packed group of codes
+/// (see `Kernel::est_u8_tile`), and per probe the mask of lanes whose
+/// estimate is at most its bound.
 pub fn est_u8_tile(
-    qs: &[IntProbe],
+    qs: &IntTile,
     forms: &[TileForm],
     xn: &[f32; LANES],
+    xs: &[f32; LANES],
     packed: &[u8],
     out: &mut [f32; TILE_PROBES * LANES],
 ) -> [u16; TILE_PROBES] {
     let mut dots = [0i32; TILE_PROBES * LANES];
     dots_u8_tile(qs, packed, &mut dots);
     let mut masks = [0u16; TILE_PROBES];
-    for (p, f) in forms.iter().enumerate().take(qs.len()) {
+    for (p, f) in forms.iter().enumerate().take(qs.probes()) {
         for lane in 0..LANES {
-            let est = (f.c0 + xn[lane]) - f.alpha2 * dots[p * LANES + lane] as f32;
+            let est = lower(f, xn[lane], xs[lane], dots[p * LANES + lane]);
             out[p * LANES + lane] = est;
             masks[p] |= u16::from(est <= f.bound) << lane;
         }
@@ -114,17 +119,22 @@ pub fn est_u8_tile(
     masks
 }
 
-/// Distance estimates of one probe to row-major coded rows, as
-/// [`est_u8_tile`] computes them for packed groups: `out[i] = (c0 + xn[i]) −
-/// alpha2·(m·codes[i] as f32)`, the dot product exact in `i32`. The
-/// dimension is the codes' length over the rows' (`xn`'s).
-pub fn est_u8_rows(q: &IntProbe, form: &TileForm, xn: &[f32], codes: &[u8], out: &mut [f32]) {
+/// Lower distance estimates of one probe to row-major coded rows, as
+/// [`est_u8_tile`] computes them for packed groups. The dimension is the
+/// codes' length over the rows' (`xn`'s).
+pub fn est_u8_rows(
+    q: &IntProbe,
+    form: &TileForm,
+    xn: &[f32],
+    xs: &[f32],
+    codes: &[u8],
+    out: &mut [f32],
+) {
     if xn.is_empty() {
         return;
     }
     let dim = codes.len() / xn.len();
-    for ((o, c), &x) in out.iter_mut().zip(codes.chunks_exact(dim)).zip(xn) {
-        let dot = dot_row(q, |d| c[d], dim);
-        *o = (form.c0 + x) - form.alpha2 * dot as f32;
+    for (((o, c), &x), &s) in out.iter_mut().zip(codes.chunks_exact(dim)).zip(xn).zip(xs) {
+        *o = lower(form, x, s, dot_row(|j| q.w[j], |d| c[d], dim));
     }
 }
