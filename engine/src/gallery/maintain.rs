@@ -246,7 +246,11 @@ impl Gallery {
             .and_then(|_| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
             .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim));
         match res {
-            Ok(seg) => Ok(Some(Arc::new(seg))),
+            Ok(seg) => {
+                let seg = Arc::new(seg);
+                Segment::warm(&seg);
+                Ok(Some(seg))
+            }
             Err(e) => {
                 let _ = self.fs.remove_file(&path);
                 Err(e)

@@ -73,8 +73,10 @@ impl Gallery {
             }
             let tomb = Tombstones::from_rows(seg.rows(), &ms.deleted);
             listed.insert(ms.file_no);
+            let seg = Arc::new(seg);
+            Segment::warm(&seg);
             segments.push(SegState {
-                seg: Arc::new(seg),
+                seg,
                 tomb: Arc::new(tomb),
             });
         }

@@ -7,7 +7,7 @@
 //! `topk`, the kernels in `kernels`, the choice of scan in the module root.
 
 use super::kernels::Kernels;
-use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, fold_units, offer, work_units};
+use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, few_folds, fold_units, offer, work_units};
 use super::{Cand, Metric};
 use crate::snapshot::Snapshot;
 
@@ -28,7 +28,7 @@ pub(super) fn scan(
     let units = work_units(snap, BLOCK_ROWS);
     let (tops, ()) = fold_units(
         &units,
-        1,
+        few_folds(&units),
         super::probe_count(snap, probes),
         k,
         || (),

@@ -9,8 +9,8 @@
 
 use super::Cand;
 use super::kernels::{IntTile, Kernels, LANES, TILE_PROBES, TileForm};
-use super::screen::{int_forms, proven, rerank, screened, tile_form};
-use super::topk::{Source, fold_units, offer, offer_group, work_units};
+use super::screen::{first_keep, int_forms, proven, rerank, screened, tile_form};
+use super::topk::{Source, few_folds, fold_units, offer, offer_group, work_units};
 use super::{gather, probe_count};
 use crate::quantizer::{ScreenBound, U, coded_low};
 use crate::snapshot::Snapshot;
@@ -36,7 +36,7 @@ struct Scratch {
     spread: Vec<f32>,
 }
 
-/// The batch scan. Each probe keeps `8k + 32` candidates by an estimate, their
+/// The batch scan. Each probe keeps [`first_keep`] candidates by an estimate, their
 /// distances are recomputed exactly, and the result is accepted only if no row
 /// outside the candidates can beat the k-th (as in the screened scan). The
 /// probes the bound cannot settle (near-ties, crowded neighbourhoods) are
@@ -93,19 +93,6 @@ pub(super) fn scan(
     results
 }
 
-/// Candidates a probe keeps in the batch scan's first pass: `8k + 32`, times
-/// `⌈√(D/128)⌉`. Distances concentrate as the dimension grows, so more rows
-/// fall inside the codes' margin of a probe's k-th; too few candidates and the
-/// proof fails, too many and keeping them costs (measured at 1M rows, k = 10:
-/// at 128 values 112 settle every probe of 1,000; at 512, 112 leave a quarter
-/// unsettled and 224 a handful).
-fn first_keep(k: usize, dim: usize) -> usize {
-    let scale = (dim.div_ceil(128) as f64).sqrt().ceil() as usize;
-    k.saturating_mul(8)
-        .saturating_add(32)
-        .saturating_mul(scale.max(1))
-}
-
 /// One pass of the batch scan with `keep` candidates a probe: each probe's
 /// proven top `k`, or `None` where the bound could not settle it.
 fn scan_round(
@@ -140,16 +127,9 @@ fn scan_round(
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
         .collect();
     let units = work_units(snap, (TILED_UNIT_VALUES / dim).max(LANES));
-    // Few large folds: each starts with empty heaps, which fill with rows
-    // that later ones push out (heap work was a quarter of the time with
-    // rayon's default splitting).
-    let min_len = units
-        .len()
-        .div_ceil(2 * rayon::current_num_threads())
-        .max(1);
     let (tops, scratch) = fold_units(
         &units,
-        min_len,
+        few_folds(&units),
         n_probes,
         keep,
         Scratch::default,

@@ -594,14 +594,34 @@ impl Segment {
         mmap::cast(self.path(), 0, self.section(Section::Norms)).unwrap_or(&[])
     }
     /// The statistics of the codes the integer scans need (`‖x̂‖²` of each
-    /// row, the centre codes and each row's spread about them; see
-    /// [`CodeStats`]), computed once, on first use (8 bytes per row). Empty
-    /// without codes.
+    /// row, the centre codes and each row's spread about them, the largest
+    /// coding error; see [`CodeStats`]), computed once (8 bytes per row).
+    /// Empty without codes.
+    ///
+    /// The computation runs in parallel and holds no lock: a rayon worker
+    /// waiting on a lock could be the one that must finish the work, so two
+    /// first callers may both compute it (the first result is kept).
+    /// [`Segment::warm`] starts it in the background when a segment is opened
+    /// or written, so searches rarely do.
     pub(crate) fn code_stats(&self) -> &CodeStats {
-        self.code_stats.get_or_init(|| match self.sq8() {
+        if let Some(c) = self.code_stats.get() {
+            return c;
+        }
+        let c = match self.sq8() {
             Some((min, step, codes)) => CodeStats::of(min, step, codes, self.vectors(), self.dim),
             None => CodeStats::default(),
-        })
+        };
+        self.code_stats.get_or_init(|| c)
+    }
+
+    /// Compute [`Segment::code_stats`] on the rayon pool, in the background.
+    pub(crate) fn warm(seg: &std::sync::Arc<Segment>) {
+        if seg.code_stats.get().is_none() && seg.sq8().is_some() {
+            let seg = std::sync::Arc::clone(seg);
+            rayon::spawn(move || {
+                seg.code_stats();
+            });
+        }
     }
 
     /// The 8-bit codes (row-major, [`Segment::dim`] a row) with the

@@ -432,31 +432,10 @@ pub(super) fn est_u8_rows<const D: usize>(
             _mm512_setzero_si512()
         }
     });
-    let weights = |j: usize| if j < HELD { held[j] } else { wreg(j) };
     let tail_w = if tail > 0 {
         wreg(full)
     } else {
         _mm512_setzero_si512()
-    };
-    let row = |c: &[u8]| {
-        let c = &c[..dim];
-        let mut acc = _mm512_setzero_si512();
-        for j in 0..full {
-            let bytes: &[u8; 64] = c[64 * j..64 * j + 64].try_into().expect("64 codes");
-            // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
-            let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
-            acc = _mm512_dpbusd_epi32(acc, x, weights(j));
-        }
-        if tail > 0 {
-            let rest = &c[64 * full..];
-            debug_assert_eq!(rest.len(), 4 * tail);
-            // SAFETY: the mask selects the first `tail` i32 lanes, exactly the
-            // `4·tail` bytes of `rest`; masked-off lanes are not read, and
-            // loadu has no alignment requirement.
-            let x = unsafe { _mm512_maskz_loadu_epi32(tail_mask, rest.as_ptr().cast()) };
-            acc = _mm512_dpbusd_epi32(acc, x, tail_w);
-        }
-        acc
     };
     for (((g, o), x), s) in codes
         .chunks(16 * dim)
@@ -464,10 +443,28 @@ pub(super) fn est_u8_rows<const D: usize>(
         .zip(xn.chunks(16))
         .zip(xs.chunks(16))
     {
-        let accs: [__m512i; 16] = std::array::from_fn(|i| {
-            g.get(i * dim..(i + 1) * dim)
-                .map_or(_mm512_setzero_si512(), &row)
-        });
+        // Sixteen rows, each a chain of `vpdpbusd`, written out here rather
+        // than in a closure so that the rows' chains interleave and the
+        // weights stay in registers.
+        let mut accs = [_mm512_setzero_si512(); 16];
+        for (acc, c) in accs.iter_mut().zip(g.chunks_exact(dim)) {
+            for j in 0..full {
+                let bytes: &[u8; 64] = c[64 * j..64 * j + 64].try_into().expect("64 codes");
+                // SAFETY: `bytes` is a valid reference to 64 bytes; loadu has no alignment requirement.
+                let x = unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) };
+                let w = if j < HELD { held[j] } else { wreg(j) };
+                *acc = _mm512_dpbusd_epi32(*acc, x, w);
+            }
+            if tail > 0 {
+                let rest = &c[64 * full..];
+                debug_assert_eq!(rest.len(), 4 * tail);
+                // SAFETY: the mask selects the first `tail` i32 lanes, exactly the
+                // `4·tail` bytes of `rest`; masked-off lanes are not read, and
+                // loadu has no alignment requirement.
+                let x = unsafe { _mm512_maskz_loadu_epi32(tail_mask, rest.as_ptr().cast()) };
+                *acc = _mm512_dpbusd_epi32(*acc, x, tail_w);
+            }
+        }
         let dots = hsum16_epi32(&accs);
         let (mut xv, mut sv) = ([0f32; 16], [0f32; 16]);
         xv[..x.len()].copy_from_slice(x);
