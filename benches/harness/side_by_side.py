@@ -595,7 +595,7 @@ def report(results, bounds, a, cpu, ncores, load0, commit):
         "bytes and can run above 100% of it.",
         f"- Batch ceiling = FMA peak / (N × 2·{results[0]['dim']} flops) probes/s: the GEMM form costs one multiply-add (2 flops) "
         "per dimension per (probe, vector) pair, as BLAS counts. Where the CPU has AVX-512 VNNI, visage's batches "
-        "multiply the codes by 16-bit probe weights in integers (32 multiply-adds per instruction against 16 for "
+        "multiply the codes by signed-byte probe weights in integers (64 multiply-adds per instruction against 16 for "
         "f32 FMA), so they can pass this f32 ceiling.",
         "",
     ]

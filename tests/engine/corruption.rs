@@ -411,6 +411,36 @@ fn damaged_or_inconsistent_manifest_is_a_clear_error() {
         );
         assert!(err.to_string().contains("MANIFEST"), "{err}");
     }
+    // A manifest whose checksum is right but whose subject count disagrees
+    // with its segments' rows (a manifest written wrong): refused, naming both.
+    let d = scratch(&p);
+    let path = manifest(d.path());
+    let mut m = visage_engine::format::decode_manifest(&path, &std::fs::read(&path).unwrap())
+        .expect("the pristine manifest decodes");
+    let counted = m.subjects.expect("a version-4 manifest counts subjects");
+    assert!(counted > 0);
+    for wrong in [0, counted - 1, counted + 1] {
+        m.subjects = Some(wrong);
+        std::fs::write(&path, visage_engine::format::encode_manifest(&m)).unwrap();
+        let err = open_err(d.path(), opts(false, 1 << 17), &format!("{wrong} subjects"));
+        assert!(
+            matches!(err, Error::Corruption { .. })
+                && err.to_string().contains("MANIFEST")
+                && err
+                    .to_string()
+                    .contains(&format!("counts {wrong} subjects with a live row"))
+                && err.to_string().contains(&format!("rows hold {counted}")),
+            "{err}"
+        );
+    }
+    m.subjects = Some(counted);
+    std::fs::write(&path, visage_engine::format::encode_manifest(&m)).unwrap();
+    drop(open_ok(
+        d.path(),
+        opts(false, 1 << 17),
+        p.models.last().unwrap(),
+        "the right count",
+    ));
     // A segment the manifest lists is missing.
     let d = scratch(&p);
     let seg = only_segment(d.path());

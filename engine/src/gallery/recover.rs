@@ -123,16 +123,29 @@ impl Gallery {
         let next_file_no = manifest.next_file_no.max(max_no.saturating_add(1));
         // Replay.
         let mut active = Memtable::default();
-        // Galleries written before the count (format 1 and 2) count once here.
-        let subjects = match manifest.subjects {
-            Some(n) => n,
-            None => Snapshot {
-                segments: segments.clone(),
-                dim: manifest.spec.dim,
-                ..Snapshot::default()
-            }
-            .count_subjects() as u64,
-        };
+        // The subjects with a live row in the segments, counted from their
+        // postings (a pass the open's checks of the postings already make
+        // cheap): galleries written before the count (format 1 and 2) take it
+        // from here, later ones must agree with it. A manifest that passes its
+        // checksum with another count was written wrong, and every subject
+        // count and open-set threshold after it would be too.
+        let counted = Snapshot {
+            segments: segments.clone(),
+            dim: manifest.spec.dim,
+            ..Snapshot::default()
+        }
+        .count_subjects() as u64;
+        if let Some(n) = manifest.subjects.filter(|&n| n != counted) {
+            return Err(Error::corrupt(
+                &mpath,
+                0,
+                format!(
+                    "manifest counts {n} subjects with a live row in its segments, \
+                     their rows hold {counted}"
+                ),
+            ));
+        }
+        let subjects = counted;
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
             segments,

@@ -44,13 +44,14 @@ impl TopK {
     pub(super) fn new(k: usize) -> TopK {
         TopK {
             k,
-            buf: Vec::with_capacity(Self::capacity(k).min(4096)),
+            buf: Vec::with_capacity(Self::capacity(k).min(256)),
             cut: None,
         }
     }
-    /// Candidates held before a compaction.
+    /// Candidates held before a compaction: `k` and half as many again (a
+    /// batch holds a set per probe and per fold, so the slack is memory).
     fn capacity(k: usize) -> usize {
-        k.saturating_add(k.max(32))
+        k.saturating_add((k / 2).max(32))
     }
     /// Distances above this cannot enter.
     #[inline]
