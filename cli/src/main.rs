@@ -557,6 +557,16 @@ fn info_json(g: &GalleryInfo) -> Value {
         "open_logit_threshold": g.open_logit_threshold,
         "open_distance_threshold": g.open_distance_threshold,
         "open_trusted": g.open_trusted,
+        "exception_rows": g.exception_rows,
+        "outdated_segments": g.outdated_segments,
+        "scans": g.scans.as_ref().map(|c| json!({
+            "first_pass": c.first_pass, "widened": c.widened,
+            "f32_batch": c.f32_batch, "direct": c.direct,
+        })),
+        "segment_details": g.segment_details.iter().map(|x| json!({
+            "file_no": x.file_no, "rows": x.rows, "deleted": x.deleted,
+            "exceptions": x.exceptions, "format_version": x.format_version,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -617,12 +627,59 @@ fn info_text(g: &GalleryInfo) -> String {
             format!("{o}{trusted}"),
         ]);
     }
+    t.row(vec![
+        "exception rows (outliers, scanned in f32)".to_string(),
+        count(g.exception_rows),
+    ]);
+    if g.outdated_segments > 0 {
+        t.row(vec![
+            "segments of an older format".to_string(),
+            format!(
+                "{} (an outlier there slows every search: `visage compact` rewrites them)",
+                count(g.outdated_segments)
+            ),
+        ]);
+    }
+    if let Some(c) = &g.scans {
+        let later = c.widened + c.f32_batch + c.direct;
+        let all = c.first_pass + later;
+        t.row(vec![
+            "exact scans since open".to_string(),
+            format!(
+                "{} probes: {} proved from the codes' first pass, {} widened, {} by the f32 batch scan, {} scanned directly",
+                count(all),
+                count(c.first_pass),
+                count(c.widened),
+                count(c.f32_batch),
+                count(c.direct)
+            ),
+        ]);
+    }
     // Skip the empty header line.
-    t.render()
+    let mut out: String = t
+        .render()
         .lines()
         .skip(1)
         .map(|l| format!("  {l}\n"))
-        .collect()
+        .collect();
+    if !g.segment_details.is_empty() {
+        let mut seg = Table::new(
+            &["SEGMENT", "ROWS", "DELETED", "EXCEPTIONS", "FORMAT"],
+            &[false, true, true, true, true],
+        );
+        for x in &g.segment_details {
+            seg.row(vec![
+                format!("seg-{}", x.file_no),
+                count(x.rows),
+                count(x.deleted),
+                count(x.exceptions),
+                format!("v{}", x.format_version),
+            ]);
+        }
+        out.push('\n');
+        out.extend(seg.render().lines().map(|l| format!("  {l}\n")));
+    }
+    out
 }
 
 async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {

@@ -168,6 +168,46 @@ pub struct GalleryStats {
     pub memtable_rows: u64,
     /// Bytes of all files in the gallery directory.
     pub bytes_on_disk: u64,
+    /// Rows, over all segments, whose codes the quantiser's bound does not
+    /// cover (outliers): the exact scans score them in f32. See
+    /// [`SegmentInfo`] for each segment's.
+    pub exception_rows: u64,
+    /// Segments written by an older format, whose quantiser an outlier can
+    /// spoil: forced compaction (`Gallery::compact`) rewrites them.
+    pub outdated_segments: u64,
+    /// How the exact scans settled their probes since the gallery was opened.
+    pub scans: ScanCounts,
+}
+
+/// How the exact scans settled their probes since the gallery was opened (each
+/// probe of a search or identification is counted once, where it was settled).
+/// Nearly all are settled by the first pass through the 8-bit codes; growth in
+/// the others means a crowded or degraded gallery (see [`GalleryStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanCounts {
+    /// Proved from the first pass over the codes (screened or batch scan).
+    pub first_pass: u64,
+    /// Proved by the screened scan's second pass, with sixteen times the candidates.
+    pub widened: u64,
+    /// Settled by the f32 batch scan, after the codes could not (batches).
+    pub f32_batch: u64,
+    /// Scanned directly, every row in f32, after the codes could not.
+    pub direct: u64,
+}
+
+/// One segment, as `Gallery::segments` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegmentInfo {
+    /// File number (the segment is `seg-<file_no>.vseg`).
+    pub file_no: u64,
+    /// Rows stored.
+    pub rows: u64,
+    /// Rows deleted (until compaction).
+    pub deleted: u64,
+    /// Rows whose codes the quantiser's bound does not cover, scanned exactly.
+    pub exceptions: u64,
+    /// Format version the segment was written in.
+    pub format_version: u32,
 }
 
 /// Before and after a flush or compaction.

@@ -13,6 +13,9 @@ pub struct SegmentStat {
     pub rows: u64,
     /// Rows deleted.
     pub deleted: u64,
+    /// Written by an older format version (its quantiser not robust to
+    /// outliers): forced compaction rewrites it.
+    pub outdated: bool,
 }
 
 impl SegmentStat {
@@ -48,14 +51,15 @@ impl Default for CompactionPolicy {
 /// Groups of segments (file numbers) to rewrite, each group into one new segment.
 ///
 /// `force` (compaction on request) rewrites every segment that holds any
-/// deleted row, so that deleted vectors leave the disk, and merges every
+/// deleted row, so that deleted vectors leave the disk, every segment of an
+/// older format version (so its codes are re-encoded), and merges every
 /// segment below `max_segment_rows`. The background policy rewrites segments
 /// past `max_deleted_ratio` and merges small ones once `min_small_to_merge`
 /// have accumulated. A group of one segment without deletes is never planned.
 pub fn plan(stats: &[SegmentStat], p: &CompactionPolicy, force: bool) -> Vec<Vec<u64>> {
     let dirty = |s: &SegmentStat| {
         if force {
-            s.deleted > 0
+            s.deleted > 0 || s.outdated
         } else {
             s.rows > 0 && s.deleted as f64 / s.rows as f64 > p.max_deleted_ratio
         }
@@ -106,6 +110,7 @@ mod tests {
             file_no,
             rows,
             deleted,
+            outdated: false,
         }
     }
 
@@ -130,6 +135,20 @@ mod tests {
             g.iter().all(|g| g.len() == 1),
             "big segments are rewritten alone: {g:?}"
         );
+    }
+
+    #[test]
+    fn forced_compaction_rewrites_segments_of_an_older_format() {
+        let p = CompactionPolicy::default();
+        let big = p.max_segment_rows;
+        let old = SegmentStat {
+            outdated: true,
+            ..s(2, big, 0)
+        };
+        assert_eq!(plan(&[s(1, big, 0), old], &p, true), vec![vec![2]]);
+        // The background policy leaves it (rewriting every older segment at
+        // once after an upgrade is the operator's call).
+        assert!(plan(&[s(1, big, 0), old], &p, false).is_empty());
     }
 
     #[test]

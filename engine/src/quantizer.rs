@@ -19,14 +19,25 @@
 //! (storage) and the reader (search) share one definition without an import
 //! circle.
 
+/// Rows sampled (evenly spaced) for the quantiser's quantiles.
+const QUANTILE_SAMPLE: usize = 1 << 16;
+/// The quantile of each tail the quantiser's range starts from.
+const QUANTILE_TAIL: f64 = 0.01;
+
 /// Per-dimension minimum and step of the 8-bit scalar quantiser of `rows`
-/// (each of `dim` values). A dimension with a non-finite minimum or maximum
-/// (no rows) gets minimum 0 and step 0; a step that overflows (values near
-/// ±f32::MAX) is 0.
-pub(crate) fn sq8_params<'a>(
-    rows: impl IntoIterator<Item = &'a [f32]>,
-    dim: usize,
-) -> (Vec<f32>, Vec<f32>) {
+/// (each of `dim` values), from version 5 robust to outliers.
+///
+/// Each dimension's range starts from the 1% and 99% quantiles `q1`, `q99`
+/// of (up to 65,536 evenly spaced) rows and reaches out by `q99 − q1` on
+/// each side, but never past the dimension's minimum and maximum. Data
+/// spread like face embeddings (the extremes of a million rows within about
+/// ±5σ, the reach ±7σ) keep their minimum and maximum; a few rows far out in
+/// some dimension (a failed embedding, an unnormalised vector, up to 1% of
+/// the rows) no longer stretch every row's steps: their values are clamped
+/// and the rows become the segment's exceptions ([`coded_within`]), scanned
+/// exactly. A dimension with a non-finite minimum or maximum (no rows) gets
+/// minimum 0 and step 0; a step that overflows (values near ±f32::MAX) is 0.
+pub(crate) fn sq8_params(rows: &[&[f32]], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let mut lo = vec![f32::INFINITY; dim];
     let mut hi = vec![f32::NEG_INFINITY; dim];
     for v in rows {
@@ -35,11 +46,29 @@ pub(crate) fn sq8_params<'a>(
             hi[d] = hi[d].max(v[d]);
         }
     }
+    let stride = rows.len().div_ceil(QUANTILE_SAMPLE).max(1);
+    let sample: Vec<&[f32]> = rows.iter().step_by(stride).copied().collect();
+    let m = sample.len();
+    let mut col: Vec<f32> = Vec::with_capacity(m);
     let mut step = vec![0f32; dim];
     for d in 0..dim {
         if !lo[d].is_finite() || !hi[d].is_finite() {
             lo[d] = 0.0;
             continue;
+        }
+        col.clear();
+        col.extend(sample.iter().map(|v| v[d]));
+        let last = (m - 1) as f64;
+        let (i1, i99) = (
+            (last * QUANTILE_TAIL).floor() as usize,
+            (last * (1.0 - QUANTILE_TAIL)).ceil() as usize,
+        );
+        let q1 = *col.select_nth_unstable_by(i1, f32::total_cmp).1;
+        let q99 = *col.select_nth_unstable_by(i99, f32::total_cmp).1;
+        let reach = q99 - q1;
+        let (a, b) = ((q1 - reach).max(lo[d]), (q99 + reach).min(hi[d]));
+        if a.is_finite() && b.is_finite() && a <= b {
+            (lo[d], hi[d]) = (a, b);
         }
         let s = (hi[d] - lo[d]) / 255.0;
         // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
@@ -48,6 +77,23 @@ pub(crate) fn sq8_params<'a>(
     }
     (lo, step)
 }
+
+/// Whether a row's codes are within half a step (and the rounding slack
+/// [`ScreenBound`] allows) of its values in every dimension, so that the
+/// segment's `ρ` bounds `‖x − x̂‖`. A row that is not (a value clamped to the
+/// quantiser's range) is one of the segment's exceptions, scanned exactly.
+pub(crate) fn coded_within(v: &[f32], min: &[f32], step: &[f32], c: &[u8]) -> bool {
+    (0..v.len()).all(|d| {
+        let xh = f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]);
+        (f64::from(v[d]) - xh).abs() <= HALF_STEP * f64::from(step[d]) + ZERO_STEP_SLACK
+    })
+}
+
+/// The share of a step a coded value may be off: half, plus the rounding of
+/// the division that chose the code.
+const HALF_STEP: f64 = 0.5 + 1e-3;
+/// A zero step (one value, or a range below 255 subnormals) is off by at most this.
+const ZERO_STEP_SLACK: f64 = 1e-37;
 
 /// `‖x̂‖²` of a coded row, `x̂_d = min_d + step_d·c_d`, summed in f64.
 pub(crate) fn decoded_norm(min: &[f32], step: &[f32], c: &[u8]) -> f32 {
@@ -116,8 +162,9 @@ impl ScreenBound {
         }
         // Half a step per coordinate, plus the rounding of the division that chose
         // the code; a zero step (one value, or a range below 255 subnormals) is
-        // off by at most 1e-37 per coordinate.
-        let rho = (0.5 + 1e-3) * step2.sqrt() + 1e-37 * (min.len() as f64).sqrt();
+        // off by at most 1e-37 per coordinate. Rows for which that does not
+        // hold are the segment's exceptions (`coded_within`), scanned exactly.
+        let rho = HALF_STEP * step2.sqrt() + ZERO_STEP_SLACK * (min.len() as f64).sqrt();
         Some(ScreenBound {
             rho,
             min_norm: min2.sqrt(),
@@ -144,7 +191,7 @@ pub(crate) struct CodeStats {
     pub centre: Vec<u8>,
     /// `‖c − μ‖` of each row, rounded up (exact integer sum, one rounding of its root).
     pub spread: Vec<f32>,
-    /// The largest `‖x − x̂‖` of any row, from the vectors themselves (with
+    /// The largest `‖x − x̂‖` of any row but the exceptions, from the vectors themselves (with
     /// room for the f64 arithmetic): usually well under [`ScreenBound`]'s
     /// worst case of half a step in every coordinate. Infinite if a vector
     /// is not finite.
@@ -159,6 +206,7 @@ impl CodeStats {
         step: &[f32],
         codes: &[u8],
         vectors: &[f32],
+        exceptions: &[u32],
         dim: usize,
     ) -> CodeStats {
         use rayon::prelude::*;
@@ -198,11 +246,15 @@ impl CodeStats {
             .with_min_len(4096)
             .map(|c| (decoded_norm(min, step, c), code_spread(c, &centre)))
             .unzip();
+        // The exceptions are scanned exactly: the bound is the other rows'.
+        let exception = |r: usize| exceptions.binary_search(&(r as u32)).is_ok();
         let rho = codes
             .par_chunks_exact(dim)
             .zip(vectors.par_chunks_exact(dim))
+            .enumerate()
             .with_min_len(4096)
-            .map(|(c, x)| coding_error(min, step, c, x))
+            .filter(|(r, _)| exceptions.is_empty() || !exception(*r))
+            .map(|(_, (c, x))| coding_error(min, step, c, x))
             .reduce(|| 0.0, f64::max);
         CodeStats {
             norms,
@@ -343,4 +395,69 @@ pub(crate) fn int_weights(
         },
     };
     (m, form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Face-like rows with a few far out in one dimension: the range ignores
+    /// them, they (and only they) are not coded within half a step, and the
+    /// others are, against f64.
+    #[test]
+    fn outliers_become_exceptions_and_leave_the_steps_alone() {
+        let dim = 32;
+        let mut rng = Rng::new(7);
+        let mut rows: Vec<Vec<f32>> = (0..2000)
+            .map(|_| (0..dim).map(|_| 0.1 * rng.normal()).collect())
+            .collect();
+        let clean: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let (_, clean_step) = sq8_params(&clean, dim);
+        for (r, v) in [(3usize, 50.0f32), (700, -1000.0), (1999, 12.0)] {
+            rows[r][r % dim] = v;
+        }
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let (min, step) = sq8_params(&refs, dim);
+        // The outliers moved no range but within the reach of the quantiles: at
+        // most one and a half times the clean rows' step (here the clean
+        // extremes are about ±3.5σ, the reach ±7σ), not 50/255.
+        for d in 0..dim {
+            assert!(
+                step[d] <= 1.5 * clean_step[d],
+                "dimension {d}: {} against {}",
+                step[d],
+                clean_step[d]
+            );
+            if ![3, 700 % dim, 1999 % dim].contains(&d) {
+                assert_eq!(step[d], clean_step[d], "dimension {d}");
+            }
+        }
+        let mut code = vec![0u8; dim];
+        let mut exceptions = Vec::new();
+        for (i, v) in rows.iter().enumerate() {
+            sq8_encode(v, &min, &step, &mut code);
+            let off = (0..dim)
+                .map(|d| {
+                    (f64::from(v[d])
+                        - (f64::from(min[d]) + f64::from(step[d]) * f64::from(code[d])))
+                    .abs()
+                        / f64::from(step[d])
+                })
+                .fold(0f64, f64::max);
+            let within = coded_within(v, &min, &step, &code);
+            assert_eq!(within, off <= HALF_STEP, "row {i}: {off} steps off");
+            if !within {
+                exceptions.push(i);
+            }
+        }
+        assert_eq!(exceptions, [3, 700, 1999]);
+        // Few rows: the range is their minimum and maximum, as before.
+        let few: Vec<&[f32]> = rows[..20].iter().map(Vec::as_slice).collect();
+        let (fmin, _) = sq8_params(&few, dim);
+        for d in 0..dim {
+            let m = few.iter().map(|v| v[d]).fold(f32::INFINITY, f32::min);
+            assert_eq!(fmin[d], m);
+        }
+    }
 }

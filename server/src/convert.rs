@@ -258,6 +258,25 @@ pub fn info_out(g: &Gallery) -> pb::GalleryInfo {
         open_logit_threshold: rule.and_then(|r| r.logit),
         open_distance_threshold: rule.and_then(|r| r.distance),
         open_trusted: rule.is_some_and(|r| r.trusted),
+        exception_rows: s.exception_rows,
+        outdated_segments: s.outdated_segments,
+        scans: Some(pb::ScanCounts {
+            first_pass: s.scans.first_pass,
+            widened: s.scans.widened,
+            f32_batch: s.scans.f32_batch,
+            direct: s.scans.direct,
+        }),
+        segment_details: g
+            .segments()
+            .into_iter()
+            .map(|x| pb::SegmentInfo {
+                file_no: x.file_no,
+                rows: x.rows,
+                deleted: x.deleted,
+                exceptions: x.exceptions,
+                format_version: x.format_version,
+            })
+            .collect(),
     }
 }
 

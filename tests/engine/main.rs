@@ -15,6 +15,7 @@ mod head;
 mod layers;
 mod lock;
 mod model;
+mod outliers;
 mod poison;
 mod quantized;
 mod screened;

@@ -47,6 +47,33 @@ enum Cmd {
     /// Measure the false-accept rates of a gallery's calibrated decisions on
     /// fresh synthetic probes (the calibration scenario) and print the table.
     Calibration(CalibrationArgs),
+    /// Exact search on the same gallery with outlier rows planted, and with
+    /// far-away probes mixed into the batch, beside the clean gallery in one
+    /// run: speed as a share of the clean gallery's, every answer checked
+    /// against the direct scan.
+    Robust(RobustArgs),
+}
+
+#[derive(clap::Args)]
+struct RobustArgs {
+    /// Gallery: float32 .npy of shape [N, D]; row i is stored with id i.
+    #[arg(long)]
+    base: PathBuf,
+    /// Probes: float32 .npy of shape [P, D]; the batch is the first 1,000.
+    #[arg(long)]
+    probes: PathBuf,
+    /// Results per probe.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Probes searched one at a time for latency.
+    #[arg(long, default_value_t = 200)]
+    single: usize,
+    /// Timed batch runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    batch_runs: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +276,7 @@ fn main() -> ExitCode {
         Cmd::Gen(a) => gen_data(a),
         Cmd::Bounds(a) => bounds_cmd(a),
         Cmd::Calibration(a) => calibration_cmd(a),
+        Cmd::Robust(a) => robust_cmd(a),
     };
     match r {
         Ok(code) => code,
@@ -792,4 +820,198 @@ fn bounds_cmd(a: BoundsArgs) -> Res<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------- robust
+
+/// One gallery of the robustness run: `rows` rows (evenly spread, the first
+/// at 17) with one coordinate set to `value`, or the clean gallery with
+/// `far` of the batch's probes moved far away (coordinates × 1,000).
+struct Variant {
+    name: String,
+    rows: usize,
+    value: f32,
+    far: usize,
+}
+
+fn variants() -> Vec<Variant> {
+    let v = |name: &str, rows: usize, value: f32, far: usize| Variant {
+        name: name.to_owned(),
+        rows,
+        value,
+        far,
+    };
+    vec![
+        v("clean", 0, 0.0, 0),
+        v("1 row with one coordinate = 50", 1, 50.0, 0),
+        v("10 rows with one coordinate = 1,000", 10, 1000.0, 0),
+        v("10 rows with one coordinate = 1e6", 10, 1e6, 0),
+        v("1,000 rows (0.1%) with one coordinate = 50", 1000, 50.0, 0),
+        v(
+            "clean; batch of 990 probes and 10 far (× 1,000)",
+            0,
+            0.0,
+            10,
+        ),
+    ]
+}
+
+fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
+    let base = npy::read_f32(&a.base).map_err(|e| e.to_string())?;
+    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    if probes.cols != base.cols || probes.rows == 0 || base.rows < 1000 {
+        return Err("need at least 1,000 base rows and probes of the same dimension".into());
+    }
+    let key = source_key(&a.base, 10)?;
+    let dim = base.cols;
+    let n_batch = probes.rows.min(1000);
+    let opts = SearchOptions {
+        k: a.k,
+        mode: ScanMode::Exact,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for v in variants() {
+        // The gallery: the base with the variant's rows planted (cached).
+        let mut planted = base.clone();
+        let stride = base.rows / v.rows.max(1);
+        let rows: Vec<usize> = (0..v.rows).map(|i| (17 + i * stride) % base.rows).collect();
+        for &r in &rows {
+            planted.data[r * dim + r % dim] = v.value;
+        }
+        let vkey = json!({ "robust": key, "rows": rows.len(), "value": v.value });
+        let root = visage_bench::target_dir();
+        let dir = root
+            .canonicalize()
+            .unwrap_or(root)
+            .join("visage-bench-data")
+            .join(format!("robust-{:016x}", fnv1a(&vkey.to_string())));
+        if !cached(&dir, &vkey, None) {
+            eprintln!("building {} ({})", dir.display(), v.name);
+            prepare_dir(&dir)?;
+            write_marker(&dir, &vkey, planted.rows, false)?;
+            build(&dir, &planted, 10)?;
+            write_marker(&dir, &vkey, planted.rows, true)?;
+        }
+        drop(planted);
+        let engine = Engine::open(&dir, quiet_options(Durability::ProcessCrash))
+            .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+        let g = engine.gallery(GALLERY).map_err(|e| e.to_string())?;
+        // The batch: the first probes, the last `far` of them moved far away.
+        let mut batch_data: Vec<f32> = probes.data[..n_batch * dim].to_vec();
+        for p in n_batch - v.far..n_batch {
+            for x in &mut batch_data[p * dim..(p + 1) * dim] {
+                *x *= 1000.0;
+            }
+        }
+        let batch: Vec<&[f32]> = batch_data.chunks_exact(dim).collect();
+        // The reference, and time for the codes' statistics to be computed.
+        let want = visage_engine::fuzzing::search_direct(&g, &batch_data, a.k);
+        let search_err = |e: visage_engine::Error| format!("search: {e}");
+        let n_single = a.single.min(n_batch);
+        let mut lat = Vec::with_capacity(n_single);
+        let mut equal = true;
+        let same = |hits: &[visage_engine::Hit], w: &[(u64, f32)]| {
+            hits.len() == w.len()
+                && hits
+                    .iter()
+                    .zip(w)
+                    .all(|(h, w)| h.id == w.0 && h.distance.to_bits() == w.1.to_bits())
+        };
+        for q in batch.iter().take(10) {
+            g.search_with(&[*q], &opts).map_err(search_err)?;
+        }
+        let before = g.stats().scans;
+        for i in 0..n_single {
+            let t = Instant::now();
+            let hits = g.search_with(&[batch[i]], &opts).map_err(search_err)?;
+            lat.push(t.elapsed());
+            equal &= same(&hits[0], &want[i]);
+        }
+        lat.sort();
+        let single_scans = g.stats().scans;
+        let mut runs = Vec::new();
+        for _ in 0..a.batch_runs.max(1) {
+            let t = Instant::now();
+            let got = g.search_with(&batch, &opts).map_err(search_err)?;
+            runs.push(t.elapsed());
+            equal &= got.iter().zip(&want).all(|(h, w)| same(h, w));
+        }
+        runs.sort();
+        let after = g.stats();
+        let per_batch = |x: u64, y: u64| (x - y) as f64 / a.batch_runs.max(1) as f64;
+        results.push(json!({
+            "variant": v.name,
+            "single_p50_ms": millis(percentile(&lat, 0.5)),
+            "batch_probes_per_sec": n_batch as f64 / runs[runs.len() / 2].as_secs_f64(),
+            "exception_rows": after.exception_rows,
+            "single_settled": {
+                "first_pass": single_scans.first_pass - before.first_pass,
+                "widened": single_scans.widened - before.widened,
+                "direct": single_scans.direct - before.direct,
+            },
+            "batch_settled_per_run": {
+                "first_pass": per_batch(after.scans.first_pass, single_scans.first_pass),
+                "f32_batch": per_batch(after.scans.f32_batch, single_scans.f32_batch),
+                "direct": per_batch(after.scans.direct, single_scans.direct),
+            },
+            "answers_equal_direct": equal,
+        }));
+    }
+    let clean = (
+        results[0]["single_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        results[0]["batch_probes_per_sec"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+    );
+    let all_equal = results
+        .iter()
+        .all(|r| r["answers_equal_direct"] == json!(true));
+    if a.json {
+        println!(
+            "{:#}",
+            json!({ "rows": base.rows, "dim": dim, "k": a.k, "batch": n_batch, "variants": results })
+        );
+    } else {
+        println!(
+            "exact search, {} rows × {dim}, k = {}, {} single probes (p50), batch of {n_batch} (median of {})\n",
+            base.rows,
+            a.k,
+            a.single.min(n_batch),
+            a.batch_runs.max(1)
+        );
+        println!(
+            "| gallery | single probe p50 | batch (probes/s) | exception rows | batch probes settled: codes / f32 batch / direct | answers = direct scan |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for r in &results {
+            let s = r["single_p50_ms"].as_f64().unwrap_or(f64::NAN);
+            let b = r["batch_probes_per_sec"].as_f64().unwrap_or(f64::NAN);
+            let bs = &r["batch_settled_per_run"];
+            println!(
+                "| {} | {s:.2} ms ({:.0}%) | {b:.0} ({:.0}%) | {} | {} / {} / {} | {} |",
+                r["variant"].as_str().unwrap_or(""),
+                100.0 * clean.0 / s,
+                100.0 * b / clean.1,
+                r["exception_rows"],
+                bs["first_pass"],
+                bs["f32_batch"],
+                bs["direct"],
+                if r["answers_equal_direct"] == json!(true) {
+                    "yes"
+                } else {
+                    "NO"
+                },
+            );
+        }
+        println!(
+            "\n(single-probe % is the clean gallery's time over this one's: above 100% is faster)"
+        );
+    }
+    Ok(if all_equal {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("visage-bench: some answers differ from the direct scan");
+        ExitCode::FAILURE
+    })
 }

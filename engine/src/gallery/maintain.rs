@@ -37,7 +37,34 @@ impl Gallery {
             segments: snap.segments.len() as u64,
             memtable_rows: snap.chunks.iter().map(|c| c.chunk.ids.len() as u64).sum(),
             bytes_on_disk: bytes,
+            exception_rows: snap
+                .segments
+                .iter()
+                .map(|s| s.seg.exceptions().len() as u64)
+                .sum(),
+            outdated_segments: snap
+                .segments
+                .iter()
+                .filter(|s| s.seg.version() < crate::storage::format::FORMAT_VERSION)
+                .count() as u64,
+            scans: snap.scans.get(),
         }
+    }
+
+    /// Each segment: rows, deletions, exceptions and format version, in the
+    /// order the scans read them.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.snapshot()
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                file_no: s.seg.file_no(),
+                rows: s.seg.rows() as u64,
+                deleted: s.tomb.count() as u64,
+                exceptions: s.seg.exceptions().len() as u64,
+                format_version: s.seg.version(),
+            })
+            .collect()
     }
 
     /// Write the memtable to a segment and drop the WAL it came from.
@@ -77,6 +104,7 @@ impl Gallery {
                 file_no: s.seg.file_no(),
                 rows: s.seg.rows() as u64,
                 deleted: s.tomb.count() as u64,
+                outdated: s.seg.version() < crate::storage::format::FORMAT_VERSION,
             })
             .collect()
     }

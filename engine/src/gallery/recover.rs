@@ -156,6 +156,7 @@ impl Gallery {
             wal_start: manifest.wal_start,
             subjects,
             spec: manifest.spec.clone(),
+            scans: Default::default(),
         };
         let mut writer = None;
         for (i, &n) in wals.iter().enumerate() {

@@ -9,7 +9,7 @@ use crate::Embedding;
 use crate::api::*;
 use crate::error::{Error, Result};
 use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
-use crate::snapshot::{SegState, Snapshot};
+use crate::snapshot::{ScanCounters, SegState, Snapshot};
 use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
 use crate::storage::wal::{Record, WalWriter};
 use std::collections::HashSet;
@@ -43,6 +43,8 @@ pub(super) struct WriteState {
     pub(super) subjects: u64,
     /// The gallery's spec, carried into every manifest.
     pub(super) spec: GallerySpec,
+    /// How the exact scans settled their probes (see `ScanCounters`).
+    pub(super) scans: Arc<ScanCounters>,
 }
 
 impl WriteState {
@@ -241,6 +243,7 @@ impl WriteState {
             chunks,
             subjects: self.subjects,
             dim: self.spec.dim,
+            scans: Arc::clone(&self.scans),
         }
     }
 

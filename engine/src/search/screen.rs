@@ -14,10 +14,12 @@
 //! the direct fallback is `direct`'s.
 
 use super::kernels::{self, IntProbe, Kernels};
-use super::topk::{BLOCK_ROWS, SUB_ROWS, Source, TopK, few_folds, fold_units, offer, work_units};
+use super::topk::{
+    BLOCK_ROWS, SUB_ROWS, Source, TopK, few_folds, fold_units, offer, offer_exceptions, work_units,
+};
 use super::{Cand, Metric, direct, gather, probe_count};
 use crate::quantizer::{ProbeForm, ScreenBound, U, coded_low, gamma, int_weights};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ScanCounters, Snapshot};
 
 /// The bound of each source, or `None` where its codes cannot screen: memtable
 /// chunks and version-1 segments (no codes), and quantisers whose step
@@ -133,9 +135,14 @@ fn scan_codes(
         keep,
         || (),
         |acc, (), (s, a, b)| {
-            let src = Source::of(snap, s);
             let mut dists = [0f32; SUB_ROWS];
             let sq8 = snap.sq8(s).filter(|_| coded[s]);
+            // A coded pass skips the segment's exceptions and scores them exactly below.
+            let src = if sq8.is_some() {
+                Source::coded(snap, s)
+            } else {
+                Source::of(snap, s)
+            };
             let int = forms[s].as_ref().filter(|_| sq8.is_some());
             // Each probe minus the quantiser's minimum, row-major.
             let qms: Vec<f32> = match sq8 {
@@ -169,6 +176,9 @@ fn scan_codes(
                     }
                     offer(top, &dists[..end - start], &src, start);
                 }
+            }
+            if sq8.is_some() {
+                offer_exceptions(kern, snap, probes, acc, (s, a, b));
             }
         },
         |(), ()| {},
@@ -269,7 +279,7 @@ pub(super) fn screened(
     let mut results = vec![Vec::new(); n];
     let mut pending: Vec<usize> = (0..n).collect();
     let mut keep = first_keep(k, dim);
-    for _round in 0..2 {
+    for round in 0..2 {
         if pending.is_empty() {
             return results;
         }
@@ -310,10 +320,17 @@ pub(super) fn screened(
                 next.push(i);
             }
         }
+        let counter = if round == 0 {
+            &snap.scans.first_pass
+        } else {
+            &snap.scans.widened
+        };
+        ScanCounters::add(counter, pending.len() - next.len());
         pending = next;
         keep = keep.saturating_mul(16);
     }
     if !pending.is_empty() {
+        ScanCounters::add(&snap.scans.direct, pending.len());
         let qs = gather(probes, dim, &pending);
         for (i, r) in pending
             .into_iter()
@@ -354,7 +371,8 @@ mod tests {
             let mut rows: Vec<Vec<f32>> = seeds.iter().map(|s| vector(s, scale, offset, dim)).collect();
             let q = vector(&q, scale * 1.5, offset, dim);
             // The quantiser over `rows` as the segment writer makes it.
-            let (min, step) = sq8_params(rows.iter().map(Vec::as_slice), dim);
+            let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+            let (min, step) = sq8_params(&refs, dim);
             // A row half a step from a code in every dimension: the worst case of ρ.
             rows.push((0..dim).map(|d| min[d] + step[d] * ((d % 200) as f32 + 0.5)).collect());
             let codes: Vec<u8> = rows.iter().flat_map(|x| {
@@ -363,7 +381,8 @@ mod tests {
                 c
             }).collect();
             let flat: Vec<f32> = rows.concat();
-            let stats = CodeStats::of(&min, &step, &codes, &flat, dim);
+            // Few rows: the robust range is their minimum and maximum, no exceptions.
+            let stats = CodeStats::of(&min, &step, &codes, &flat, &[], dim);
             let b = ScreenBound::of(&min, &step).expect("a finite quantiser");
             let (ip, f) = int_probe(&q, &min, &step, &stats.centre, &b);
             prop_assert!(f.err.is_finite());

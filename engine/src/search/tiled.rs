@@ -9,11 +9,13 @@
 
 use super::Cand;
 use super::kernels::{IntTile, Kernels, LANES, TILE_PROBES, TileForm};
-use super::screen::{first_keep, int_forms, proven, rerank, screened, tile_form};
-use super::topk::{Source, few_folds, fold_units, offer, offer_group, work_units};
-use super::{gather, probe_count};
+use super::screen::{first_keep, int_forms, proven, rerank, tile_form};
+use super::topk::{
+    Source, few_folds, fold_units, offer, offer_exceptions, offer_group, work_units,
+};
+use super::{Metric, direct, gather, probe_count};
 use crate::quantizer::{ScreenBound, U, coded_low};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ScanCounters, Snapshot};
 
 /// Values per work unit of the tiled scan: 256 rows of 128 values (packed
 /// f32: 128 KiB, codes: 32 KiB; they stay in cache while every probe tile
@@ -39,10 +41,12 @@ struct Scratch {
 /// The batch scan. Each probe keeps [`first_keep`] candidates by an estimate, their
 /// distances are recomputed exactly, and the result is accepted only if no row
 /// outside the candidates can beat the k-th (as in the screened scan). The
-/// probes the bound cannot settle (near-ties, crowded neighbourhoods) are
-/// scanned again together, as a batch, with sixteen times the candidates;
-/// the few left then take the screened scan, so the answer is always exactly
-/// the direct scan's.
+/// probes the bound cannot settle (near-ties, crowded neighbourhoods, probes
+/// far from every row, a segment whose codes are coarse) stay a batch: they
+/// are scanned again together by the f32 tiled scan, whose bound is far
+/// tighter, and the few that even it cannot settle by the direct scan,
+/// together; so the answer is always exactly the direct scan's, and no probe
+/// costs more than the integer pass plus its share of the f32 one.
 ///
 /// Where the CPU has integer dot products (AVX-512 VNNI), coded segments are
 /// scanned through their 8-bit codes: each probe is turned into signed-byte
@@ -51,9 +55,10 @@ struct Scratch {
 /// instruction (four times f32's) and a quarter of the bytes. Rows are ranked
 /// by a lower estimate: the codes' error (`ρ`, as in the screened scan) and the
 /// weights' rounding (`κ` times the row's spread) are both bounded per probe
-/// and row. Elsewhere, and for memtable chunks and version-1 segments, tiles
-/// of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`, within
-/// `4·D·u·(‖q‖ + ‖x‖)²` of the direct form (`D` values a row).
+/// and row; a segment's exceptions (rows the codes do not bound) are scored
+/// exactly in the same pass. Elsewhere, and for memtable chunks and version-1
+/// segments, tiles of probes × packed f32 rows give `‖q‖² + ‖x‖² − 2·q·x`,
+/// within `4·D·u·(‖q‖ + ‖x‖)²` of the direct form (`D` values a row).
 pub(super) fn scan(
     kern: &Kernels,
     snap: &Snapshot,
@@ -64,11 +69,20 @@ pub(super) fn scan(
     let n = probe_count(snap, probes);
     let mut results = vec![Vec::new(); n];
     let mut pending: Vec<usize> = (0..n).collect();
-    let mut keep = first_keep(k, snap.dim);
-    for _round in 0..2 {
+    let keep = first_keep(k, snap.dim);
+    let counters = &snap.scans;
+    // The integer pass where it runs, then f32 (with more candidates if the
+    // first pass was f32 already).
+    let int = kern.fast_u8_dots() && bounds.iter().any(Option::is_some);
+    let rounds = if int {
+        [(true, keep), (false, keep)]
+    } else {
+        [(false, keep), (false, keep.saturating_mul(16))]
+    };
+    for (round, (int, keep)) in rounds.into_iter().enumerate() {
         let qs = gather(probes, snap.dim, &pending);
         let mut next = Vec::new();
-        for (j, r) in scan_round(kern, snap, &qs, k, keep, bounds)
+        for (j, r) in scan_round(kern, snap, &qs, k, keep, bounds, int)
             .into_iter()
             .enumerate()
         {
@@ -77,16 +91,25 @@ pub(super) fn scan(
                 None => next.push(pending[j]),
             }
         }
+        let settled = pending.len() - next.len();
+        ScanCounters::add(
+            if round == 0 {
+                &counters.first_pass
+            } else {
+                &counters.f32_batch
+            },
+            settled,
+        );
         pending = next;
         if pending.is_empty() {
             return results;
         }
-        keep = keep.saturating_mul(16);
     }
+    ScanCounters::add(&counters.direct, pending.len());
     let qs = gather(probes, snap.dim, &pending);
     for (i, r) in pending
         .into_iter()
-        .zip(screened(kern, snap, &qs, k, bounds))
+        .zip(direct::scan(kern, snap, &qs, k, Metric::L2))
     {
         results[i] = r;
     }
@@ -95,6 +118,7 @@ pub(super) fn scan(
 
 /// One pass of the batch scan with `keep` candidates a probe: each probe's
 /// proven top `k`, or `None` where the bound could not settle it.
+/// With `int` false, every source is scanned in f32, codes or not.
 fn scan_round(
     kern: &Kernels,
     snap: &Snapshot,
@@ -102,11 +126,16 @@ fn scan_round(
     k: usize,
     keep: usize,
     bounds: &[Option<ScreenBound>],
+    int: bool,
 ) -> Vec<Option<Vec<Cand>>> {
     let dim = snap.dim;
     let n_probes = probe_count(snap, probes);
     let group = dim * LANES;
-    let forms = int_forms(kern, snap, probes, bounds);
+    let forms = if int {
+        int_forms(kern, snap, probes, bounds)
+    } else {
+        vec![None; bounds.len()]
+    };
     // Each coded source's probes interleaved, a tile at a time, checked once.
     let tiles: Vec<Vec<IntTile>> = forms
         .iter()
@@ -134,12 +163,17 @@ fn scan_round(
         keep,
         Scratch::default,
         |tops, acc, (s, a, b)| {
-            let src = Source::of(snap, s);
             let n = b - a;
             let groups = n.div_ceil(LANES);
             acc.norms.clear();
             acc.spread.clear();
             let coded = forms[s].as_ref().zip(snap.sq8(s)).zip(snap.code_stats(s));
+            // A coded pass skips the segment's exceptions and scores them exactly below.
+            let src = if coded.is_some() {
+                Source::coded(snap, s)
+            } else {
+                Source::of(snap, s)
+            };
             match coded {
                 Some(((_, (_, _, codes)), stats)) => {
                     acc.codes.resize(groups * group, 0);
@@ -210,10 +244,16 @@ fn scan_round(
                     }
                 }
             }
+            if coded.is_some() {
+                offer_exceptions(kern, snap, probes, tops, (s, a, b));
+            }
         },
         |a, b| a.max_norm = a.max_norm.max(b.max_norm),
     );
     let uncoded = forms.iter().any(Option::is_none);
+    // Exceptions enter with exact distances: `w` itself bounds them.
+    let exact_rows =
+        (0..snap.source_count()).any(|s| forms[s].is_some() && !snap.exceptions(s).is_empty());
     let max_x = f64::from(scratch.max_norm).sqrt();
     let live = snap.live_rows();
     // |estimate − exact| ≤ 4·D·u·(‖q‖ + ‖x‖)² (512·u at 128 values: generous
@@ -225,9 +265,9 @@ fn scan_round(
             let q = &probes[i * dim..(i + 1) * dim];
             let (cands, worst, kept) = rerank(kern, snap, q, top, k);
             let ok = proven((&cands, worst, kept), keep, live, k, |w| {
-                let mut low = f64::INFINITY;
+                let mut low = if exact_rows { w } else { f64::INFINITY };
                 if uncoded {
-                    low = w - slack * (f64::from(qn[i]).sqrt() + max_x).powi(2);
+                    low = low.min(w - slack * (f64::from(qn[i]).sqrt() + max_x).powi(2));
                 }
                 for (b, f) in bounds.iter().zip(&forms) {
                     if let (Some(b), Some((_, pf))) = (b, f) {

@@ -14,7 +14,7 @@
 //! `tiled`); the candidate type [`Cand`] is the search module's.
 
 use super::Cand;
-use super::kernels::LANES;
+use super::kernels::{Kernels, LANES};
 use crate::snapshot::Snapshot;
 use crate::snapshot::tombstones::Tombstones;
 use rayon::prelude::*;
@@ -158,6 +158,9 @@ pub(super) struct Source<'a> {
     src: u32,
     ids: &'a [u64],
     tomb: &'a Tombstones,
+    /// Rows to pass over, ascending: a coded pass skips the segment's
+    /// exceptions, which [`offer_exact_rows`] scores.
+    skip: &'a [u32],
 }
 
 impl<'a> Source<'a> {
@@ -166,6 +169,49 @@ impl<'a> Source<'a> {
             src: s as u32,
             ids: snap.ids(s),
             tomb: snap.tombstones(s),
+            skip: &[],
+        }
+    }
+    /// The source as a pass over its 8-bit codes sees it: without its
+    /// exceptions, whose codes the quantiser's bound does not cover.
+    pub(super) fn coded(snap: &'a Snapshot, s: usize) -> Source<'a> {
+        Source {
+            skip: snap.exceptions(s),
+            ..Source::of(snap, s)
+        }
+    }
+    fn skips(&self, row: usize) -> bool {
+        !self.skip.is_empty()
+            && u32::try_from(row).is_ok_and(|r| self.skip.binary_search(&r).is_ok())
+    }
+}
+
+/// Score the exceptions of source `s` among rows `a..b` exactly (the direct
+/// scan's kernel call) against every probe, and offer them: the coded passes
+/// skip them, and this puts them in the same top-k sets with their exact
+/// distances.
+pub(super) fn offer_exceptions(
+    kern: &Kernels,
+    snap: &Snapshot,
+    probes: &[f32],
+    tops: &mut [TopK],
+    (s, a, b): Unit,
+) {
+    let exc = snap.exceptions(s);
+    let (lo, hi) = (
+        exc.partition_point(|&r| (r as usize) < a),
+        exc.partition_point(|&r| (r as usize) < b),
+    );
+    if lo == hi {
+        return;
+    }
+    let (src, dim) = (Source::of(snap, s), snap.dim);
+    let mut d = [0f32];
+    for &r in &exc[lo..hi] {
+        let x = snap.vector(s, r as usize);
+        for (q, top) in probes.chunks_exact(dim).zip(tops.iter_mut()) {
+            kern.l2sq_many(q, x, &mut d);
+            offer(top, &d, &src, r as usize);
         }
     }
 }
@@ -189,7 +235,7 @@ pub(super) fn offer(top: &mut TopK, dists: &[f32], src: &Source<'_>, first: usiz
                 continue;
             }
             let row = first + ci * 16 + lane;
-            if src.tomb.get(row) {
+            if src.tomb.get(row) || src.skips(row) {
                 continue;
             }
             if top.push(Cand {

@@ -19,6 +19,7 @@ use crate::storage::segment::Segment;
 use memtable::MemChunk;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tombstones::Tombstones;
 
 /// A segment with its tombstones.
@@ -37,6 +38,35 @@ pub(crate) struct Snapshot {
     pub subjects: u64,
     /// Values per vector (the gallery's dimension).
     pub dim: usize,
+    /// The gallery's counts of how exact scans settled their probes, shared
+    /// by every snapshot it publishes.
+    pub scans: Arc<ScanCounters>,
+}
+
+/// How the exact scans settled their probes, counted since the gallery was
+/// opened: by the first pass over the codes, by a wider one, by the f32
+/// batch scan, or by the direct scan. An operator sees a degraded gallery
+/// when the later ones grow.
+#[derive(Debug, Default)]
+pub(crate) struct ScanCounters {
+    pub first_pass: AtomicU64,
+    pub widened: AtomicU64,
+    pub f32_batch: AtomicU64,
+    pub direct: AtomicU64,
+}
+
+impl ScanCounters {
+    pub(crate) fn add(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> crate::api::ScanCounts {
+        crate::api::ScanCounts {
+            first_pass: self.first_pass.load(Ordering::Relaxed),
+            widened: self.widened.load(Ordering::Relaxed),
+            f32_batch: self.f32_batch.load(Ordering::Relaxed),
+            direct: self.direct.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Snapshot {
@@ -63,6 +93,11 @@ impl Snapshot {
     /// the quantiser's minimum and step (segments of version 2 and later only).
     pub(crate) fn sq8(&self, s: usize) -> Option<(&[f32], &[f32], &[u8])> {
         self.segments.get(s).and_then(|ss| ss.seg.sq8())
+    }
+    /// A segment's exceptions: rows whose codes its quantiser's bound does not
+    /// cover, ascending (empty for memtable chunks and older segments).
+    pub(crate) fn exceptions(&self, s: usize) -> &[u32] {
+        self.segments.get(s).map_or(&[], |ss| ss.seg.exceptions())
     }
     /// The statistics of a coded segment's codes (computed on first use; `None`
     /// for memtable chunks and segments without codes).

@@ -8,7 +8,7 @@
 use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{CodeStats, sq8_encode, sq8_params};
+use crate::quantizer::{CodeStats, coded_within, sq8_encode, sq8_params};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -107,7 +107,11 @@ pub(crate) fn write_segment(
         .map(|r| r.vector.iter().map(|x| x * x).sum())
         .collect();
 
-    let (sq_min, sq_step) = sq8_params(rows.iter().map(|r| r.vector), dim);
+    let vectors: Vec<&[f32]> = rows.iter().map(|r| r.vector).collect();
+    let (sq_min, sq_step) = sq8_params(&vectors, dim);
+    drop(vectors);
+    // Rows with a value clamped to the quantiser's range, found while coding.
+    let mut exceptions: Vec<u32> = Vec::new();
 
     let file = fs
         .create(path, Create::New)
@@ -154,11 +158,15 @@ pub(crate) fn write_segment(
             }
             Section::Sq8Codes => {
                 let mut code = vec![0u8; dim];
-                for r in rows {
+                for (i, r) in (0..n32).zip(rows) {
                     sq8_encode(r.vector, &sq_min, &sq_step, &mut code);
+                    if !coded_within(r.vector, &sq_min, &sq_step, &code) {
+                        exceptions.push(i);
+                    }
                     put(&mut w, &code)?;
                 }
             }
+            Section::Sq8Exceptions => put(&mut w, &le_u32s(&exceptions))?,
         }
         sections[sec as usize] = SectionEntry {
             offset: pos,
@@ -325,6 +333,7 @@ impl Segment {
         let vectors_at = self.header.sections[Section::Vectors as usize].offset;
         let sq8 = self.sq8();
         let dim = self.dim;
+        let exceptions = self.exceptions();
         let mut want = vec![0u8; dim];
         for (i, (v, &n)) in self
             .vectors_checked()?
@@ -351,6 +360,22 @@ impl Segment {
                             "section sq8 codes: row {i} value {d} is coded {}, its vector codes to {}",
                             row[d], want[d]
                         ),
+                    ));
+                }
+                // From version 5, a row the bound does not cover must be
+                // listed as an exception, and a listed row must be one.
+                let listed = u32::try_from(i).is_ok_and(|r| exceptions.binary_search(&r).is_ok());
+                if self.header.version >= 5 && listed == coded_within(v, min, step, row) {
+                    let e = self.header.sections[Section::Sq8Exceptions as usize];
+                    let what = if listed {
+                        "is listed as an exception, but its codes are within half a step"
+                    } else {
+                        "has codes beyond half a step of its values, and no exception lists it"
+                    };
+                    return Err(Error::corrupt(
+                        self.path(),
+                        e.offset,
+                        format!("section sq8 exceptions: row {i} {what}"),
                     ));
                 }
             }
@@ -509,6 +534,24 @@ impl Segment {
             }
             prev = Some(s);
         }
+        if self.header.version >= 5 {
+            // Exceptions: rows of this segment, strictly ascending (the scans
+            // search the list, and skip each listed row in the coded pass).
+            let exc = self.u32s(Section::Sq8Exceptions)?;
+            if let Some(i) =
+                (0..exc.len()).find(|&i| exc[i] as usize >= rows || (i > 0 && exc[i - 1] >= exc[i]))
+            {
+                return Err(bad(
+                    Section::Sq8Exceptions,
+                    4 * i,
+                    format!(
+                        "exception {i} is row {}: not a row of {rows}, or not after exception {}",
+                        exc[i],
+                        i.saturating_sub(1)
+                    ),
+                ));
+            }
+        }
         if self.header.version >= 2 {
             let params: &[f32] = mmap::cast(self.path(), 0, self.section(Section::Sq8Params))?;
             let dim = self.dim;
@@ -608,7 +651,14 @@ impl Segment {
             return c;
         }
         let c = match self.sq8() {
-            Some((min, step, codes)) => CodeStats::of(min, step, codes, self.vectors(), self.dim),
+            Some((min, step, codes)) => CodeStats::of(
+                min,
+                step,
+                codes,
+                self.vectors(),
+                self.exceptions(),
+                self.dim,
+            ),
             None => CodeStats::default(),
         };
         self.code_stats.get_or_init(|| c)
@@ -622,6 +672,21 @@ impl Segment {
                 seg.code_stats();
             });
         }
+    }
+
+    /// The rows whose codes the quantiser's bound does not cover (values
+    /// clamped to its range), ascending; scanned exactly. Empty before
+    /// version 5, whose quantiser ranges covered every value.
+    pub(crate) fn exceptions(&self) -> &[u32] {
+        if self.header.version < 5 {
+            return &[];
+        }
+        self.u32s(Section::Sq8Exceptions).unwrap_or(&[])
+    }
+
+    /// The format version the segment was written in.
+    pub(crate) fn version(&self) -> u32 {
+        self.header.version
     }
 
     /// The 8-bit codes (row-major, [`Segment::dim`] a row) with the

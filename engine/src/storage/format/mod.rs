@@ -53,8 +53,14 @@
 //!   records (in bytes 24..28, reserved until version 3); the head file records
 //!   its dimension and holds one weight per dimension. Segments already
 //!   recorded their dimension: their layout is unchanged. Files of versions 1
-//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v3`;
-//!   `format-v4` is this version's).
+//!   to 3 are galleries of 128 values a vector (fixtures `format-v1` to `-v4`).
+//! - 5: segments' quantiser ranges are robust to outliers, and the rows with
+//!   a value outside them are listed in a new section (12, `sq8_exceptions`)
+//!   and scanned exactly; a build that read the codes of such a segment as
+//!   version 4 would rely on a bound they do not meet, hence the new
+//!   version. Manifest, WAL and head file unchanged (version 5 in their
+//!   headers, version 4's layout). Forced compaction (`visage compact`)
+//!   rewrites older segments in this version.
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -84,7 +90,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 

@@ -10,7 +10,7 @@
 //! | 16 | 8 | u64 | rows |
 //! | 24 | 8 | u64 | distinct subjects |
 //! | 32 | 8 | u64 | segment file number |
-//! | 40 | 4 | u32 | number of used section slots (10 in version 1, 12 in version 2) |
+//! | 40 | 4 | u32 | number of used section slots (10 in version 1, 12 in versions 2 to 4, 13 from version 5) |
 //! | 44 | 4 | u32 | reserved, 0 |
 //! | 48 | 16 × 24 | section table | per slot: offset u64, length u64, crc32 u32, reserved u32 |
 //! | 432 | 76 | | reserved, 0 |
@@ -33,6 +33,13 @@
 //! | 9 | posting_rows | rows × 4 | u32 rows grouped by subject ordinal, ascending within a subject |
 //! | 10 | sq8_params | 8·D | version 2: f32 minimum of each dimension, then f32 step of each dimension |
 //! | 11 | sq8_codes | rows × D | version 2: u8 code per value, `x ≈ min + step·code` (round to nearest, clamped) |
+//! | 12 | sq8_exceptions | 4 × E | version 5: u32 rows, strictly ascending, whose codes are not within half a step of their values in some dimension (clamped to the quantiser's range: outliers); the scans score them exactly |
+//!
+//! From version 5 the quantiser's range of a dimension is robust to outliers
+//! (the 1% and 99% quantiles reached out by their distance on each side, within
+//! the minimum and maximum; see `crate::quantizer::sq8_params`), and every row
+//! with a value outside it is listed in `sq8_exceptions`. Up to version 4 the
+//! range was the minimum and maximum, so no row was an exception.
 //!
 //! A segment holds each id at most once. Sections 1–9 are verified against their
 //! CRC at every open (they are small); the vector section on request
@@ -99,14 +106,20 @@ pub enum Section {
     Sq8Params,
     /// 8-bit codes (version 2).
     Sq8Codes,
+    /// Rows whose codes the quantiser's bound does not cover (version 5).
+    Sq8Exceptions,
 }
 
 /// Number of sections in a segment of the newest version.
-pub const SECTION_COUNT: usize = 12;
+pub const SECTION_COUNT: usize = 13;
 
 /// Number of sections in a segment of `version`.
 pub fn sections_in(version: u32) -> usize {
-    if version >= 2 { 12 } else { 10 }
+    match version {
+        5.. => 13,
+        2..=4 => 12,
+        _ => 10,
+    }
 }
 
 /// Bytes of the scalar-quantiser parameters at dimension `dim`: per dimension
@@ -130,6 +143,7 @@ impl Section {
         Section::PostingRows,
         Section::Sq8Params,
         Section::Sq8Codes,
+        Section::Sq8Exceptions,
     ];
 
     /// Name used in error messages.
@@ -147,11 +161,13 @@ impl Section {
             Section::PostingRows => "posting_rows",
             Section::Sq8Params => "sq8_params",
             Section::Sq8Codes => "sq8_codes",
+            Section::Sq8Exceptions => "sq8_exceptions",
         }
     }
 
     /// Expected length in bytes for a segment of `rows` rows of `dim` values
-    /// and `subjects` subjects; `None` for the variable-length subject bytes.
+    /// and `subjects` subjects; `None` for the variable-length subject bytes
+    /// and exception rows (checked when the segment is opened).
     pub fn expected_len(self, rows: u64, subjects: u64, dim: u64) -> Option<u64> {
         Some(match self {
             Section::Vectors => rows.checked_mul(dim)?.checked_mul(4)?,
@@ -161,7 +177,7 @@ impl Section {
             }
             Section::SubjectOffsets => subjects.checked_add(1)?.checked_mul(8)?,
             Section::PostingOffsets => subjects.checked_add(1)?.checked_mul(4)?,
-            Section::SubjectBytes => return None,
+            Section::SubjectBytes | Section::Sq8Exceptions => return None,
             Section::Sq8Params => sq8_params_bytes(dim),
             Section::Sq8Codes => rows.checked_mul(dim)?,
         })
@@ -209,7 +225,7 @@ impl SegmentHeader {
         let n = sections_in(self.version);
         #[allow(
             clippy::cast_possible_truncation,
-            reason = "at most SECTION_COUNT (12)"
+            reason = "at most SECTION_COUNT (13)"
         )]
         put_u32(&mut b, SEG_SECTION_COUNT_OFF, n as u32);
         for (i, s) in self.sections.iter().take(n).enumerate() {
@@ -364,12 +380,13 @@ mod tests {
     use super::*;
     use crate::storage::format::test_support::reseal;
 
-    /// The section table of a segment with no rows: each section at its own
-    /// aligned offset after the header, with the length its counts imply.
-    fn empty_sections(dim: u64) -> [SectionEntry; SECTION_COUNT] {
+    /// The section table of a segment of `version` with no rows: each of its
+    /// sections at its own aligned offset after the header, with the length
+    /// its counts imply; the slots the version does not use empty.
+    fn empty_sections(dim: u64, version: u32) -> [SectionEntry; SECTION_COUNT] {
         let mut sections = [SectionEntry::default(); SECTION_COUNT];
         let mut at = 512;
-        for (i, s) in sections.iter_mut().enumerate() {
+        for (i, s) in sections.iter_mut().enumerate().take(sections_in(version)) {
             s.offset = at;
             s.len = Section::ALL[i].expected_len(0, 0, dim).unwrap_or(0);
             at = super::super::align_up(at + s.len.max(1));
@@ -379,8 +396,8 @@ mod tests {
 
     #[test]
     fn segment_header_golden_bytes() {
-        let mut sections = empty_sections(128);
-        for (i, s) in sections.iter_mut().enumerate() {
+        let mut sections = empty_sections(128, 2);
+        for (i, s) in sections.iter_mut().enumerate().take(12) {
             s.crc = u32::try_from(i).unwrap();
         }
         let h = SegmentHeader {
@@ -404,7 +421,7 @@ mod tests {
         let back = SegmentHeader::decode(Path::new("x"), &b, 4096).unwrap();
         assert_eq!(back, h);
         // Version 4 records any dimension the gallery may have; older versions only 128.
-        let sections = empty_sections(512);
+        let sections = empty_sections(512, 4);
         let v4 = SegmentHeader {
             version: 4,
             dim: 512,
@@ -414,11 +431,24 @@ mod tests {
         let b = v4.encode();
         assert_eq!(&b[12..16], &[0, 2, 0, 0]);
         assert_eq!(SegmentHeader::decode(Path::new("x"), &b, 8192).unwrap(), v4);
-        for (version, dim) in [(3, 512), (4, 100), (4, 4096), (4, 0)] {
+        // Version 5 adds the exceptions (section 12): 13 slots in use.
+        let v5 = SegmentHeader {
+            version: 5,
+            sections: empty_sections(512, 5),
+            ..v4.clone()
+        };
+        let b = v5.encode();
+        assert_eq!(&b[40..44], &[13, 0, 0, 0]);
+        assert_eq!(
+            &b[48 + 12 * 24..48 + 12 * 24 + 8],
+            &v5.sections[12].offset.to_le_bytes()
+        );
+        assert_eq!(SegmentHeader::decode(Path::new("x"), &b, 8192).unwrap(), v5);
+        for (version, dim) in [(3, 512), (4, 100), (4, 4096), (4, 0), (5, 100)] {
             let bad = SegmentHeader {
                 version,
                 dim,
-                sections: empty_sections(u64::from(dim)),
+                sections: empty_sections(u64::from(dim), version),
                 ..h.clone()
             };
             let err = SegmentHeader::decode(Path::new("x"), &bad.encode(), 1 << 20).unwrap_err();
@@ -434,7 +464,7 @@ mod tests {
             rows: 0,
             subjects: 0,
             file_no: 1,
-            sections: empty_sections(128),
+            sections: empty_sections(128, 1),
         }
         .encode()
     }
