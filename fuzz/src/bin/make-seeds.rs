@@ -9,7 +9,7 @@
 
 use prost::Message;
 use std::path::{Path, PathBuf};
-use visage_engine::DIM;
+use visage_engine::{DIM, Engine};
 use visage_engine::format::{self, ManifestData, ManifestSegment};
 use visage_fuzz::*;
 use visage_proto::v1 as pb;
@@ -62,6 +62,31 @@ fn main() {
     let v1_seg = v1("seg-0000000000000003.vseg");
     seed("segment", Some(0), &v1_seg);
     seed("segment", Some(4), &v1_seg);
+    // A version-5 segment with exceptions: 200 rows, three with a value far
+    // outside the others (the template's segments are too small to have any).
+    let mut rows = sample_embeddings(200, 20, 11);
+    for (r, v) in [(5usize, 50.0f32), (77, -1000.0), (150, 1e6)] {
+        let at = r % rows[r].vector.len();
+        rows[r].vector[at] = v;
+    }
+    let root = fresh_dir("seeds-exceptions");
+    {
+        let engine = Engine::open(&root, engine_options()).expect("open");
+        let g = engine.create_gallery(GALLERY).expect("create");
+        g.insert(&rows).expect("insert");
+        g.flush().expect("flush");
+        assert_eq!(g.stats().exception_rows, 3, "the outliers are exceptions");
+    }
+    let gdir = root.join("galleries").join(GALLERY);
+    for e in std::fs::read_dir(&gdir).expect("list") {
+        let p = e.expect("list").path();
+        if p.extension().is_some_and(|x| x == "vseg") {
+            let bytes = std::fs::read(&p).expect("read");
+            for flags in [0, 2, 4] {
+                seed("segment", Some(flags), &bytes);
+            }
+        }
+    }
 
     // WAL files: the template's (inserts and a delete), the fixture's, a torn tail.
     for (_, bytes) in by_prefix("wal-") {
