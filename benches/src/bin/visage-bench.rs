@@ -918,9 +918,11 @@ fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
                     .zip(w)
                     .all(|(h, w)| h.id == w.0 && h.distance.to_bits() == w.1.to_bits())
         };
-        for q in batch.iter().take(10) {
+        // Warm up: the files into the page cache, the codes' statistics computed.
+        for q in batch.iter().take(50) {
             g.search_with(&[*q], &opts).map_err(search_err)?;
         }
+        g.search_with(&batch, &opts).map_err(search_err)?;
         let before = g.stats().scans;
         for i in 0..n_single {
             let t = Instant::now();
