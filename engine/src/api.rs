@@ -189,7 +189,9 @@ pub struct ScanCounts {
     pub first_pass: u64,
     /// Proved by the screened scan's second pass, with sixteen times the candidates.
     pub widened: u64,
-    /// Settled by the f32 batch scan, after the codes could not (batches).
+    /// Settled by the f32 batch scan (batches): after the codes could not, or
+    /// from the start where the CPU lacks integer dot products (AVX-512 VNNI)
+    /// or the codes could not settle a sample of the batch.
     pub f32_batch: u64,
     /// Scanned directly, every row in f32, after the codes could not.
     pub direct: u64,

@@ -8,6 +8,7 @@
 
 mod cli;
 mod cli_head;
+mod cli_outliers;
 mod cli_plot;
 mod cli_report;
 mod cli_spec;

@@ -69,17 +69,43 @@ pub(super) fn scan(
     let n = probe_count(snap, probes);
     let mut results = vec![Vec::new(); n];
     let mut pending: Vec<usize> = (0..n).collect();
+    let mut done = vec![false; n];
     let keep = first_keep(k, snap.dim);
     let counters = &snap.scans;
     // The integer pass where it runs, then f32 (with more candidates if the
-    // first pass was f32 already).
-    let int = kern.fast_u8_dots() && bounds.iter().any(Option::is_some);
+    // first pass was f32 already). A large batch first tries the integer pass
+    // on a sample of its probes: where the codes cannot settle most of them
+    // (segments of an older format with outliers stretch every step), the
+    // integer pass would only add to the f32 one, and the whole batch takes
+    // the f32 scan at once.
+    let mut int = kern.fast_u8_dots() && bounds.iter().any(Option::is_some);
+    if int && n >= 4 * SAMPLE_PROBES {
+        let sample: Vec<usize> = (0..n)
+            .step_by(n / SAMPLE_PROBES)
+            .take(SAMPLE_PROBES)
+            .collect();
+        let qs = gather(probes, snap.dim, &sample);
+        let got = scan_round(kern, snap, &qs, k, keep, bounds, true);
+        let settled = got.iter().filter(|r| r.is_some()).count();
+        ScanCounters::add(&counters.first_pass, settled);
+        for (&i, r) in sample.iter().zip(got) {
+            if let Some(cands) = r {
+                results[i] = cands;
+                done[i] = true;
+            }
+        }
+        int = 2 * settled >= SAMPLE_PROBES;
+        pending.retain(|&i| !done[i]);
+    }
     let rounds = if int {
         [(true, keep), (false, keep)]
     } else {
         [(false, keep), (false, keep.saturating_mul(16))]
     };
-    for (round, (int, keep)) in rounds.into_iter().enumerate() {
+    for (int, keep) in rounds {
+        if pending.is_empty() {
+            return results;
+        }
         let qs = gather(probes, snap.dim, &pending);
         let mut next = Vec::new();
         for (j, r) in scan_round(kern, snap, &qs, k, keep, bounds, int)
@@ -93,7 +119,7 @@ pub(super) fn scan(
         }
         let settled = pending.len() - next.len();
         ScanCounters::add(
-            if round == 0 {
+            if int {
                 &counters.first_pass
             } else {
                 &counters.f32_batch
@@ -115,6 +141,9 @@ pub(super) fn scan(
     }
     results
 }
+
+/// Probes of a large batch the integer pass is tried on first (see [`scan`]).
+const SAMPLE_PROBES: usize = 16;
 
 /// One pass of the batch scan with `keep` candidates a probe: each probe's
 /// proven top `k`, or `None` where the bound could not settle it.
