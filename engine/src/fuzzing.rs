@@ -117,10 +117,18 @@ pub fn open_segment(path: &Path, file_no: u64, verify: VerifyChecksums) -> Resul
 /// The direct scan of `g`, the reference every other exact distance search
 /// must equal bit for bit: per probe, the ids and distances of the top `k`
 /// live rows by (squared L2, id). `probes` is row-major, the gallery's
-/// dimension a probe.
+/// dimension a probe; where the gallery normalises, each is scaled to unit
+/// length first, as a search does (a zero probe, which a search refuses, is
+/// left as it is).
 pub fn search_direct(g: &crate::Gallery, probes: &[f32], k: usize) -> Vec<Vec<(u64, f32)>> {
     let snap = g.snapshot();
-    crate::search::top_k_direct(&snap, probes, k, crate::search::Metric::L2)
+    let mut probes = probes.to_vec();
+    if g.spec().normalize {
+        for p in probes.chunks_exact_mut(g.dim()) {
+            let _ = crate::gallery::normalize(p);
+        }
+    }
+    crate::search::top_k_direct(&snap, &probes, k, crate::search::Metric::L2)
         .into_iter()
         .map(|cs| cs.into_iter().map(|c| (c.id, c.dist)).collect())
         .collect()

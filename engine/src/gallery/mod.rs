@@ -36,6 +36,8 @@ mod read;
 mod recover;
 mod write;
 
+pub(crate) use write::normalize;
+
 pub use crate::api::*;
 use crate::compaction::CompactionPolicy;
 use crate::error::{Error, Result};
