@@ -291,9 +291,13 @@ pub(crate) fn code_spread(c: &[u8], centre: &[u8]) -> f32 {
             d * d
         })
         .sum();
-    let s = (s2 as f64).sqrt() * (1.0 + 1e-12);
-    let f = s as f32;
-    if f64::from(f) < s { f.next_up() } else { f }
+    round_up((s2 as f64).sqrt() * (1.0 + 1e-12))
+}
+
+/// `x` as the nearest f32 at or above it (bounds must not shrink when stored in f32).
+fn round_up(x: f64) -> f32 {
+    let f = x as f32;
+    if f64::from(f) < x { f.next_up() } else { f }
 }
 
 /// A probe's integer form for one coded source: signed-byte weights
@@ -352,15 +356,7 @@ pub(crate) fn int_weights(
         .map(|(&wd, &md)| wd - a * f64::from(md))
         .collect();
     let rnorm = r.iter().map(|x| x * x).sum::<f64>().sqrt() * (1.0 + 1e-9);
-    let kappa64 = 2.0 * rnorm;
-    let kappa = {
-        let k = kappa64 as f32;
-        if f64::from(k) < kappa64 {
-            k.next_up()
-        } else {
-            k
-        }
-    };
+    let kappa = round_up(2.0 * rnorm);
     let rmu: f64 = r.iter().zip(centre).map(|(&x, &c)| x * f64::from(c)).sum();
     let qn2: f64 = q.iter().map(|&x| f64::from(x).powi(2)).sum();
     let qmin: f64 = q

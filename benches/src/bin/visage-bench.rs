@@ -56,15 +56,9 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RobustArgs {
-    /// Gallery: float32 .npy of shape [N, D]; row i is stored with id i.
-    #[arg(long)]
-    base: PathBuf,
-    /// Probes: float32 .npy of shape [P, D]; the batch is the first 1,000.
-    #[arg(long)]
-    probes: PathBuf,
-    /// Results per probe.
-    #[arg(long, default_value_t = 10)]
-    k: usize,
+    /// The data (the batch is the first 1,000 probes).
+    #[command(flatten)]
+    data: DataArgs,
     /// Probes searched one at a time for latency.
     #[arg(long, default_value_t = 200)]
     single: usize,
@@ -175,8 +169,9 @@ impl Mode {
     }
 }
 
+/// The gallery, the probes and k, as `search` and `robust` take them.
 #[derive(clap::Args)]
-struct SearchArgs {
+struct DataArgs {
     /// Gallery: float32 .npy of shape [N, D] (D a multiple of 16 from 16 to
     /// 2,048: the gallery's dimension); row i is stored with id i.
     #[arg(long)]
@@ -187,6 +182,12 @@ struct SearchArgs {
     /// Results per probe.
     #[arg(long, default_value_t = 10)]
     k: usize,
+}
+
+#[derive(clap::Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    data: DataArgs,
     /// Scan mode.
     #[arg(long, value_enum, default_value_t = Mode::Exact)]
     mode: Mode,
@@ -440,10 +441,10 @@ fn build(dir: &Path, base: &npy::Array2<f32>, rows_per_subject: usize) -> Res<Du
 }
 
 fn search(a: SearchArgs) -> Res<ExitCode> {
-    if a.k == 0 {
+    if a.data.k == 0 {
         return Err("--k must be at least 1".into());
     }
-    let key = source_key(&a.base, a.rows_per_subject)?;
+    let key = source_key(&a.data.base, a.rows_per_subject)?;
     let key_text = key.to_string();
     let dir = a.data_dir.clone().unwrap_or_else(|| {
         let root = visage_bench::target_dir();
@@ -460,12 +461,12 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         // Build in this process, then measure in a fresh one that never held the
         // data, so its resident memory is the engine's alone.
         let t = Instant::now();
-        let base = npy::read_f32(&a.base).map_err(|e| e.to_string())?;
+        let base = npy::read_f32(&a.data.base).map_err(|e| e.to_string())?;
         let read = t.elapsed();
         if let Some(why) = GallerySpec::with_dim(base.cols).problem() {
             return Err(format!(
                 "{}: vectors of {} values: {why}",
-                a.base.display(),
+                a.data.base.display(),
                 base.cols
             ));
         }
@@ -473,7 +474,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
             "building {} ({} rows) from {}",
             dir.display(),
             base.rows,
-            a.base.display()
+            a.data.base.display()
         );
         prepare_dir(&dir)?;
         write_marker(&dir, &key, base.rows, false)?;
@@ -506,10 +507,10 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     }
 
     let t = Instant::now();
-    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    let probes = npy::read_f32(&a.data.probes).map_err(|e| e.to_string())?;
     let probes_read = t.elapsed();
     if probes.rows == 0 {
-        return Err(format!("{}: no probes", a.probes.display()));
+        return Err(format!("{}: no probes", a.data.probes.display()));
     }
 
     let t = Instant::now();
@@ -523,9 +524,9 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     if probes.cols != dim {
         return Err(format!(
             "{}: probes have {} values; the gallery built from {} has {dim}",
-            a.probes.display(),
+            a.data.probes.display(),
             probes.cols,
-            a.base.display()
+            a.data.base.display()
         ));
     }
     let stats = g.stats();
@@ -545,7 +546,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     };
 
     let opts = SearchOptions {
-        k: a.k,
+        k: a.data.k,
         mode: a.mode.scan(),
         ..Default::default()
     };
@@ -603,26 +604,26 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     let vectors_bytes = stats.live * (dim as u64) * 4;
 
     if let Some(path) = &a.out_ids {
-        let mut ids = vec![-1i64; n_batch * a.k];
+        let mut ids = vec![-1i64; n_batch * a.data.k];
         for (i, hits) in last.iter().enumerate() {
-            for (j, h) in hits.iter().take(a.k).enumerate() {
-                ids[i * a.k + j] = i64::try_from(h.id).expect("ids are row numbers");
+            for (j, h) in hits.iter().take(a.data.k).enumerate() {
+                ids[i * a.data.k + j] = i64::try_from(h.id).expect("ids are row numbers");
             }
         }
-        npy::write_i64(path, &ids, &[n_batch, a.k]).map_err(|e| e.to_string())?;
+        npy::write_i64(path, &ids, &[n_batch, a.data.k]).map_err(|e| e.to_string())?;
     }
 
     let ratio = |x: Option<u64>| x.map(|x| x as f64 / mapped.max(1) as f64);
     let out = json!({
         "engine": "visage",
         "mode": a.mode.name(),
-        "k": a.k,
+        "k": a.data.k,
         "rows": stats.live,
         "dim": dim,
         "segments": stats.segments,
         "threads": rayon::current_num_threads(),
-        "base": a.base.display().to_string(),
-        "probes_file": a.probes.display().to_string(),
+        "base": a.data.base.display().to_string(),
+        "probes_file": a.data.probes.display().to_string(),
         "data_dir": dir.display().to_string(),
         "load": {
             "kind": load_kind,
@@ -669,7 +670,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
         println!(
             "visage {} search, k = {}, {} rows × {dim} in {} segment(s), {} threads",
             a.mode.name(),
-            a.k,
+            a.data.k,
             stats.live,
             stats.segments,
             rayon::current_num_threads()
@@ -708,7 +709,7 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
             println!(
                 "  ids              {} [{n_batch}, {}] int64",
                 p.display(),
-                a.k
+                a.data.k
             );
         }
     }
@@ -857,16 +858,16 @@ fn variants() -> Vec<Variant> {
 }
 
 fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
-    let base = npy::read_f32(&a.base).map_err(|e| e.to_string())?;
-    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    let base = npy::read_f32(&a.data.base).map_err(|e| e.to_string())?;
+    let probes = npy::read_f32(&a.data.probes).map_err(|e| e.to_string())?;
     if probes.cols != base.cols || probes.rows == 0 || base.rows < 1000 {
         return Err("need at least 1,000 base rows and probes of the same dimension".into());
     }
-    let key = source_key(&a.base, 10)?;
+    let key = source_key(&a.data.base, 10)?;
     let dim = base.cols;
     let n_batch = probes.rows.min(1000);
     let opts = SearchOptions {
-        k: a.k,
+        k: a.data.k,
         mode: ScanMode::Exact,
         ..Default::default()
     };
@@ -906,7 +907,7 @@ fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
         }
         let batch: Vec<&[f32]> = batch_data.chunks_exact(dim).collect();
         // The reference, and time for the codes' statistics to be computed.
-        let want = visage_engine::fuzzing::search_direct(&g, &batch_data, a.k);
+        let want = visage_engine::fuzzing::search_direct(&g, &batch_data, a.data.k);
         let search_err = |e: visage_engine::Error| format!("search: {e}");
         let n_single = a.single.min(n_batch);
         let mut lat = Vec::with_capacity(n_single);
@@ -972,13 +973,13 @@ fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
     if a.json {
         println!(
             "{:#}",
-            json!({ "rows": base.rows, "dim": dim, "k": a.k, "batch": n_batch, "variants": results })
+            json!({ "rows": base.rows, "dim": dim, "k": a.data.k, "batch": n_batch, "variants": results })
         );
     } else {
         println!(
             "exact search, {} rows × {dim}, k = {}, {} single probes (p50), batch of {n_batch} (median of {})\n",
             base.rows,
-            a.k,
+            a.data.k,
             a.single.min(n_batch),
             a.batch_runs.max(1)
         );
