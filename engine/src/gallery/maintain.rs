@@ -45,7 +45,7 @@ impl Gallery {
             outdated_segments: snap
                 .segments
                 .iter()
-                .filter(|s| s.seg.version() < crate::storage::format::FORMAT_VERSION)
+                .filter(|s| s.seg.version() < crate::storage::format::ROBUST_CODES_VERSION)
                 .count() as u64,
             scans: snap.scans.get(),
         }
@@ -104,7 +104,7 @@ impl Gallery {
                 file_no: s.seg.file_no(),
                 rows: s.seg.rows() as u64,
                 deleted: s.tomb.count() as u64,
-                outdated: s.seg.version() < crate::storage::format::FORMAT_VERSION,
+                outdated: s.seg.version() < crate::storage::format::ROBUST_CODES_VERSION,
             })
             .collect()
     }

@@ -365,7 +365,9 @@ impl Segment {
                 // From version 5, a row the bound does not cover must be
                 // listed as an exception, and a listed row must be one.
                 let listed = u32::try_from(i).is_ok_and(|r| exceptions.binary_search(&r).is_ok());
-                if self.header.version >= 5 && listed == coded_within(v, min, step, row) {
+                if self.header.version >= format::ROBUST_CODES_VERSION
+                    && listed == coded_within(v, min, step, row)
+                {
                     let e = self.header.sections[Section::Sq8Exceptions as usize];
                     let what = if listed {
                         "is listed as an exception, but its codes are within half a step"
@@ -534,7 +536,7 @@ impl Segment {
             }
             prev = Some(s);
         }
-        if self.header.version >= 5 {
+        if self.header.version >= format::ROBUST_CODES_VERSION {
             // Exceptions: rows of this segment, strictly ascending (the scans
             // search the list, and skip each listed row in the coded pass).
             let exc = self.u32s(Section::Sq8Exceptions)?;
@@ -678,7 +680,7 @@ impl Segment {
     /// clamped to its range), ascending; scanned exactly. Empty before
     /// version 5, whose quantiser ranges covered every value.
     pub(crate) fn exceptions(&self) -> &[u32] {
-        if self.header.version < 5 {
+        if self.header.version < format::ROBUST_CODES_VERSION {
             return &[];
         }
         self.u32s(Section::Sq8Exceptions).unwrap_or(&[])

@@ -77,8 +77,8 @@ pub use manifest::{
     MANIFEST_MAGIC, ManifestData, ManifestSegment, decode_manifest, encode_manifest,
 };
 pub use segment::{
-    SECTION_COUNT, SECTION_SLOTS, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, Section, SectionEntry,
-    SegmentHeader, sections_in, sq8_params_bytes,
+    ROBUST_CODES_VERSION, SECTION_COUNT, SECTION_SLOTS, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, Section,
+    SectionEntry, SegmentHeader, sections_in, sq8_params_bytes,
 };
 pub use wal::{
     Frame, KIND_DELETE, KIND_INSERT, MAX_DELETE_IDS, MAX_RECORD_LEN, RECORD_FRAME_LEN,

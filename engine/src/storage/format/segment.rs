@@ -110,6 +110,12 @@ pub enum Section {
     Sq8Exceptions,
 }
 
+/// The first segment version whose quantiser is robust to outliers and lists
+/// its exceptions. Older segments are "outdated": forced compaction rewrites
+/// them. (Not [`super::FORMAT_VERSION`]: a later version that changes only
+/// another file kind must not make every segment outdated.)
+pub const ROBUST_CODES_VERSION: u32 = 5;
+
 /// Number of sections in a segment of the newest version.
 pub const SECTION_COUNT: usize = 13;
 
