@@ -617,17 +617,26 @@ pub struct Gallery {
     model: String,
 }
 
-/// Rewrite `embeddings[i]` in a server message to `embeddings[offset + i]`.
+/// Rewrite the positions of a batch's rows in a server message
+/// (`embeddings[i]`, and in the packed form `matrix[i]`, `subjects[i]`,
+/// `ids[i]`) to `offset + i`, positions in the caller's whole input.
 fn shift_positions(msg: &str, offset: usize) -> String {
-    const KEY: &str = "embeddings[";
+    const KEYS: [&str; 4] = ["embeddings[", "matrix[", "subjects[", "ids["];
     let mut out = String::with_capacity(msg.len() + 8);
     let mut rest = msg;
-    while let Some(p) = rest.find(KEY) {
-        out.push_str(&rest[..p + KEY.len()]);
-        rest = &rest[p + KEY.len()..];
+    while let Some((p, key)) = KEYS
+        .iter()
+        .filter_map(|k| rest.find(k).map(|p| (p, *k)))
+        .min()
+    {
+        // A key ending another word (`b_ids[`) is not a row position.
+        let word = p > 0 && rest.as_bytes()[p - 1].is_ascii_alphanumeric()
+            || p > 0 && rest.as_bytes()[p - 1] == b'_';
+        out.push_str(&rest[..p + key.len()]);
+        rest = &rest[p + key.len()..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         match rest[..digits].parse::<usize>() {
-            Ok(i) if rest[digits..].starts_with(']') => {
+            Ok(i) if !word && rest[digits..].starts_with(']') => {
                 out.push_str(&(i + offset).to_string());
                 rest = &rest[digits..];
             }
@@ -644,6 +653,222 @@ fn vectors<V: AsRef<[f32]>>(vs: &[V]) -> Vec<proto::Vector> {
             values: v.as_ref().to_vec(),
         })
         .collect()
+}
+
+/// Rows packed as a [`proto::Matrix`] (little-endian f32, row-major): the
+/// form the client sends batches in. `None` when the rows differ in length
+/// (the repeated form is sent then, and the server names the row that is
+/// wrong).
+pub fn matrix<V: AsRef<[f32]>>(rows: &[V]) -> Option<proto::Matrix> {
+    let dim = rows.first().map_or(0, |r| r.as_ref().len());
+    if rows.iter().any(|r| r.as_ref().len() != dim) || (dim == 0 && !rows.is_empty()) {
+        return None;
+    }
+    let mut m = matrix_of(&[], u32::try_from(dim).ok()?)?;
+    m.rows = u32::try_from(rows.len()).ok()?;
+    m.f32_le.reserve(rows.len() * dim * 4);
+    for r in rows {
+        for v in r.as_ref() {
+            m.f32_le.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Some(m)
+}
+
+/// `values`, rows of `dim` laid one after another, as a [`proto::Matrix`];
+/// `None` when `values` is not whole rows or a count does not fit the wire.
+pub fn matrix_of(values: &[f32], dim: u32) -> Option<proto::Matrix> {
+    let rows = if dim == 0 {
+        0
+    } else if values.len().is_multiple_of(dim as usize) {
+        u32::try_from(values.len() / dim as usize).ok()?
+    } else {
+        return None;
+    };
+    let mut f32_le = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        f32_le.extend_from_slice(&v.to_le_bytes());
+    }
+    Some(proto::Matrix { rows, dim, f32_le })
+}
+
+/// One packed insert batch: vectors laid row after row, one subject per row,
+/// and one id per row or none (the gallery assigns them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    /// Row-major values, `dim` per row.
+    pub vectors: Vec<f32>,
+    /// Values per row.
+    pub dim: u32,
+    /// One per row.
+    pub subjects: Vec<String>,
+    /// One per row; `None`: the gallery assigns fresh ids (each above every
+    /// id it has held or assigned, never reused).
+    pub ids: Option<Vec<u64>>,
+}
+
+impl Rows {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+}
+
+/// An Insert request for `batch`: packed when its vectors share a length,
+/// else in the repeated form (so the server names the row that is wrong).
+fn insert_request(name: &str, model: &str, batch: Vec<Embedding>) -> proto::InsertRequest {
+    let base = proto::InsertRequest {
+        gallery: name.to_owned(),
+        model: model.to_owned(),
+        ..proto::InsertRequest::default()
+    };
+    let Some(m) = matrix(&batch.iter().map(|e| &e.vector[..]).collect::<Vec<_>>()) else {
+        return proto::InsertRequest {
+            embeddings: batch,
+            ..base
+        };
+    };
+    let (ids, subjects) = batch.into_iter().map(|e| (e.id, e.subject)).unzip();
+    proto::InsertRequest {
+        matrix: Some(m),
+        ids,
+        subjects,
+        ..base
+    }
+}
+
+/// An Insert request for packed rows (a configuration error when the vectors
+/// are not whole rows of `dim`).
+fn rows_request(name: &str, model: &str, rows: Rows) -> Result<proto::InsertRequest> {
+    let m = matrix_of(&rows.vectors, rows.dim).ok_or_else(|| {
+        Error::Config(format!(
+            "{} values are not whole rows of {} values",
+            rows.vectors.len(),
+            rows.dim
+        ))
+    })?;
+    Ok(proto::InsertRequest {
+        gallery: name.to_owned(),
+        model: model.to_owned(),
+        matrix: Some(m),
+        ids: rows.ids.unwrap_or_default(),
+        subjects: rows.subjects,
+        ..proto::InsertRequest::default()
+    })
+}
+
+/// The packed fields of a Verify request: the `a` rows, and the `b` of every
+/// pair in one form.
+struct VerifyPacked {
+    a: proto::Matrix,
+    b: VerifyB,
+}
+
+enum VerifyB {
+    Vectors(proto::Matrix),
+    Ids(Vec<u64>),
+    Subjects(Vec<String>),
+}
+
+/// `pairs` packed, when their `a` vectors share a length and their `b` are all
+/// vectors (of that length), all ids or all subjects; else `None` (the
+/// repeated form is sent, and the server names the pair that is wrong).
+fn verify_packed(pairs: &[(Vec<f32>, Against)]) -> Option<VerifyPacked> {
+    let a = matrix(&pairs.iter().map(|(a, _)| &a[..]).collect::<Vec<_>>())?;
+    let b = match pairs.first().map(|(_, b)| b) {
+        None => return None,
+        Some(Against::Vector(_)) => {
+            let bs: Option<Vec<&[f32]>> = pairs
+                .iter()
+                .map(|(_, b)| match b {
+                    Against::Vector(v) => Some(&v[..]),
+                    _ => None,
+                })
+                .collect();
+            let m = matrix(&bs?)?;
+            if m.dim != a.dim {
+                return None;
+            }
+            VerifyB::Vectors(m)
+        }
+        Some(Against::Id(_)) => VerifyB::Ids(
+            pairs
+                .iter()
+                .map(|(_, b)| match b {
+                    Against::Id(id) => Some(*id),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?,
+        ),
+        Some(Against::Subject(_)) => VerifyB::Subjects(
+            pairs
+                .iter()
+                .map(|(_, b)| match b {
+                    Against::Subject(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?,
+        ),
+    };
+    Some(VerifyPacked { a, b })
+}
+
+fn packed_into(p: VerifyPacked, base: proto::VerifyRequest) -> proto::VerifyRequest {
+    let mut r = proto::VerifyRequest {
+        matrix: Some(p.a),
+        ..base
+    };
+    match p.b {
+        VerifyB::Vectors(m) => r.b_matrix = Some(m),
+        VerifyB::Ids(ids) => r.b_ids = ids,
+        VerifyB::Subjects(s) => r.b_subjects = s,
+    }
+    r
+}
+
+fn verify_pairs(pairs: &[(Vec<f32>, Against)]) -> Vec<proto::VerifyPair> {
+    use proto::verify_pair::B;
+    pairs
+        .iter()
+        .map(|(a, b)| proto::VerifyPair {
+            a: Some(proto::Vector { values: a.clone() }),
+            b: Some(match b {
+                Against::Vector(v) => B::Vector(proto::Vector { values: v.clone() }),
+                Against::Id(id) => B::Id(*id),
+                Against::Subject(s) => B::Subject(s.clone()),
+            }),
+        })
+        .collect()
+}
+
+/// Hits from the flat form of a Search response.
+fn flat_hits(r: proto::SearchResponse) -> Vec<Vec<Hit>> {
+    let k = r.k as usize;
+    let mut subjects = r.subjects.into_iter();
+    let mut out = Vec::with_capacity(r.counts.len());
+    for (q, &n) in r.counts.iter().enumerate() {
+        let mut hits = Vec::with_capacity(n as usize);
+        for slot in q * k..q * k + k {
+            let subject = subjects.next().unwrap_or_default();
+            if slot >= q * k + n as usize {
+                continue;
+            }
+            hits.push(Hit {
+                id: r.ids.get(slot).copied().unwrap_or_default(),
+                subject,
+                distance: r.distances.get(slot).copied().unwrap_or(f32::INFINITY),
+                probability: r.probabilities.get(slot).copied(),
+                similarity: r.similarities.get(slot).copied(),
+            });
+        }
+        out.push(hits);
+    }
+    out
 }
 
 impl Gallery {
@@ -726,31 +951,75 @@ impl Gallery {
     where
         I: IntoIterator<Item = Vec<Embedding>>,
     {
-        let mut batches = batches.into_iter();
+        let (name, model) = (self.name.clone(), self.model.clone());
+        let requests = batches
+            .into_iter()
+            .map(move |b| Ok(insert_request(&name, &model, b)));
+        Ok(self
+            .send_batches(requests, concurrency, &mut progress)
+            .await?
+            .0)
+    }
+
+    /// Insert packed batches ([`Rows`]) as separate requests, up to
+    /// `concurrency` in flight, as [`Gallery::insert_batches`]. Returns the
+    /// counts and the ids the gallery assigned to batches without ids, in
+    /// input order (empty when every batch gave its ids).
+    pub async fn insert_rows<I>(
+        &self,
+        batches: I,
+        concurrency: usize,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(InsertOutcome, Vec<u64>)>
+    where
+        I: IntoIterator<Item = Rows>,
+    {
+        let (name, model) = (self.name.clone(), self.model.clone());
+        let requests = batches
+            .into_iter()
+            .map(move |b| rows_request(&name, &model, b));
+        self.send_batches(requests, concurrency, &mut progress)
+            .await
+    }
+
+    async fn send_batches<I>(
+        &self,
+        requests: I,
+        concurrency: usize,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<(InsertOutcome, Vec<u64>)>
+    where
+        I: IntoIterator<Item = Result<proto::InsertRequest>>,
+    {
+        let mut batches = requests.into_iter();
+        let mut assigned: Vec<(usize, Vec<u64>)> = Vec::new();
         let mut in_flight = JoinSet::new();
         let mut total = InsertOutcome::default();
         let mut failure: Option<(usize, usize, Status)> = None;
         let mut offset = 0usize;
         loop {
             while failure.is_none() && in_flight.len() < concurrency.max(1) {
-                let Some(batch) = batches.next() else { break };
-                let len = batch.len();
+                let Some(req) = batches.next() else { break };
+                let req = req?;
+                let len = req
+                    .matrix
+                    .as_ref()
+                    .map_or(req.embeddings.len(), |m| m.rows as usize);
                 let start = offset;
                 offset += len;
                 let mut rpc = self.rpc.clone();
-                let req = proto::InsertRequest {
-                    gallery: self.name.clone(),
-                    embeddings: batch,
-                    model: self.model.clone(),
-                };
                 in_flight.spawn(async move { (start, len, rpc.insert(req).await) });
             }
             let Some(done) = in_flight.join_next().await else {
                 break;
             };
             match done {
-                Ok((_, len, Ok(r))) => {
-                    total.add(r.get_ref());
+                Ok((start, len, Ok(r))) => {
+                    let r = r.into_inner();
+                    total.add(&r);
+                    if !r.ids.is_empty() {
+                        assigned.push((start, r.ids));
+                    }
                     progress(len as u64);
                 }
                 Ok((start, len, Err(s))) => {
@@ -769,7 +1038,13 @@ impl Gallery {
             }
         }
         match failure {
-            None => Ok(total),
+            None => {
+                assigned.sort_unstable_by_key(|(start, _)| *start);
+                Ok((
+                    total,
+                    assigned.into_iter().flat_map(|(_, ids)| ids).collect(),
+                ))
+            }
             Some((offset, len, s)) => Err(Error::Insert {
                 offset,
                 len,
@@ -792,11 +1067,7 @@ impl Gallery {
     {
         use tokio_stream::StreamExt;
         let (name, model) = (self.name.clone(), self.model.clone());
-        let requests = batches.map(move |embeddings| proto::InsertRequest {
-            gallery: name.clone(),
-            embeddings,
-            model: model.clone(),
-        });
+        let requests = batches.map(move |embeddings| insert_request(&name, &model, embeddings));
         let r = self.rpc.clone().insert_stream(requests).await?.into_inner();
         let mut total = InsertOutcome::default();
         total.add(&r);
@@ -856,12 +1127,19 @@ impl Gallery {
         } else {
             proto::RankBy::Distance
         };
+        let packed = matrix(queries);
         let r = self
             .rpc
             .clone()
             .search(proto::SearchRequest {
                 gallery: self.name.clone(),
-                queries: vectors(queries),
+                queries: if packed.is_some() {
+                    Vec::new()
+                } else {
+                    vectors(queries)
+                },
+                with_subjects: packed.is_some(),
+                matrix: packed,
                 k: opts.k,
                 rank_by: rank_by as i32,
                 max_distance: opts.max_distance,
@@ -874,6 +1152,9 @@ impl Gallery {
             })
             .await?
             .into_inner();
+        if r.results.is_empty() && !r.counts.is_empty() {
+            return Ok(flat_hits(r));
+        }
         Ok(r.results.into_iter().map(|r| r.hits).collect())
     }
 
@@ -894,12 +1175,18 @@ impl Gallery {
         k: u32,
         threshold: Threshold,
     ) -> Result<Vec<Identification>> {
+        let packed = matrix(probes);
         Ok(self
             .rpc
             .clone()
             .identify(proto::IdentifyRequest {
                 gallery: self.name.clone(),
-                probes: vectors(probes),
+                probes: if packed.is_some() {
+                    Vec::new()
+                } else {
+                    vectors(probes)
+                },
+                matrix: packed,
                 k,
                 min_probability: threshold.min_probability,
                 max_distance: threshold.max_distance,
@@ -921,31 +1208,21 @@ impl Gallery {
         pairs: &[(Vec<f32>, Against)],
         threshold: Threshold,
     ) -> Result<Vec<Verdict>> {
-        use proto::verify_pair::B;
-        let pairs = pairs
-            .iter()
-            .map(|(a, b)| proto::VerifyPair {
-                a: Some(proto::Vector { values: a.clone() }),
-                b: Some(match b {
-                    Against::Vector(v) => B::Vector(proto::Vector { values: v.clone() }),
-                    Against::Id(id) => B::Id(*id),
-                    Against::Subject(s) => B::Subject(s.clone()),
-                }),
-            })
-            .collect();
-        Ok(self
-            .rpc
-            .clone()
-            .verify(proto::VerifyRequest {
-                gallery: self.name.clone(),
-                pairs,
-                max_distance: threshold.max_distance,
-                min_probability: threshold.min_probability,
-                model: self.model.clone(),
-            })
-            .await?
-            .into_inner()
-            .verdicts)
+        let base = proto::VerifyRequest {
+            gallery: self.name.clone(),
+            max_distance: threshold.max_distance,
+            min_probability: threshold.min_probability,
+            model: self.model.clone(),
+            ..proto::VerifyRequest::default()
+        };
+        let req = match verify_packed(pairs) {
+            Some(packed) => packed_into(packed, base),
+            None => proto::VerifyRequest {
+                pairs: verify_pairs(pairs),
+                ..base
+            },
+        };
+        Ok(self.rpc.clone().verify(req).await?.into_inner().verdicts)
     }
 
     /// Train the gallery's scoring head and calibrate its thresholds.

@@ -348,4 +348,23 @@ pub struct Verdict {
     pub matched_id: Option<u64>,
     /// Cosine similarity `1 − d/2` (in a normalising gallery).
     pub similarity: Option<f32>,
+    /// What the decision compared with its threshold.
+    pub rule: VerdictRule,
+    /// The threshold the decision used, on the rule's scale: a squared
+    /// distance (same iff `distance <= threshold`) or a probability (same iff
+    /// the probability, or for [`VerdictRule::MeanProbability`] that of the
+    /// mean of the logits, is at least it).
+    pub threshold: f32,
+}
+
+/// What a verification's decision compared with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictRule {
+    /// The squared distance (to the best embedding, for a subject).
+    Distance,
+    /// The head's calibrated probability (of the best embedding, for a subject).
+    Probability,
+    /// For a claim against a subject: the probability of the mean of the
+    /// head's logits over the subject's embeddings.
+    MeanProbability,
 }

@@ -74,10 +74,10 @@ pub enum Error {
         reason: String,
     },
     /// Caller error: the same id appears twice in one insert batch.
-    #[error(
-        "embeddings[{second}]: id {id} already appears at embeddings[{first}] of the same batch"
-    )]
+    #[error("{what}[{second}]: id {id} already appears at {what}[{first}] of the same batch")]
     DuplicateId {
+        /// The batch field (`embeddings`, `ids`).
+        what: &'static str,
         /// The repeated id.
         id: u64,
         /// First position.
@@ -281,9 +281,112 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the engine is closed")]
     Closed,
+    /// Caller error: the gallery has no fresh id left to assign (it holds
+    /// or has assigned id `u64::MAX`); insert with explicit ids.
+    #[error(
+        "gallery {gallery:?} has no fresh ids left to assign {wanted}: it has held or assigned id {highest}; give the ids explicitly"
+    )]
+    IdsExhausted {
+        /// Gallery name.
+        gallery: String,
+        /// Ids asked for.
+        wanted: u64,
+        /// The highest id the gallery has held or assigned.
+        highest: u64,
+    },
+    /// Caller error: the parts of a flat batch disagree (vectors, subjects
+    /// and ids of different lengths).
+    #[error("{what}: {reason}")]
+    BatchShape {
+        /// The part that does not fit.
+        what: &'static str,
+        /// How.
+        reason: String,
+    },
+}
+
+/// What kind of failure an [`Error`] is, as a client acts on it: the classes
+/// of gRPC's status codes, which the server maps one to one and the Python
+/// package raises as exceptions of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request was wrong (shape, value, name, limit of `k`); nothing changed.
+    InvalidArgument,
+    /// No such gallery, id or subject.
+    NotFound,
+    /// A gallery of that name exists.
+    AlreadyExists,
+    /// The gallery is not in the state the request needs (a head, a
+    /// threshold, the same model; the directory locked by another process).
+    FailedPrecondition,
+    /// A batch over its limit, a full disk, no fresh ids left.
+    ResourceExhausted,
+    /// A file of the gallery is damaged.
+    DataLoss,
+    /// Shutting down, or refusing writes after an I/O failure: retry later.
+    Unavailable,
+    /// An I/O error the caller cannot act on.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind's name, as gRPC spells its status code (`INVALID_ARGUMENT`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::AlreadyExists => "ALREADY_EXISTS",
+            ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorKind::DataLoss => "DATA_LOSS",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
 }
 
 impl Error {
+    /// The error's kind. Every variant is matched explicitly (no wildcard),
+    /// so a new error cannot reach a client without a decision here.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::DimensionMismatch { .. }
+            | Error::ZeroVector { .. }
+            | Error::InvalidSpec { .. }
+            | Error::NonFiniteValue { .. }
+            | Error::InvalidSubject { .. }
+            | Error::DuplicateId { .. }
+            | Error::InvalidName { .. }
+            | Error::BatchShape { .. }
+            // `k` too large is a bad argument, not a lack of resources.
+            | Error::InvalidK { .. }
+            | Error::OutOfRange { .. }
+            | Error::CannotTrain { .. } => ErrorKind::InvalidArgument,
+            Error::TooLarge { .. } | Error::IdsExhausted { .. } => ErrorKind::ResourceExhausted,
+            Error::GalleryNotFound(_) | Error::UnknownId { .. } | Error::UnknownSubject { .. } => {
+                ErrorKind::NotFound
+            }
+            Error::NoTrainedHead { .. }
+            | Error::NoThreshold { .. }
+            | Error::ModelMismatch { .. }
+            | Error::Locked { .. } => ErrorKind::FailedPrecondition,
+            Error::GalleryExists(_) => ErrorKind::AlreadyExists,
+            Error::ChecksumMismatch { .. }
+            | Error::Corruption { .. }
+            | Error::UnsupportedVersion { .. } => ErrorKind::DataLoss,
+            Error::NoSpace { .. } => ErrorKind::ResourceExhausted,
+            Error::Backlogged { .. } | Error::Io { .. } | Error::Poisoned { .. }
+                if self.is_no_space() =>
+            {
+                ErrorKind::ResourceExhausted
+            }
+            Error::Backlogged { .. } | Error::Poisoned { .. } | Error::Closed => {
+                ErrorKind::Unavailable
+            }
+            Error::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
     /// True when the error was caused by the request, not by the storage.
     pub fn is_caller_error(&self) -> bool {
         matches!(
@@ -306,6 +409,8 @@ impl Error {
                 | Error::UnknownSubject { .. }
                 | Error::GalleryNotFound(_)
                 | Error::GalleryExists(_)
+                | Error::IdsExhausted { .. }
+                | Error::BatchShape { .. }
         )
     }
 

@@ -44,11 +44,12 @@ mod storage;
 pub mod synth;
 
 pub use api::{
-    DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM, model_problem,
+    DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM, VerdictRule,
+    model_problem,
 };
 pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name};
-pub use error::{Error, Result, shown};
+pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
     InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,

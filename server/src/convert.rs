@@ -6,7 +6,7 @@ use crate::status::{ApiError, invalid};
 use visage_engine::head::{ClaimScore, OpenSetModel};
 use visage_engine::{
     DIM, Embedding, Gallery, GallerySpec, GalleryStats, HeadInfo, Hit, Identification,
-    TrainOptions, Verdict, VerifyPair, VerifyTarget,
+    TrainOptions, Verdict, VerdictRule, VerifyPair, VerifyTarget,
 };
 use visage_proto::v1 as pb;
 
@@ -105,6 +105,12 @@ pub fn verdict_out(v: Verdict) -> pb::Verdict {
         distance: v.distance,
         matched_id: v.matched_id,
         similarity: v.similarity,
+        rule: match v.rule {
+            VerdictRule::Distance => pb::VerdictRule::Distance,
+            VerdictRule::Probability => pb::VerdictRule::Probability,
+            VerdictRule::MeanProbability => pb::VerdictRule::MeanProbability,
+        } as i32,
+        threshold: v.threshold,
     }
 }
 

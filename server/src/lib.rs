@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod convert;
 pub mod net;
+pub mod packed;
 pub mod service;
 pub mod status;
 

@@ -14,6 +14,7 @@
 
 use crate::convert::{self, distance_threshold};
 use crate::limits::{self, MAX_GET_IDS, MAX_RESULTS};
+use crate::packed;
 use crate::status::{ApiError, at, in_field, invalid, too_large};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -85,6 +86,31 @@ fn open_for(engine: &Engine, name: &str, model: &str) -> Result<Arc<Gallery>, Ap
     let g = open(engine, name)?;
     g.check_model(model)?;
     Ok(g)
+}
+
+/// Insert one request's batch, in either form, into the gallery `name`: the
+/// counts, and the ids the gallery assigned (a packed batch without ids).
+fn insert_one(
+    engine: &Engine,
+    name: &str,
+    req: pb::InsertRequest,
+) -> Result<(InsertOutcome, Vec<u64>), ApiError> {
+    packed::exclusive("embeddings", req.embeddings.len(), req.matrix.as_ref())?;
+    let g = open_for(engine, name, &req.model)?;
+    let Some(m) = &req.matrix else {
+        packed::no_packed_parts(&req.ids, &req.subjects)?;
+        return Ok((
+            g.insert(&convert::embeddings_in(req.embeddings))?,
+            Vec::new(),
+        ));
+    };
+    packed::check_dim("matrix", m, g.dim())?;
+    let b = packed::InsertBatch::new(m, req.ids, req.subjects)?;
+    let assign = b.ids.is_none();
+    let (out, ids) = g
+        .insert_rows(b.ids.as_deref(), &b.subjects, &b.values)
+        .map_err(packed::insert_error)?;
+    Ok((out, if assign { ids } else { Vec::new() }))
 }
 
 /// `probes × k` bounded so one request cannot ask for unbounded results.
@@ -225,16 +251,17 @@ impl Visage for VisageService {
         request: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::InsertResponse>, Status> {
         let req = request.into_inner();
-        let out = self
+        let (out, ids) = self
             .blocking(move |engine| {
-                let g = open_for(engine, &req.gallery, &req.model)?;
-                Ok(g.insert(&convert::embeddings_in(req.embeddings))?)
+                let name = req.gallery.clone();
+                insert_one(engine, &name, req)
             })
             .await?;
         Ok(Response::new(pb::InsertResponse {
             inserted: out.inserted,
             replaced: out.replaced,
             batches: 1,
+            ids,
         }))
     }
 
@@ -246,6 +273,7 @@ impl Visage for VisageService {
         let mut shutdown = self.shutdown.clone();
         let mut progress = StreamProgress::default();
         let mut gallery: Option<String> = None;
+        let mut assigned = Vec::new();
         loop {
             let index = progress.batches;
             let next = tokio::select! {
@@ -265,12 +293,12 @@ impl Visage for VisageService {
                     }
                 },
             };
-            let msg = match next {
+            let mut msg = match next {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(s) => return Err(progress.fail(index, oversized(s))),
             };
-            let name = match (&gallery, msg.gallery) {
+            let name = match (&gallery, std::mem::take(&mut msg.gallery)) {
                 (None, n) => gallery.insert(n).clone(),
                 (Some(g), n) if n.is_empty() || n == *g => g.clone(),
                 (Some(g), n) => {
@@ -288,17 +316,14 @@ impl Visage for VisageService {
                     ));
                 }
             };
-            let (embeddings, model) = (msg.embeddings, msg.model);
-            let out = self
-                .blocking(move |engine| {
-                    let g = open_for(engine, &name, &model)?;
-                    Ok(g.insert(&convert::embeddings_in(embeddings))?)
-                })
+            let (out, ids) = self
+                .blocking(move |engine| insert_one(engine, &name, msg))
                 .await
                 .map_err(|s| progress.fail(index, s))?;
             progress.batches += 1;
             progress.outcome.inserted += out.inserted;
             progress.outcome.replaced += out.replaced;
+            assigned.extend(ids);
         }
         if gallery.is_none() {
             return Err(invalid("gallery", "the stream sent no message").0);
@@ -307,6 +332,7 @@ impl Visage for VisageService {
             inserted: progress.outcome.inserted,
             replaced: progress.outcome.replaced,
             batches: progress.batches,
+            ids: assigned,
         }))
     }
 
@@ -376,6 +402,24 @@ impl Visage for VisageService {
             max_distance: distance_threshold("max_distance", req.max_distance)?,
             mode,
         };
+        packed::exclusive("queries", req.queries.len(), req.matrix.as_ref())?;
+        if let Some(m) = &req.matrix {
+            check_results("matrix", m.rows as usize, opts.k, MAX_K)?;
+            let (gallery, model, m) = (req.gallery, req.model, m.clone());
+            let with_subjects = req.with_subjects;
+            return Ok(Response::new(
+                self.blocking(move |engine| {
+                    let g = open_for(engine, &gallery, &model)?;
+                    packed::check_dim("matrix", &m, g.dim())?;
+                    let values = packed::values("matrix", &m)?;
+                    let results = g
+                        .search_with(&packed::rows(&values, m.dim), &opts)
+                        .map_err(|e| in_field(e, "matrix"))?;
+                    Ok(packed::search_response(results, opts.k, with_subjects))
+                })
+                .await?,
+            ));
+        }
         check_results("queries", req.queries.len(), opts.k, MAX_K)?;
         let queries = convert::vectors_in(req.queries);
         let (gallery, model) = (req.gallery, req.model);
@@ -393,6 +437,7 @@ impl Visage for VisageService {
                     hits: hits.into_iter().map(convert::hit_out).collect(),
                 })
                 .collect(),
+            ..pb::SearchResponse::default()
         }))
     }
 
@@ -406,12 +451,31 @@ impl Visage for VisageService {
             min_probability: req.min_probability,
             max_distance: req.max_distance,
         };
-        check_results("probes", req.probes.len(), opts.k, MAX_IDENTIFY_K)?;
+        packed::exclusive("probes", req.probes.len(), req.matrix.as_ref())?;
+        let n = req
+            .matrix
+            .as_ref()
+            .map_or(req.probes.len(), |m| m.rows as usize);
+        let field = if req.matrix.is_some() {
+            "matrix"
+        } else {
+            "probes"
+        };
+        check_results(field, n, opts.k, MAX_IDENTIFY_K)?;
+        let (gallery, model, matrix) = (req.gallery, req.model, req.matrix);
         let probes = convert::vectors_in(req.probes);
-        let (gallery, model) = (req.gallery, req.model);
         let results = self
             .blocking(move |engine| {
-                Ok(open_for(engine, &gallery, &model)?.identify_open(&probes, &opts)?)
+                let g = open_for(engine, &gallery, &model)?;
+                match matrix {
+                    Some(m) => {
+                        packed::check_dim("matrix", &m, g.dim())?;
+                        let values = packed::values("matrix", &m)?;
+                        g.identify_open(&packed::rows(&values, m.dim), &opts)
+                            .map_err(|e| in_field(e, "matrix").into())
+                    }
+                    None => Ok(g.identify_open(&probes, &opts)?),
+                }
             })
             .await?;
         Ok(Response::new(pb::IdentifyResponse {
@@ -426,14 +490,23 @@ impl Visage for VisageService {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        packed::exclusive("pairs", req.pairs.len(), req.matrix.as_ref())?;
         // The most any gallery allows; the engine checks the gallery's own
         // limit for its dimension.
-        if req.pairs.len() > MAX_PROBES {
-            return Err(too_large("pairs", req.pairs.len(), MAX_PROBES).into());
+        let n = req
+            .matrix
+            .as_ref()
+            .map_or(req.pairs.len(), |m| m.rows as usize);
+        if n > MAX_PROBES {
+            let field = if req.matrix.is_some() {
+                "matrix"
+            } else {
+                "pairs"
+            };
+            return Err(too_large(field, n, MAX_PROBES).into());
         }
-        let pairs = req
-            .pairs
+        let pairs = std::mem::take(&mut req.pairs)
             .into_iter()
             .enumerate()
             .map(|(i, p)| convert::pair_in(i, p))
@@ -442,9 +515,17 @@ impl Visage for VisageService {
             min_probability: req.min_probability,
             max_distance: req.max_distance,
         };
-        let (gallery, model) = (req.gallery, req.model);
         let verdicts = self
-            .blocking(move |engine| Ok(open_for(engine, &gallery, &model)?.verify(&pairs, &opts)?))
+            .blocking(move |engine| {
+                let g = open_for(engine, &req.gallery, &req.model)?;
+                for (field, m) in [("matrix", &req.matrix), ("b_matrix", &req.b_matrix)] {
+                    if let Some(m) = m {
+                        packed::check_dim(field, m, g.dim())?;
+                    }
+                }
+                let pairs = packed::verify_pairs(&mut req)?.unwrap_or(pairs);
+                Ok(g.verify(&pairs, &opts)?)
+            })
             .await?;
         Ok(Response::new(pb::VerifyResponse {
             verdicts: verdicts.into_iter().map(convert::verdict_out).collect(),

@@ -1,12 +1,12 @@
 //! The one mapping from engine errors to gRPC status codes.
 //!
-//! Every [`visage_engine::Error`] variant is matched explicitly (no wildcard),
-//! so a new engine error cannot reach a client without a decision here. The
+//! The engine classifies every error once ([`Error::kind`], which matches each
+//! variant explicitly); this maps the kinds to codes one to one. The
 //! message is the engine's `Display` text, which names the field and, in a
 //! batch, the position (`embeddings[3]: expected 128 values, got 127`).
 
 use tonic::{Code, Status};
-use visage_engine::Error;
+use visage_engine::{Error, ErrorKind};
 
 /// An error on its way to the client: always a gRPC status.
 ///
@@ -33,40 +33,17 @@ impl From<ApiError> for Status {
     }
 }
 
-/// The status code for an engine error.
+/// The status code for an engine error: its kind ([`Error::kind`]), one to one.
 pub fn code_of(e: &Error) -> Code {
-    match e {
-        Error::DimensionMismatch { .. }
-        | Error::ZeroVector { .. }
-        | Error::InvalidSpec { .. }
-        | Error::NonFiniteValue { .. }
-        | Error::InvalidSubject { .. }
-        | Error::DuplicateId { .. }
-        | Error::InvalidName { .. }
-        // `k` too large is a bad argument, not a lack of resources.
-        | Error::InvalidK { .. }
-        | Error::OutOfRange { .. }
-        | Error::CannotTrain { .. } => Code::InvalidArgument,
-        Error::TooLarge { .. } => Code::ResourceExhausted,
-        Error::GalleryNotFound(_) | Error::UnknownId { .. } | Error::UnknownSubject { .. } => {
-            Code::NotFound
-        }
-        Error::NoTrainedHead { .. } | Error::NoThreshold { .. } | Error::ModelMismatch { .. } => {
-            Code::FailedPrecondition
-        }
-        Error::GalleryExists(_) => Code::AlreadyExists,
-        Error::Locked { .. } => Code::FailedPrecondition,
-        Error::ChecksumMismatch { .. }
-        | Error::Corruption { .. }
-        | Error::UnsupportedVersion { .. } => Code::DataLoss,
-        Error::NoSpace { .. } => Code::ResourceExhausted,
-        Error::Backlogged { .. } if e.is_no_space() => Code::ResourceExhausted,
-        Error::Backlogged { .. } => Code::Unavailable,
-        Error::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
-        Error::Io { .. } => Code::Internal,
-        Error::Poisoned { .. } if e.is_no_space() => Code::ResourceExhausted,
-        Error::Poisoned { .. } => Code::Unavailable,
-        Error::Closed => Code::Unavailable,
+    match e.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
     }
 }
 
@@ -207,6 +184,7 @@ mod tests {
             ),
             (
                 Error::DuplicateId {
+                    what: "embeddings",
                     id: 1,
                     first: 0,
                     second: 2,
@@ -345,6 +323,21 @@ mod tests {
             ),
             (io(28), Code::ResourceExhausted),
             (io(5), Code::Internal),
+            (
+                Error::IdsExhausted {
+                    gallery: "g".into(),
+                    wanted: 2,
+                    highest: u64::MAX,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::BatchShape {
+                    what: "subjects",
+                    reason: "3 subjects for 4 rows".into(),
+                },
+                Code::InvalidArgument,
+            ),
             (
                 Error::Poisoned {
                     gallery: "g".into(),

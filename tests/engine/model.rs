@@ -105,6 +105,7 @@ impl Run {
                 match dup {
                     Some((id, first, second)) => match res {
                         Err(Error::DuplicateId {
+                            what: "embeddings",
                             id: gid,
                             first: gf,
                             second: gs,

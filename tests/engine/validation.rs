@@ -146,6 +146,7 @@ fn every_rejection_names_the_position_and_changes_nothing() {
             matches!(
                 e,
                 Error::DuplicateId {
+                    what: "embeddings",
                     id: 7,
                     first: 0,
                     second: 3

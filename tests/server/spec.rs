@@ -385,11 +385,13 @@ async fn refusals(dim: usize) {
                 gallery: "arc".into(),
                 embeddings: first.clone(),
                 model: ARCFACE.into(),
+                ..Default::default()
             },
             proto::InsertRequest {
                 gallery: "arc".into(),
                 embeddings: batch(),
                 model: FACENET.into(),
+                ..Default::default()
             },
         ]))
         .await);
@@ -618,11 +620,26 @@ fn the_largest_requests_fit_the_default_message_limit() {
             })
             .collect(),
         model: "m".repeat(256),
+        ..Default::default()
+    };
+    // The packed form of the same batch: smaller (no tag per value).
+    let packed = |dim: usize, n: usize| proto::InsertRequest {
+        gallery: "g".repeat(64),
+        matrix: visage_client::matrix_of(&vec![0.25; n * dim], dim as u32),
+        ids: (0..n as u64).map(|i| u64::MAX - i).collect(),
+        subjects: (0..n).map(|i| format!("{i:0100}")).collect(),
+        model: "m".repeat(256),
+        ..Default::default()
     };
     for dim in [16, 128, 176, 512, 1024, 2048] {
         let limits = visage_engine::Limits::for_dim(dim);
         let bytes = insert(dim, limits.insert_batch).encoded_len();
         assert!(bytes <= DEFAULT, "insert at {dim}: {bytes} bytes");
+        let packed_bytes = packed(dim, limits.insert_batch).encoded_len();
+        assert!(
+            packed_bytes < bytes,
+            "packed insert at {dim}: {packed_bytes} bytes"
+        );
         let search = proto::SearchRequest {
             gallery: "g".into(),
             queries: vec![

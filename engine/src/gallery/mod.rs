@@ -147,6 +147,8 @@ pub struct Gallery {
     dir: PathBuf,
     /// Dimension, model and normalisation, fixed at creation.
     spec: GallerySpec,
+    /// The highest id held or assigned (also in `WriteState`, which persists it).
+    ids: Arc<write::IdCounter>,
     opts: GalleryOptions,
     state: Mutex<WriteState>,
     published: RwLock<Arc<Snapshot>>,

@@ -294,20 +294,37 @@ impl Gallery {
                             let sum: f64 = scored.iter().filter_map(|x| x.1).map(f64::from).sum();
                             (sum / scored.len() as f64) as f32
                         };
+                        let as_p = h.probability(rule.logit);
                         match (head, rule.score) {
-                            (Some(_), ClaimScore::Mean) => best.1.is_some() && mean() >= rule.logit,
-                            (Some(_), ClaimScore::Best) => best.1.is_some_and(|l| l >= rule.logit),
-                            (None, _) => best.0 <= rule.distance,
+                            (Some(_), ClaimScore::Mean) => (
+                                best.1.is_some() && mean() >= rule.logit,
+                                VerdictRule::MeanProbability,
+                                as_p,
+                            ),
+                            (Some(_), ClaimScore::Best) => (
+                                best.1.is_some_and(|l| l >= rule.logit),
+                                VerdictRule::Probability,
+                                as_p,
+                            ),
+                            (None, _) => (
+                                best.0 <= rule.distance,
+                                VerdictRule::Distance,
+                                rule.distance,
+                            ),
                         }
                     });
                     (best, claim)
                 }
             };
             let (distance, logit, matched) = best;
-            let same = match (claim, decision) {
-                (Some(same), _) if !overridden => same,
-                (_, Decision::Logit(t)) => logit.is_some_and(|l| l >= t),
-                (_, Decision::Distance(t)) => distance <= t,
+            let (same, rule, threshold) = match (claim, decision) {
+                (Some(claimed), _) if !overridden => claimed,
+                (_, Decision::Logit(t)) => (
+                    logit.is_some_and(|l| l >= t),
+                    VerdictRule::Probability,
+                    head.map_or(f32::NAN, |h| h.probability(t)),
+                ),
+                (_, Decision::Distance(t)) => (distance <= t, VerdictRule::Distance, t),
             };
             out.push(Verdict {
                 same,
@@ -315,6 +332,8 @@ impl Gallery {
                 distance,
                 matched_id: matched,
                 similarity: self.spec.similarity(distance),
+                rule,
+                threshold,
             });
         }
         Ok(out)

@@ -3,7 +3,7 @@
 //! WAL (truncating a torn tail, refusing corruption), load the head.
 
 use super::maintain::maintenance_loop;
-use super::write::WriteState;
+use super::write::{IdCounter, WriteState};
 use super::{Gallery, GalleryOptions, HEAD, MANIFEST, Signal, parse_file_no, seg_name};
 use crate::api::GallerySpec;
 use crate::error::{Error, Result};
@@ -32,6 +32,7 @@ impl Gallery {
             segments: vec![],
             subjects: Some(0),
             spec: spec.clone(),
+            highest_id: 0,
         };
         crate::storage::fs::atomic_write(fs, &dir.join(MANIFEST), &format::encode_manifest(&m))
             .map_err(|e| e.error)?;
@@ -146,6 +147,13 @@ impl Gallery {
             ));
         }
         let subjects = counted;
+        // The id counter: the manifest's, raised to every id the segments
+        // hold (deleted rows too; a manifest before version 6 has none), then
+        // by every id the WAL replays.
+        let seg_ids = segments
+            .iter()
+            .filter_map(|s| s.seg.ids().iter().max().copied());
+        let ids = Arc::new(IdCounter::new(seg_ids.fold(manifest.highest_id, u64::max)));
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,
             segments,
@@ -157,6 +165,7 @@ impl Gallery {
             subjects,
             spec: manifest.spec.clone(),
             scans: Default::default(),
+            ids: Arc::clone(&ids),
         };
         let mut writer = None;
         for (i, &n) in wals.iter().enumerate() {
@@ -212,6 +221,7 @@ impl Gallery {
             name: name.to_owned(),
             dir: dir.to_owned(),
             spec: manifest.spec,
+            ids,
             opts,
             state: Mutex::new(tmp),
             published: RwLock::new(snapshot),

@@ -14,6 +14,7 @@ use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
 use crate::storage::wal::{Record, WalWriter};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub(super) struct WriteState {
     pub(super) spec: GallerySpec,
     /// How the exact scans settled their probes (see `ScanCounters`).
     pub(super) scans: Arc<ScanCounters>,
+    /// The highest id the gallery has held or assigned (shared with
+    /// [`Gallery`], which raises it as batches are validated), persisted with
+    /// every manifest.
+    pub(super) ids: Arc<IdCounter>,
 }
 
 impl WriteState {
@@ -148,6 +153,9 @@ impl WriteState {
             }
         }
         let n = chunk.len() as u64;
+        if let Some(&top) = chunk.ids.iter().max() {
+            self.ids.hold(top);
+        }
         self.active.append(chunk);
         self.subjects += added.len() as u64;
         self.forget_emptied(touched);
@@ -264,7 +272,43 @@ impl WriteState {
                 .collect(),
             subjects: Some(self.subjects_in(segments)),
             spec: self.spec.clone(),
+            highest_id: self.ids.highest(),
         }
+    }
+}
+
+/// The counter of the ids a gallery assigns: the highest id it has held or
+/// assigned. It only goes up: every id a batch names raises it (when the batch
+/// is validated, so before any row with the id exists), and assigning `n` ids
+/// hands out the `n` above it. Every manifest records it, and opening takes
+/// the largest of the manifest's, the segments' and the replayed WAL's ids,
+/// so an assigned id is never handed out again, whatever was deleted or
+/// compacted since, and whatever crashed.
+#[derive(Debug, Default)]
+pub(super) struct IdCounter(AtomicU64);
+
+impl IdCounter {
+    pub(super) fn new(highest: u64) -> IdCounter {
+        IdCounter(AtomicU64::new(highest))
+    }
+
+    /// The highest id held or assigned.
+    pub(super) fn highest(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Note that the gallery holds (or is about to hold) `id`.
+    pub(super) fn hold(&self, id: u64) {
+        self.0.fetch_max(id, Ordering::SeqCst);
+    }
+
+    /// `n` fresh ids, consecutive: the first is returned. `None` when they
+    /// would pass `u64::MAX`.
+    pub(super) fn assign(&self, n: u64) -> Option<u64> {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(n))
+            .ok()
+            .map(|h| h + 1)
     }
 }
 
@@ -460,50 +504,144 @@ impl Gallery {
     /// Insert (upsert) a batch. The batch is validated whole first; a bad batch
     /// is rejected with an error naming the position and changes nothing.
     pub fn insert(&self, batch: &[Embedding]) -> Result<InsertOutcome> {
-        let limit = Limits::for_dim(self.spec.dim).insert_batch;
-        if batch.len() > limit {
-            return Err(Error::TooLarge {
-                what: "embeddings",
-                got: batch.len(),
-                limit,
-            });
-        }
+        self.check_batch_len(batch.len())?;
         let mut seen = crate::snapshot::memtable::IdMap::with_capacity_and_hasher(
             batch.len(),
             Default::default(),
         );
-        let dim = self.spec.dim;
-        let mut vectors = Vec::with_capacity(batch.len() * dim);
+        let mut vectors = Vec::with_capacity(batch.len() * self.spec.dim);
         for (i, e) in batch.iter().enumerate() {
             check_vector(&self.spec, "embeddings", i, &e.vector, &mut vectors)?;
             check_subject("embeddings", i, &e.subject)?;
             if let Some(first) = seen.insert(e.id, i) {
                 return Err(Error::DuplicateId {
+                    what: "embeddings",
                     id: e.id,
                     first,
                     second: i,
                 });
             }
         }
-        if batch.is_empty() {
+        let ids = batch.iter().map(|e| e.id).collect();
+        let subjects = batch.iter().map(|e| e.subject.as_str());
+        self.commit_insert(ids, subjects, vectors)
+    }
+
+    /// Insert (upsert) a batch in flat form: `vectors` holds one row of the
+    /// gallery's dimension per subject, row after row, and `ids` one id per
+    /// row; or `ids` is `None` and the gallery assigns fresh ones, each above
+    /// every id it has held or assigned (never 0, never reused: the counter
+    /// is persisted with the manifest and rebuilt from the files at open).
+    /// Returns the counts and the rows' ids (given or assigned). The batch is
+    /// validated whole, as [`Gallery::insert`]; errors name rows as
+    /// `embeddings[i]` and ids as `ids[i]`.
+    pub fn insert_rows<S: AsRef<str>>(
+        &self,
+        ids: Option<&[u64]>,
+        subjects: &[S],
+        vectors: &[f32],
+    ) -> Result<(InsertOutcome, Vec<u64>)> {
+        let (n, dim) = (subjects.len(), self.spec.dim);
+        if vectors.len() != n * dim {
+            return Err(Error::BatchShape {
+                what: "vectors",
+                reason: format!(
+                    "{} values are not one row of {dim} per subject ({n} subjects: {} values)",
+                    vectors.len(),
+                    n * dim
+                ),
+            });
+        }
+        if let Some(ids) = ids
+            && ids.len() != n
+        {
+            return Err(Error::BatchShape {
+                what: "ids",
+                reason: format!("{} ids for {n} rows (one per row, or none)", ids.len()),
+            });
+        }
+        self.check_batch_len(n)?;
+        let mut checked = Vec::with_capacity(n * dim);
+        for (i, (v, s)) in vectors.chunks_exact(dim).zip(subjects).enumerate() {
+            check_vector(&self.spec, "embeddings", i, v, &mut checked)?;
+            check_subject("embeddings", i, s.as_ref())?;
+        }
+        let ids = match ids {
+            Some(ids) => {
+                let mut seen = crate::snapshot::memtable::IdMap::with_capacity_and_hasher(
+                    n,
+                    Default::default(),
+                );
+                for (i, &id) in ids.iter().enumerate() {
+                    if let Some(first) = seen.insert(id, i) {
+                        return Err(Error::DuplicateId {
+                            what: "ids",
+                            id,
+                            first,
+                            second: i,
+                        });
+                    }
+                }
+                ids.to_vec()
+            }
+            None if n == 0 => Vec::new(),
+            None => {
+                let first = self
+                    .ids
+                    .assign(n as u64)
+                    .ok_or_else(|| Error::IdsExhausted {
+                        gallery: self.name.clone(),
+                        wanted: n as u64,
+                        highest: self.ids.highest(),
+                    })?;
+                (first..first + n as u64).collect()
+            }
+        };
+        let outcome =
+            self.commit_insert(ids.clone(), subjects.iter().map(AsRef::as_ref), checked)?;
+        Ok((outcome, ids))
+    }
+
+    /// Refuse a batch over the gallery's limit.
+    fn check_batch_len(&self, n: usize) -> Result<()> {
+        let limit = Limits::for_dim(self.spec.dim).insert_batch;
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: "embeddings",
+                got: n,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commit a validated batch (ids unique, vectors checked and as the
+    /// gallery keeps them): frame its WAL record and join the commit queue.
+    fn commit_insert<'a>(
+        &self,
+        ids: Vec<u64>,
+        subjects: impl ExactSizeIterator<Item = &'a str> + Clone,
+        vectors: Vec<f32>,
+    ) -> Result<InsertOutcome> {
+        if ids.is_empty() {
             return Ok(InsertOutcome::default());
         }
         self.check_backlog()?;
-        let mut payload = Vec::with_capacity(5 + batch.len() * (10 + 4 * dim + 16));
+        if let Some(&top) = ids.iter().max() {
+            self.ids.hold(top);
+        }
+        let dim = self.spec.dim;
+        let mut payload = Vec::with_capacity(5 + ids.len() * (10 + 4 * dim + 16));
         format::encode_insert(
-            batch
-                .iter()
+            ids.iter()
+                .zip(subjects.clone())
                 .zip(vectors.chunks_exact(dim))
-                .map(|(e, v)| (e.id, e.subject.as_str(), v)),
+                .map(|((&id, s), v)| (id, s, v)),
             &mut payload,
         );
         let mut crc = crc32fast::Hasher::new();
         crc.update(&payload);
-        let ids = batch.iter().map(|e| e.id).collect();
-        let subjects = batch
-            .iter()
-            .map(|e| Arc::from(e.subject.as_str()))
-            .collect();
+        let subjects = subjects.map(Arc::from).collect();
         let chunk = Chunk::new(ids, subjects, vectors);
         let op = Op::Insert {
             chunk: Mutex::new(Some(chunk)),

@@ -1,6 +1,6 @@
 //! The manifest (`MANIFEST`): layout, encoder and decoder. No I/O.
 //!
-//! # Manifest (`MANIFEST`), version 4 (3 is the same without the gallery's spec; 1 and 2 also without the subject count)
+//! # Manifest (`MANIFEST`), version 6 (4 and 5 are the same without the highest id; 3 also without the gallery's spec; 1 and 2 also without the subject count)
 //!
 //! | size | type | meaning |
 //! |---|---|---|
@@ -22,6 +22,11 @@
 //! 16 to 2,048), flags u32 (bit 0: normalise; the other bits reserved, 0),
 //! model name length u16 (at most 256) and its UTF-8 bytes. A manifest of
 //! version 1 to 3 is a gallery of 128 values a vector, no model, not normalising.
+//! Then (version 6) the highest id the gallery has held or assigned, u64: the
+//! counter of the ids it assigns (each above it), which never goes down, so an
+//! assigned id is never assigned again, even after its row was deleted and
+//! compacted away. Opening takes the largest of it, the ids in the segments and
+//! the ids in the replayed WAL (a manifest before version 6: the last two).
 
 use super::{Cursor, FORMAT_VERSION, check_version, check_zero, get_u32, get_u64};
 use crate::api::GallerySpec;
@@ -48,6 +53,8 @@ pub struct ManifestData {
     /// The gallery's dimension, model and normalisation (the default, 128
     /// values and no model, for versions 1 to 3).
     pub spec: GallerySpec,
+    /// The highest id the gallery has held or assigned (0 before version 6).
+    pub highest_id: u64,
 }
 
 /// One segment in the manifest.
@@ -93,6 +100,7 @@ pub fn encode_manifest(m: &ManifestData) -> Vec<u8> {
         body.extend_from_slice(&(m.spec.model.len() as u16).to_le_bytes());
     }
     body.extend_from_slice(m.spec.model.as_bytes());
+    body.extend_from_slice(&m.highest_id.to_le_bytes());
     let mut out = Vec::with_capacity(MANIFEST_PREFIX_LEN + body.len() + 4);
     out.extend_from_slice(&MANIFEST_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -223,6 +231,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
     } else {
         GallerySpec::default()
     };
+    let highest_id = if version >= 6 { c.u64()? } else { 0 };
     c.finish()?;
     let mut numbers: Vec<u64> = segments.iter().map(|s| s.file_no).collect();
     numbers.sort_unstable();
@@ -240,6 +249,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         segments,
         subjects,
         spec,
+        highest_id,
     })
 }
 
@@ -272,6 +282,7 @@ mod tests {
                 model: "arcface-r100@insightface-0.7.3".into(),
                 normalize: true,
             },
+            highest_id: 0x0123_4567_89ab_cdef,
         };
         let b = encode_manifest(&m);
         assert_eq!(decode_manifest(Path::new("m"), &b).unwrap(), m);
@@ -303,8 +314,9 @@ mod tests {
         }
     }
 
-    /// A version-3 manifest (no spec) decodes as a default gallery of 128
-    /// values; a version-2 one (no subject count) still decodes, its count unknown;
+    /// A version-5 manifest (no highest id) decodes with highest id 0 (the
+    /// segments and the WAL give it at open); a version-3 one (no spec) as a
+    /// default gallery of 128 values; a version-2 one (no subject count) still decodes, its count unknown;
     /// "not counted" written by this version reads back as unknown too.
     #[test]
     fn versions_without_the_subject_count_decode_as_unknown() {
@@ -319,9 +331,19 @@ mod tests {
             }],
             subjects: Some(3),
             spec: GallerySpec::default(),
+            highest_id: 0,
         };
-        // The spec of a default gallery takes 10 bytes: 128, no flags, no model.
-        let v4 = encode_manifest(&m);
+        let v6 = encode_manifest(&m);
+        assert_eq!(&v6[v6.len() - 12..v6.len() - 4], &[0; 8]);
+        let mut v4 = v6[..v6.len() - 12].to_vec();
+        v4[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let body = (v4.len() - MANIFEST_PREFIX_LEN) as u64;
+        v4[16..24].copy_from_slice(&body.to_le_bytes());
+        v4.extend_from_slice(&[0; 4]);
+        reseal(&mut v4);
+        assert_eq!(decode_manifest(Path::new("m"), &v4).unwrap(), m);
+        // The spec of a default gallery takes 10 bytes: 128, no flags, no model
+        // (versions 4 and 5 share the layout).
         assert_eq!(
             &v4[v4.len() - 14..v4.len() - 4],
             &[128, 0, 0, 0, 0, 0, 0, 0, 0, 0]

@@ -61,6 +61,10 @@
 //!   version. Manifest, WAL and head file unchanged (version 5 in their
 //!   headers, version 4's layout). Forced compaction (`visage compact`)
 //!   rewrites older segments in this version.
+//! - 6: the manifest records the highest id the gallery has held or assigned,
+//!   the counter of the ids it assigns to inserts that give none. Segments,
+//!   WAL and head file unchanged (version 6 in their headers, version 5's
+//!   layout).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -90,7 +94,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
