@@ -277,6 +277,54 @@ def _k(k: Any, limit: int) -> int:
     return k
 
 
+def _quoted(s: str) -> str:
+    """``s`` as the engine's messages quote a name: at most 64 bytes (then
+    ``… (N bytes)``), in double quotes with Rust's escapes."""
+    shown = s
+    b = s.encode("utf-8", "surrogatepass")
+    if len(b) > 64:
+        shown = b[:64].decode("utf-8", "ignore")
+    out = []
+    for c in shown:
+        if c in "\\\"":
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif c == "\t":
+            out.append("\\t")
+        elif _CONTROL.match(c):
+            out.append("\\u{%x}" % ord(c))
+        else:
+            out.append(c)
+    q = '"' + "".join(out) + '"'
+    if len(b) > 64:
+        q = f'"{"".join(out)}… ({len(b)} bytes)"'
+    return q
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _check_name(name: Any) -> str:
+    """A gallery name as the engine and the server accept it: 1 to 64
+    characters from ``A-Z a-z 0-9 _ -``, starting with a letter or digit."""
+    if not isinstance(name, str):
+        raise TypeError(f"a gallery name must be a str, got {type(name).__name__}")
+    if not name:
+        reason = "is empty"
+    elif len(name.encode("utf-8", "surrogatepass")) > 64:
+        reason = "is longer than 64 characters"
+    elif not _NAME.fullmatch(name):
+        reason = "may hold only letters, digits, '_' and '-'"
+    elif not name[0].isascii() or not name[0].isalnum():
+        reason = "must start with a letter or digit"
+    else:
+        return name
+    raise errors.InvalidArgument(f"invalid gallery name {_quoted(name)}: {reason}")
+
+
 def _chunks(n: int, size: int) -> Iterable[Tuple[int, int]]:
     for start in range(0, n, size):
         yield start, min(n, start + size)
@@ -360,8 +408,7 @@ class Database:
         """
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        _check_name(name)
         if not isinstance(model, str):
             raise TypeError(f"model must be a str, got {type(model).__name__}")
         if dim <= 0 or dim > 1 << 31:
@@ -378,8 +425,7 @@ class Database:
         Raises:
             NotFound: no gallery of that name.
         """
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        _check_name(name)
         return Gallery(self, GalleryInfo._from_dict(self._b().gallery_info(name)))
 
     def galleries(self) -> List["Gallery"]:
@@ -393,12 +439,15 @@ class Database:
         Raises:
             NotFound: no gallery of that name.
         """
+        _check_name(name)
         self._b().drop_gallery(name)
 
     def __contains__(self, name: str) -> bool:
+        if not isinstance(name, str):
+            return False
         try:
             self.gallery(name)
-        except errors.NotFound:
+        except (errors.NotFound, errors.InvalidArgument):
             return False
         return True
 
@@ -686,7 +735,7 @@ class Gallery:
         b = self._b()
         for a, z in _chunks(len(id_arr), insert_limit(self._dim)):
             v, s, i = b.get(self._name, id_arr[a:z])
-            vs.append(v)
+            vs.append(np.asarray(v, dtype=np.float32).reshape(-1, self._dim))
             ss.extend(s)
             out.append(i)
         return np.concatenate(vs), ss, np.concatenate(out)
