@@ -108,3 +108,41 @@ def test_an_unreachable_server_is_unavailable():
             db.galleries()
     with pytest.raises(visage.InvalidArgument, match="timeout must be"):
         visage.connect("127.0.0.1:1", timeout=-1)
+
+
+def test_the_wire_decoders_agree_with_protobuf():
+    """Search's flat answer and Get's embeddings, decoded with numpy, are
+    what protobuf decodes (ids across the whole uint64 range, NaN, inf)."""
+    from visage import _remote
+    from visage.v1 import visage_pb2 as pb
+
+    rng = np.random.default_rng(9)
+    n, k = 7, 5
+    ids = rng.integers(0, 2**64 - 1, size=n * k, dtype=np.uint64, endpoint=True)
+    ids[:4] = [0, 1, 127, 2**64 - 1]
+    dist = rng.standard_normal(n * k).astype(np.float32)
+    dist[-3:] = np.inf
+    probs = rng.random(n * k).astype(np.float32)
+    probs[-3:] = np.nan
+    subjects = [f"s{i}" if i % 3 else "" for i in range(n * k)]
+    resp = pb.SearchResponse(
+        k=k, counts=[k] * (n - 1) + [2], ids=ids.tolist(), distances=dist.tolist(),
+        subjects=subjects, probabilities=probs.tolist(),
+    )
+    flat = _remote._Flat(resp.SerializeToString())
+    assert flat.k == k and flat.results == 0
+    assert flat.counts.tolist() == list(resp.counts)
+    assert flat.ids.dtype == np.uint64 and flat.ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(flat.distances, dist)
+    np.testing.assert_array_equal(flat.probabilities, probs)
+    assert flat.similarities.size == 0 and flat.subjects == subjects
+    vecs = rng.standard_normal((3, 16)).astype(np.float32)
+    get = pb.GetResponse(embeddings=[
+        pb.Embedding(id=int(i), subject=f"p{i}", vector=v.tolist())
+        for i, v in zip([5, 2**63, 0], vecs)
+    ])
+    v, s, i = _remote._embeddings(get.SerializeToString(), 16)
+    np.testing.assert_array_equal(v, vecs)
+    assert s == ["p5", f"p{2**63}", "p0"] and i.tolist() == [5, 2**63, 0]
+    v, s, i = _remote._embeddings(b"", 16)
+    assert v.shape == (0, 16) and s == [] and i.size == 0

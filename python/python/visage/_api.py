@@ -734,7 +734,7 @@ class Gallery:
         out: List[np.ndarray] = []
         b = self._b()
         for a, z in _chunks(len(id_arr), insert_limit(self._dim)):
-            v, s, i = b.get(self._name, id_arr[a:z])
+            v, s, i = b.get(self._name, id_arr[a:z], self._dim)
             vs.append(np.asarray(v, dtype=np.float32).reshape(-1, self._dim))
             ss.extend(s)
             out.append(i)

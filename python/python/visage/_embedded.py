@@ -49,3 +49,6 @@ class Embedded:
             return _Done(self._engine.insert(name, vectors, list(subjects), ids))
         except Exception as e:  # noqa: BLE001 - handed to the caller by result()
             return _Done(error=e)
+
+    def get(self, name: str, ids: np.ndarray, dim: int) -> Any:
+        return self._engine.get(name, ids)

@@ -79,6 +79,150 @@ def _head(h: "pb.HeadInfo") -> Dict[str, Any]:
     return d
 
 
+# ---------------------------------------------------------------- wire
+#
+# Search's flat response and Get's embeddings are decoded from the wire
+# bytes with numpy (np.frombuffer for the packed floats, a vectorised decode
+# for the packed varints) instead of through protobuf's repeated fields,
+# which hand out one Python object per value.
+
+
+def _varint(buf: bytes, i: int) -> Tuple[int, int]:
+    """The varint at ``buf[i]``, and the position after it."""
+    result = 0
+    shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("malformed varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(buf: bytes, start: int = 0, end: Optional[int] = None):
+    """Yield ``(field number, wire type, value)`` of a message's bytes: an
+    int for varints, ``(start, end)`` offsets for length-delimited fields and
+    fixed-width ones."""
+    i = start
+    end = len(buf) if end is None else end
+    while i < end:
+        tag, i = _varint(buf, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+            yield field, wire, v
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > end:
+                raise ValueError("field runs past the message")
+            yield field, wire, (i, i + n)
+            i += n
+        elif wire == 5:
+            yield field, wire, (i, i + 4)
+            i += 4
+        elif wire == 1:
+            yield field, wire, (i, i + 8)
+            i += 8
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if i != end:
+        raise ValueError("message cut short")
+
+
+def _packed_varints(chunk: bytes) -> np.ndarray:
+    """Packed varints as uint64, decoded with numpy."""
+    b = np.frombuffer(chunk, dtype=np.uint8)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if b[-1] & 0x80:
+        raise ValueError("packed varints cut short")
+    if not (b & 0x80).any():
+        return b.astype(np.uint64)
+    ends = np.flatnonzero(b < 0x80)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > 10:
+        raise ValueError("varint longer than 10 bytes")
+    pos = np.arange(b.size) - np.repeat(starts, lengths)
+    parts = (b & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    # The parts of one varint hold disjoint bits: their sum is their OR.
+    return np.add.reduceat(parts, starts)
+
+
+def _floats(chunk: bytes) -> np.ndarray:
+    if len(chunk) % 4:
+        raise ValueError("packed floats of a length not a multiple of 4")
+    return np.frombuffer(chunk, dtype="<f4").astype(np.float32)
+
+
+class _Flat:
+    """SearchResponse's flat form, as numpy arrays."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.k = 0
+        varints: Dict[int, List[np.ndarray]] = {3: [], 4: []}
+        floats: Dict[int, List[np.ndarray]] = {5: [], 7: [], 8: []}
+        self.subjects: List[str] = []
+        self.results = 0
+        for field, wire, v in _fields(buf):
+            if field == 2 and wire == 0:
+                self.k = v
+            elif field in varints and wire == 2:
+                varints[field].append(_packed_varints(buf[v[0]:v[1]]))
+            elif field in varints and wire == 0:
+                varints[field].append(np.array([v], dtype=np.uint64))
+            elif field in floats and wire == 2:
+                floats[field].append(_floats(buf[v[0]:v[1]]))
+            elif field in floats and wire == 5:
+                floats[field].append(_floats(buf[v[0]:v[1]]))
+            elif field == 6 and wire == 2:
+                self.subjects.append(buf[v[0]:v[1]].decode("utf-8"))
+            elif field == 1:
+                self.results += 1
+        def cat(parts: List[np.ndarray], dtype: Any) -> np.ndarray:
+            if not parts:
+                return np.zeros(0, dtype=dtype)
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+        self.counts = cat(varints[3], np.uint64)
+        self.ids = cat(varints[4], np.uint64)
+        self.distances = cat(floats[5], np.float32)
+        self.probabilities = cat(floats[7], np.float32)
+        self.similarities = cat(floats[8], np.float32)
+
+
+def _embeddings(buf: bytes, dim: int) -> Tuple[np.ndarray, List[str], np.ndarray]:
+    """GetResponse's embeddings: (vectors [m, dim], subjects, ids)."""
+    ids: List[int] = []
+    subjects: List[str] = []
+    vectors: List[np.ndarray] = []
+    for field, wire, (a, z) in ((f, w, v) for f, w, v in _fields(buf) if f == 1 and w == 2):
+        id_, subject, parts = 0, "", []
+        for f, w, v in _fields(buf, a, z):
+            if f == 1 and w == 0:
+                id_ = v
+            elif f == 2 and w == 2:
+                subject = buf[v[0]:v[1]].decode("utf-8")
+            elif f == 3 and w == 2:
+                parts.append(_floats(buf[v[0]:v[1]]))
+            elif f == 3 and w == 5:
+                parts.append(_floats(buf[v[0]:v[1]]))
+        vec = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        if vec.size != dim:
+            raise ValueError(f"an embedding of {vec.size} values in a gallery of {dim}")
+        ids.append(id_)
+        subjects.append(subject)
+        vectors.append(vec)
+    if not vectors:
+        return np.zeros((0, dim), dtype=np.float32), [], np.zeros(0, dtype=np.uint64)
+    return np.stack(vectors), subjects, np.array(ids, dtype=np.uint64)
+
+
 class _Future:
     """An Insert in flight: ``result()`` gives the rows' ids or raises the
     visage error."""
@@ -161,12 +305,22 @@ class Remote:
             raise errors.InvalidArgument(f"timeout must be a number of seconds > 0, got {timeout}")
         self._timeout = timeout
         self._stub = pb_grpc.VisageStub(self._channel)
+        # Search and Get with their answers decoded by numpy (see _Flat).
+        self._search_flat = self._channel.unary_unary(
+            "/visage.v1.Visage/Search",
+            request_serializer=pb.SearchRequest.SerializeToString,
+            response_deserializer=_Flat,
+        )
+        self._get_raw = self._channel.unary_unary(
+            "/visage.v1.Visage/Get",
+            request_serializer=pb.GetRequest.SerializeToString,
+            response_deserializer=lambda b: b,
+        )
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: Any, request: Any) -> Any:
+        call = getattr(self._stub, method) if isinstance(method, str) else method
         try:
-            return getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self._timeout
-            )
+            return call(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -244,13 +398,11 @@ class Remote:
 
     # --- reads
 
-    def get(self, name: str, ids: np.ndarray) -> Tuple[np.ndarray, List[str], np.ndarray]:
-        resp = self._call("Get", pb.GetRequest(gallery=name, ids=ids.tolist()))
-        es = resp.embeddings
-        if not es:
-            return np.zeros((0, 0), dtype=np.float32), [], np.zeros(0, dtype=np.uint64)
-        vectors = np.array([e.vector for e in es], dtype=np.float32)
-        return vectors, [e.subject for e in es], np.array([e.id for e in es], dtype=np.uint64)
+    def get(
+        self, name: str, ids: np.ndarray, dim: int
+    ) -> Tuple[np.ndarray, List[str], np.ndarray]:
+        raw = self._call(self._get_raw, pb.GetRequest(gallery=name, ids=ids.tolist()))
+        return _embeddings(raw, dim)
 
     def search(
         self,
@@ -271,21 +423,22 @@ class Remote:
         )
         if max_distance is not None:
             req.max_distance = max_distance
-        r = self._call("Search", req)
+        r = self._call(self._search_flat, req)
         slots = n * k
-        ids = np.array(r.ids, dtype=np.uint64).reshape(n, k)
-        dist = np.array(r.distances, dtype=np.float32).reshape(n, k)
-        prob = (
-            np.array(r.probabilities, dtype=np.float32).reshape(n, k)
-            if len(r.probabilities) == slots
-            else np.full((n, k), np.nan, dtype=np.float32)
-        )
-        sim = (
-            np.array(r.similarities, dtype=np.float32).reshape(n, k)
-            if len(r.similarities) == slots
-            else np.full((n, k), np.nan, dtype=np.float32)
-        )
-        subjects = list(r.subjects) if with_subjects else None
+        if r.results or len(r.ids) != slots or len(r.distances) != slots:
+            raise errors.Internal(
+                f"the server answered a packed search of {n} queries, k = {k} with "
+                f"{len(r.ids)} ids and {len(r.distances)} distances (a server without "
+                f"the packed Search?)"
+            )
+        ids = r.ids.reshape(n, k)
+        dist = r.distances.reshape(n, k)
+        nan = np.full((n, k), np.nan, dtype=np.float32)
+        prob = r.probabilities.reshape(n, k) if len(r.probabilities) == slots else nan
+        sim = r.similarities.reshape(n, k) if len(r.similarities) == slots else nan.copy()
+        subjects = r.subjects if with_subjects else None
+        if with_subjects and len(subjects) != slots:
+            raise errors.Internal(f"{len(subjects)} subjects for {slots} slots")
         return ids, dist, subjects, prob, sim
 
     def identify(
