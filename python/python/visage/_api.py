@@ -640,7 +640,8 @@ class Gallery:
             err = type(failure)(msg, committed)
             err.code = failure.code
             raise err from failure
-        return np.concatenate(out) if len(out) > 1 else out[0]  # type: ignore[return-value]
+        done = [o for o in out if o is not None]
+        return np.concatenate(done) if len(done) > 1 else done[0]
 
     def remove(
         self,

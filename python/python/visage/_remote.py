@@ -436,10 +436,9 @@ class Remote:
         nan = np.full((n, k), np.nan, dtype=np.float32)
         prob = r.probabilities.reshape(n, k) if len(r.probabilities) == slots else nan
         sim = r.similarities.reshape(n, k) if len(r.similarities) == slots else nan.copy()
-        subjects = r.subjects if with_subjects else None
-        if with_subjects and len(subjects) != slots:
-            raise errors.Internal(f"{len(subjects)} subjects for {slots} slots")
-        return ids, dist, subjects, prob, sim
+        if with_subjects and len(r.subjects) != slots:
+            raise errors.Internal(f"{len(r.subjects)} subjects for {slots} slots")
+        return ids, dist, (r.subjects if with_subjects else None), prob, sim
 
     def identify(
         self,
