@@ -110,6 +110,14 @@ def test_an_unreachable_server_is_unavailable():
         visage.connect("127.0.0.1:1", timeout=-1)
 
 
+def test_a_call_past_its_deadline(keyed_server):
+    # A deadline already past when the call starts: DEADLINE_EXCEEDED, every time.
+    with visage.connect(keyed_server.addr, api_key=ADMIN, timeout=1e-9) as db:
+        with pytest.raises(visage.DeadlineExceeded) as e:
+            db.galleries()
+        assert isinstance(e.value, TimeoutError) and e.value.code == "DEADLINE_EXCEEDED"
+
+
 def test_the_wire_decoders_agree_with_protobuf():
     """Search's flat answer and Get's embeddings, decoded with numpy, are
     what protobuf decodes (ids across the whole uint64 range, NaN, inf)."""
