@@ -48,9 +48,10 @@ pub fn check_dim(field: &str, m: &pb::Matrix, dim: usize) -> Result<(), ApiError
         return Err(invalid(
             field,
             format_args!(
-                "dimension {} ({} rows, {} bytes), but the gallery's vectors have {dim} values",
+                "expected {dim} values, got {}: the gallery's dimension is {dim}, the matrix has {} rows of {} ({} bytes)",
                 m.dim,
                 m.rows,
+                m.dim,
                 m.f32_le.len()
             ),
         ));
@@ -154,9 +155,12 @@ pub fn insert_error(e: Error) -> ApiError {
 }
 
 /// The pairs of a packed Verify: the `a` rows of `matrix` and one `b` each
-/// from exactly one of `b_matrix`, `b_ids`, `b_subjects`. The gallery's
-/// dimension is checked by the caller against both matrices.
-pub fn verify_pairs(r: &mut pb::VerifyRequest) -> Result<Option<Vec<VerifyPair>>, ApiError> {
+/// from exactly one of `b_matrix`, `b_ids`, `b_subjects`, for a gallery of
+/// dimension `dim`.
+pub fn verify_pairs(
+    r: &mut pb::VerifyRequest,
+    dim: usize,
+) -> Result<Option<Vec<VerifyPair>>, ApiError> {
     let Some(m) = r.matrix.take() else {
         if r.b_matrix.is_some() || !r.b_ids.is_empty() || !r.b_subjects.is_empty() {
             return Err(invalid(
@@ -167,6 +171,7 @@ pub fn verify_pairs(r: &mut pb::VerifyRequest) -> Result<Option<Vec<VerifyPair>>
         return Ok(None);
     };
     let a = values("matrix", &m)?;
+    check_dim("matrix", &m, dim)?;
     let n = m.rows as usize;
     let set = [
         r.b_matrix.is_some(),
@@ -193,6 +198,7 @@ pub fn verify_pairs(r: &mut pb::VerifyRequest) -> Result<Option<Vec<VerifyPair>>
             ));
         }
         let b = values("b_matrix", &bm)?;
+        check_dim("b_matrix", &bm, dim)?;
         rows(&b, bm.dim)
             .into_iter()
             .map(|v| VerifyTarget::Vector(v.to_vec()))
@@ -305,7 +311,7 @@ mod tests {
         let e = check_dim("matrix", &m, 128).unwrap_err().0;
         assert_eq!(
             e.message(),
-            "matrix: dimension 2 (2 rows, 16 bytes), but the gallery's vectors have 128 values"
+            "matrix: expected 128 values, got 2: the gallery's dimension is 128, the matrix has 2 rows of 2 (16 bytes)"
         );
         // Rows of dimension 0 can carry no bytes and still claim rows.
         assert!(values("matrix", &matrix(3, 0, &[])).is_err());

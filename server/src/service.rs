@@ -104,8 +104,8 @@ fn insert_one(
             Vec::new(),
         ));
     };
-    packed::check_dim("matrix", m, g.dim())?;
     let b = packed::InsertBatch::new(m, req.ids, req.subjects)?;
+    packed::check_dim("matrix", m, g.dim())?;
     let assign = b.ids.is_none();
     let (out, ids) = g
         .insert_rows(b.ids.as_deref(), &b.subjects, &b.values)
@@ -117,8 +117,9 @@ fn insert_one(
 /// Skipped when `k` itself is out of range: the engine reports that.
 fn check_results(field: &str, n: usize, k: usize, max_k: usize) -> Result<(), ApiError> {
     if (1..=max_k).contains(&k) && n.saturating_mul(k) > MAX_RESULTS {
+        let noun = if field == "matrix" { "rows" } else { field };
         return Err(ApiError(Status::resource_exhausted(format!(
-            "{field}: {n} × k = {k} asks for {} results, more than the limit of {MAX_RESULTS} per request; send fewer {field} per request",
+            "{field}: {n} {noun} × k = {k} ask for {} results, more than the limit of {MAX_RESULTS} per request; send fewer {noun} per request",
             n.saturating_mul(k)
         ))));
     }
@@ -410,8 +411,8 @@ impl Visage for VisageService {
             return Ok(Response::new(
                 self.blocking(move |engine| {
                     let g = open_for(engine, &gallery, &model)?;
-                    packed::check_dim("matrix", &m, g.dim())?;
                     let values = packed::values("matrix", &m)?;
+                    packed::check_dim("matrix", &m, g.dim())?;
                     let results = g
                         .search_with(&packed::rows(&values, m.dim), &opts)
                         .map_err(|e| in_field(e, "matrix"))?;
@@ -469,8 +470,8 @@ impl Visage for VisageService {
                 let g = open_for(engine, &gallery, &model)?;
                 match matrix {
                     Some(m) => {
-                        packed::check_dim("matrix", &m, g.dim())?;
                         let values = packed::values("matrix", &m)?;
+                        packed::check_dim("matrix", &m, g.dim())?;
                         g.identify_open(&packed::rows(&values, m.dim), &opts)
                             .map_err(|e| in_field(e, "matrix").into())
                     }
@@ -518,12 +519,7 @@ impl Visage for VisageService {
         let verdicts = self
             .blocking(move |engine| {
                 let g = open_for(engine, &req.gallery, &req.model)?;
-                for (field, m) in [("matrix", &req.matrix), ("b_matrix", &req.b_matrix)] {
-                    if let Some(m) = m {
-                        packed::check_dim(field, m, g.dim())?;
-                    }
-                }
-                let pairs = packed::verify_pairs(&mut req)?.unwrap_or(pairs);
+                let pairs = packed::verify_pairs(&mut req, g.dim())?.unwrap_or(pairs);
                 Ok(g.verify(&pairs, &opts)?)
             })
             .await?;

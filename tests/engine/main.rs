@@ -12,6 +12,7 @@ mod erasure;
 mod faults;
 mod fuzzed;
 mod head;
+mod ids;
 mod layers;
 mod lock;
 mod model;

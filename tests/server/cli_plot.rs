@@ -83,7 +83,7 @@ fn downgrade_head(path: &Path) {
     let b = std::fs::read(path).expect("HEAD");
     assert_eq!(&b[..8], b"\x89VHD\r\n\x1a\n");
     let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-    assert!((4..=5).contains(&version), "HEAD version {version}");
+    assert!((4..=6).contains(&version), "HEAD version {version}");
     let n = b.len();
     let weights = &b[n - 4 - 512..n - 4];
     let count = u32::from_le_bytes(b[n - 8 - 512..n - 4 - 512].try_into().unwrap());

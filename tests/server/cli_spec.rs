@@ -349,7 +349,7 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         ARCFACE,
     ]);
     assert!(
-        e.contains("INVALID_ARGUMENT") && e.contains("embeddings[2]") && e.contains("zero vector"),
+        e.contains("INVALID_ARGUMENT") && e.contains("matrix[2]") && e.contains("zero vector"),
         "{e}"
     );
     assert_eq!(
@@ -358,7 +358,7 @@ fn a_512_d_cosine_gallery_through_the_cli() {
         "a zero vector changed the gallery"
     );
     let e = cli.fails(&["search", "arc", "--probes", p(&file("zero.npy"))]);
-    assert!(e.contains("queries[2]") && e.contains("zero vector"), "{e}");
+    assert!(e.contains("matrix[2]") && e.contains("zero vector"), "{e}");
 
     // The same file, without the zero row, goes in.
     write(&file("three.npy"), &four[..3]);

@@ -135,7 +135,7 @@ async fn rejected_inserts_name_field_and_position_and_change_nothing() {
     assert_eq!(e.code(), Some(Code::InvalidArgument));
     let text = e.to_string();
     assert!(
-        text.contains("embeddings[2345]") && text.contains("embeddings[2000..2500]"),
+        text.contains("matrix[2345]") && text.contains("embeddings[2000..2500]"),
         "{text}"
     );
     assert!(
@@ -315,12 +315,12 @@ async fn query_errors() {
     assert_status(
         g.search(&[&q, &q, &nan], 5).await,
         Code::InvalidArgument,
-        &["queries[2]", "value 3", "NaN"],
+        &["matrix[2]", "value 3", "NaN"],
     );
     assert_status(
         g.identify(&[&nan], 5).await,
         Code::InvalidArgument,
-        &["probes[0]", "value 3"],
+        &["matrix[0]", "value 3"],
     );
     // Thresholds.
     let mut rpc = c.rpc();
@@ -389,13 +389,13 @@ async fn query_errors() {
     assert_status(
         g.search(&many, 10_000).await,
         Code::ResourceExhausted,
-        &["queries", "1000000"],
+        &["matrix", "200 rows", "1000000"],
     );
     let too_many: Vec<&[f32]> = (0..10_001).map(|_| q.as_slice()).collect();
     assert_status(
         g.search(&too_many, 1).await,
         Code::ResourceExhausted,
-        &["queries", "10001", "10000"],
+        &["matrix", "10001", "10000"],
     );
     let ids: Vec<u64> = (0..100_001).collect();
     assert_status(

@@ -92,7 +92,7 @@ async fn huge_k_long_strings_and_millions_of_ids() {
         assert_status(
             g.insert(&e).await,
             Code::InvalidArgument,
-            &["embeddings[1].subject", "1048576 bytes"],
+            &["subjects[1]", "1048576 bytes"],
         ),
         "insert",
     );

@@ -476,7 +476,7 @@ async fn refusals(dim: usize) {
     assert_status(
         g.identify(&[&short], 5).await,
         Code::InvalidArgument,
-        &["probes[0]", &expected],
+        &["matrix", &expected],
     );
     assert_status(
         g.verify(&[
@@ -500,7 +500,7 @@ async fn refusals(dim: usize) {
     assert_status(
         g.insert(&b).await,
         Code::InvalidArgument,
-        &["embeddings[2]", "zero vector"],
+        &["matrix[2]", "zero vector"],
     );
     assert!(
         state(&c, "arc", &ids, &probe).await == before,
@@ -512,12 +512,12 @@ async fn refusals(dim: usize) {
         g.search(&[probe.clone(), probe.clone(), zero.clone()], 5)
             .await,
         Code::InvalidArgument,
-        &["queries[2]", "zero vector"],
+        &["matrix[2]", "zero vector"],
     );
     assert_status(
         g.identify(&[&zero], 5).await,
         Code::InvalidArgument,
-        &["probes[0]", "zero vector"],
+        &["matrix[0]", "zero vector"],
     );
     assert_status(
         g.verify(&[
