@@ -32,7 +32,7 @@ use visage_engine as ve;
 fn raise(py: Python<'_>, code: &str, message: String) -> PyErr {
     let made = py
         .import("visage.errors")
-        .and_then(|m| m.call_method1("_from_code", (code, message.clone())));
+        .and_then(|m| m.call_method1("_from_code", (code, message)));
     match made {
         Ok(exc) => PyErr::from_value(exc),
         // The package is broken (no visage.errors): still say what failed.
