@@ -41,8 +41,8 @@ use std::time::Instant;
 use visage_client::npy::{self, Matrix};
 use visage_client::proto::{ClaimScore, DetPoint, OpenSetModel};
 use visage_client::{
-    Against, Client, ConnectOptions, Embedding, Gallery, GalleryInfo, GallerySpec, GalleryStats,
-    HeadInfo, InsertOutcome, Maintenance, SearchOptions, Threshold, TrainHead,
+    Against, Client, ConnectOptions, Gallery, GalleryInfo, GallerySpec, GalleryStats, HeadInfo,
+    InsertOutcome, Maintenance, Rows, SearchOptions, Threshold, TrainHead,
 };
 use visage_engine::Limits;
 
@@ -231,12 +231,21 @@ struct InsertArgs {
     #[arg(long, value_name = "FILE")]
     subjects: PathBuf,
     /// Ids: .npy of integers or a text file with one id per line (N ids).
-    /// Without it, ids are sequential from --start-id.
+    /// Without it (and without --assign-ids), ids are sequential from
+    /// --start-id.
     #[arg(long, value_name = "FILE")]
     ids: Option<PathBuf>,
     /// First id when ids are sequential.
     #[arg(long, default_value_t = 0, conflicts_with = "ids")]
     start_id: u64,
+    /// Let the gallery assign fresh ids (each above every id it has held or
+    /// assigned, never reused); see --ids-out.
+    #[arg(long, conflicts_with_all = ["ids", "start_id"])]
+    assign_ids: bool,
+    /// Write the rows' ids (given, sequential or assigned) to this .npy
+    /// file (uint64, one per vector, in input order).
+    #[arg(long, value_name = "FILE.npy")]
+    ids_out: Option<PathBuf>,
     /// Embeddings per request.
     #[arg(long, default_value_t = visage_client::DEFAULT_BATCH)]
     batch: usize,
@@ -892,6 +901,7 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
         )));
     }
     let ids = match &a.ids {
+        _ if a.assign_ids => None,
         Some(p) => {
             let ids = read_ids(p)?;
             if ids.len() != n {
@@ -902,7 +912,7 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
                     a.vectors.display()
                 )));
             }
-            ids
+            Some(ids)
         }
         None => {
             let last = a.start_id.checked_add(n as u64);
@@ -911,43 +921,50 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
                     "--start-id + number of vectors overflows a u64".into(),
                 ));
             }
-            (a.start_id..a.start_id + n as u64).collect()
+            Some((a.start_id..a.start_id + n as u64).collect())
         }
     };
-    let data = Arc::new((m, subjects, ids));
     let batch = a.batch;
+    let dim = m.cols;
+    // Packed batches: the vectors as they came from the file, no message
+    // per vector.
+    let data = Arc::new((m, subjects, ids));
     let make = {
         let data = data.clone();
-        move |start: usize| -> Vec<Embedding> {
+        move |start: usize| -> Rows {
             let (m, subjects, ids) = &*data;
-            (start..(start + batch).min(m.rows))
-                .map(|i| Embedding {
-                    id: ids[i],
-                    subject: subjects[i].clone(),
-                    vector: m.row(i).to_vec(),
-                })
-                .collect()
+            let end = (start + batch).min(m.rows);
+            Rows {
+                vectors: m.data[start * dim..end * dim].to_vec(),
+                dim: dim as u32,
+                subjects: subjects[start..end].to_vec(),
+                ids: ids.as_ref().map(|ids| ids[start..end].to_vec()),
+            }
         }
     };
     let pb = progress_bar(n as u64, a.no_progress || json);
     pb.set_message(format!("inserting into {}", a.gallery));
     let t = Instant::now();
-    let result: Result<InsertOutcome, visage_client::Error> = if a.stream {
+    let result: Result<(InsertOutcome, Vec<u64>), visage_client::Error> = if a.stream {
         let pb2 = pb.clone();
-        let batches = (0..n).step_by(batch).map(move |s| {
-            let b = make(s);
+        let batches = (0..n).step_by(batch).map(make).map(move |b| {
             pb2.inc(b.len() as u64);
             b
         });
-        g.insert_stream(tokio_stream::iter(batches)).await
+        g.insert_rows_stream(tokio_stream::iter(batches)).await
     } else {
-        g.insert_batches((0..n).step_by(batch).map(make), a.concurrency, |len| {
+        g.insert_rows((0..n).step_by(batch).map(make), a.concurrency, |len| {
             pb.inc(len);
         })
         .await
     };
     pb.finish_and_clear();
-    let out = result?;
+    let (out, assigned) = result?;
+    if let Some(path) = &a.ids_out {
+        let ids = data.2.as_deref().unwrap_or(&assigned);
+        npy::write_ids(path, ids)
+            .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))?;
+    }
     let secs = t.elapsed().as_secs_f64();
     let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     if json {

@@ -1058,6 +1058,33 @@ impl Gallery {
         }
     }
 
+    /// [`Gallery::insert_stream`] of packed batches: every item of `batches`
+    /// is one message. Returns the counts and the ids the gallery assigned to
+    /// messages without ids, in order.
+    pub async fn insert_rows_stream<S>(&self, batches: S) -> Result<(InsertOutcome, Vec<u64>)>
+    where
+        S: tokio_stream::Stream<Item = Rows> + Send + 'static,
+    {
+        use tokio_stream::StreamExt;
+        let (name, model) = (self.name.clone(), self.model.clone());
+        // A batch that is not whole rows is sent with no vectors and its
+        // subjects: the server refuses it, naming the counts.
+        let requests = batches.map(move |rows| {
+            let subjects = rows.subjects.clone();
+            rows_request(&name, &model, rows).unwrap_or_else(|_| proto::InsertRequest {
+                gallery: name.clone(),
+                model: model.clone(),
+                matrix: Some(proto::Matrix::default()),
+                subjects,
+                ..proto::InsertRequest::default()
+            })
+        });
+        let r = self.rpc.clone().insert_stream(requests).await?.into_inner();
+        let mut out = InsertOutcome::default();
+        out.add(&r);
+        Ok((out, r.ids))
+    }
+
     /// Insert through one client-streaming call: every item of `batches` is
     /// one message (one atomic batch). On failure the status message (and the
     /// trailing metadata `visage-committed-embeddings`) says what was committed.

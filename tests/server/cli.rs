@@ -359,3 +359,84 @@ fn insert_search_delete_compact_through_the_cli() {
     .fails(&["gallery", "list"]);
     assert!(e.contains("cannot connect to http://127.0.0.1:1"), "{e}");
 }
+
+/// `insert --assign-ids`: the gallery picks the ids (above every id it has
+/// held), `--ids-out` writes them, in input order, through both the request
+/// and the streaming paths.
+#[test]
+fn the_gallery_assigns_ids_and_the_cli_writes_them_out() {
+    let t = TempData::new();
+    let server = Server::start(&t.data());
+    let cli = Cli { url: server.url() };
+    let dir = t.dir.path();
+    let mut rng = Rng(23);
+    let vectors: Vec<Vec<f32>> = (0..250).map(|_| rng.vector()).collect();
+    let subjects: Vec<String> = (0..250).map(|i| format!("p-{}", i % 25)).collect();
+    write_vectors(&dir.join("faces.npy"), &vectors);
+    std::fs::write(dir.join("names.txt"), subjects.join("\n") + "\n").unwrap();
+    cli.ok(&["gallery", "create", "g"]);
+    let (faces, names) = (dir.join("faces.npy"), dir.join("names.txt"));
+    let insert = |extra: &[&str]| {
+        let mut args = vec![
+            "insert",
+            "g",
+            "--vectors",
+            p(&faces),
+            "--subjects",
+            p(&names),
+            "--batch",
+            "60",
+        ];
+        args.extend_from_slice(extra);
+        cli.ok(&args)
+    };
+    insert(&["--start-id", "700", "--ids-out", p(&dir.join("given.npy"))]);
+    let given = npy::read_ids(dir.join("given.npy")).unwrap();
+    assert_eq!(given, (700..950).collect::<Vec<u64>>());
+    for (round, extra) in [&[][..], &["--stream"][..]].iter().enumerate() {
+        let out = dir.join(format!("assigned-{round}.npy"));
+        let mut args = vec!["--assign-ids", "--ids-out", p(&out)];
+        args.extend_from_slice(extra);
+        insert(&args);
+        let ids = npy::read_ids(&out).unwrap();
+        let first = 950 + 250 * round as u64;
+        assert_eq!(ids.len(), 250, "{extra:?}");
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (first..first + 250).collect::<Vec<u64>>(),
+            "{extra:?}: above every id held, each once"
+        );
+        // Row i of the file went in under ids[i].
+        for i in [0, 61, 249] {
+            let v = cli.json(&["get", "g", "--ids", &ids[i].to_string()]);
+            assert_eq!(
+                v[0]["subject"].as_str(),
+                Some(subjects[i].as_str()),
+                "{extra:?}"
+            );
+        }
+    }
+    assert_eq!(
+        cli.json(&["gallery", "info", "g"])["live"].as_u64(),
+        Some(750)
+    );
+    // Assigned ids and a start id contradict each other: a usage error.
+    let out = cli.run(&[
+        "insert",
+        "g",
+        "--vectors",
+        "x.npy",
+        "--subjects",
+        "x.txt",
+        "--assign-ids",
+        "--start-id",
+        "3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--assign-ids"),
+        "{err}"
+    );
+}
