@@ -170,7 +170,9 @@ fuzz_target!(|data: &[u8]| {
             let r = decode!(pb::InsertRequest);
             let mut ids = known.clone();
             ids.extend(r.embeddings.iter().map(|e| e.id));
+            ids.extend(&r.ids);
             let before = state(&g, &ids);
+            let highest = before.keys().copied().chain(known.iter().copied()).max();
             let stats = g.stats();
             let result = rt.block_on(svc.insert(Request::new(r.clone())));
             check_model(kind, &r.model, &result);
@@ -180,9 +182,41 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(code, Some(Code::FailedPrecondition), "{kind}: model mismatch");
             }
             match result {
+                Ok(out) if r.matrix.is_some() => {
+                    // The packed form: rows of the matrix under the ids
+                    // given, or under the ids returned (above every id held).
+                    let out = out.into_inner();
+                    let m = r.matrix.as_ref().expect("a packed insert");
+                    let n = m.rows as usize;
+                    assert_eq!(out.inserted + out.replaced, n as u64);
+                    let row_ids = if r.ids.is_empty() {
+                        assert_eq!(out.ids.len(), n, "an id per row assigned");
+                        assert!(
+                            out.ids.iter().all(|&id| Some(id) > highest && id > 0),
+                            "assigned ids {:?} not above {highest:?}",
+                            out.ids
+                        );
+                        out.ids.clone()
+                    } else {
+                        assert!(out.ids.is_empty(), "ids assigned to a batch that gave its own");
+                        r.ids.clone()
+                    };
+                    let after = state(&g, &row_ids);
+                    let dim = m.dim as usize;
+                    for (i, id) in row_ids.iter().enumerate() {
+                        let v: Vec<f32> = m.f32_le[i * dim * 4..(i + 1) * dim * 4]
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect();
+                        assert_eq!(after.get(id), Some(&(r.subjects[i].clone(), bits(&v))));
+                    }
+                    let replaced = row_ids.iter().filter(|id| before.contains_key(id)).count();
+                    assert_eq!(out.replaced, replaced as u64);
+                }
                 Ok(out) => {
                     let out = out.into_inner();
                     assert_eq!(out.inserted + out.replaced, r.embeddings.len() as u64);
+                    assert!(out.ids.is_empty(), "ids assigned to a batch of embeddings");
                     let after = state(&g, &ids);
                     for e in &r.embeddings {
                         assert_eq!(
@@ -265,6 +299,32 @@ fuzz_target!(|data: &[u8]| {
             let result = rt.block_on(svc.search(Request::new(r.clone())));
             check_model(kind, &r.model, &result);
             match result {
+                Ok(out) if r.matrix.is_some() => {
+                    // The flat form: k slots a query, hits first, then
+                    // padding (id 0, distance +inf).
+                    let out = out.into_inner();
+                    let rows = r.matrix.as_ref().map_or(0, |m| m.rows as usize);
+                    let k = r.k as usize;
+                    assert!(out.results.is_empty());
+                    assert_eq!((out.k as usize, out.counts.len()), (k, rows));
+                    assert_eq!((out.ids.len(), out.distances.len()), (rows * k, rows * k));
+                    for (q, &n) in out.counts.iter().enumerate() {
+                        let n = n as usize;
+                        assert!(n <= k);
+                        let hits: Vec<pb::Hit> = (q * k..q * k + n)
+                            .map(|s| pb::Hit {
+                                id: out.ids[s],
+                                distance: out.distances[s],
+                                probability: out.probabilities.get(s).copied(),
+                                ..pb::Hit::default()
+                            })
+                            .collect();
+                        check_hits(&hits, k, r.max_distance, r.rank_by == 0);
+                        for s in q * k + n..(q + 1) * k {
+                            assert_eq!((out.ids[s], out.distances[s]), (0, f32::INFINITY));
+                        }
+                    }
+                }
                 Ok(out) => {
                     let res = out.into_inner().results;
                     assert_eq!(res.len(), r.queries.len());
@@ -282,7 +342,8 @@ fuzz_target!(|data: &[u8]| {
             match result {
                 Ok(out) => {
                     let res = out.into_inner().results;
-                    assert_eq!(res.len(), r.probes.len());
+                    let n = r.matrix.as_ref().map_or(r.probes.len(), |m| m.rows as usize);
+                    assert_eq!(res.len(), n);
                     for x in &res {
                         assert!(x.candidates.len() <= r.k as usize);
                         for c in &x.candidates {
@@ -303,7 +364,8 @@ fuzz_target!(|data: &[u8]| {
             match result {
                 Ok(out) => {
                     let v = out.into_inner().verdicts;
-                    assert_eq!(v.len(), r.pairs.len());
+                    let n = r.matrix.as_ref().map_or(r.pairs.len(), |m| m.rows as usize);
+                    assert_eq!(v.len(), n);
                     for x in &v {
                         assert_eq!(x.similarity, None, "similarity without normalisation");
                         if let Some(p) = x.probability {

@@ -90,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
         segments: vec![],
         subjects: Some(0),
         spec: visage_engine::GallerySpec::with_dim(dim),
+        highest_id: 0,
     };
     let mut files = Files::new();
     files.insert("MANIFEST".into(), format::encode_manifest(&manifest));

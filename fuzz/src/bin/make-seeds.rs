@@ -40,6 +40,15 @@ fn vector(seed: u64) -> Vec<f32> {
     (0..DIM).map(|_| r.unit()).collect()
 }
 
+/// Rows packed as the wire's `Matrix`.
+fn packed(rows: &[Vec<f32>]) -> pb::Matrix {
+    pb::Matrix {
+        rows: rows.len() as u32,
+        dim: rows.first().map_or(0, Vec::len) as u32,
+        f32_le: rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
 fn main() {
     assert!(
         Path::new("fuzz/Cargo.toml").exists(),
@@ -222,6 +231,7 @@ fn main() {
                 gallery: g(),
                 embeddings: vec![e(2, "ada", 7)],
                 model: "facenet512".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -265,6 +275,7 @@ fn main() {
                 max_distance: Some(2.5),
                 mode: 1,
                 model: "facenet512".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -277,6 +288,7 @@ fn main() {
                 min_probability: None,
                 max_distance: Some(1.0),
                 model: "facenet512".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -312,6 +324,60 @@ fn main() {
                 max_pairs: 1000,
                 seed: Some(3),
                 prior: Some(0.25),
+            }
+            .encode_to_vec(),
+        ),
+        // The packed forms: a matrix with ids, one without (the gallery
+        // assigns them), packed queries, probes and pairs.
+        (
+            4,
+            pb::InsertRequest {
+                gallery: g(),
+                matrix: Some(packed(&[vector(8), vector(9)])),
+                ids: vec![40, known.id],
+                subjects: vec!["ada".into(), "émile".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            4,
+            pb::InsertRequest {
+                gallery: g(),
+                matrix: Some(packed(&[vector(10)])),
+                subjects: vec!["new".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            7,
+            pb::SearchRequest {
+                gallery: g(),
+                matrix: Some(packed(&[known.vector.clone(), vector(3)])),
+                k: 40,
+                with_subjects: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            8,
+            pb::IdentifyRequest {
+                gallery: g(),
+                matrix: Some(packed(&[vector(4)])),
+                k: 2,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            9,
+            pb::VerifyRequest {
+                gallery: g(),
+                matrix: Some(packed(&[known.vector.clone(), vector(5)])),
+                b_subjects: vec![known.subject.clone(), "person-03".into()],
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
