@@ -594,7 +594,8 @@ impl Gallery {
                         wanted: n as u64,
                         highest: self.ids.highest(),
                     })?;
-                (first..first + n as u64).collect()
+                // `first + n` may be 2^64: count up from `first` instead.
+                (0..n as u64).map(|i| first + i).collect()
             }
         };
         let outcome =
