@@ -947,10 +947,10 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
     let t = Instant::now();
     let result: Result<(InsertOutcome, Vec<u64>), visage_client::Error> = if a.stream {
         let pb2 = pb.clone();
-        let batches = (0..n).step_by(batch).map(make).map(move |b| {
-            pb2.inc(b.len() as u64);
-            b
-        });
+        let batches = (0..n)
+            .step_by(batch)
+            .map(make)
+            .inspect(move |b| pb2.inc(b.len() as u64));
         g.insert_rows_stream(tokio_stream::iter(batches)).await
     } else {
         g.insert_rows((0..n).step_by(batch).map(make), a.concurrency, |len| {

@@ -630,8 +630,10 @@ fn shift_positions(msg: &str, offset: usize) -> String {
         .min()
     {
         // A key ending another word (`b_ids[`) is not a row position.
-        let word = p > 0 && rest.as_bytes()[p - 1].is_ascii_alphanumeric()
-            || p > 0 && rest.as_bytes()[p - 1] == b'_';
+        let word = p > 0 && {
+            let before = rest.as_bytes()[p - 1];
+            before.is_ascii_alphanumeric() || before == b'_'
+        };
         out.push_str(&rest[..p + key.len()]);
         rest = &rest[p + key.len()..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
