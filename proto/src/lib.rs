@@ -68,6 +68,13 @@ mod tests {
                 vector: vec![0.5; 128],
             }],
             model: "arcface-r100".into(),
+            matrix: Some(v1::Matrix {
+                rows: 1,
+                dim: 2,
+                f32_le: [0.5f32, -1.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            }),
+            ids: vec![9],
+            subjects: vec!["emp-2".into()],
         };
         let bytes = req.encode_to_vec();
         let back = v1::InsertRequest::decode(bytes.as_slice()).unwrap();
@@ -78,6 +85,8 @@ mod tests {
             distance: 1.0,
             matched_id: Some(3),
             similarity: Some(0.5),
+            rule: v1::VerdictRule::Probability as i32,
+            threshold: 0.75,
         };
         assert_eq!(
             v1::Verdict::decode(v.encode_to_vec().as_slice()).unwrap(),
