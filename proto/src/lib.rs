@@ -71,7 +71,10 @@ mod tests {
             matrix: Some(v1::Matrix {
                 rows: 1,
                 dim: 2,
-                f32_le: [0.5f32, -1.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                f32_le: [0.5f32, -1.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
             }),
             ids: vec![9],
             subjects: vec!["emp-2".into()],
