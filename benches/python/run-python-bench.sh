@@ -9,7 +9,8 @@
 # build: both sides share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --locked -p visage-server -p visage-bench --bin peer
+cargo build --release --locked -p visage-server
+cargo build --release --locked -p visage-bench --bin peer
 venv="${VENV:-target/venv-pybench}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

@@ -246,9 +246,10 @@ struct InsertArgs {
     /// file (uint64, one per vector, in input order).
     #[arg(long, value_name = "FILE.npy")]
     ids_out: Option<PathBuf>,
-    /// Embeddings per request.
-    #[arg(long, default_value_t = visage_client::DEFAULT_BATCH)]
-    batch: usize,
+    /// Embeddings per request (default: about 4 MiB of vectors, 8,192 of
+    /// 128 values, 2,048 of 512).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Requests in flight at once.
     #[arg(long, default_value_t = visage_client::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -883,10 +884,13 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
     // checks the file and the batch size.
     let info = g.stats().await?;
     let limit = Limits::for_dim(info.dim as usize).insert_batch;
-    if a.batch == 0 || a.batch > limit {
+    let batch = a
+        .batch
+        .unwrap_or_else(|| visage_client::default_batch(info.dim as usize));
+    if batch == 0 || batch > limit {
         return Err(Failure(format!(
             "--batch must be 1 to {limit} for gallery {} ({}-d), got {}",
-            a.gallery, info.dim, a.batch
+            a.gallery, info.dim, batch
         )));
     }
     let m = read_vectors(&a.vectors, &info)?;
@@ -924,7 +928,6 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
             Some((a.start_id..a.start_id + n as u64).collect())
         }
     };
-    let batch = a.batch;
     let dim = m.cols;
     // Packed batches: the vectors as they came from the file, no message
     // per vector.

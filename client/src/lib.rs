@@ -80,8 +80,17 @@ pub use proto::{
 /// The wire messages of `visage.v1`.
 pub use visage_proto::v1 as proto;
 
-/// Default embeddings per Insert request in [`Gallery::insert`].
-pub const DEFAULT_BATCH: usize = 1000;
+/// Default bytes of vectors per Insert request in [`Gallery::insert`] (see
+/// [`default_batch`]).
+pub const DEFAULT_BATCH_BYTES: usize = 4 << 20;
+
+/// Embeddings per Insert request by default for vectors of `dim` values:
+/// [`DEFAULT_BATCH_BYTES`] of vectors (8,192 of 128 values, 2,048 of 512,
+/// 512 of 2,048), within every gallery's per-call limit. Fewer, larger
+/// requests keep the server's group commits full.
+pub fn default_batch(dim: usize) -> usize {
+    (DEFAULT_BATCH_BYTES / (4 * dim.max(1))).max(1)
+}
 /// Default Insert requests in flight at once in [`Gallery::insert`].
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
@@ -352,7 +361,8 @@ pub struct GallerySpec {
     pub normalize: bool,
 }
 
-/// How [`Gallery::insert_with`] splits and sends a large input.
+/// How [`Gallery::insert_with`] splits and sends a large input (by default
+/// batches of [`default_batch`]`(128)`, [`DEFAULT_CONCURRENCY`] in flight).
 #[derive(Debug, Clone, Copy)]
 pub struct InsertOptions {
     /// Embeddings per request (at most the gallery's limit: 100,000 up to
@@ -365,7 +375,7 @@ pub struct InsertOptions {
 impl Default for InsertOptions {
     fn default() -> Self {
         InsertOptions {
-            batch: DEFAULT_BATCH,
+            batch: default_batch(128),
             concurrency: DEFAULT_CONCURRENCY,
         }
     }
@@ -905,10 +915,13 @@ impl Gallery {
             .into_inner())
     }
 
-    /// Insert (upsert) `embeddings` in batches of [`DEFAULT_BATCH`], with up
-    /// to [`DEFAULT_CONCURRENCY`] requests in flight.
+    /// Insert (upsert) `embeddings` in batches of [`default_batch`] for
+    /// their length, with up to [`DEFAULT_CONCURRENCY`] requests in flight.
     pub async fn insert(&self, embeddings: &[Embedding]) -> Result<InsertOutcome> {
-        let opts = InsertOptions::default();
+        let opts = InsertOptions {
+            batch: default_batch(embeddings.first().map_or(128, |e| e.vector.len())),
+            ..InsertOptions::default()
+        };
         self.insert_batches(
             embeddings
                 .chunks(opts.batch.max(1))

@@ -11,12 +11,15 @@
 //! normalises) and names it `matrix[i]`.
 
 use crate::status::{ApiError, in_field, invalid};
+use std::borrow::Cow;
 use visage_engine::{Error, Hit, VerifyPair, VerifyTarget};
 use visage_proto::v1 as pb;
 
-/// The values of a matrix, row-major, after checking its byte length.
-/// `field` names it in errors (`matrix`, `b_matrix`).
-pub fn values(field: &str, m: &pb::Matrix) -> Result<Vec<f32>, ApiError> {
+/// The values of a matrix, row-major, after checking its byte length: the
+/// request's own bytes viewed as f32 where they are aligned for it (no copy;
+/// the engine only builds for little-endian targets), else a copy. `field`
+/// names it in errors (`matrix`, `b_matrix`).
+pub fn values<'a>(field: &str, m: &'a pb::Matrix) -> Result<Cow<'a, [f32]>, ApiError> {
     let need = u64::from(m.rows) * u64::from(m.dim) * 4;
     if m.f32_le.len() as u64 != need {
         return Err(invalid(
@@ -35,10 +38,22 @@ pub fn values(field: &str, m: &pb::Matrix) -> Result<Vec<f32>, ApiError> {
             format_args!("{} rows of dimension 0", m.rows),
         ));
     }
-    Ok(m.f32_le
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(f32s(&m.f32_le))
+}
+
+/// Little-endian f32 bytes as f32: a view where aligned, else a copy.
+fn f32s(bytes: &[u8]) -> Cow<'_, [f32]> {
+    if cfg!(target_endian = "little")
+        && let Ok(view) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+    {
+        return Cow::Borrowed(view);
+    }
+    Cow::Owned(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
 }
 
 /// Refuse a matrix whose dimension is not the gallery's (before the engine
@@ -81,9 +96,9 @@ pub fn exclusive(repeated: &str, n: usize, packed: Option<&pb::Matrix>) -> Resul
 /// A packed Insert: the matrix, its subjects and its ids (none: the gallery
 /// assigns them), checked against each other.
 #[derive(Debug)]
-pub struct InsertBatch {
+pub struct InsertBatch<'a> {
     /// Row-major values.
-    pub values: Vec<f32>,
+    pub values: Cow<'a, [f32]>,
     /// The matrix's declared dimension.
     pub dim: u32,
     /// One per row.
@@ -107,13 +122,13 @@ pub fn no_packed_parts(ids: &[u64], subjects: &[String]) -> Result<(), ApiError>
     Ok(())
 }
 
-impl InsertBatch {
+impl<'a> InsertBatch<'a> {
     /// The packed batch of an Insert request with matrix `m`.
     pub fn new(
-        m: &pb::Matrix,
+        m: &'a pb::Matrix,
         ids: Vec<u64>,
         subjects: Vec<String>,
-    ) -> Result<InsertBatch, ApiError> {
+    ) -> Result<InsertBatch<'a>, ApiError> {
         let values = values("matrix", m)?;
         let rows = m.rows as usize;
         if subjects.len() != rows {
@@ -299,7 +314,16 @@ mod tests {
     #[test]
     fn a_matrix_decodes_little_endian_rows_and_refuses_a_wrong_length() {
         let m = matrix(2, 2, &[1.0, -2.5, 3.0, f32::MAX]);
-        assert_eq!(values("matrix", &m).unwrap(), [1.0, -2.5, 3.0, f32::MAX]);
+        assert_eq!(*values("matrix", &m).unwrap(), [1.0, -2.5, 3.0, f32::MAX]);
+        // Bytes aligned for f32 are viewed, others copied, with the same values.
+        let mut buf = vec![0f32; 5];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        bytes[1..17].copy_from_slice(&m.f32_le);
+        assert!(matches!(f32s(&bytes[1..17]), Cow::Owned(_)));
+        assert_eq!(*f32s(&bytes[1..17]), [1.0, -2.5, 3.0, f32::MAX]);
+        bytes[4..20].copy_from_slice(&m.f32_le);
+        assert!(matches!(f32s(&bytes[4..20]), Cow::Borrowed(_)));
+        assert_eq!(*f32s(&bytes[4..20]), [1.0, -2.5, 3.0, f32::MAX]);
         let mut short = m.clone();
         short.f32_le.pop();
         let e = values("matrix", &short).unwrap_err().0;

@@ -131,7 +131,15 @@ async fn rejected_inserts_name_field_and_position_and_change_nothing() {
     // to the caller's input.
     let mut big = batch(&mut rng, 1000, 2500, 10, "b");
     big[2345].vector[1] = f32::INFINITY;
-    let e = c.gallery("g").insert(&big).await.unwrap_err();
+    let opts = visage_client::InsertOptions {
+        batch: 1000,
+        ..Default::default()
+    };
+    let e = c
+        .gallery("g")
+        .insert_with(&big, opts, |_| {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(Code::InvalidArgument));
     let text = e.to_string();
     assert!(
@@ -261,10 +269,15 @@ async fn oversized_messages_are_resource_exhausted() {
         ],
     );
     assert_eq!(counts(&c, "g").await.0, 10);
-    // Smaller batches go through.
+    // Smaller batches go through (the client's default, about 4 MiB, is
+    // above this server's limit of 1 MB).
+    let small = visage_client::InsertOptions {
+        batch: 1000,
+        ..Default::default()
+    };
     let out = c
         .gallery("g")
-        .insert(&batch(&mut rng, 100, 3000, 5, "s"))
+        .insert_with(&batch(&mut rng, 100, 3000, 5, "s"), small, |_| {})
         .await
         .unwrap();
     assert_eq!(out.inserted, 3000);
