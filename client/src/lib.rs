@@ -680,9 +680,7 @@ pub fn matrix<V: AsRef<[f32]>>(rows: &[V]) -> Option<proto::Matrix> {
     m.rows = u32::try_from(rows.len()).ok()?;
     m.f32_le.reserve(rows.len() * dim * 4);
     for r in rows {
-        for v in r.as_ref() {
-            m.f32_le.extend_from_slice(&v.to_le_bytes());
-        }
+        extend_le(&mut m.f32_le, r.as_ref());
     }
     Some(m)
 }
@@ -698,10 +696,20 @@ pub fn matrix_of(values: &[f32], dim: u32) -> Option<proto::Matrix> {
         return None;
     };
     let mut f32_le = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        f32_le.extend_from_slice(&v.to_le_bytes());
-    }
+    extend_le(&mut f32_le, values);
     Some(proto::Matrix { rows, dim, f32_le })
+}
+
+/// Append `values` as little-endian f32 bytes: one copy where the machine is
+/// little-endian.
+fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
 }
 
 /// One packed insert batch: vectors laid row after row, one subject per row,
@@ -1333,6 +1341,27 @@ impl Gallery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrices_hold_little_endian_rows() {
+        let rows = [
+            vec![1.0f32, -0.0, f32::MIN_POSITIVE],
+            vec![3.5, f32::MAX, -7.25],
+        ];
+        let m = matrix(&rows).unwrap();
+        assert_eq!((m.rows, m.dim), (2, 3));
+        let want: Vec<u8> = rows
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(m.f32_le, want);
+        assert_eq!(matrix_of(&rows.concat(), 3).unwrap(), m);
+        // Rows of different lengths, or of none, have no packed form.
+        assert!(matrix(&[vec![1.0f32], vec![1.0, 2.0]]).is_none());
+        assert!(matrix(&[Vec::<f32>::new()]).is_none());
+        assert!(matrix_of(&[1.0, 2.0, 3.0], 2).is_none());
+    }
 
     #[test]
     fn positions_are_shifted_to_the_callers_input() {

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo build --release -p visage-server -p visage-bench
-//! target/release/grpc_bench                       # full run (100k insert, 10k and 100k search)
+//! target/release/grpc_bench                       # full run (500k insert, 10k and 100k search)
 //! target/release/grpc_bench --insert 20000 --sizes 10000 --queries 500   # quick smoke run
 //! ```
 //!
 //! Measures, on synthetic face-like embeddings (`visage_engine::synth`):
-//! - insert throughput with batches of `--batch` (1,000) in the default durable
+//! - insert throughput with batches of `--batch` (8,192: the client's default
+//!   at 128 values a vector) in the default durable
 //!   mode (WAL fsynced before each acknowledgement): the engine in-process
 //!   and the server over gRPC, each with one batch in flight and with
 //!   `--inflight` (4) batches in flight, and the ratio gRPC / engine;
@@ -37,14 +38,18 @@ struct Args {
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Embeddings inserted in the insert measurement.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 500_000)]
     insert: usize,
     /// Embeddings per insert batch.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = visage_client::default_batch(128))]
     batch: usize,
     /// Batches in flight in the concurrent insert measurement.
     #[arg(long, default_value_t = 4)]
     inflight: usize,
+    /// Runs of each insert measurement (engine and gRPC in turn); the
+    /// medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Gallery sizes for the search measurement, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     sizes: Vec<usize>,
@@ -224,6 +229,11 @@ fn engine_search(data: &[Embedding], probes: &[Vec<f32>], total: usize, k: usize
     summarise(lat, t.elapsed())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let args = Args::parse();
     let server_bin = ServerProc::binary(args.server_bin.clone());
@@ -237,18 +247,22 @@ fn main() {
     let client = rt.block_on(Client::connect(&url)).expect("connect");
     let mut report = serde_json::Map::new();
 
-    // Insert: the same data, the same batch size, engine then gRPC, twice each.
+    // Insert: the same data, the same batch size, engine then gRPC, in turn
+    // `--runs` times; the medians (the machine is shared and noisy).
     let data = Arc::new(synth(args.insert, 1));
     let wire_data = wire(&data);
     let mut insert_rows = Vec::new();
     for inflight in [1, args.inflight] {
-        let engine_rate = engine_insert(&data, args.batch, inflight);
-        let name = format!("insert-{inflight}");
-        let grpc_rate = rt.block_on(grpc_insert(
-            &client, &name, &wire_data, args.batch, inflight,
-        ));
-        insert_rows.push((inflight, engine_rate, grpc_rate));
-        rt.block_on(client.drop_gallery(&name)).expect("drop");
+        let (mut engine_rates, mut grpc_rates) = (Vec::new(), Vec::new());
+        for run in 0..args.runs.max(1) {
+            engine_rates.push(engine_insert(&data, args.batch, inflight));
+            let name = format!("insert-{inflight}-{run}");
+            grpc_rates.push(rt.block_on(grpc_insert(
+                &client, &name, &wire_data, args.batch, inflight,
+            )));
+            rt.block_on(client.drop_gallery(&name)).expect("drop");
+        }
+        insert_rows.push((inflight, median(engine_rates), median(grpc_rates)));
     }
     report.insert(
         "insert".into(),
@@ -314,8 +328,8 @@ fn main() {
         return;
     }
     println!(
-        "gRPC insert, batches of {} (durable: WAL fsynced before each ack), {} embeddings",
-        args.batch, args.insert
+        "gRPC insert, batches of {} (durable: WAL fsynced before each ack), {} embeddings, median of {} runs",
+        args.batch, args.insert, args.runs
     );
     println!("  in flight   engine (emb/s)   gRPC (emb/s)   gRPC / engine");
     for (f, e, g) in &insert_rows {
