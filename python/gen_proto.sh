@@ -10,8 +10,13 @@
 # visage_pb2_grpc.py refuses older grpcio): bump the pin here, in
 # check_proto.sh's callers and the floors in pyproject.toml together.
 set -euo pipefail
-cd "$(dirname "$0")"
 python="${PYTHON:-python3}"
+# A relative path to an interpreter is the caller's, not this directory's.
+case "$python" in
+    /*) ;;
+    */*) python="$PWD/$python" ;;
+esac
+cd "$(dirname "$0")"
 want=1.85.4
 have="$("$python" -c 'import importlib.metadata as m; print(m.version("grpcio-tools"))' 2>/dev/null || true)"
 if [ "$have" != "$want" ]; then
