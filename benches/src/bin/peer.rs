@@ -90,6 +90,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `search` timed `runs` times: the JSON line of its median rate.
+fn timed_searches(
+    probes: usize,
+    runs: usize,
+    mut search: impl FnMut() -> usize,
+) -> serde_json::Value {
+    let times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            let answered = search();
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(answered, probes, "one result per probe");
+            secs
+        })
+        .collect();
+    let s = median(times.clone());
+    json!({"probes": probes, "seconds": s, "per_second": probes as f64 / s, "runs": times})
+}
+
 fn subjects(start: usize, end: usize) -> Vec<String> {
     (start..end).map(|i| format!("s{}", i / 10)).collect()
 }
@@ -140,20 +159,12 @@ fn main() {
         } => {
             let p = npy::read_f32(&probes).expect("probes");
             let rows: Vec<&[f32]> = p.rows().collect();
-            rt.block_on(async {
-                let c = Client::connect(&format!("http://{server}"))
-                    .await
-                    .expect("connect");
-                let g = c.gallery(&gallery);
-                let mut times = Vec::new();
-                for _ in 0..runs {
-                    let t = Instant::now();
-                    let hits = g.search(&rows, k).await.expect("search");
-                    times.push(t.elapsed().as_secs_f64());
-                    assert_eq!(hits.len(), rows.len());
-                }
-                let s = median(times.clone());
-                json!({"probes": rows.len(), "seconds": s, "per_second": rows.len() as f64 / s, "runs": times})
+            let c = rt
+                .block_on(Client::connect(&format!("http://{server}")))
+                .expect("connect");
+            let g = c.gallery(&gallery);
+            timed_searches(rows.len(), runs, || {
+                rt.block_on(g.search(&rows, k)).expect("search").len()
             })
         }
         Cmd::EngineSearch {
@@ -171,15 +182,9 @@ fn main() {
                 k,
                 ..SearchOptions::default()
             };
-            let mut times = Vec::new();
-            for _ in 0..runs {
-                let t = Instant::now();
-                let hits = g.search_with(&rows, &opts).expect("search");
-                times.push(t.elapsed().as_secs_f64());
-                assert_eq!(hits.len(), rows.len());
-            }
-            let s = median(times.clone());
-            json!({"probes": rows.len(), "seconds": s, "per_second": rows.len() as f64 / s, "runs": times})
+            timed_searches(rows.len(), runs, || {
+                g.search_with(&rows, &opts).expect("search").len()
+            })
         }
         Cmd::EngineInsert {
             data_dir,
