@@ -100,6 +100,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Fetch embeddings by id.
     Get(GetArgs),
+    /// Every subject of a gallery with its number of embeddings, in byte
+    /// order (--json: a list of {subject, embeddings}).
+    Subjects(SubjectsArgs),
     /// Delete embeddings by id and every embedding of some subjects.
     Delete(DeleteArgs),
     /// Rewrite the gallery's files without deleted embeddings.
@@ -355,6 +358,15 @@ impl ModelArg {
 }
 
 #[derive(Debug, Args)]
+struct SubjectsArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Subjects per request (1 to 10,000; 0: the server's default, 1,000).
+    #[arg(long, default_value_t = 0)]
+    page_size: u32,
+}
+
+#[derive(Debug, Args)]
 struct GetArgs {
     /// Gallery name.
     gallery: String,
@@ -505,6 +517,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         Command::Identify(a) => identify(&client, a, json).await?,
         Command::Verify(a) => verify(&client, a, json).await?,
         Command::Get(a) => get(&client, a, json).await?,
+        Command::Subjects(a) => subjects(&client, a, json).await?,
         Command::Delete(a) => delete(&client, a, json).await?,
         Command::Compact(a) => {
             let t = Instant::now();
@@ -1181,6 +1194,23 @@ async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
         row.push(probability(v.probability));
         row.push(v.matched_id.map_or("-".into(), |id| id.to_string()));
         t.row(row);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+async fn subjects(client: &Client, a: SubjectsArgs, json: bool) -> Res {
+    let all = client.gallery(&a.gallery).subjects(a.page_size).await?;
+    if json {
+        let v: Vec<Value> = all
+            .iter()
+            .map(|s| json!({"subject": s.subject, "embeddings": s.embeddings}))
+            .collect();
+        return print_json(&Value::Array(v));
+    }
+    let mut t = Table::new(&["SUBJECT", "EMBEDDINGS"], &[false, true]);
+    for s in &all {
+        t.row(vec![s.subject.clone(), count(s.embeddings)]);
     }
     print!("{}", t.render());
     Ok(())

@@ -1140,6 +1140,41 @@ impl Gallery {
             .deleted)
     }
 
+    /// One page of the gallery's subjects (in byte order, with their live
+    /// embeddings) and the token of the next page (empty after the last).
+    /// `page_size` 0 is the server's default (1,000); `token` empty starts.
+    pub async fn subjects_page(
+        &self,
+        page_size: u32,
+        token: &str,
+    ) -> Result<(Vec<proto::SubjectCount>, String)> {
+        let r = self
+            .rpc
+            .clone()
+            .list_subjects(proto::ListSubjectsRequest {
+                gallery: self.name.clone(),
+                page_size,
+                page_token: token.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok((r.subjects, r.next_page_token))
+    }
+
+    /// Every subject of the gallery with its live embeddings, page after page.
+    pub async fn subjects(&self, page_size: u32) -> Result<Vec<proto::SubjectCount>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = self.subjects_page(page_size, &token).await?;
+            out.extend(page);
+            if next.is_empty() {
+                return Ok(out);
+            }
+            token = next;
+        }
+    }
+
     /// The embeddings with these ids that exist, in request order.
     pub async fn get(&self, ids: &[u64]) -> Result<Vec<Embedding>> {
         Ok(self

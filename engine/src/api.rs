@@ -141,6 +141,8 @@ pub const MAX_DELETE_BATCH: usize = 1_000_000;
 pub const MAX_PROBES: usize = 10_000;
 /// Largest `k` for search.
 pub const MAX_K: usize = 10_000;
+/// Largest page of [`crate::Gallery::subjects`].
+pub const MAX_SUBJECTS_PAGE: usize = 10_000;
 /// Largest `k` for identification.
 pub const MAX_IDENTIFY_K: usize = 1_000;
 

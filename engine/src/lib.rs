@@ -53,8 +53,8 @@ pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
     Durability, Gallery, GalleryOptions, GalleryStats, Identification, IdentifyOptions,
     InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,
-    MaintenanceReport, RankBy, ScanMode, SearchOptions, Verdict, VerifyOptions, VerifyPair,
-    VerifyTarget,
+    MAX_SUBJECTS_PAGE, MaintenanceReport, RankBy, ScanMode, SearchOptions, Verdict, VerifyOptions,
+    VerifyPair, VerifyTarget,
 };
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use search::kernels;

@@ -28,7 +28,7 @@ use visage_proto::v1::visage_server::Visage;
 use visage_server::VisageService;
 
 /// Message types, in the order of the selector byte.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "CreateGallery",
     "DropGallery",
     "GetGallery",
@@ -43,6 +43,7 @@ pub const KINDS: [&str; 14] = [
     "GetHead",
     "Compact",
     "Flush",
+    "ListSubjects",
 ];
 
 /// Training runs longer than a fuzz iteration should above this many pairs;
@@ -405,6 +406,23 @@ fuzz_target!(|data: &[u8]| {
             let r = decode!(pb::FlushRequest);
             if let Err(s) = rt.block_on(svc.flush(Request::new(r))) {
                 check_status(kind, &s);
+            }
+        }
+        "ListSubjects" => {
+            let r = decode!(pb::ListSubjectsRequest);
+            match rt.block_on(svc.list_subjects(Request::new(r.clone()))) {
+                Ok(out) => {
+                    // A page: subjects in strictly ascending byte order, each
+                    // with a live embedding, at most the page size; a full
+                    // page has a token, a short one none.
+                    let out = out.into_inner();
+                    let size = if r.page_size == 0 { 1000 } else { r.page_size as usize };
+                    assert!(out.subjects.len() <= size);
+                    assert!(out.subjects.windows(2).all(|w| w[0].subject < w[1].subject));
+                    assert!(out.subjects.iter().all(|s| s.embeddings > 0));
+                    assert_eq!(out.next_page_token.is_empty(), out.subjects.len() < size);
+                }
+                Err(s) => check_status(kind, &s),
             }
         }
         _ => unreachable!("every kind is handled"),

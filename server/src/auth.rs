@@ -73,9 +73,8 @@ impl fmt::Display for Role {
 /// this table does not know (refused). Every method of the proto must be here.
 pub fn visage_role(method: &str) -> Option<Role> {
     Some(match method {
-        "ListGalleries" | "GetGallery" | "Get" | "Search" | "Identify" | "Verify" | "GetHead" => {
-            Role::Read
-        }
+        "ListGalleries" | "GetGallery" | "ListSubjects" | "Get" | "Search" | "Identify"
+        | "Verify" | "GetHead" => Role::Read,
         "Insert" | "InsertStream" | "Flush" => Role::Write,
         "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" => Role::Admin,
         _ => return None,
@@ -457,7 +456,7 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 15, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 16, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }

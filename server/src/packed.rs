@@ -247,6 +247,34 @@ pub fn verify_pairs(
     ))
 }
 
+/// The page token after subject `s`: its bytes in hex (a token is opaque to
+/// clients, and a subject may hold any UTF-8).
+pub fn page_token(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The subject a page token says to continue after (`None`: the first page).
+pub fn page_after(token: &str) -> Result<Option<String>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid(
+            "page_token",
+            "not a token this server gave (pass next_page_token as it came)",
+        )
+    };
+    if !token.len().is_multiple_of(2) || token.len() > 2 * 256 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
 /// The flat form of a Search response: `k` slots per query, padded with id
 /// 0 and distance +infinity (probability and similarity NaN, subject empty).
 pub fn search_response(
@@ -364,6 +392,19 @@ mod tests {
         );
         assert!(no_packed_parts(&[1], &[]).is_err());
         assert!(no_packed_parts(&[], &[]).is_ok());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_any_subject_and_refuse_garbage() {
+        for s in ["a", "émile-03", "x y\u{1F600}", &"z".repeat(256)] {
+            assert_eq!(page_after(&page_token(s)).unwrap().as_deref(), Some(s));
+        }
+        assert_eq!(page_after("").unwrap(), None);
+        for bad in ["0", "zz", "ff", "c3", &"61".repeat(257)] {
+            let e = page_after(bad).unwrap_err().0;
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.message().starts_with("page_token:"), "{}", e.message());
+        }
     }
 
     #[test]

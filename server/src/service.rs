@@ -113,6 +113,9 @@ fn insert_one(
     Ok((out, if assign { ids } else { Vec::new() }))
 }
 
+/// Subjects a ListSubjects page holds when the request leaves `page_size` 0.
+const DEFAULT_SUBJECTS_PAGE: usize = 1000;
+
 /// `probes × k` bounded so one request cannot ask for unbounded results.
 /// Skipped when `k` itself is out of range: the engine reports that.
 fn check_results(field: &str, n: usize, k: usize, max_k: usize) -> Result<(), ApiError> {
@@ -231,6 +234,39 @@ impl Visage for VisageService {
             })
             .await?;
         Ok(Response::new(pb::ListGalleriesResponse { galleries }))
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        let req = request.into_inner();
+        let size = if req.page_size == 0 {
+            DEFAULT_SUBJECTS_PAGE
+        } else {
+            req.page_size as usize
+        };
+        let after = packed::page_after(&req.page_token)?;
+        let page = self
+            .blocking(move |engine| {
+                let g = open(engine, &req.gallery)?;
+                Ok(g.subjects(after.as_deref(), size)?)
+            })
+            .await?;
+        let next_page_token = match page.last() {
+            Some((s, _)) if page.len() == size => packed::page_token(s),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSubjectsResponse {
+            subjects: page
+                .into_iter()
+                .map(|(subject, embeddings)| pb::SubjectCount {
+                    subject,
+                    embeddings,
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_gallery(

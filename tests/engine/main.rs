@@ -21,6 +21,7 @@ mod poison;
 mod quantized;
 mod screened;
 mod search;
+mod subjects;
 mod support;
 mod tiled;
 mod validation;

@@ -20,6 +20,7 @@ mod full_disk;
 mod harness;
 mod health;
 mod hostile;
+mod listing;
 mod packed;
 mod restart;
 mod rpc;

@@ -70,6 +70,24 @@ fn hit(
 }
 
 impl Gallery {
+    /// Subjects with a live embedding, a page at a time, in byte order: the
+    /// first `limit` (1 to [`MAX_SUBJECTS_PAGE`]) that sort after `after`
+    /// (from the first when `None`), each with its number of live
+    /// embeddings. Pass the last subject of a page as the next `after`; a
+    /// page shorter than `limit` is the last. Reads one snapshot: the cost
+    /// is a binary search and `limit` subjects per segment, plus the rows
+    /// not yet flushed.
+    pub fn subjects(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, u64)>> {
+        if !(1..=MAX_SUBJECTS_PAGE).contains(&limit) {
+            return Err(Error::OutOfRange {
+                option: "page_size",
+                expected: format!("1 to {MAX_SUBJECTS_PAGE}"),
+                got: limit.to_string(),
+            });
+        }
+        Ok(self.snapshot().subjects_page(after, limit))
+    }
+
     /// Embeddings for the ids that exist, in request order.
     pub fn get(&self, ids: &[u64]) -> Vec<Embedding> {
         let snap = self.snapshot();

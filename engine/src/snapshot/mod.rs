@@ -17,7 +17,7 @@ use crate::Embedding;
 use crate::quantizer::CodeStats;
 use crate::storage::segment::Segment;
 use memtable::MemChunk;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tombstones::Tombstones;
@@ -185,6 +185,59 @@ impl Snapshot {
         }
         set.len()
     }
+    /// The first `limit` subjects with a live row, in byte order, that sort
+    /// after `after` (all when `None`), each with its live rows.
+    ///
+    /// Each segment's subjects are a sorted dictionary: a binary search finds
+    /// where `after` falls, and the walk stops once the segment has given
+    /// `limit` live subjects. That is enough: the page's subjects are all at
+    /// most that segment's `limit`-th, whose counts it gave in full. The
+    /// memtable chunks (bounded by the flush threshold) are read whole.
+    pub(crate) fn subjects_page(&self, after: Option<&str>, limit: usize) -> Vec<(String, u64)> {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        let past = |s: &str| after.is_none_or(|a| s > a);
+        for ss in &self.segments {
+            let n = ss.seg.subject_count();
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if past(ss.seg.subject_at(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            let mut given = 0;
+            for ord in lo..n {
+                if given == limit {
+                    break;
+                }
+                let live = ss
+                    .seg
+                    .posting(ord)
+                    .iter()
+                    .filter(|&&r| !ss.tomb.get(r as usize))
+                    .count() as u64;
+                if live > 0 {
+                    *counts.entry(ss.seg.subject_at(ord)).or_default() += live;
+                    given += 1;
+                }
+            }
+        }
+        for c in &self.chunks {
+            for (r, s) in c.chunk.subjects.iter().enumerate() {
+                if !c.tomb.get(r) && past(s) {
+                    *counts.entry(s).or_default() += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .take(limit)
+            .map(|(s, n)| (s.to_owned(), n))
+            .collect()
+    }
+
     /// Live rows of `subject`.
     pub(crate) fn subject_rows(&self, subject: &str) -> Vec<(usize, usize)> {
         let mut out = Vec::new();

@@ -382,6 +382,15 @@ fn main() {
             .encode_to_vec(),
         ),
         (11, pb::GetHeadRequest { gallery: g() }.encode_to_vec()),
+        (
+            14,
+            pb::ListSubjectsRequest {
+                gallery: g(),
+                page_size: 3,
+                page_token: "706572736f6e2d3031".into(),
+            }
+            .encode_to_vec(),
+        ),
         (12, pb::CompactRequest { gallery: g() }.encode_to_vec()),
         (13, pb::FlushRequest { gallery: g() }.encode_to_vec()),
     ];

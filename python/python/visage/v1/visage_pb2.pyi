@@ -97,6 +97,32 @@ class ListGalleriesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ListSubjectsRequest(_message.Message):
+    __slots__ = ("gallery", "page_size", "page_token")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    page_size: int
+    page_token: str
+    def __init__(self, gallery: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSubjectsResponse(_message.Message):
+    __slots__ = ("subjects", "next_page_token")
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subjects: _containers.RepeatedCompositeFieldContainer[SubjectCount]
+    next_page_token: str
+    def __init__(self, subjects: _Optional[_Iterable[_Union[SubjectCount, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SubjectCount(_message.Message):
+    __slots__ = ("subject", "embeddings")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    embeddings: int
+    def __init__(self, subject: _Optional[str] = ..., embeddings: _Optional[int] = ...) -> None: ...
+
 class ListGalleriesResponse(_message.Message):
     __slots__ = ("galleries",)
     GALLERIES_FIELD_NUMBER: _ClassVar[int]

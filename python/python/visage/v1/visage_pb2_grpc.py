@@ -54,6 +54,11 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.GetGalleryRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.GalleryInfo.FromString,
                 _registered_method=True)
+        self.ListSubjects = channel.unary_unary(
+                '/visage.v1.Visage/ListSubjects',
+                request_serializer=visage_dot_v1_dot_visage__pb2.ListSubjectsRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.ListSubjectsResponse.FromString,
+                _registered_method=True)
         self.Insert = channel.unary_unary(
                 '/visage.v1.Visage/Insert',
                 request_serializer=visage_dot_v1_dot_visage__pb2.InsertRequest.SerializeToString,
@@ -137,6 +142,14 @@ class VisageServicer:
 
     def GetGallery(self, request, context):
         """One gallery's statistics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubjects(self, request, context):
+        """The subjects with a live embedding, a page at a time, in byte order of
+        their UTF-8, each with its number of live embeddings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +275,11 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.GetGallery,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.GetGalleryRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.GalleryInfo.SerializeToString,
+            ),
+            'ListSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjects,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.ListSubjectsRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.ListSubjectsResponse.SerializeToString,
             ),
             'Insert': grpc.unary_unary_rpc_method_handler(
                     servicer.Insert,
@@ -427,6 +445,33 @@ class Visage:
             '/visage.v1.Visage/GetGallery',
             visage_dot_v1_dot_visage__pb2.GetGalleryRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.GalleryInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visage.v1.Visage/ListSubjects',
+            visage_dot_v1_dot_visage__pb2.ListSubjectsRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.ListSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
