@@ -103,6 +103,11 @@ enum Command {
     /// Every subject of a gallery with its number of embeddings, in byte
     /// order (--json: a list of {subject, embeddings}).
     Subjects(SubjectsArgs),
+    /// Write every embedding of a gallery to DIR: embeddings.npy (float32
+    /// [N, D]), ids.npy (uint64 [N]) and subjects.txt (one a line), which
+    /// `visage insert --vectors --subjects --ids` reads back (admin role: it
+    /// hands out biometric data in bulk).
+    Export(ExportArgs),
     /// Delete embeddings by id and every embedding of some subjects.
     Delete(DeleteArgs),
     /// Rewrite the gallery's files without deleted embeddings.
@@ -358,6 +363,14 @@ impl ModelArg {
 }
 
 #[derive(Debug, Args)]
+struct ExportArgs {
+    /// Gallery name.
+    gallery: String,
+    /// Directory to write the three files to (created if needed).
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct SubjectsArgs {
     /// Gallery name.
     gallery: String,
@@ -518,6 +531,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         Command::Verify(a) => verify(&client, a, json).await?,
         Command::Get(a) => get(&client, a, json).await?,
         Command::Subjects(a) => subjects(&client, a, json).await?,
+        Command::Export(a) => export(&client, a, json).await?,
         Command::Delete(a) => delete(&client, a, json).await?,
         Command::Compact(a) => {
             let t = Instant::now();
@@ -1196,6 +1210,45 @@ async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
         t.row(row);
     }
     print!("{}", t.render());
+    Ok(())
+}
+
+async fn export(client: &Client, a: ExportArgs, json: bool) -> Res {
+    let g = client.gallery(&a.gallery);
+    // The dimension, also for an empty gallery.
+    let dim = g.stats().await?.dim as usize;
+    let t = Instant::now();
+    let rows = g.export(0).await?;
+    let ids = rows.ids.unwrap_or_default();
+    std::fs::create_dir_all(&a.dir)
+        .map_err(|e| Failure(format!("cannot create {}: {e}", a.dir.display())))?;
+    let m = Matrix {
+        rows: ids.len(),
+        cols: dim,
+        data: rows.vectors,
+    };
+    npy::write_matrix(a.dir.join("embeddings.npy"), &m)?;
+    npy::write_ids(a.dir.join("ids.npy"), &ids)?;
+    let mut text = rows.subjects.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    let path = a.dir.join("subjects.txt");
+    std::fs::write(&path, text)
+        .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))?;
+    let secs = t.elapsed().as_secs_f64();
+    if json {
+        return print_json(&json!({
+            "gallery": a.gallery, "embeddings": ids.len(), "dim": dim,
+            "dir": a.dir.display().to_string(), "seconds": secs,
+        }));
+    }
+    println!(
+        "exported {} embeddings of {} to {} (embeddings.npy, ids.npy, subjects.txt) in {secs:.2} s",
+        count(ids.len() as u64),
+        a.gallery,
+        a.dir.display()
+    );
     Ok(())
 }
 

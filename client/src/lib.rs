@@ -1175,6 +1175,39 @@ impl Gallery {
         }
     }
 
+    /// Every live embedding of the gallery (the Export call: admin role), as
+    /// it was when the call began: packed batches of `batch_rows` (0: the
+    /// server's default, about 4 MiB a message), concatenated.
+    pub async fn export(&self, batch_rows: u32) -> Result<Rows> {
+        let mut stream = self
+            .rpc
+            .clone()
+            .export(proto::ExportRequest {
+                gallery: self.name.clone(),
+                batch_rows,
+            })
+            .await?
+            .into_inner();
+        let mut all = Rows {
+            ids: Some(Vec::new()),
+            ..Rows::default()
+        };
+        while let Some(b) = stream.message().await? {
+            let m = b.matrix.unwrap_or_default();
+            all.dim = m.dim;
+            all.vectors.extend(
+                m.f32_le
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            all.subjects.extend(b.subjects);
+            if let Some(ids) = all.ids.as_mut() {
+                ids.extend(b.ids);
+            }
+        }
+        Ok(all)
+    }
+
     /// The embeddings with these ids that exist, in request order.
     pub async fn get(&self, ids: &[u64]) -> Result<Vec<Embedding>> {
         Ok(self

@@ -76,7 +76,9 @@ pub fn visage_role(method: &str) -> Option<Role> {
         "ListGalleries" | "GetGallery" | "ListSubjects" | "Get" | "Search" | "Identify"
         | "Verify" | "GetHead" => Role::Read,
         "Insert" | "InsertStream" | "Flush" => Role::Write,
-        "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" => Role::Admin,
+        "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export" => {
+            Role::Admin
+        }
         _ => return None,
     })
 }
@@ -456,10 +458,13 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 16, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 17, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }
+        // Bulk biometric data is the admin's.
+        assert_eq!(visage_role("Export"), Some(Role::Admin));
+        assert_eq!(visage_role("ListSubjects"), Some(Role::Read));
         for admin in [
             "CreateGallery",
             "DropGallery",

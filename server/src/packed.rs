@@ -41,6 +41,15 @@ pub fn values<'a>(field: &str, m: &'a pb::Matrix) -> Result<Cow<'a, [f32]>, ApiE
     Ok(f32s(&m.f32_le))
 }
 
+/// `values` as little-endian f32 bytes (one copy on a little-endian machine).
+pub fn f32_le(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+}
+
 /// Little-endian f32 bytes as f32: a view where aligned, else a copy.
 fn f32s(bytes: &[u8]) -> Cow<'_, [f32]> {
     if cfg!(target_endian = "little")
@@ -343,6 +352,7 @@ mod tests {
     fn a_matrix_decodes_little_endian_rows_and_refuses_a_wrong_length() {
         let m = matrix(2, 2, &[1.0, -2.5, 3.0, f32::MAX]);
         assert_eq!(*values("matrix", &m).unwrap(), [1.0, -2.5, 3.0, f32::MAX]);
+        assert_eq!(f32_le(&[1.0, -2.5, 3.0, f32::MAX]), m.f32_le);
         // Bytes aligned for f32 are viewed, others copied, with the same values.
         let mut buf = vec![0f32; 5];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use visage_engine::{
-    Engine, Gallery, IdentifyOptions, InsertOutcome, MAX_IDENTIFY_K, MAX_K, MAX_PROBES, RankBy,
-    ScanMode, SearchOptions, VerifyOptions,
+    Engine, Gallery, IdentifyOptions, InsertOutcome, Limits, MAX_IDENTIFY_K, MAX_K, MAX_PROBES,
+    RankBy, ScanMode, SearchOptions, VerifyOptions,
 };
 use visage_proto::v1 as pb;
 use visage_proto::v1::visage_server::Visage;
@@ -112,6 +112,10 @@ fn insert_one(
         .map_err(packed::insert_error)?;
     Ok((out, if assign { ids } else { Vec::new() }))
 }
+
+/// Bytes of vectors an Export message carries when the request leaves
+/// `batch_rows` 0.
+const EXPORT_BATCH_BYTES: usize = 4 << 20;
 
 /// Subjects a ListSubjects page holds when the request leaves `page_size` 0.
 const DEFAULT_SUBJECTS_PAGE: usize = 1000;
@@ -385,6 +389,51 @@ impl Visage for VisageService {
             })
             .await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    type ExportStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ExportBatch, Status>>;
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let req = request.into_inner();
+        let (mut export, rows) = self
+            .blocking(move |engine| {
+                let g = open(engine, &req.gallery)?;
+                let limit = Limits::for_dim(g.dim()).insert_batch;
+                let rows = match req.batch_rows as usize {
+                    0 => (EXPORT_BATCH_BYTES / (4 * g.dim())).clamp(1, limit),
+                    n if n <= limit => n,
+                    n => return Err(too_large("batch_rows", n, limit)),
+                };
+                Ok((g.export(), rows))
+            })
+            .await?;
+        // Two batches ahead at most: a slow reader holds back the export,
+        // not the server's memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let dim = export.dim() as u32;
+            while let Some(b) = export.next_batch(rows) {
+                let msg = pb::ExportBatch {
+                    matrix: Some(pb::Matrix {
+                        rows: b.ids.len() as u32,
+                        dim,
+                        f32_le: packed::f32_le(&b.vectors),
+                    }),
+                    ids: b.ids,
+                    subjects: b.subjects,
+                };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    // The client went away.
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn get(

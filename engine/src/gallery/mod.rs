@@ -36,6 +36,7 @@ mod read;
 mod recover;
 mod write;
 
+pub use read::{Export, ExportBatch};
 pub(crate) use write::normalize;
 
 pub use crate::api::*;

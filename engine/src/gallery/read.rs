@@ -9,6 +9,7 @@ use crate::head::{ClaimScore, HeadInfo, OpenRule, TrainOptions};
 use crate::search;
 use crate::snapshot::Snapshot;
 use crate::{Embedding, Hit};
+use std::sync::Arc;
 
 enum Target<'a> {
     Vector(Vec<f32>),
@@ -69,7 +70,77 @@ fn hit(
     }
 }
 
+/// Every live embedding of a gallery as it was when [`Gallery::export`] was
+/// called (one snapshot: later writes are not seen, and the files it reads
+/// stay until it is dropped), handed out in batches: segments first, then
+/// the rows not yet flushed, each in row order.
+pub struct Export {
+    snap: Arc<Snapshot>,
+    source: usize,
+    row: usize,
+}
+
+/// One batch of an [`Export`]: `ids.len()` rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportBatch {
+    /// Embedding ids.
+    pub ids: Vec<u64>,
+    /// Their subjects.
+    pub subjects: Vec<String>,
+    /// Their vectors, row-major, the gallery's dimension a row.
+    pub vectors: Vec<f32>,
+}
+
+impl Export {
+    /// Values per vector.
+    pub fn dim(&self) -> usize {
+        self.snap.dim
+    }
+
+    /// Live rows in all, over every batch.
+    pub fn rows(&self) -> usize {
+        self.snap.live_rows()
+    }
+
+    /// The next batch of at most `max_rows` rows (at least one), or `None`
+    /// when every live row has been handed out.
+    pub fn next_batch(&mut self, max_rows: usize) -> Option<ExportBatch> {
+        let max_rows = max_rows.max(1);
+        let mut b = ExportBatch {
+            ids: Vec::new(),
+            subjects: Vec::new(),
+            vectors: Vec::new(),
+        };
+        while self.source < self.snap.source_count() && b.ids.len() < max_rows {
+            let n = self.snap.ids(self.source).len();
+            while self.row < n && b.ids.len() < max_rows {
+                let (s, r) = (self.source, self.row);
+                self.row += 1;
+                if !self.snap.deleted(s, r) {
+                    b.ids.push(self.snap.id(s, r));
+                    b.subjects.push(self.snap.subject(s, r).to_owned());
+                    b.vectors.extend_from_slice(self.snap.vector(s, r));
+                }
+            }
+            if self.row == n {
+                self.source += 1;
+                self.row = 0;
+            }
+        }
+        (!b.ids.is_empty()).then_some(b)
+    }
+}
+
 impl Gallery {
+    /// Every live embedding as it is now, in batches ([`Export`]).
+    pub fn export(&self) -> Export {
+        Export {
+            snap: self.snapshot(),
+            source: 0,
+            row: 0,
+        }
+    }
+
     /// Subjects with a live embedding, a page at a time, in byte order: the
     /// first `limit` (1 to [`MAX_SUBJECTS_PAGE`]) that sort after `after`
     /// (from the first when `None`), each with its number of live

@@ -247,6 +247,24 @@ class GetRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, gallery: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ExportRequest(_message.Message):
+    __slots__ = ("gallery", "batch_rows")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    batch_rows: int
+    def __init__(self, gallery: _Optional[str] = ..., batch_rows: _Optional[int] = ...) -> None: ...
+
+class ExportBatch(_message.Message):
+    __slots__ = ("matrix", "ids", "subjects")
+    MATRIX_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    matrix: Matrix
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, matrix: _Optional[_Union[Matrix, _Mapping]] = ..., ids: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class GetResponse(_message.Message):
     __slots__ = ("embeddings",)
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]

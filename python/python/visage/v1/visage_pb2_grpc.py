@@ -79,6 +79,11 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.GetRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/visage.v1.Visage/Export',
+                request_serializer=visage_dot_v1_dot_visage__pb2.ExportRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.ExportBatch.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/visage.v1.Visage/Search',
                 request_serializer=visage_dot_v1_dot_visage__pb2.SearchRequest.SerializeToString,
@@ -192,6 +197,15 @@ class VisageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """Every live embedding of a gallery, in batches (admin role: it hands out
+        biometric data in bulk). One snapshot: the embeddings as they were when
+        the call began, whatever is written meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Search(self, request, context):
         """Exact k nearest embeddings of each query.
         """
@@ -300,6 +314,11 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.GetRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.GetResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.ExportRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.ExportBatch.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -580,6 +599,33 @@ class Visage:
             '/visage.v1.Visage/Get',
             visage_dot_v1_dot_visage__pb2.GetRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/visage.v1.Visage/Export',
+            visage_dot_v1_dot_visage__pb2.ExportRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.ExportBatch.FromString,
             options,
             channel_credentials,
             insecure,
