@@ -8,8 +8,16 @@
 //!
 //! `--tls-cert`/`--tls-key` serve TLS only; `--api-keys` requires an API key
 //! of the right role on every call but health checks (see `visage_server::auth`).
+//!
+//! Settings come from, strongest first: flags, environment variables
+//! (`VISAGE_*`), the TOML file of `--config` (keys are the long flags with
+//! `_` or `-`, see `server/visage-server.sample.toml`), the defaults. clap
+//! does the layering: the file's settings are handed to it as flags, for the
+//! keys that neither the command line nor the environment sets.
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +36,26 @@ enum DurabilityArg {
     ProcessCrash,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Lines for people (colours on a terminal).
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
 /// Serve visage galleries of face embeddings over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "visage-server", version, about, long_about = None)]
 struct Args {
+    /// TOML file of settings: any long flag as a key (`data_dir =
+    /// "/srv/visage"`, `max_connections = 256`); flags and environment
+    /// variables override it.
+    #[arg(long, env = "VISAGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How log lines are written (to stderr; RUST_LOG filters them).
+    #[arg(long, env = "VISAGE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Data directory (created if missing; one server at a time may open it).
     #[arg(long, env = "VISAGE_DATA_DIR", default_value = "./visage-data")]
     data_dir: PathBuf,
@@ -78,16 +102,83 @@ struct Args {
     stream_idle_timeout: u64,
 }
 
+/// The arguments, with the `--config` file's settings under the flags and
+/// the environment.
+fn parse_args() -> Args {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Args::command().get_matches_from(&argv);
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    };
+    let fail = |msg: String| -> ! {
+        Args::command()
+            .error(clap::error::ErrorKind::InvalidValue, msg)
+            .exit()
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(format!("--config {}: {e}", path.display())));
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| fail(format!("--config {}: {e}", path.display())));
+    let cmd = Args::command();
+    let mut from_file: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let id = key.replace('-', "_");
+        let known = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == id.as_str() && id != "config");
+        let Some(arg) = known else {
+            let keys: Vec<String> = cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "config" && *l != "help" && *l != "version")
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            fail(format!(
+                "--config {}: unknown setting {key:?} (the settings are: {})",
+                path.display(),
+                keys.join(", ")
+            ));
+        };
+        // Flags and the environment win over the file.
+        if matches!(
+            matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => fail(format!(
+                "--config {}: {key} must be a string, a number or a boolean, got {}",
+                path.display(),
+                other.type_str()
+            )),
+        };
+        // One token, so a value starting with `-` is not read as a flag.
+        let long = arg.get_long().unwrap_or(key.as_str());
+        from_file.push(format!("--{long}={value}").into());
+    }
+    let mut full = vec![argv[0].clone()];
+    full.extend(from_file);
+    full.extend(argv.into_iter().skip(1));
+    Args::try_parse_from(full).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let args = parse_args();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

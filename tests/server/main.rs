@@ -13,6 +13,7 @@ mod cli_plot;
 mod cli_report;
 mod cli_spec;
 mod concurrency;
+mod config;
 mod crash;
 mod erasure;
 mod errors;
