@@ -226,6 +226,14 @@ struct GalleryArg {
     gallery: String,
 }
 
+/// Whether `insert` looks for double enrolments.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ConflictsArg {
+    Off,
+    Report,
+    Reject,
+}
+
 #[derive(Debug, Args)]
 struct InsertArgs {
     /// Gallery name.
@@ -264,6 +272,12 @@ struct InsertArgs {
     /// Send all batches through one streaming call instead of separate requests.
     #[arg(long)]
     stream: bool,
+    /// Look for double enrolments first: each new embedding against the
+    /// gallery's other subjects (its open-set decision for its size) and the
+    /// batch's other rows. report: insert and list them; reject: refuse a
+    /// batch that has any (earlier batches stay committed).
+    #[arg(long, value_enum, default_value = "off", conflicts_with = "stream")]
+    conflicts: ConflictsArg,
     /// Do not draw a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -975,7 +989,28 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
     let pb = progress_bar(n as u64, a.no_progress || json);
     pb.set_message(format!("inserting into {}", a.gallery));
     let t = Instant::now();
-    let result: Result<(InsertOutcome, Vec<u64>), visage_client::Error> = if a.stream {
+    let mut conflicts = Vec::new();
+    let check = match a.conflicts {
+        ConflictsArg::Off => None,
+        ConflictsArg::Report => Some(visage_client::proto::ConflictCheck::Report),
+        ConflictsArg::Reject => Some(visage_client::proto::ConflictCheck::Reject),
+    };
+    let result: Result<(InsertOutcome, Vec<u64>), visage_client::Error> = if let Some(check) = check
+    {
+        g.insert_rows_checked(
+            (0..n).step_by(batch).map(make),
+            a.concurrency,
+            check,
+            |len| {
+                pb.inc(len);
+            },
+        )
+        .await
+        .map(|(out, ids, found)| {
+            conflicts = found;
+            (out, ids)
+        })
+    } else if a.stream {
         let pb2 = pb.clone();
         let batches = (0..n)
             .step_by(batch)
@@ -998,9 +1033,20 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
     let secs = t.elapsed().as_secs_f64();
     let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     if json {
+        let found: Vec<Value> = conflicts
+            .iter()
+            .map(|c| {
+                json!({
+                    "position": c.position, "subject": c.subject, "other_subject": c.other_subject,
+                    "other_id": c.other_id, "other_position": c.other_position,
+                    "distance": c.distance, "probability": c.probability,
+                })
+            })
+            .collect();
         print_json(&json!({
             "gallery": a.gallery, "inserted": out.inserted, "replaced": out.replaced,
             "batches": out.batches, "seconds": secs, "per_second": rate,
+            "conflicts": found,
         }))?;
     } else {
         println!(
@@ -1012,6 +1058,40 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
             secs,
             count(rate as u64)
         );
+        if check.is_some() {
+            println!(
+                "{} possible double enrolments{}",
+                count(conflicts.len() as u64),
+                if conflicts.is_empty() { "" } else { ":" }
+            );
+            if !conflicts.is_empty() {
+                let mut t = Table::new(
+                    &[
+                        "ROW",
+                        "SUBJECT",
+                        "LOOKS LIKE",
+                        "ID",
+                        "DISTANCE",
+                        "PROBABILITY",
+                    ],
+                    &[true, false, false, true, true, true],
+                );
+                for c in &conflicts {
+                    t.row(vec![
+                        c.position.to_string(),
+                        c.subject.clone(),
+                        c.other_subject.clone(),
+                        match c.other_position {
+                            Some(p) => format!("row {p}"),
+                            None => c.other_id.to_string(),
+                        },
+                        distance(c.distance),
+                        probability(c.probability),
+                    ]);
+                }
+                print!("{}", t.render());
+            }
+        }
     }
     Ok(())
 }

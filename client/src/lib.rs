@@ -1005,6 +1005,32 @@ impl Gallery {
             .await
     }
 
+    /// [`Gallery::insert_rows`] with a check for double enrolments
+    /// ([`proto::ConflictCheck`]): each batch is checked against the gallery
+    /// as it is (earlier batches included) and its own rows. Returns the
+    /// counts, the assigned ids and the conflicts found (positions in the
+    /// whole input); with REJECT a batch with conflicts fails the insert
+    /// ([`Error::Insert`], earlier batches committed).
+    pub async fn insert_rows_checked<I>(
+        &self,
+        batches: I,
+        concurrency: usize,
+        check: proto::ConflictCheck,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(InsertOutcome, Vec<u64>, Vec<proto::Conflict>)>
+    where
+        I: IntoIterator<Item = Rows>,
+    {
+        let (name, model) = (self.name.clone(), self.model.clone());
+        let requests = batches.into_iter().map(move |b| {
+            rows_request(&name, &model, b).map(|r| proto::InsertRequest {
+                conflict_check: check as i32,
+                ..r
+            })
+        });
+        self.send_all(requests, concurrency, &mut progress).await
+    }
+
     async fn send_batches<I>(
         &self,
         requests: I,
@@ -1014,8 +1040,22 @@ impl Gallery {
     where
         I: IntoIterator<Item = Result<proto::InsertRequest>>,
     {
+        let (out, ids, _) = self.send_all(requests, concurrency, progress).await?;
+        Ok((out, ids))
+    }
+
+    async fn send_all<I>(
+        &self,
+        requests: I,
+        concurrency: usize,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<(InsertOutcome, Vec<u64>, Vec<proto::Conflict>)>
+    where
+        I: IntoIterator<Item = Result<proto::InsertRequest>>,
+    {
         let mut batches = requests.into_iter();
         let mut assigned: Vec<(usize, Vec<u64>)> = Vec::new();
+        let mut conflicts: Vec<proto::Conflict> = Vec::new();
         let mut in_flight = JoinSet::new();
         let mut total = InsertOutcome::default();
         let mut failure: Option<(usize, usize, Status)> = None;
@@ -1043,6 +1083,12 @@ impl Gallery {
                     if !r.ids.is_empty() {
                         assigned.push((start, r.ids));
                     }
+                    let shift = |p: u32| p + start as u32;
+                    conflicts.extend(r.conflicts.into_iter().map(|c| proto::Conflict {
+                        position: shift(c.position),
+                        other_position: c.other_position.map(shift),
+                        ..c
+                    }));
                     progress(len as u64);
                 }
                 Ok((start, len, Err(s))) => {
@@ -1063,9 +1109,11 @@ impl Gallery {
         match failure {
             None => {
                 assigned.sort_unstable_by_key(|(start, _)| *start);
+                conflicts.sort_by_key(|c| c.position);
                 Ok((
                     total,
                     assigned.into_iter().flat_map(|(_, ids)| ids).collect(),
+                    conflicts,
                 ))
             }
             Some((offset, len, s)) => Err(Error::Insert {

@@ -359,6 +359,26 @@ pub struct Verdict {
     pub threshold: f32,
 }
 
+/// A possible double enrolment: row `position` of a batch looks like
+/// another subject, by the gallery's open-set (1:N) decision for its current
+/// size ([`crate::Gallery::conflicts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The row of the batch.
+    pub position: usize,
+    /// The other subject it matches.
+    pub other_subject: String,
+    /// The matching embedding's id (0 for a row of the batch without an id yet).
+    pub other_id: u64,
+    /// When the match is another row of the same batch: its position.
+    pub other_position: Option<usize>,
+    /// Squared L2 distance between the two.
+    pub distance: f32,
+    /// The head's calibrated probability that they show the same person
+    /// (with a trained head).
+    pub probability: Option<f32>,
+}
+
 /// What a verification's decision compared with its threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerdictRule {

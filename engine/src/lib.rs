@@ -44,8 +44,8 @@ mod storage;
 pub mod synth;
 
 pub use api::{
-    DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM, VerdictRule,
-    model_problem,
+    Conflict, DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM,
+    VerdictRule, model_problem,
 };
 pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_gallery_name};

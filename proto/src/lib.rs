@@ -78,6 +78,7 @@ mod tests {
             }),
             ids: vec![9],
             subjects: vec!["emp-2".into()],
+            conflict_check: v1::ConflictCheck::Reject as i32,
         };
         let bytes = req.encode_to_vec();
         let back = v1::InsertRequest::decode(bytes.as_slice()).unwrap();

@@ -94,23 +94,124 @@ fn insert_one(
     engine: &Engine,
     name: &str,
     req: pb::InsertRequest,
-) -> Result<(InsertOutcome, Vec<u64>), ApiError> {
+) -> Result<(InsertOutcome, Vec<u64>, Vec<pb::Conflict>), ApiError> {
     packed::exclusive("embeddings", req.embeddings.len(), req.matrix.as_ref())?;
+    let check = pb::ConflictCheck::try_from(req.conflict_check).map_err(|_| {
+        invalid(
+            "conflict_check",
+            format_args!("unknown value {}", req.conflict_check),
+        )
+    })?;
     let g = open_for(engine, name, &req.model)?;
     let Some(m) = &req.matrix else {
         packed::no_packed_parts(&req.ids, &req.subjects)?;
-        return Ok((
-            g.insert(&convert::embeddings_in(req.embeddings))?,
-            Vec::new(),
-        ));
+        // The check needs whole rows; a batch with a row of another length
+        // is refused by the insert, naming it.
+        let conflicts = if check != pb::ConflictCheck::Off
+            && req.embeddings.iter().all(|e| e.vector.len() == g.dim())
+        {
+            let ids: Vec<u64> = req.embeddings.iter().map(|e| e.id).collect();
+            let subjects: Vec<&str> = req.embeddings.iter().map(|e| e.subject.as_str()).collect();
+            let vectors: Vec<f32> = req
+                .embeddings
+                .iter()
+                .flat_map(|e| e.vector.iter().copied())
+                .collect();
+            conflict_check(&g, check, "embeddings", &ids, &subjects, &vectors)
+                .map_err(ApiError::from)?
+        } else {
+            Vec::new()
+        };
+        let out = g.insert(&convert::embeddings_in(req.embeddings))?;
+        return Ok((out, Vec::new(), conflicts));
     };
     let b = packed::InsertBatch::new(m, req.ids, req.subjects)?;
     packed::check_dim("matrix", m, g.dim())?;
+    let conflicts = if check == pb::ConflictCheck::Off {
+        Vec::new()
+    } else {
+        let ids = b.ids.as_deref().unwrap_or(&[]);
+        conflict_check(&g, check, "matrix", ids, &b.subjects, &b.values).map_err(|e| match e {
+            ConflictError::Engine(e) => packed::insert_error(e),
+            ConflictError::Api(e) => e,
+        })?
+    };
     let assign = b.ids.is_none();
     let (out, ids) = g
         .insert_rows(b.ids.as_deref(), &b.subjects, &b.values)
         .map_err(packed::insert_error)?;
-    Ok((out, if assign { ids } else { Vec::new() }))
+    Ok((out, if assign { ids } else { Vec::new() }, conflicts))
+}
+
+/// Why a conflict check stopped an insert.
+enum ConflictError {
+    /// The engine refused the batch (shape, values, no calibration).
+    Engine(visage_engine::Error),
+    /// Conflicts under CONFLICT_CHECK_REJECT.
+    Api(ApiError),
+}
+
+impl From<ConflictError> for ApiError {
+    fn from(e: ConflictError) -> Self {
+        match e {
+            ConflictError::Engine(e) => e.into(),
+            ConflictError::Api(e) => e,
+        }
+    }
+}
+
+/// The conflicts of a batch (REPORT), or the refusal that lists them (REJECT).
+fn conflict_check<S: AsRef<str>>(
+    g: &Gallery,
+    check: pb::ConflictCheck,
+    field: &str,
+    ids: &[u64],
+    subjects: &[S],
+    vectors: &[f32],
+) -> Result<Vec<pb::Conflict>, ConflictError> {
+    let found = g
+        .conflicts(ids, subjects, vectors)
+        .map_err(ConflictError::Engine)?;
+    let wire: Vec<pb::Conflict> = found
+        .into_iter()
+        .map(|c| pb::Conflict {
+            position: c.position as u32,
+            subject: subjects[c.position].as_ref().to_owned(),
+            other_subject: c.other_subject,
+            other_id: c.other_id,
+            other_position: c.other_position.map(|p| p as u32),
+            distance: c.distance,
+            probability: c.probability,
+        })
+        .collect();
+    if check == pb::ConflictCheck::Reject && !wire.is_empty() {
+        let first: Vec<String> = wire
+            .iter()
+            .take(5)
+            .map(|c| {
+                let other = match c.other_position {
+                    Some(p) => format!("{field}[{p}] of the batch"),
+                    None => format!("id {}", c.other_id),
+                };
+                format!(
+                    "{field}[{}] {:?} matches {other} ({:?}) at distance {:.4}",
+                    c.position,
+                    visage_engine::shown(&c.subject),
+                    visage_engine::shown(&c.other_subject),
+                    c.distance
+                )
+            })
+            .collect();
+        return Err(ConflictError::Api(ApiError(Status::failed_precondition(
+            format!(
+                "conflict_check: {} of the batch's embeddings look like subjects enrolled under other names, so nothing was inserted: {}{}",
+                wire.len(),
+                first.join("; "),
+                if wire.len() > 5 { "; ..." } else { "" }
+            ),
+        ))));
+    }
+    Ok(wire)
 }
 
 /// Bytes of vectors an Export message carries when the request leaves
@@ -292,7 +393,7 @@ impl Visage for VisageService {
         request: Request<pb::InsertRequest>,
     ) -> Result<Response<pb::InsertResponse>, Status> {
         let req = request.into_inner();
-        let (out, ids) = self
+        let (out, ids, conflicts) = self
             .blocking(move |engine| {
                 let name = req.gallery.clone();
                 insert_one(engine, &name, req)
@@ -303,6 +404,7 @@ impl Visage for VisageService {
             replaced: out.replaced,
             batches: 1,
             ids,
+            conflicts,
         }))
     }
 
@@ -315,6 +417,7 @@ impl Visage for VisageService {
         let mut progress = StreamProgress::default();
         let mut gallery: Option<String> = None;
         let mut assigned = Vec::new();
+        let mut conflicts = Vec::new();
         loop {
             let index = progress.batches;
             let next = tokio::select! {
@@ -357,7 +460,7 @@ impl Visage for VisageService {
                     ));
                 }
             };
-            let (out, ids) = self
+            let (out, ids, found) = self
                 .blocking(move |engine| insert_one(engine, &name, msg))
                 .await
                 .map_err(|s| progress.fail(index, s))?;
@@ -365,6 +468,7 @@ impl Visage for VisageService {
             progress.outcome.inserted += out.inserted;
             progress.outcome.replaced += out.replaced;
             assigned.extend(ids);
+            conflicts.extend(found);
         }
         if gallery.is_none() {
             return Err(invalid("gallery", "the stream sent no message").0);
@@ -374,6 +478,7 @@ impl Visage for VisageService {
             replaced: progress.outcome.replaced,
             batches: progress.batches,
             ids: assigned,
+            conflicts,
         }))
     }
 

@@ -14,6 +14,7 @@ mod cli_report;
 mod cli_spec;
 mod concurrency;
 mod config;
+mod conflicts;
 mod crash;
 mod erasure;
 mod errors;

@@ -2,7 +2,7 @@
 //! the published snapshot, and the decision thresholds they apply.
 
 use super::Gallery;
-use super::write::{check_probes, check_subject, checked_vector};
+use super::write::{check_probes, check_subject, check_vector, checked_vector};
 use crate::api::*;
 use crate::error::{Error, Result};
 use crate::head::{ClaimScore, HeadInfo, OpenRule, TrainOptions};
@@ -295,6 +295,121 @@ impl Gallery {
                 }
             })
             .collect())
+    }
+
+    /// Possible double enrolments in a batch about to be inserted (`ids` one
+    /// per row, or empty when the gallery will assign them): each row is
+    /// compared with the gallery's other subjects by the same exact search
+    /// and open-set (1:N) decision as [`Gallery::identify_open`] for the
+    /// gallery's current number of subjects (a 1:1 threshold would flag
+    /// nearly every row of a large gallery), skipping its own subject and the
+    /// rows the batch replaces; and with the batch's rows of other subjects
+    /// by the same threshold. One conflict per row at most: its best match of
+    /// another subject in the gallery, else in the batch. At most
+    /// [`Limits::probes`] rows (the batch is compared with itself).
+    /// FAILED_PRECONDITION-kind errors when the gallery has no calibrated
+    /// open-set decision yet.
+    pub fn conflicts<S: AsRef<str>>(
+        &self,
+        ids: &[u64],
+        subjects: &[S],
+        vectors: &[f32],
+    ) -> Result<Vec<Conflict>> {
+        let (n, dim) = (subjects.len(), self.spec.dim);
+        let limit = Limits::for_dim(dim).probes;
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: "embeddings (conflict check)",
+                got: n,
+                limit,
+            });
+        }
+        if vectors.len() != n * dim || !(ids.is_empty() || ids.len() == n) {
+            return Err(Error::BatchShape {
+                what: "vectors",
+                reason: format!(
+                    "{} values and {} ids for {n} subjects of {dim} values",
+                    vectors.len(),
+                    ids.len()
+                ),
+            });
+        }
+        let mut probes = Vec::with_capacity(n * dim);
+        for (i, (v, s)) in vectors.chunks_exact(dim).zip(subjects).enumerate() {
+            check_vector(&self.spec, "embeddings", i, v, &mut probes)?;
+            check_subject("embeddings", i, s.as_ref())?;
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let snap = self.snapshot();
+        let decision = self.decision_for(None, None, Some(snap.subjects()))?;
+        let head = self.head();
+        let trained = head.as_ref().filter(|h| h.trained);
+        let w = trained
+            .map(|h| h.weight_array(dim))
+            .unwrap_or_else(|| vec![0.0; dim]);
+        let metric = match trained {
+            Some(h) => search::Metric::Head(&w, h.distance_weight),
+            None => search::Metric::L2,
+        };
+        let replaced: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        // Enough distinct subjects that one is neither the row's own nor
+        // only a row this batch replaces, in all but contrived cases.
+        let k = 4.min(snap.subjects().max(1) as usize);
+        let found = search::identify(&snap, &probes, k, metric);
+        let accepts = |d: f32, a: &[f32], b: &[f32]| match decision {
+            Decision::Distance(t) => d <= t,
+            Decision::Logit(t) => trained.is_some_and(|h| h.logit(a, b) >= t),
+        };
+        let probability = |a: &[f32], b: &[f32]| trained.map(|h| h.probability(h.logit(a, b)));
+        let mut out = Vec::new();
+        for (i, (cs, q)) in found.iter().zip(probes.chunks_exact(dim)).enumerate() {
+            let own = subjects[i].as_ref();
+            let other = cs.iter().find(|c| {
+                let (s, r) = (c.src as usize, c.row as usize);
+                snap.subject(s, r) != own && !replaced.contains(&snap.id(s, r))
+            });
+            if let Some(c) = other {
+                let (s, r) = (c.src as usize, c.row as usize);
+                let v = snap.vector(s, r);
+                let d = search::kernels::l2sq(q, v);
+                if accepts(d, q, v) {
+                    out.push(Conflict {
+                        position: i,
+                        other_subject: snap.subject(s, r).to_owned(),
+                        other_id: snap.id(s, r),
+                        other_position: None,
+                        distance: d,
+                        probability: probability(q, v),
+                    });
+                    continue;
+                }
+            }
+            // The batch's own rows of other subjects: the nearest that passes.
+            let mut best: Option<(f32, usize)> = None;
+            for (j, p) in probes.chunks_exact(dim).enumerate() {
+                if j == i || subjects[j].as_ref() == own {
+                    continue;
+                }
+                let d = search::kernels::l2sq(q, p);
+                if best.is_none_or(|(bd, _)| d < bd) && accepts(d, q, p) {
+                    best = Some((d, j));
+                }
+            }
+            if let Some((d, j)) = best {
+                let p = &probes[j * dim..(j + 1) * dim];
+                out.push(Conflict {
+                    position: i,
+                    other_subject: subjects[j].as_ref().to_owned(),
+                    other_id: ids.get(j).copied().unwrap_or(0),
+                    other_position: Some(j),
+                    distance: d,
+                    probability: probability(q, p),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// 1:1 verification of each pair: probability (with a head), distance, and the decision.

@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ConflictCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONFLICT_CHECK_OFF: _ClassVar[ConflictCheck]
+    CONFLICT_CHECK_REPORT: _ClassVar[ConflictCheck]
+    CONFLICT_CHECK_REJECT: _ClassVar[ConflictCheck]
+
 class RankBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RANK_BY_DISTANCE: _ClassVar[RankBy]
@@ -27,6 +33,9 @@ class ClaimScore(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLAIM_SCORE_BEST: _ClassVar[ClaimScore]
     CLAIM_SCORE_MEAN: _ClassVar[ClaimScore]
+CONFLICT_CHECK_OFF: ConflictCheck
+CONFLICT_CHECK_REPORT: ConflictCheck
+CONFLICT_CHECK_REJECT: ConflictCheck
 RANK_BY_DISTANCE: RankBy
 RANK_BY_HEAD: RankBy
 SCAN_MODE_EXACT: ScanMode
@@ -196,32 +205,54 @@ class SegmentInfo(_message.Message):
     def __init__(self, file_no: _Optional[int] = ..., rows: _Optional[int] = ..., deleted: _Optional[int] = ..., exceptions: _Optional[int] = ..., format_version: _Optional[int] = ...) -> None: ...
 
 class InsertRequest(_message.Message):
-    __slots__ = ("gallery", "embeddings", "model", "matrix", "ids", "subjects")
+    __slots__ = ("gallery", "embeddings", "model", "matrix", "ids", "subjects", "conflict_check")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_CHECK_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     model: str
     matrix: Matrix
     ids: _containers.RepeatedScalarFieldContainer[int]
     subjects: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gallery: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., ids: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[str]] = ...) -> None: ...
+    conflict_check: ConflictCheck
+    def __init__(self, gallery: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., ids: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[str]] = ..., conflict_check: _Optional[_Union[ConflictCheck, str]] = ...) -> None: ...
+
+class Conflict(_message.Message):
+    __slots__ = ("position", "subject", "other_subject", "other_id", "other_position", "distance", "probability")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    OTHER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    subject: str
+    other_subject: str
+    other_id: int
+    other_position: int
+    distance: float
+    probability: float
+    def __init__(self, position: _Optional[int] = ..., subject: _Optional[str] = ..., other_subject: _Optional[str] = ..., other_id: _Optional[int] = ..., other_position: _Optional[int] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class InsertResponse(_message.Message):
-    __slots__ = ("inserted", "replaced", "batches", "ids")
+    __slots__ = ("inserted", "replaced", "batches", "ids", "conflicts")
     INSERTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
     inserted: int
     replaced: int
     batches: int
     ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., batches: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
+    def __init__(self, inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., batches: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ..., conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("gallery", "ids", "subjects")
