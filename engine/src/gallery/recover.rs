@@ -150,9 +150,7 @@ impl Gallery {
         // The id counter: the manifest's, raised to every id the segments
         // hold (deleted rows too; a manifest before version 6 has none), then
         // by every id the WAL replays.
-        let seg_ids = segments
-            .iter()
-            .filter_map(|s| s.seg.ids().iter().max().copied());
+        let seg_ids = segments.iter().filter_map(|s| s.seg.max_id());
         let ids = Arc::new(IdCounter::new(seg_ids.fold(manifest.highest_id, u64::max)));
         let mut tmp = WriteState {
             wal: WalWriter::reopen(fs, &dir.join(wal::file_name(wals[0])), wals[0], 0, 0)?,

@@ -153,9 +153,6 @@ impl WriteState {
             }
         }
         let n = chunk.len() as u64;
-        if let Some(&top) = chunk.ids.iter().max() {
-            self.ids.hold(top);
-        }
         self.active.append(chunk);
         self.subjects += added.len() as u64;
         self.forget_emptied(touched);
@@ -199,6 +196,11 @@ impl WriteState {
                         .flat_map(|e| e.vector.iter().copied())
                         .collect(),
                 );
+                // Live inserts raised the counter when validated; replayed
+                // ones raise it here.
+                if let Some(top) = items.iter().map(|e| e.id).max() {
+                    self.ids.hold(top);
+                }
                 self.apply_insert(chunk);
             }
             WalOp::Delete(ids) => {

@@ -727,6 +727,11 @@ impl Segment {
     pub(crate) fn row_subject(&self, row: usize) -> &str {
         self.subject(self.subject_ords().get(row).copied().unwrap_or(u32::MAX))
     }
+    /// The largest id of the segment (deleted rows included): the last of
+    /// the sorted ids, checked ascending at open.
+    pub(crate) fn max_id(&self) -> Option<u64> {
+        self.u64s(Section::SortedIds).ok()?.last().copied()
+    }
     /// Row holding `id`, if any.
     pub(crate) fn find_id(&self, id: u64) -> Option<usize> {
         let sorted = self.u64s(Section::SortedIds).ok()?;
