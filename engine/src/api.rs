@@ -390,3 +390,64 @@ pub enum VerdictRule {
     /// head's logits over the subject's embeddings.
     MeanProbability,
 }
+
+/// A long operation on a gallery in progress (compaction or backup), as
+/// `Gallery::progress` reports it. Totals are known when the operation
+/// starts; `done` counts grow to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationProgress {
+    /// `"compaction"` (flush and merges, forced or background) or `"backup"`.
+    pub kind: &'static str,
+    /// Rows written or copied so far.
+    pub rows_done: u64,
+    /// Rows the operation will write or copy.
+    pub rows_total: u64,
+    /// Bytes written or copied so far.
+    pub bytes_done: u64,
+    /// Bytes the operation will write or copy.
+    pub bytes_total: u64,
+    /// Time since the operation started.
+    pub elapsed: std::time::Duration,
+}
+
+/// How to take a backup.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Bytes a second the copy may read and write, at most (`None`: as fast
+    /// as the disks go). Keeps a backup from starving the searches' I/O.
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The backup's directory.
+    pub dir: std::path::PathBuf,
+    /// The cut: last WAL file copied and the bytes of it copied.
+    pub wal_file_no: u64,
+    /// See `wal_file_no`.
+    pub wal_offset: u64,
+    /// Live embeddings at the cut.
+    pub rows: u64,
+    /// Subjects at the cut.
+    pub subjects: u64,
+    /// Files in the backup (besides its manifest).
+    pub files: u64,
+    /// Of those, hard links to the gallery's immutable segments.
+    pub linked: u64,
+    /// Bytes of all files.
+    pub bytes: u64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The backup's gallery name.
+    pub source_gallery: String,
+    /// Erasure records logged after the backup's cut and applied.
+    pub erasures_applied: u64,
+    /// Embeddings those erasures removed from the restored rows.
+    pub rows_erased: u64,
+    /// The restored gallery, as it serves.
+    pub stats: GalleryStats,
+}

@@ -7,9 +7,10 @@
 //! the directory to `NAME.dropping` (durably) and then removes it, so a crash
 //! mid-drop cannot leave a half-deleted gallery that opens.
 
-use crate::api::GallerySpec;
+use crate::api::{BackupOptions, BackupReport, GallerySpec, RestoreReport};
 use crate::error::{Error, Result, shown};
-use crate::gallery::{Gallery, GalleryOptions, MANIFEST};
+use crate::gallery::{BACKUP, ERASURE_KEY, Gallery, GalleryOptions, MANIFEST};
+use crate::storage::format;
 use crate::storage::fs::{DirLock, fsync_dir};
 use crate::storage::io::{FileSystem, RealFs};
 use std::collections::BTreeMap;
@@ -24,6 +25,22 @@ pub struct EngineOptions {
 }
 
 const DROPPING: &str = ".dropping";
+/// Suffix of a gallery being restored (removed at open if a crash interrupted it).
+const RESTORING: &str = ".restoring";
+
+/// Check a backup name: the rules of gallery names (so it cannot leave the
+/// backup root), and not `erasures` (the root's folder of erasure logs).
+pub fn check_backup_name(name: &str) -> Result<()> {
+    match check_gallery_name(name) {
+        Err(Error::InvalidName { name, reason }) => Err(Error::InvalidBackupName { name, reason }),
+        Err(e) => Err(e),
+        Ok(()) if name == crate::gallery::ERASURES_DIR => Err(Error::InvalidBackupName {
+            name: name.to_owned(),
+            reason: "is the backup root's folder of erasure logs",
+        }),
+        Ok(()) => Ok(()),
+    }
+}
 
 /// An open data directory.
 #[derive(Debug)]
@@ -32,6 +49,8 @@ pub struct Engine {
     galleries_dir: PathBuf,
     opts: EngineOptions,
     galleries: RwLock<BTreeMap<String, Arc<Gallery>>>,
+    /// Names being restored: taken, but not yet galleries.
+    restoring: std::sync::Mutex<std::collections::BTreeSet<String>>,
     fs: Arc<dyn FileSystem>,
     _lock: DirLock,
 }
@@ -88,6 +107,11 @@ impl Engine {
             if !entry.is_dir {
                 continue;
             }
+            if name.ends_with(RESTORING) {
+                tracing::info!(dir = %path.display(), "removing a restore that was interrupted");
+                fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                continue;
+            }
             if name.ends_with(DROPPING) {
                 tracing::info!(dir = %path.display(), "finishing an interrupted gallery drop");
                 fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
@@ -112,6 +136,7 @@ impl Engine {
             galleries_dir,
             opts,
             galleries: RwLock::new(galleries),
+            restoring: Default::default(),
             fs,
             _lock: lock,
         })
@@ -137,7 +162,7 @@ impl Engine {
             return Err(Error::InvalidSpec { reason });
         }
         let mut map = self.galleries.write().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(name) {
+        if map.contains_key(name) || self.lock_restoring().contains(name) {
             return Err(Error::GalleryExists(name.to_owned()));
         }
         let dir = self.galleries_dir.join(name);
@@ -185,6 +210,216 @@ impl Engine {
             .ok_or_else(|| Error::GalleryNotFound(shown(name)))
     }
 
+    /// The backup root (`GalleryOptions::backup_root`), if backups are on.
+    pub fn backup_root(&self) -> Option<&Path> {
+        self.opts.gallery.backup_root.as_deref()
+    }
+
+    fn backup_dir(&self, name: &str) -> Result<PathBuf> {
+        check_backup_name(name)?;
+        let root = self.backup_root().ok_or_else(|| Error::BackupRefused {
+            name: name.to_owned(),
+            reason: "backups are off: no backup root is set".into(),
+        })?;
+        Ok(root.join(name))
+    }
+
+    /// Back up gallery `gallery` as `name` under the backup root while it
+    /// serves: a consistent copy as of one WAL position (see
+    /// `gallery/backup.rs`). Refused if a backup of that name exists (even
+    /// an interrupted one: remove it first).
+    pub fn backup(&self, gallery: &str, name: &str, opts: &BackupOptions) -> Result<BackupReport> {
+        let dest = self.backup_dir(name)?;
+        let g = self.gallery(gallery)?;
+        if self.fs.exists(&dest).map_err(|e| Error::io(&dest, e))? {
+            let complete = self
+                .fs
+                .exists(&dest.join(BACKUP))
+                .map_err(|e| Error::io(&dest, e))?;
+            return Err(Error::BackupRefused {
+                name: name.to_owned(),
+                reason: if complete {
+                    format!("{} exists already", dest.display())
+                } else {
+                    format!(
+                        "{} exists already, left by an interrupted backup (no {BACKUP} in it): \
+                         remove it first",
+                        dest.display()
+                    )
+                },
+            });
+        }
+        let root = dest.parent().unwrap_or(Path::new(".")).to_owned();
+        g.backup_to(&dest, &root, opts)
+    }
+
+    /// Check backup `name`: its manifest, and every byte of every file it
+    /// lists against their checksums. Returns its manifest.
+    pub fn verify_backup(&self, name: &str) -> Result<format::BackupManifest> {
+        let dir = self.backup_dir(name)?;
+        if !self.fs.exists(&dir).map_err(|e| Error::io(&dir, e))? {
+            return Err(Error::BackupNotFound(shown(name)));
+        }
+        let mpath = dir.join(BACKUP);
+        let bytes = match self.fs.read(&mpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corrupt(
+                    &mpath,
+                    0,
+                    "the backup is incomplete: it has no backup manifest (the backup was \
+                     interrupted before it finished)",
+                ));
+            }
+            Err(e) => return Err(Error::io(&mpath, e)),
+        };
+        let m = format::decode_backup(&mpath, &bytes)?;
+        crate::gallery::verify_backup_files(&dir, &m)?;
+        for needed in [MANIFEST, ERASURE_KEY] {
+            if !m.files.iter().any(|f| f.name == needed) {
+                return Err(Error::corrupt(
+                    &mpath,
+                    0,
+                    format!("the backup manifest lists no {needed}"),
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Restore backup `name` as a new gallery `gallery` (a name no gallery
+    /// has: a new one, or one dropped). Every checksum is verified before
+    /// anything is installed; the erasures logged after the backup's cut
+    /// (in the mirrored erasure log under the backup root) are applied and
+    /// the gallery compacted before it is opened for service. The restored
+    /// gallery starts an erasure log of its own.
+    pub fn restore(&self, name: &str, gallery: &str) -> Result<RestoreReport> {
+        check_gallery_name(gallery)?;
+        let src = self.backup_dir(name)?;
+        if self
+            .galleries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(gallery)
+        {
+            return Err(Error::GalleryExists(gallery.to_owned()));
+        }
+        let m = self.verify_backup(name)?;
+        let fs = &*self.fs;
+        let kpath = src.join(ERASURE_KEY);
+        let kbytes = fs.read(&kpath).map_err(|e| Error::io(&kpath, e))?;
+        let (lineage, key) = format::decode_erasure_key(&kpath, &kbytes)?;
+        if lineage != m.lineage {
+            return Err(Error::corrupt(
+                &kpath,
+                12,
+                "the erasure key belongs to another gallery than the backup manifest's",
+            ));
+        }
+        let root = src.parent().unwrap_or(Path::new(".")).to_owned();
+        let lpath = crate::gallery::mirror_path(&root, &lineage);
+        let log = match fs.read(&lpath) {
+            Ok(b) => format::decode_erasures(&lpath, &b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::BackupRefused {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "its gallery's erasure log {} is missing: restoring could bring back \
+                         people erased since the backup",
+                        lpath.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::io(&lpath, e)),
+        };
+        let position = usize::try_from(m.erasure_position).unwrap_or(usize::MAX);
+        if log.lineage != lineage || log.records.len() < position {
+            return Err(Error::BackupRefused {
+                name: name.to_owned(),
+                reason: format!(
+                    "the erasure log {} holds {} records, fewer than the {} it held at the \
+                     backup: it is not this gallery's or was cut",
+                    lpath.display(),
+                    log.records.len(),
+                    m.erasure_position
+                ),
+            });
+        }
+        let pending = &log.records[position..];
+        // Take the name (no gallery may be created under it meanwhile); the
+        // other galleries serve on while the files are copied and erased.
+        {
+            let map = self.galleries.read().unwrap_or_else(|e| e.into_inner());
+            if map.contains_key(gallery) || !self.lock_restoring().insert(gallery.to_owned()) {
+                return Err(Error::GalleryExists(gallery.to_owned()));
+            }
+        }
+        let _taken = Taken(self, gallery);
+        let dir = self.galleries_dir.join(gallery);
+        let staging = self.galleries_dir.join(format!("{gallery}{RESTORING}"));
+        let res = (|| -> Result<(u64, u64)> {
+            for p in [&dir, &staging] {
+                if fs.exists(p).map_err(|e| Error::io(p, e))? {
+                    // Left by a creation or restore that crashed.
+                    fs.remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+                }
+            }
+            fs.create_dir(&staging)
+                .map_err(|e| Error::io(&staging, e))?;
+            for f in &m.files {
+                if f.name == ERASURE_KEY {
+                    continue;
+                }
+                let (from, to) = (src.join(&f.name), staging.join(&f.name));
+                // Segments are immutable: share them with the backup when the
+                // file system can. The WAL is appended to: always a copy.
+                let linked = f.name.starts_with("seg-") && fs.hard_link(&from, &to).is_ok();
+                if !linked {
+                    let bytes = fs.read(&from).map_err(|e| Error::io(&from, e))?;
+                    crate::gallery::write_synced(fs, &to, &bytes)?;
+                }
+            }
+            fsync_dir(fs, &staging)?;
+            let opts = GalleryOptions {
+                background: false,
+                ..self.opts.gallery.clone()
+            };
+            let g = Gallery::open(self.fs.clone(), gallery, &staging, opts)?;
+            let erased = g.erase_matching(&key, pending)?;
+            if erased > 0 {
+                g.compact()?;
+            }
+            g.close();
+            drop(g);
+            fs.rename(&staging, &dir)
+                .map_err(|e| Error::io(&staging, e))?;
+            fsync_dir(fs, &self.galleries_dir)?;
+            Ok((pending.len() as u64, erased))
+        })();
+        let (applied, erased) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = fs.remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let g = Gallery::open(self.fs.clone(), gallery, &dir, self.opts.gallery.clone())?;
+        self.galleries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gallery.to_owned(), g.clone());
+        Ok(RestoreReport {
+            source_gallery: m.gallery,
+            erasures_applied: applied,
+            rows_erased: erased,
+            stats: g.stats(),
+        })
+    }
+
+    fn lock_restoring(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.restoring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Names of all galleries, sorted.
     pub fn list_galleries(&self) -> Vec<String> {
         self.galleries
@@ -193,6 +428,15 @@ impl Engine {
             .keys()
             .cloned()
             .collect()
+    }
+}
+
+/// A name taken by a restore, released when the restore ends.
+struct Taken<'a>(&'a Engine, &'a str);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.lock_restoring().remove(self.1);
     }
 }
 

@@ -170,6 +170,28 @@ pub enum Error {
     /// Caller error: no gallery of that name.
     #[error("gallery {0:?} does not exist")]
     GalleryNotFound(String),
+    /// Caller error: a backup name is not acceptable (it would leave the
+    /// backup root, or is not a plain name).
+    #[error("invalid backup name {name:?}: {reason}")]
+    InvalidBackupName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Caller error: no backup of that name under the backup root.
+    #[error("backup {0:?} does not exist")]
+    BackupNotFound(String),
+    /// Caller error (state): a backup or restore cannot go on as asked (no
+    /// backup root, a backup of that name exists, the erasure log a restore
+    /// needs is missing); nothing was changed.
+    #[error("backup {name:?}: {reason}")]
+    BackupRefused {
+        /// The backup.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Caller error: a gallery of that name exists already.
     #[error("gallery {0:?} already exists")]
     GalleryExists(String),
@@ -357,18 +379,21 @@ impl Error {
             | Error::InvalidSubject { .. }
             | Error::DuplicateId { .. }
             | Error::InvalidName { .. }
+            | Error::InvalidBackupName { .. }
             | Error::BatchShape { .. }
             // `k` too large is a bad argument, not a lack of resources.
             | Error::InvalidK { .. }
             | Error::OutOfRange { .. }
             | Error::CannotTrain { .. } => ErrorKind::InvalidArgument,
             Error::TooLarge { .. } | Error::IdsExhausted { .. } => ErrorKind::ResourceExhausted,
-            Error::GalleryNotFound(_) | Error::UnknownId { .. } | Error::UnknownSubject { .. } => {
-                ErrorKind::NotFound
-            }
+            Error::GalleryNotFound(_)
+            | Error::BackupNotFound(_)
+            | Error::UnknownId { .. }
+            | Error::UnknownSubject { .. } => ErrorKind::NotFound,
             Error::NoTrainedHead { .. }
             | Error::NoThreshold { .. }
             | Error::ModelMismatch { .. }
+            | Error::BackupRefused { .. }
             | Error::Locked { .. } => ErrorKind::FailedPrecondition,
             Error::GalleryExists(_) => ErrorKind::AlreadyExists,
             Error::ChecksumMismatch { .. }
@@ -409,6 +434,9 @@ impl Error {
                 | Error::UnknownSubject { .. }
                 | Error::GalleryNotFound(_)
                 | Error::GalleryExists(_)
+                | Error::InvalidBackupName { .. }
+                | Error::BackupNotFound(_)
+                | Error::BackupRefused { .. }
                 | Error::IdsExhausted { .. }
                 | Error::BatchShape { .. }
         )

@@ -44,11 +44,11 @@ mod storage;
 pub mod synth;
 
 pub use api::{
-    Conflict, DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM, MAX_MODEL_LEN, MIN_DIM,
-    VerdictRule, model_problem,
+    BackupOptions, BackupReport, Conflict, DIM, Embedding, GallerySpec, Hit, Limits, MAX_DIM,
+    MAX_MODEL_LEN, MIN_DIM, OperationProgress, RestoreReport, VerdictRule, model_problem,
 };
 pub use compaction::CompactionPolicy;
-pub use engine::{Engine, EngineOptions, check_gallery_name};
+pub use engine::{Engine, EngineOptions, check_backup_name, check_gallery_name};
 pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
     Durability, Export, ExportBatch, Gallery, GalleryOptions, GalleryStats, Identification,

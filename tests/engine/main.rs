@@ -1,5 +1,6 @@
 //! Integration tests of the engine used as a library.
 
+mod backup;
 mod basic;
 mod calibration;
 mod compat;

@@ -2,6 +2,7 @@
 //! compaction runs of the policy's plans, and the background thread that
 //! does both.
 
+use super::backup::ProgressCell;
 use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
@@ -72,7 +73,8 @@ impl Gallery {
         let _m = lock(&self.maintenance);
         self.check_writable()?;
         let before = self.stats();
-        self.flush_locked()?;
+        let progress = self.start_progress("flush");
+        self.flush_locked(&progress.cell)?;
         Ok(MaintenanceReport {
             before,
             after: self.stats(),
@@ -85,10 +87,13 @@ impl Gallery {
         let _m = lock(&self.maintenance);
         self.check_writable()?;
         let before = self.stats();
-        self.flush_locked()?;
+        let progress = self.start_progress("compaction");
+        self.flush_locked(&progress.cell)?;
         let stats = self.segment_stats();
-        for group in compaction::plan(&stats, &self.opts.compaction, true) {
-            self.merge_locked(&group)?;
+        let plan = compaction::plan(&stats, &self.opts.compaction, true);
+        planned(&progress.cell, &stats, &plan, self.spec.dim);
+        for group in plan {
+            self.merge_locked(&group, &progress.cell)?;
         }
         Ok(MaintenanceReport {
             before,
@@ -132,8 +137,8 @@ impl Gallery {
         }
     }
 
-    /// Caller holds the maintenance lock.
-    pub(super) fn flush_locked(&self) -> Result<()> {
+    /// Caller holds the maintenance lock; `progress` counts the rows written.
+    pub(super) fn flush_locked(&self, progress: &ProgressCell) -> Result<()> {
         // 1. Freeze: rotate the WAL so the frozen memtable's records are exactly the older files.
         {
             let mut st = lock(&self.state);
@@ -178,7 +183,10 @@ impl Gallery {
                 }
             }
         }
+        let estimate = segment_estimate(&rows, dim);
+        progress.add_total(rows.len() as u64, estimate);
         let new_seg = self.write_new_segment("flush", file_no, &rows)?;
+        progress.add_done(rows.len() as u64, estimate);
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
         let old_wal_start;
         {
@@ -265,9 +273,7 @@ impl Gallery {
         // Per row: the vector, its 8-bit code, id, norm, subject index and
         // offsets; plus the subject strings, headers and the manifest after.
         let dim = self.spec.dim;
-        let per_row = (4 * dim + dim + 32) as u64;
-        let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
-        let needed = rows.len() as u64 * per_row + strings + (1 << 20);
+        let needed = segment_estimate(rows, dim) + (1 << 20);
         crate::storage::fs::check_space(&*self.fs, &self.dir, what, needed)?;
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&*self.fs, &path, file_no, rows, dim)
@@ -287,8 +293,9 @@ impl Gallery {
     }
 
     /// Rewrite the segments `inputs` into one without their deleted rows.
-    /// Caller holds the maintenance lock.
-    pub(super) fn merge_locked(&self, inputs: &[u64]) -> Result<()> {
+    /// Caller holds the maintenance lock; `progress` counts the rows written
+    /// (its totals were raised by [`planned`]).
+    pub(super) fn merge_locked(&self, inputs: &[u64], progress: &ProgressCell) -> Result<()> {
         let (captured, file_no) = {
             let mut st = lock(&self.state);
             let cap: Vec<SegState> = st
@@ -316,6 +323,7 @@ impl Gallery {
             }
         }
         let new_seg = self.write_new_segment("compaction", file_no, &rows)?;
+        progress.add_done(rows.len() as u64, (rows.len() * (5 * dim + 48)) as u64);
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
         if let Err(e) = self.check_writable() {
@@ -378,13 +386,41 @@ impl Gallery {
             st.frozen.is_some() || st.active.rows() >= self.opts.memtable_rows
         };
         if need_flush {
-            self.flush_locked()?;
+            let progress = self.start_progress("flush");
+            self.flush_locked(&progress.cell)?;
         }
-        for group in compaction::plan(&self.segment_stats(), &self.opts.compaction, false) {
-            self.merge_locked(&group)?;
+        let stats = self.segment_stats();
+        let plan = compaction::plan(&stats, &self.opts.compaction, false);
+        if !plan.is_empty() {
+            let progress = self.start_progress("compaction");
+            planned(&progress.cell, &stats, &plan, self.spec.dim);
+            for group in plan {
+                self.merge_locked(&group, &progress.cell)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Bytes a segment of `rows` takes, about: per row the vector, its 8-bit
+/// code, id, norm, subject index and offsets, plus the subject strings.
+fn segment_estimate(rows: &[RowRef<'_>], dim: usize) -> u64 {
+    let per_row = (4 * dim + dim + 32) as u64;
+    let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
+    rows.len() as u64 * per_row + strings
+}
+
+/// Raise `progress`'s totals by the live rows of the merges `plan` will
+/// write (and their bytes, estimated as [`segment_estimate`] does, with an
+/// average subject of 16 bytes).
+fn planned(progress: &ProgressCell, stats: &[SegmentStat], plan: &[Vec<u64>], dim: usize) {
+    let rows: u64 = plan
+        .iter()
+        .flatten()
+        .filter_map(|n| stats.iter().find(|s| s.file_no == *n))
+        .map(|s| s.rows - s.deleted)
+        .sum();
+    progress.add_total(rows, rows * (5 * dim + 48) as u64);
 }
 
 pub(super) fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {

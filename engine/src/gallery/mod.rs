@@ -30,12 +30,16 @@
 //! compaction policy [`crate::compaction`]'s, file access the
 //! [`crate::io::FileSystem`] seam's.
 
+mod backup;
 mod head;
 mod maintain;
 mod read;
 mod recover;
 mod write;
 
+pub(crate) use backup::{
+    BACKUP, ERASURE_KEY, ERASURES_DIR, mirror_path, verify_backup_files, write_synced,
+};
 pub use read::{Export, ExportBatch};
 pub(crate) use write::normalize;
 
@@ -86,6 +90,9 @@ pub struct GalleryOptions {
     /// (a full disk, a failing device), memory stays bounded. Deletes are
     /// always taken, so people can still be erased.
     pub max_unflushed_rows: usize,
+    /// Where backups are kept (`None`: no backups). Once a gallery has been
+    /// backed up, its erasure log is mirrored to `erasures/` under it.
+    pub backup_root: Option<PathBuf>,
 }
 
 impl Default for GalleryOptions {
@@ -97,6 +104,7 @@ impl Default for GalleryOptions {
             verify: VerifyChecksums::Metadata,
             compaction: CompactionPolicy::default(),
             max_unflushed_rows: 1 << 19,
+            backup_root: None,
         }
     }
 }
@@ -163,6 +171,11 @@ pub struct Gallery {
     maintenance_failure: Mutex<Option<Failure>>,
     head: RwLock<Option<Arc<HeadInfo>>>,
     head_lock: Mutex<()>,
+    /// The erasure log (loaded at the first delete or backup); held from a
+    /// delete's log append to its commit, and by a backup's cut.
+    erasure: Mutex<Option<backup::Erasures>>,
+    /// Long operations in progress.
+    operations: Mutex<Vec<Arc<backup::ProgressCell>>>,
 }
 
 impl std::fmt::Debug for Gallery {

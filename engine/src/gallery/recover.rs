@@ -232,6 +232,8 @@ impl Gallery {
             maintenance_failure: Mutex::new(None),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),
+            erasure: Mutex::new(None),
+            operations: Mutex::new(Vec::new()),
         });
         if gallery.opts.background {
             let weak = Arc::downgrade(&gallery);

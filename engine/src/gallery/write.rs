@@ -673,6 +673,12 @@ impl Gallery {
         if ids.is_empty() && subjects.is_empty() {
             return Ok(0);
         }
+        self.check_writable()?;
+        // The erasure is logged (synced) before the delete is applied, and
+        // the lock held until it is, so a backup's cut never falls between.
+        let mut slot = lock(&self.erasure);
+        let erasures = self.erasures(&mut slot)?;
+        self.log_erasures(erasures, ids, subjects)?;
         match self.submit(Op::Delete {
             ids: ids.to_vec(),
             subjects: subjects.to_vec(),

@@ -85,6 +85,18 @@ pub trait FileSystem: Send + Sync + Debug {
     fn available_space(&self, dir: &Path) -> io::Result<u64>;
     /// Map a sealed file read-only.
     fn map(&self, path: &Path) -> io::Result<MappedFile>;
+    /// Open a file for reading (backups copy through it; an open file stays
+    /// readable after it is unlinked).
+    fn open_read(&self, path: &Path) -> io::Result<std::fs::File> {
+        std::fs::File::open(path)
+    }
+    /// Make `to` a second name of the file `from` (a hard link). File systems
+    /// that cannot (another device, or a test double) say so, and the caller
+    /// copies instead.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// The operating system's file system.
@@ -187,5 +199,8 @@ impl FileSystem for RealFs {
     }
     fn map(&self, path: &Path) -> io::Result<MappedFile> {
         MappedFile::open(path)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
     }
 }

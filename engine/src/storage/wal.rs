@@ -158,8 +158,7 @@ impl WalWriter {
     pub(crate) fn file_no(&self) -> u64 {
         self.file_no
     }
-    /// Bytes written so far.
-    #[cfg(test)]
+    /// Bytes written so far (the end of the last record appended).
     pub(crate) fn len(&self) -> u64 {
         self.len
     }

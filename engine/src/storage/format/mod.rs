@@ -17,6 +17,11 @@
 //! | `MANIFEST` | atomically replaced (temp, fsync, rename, fsync dir) | live segments, their tombstones, the first WAL file to replay |
 //! | `wal-XXXXXXXXXXXXXXXX.log` | appended | batches acknowledged since the manifest |
 //! | `seg-XXXXXXXXXXXXXXXX.vseg` | once, then immutable and memory-mapped | embeddings |
+//! | `ERASURE-KEY` | once, atomically (at the first delete or backup) | the secret key of the erasure hashes |
+//! | `ERASURES` | appended, before each delete is applied | keyed hashes of what was deleted (never names) |
+//!
+//! A backup directory holds copies (or hard links) of those files as of one
+//! WAL position, and `BACKUP`, its checksummed manifest, written last.
 //!
 //! File numbers (`XXXX…`, 16 lowercase hex digits) come from one counter per
 //! gallery kept in the manifest and are never reused.
@@ -27,7 +32,8 @@
 //! - [`segment`]: segment files (`.vseg`): header, section table, sections;
 //! - [`wal`]: WAL files (`.log`): header, record framing, insert and delete records;
 //! - [`manifest`]: the manifest (`MANIFEST`);
-//! - [`head`]: the head file (`HEAD`).
+//! - [`head`]: the head file (`HEAD`);
+//! - [`backup`]: the backup manifest (`BACKUP`), the erasure log and its key.
 //!
 //! This module holds what they share: [`FORMAT_VERSION`] and
 //! [`OLDEST_SUPPORTED_VERSION`], section alignment ([`SECTION_ALIGN`],
@@ -71,11 +77,18 @@ compile_error!(
     "visage writes little-endian files and maps them directly: big-endian targets are not supported"
 );
 
+pub mod backup;
 pub mod head;
 pub mod manifest;
 pub mod segment;
 pub mod wal;
 
+pub use backup::{
+    BACKUP_BLOCK, BACKUP_MAGIC, BackupFile, BackupManifest, ERASURE_KEY_LEN, ERASURE_KEY_MAGIC,
+    ERASURE_RECORD_LEN, ERASURES_HEADER_LEN, ERASURES_MAGIC, ErasureKind, ErasureLog,
+    ErasureRecord, decode_backup, decode_erasure_key, decode_erasures, encode_backup,
+    encode_erasure_key, encode_erasure_records, encode_erasures_header, plain_file_name,
+};
 pub use head::{HEAD_LEN, HEAD_MAGIC, HeadData, HeadExt, OpenTable, decode_head, encode_head};
 pub use manifest::{
     MANIFEST_MAGIC, ManifestData, ManifestSegment, decode_manifest, encode_manifest,
