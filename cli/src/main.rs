@@ -110,8 +110,16 @@ enum Command {
     Export(ExportArgs),
     /// Delete embeddings by id and every embedding of some subjects.
     Delete(DeleteArgs),
-    /// Rewrite the gallery's files without deleted embeddings.
+    /// Rewrite the gallery's files without deleted embeddings (a progress
+    /// bar with ETA on a terminal).
     Compact(GalleryArg),
+    /// Back up a gallery while it serves, as NAME under the server's backup
+    /// root (admin role; a progress bar with ETA on a terminal). The backup
+    /// holds biometric data: see README, Operations.
+    Backup(BackupArgs),
+    /// Restore backup NAME as a new gallery (admin role): every checksum is
+    /// verified first, and people erased since the backup stay erased.
+    Restore(RestoreArgs),
     /// Write in-memory rows of the gallery to a segment file.
     Flush(GalleryArg),
     /// Train the gallery's scoring head on its own subjects and calibrate the
@@ -223,6 +231,23 @@ enum GalleryCommand {
 #[derive(Debug, Args)]
 struct GalleryArg {
     /// Gallery name.
+    gallery: String,
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// Gallery to back up.
+    gallery: String,
+    /// Name of the backup (letters, digits, '_' and '-').
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// Name of the backup under the server's backup root.
+    name: String,
+    /// The gallery to create from it (a name no gallery has).
+    #[arg(long)]
     gallery: String,
 }
 
@@ -549,8 +574,59 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         Command::Delete(a) => delete(&client, a, json).await?,
         Command::Compact(a) => {
             let t = Instant::now();
-            let r = client.gallery(&a.gallery).compact().await?;
+            let g = client.gallery(&a.gallery);
+            let r = with_progress(&g, "compaction", json, g.compact()).await?;
             maintenance("compacted", &a.gallery, r, t, json)?;
+        }
+        Command::Backup(a) => {
+            let t = Instant::now();
+            let g = client.gallery(&a.gallery);
+            let r = with_progress(&g, "backup", json, client.backup(&a.gallery, &a.name)).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if json {
+                print_json(&json!({
+                    "name": r.name, "gallery": a.gallery, "seconds": secs,
+                    "embeddings": r.rows, "subjects": r.subjects, "files": r.files,
+                    "linked_files": r.linked_files, "bytes": r.bytes,
+                    "wal_file": r.wal_file, "wal_offset": r.wal_offset,
+                }))?;
+            } else {
+                println!(
+                    "backed up {} as {} in {secs:.2} s: {} embeddings of {} subjects, {} files \
+                     ({} hard-linked), {}",
+                    a.gallery,
+                    r.name,
+                    count(r.rows),
+                    count(r.subjects),
+                    r.files,
+                    r.linked_files,
+                    bytes(r.bytes)
+                );
+            }
+        }
+        Command::Restore(a) => {
+            let t = Instant::now();
+            let r = client.restore(&a.name, &a.gallery).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let live = r.gallery.as_ref().map_or(0, |g| g.live);
+            if json {
+                print_json(&json!({
+                    "name": a.name, "gallery": a.gallery, "seconds": secs,
+                    "source_gallery": r.source_gallery, "embeddings": live,
+                    "erasures_applied": r.erasures_applied, "embeddings_erased": r.rows_erased,
+                }))?;
+            } else {
+                println!(
+                    "restored {} (a backup of {}) as {} in {secs:.2} s: {} embeddings; \
+                     {} erasures since the backup applied, {} embeddings erased",
+                    a.name,
+                    r.source_gallery,
+                    a.gallery,
+                    count(live),
+                    r.erasures_applied,
+                    r.rows_erased
+                );
+            }
         }
         Command::Flush(a) => {
             let t = Instant::now();
@@ -902,6 +978,41 @@ fn read_vectors(path: &Path, g: &GalleryInfo) -> Res<Matrix> {
 /// A similarity for tables: `-` when absent.
 fn similarity(s: Option<f32>) -> String {
     s.map_or("-".into(), |s| format!("{s:.4}"))
+}
+
+/// Await `call` while a bar shows the gallery's operation `kind` (from
+/// GetGallery's `operations`, asked four times a second) on a terminal.
+async fn with_progress<T>(
+    g: &visage_client::Gallery,
+    kind: &str,
+    json: bool,
+    call: impl std::future::Future<Output = visage_client::Result<T>>,
+) -> visage_client::Result<T> {
+    use std::io::IsTerminal;
+    let hidden = json || !std::io::stderr().is_terminal();
+    let pb = progress_bar(0, hidden);
+    pb.set_message(kind.to_owned());
+    let poll = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if let Ok(info) = g.stats().await
+                && let Some(op) = info.operations.iter().find(|o| o.kind == kind)
+            {
+                pb.set_length(op.bytes_total);
+                pb.set_position(op.bytes_done);
+            }
+        }
+    };
+    let out = if hidden {
+        call.await
+    } else {
+        tokio::select! {
+            out = call => out,
+            () = poll => unreachable!("the poll never ends"),
+        }
+    };
+    pb.finish_and_clear();
+    out
 }
 
 fn progress_bar(len: u64, hidden: bool) -> ProgressBar {

@@ -607,6 +607,33 @@ impl Client {
             .galleries)
     }
 
+    /// Back up gallery `gallery` as `name` under the server's backup root,
+    /// while it serves (admin role). Returns when the backup is complete;
+    /// [`Gallery::stats`]'s `operations` show its progress meanwhile.
+    pub async fn backup(&self, gallery: &str, name: &str) -> Result<proto::BackupResponse> {
+        Ok(self
+            .rpc()
+            .backup(proto::BackupRequest {
+                gallery: gallery.to_owned(),
+                name: name.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Restore backup `name` as the new gallery `gallery` (admin role),
+    /// re-applying the erasures made since the backup.
+    pub async fn restore(&self, name: &str, gallery: &str) -> Result<proto::RestoreResponse> {
+        Ok(self
+            .rpc()
+            .restore(proto::RestoreRequest {
+                name: name.to_owned(),
+                gallery: gallery.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// A handle on gallery `name` (no request is made). Its requests name
     /// no model; see [`Gallery::with_model`].
     pub fn gallery(&self, name: &str) -> Gallery {

@@ -76,9 +76,8 @@ pub fn visage_role(method: &str) -> Option<Role> {
         "ListGalleries" | "GetGallery" | "ListSubjects" | "Get" | "Search" | "Identify"
         | "Verify" | "GetHead" => Role::Read,
         "Insert" | "InsertStream" | "Flush" => Role::Write,
-        "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export" => {
-            Role::Admin
-        }
+        "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export"
+        | "Backup" | "Restore" => Role::Admin,
         _ => return None,
     })
 }
@@ -458,7 +457,7 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 17, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 19, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }
@@ -471,6 +470,8 @@ mod tests {
             "Delete",
             "Compact",
             "TrainHead",
+            "Backup",
+            "Restore",
         ] {
             assert_eq!(visage_role(admin), Some(Role::Admin), "{admin}");
         }

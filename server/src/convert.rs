@@ -283,6 +283,18 @@ pub fn info_out(g: &Gallery) -> pb::GalleryInfo {
                 format_version: x.format_version,
             })
             .collect(),
+        operations: g
+            .progress()
+            .into_iter()
+            .map(|p| pb::OperationProgress {
+                kind: p.kind.to_owned(),
+                rows_done: p.rows_done,
+                rows_total: p.rows_total,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+                elapsed_seconds: p.elapsed.as_secs_f64(),
+            })
+            .collect(),
     }
 }
 

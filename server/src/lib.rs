@@ -79,6 +79,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// A streaming insert whose next message takes longer is ended.
     pub stream_idle_timeout: Duration,
+    /// Largest rate of a backup's copying, bytes a second (`None`: no limit).
+    pub backup_bytes_per_sec: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +93,7 @@ impl Default for ServerOptions {
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             stream_idle_timeout: service::DEFAULT_STREAM_IDLE_TIMEOUT,
+            backup_bytes_per_sec: None,
         }
     }
 }
@@ -193,7 +196,8 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let visage = VisageServer::new(
         VisageService::new(engine.clone(), stop_rx.clone())
-            .with_stream_idle_timeout(opts.stream_idle_timeout),
+            .with_stream_idle_timeout(opts.stream_idle_timeout)
+            .with_backup_rate(opts.backup_bytes_per_sec),
     )
     .max_decoding_message_size(opts.max_message_bytes);
 

@@ -95,6 +95,15 @@ struct Args {
     #[arg(long, env = "VISAGE_IDLE_TIMEOUT", default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
+    /// Directory of backups (`Backup`/`Restore` RPCs; created when the first
+    /// backup is taken), and of the mirrored erasure logs that restores
+    /// re-apply. Holds biometric data: keep it as private as the data directory.
+    #[arg(long, env = "VISAGE_BACKUP_ROOT", default_value = "./visage-backups")]
+    backup_root: PathBuf,
+    /// Largest rate a backup reads and writes, in MiB a second (0: no limit),
+    /// so a backup does not starve searches of disk bandwidth.
+    #[arg(long, env = "VISAGE_BACKUP_RATE", default_value_t = 0)]
+    backup_rate: u64,
     /// Seconds a streaming insert may wait for its next message.
     #[arg(long, env = "VISAGE_STREAM_IDLE_TIMEOUT",
           default_value_t = visage_server::service::DEFAULT_STREAM_IDLE_TIMEOUT.as_secs(),
@@ -235,6 +244,7 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
     }
 
     let mut opts = EngineOptions::default();
+    opts.gallery.backup_root = Some(args.backup_root.clone());
     opts.gallery.durability = match args.durability {
         DurabilityArg::PowerLoss => Durability::PowerLoss,
         DurabilityArg::ProcessCrash => Durability::ProcessCrash,
@@ -280,6 +290,8 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout),
+        backup_bytes_per_sec: (args.backup_rate > 0)
+            .then_some(args.backup_rate.saturating_mul(1 << 20)),
     };
     visage_server::serve(engine, listener, server_opts, shutdown).await
 }

@@ -33,6 +33,7 @@ pub struct VisageService {
     engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
     stream_idle: std::time::Duration,
+    backup_rate: Option<u64>,
 }
 
 /// Default longest wait for the next message of a streaming insert.
@@ -46,7 +47,14 @@ impl VisageService {
             engine,
             shutdown,
             stream_idle: DEFAULT_STREAM_IDLE_TIMEOUT,
+            backup_rate: None,
         }
+    }
+
+    /// Copy backups at most this many bytes a second (`None`: no limit).
+    pub fn with_backup_rate(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.backup_rate = bytes_per_sec;
+        self
     }
 
     /// End a streaming insert whose next message does not arrive within
@@ -757,6 +765,53 @@ impl Visage for VisageService {
         Ok(Response::new(pb::CompactResponse {
             before: Some(convert::stats_out(r.before)),
             after: Some(convert::stats_out(r.after)),
+        }))
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        let r = request.into_inner();
+        let opts = visage_engine::BackupOptions {
+            max_bytes_per_sec: self.backup_rate,
+        };
+        let name = r.name.clone();
+        let rep = self
+            .blocking(move |engine| Ok(engine.backup(&r.gallery, &r.name, &opts)?))
+            .await?;
+        tracing::info!(backup = %name, rows = rep.rows, bytes = rep.bytes, linked = rep.linked, "backup taken");
+        Ok(Response::new(pb::BackupResponse {
+            name,
+            rows: rep.rows,
+            subjects: rep.subjects,
+            files: rep.files,
+            linked_files: rep.linked,
+            bytes: rep.bytes,
+            wal_file: rep.wal_file_no,
+            wal_offset: rep.wal_offset,
+        }))
+    }
+
+    async fn restore(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let r = request.into_inner();
+        let (rep, info) = self
+            .blocking(move |engine| {
+                let rep = engine.restore(&r.name, &r.gallery)?;
+                let info = convert::info_out(&*engine.gallery(&r.gallery)?);
+                Ok((rep, info))
+            })
+            .await?;
+        tracing::info!(gallery = %info.name, from = %rep.source_gallery,
+            erasures = rep.erasures_applied, erased = rep.rows_erased, "backup restored");
+        Ok(Response::new(pb::RestoreResponse {
+            gallery: Some(info),
+            source_gallery: rep.source_gallery,
+            erasures_applied: rep.erasures_applied,
+            rows_erased: rep.rows_erased,
         }))
     }
 

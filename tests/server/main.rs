@@ -6,6 +6,7 @@
 //! test --workspace` builds them (the server and client packages have
 //! integration tests of their own, which makes cargo build their binaries).
 
+mod backup;
 mod cli;
 mod cli_head;
 mod cli_outliers;

@@ -147,6 +147,10 @@ pub fn encode_backup(m: &BackupManifest) -> Vec<u8> {
     b.extend_from_slice(&m.rows.to_le_bytes());
     b.extend_from_slice(&m.subjects.to_le_bytes());
     b.extend_from_slice(&m.block.to_le_bytes());
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a gallery's files number far fewer than 2^32"
+    )]
     b.extend_from_slice(&(m.files.len() as u32).to_le_bytes());
     put_str(&mut b, &m.gallery);
     for f in &m.files {
@@ -161,7 +165,12 @@ pub fn encode_backup(m: &BackupManifest) -> Vec<u8> {
     b
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "names here are file names (at most 255 bytes) or gallery names (at most 64)"
+)]
 fn put_str(b: &mut Vec<u8>, s: &str) {
+    debug_assert!(s.len() <= 255);
     b.extend_from_slice(&(s.len() as u16).to_le_bytes());
     b.extend_from_slice(s.as_bytes());
 }

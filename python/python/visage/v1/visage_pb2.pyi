@@ -139,7 +139,7 @@ class ListGalleriesResponse(_message.Message):
     def __init__(self, galleries: _Optional[_Iterable[_Union[GalleryInfo, _Mapping]]] = ...) -> None: ...
 
 class GalleryInfo(_message.Message):
-    __slots__ = ("name", "dim", "live", "deleted", "subjects", "segments", "bytes_on_disk", "head_trained", "memtable_rows", "open_logit_threshold", "open_distance_threshold", "open_trusted", "model", "normalize", "exception_rows", "outdated_segments", "scans", "segment_details")
+    __slots__ = ("name", "dim", "live", "deleted", "subjects", "segments", "bytes_on_disk", "head_trained", "memtable_rows", "open_logit_threshold", "open_distance_threshold", "open_trusted", "model", "normalize", "exception_rows", "outdated_segments", "scans", "segment_details", "operations")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class GalleryInfo(_message.Message):
     OUTDATED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     SCANS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     live: int
@@ -176,7 +177,72 @@ class GalleryInfo(_message.Message):
     outdated_segments: int
     scans: ScanCounts
     segment_details: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., live: _Optional[int] = ..., deleted: _Optional[int] = ..., subjects: _Optional[int] = ..., segments: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., head_trained: _Optional[bool] = ..., memtable_rows: _Optional[int] = ..., open_logit_threshold: _Optional[float] = ..., open_distance_threshold: _Optional[float] = ..., open_trusted: _Optional[bool] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ..., exception_rows: _Optional[int] = ..., outdated_segments: _Optional[int] = ..., scans: _Optional[_Union[ScanCounts, _Mapping]] = ..., segment_details: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+    operations: _containers.RepeatedCompositeFieldContainer[OperationProgress]
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., live: _Optional[int] = ..., deleted: _Optional[int] = ..., subjects: _Optional[int] = ..., segments: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., head_trained: _Optional[bool] = ..., memtable_rows: _Optional[int] = ..., open_logit_threshold: _Optional[float] = ..., open_distance_threshold: _Optional[float] = ..., open_trusted: _Optional[bool] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ..., exception_rows: _Optional[int] = ..., outdated_segments: _Optional[int] = ..., scans: _Optional[_Union[ScanCounts, _Mapping]] = ..., segment_details: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationProgress, _Mapping]]] = ...) -> None: ...
+
+class OperationProgress(_message.Message):
+    __slots__ = ("kind", "rows_done", "rows_total", "bytes_done", "bytes_total", "elapsed_seconds")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    rows_done: int
+    rows_total: int
+    bytes_done: int
+    bytes_total: int
+    elapsed_seconds: float
+    def __init__(self, kind: _Optional[str] = ..., rows_done: _Optional[int] = ..., rows_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("gallery", "name")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    name: str
+    def __init__(self, gallery: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class BackupResponse(_message.Message):
+    __slots__ = ("name", "rows", "subjects", "files", "linked_files", "bytes", "wal_file", "wal_offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    LINKED_FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_FILE_FIELD_NUMBER: _ClassVar[int]
+    WAL_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rows: int
+    subjects: int
+    files: int
+    linked_files: int
+    bytes: int
+    wal_file: int
+    wal_offset: int
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., subjects: _Optional[int] = ..., files: _Optional[int] = ..., linked_files: _Optional[int] = ..., bytes: _Optional[int] = ..., wal_file: _Optional[int] = ..., wal_offset: _Optional[int] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("name", "gallery")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    gallery: str
+    def __init__(self, name: _Optional[str] = ..., gallery: _Optional[str] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("gallery", "source_gallery", "erasures_applied", "rows_erased")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_GALLERY_FIELD_NUMBER: _ClassVar[int]
+    ERASURES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    gallery: GalleryInfo
+    source_gallery: str
+    erasures_applied: int
+    rows_erased: int
+    def __init__(self, gallery: _Optional[_Union[GalleryInfo, _Mapping]] = ..., source_gallery: _Optional[str] = ..., erasures_applied: _Optional[int] = ..., rows_erased: _Optional[int] = ...) -> None: ...
 
 class ScanCounts(_message.Message):
     __slots__ = ("first_pass", "widened", "f32_batch", "direct")

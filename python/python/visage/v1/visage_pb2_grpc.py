@@ -119,6 +119,16 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.FlushRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.FlushResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/visage.v1.Visage/Backup',
+                request_serializer=visage_dot_v1_dot_visage__pb2.BackupRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.BackupResponse.FromString,
+                _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/visage.v1.Visage/Restore',
+                request_serializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
+                _registered_method=True)
 
 
 class VisageServicer:
@@ -267,6 +277,30 @@ class VisageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Back up a gallery while it serves (admin role): a consistent copy as of
+        one point of its write log, under the server's backup root as `name`
+        (a plain name: letters, digits, '_' and '-'; INVALID_ARGUMENT otherwise;
+        FAILED_PRECONDITION if a backup of that name exists). Segments are hard
+        links when the root is on the gallery's file system. Progress shows in
+        GetGallery's `operations` while it runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request, context):
+        """Restore backup `name` as gallery `gallery`, which must not exist (a new
+        name, or one dropped) (admin role). Every checksum is verified before
+        anything is installed (DATA_LOSS naming the file and offset otherwise);
+        people erased from the backed-up gallery after the backup (Delete by
+        subject or id, logged as keyed hashes under the backup root) are erased
+        again and the gallery compacted before it serves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -354,6 +388,16 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.Flush,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.FlushRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.FlushResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.BackupRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.BackupResponse.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -815,6 +859,60 @@ class Visage:
             '/visage.v1.Visage/Flush',
             visage_dot_v1_dot_visage__pb2.FlushRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.FlushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visage.v1.Visage/Backup',
+            visage_dot_v1_dot_visage__pb2.BackupRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visage.v1.Visage/Restore',
+            visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
