@@ -5,6 +5,7 @@
 //!                     [--out-ids IDS.npy] [--json] [--batch N] [--single N] [--data-dir DIR]
 //! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic] [--dim D]
 //! visage-bench bounds [--bytes B] [--json]
+//! visage-bench conflicts [--subjects N] [--batch B] [--runs R] [--json]
 //! ```
 //!
 //! `search` loads BASE (float32 `[N, D]`, D the gallery's dimension, row `i` gets id `i`) into a data
@@ -52,6 +53,34 @@ enum Cmd {
     /// run: speed as a share of the clean gallery's, every answer checked
     /// against the direct scan.
     Robust(RobustArgs),
+    /// The cost of Insert's conflict check: batches of new people inserted
+    /// with and without the check in turn into one trained gallery, and the
+    /// conflicts it reports on strangers (false) and on new photos of
+    /// enrolled people under new names (caught).
+    Conflicts(ConflictsArgs),
+}
+
+#[derive(clap::Args)]
+struct ConflictsArgs {
+    /// Enrolled subjects, 10 images each.
+    #[arg(long, default_value_t = 10_000)]
+    subjects: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Timed batches of each kind (in turn; the medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Target false-accept rate of the head's calibration (the open-set
+    /// threshold is set for this false-positive rate per probe).
+    #[arg(long, default_value_t = 0.001)]
+    target_far: f64,
+    /// Seed of the data.
+    #[arg(long, default_value_t = 16)]
+    seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +120,113 @@ struct CalibrationArgs {
     /// anisotropic noise, where some images lie near many people).
     #[arg(long)]
     isotropic: bool,
+}
+
+fn conflicts_cmd(a: ConflictsArgs) -> Res<ExitCode> {
+    let synth = SynthGallery::generate(SynthConfig {
+        subjects: a.subjects,
+        min_images: 10,
+        max_images: 10,
+        seed: a.seed,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let engine = Engine::open(dir.path(), Default::default()).map_err(|e| e.to_string())?;
+    let g = engine.create_gallery("bench").map_err(|e| e.to_string())?;
+    for c in synth.embeddings.chunks(10_000) {
+        g.insert(c).map_err(|e| e.to_string())?;
+    }
+    g.flush().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    g.train_head(&visage_engine::TrainOptions {
+        target_far: a.target_far,
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let train_s = t.elapsed().as_secs_f64();
+    // Strangers (people never enrolled, one image each, under new names),
+    // and new photos of enrolled people under new names.
+    let strangers: Vec<Vec<f32>> = synth
+        .probes(0, 2 * a.runs * a.batch, a.seed + 1)
+        .into_iter()
+        .map(|p| p.vector)
+        .collect();
+    let twins = synth.probes(a.batch, 0, a.seed + 2);
+    let rows = |vs: &[Vec<f32>], tag: &str| -> (Vec<String>, Vec<f32>) {
+        let names = (0..vs.len()).map(|i| format!("{tag}-{i}")).collect();
+        (names, vs.concat())
+    };
+    let (mut plain, mut checked, mut check_only) = (Vec::new(), Vec::new(), Vec::new());
+    let mut false_conflicts = 0usize;
+    for (r, pair) in strangers.chunks(2 * a.batch).enumerate() {
+        let (names, flat) = rows(&pair[..a.batch], &format!("plain{r}"));
+        let t = Instant::now();
+        g.insert_rows(None, &names, &flat)
+            .map_err(|e| e.to_string())?;
+        plain.push(t.elapsed().as_secs_f64());
+        let (names, flat) = rows(&pair[a.batch..], &format!("checked{r}"));
+        let t = Instant::now();
+        let found = g.conflicts(&[], &names, &flat).map_err(|e| e.to_string())?;
+        check_only.push(t.elapsed().as_secs_f64());
+        g.insert_rows(None, &names, &flat)
+            .map_err(|e| e.to_string())?;
+        checked.push(t.elapsed().as_secs_f64());
+        let mut rows_flagged: Vec<usize> = found.iter().map(|c| c.position).collect();
+        rows_flagged.dedup();
+        false_conflicts += rows_flagged.len();
+    }
+    let vs: Vec<Vec<f32>> = twins.iter().map(|p| p.vector.clone()).collect();
+    let (names, flat) = rows(&vs, "twin");
+    let found = g.conflicts(&[], &names, &flat).map_err(|e| e.to_string())?;
+    let mut caught: Vec<usize> = found
+        .iter()
+        .filter(|c| c.other_position.is_none())
+        .map(|c| c.position)
+        .collect();
+    caught.dedup();
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p, c, k) = (med(&mut plain), med(&mut checked), med(&mut check_only));
+    let strangers_checked = a.runs * a.batch;
+    let expected = strangers_checked as f64 * a.target_far;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "subjects": a.subjects, "rows": a.subjects * 10, "batch": a.batch,
+                "runs": a.runs, "target_far": a.target_far, "train_seconds": train_s,
+                "plain_insert_ms": p * 1e3, "checked_insert_ms": c * 1e3,
+                "check_ms": k * 1e3, "cost_ratio": c / p,
+                "strangers_checked": strangers_checked, "false_conflicts": false_conflicts,
+                "expected_false_conflicts": expected,
+                "twins": a.batch, "twins_caught": caught.len(),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} subjects x 10 images, head trained at FAR {} in {train_s:.1} s; batches of {} new people, median of {}\n",
+        a.subjects, a.target_far, a.batch, a.runs
+    );
+    println!("| measurement | result |\n|---|---|");
+    println!("| insert, no check | {:.1} ms a batch |", p * 1e3);
+    println!(
+        "| insert with conflict_check | {:.1} ms a batch ({:.1} ms of it the check): {:.2}x |",
+        c * 1e3,
+        k * 1e3,
+        c / p
+    );
+    println!(
+        "| strangers flagged (false conflicts) | {false_conflicts} of {strangers_checked} (the calibration predicts about {expected:.1}) |"
+    );
+    println!(
+        "| new photos of enrolled people under new names, caught | {} of {} |",
+        caught.len(),
+        a.batch
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn calibration_cmd(a: CalibrationArgs) -> Res<ExitCode> {
@@ -278,6 +414,7 @@ fn main() -> ExitCode {
         Cmd::Bounds(a) => bounds_cmd(a),
         Cmd::Calibration(a) => calibration_cmd(a),
         Cmd::Robust(a) => robust_cmd(a),
+        Cmd::Conflicts(a) => conflicts_cmd(a),
     };
     match r {
         Ok(code) => code,

@@ -184,6 +184,53 @@ fn main() {
     wide.weights = (0..512).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
     seed("head", Some(2), &format::encode_head(&wide));
 
+    // Backups and erasures: a backup manifest as a backup writes it, an
+    // erasure log with records of both kinds, an erasure key.
+    let bm = format::BackupManifest {
+        created_ms: 1_765_000_000_000,
+        wal_file_no: 11,
+        wal_offset: 4096,
+        erasure_position: 2,
+        lineage: [7; 16],
+        rows: 1000,
+        subjects: 100,
+        block: format::BACKUP_BLOCK,
+        gallery: GALLERY.into(),
+        files: vec![
+            format::BackupFile {
+                name: "MANIFEST".into(),
+                len: 200,
+                crcs: vec![0x1234_5678],
+            },
+            format::BackupFile {
+                name: "seg-0000000000000007.vseg".into(),
+                len: (1 << 20) + 5,
+                crcs: vec![1, 2],
+            },
+            format::BackupFile {
+                name: "wal-000000000000000b.log".into(),
+                len: 0,
+                crcs: vec![],
+            },
+        ],
+    };
+    let mut backup = vec![0u8];
+    backup.extend(format::encode_backup(&bm));
+    seed("backup", None, &backup);
+    let mut log = vec![1u8];
+    log.extend(format::encode_erasures_header(&[3; 16]));
+    format::encode_erasure_records(
+        &[
+            (format::ErasureKind::Subject, [1; 32]),
+            (format::ErasureKind::Id, [2; 32]),
+        ],
+        &mut log,
+    );
+    seed("backup", None, &log);
+    let mut key = vec![2u8];
+    key.extend(format::encode_erasure_key(&[3; 16], &[9; 32]));
+    seed("backup", None, &key);
+
     // Requests, one byte for the message type (the order of `KINDS` in requests.rs).
     let g = || GALLERY.to_string();
     let e = |id: u64, s: &str, seed: u64| pb::Embedding {
