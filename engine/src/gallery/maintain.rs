@@ -2,6 +2,7 @@
 //! compaction runs of the policy's plans, and the background thread that
 //! does both.
 
+use super::counters::Job;
 use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
@@ -14,7 +15,7 @@ use crate::storage::wal::WalWriter;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl Gallery {
     /// Current statistics.
@@ -134,6 +135,7 @@ impl Gallery {
 
     /// Caller holds the maintenance lock.
     pub(super) fn flush_locked(&self) -> Result<()> {
+        let started = Instant::now();
         // 1. Freeze: rotate the WAL so the frozen memtable's records are exactly the older files.
         {
             let mut st = lock(&self.state);
@@ -178,7 +180,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment("flush", file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Flush, file_no, &rows)?;
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
         let old_wal_start;
         {
@@ -234,6 +236,7 @@ impl Gallery {
             }
         }
         crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
+            .map(|()| self.counters.finished(Job::Flush, started))
     }
 
     /// The WAL files in the gallery's directory, with their numbers (none if it cannot be listed).
@@ -255,7 +258,7 @@ impl Gallery {
     /// has not room for the segment (an estimate from the rows, with slack).
     pub(super) fn write_new_segment(
         &self,
-        what: &'static str,
+        job: Job,
         file_no: u64,
         rows: &[RowRef<'_>],
     ) -> Result<Option<Arc<Segment>>> {
@@ -268,10 +271,11 @@ impl Gallery {
         let per_row = (4 * dim + dim + 32) as u64;
         let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
         let needed = rows.len() as u64 * per_row + strings + (1 << 20);
-        crate::storage::fs::check_space(&*self.fs, &self.dir, what, needed)?;
+        crate::storage::fs::check_space(&*self.fs, &self.dir, job.name(), needed)?;
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&*self.fs, &path, file_no, rows, dim)
-            .and_then(|_| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
+            .map(|bytes| self.counters.wrote(job, bytes))
+            .and_then(|()| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
             .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim));
         match res {
             Ok(seg) => {
@@ -289,6 +293,7 @@ impl Gallery {
     /// Rewrite the segments `inputs` into one without their deleted rows.
     /// Caller holds the maintenance lock.
     pub(super) fn merge_locked(&self, inputs: &[u64]) -> Result<()> {
+        let started = Instant::now();
         let (captured, file_no) = {
             let mut st = lock(&self.state);
             let cap: Vec<SegState> = st
@@ -315,7 +320,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment("compaction", file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Compaction, file_no, &rows)?;
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
         if let Err(e) = self.check_writable() {
@@ -365,6 +370,7 @@ impl Gallery {
             }
         }
         crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
+            .map(|()| self.counters.finished(Job::Compaction, started))
     }
 
     /// One round of background work: flush a full memtable, then apply the policy.

@@ -232,6 +232,7 @@ impl Gallery {
             maintenance_failure: Mutex::new(None),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),
+            counters: Default::default(),
         });
         if gallery.opts.background {
             let weak = Arc::downgrade(&gallery);
