@@ -736,6 +736,138 @@ mod tests {
         assert_eq!(status_code(&h).as_deref(), Some("PermissionDenied"));
     }
 
+    /// A response body of fixed frames.
+    struct Frames(std::collections::VecDeque<http_body::Frame<&'static [u8]>>);
+
+    impl http_body::Body for Frames {
+        type Data = &'static [u8];
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<&'static [u8]>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn trailers(code: &'static str) -> http_body::Frame<&'static [u8]> {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static(code));
+        http_body::Frame::trailers(t)
+    }
+
+    /// Call `path` on a service answering with `status` in the headers (or
+    /// none) and `frames` as the body; read `read` frames of it, then drop it.
+    async fn call(
+        rpc: &RpcMetrics,
+        path: &str,
+        status: Option<&'static str>,
+        frames: Vec<http_body::Frame<&'static [u8]>>,
+        read: usize,
+    ) {
+        use http_body::Body as _;
+        let frames = std::sync::Mutex::new(Some(frames));
+        let inner = tower::service_fn(move |_req: http::Request<()>| {
+            let mut resp = http::Response::new(Frames(
+                frames
+                    .lock()
+                    .expect("frames")
+                    .take()
+                    .unwrap_or_default()
+                    .into(),
+            ));
+            if let Some(code) = status {
+                resp.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static(code));
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+        });
+        let mut svc = RpcMetricsLayer {
+            rpc: Some(rpc.clone()),
+        }
+        .layer(inner);
+        let req = http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("request");
+        let mut body = svc.call(req).await.expect("response").into_body();
+        for _ in 0..read {
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        }
+    }
+
+    fn count(rpc: &RpcMetrics, method: &str, code: &str) -> u64 {
+        rpc.requests
+            .get_or_create(&CallLabels {
+                method: method.into(),
+                code: code.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn the_layer_records_status_from_headers_or_trailers() {
+        let rpc = RpcMetrics::default();
+        let data = || http_body::Frame::data(&b"message"[..]);
+        // Unary success: data, then OK trailers (no status in the headers).
+        call(
+            &rpc,
+            "/visage.v1.Visage/Search",
+            None,
+            vec![data(), trailers("0")],
+            3,
+        )
+        .await;
+        assert_eq!(count(&rpc, "Search", "Ok"), 1);
+        // Trailers-only error: counted at the headers.
+        call(&rpc, "/visage.v1.Visage/Search", Some("5"), vec![], 0).await;
+        assert_eq!(count(&rpc, "Search", "NotFound"), 1);
+        // A stream ending with an error status in its trailers.
+        call(
+            &rpc,
+            "/visage.v1.Visage/Export",
+            None,
+            vec![data(), data(), trailers("7")],
+            4,
+        )
+        .await;
+        assert_eq!(count(&rpc, "Export", "PermissionDenied"), 1);
+        // The client went away before the status.
+        call(
+            &rpc,
+            "/visage.v1.Visage/Export",
+            None,
+            vec![data(), trailers("0")],
+            1,
+        )
+        .await;
+        assert_eq!(count(&rpc, "Export", "Cancelled"), 1);
+        assert_eq!(count(&rpc, "Export", "Ok"), 0);
+        // A body that ends without a status.
+        call(&rpc, "/visage.v1.Visage/Get", None, vec![data()], 2).await;
+        assert_eq!(count(&rpc, "Get", "Unknown"), 1);
+        // Health checks are not counted; unknown methods are, as `unknown`.
+        call(
+            &rpc,
+            "/grpc.health.v1.Health/Check",
+            None,
+            vec![trailers("0")],
+            1,
+        )
+        .await;
+        call(&rpc, "/visage.v1.Visage/Nope", Some("12"), vec![], 0).await;
+        assert_eq!(count(&rpc, "unknown", "Unimplemented"), 1);
+        let mut text = String::new();
+        let mut reg = Registry::default();
+        reg.register("r", "r", rpc.requests.clone());
+        reg.register("t", "t", rpc.latency.clone());
+        prometheus_text::encode(&mut text, &reg).expect("encode");
+        assert!(!text.contains("Health"), "{text}");
+        // Latency: one observation per counted call.
+        assert!(text.contains("t_count{method=\"Search\"} 2\n"), "{text}");
+        assert!(text.contains("t_count{method=\"Export\"} 2\n"), "{text}");
+    }
+
     #[test]
     fn process_readings() {
         assert!(resident_bytes().is_some_and(|b| b > 0));
