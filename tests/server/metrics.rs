@@ -438,6 +438,26 @@ async fn counters_move_by_the_calls_made() {
     if have("promtool", "promtool check of the scrape") {
         promtool_check(&s.body);
     }
+
+    // A compaction after deletes in the segment moves the compaction counters
+    // (and no flush: nothing was left to flush).
+    let ids: Vec<u64> = (10..20).collect();
+    assert_eq!(g.delete(&ids, &[]).await.unwrap(), 10);
+    g.compact().await.unwrap();
+    let s = tokio::task::spawn_blocking(move || scrape(&maddr))
+        .await
+        .unwrap();
+    let compaction = [("gallery", "g"), ("operation", "compaction")];
+    assert_eq!(s.value("visage_maintenance_runs_total", &compaction), 1.0);
+    assert_eq!(
+        s.value("visage_maintenance_duration_seconds_count", &compaction),
+        1.0
+    );
+    assert!(s.value("visage_maintenance_written_bytes_total", &compaction) > 585.0 * 512.0);
+    assert_eq!(s.value("visage_maintenance_runs_total", &flush), 1.0);
+    assert_eq!(s.value("visage_gallery_live_rows", &gl), 585.0);
+    assert_eq!(s.value("visage_gallery_deleted_rows", &gl), 0.0);
+    assert_eq!(rpc_count(&s, "Compact", "Ok"), 1.0);
     drop(server);
 }
 
@@ -758,5 +778,73 @@ async fn a_real_prometheus_scrapes_the_server() {
     })
     .await
     .unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_state_and_thresholds_are_reported() {
+    use visage_client::TrainHead;
+    use visage_engine::synth::{SynthConfig, SynthGallery};
+    let t = TempData::new();
+    let (server, maddr) = start(&t, &[]);
+    let c = server.client().await;
+    c.create_gallery("h").await.unwrap();
+    let g = c.gallery("h");
+    let synth = SynthGallery::generate(SynthConfig {
+        subjects: 120,
+        min_images: 6,
+        max_images: 8,
+        seed: 5,
+        ..Default::default()
+    });
+    let data: Vec<visage_client::Embedding> = synth
+        .embeddings
+        .iter()
+        .map(|e| visage_client::Embedding {
+            id: e.id,
+            subject: e.subject.clone(),
+            vector: e.vector.clone(),
+        })
+        .collect();
+    g.insert(&data).await.unwrap();
+    let head = g
+        .train_head(&TrainHead {
+            target_far: Some(0.01),
+            max_pairs: Some(20_000),
+            seed: Some(2),
+            prior: None,
+        })
+        .await
+        .unwrap();
+    assert!(head.trained);
+    let info = g.stats().await.unwrap();
+    let s = tokio::task::spawn_blocking(move || scrape(&maddr))
+        .await
+        .unwrap();
+    let gl = [("gallery", "h")];
+    let kind = |k: &str| s.value("visage_head_threshold", &[("gallery", "h"), ("kind", k)]);
+    assert_eq!(s.value("visage_head_trained", &gl), 1.0);
+    assert_eq!(
+        s.value("visage_head_target_far", &gl),
+        f64::from(head.target_far)
+    );
+    assert_eq!(kind("pair_logit"), f64::from(head.logit_threshold));
+    assert_eq!(kind("pair_probability"), f64::from(head.threshold));
+    assert_eq!(kind("pair_distance"), f64::from(head.distance_threshold));
+    assert_eq!(
+        kind("open_logit"),
+        f64::from(info.open_logit_threshold.expect("open logit threshold"))
+    );
+    assert_eq!(
+        kind("open_distance"),
+        f64::from(
+            info.open_distance_threshold
+                .expect("open distance threshold")
+        )
+    );
+    assert_eq!(rpc_count(&s, "TrainHead", "Ok"), 1.0);
+    if have("promtool", "promtool check of the scrape") {
+        promtool_check(&s.body);
+    }
     drop(server);
 }
