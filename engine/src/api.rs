@@ -187,8 +187,14 @@ pub struct GalleryStats {
 /// the others means a crowded or degraded gallery (see [`GalleryStats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ScanCounts {
-    /// Proved from the first pass over the codes (screened or batch scan).
+    /// Proved from the first pass over the codes (screened or batch scan):
+    /// always `screened + int_tiled`.
     pub first_pass: u64,
+    /// Of `first_pass`, those the screened scan's first pass proved (1–3
+    /// probes, or small batches without AVX-512 VNNI).
+    pub screened: u64,
+    /// Of `first_pass`, those the integer tiled batch scan (AVX-512 VNNI) proved.
+    pub int_tiled: u64,
     /// Proved by the screened scan's second pass, with sixteen times the candidates.
     pub widened: u64,
     /// Settled by the f32 batch scan (batches): after the codes could not, or
@@ -197,6 +203,61 @@ pub struct ScanCounts {
     pub f32_batch: u64,
     /// Scanned directly, every row in f32, after the codes could not.
     pub direct: u64,
+    /// Times the exactness proof could not settle a probe and sent it on to
+    /// a later scan (a wider screened pass, the f32 batch scan or the direct
+    /// scan); a probe sent on twice counts twice.
+    pub fallbacks: u64,
+}
+
+/// Counts of one kind of observation in fixed buckets, as
+/// [`GalleryCounters`] reports them (the server exposes them as Prometheus
+/// histograms).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistogramCounts {
+    /// Upper bounds of the buckets (inclusive), ascending; a last bucket,
+    /// without a bound, holds what is larger.
+    pub bounds: &'static [f64],
+    /// Observations in each bucket (not cumulative): `bounds.len() + 1` counts.
+    pub counts: Vec<u64>,
+    /// Sum of the observations.
+    pub sum: f64,
+}
+
+impl HistogramCounts {
+    /// Observations in all buckets.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Flushes or compactions of a gallery since it was opened.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MaintenanceCounts {
+    /// Runs that finished (a flush with nothing to write is not one; a
+    /// compaction counts each segment it wrote by merging).
+    pub runs: u64,
+    /// Seconds each run took.
+    pub seconds: HistogramCounts,
+    /// Bytes of segment files written.
+    pub bytes_written: u64,
+}
+
+/// What the write path and maintenance of a gallery did since it was opened
+/// (`Gallery::counters`): group commits, WAL syncs, flushes and compactions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GalleryCounters {
+    /// Batches (insert or delete calls) a group commit wrote together.
+    pub wal_group_batches: HistogramCounts,
+    /// WAL records a group commit wrote with one write (a batch that changed
+    /// nothing writes none).
+    pub wal_group_records: HistogramCounts,
+    /// Seconds each WAL `fdatasync` of a group commit took (none in
+    /// `Durability::ProcessCrash` mode).
+    pub wal_fsync_seconds: HistogramCounts,
+    /// Flushes (memtable to segment).
+    pub flush: MaintenanceCounts,
+    /// Compactions: each merge of segments into one.
+    pub compaction: MaintenanceCounts,
 }
 
 /// One segment, as `Gallery::segments` reports it.

@@ -51,10 +51,11 @@ pub use compaction::CompactionPolicy;
 pub use engine::{Engine, EngineOptions, check_backup_name, check_gallery_name};
 pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
-    Durability, Export, ExportBatch, Gallery, GalleryOptions, GalleryStats, Identification,
-    IdentifyOptions, InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K,
-    MAX_PROBES, MAX_SUBJECTS_PAGE, MaintenanceReport, RankBy, ScanMode, SearchOptions, Verdict,
-    VerifyOptions, VerifyPair, VerifyTarget,
+    Durability, Export, ExportBatch, Gallery, GalleryCounters, GalleryOptions, GalleryStats,
+    HistogramCounts, Identification, IdentifyOptions, InsertOutcome, MAX_DELETE_BATCH,
+    MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES, MAX_SUBJECTS_PAGE, MaintenanceCounts,
+    MaintenanceReport, RankBy, ScanCounts, ScanMode, SearchOptions, Verdict, VerifyOptions,
+    VerifyPair, VerifyTarget,
 };
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use search::kernels;

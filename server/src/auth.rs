@@ -241,33 +241,47 @@ impl ApiKeys {
         found
     }
 
+    /// The role of the key a request presents (`authorization: Bearer KEY`
+    /// or `x-api-key: KEY`); UNAUTHENTICATED if there is none, it is
+    /// malformed, or it is not one of the file's keys. The metrics endpoint
+    /// checks its requests with this and [`require`] too.
+    pub fn role_for(&self, headers: &http::HeaderMap) -> Result<Role, Status> {
+        match presented_key(headers)? {
+            None => Err(Status::unauthenticated(
+                "missing API key: send the metadata `authorization: Bearer KEY` (or `x-api-key: KEY`)",
+            )),
+            Some(key) => self
+                .role_of(key)
+                .ok_or_else(|| Status::unauthenticated("unknown API key")),
+        }
+    }
+
     /// Check a request's headers against what `path` needs.
     pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
         let need = access(path);
         if need == Access::Open {
             return Ok(());
         }
-        let role = match presented_key(headers)? {
-            None => {
-                return Err(Status::unauthenticated(
-                    "missing API key: send the metadata `authorization: Bearer KEY` (or `x-api-key: KEY`)",
-                ));
-            }
-            Some(key) => self
-                .role_of(key)
-                .ok_or_else(|| Status::unauthenticated("unknown API key"))?,
-        };
+        let role = self.role_for(headers)?;
         let method = path.strip_prefix('/').unwrap_or(path);
         match need {
             Access::Open | Access::AnyKey => Ok(()),
-            Access::Role(needed) if role >= needed => Ok(()),
-            Access::Role(needed) => Err(Status::permission_denied(format!(
-                "{method} needs the {needed} role; this key has the {role} role"
-            ))),
+            Access::Role(needed) => require(role, needed, method),
             Access::Unknown => Err(Status::permission_denied(format!(
                 "{method} has no role assigned on this server"
             ))),
         }
+    }
+}
+
+/// PERMISSION_DENIED unless `role` includes `needed`; `what` names the call.
+pub fn require(role: Role, needed: Role, what: &str) -> Result<(), Status> {
+    if role >= needed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{what} needs the {needed} role; this key has the {role} role"
+        )))
     }
 }
 

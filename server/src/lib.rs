@@ -7,6 +7,8 @@
 //! - [`status`]: the one mapping from engine errors to status codes.
 //! - [`convert`]: wire ⇄ engine types.
 //! - [`auth`]: API keys and roles, checked by a tower layer before any service.
+//! - [`metrics`]: Prometheus metrics (`--metrics-listen`): calls by method and
+//!   status, galleries read at scrape time, the process.
 //! - [`serve`]: run the server until a shutdown signal, then stop accepting,
 //!   finish calls in flight, flush every gallery.
 #![warn(missing_docs)]
@@ -14,6 +16,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod metrics;
 pub mod net;
 pub mod packed;
 pub mod service;
@@ -181,6 +184,23 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send,
 {
+    serve_with_metrics(engine, listener, None, opts, signal).await
+}
+
+/// [`serve`], and with `metrics` the Prometheus endpoint (`GET /metrics`, see
+/// [`metrics`]) on that listener, behind the same API keys; it stops with
+/// the gRPC server.
+pub async fn serve_with_metrics<F>(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    opts: ServerOptions,
+    signal: F,
+) -> Result<(), BoxError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let metrics = metrics.map(|l| (l, Arc::new(metrics::Metrics::new(engine.clone()))));
     let (health, health_service) = tonic_health::server::health_reporter();
     // The engine (and so the data directory) is open: serving.
     health.set_serving::<VisageServer<VisageService>>().await;
@@ -222,6 +242,12 @@ where
         .http2_keepalive_interval(Some(opts.idle_timeout / 3))
         .http2_keepalive_timeout(Some(opts.idle_timeout / 3))
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
+        // Outermost: every call is counted with the code the client gets,
+        // refusals for keys and sizes included.
+        .layer(match &metrics {
+            Some((_, m)) => m.layer(),
+            None => metrics::RpcMetricsLayer::off(),
+        })
         .layer(tower::util::MapResponseLayer::new(rewrite_oversized))
         // Before any service: a refused call never reaches the engine.
         .layer(auth::AuthLayer::new(opts.api_keys.clone()))
@@ -236,6 +262,12 @@ where
             idle_timeout: opts.idle_timeout,
         },
     );
+    let mut metrics_server = metrics.map(|(l, m)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(m.serve(l, opts.api_keys.clone(), async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }))
+    });
     let mut stop_wait = stop_rx.clone();
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_wait.wait_for(|stop| *stop).await;
@@ -247,6 +279,10 @@ where
             // The server stopped on its own: an error (it only stops on the signal otherwise).
             r??;
             return Err("server stopped unexpectedly".into());
+        }
+        Some(r) = async { Some((metrics_server.as_mut()?).await) } => {
+            r??;
+            return Err("the metrics endpoint stopped unexpectedly".into());
         }
     }
     tracing::info!("shutting down: no new connections; finishing calls in flight");
@@ -262,6 +298,16 @@ where
         Err(_) => {
             tracing::warn!(grace = ?opts.shutdown_grace, "calls still in flight after the grace period; flushing anyway (unacknowledged calls may be lost)");
             server.abort();
+        }
+    }
+    if let Some(m) = metrics_server {
+        // Scrapes in flight finish; a stuck one does not hold the shutdown.
+        let abort = m.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(5), m).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the metrics endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
+            Err(_) => abort.abort(),
         }
     }
     let flushed = tokio::task::spawn_blocking(move || {

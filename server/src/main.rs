@@ -9,6 +9,10 @@
 //! `--tls-cert`/`--tls-key` serve TLS only; `--api-keys` requires an API key
 //! of the right role on every call but health checks (see `visage_server::auth`).
 //!
+//! `--metrics-listen ADDR` serves Prometheus metrics at `http://ADDR/metrics`
+//! (see `visage_server::metrics`) and prints a second line,
+//! `visage-server metrics on ADDR`, after the first.
+//!
 //! Settings come from, strongest first: flags, environment variables
 //! (`VISAGE_*`), the TOML file of `--config` (keys are the long flags with
 //! `_` or `-`, see `server/visage-server.sample.toml`), the defaults. clap
@@ -109,6 +113,11 @@ struct Args {
           default_value_t = visage_server::service::DEFAULT_STREAM_IDLE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     stream_idle_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT; port 0: any
+    /// free port, printed at startup). Off unless given; with --api-keys a
+    /// scrape needs a key of the read role or higher.
+    #[arg(long, env = "VISAGE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The arguments, with the `--config` file's settings under the flags and
@@ -269,10 +278,24 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = match args.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen on {at} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "visage-server listening on {addr}")?;
+        if let Some(m) = &metrics {
+            writeln!(out, "visage-server metrics on {}", m.local_addr()?)?;
+        }
         out.flush()?;
+    }
+    if let Some(m) = &metrics {
+        tracing::info!(addr = %m.local_addr()?, "serving Prometheus metrics at /metrics");
     }
     tracing::info!(%addr, "serving visage.v1.Visage, grpc.health.v1.Health and reflection");
 
@@ -293,5 +316,5 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         backup_bytes_per_sec: (args.backup_rate > 0)
             .then_some(args.backup_rate.saturating_mul(1 << 20)),
     };
-    visage_server::serve(engine, listener, server_opts, shutdown).await
+    visage_server::serve_with_metrics(engine, listener, metrics, server_opts, shutdown).await
 }

@@ -35,6 +35,9 @@ pub struct Server {
     /// `127.0.0.1:PORT`.
     pub addr: String,
     stderr: PathBuf,
+    /// The lines of stdout after the first (read to the end by a thread, so
+    /// the server never writes to a closed pipe).
+    more_lines: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -72,10 +75,15 @@ impl Server {
             .expect("spawn visage-server");
         let stdout = child.stdout.take().expect("server stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (more_tx, more_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok).unwrap_or_default();
+            let _ = tx.send(first);
+            for line in lines {
+                let Ok(line) = line else { break };
+                let _ = more_tx.send(line);
+            }
         });
         let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
@@ -96,6 +104,29 @@ impl Server {
             addr: addr.to_owned(),
             child: Some(child),
             stderr,
+            more_lines: std::sync::Mutex::new(more_rx),
+        }
+    }
+
+    /// The metrics address the server printed after its first line
+    /// (`visage-server metrics on ADDR`, with `--metrics-listen`); waits up to
+    /// 60 s for it.
+    pub fn metrics_addr(&self) -> String {
+        let rx = self.more_lines.lock().expect("stdout lines");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.trim().strip_prefix("visage-server metrics on ") {
+                        return a.to_owned();
+                    }
+                }
+                Err(e) => panic!(
+                    "no `visage-server metrics on ADDR` line ({e}); log:\n{}",
+                    self.log()
+                ),
+            }
         }
     }
 

@@ -24,6 +24,7 @@ mod harness;
 mod health;
 mod hostile;
 mod listing;
+mod metrics;
 mod packed;
 mod restart;
 mod rpc;

@@ -3,6 +3,7 @@
 //! does both.
 
 use super::backup::ProgressCell;
+use super::counters::Job;
 use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::api::*;
 use crate::compaction::{self, SegmentStat};
@@ -15,7 +16,7 @@ use crate::storage::wal::WalWriter;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl Gallery {
     /// Current statistics.
@@ -139,6 +140,7 @@ impl Gallery {
 
     /// Caller holds the maintenance lock; `progress` counts the rows written.
     pub(super) fn flush_locked(&self, progress: &ProgressCell) -> Result<()> {
+        let started = Instant::now();
         // 1. Freeze: rotate the WAL so the frozen memtable's records are exactly the older files.
         {
             let mut st = lock(&self.state);
@@ -185,7 +187,7 @@ impl Gallery {
         }
         let estimate = segment_estimate(&rows, dim);
         progress.add_total(rows.len() as u64, estimate);
-        let new_seg = self.write_new_segment("flush", file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Flush, file_no, &rows)?;
         progress.add_done(rows.len() as u64, estimate);
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
         let old_wal_start;
@@ -242,6 +244,7 @@ impl Gallery {
             }
         }
         crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
+            .map(|()| self.counters.finished(Job::Flush, started))
     }
 
     /// The WAL files in the gallery's directory, with their numbers (none if it cannot be listed).
@@ -263,7 +266,7 @@ impl Gallery {
     /// has not room for the segment (an estimate from the rows, with slack).
     pub(super) fn write_new_segment(
         &self,
-        what: &'static str,
+        job: Job,
         file_no: u64,
         rows: &[RowRef<'_>],
     ) -> Result<Option<Arc<Segment>>> {
@@ -274,10 +277,11 @@ impl Gallery {
         // offsets; plus the subject strings, headers and the manifest after.
         let dim = self.spec.dim;
         let needed = segment_estimate(rows, dim) + (1 << 20);
-        crate::storage::fs::check_space(&*self.fs, &self.dir, what, needed)?;
+        crate::storage::fs::check_space(&*self.fs, &self.dir, job.name(), needed)?;
         let path = self.dir.join(seg_name(file_no));
         let res = segment::write_segment(&*self.fs, &path, file_no, rows, dim)
-            .and_then(|_| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
+            .map(|bytes| self.counters.wrote(job, bytes))
+            .and_then(|()| crate::storage::fs::fsync_dir(&*self.fs, &self.dir))
             .and_then(|_| Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim));
         match res {
             Ok(seg) => {
@@ -296,6 +300,7 @@ impl Gallery {
     /// Caller holds the maintenance lock; `progress` counts the rows written
     /// (its totals were raised by [`planned`]).
     pub(super) fn merge_locked(&self, inputs: &[u64], progress: &ProgressCell) -> Result<()> {
+        let started = Instant::now();
         let (captured, file_no) = {
             let mut st = lock(&self.state);
             let cap: Vec<SegState> = st
@@ -322,7 +327,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment("compaction", file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Compaction, file_no, &rows)?;
         progress.add_done(rows.len() as u64, (rows.len() * (5 * dim + 48)) as u64);
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
@@ -373,6 +378,7 @@ impl Gallery {
             }
         }
         crate::storage::fs::fsync_dir(&*self.fs, &self.dir)
+            .map(|()| self.counters.finished(Job::Compaction, started))
     }
 
     /// One round of background work: flush a full memtable, then apply the policy.

@@ -24,13 +24,15 @@
 //! - `write.rs`: validation of writes, the write state and group commit;
 //! - `read.rs`: search, identification, verification and their decisions;
 //! - `head.rs`: training and calibrating the scoring head, the `HEAD` file;
-//! - `maintain.rs`: statistics, flush, compaction runs, the maintenance thread.
+//! - `maintain.rs`: statistics, flush, compaction runs, the maintenance thread;
+//! - `counters.rs`: counts of group commits, WAL syncs, flushes and compactions.
 //!
 //! Segment layout is `storage::segment`'s, WAL framing `storage::wal`'s,
 //! compaction policy [`crate::compaction`]'s, file access the
 //! [`crate::io::FileSystem`] seam's.
 
 mod backup;
+mod counters;
 mod head;
 mod maintain;
 mod read;
@@ -176,6 +178,8 @@ pub struct Gallery {
     erasure: Mutex<Option<backup::Erasures>>,
     /// Long operations in progress.
     operations: Mutex<Vec<Arc<backup::ProgressCell>>>,
+    /// Group commits, WAL syncs, flushes and compactions since opened.
+    counters: counters::Counters,
 }
 
 impl std::fmt::Debug for Gallery {
@@ -244,6 +248,13 @@ impl Gallery {
             expected: crate::error::shown(&self.spec.model),
             got: crate::error::shown(model),
         })
+    }
+
+    /// What the write path and maintenance did since the gallery was opened:
+    /// group commit sizes, WAL sync times, flush and compaction runs, their
+    /// times and the bytes they wrote (for monitoring).
+    pub fn counters(&self) -> GalleryCounters {
+        self.counters.get()
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {

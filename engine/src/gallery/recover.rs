@@ -234,6 +234,7 @@ impl Gallery {
             head_lock: Mutex::new(()),
             erasure: Mutex::new(None),
             operations: Mutex::new(Vec::new()),
+            counters: Default::default(),
         });
         if gallery.opts.background {
             let weak = Arc::downgrade(&gallery);

@@ -839,7 +839,7 @@ impl Gallery {
             let path = st.wal.path().to_owned();
             let res = st.wal.append_group(&records).and_then(|()| {
                 if self.opts.durability == Durability::PowerLoss {
-                    st.wal.sync()
+                    self.counters.timed_fsync(|| st.wal.sync())
                 } else {
                     Ok(())
                 }
@@ -852,6 +852,7 @@ impl Gallery {
                 return fail_all(&err);
             }
         }
+        self.counters.group_commit(group.len(), records.len());
         self.publish(&st);
         let need_flush = st.active.rows() >= self.opts.memtable_rows;
         drop(st);

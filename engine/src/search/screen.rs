@@ -321,11 +321,12 @@ pub(super) fn screened(
             }
         }
         let counter = if round == 0 {
-            &snap.scans.first_pass
+            &snap.scans.screened
         } else {
             &snap.scans.widened
         };
         ScanCounters::add(counter, pending.len() - next.len());
+        ScanCounters::add(&snap.scans.fallbacks, next.len());
         pending = next;
         keep = keep.saturating_mul(16);
     }

@@ -87,7 +87,8 @@ pub(super) fn scan(
         let qs = gather(probes, snap.dim, &sample);
         let got = scan_round(kern, snap, &qs, k, keep, bounds, true);
         let settled = got.iter().filter(|r| r.is_some()).count();
-        ScanCounters::add(&counters.first_pass, settled);
+        ScanCounters::add(&counters.int_tiled, settled);
+        ScanCounters::add(&counters.fallbacks, sample.len() - settled);
         for (&i, r) in sample.iter().zip(got) {
             if let Some(cands) = r {
                 results[i] = cands;
@@ -120,12 +121,13 @@ pub(super) fn scan(
         let settled = pending.len() - next.len();
         ScanCounters::add(
             if int {
-                &counters.first_pass
+                &counters.int_tiled
             } else {
                 &counters.f32_batch
             },
             settled,
         );
+        ScanCounters::add(&counters.fallbacks, next.len());
         pending = next;
         if pending.is_empty() {
             return results;

@@ -44,15 +44,18 @@ pub(crate) struct Snapshot {
 }
 
 /// How the exact scans settled their probes, counted since the gallery was
-/// opened: by the first pass over the codes, by a wider one, by the f32
-/// batch scan, or by the direct scan. An operator sees a degraded gallery
-/// when the later ones grow.
+/// opened: by the first pass over the codes (the screened scan's, or the
+/// integer tiled batch scan's), by a wider one, by the f32 batch scan, or by
+/// the direct scan; and how often a proof failed and sent a probe on. An
+/// operator sees a degraded gallery when the later ones grow.
 #[derive(Debug, Default)]
 pub(crate) struct ScanCounters {
-    pub first_pass: AtomicU64,
+    pub screened: AtomicU64,
+    pub int_tiled: AtomicU64,
     pub widened: AtomicU64,
     pub f32_batch: AtomicU64,
     pub direct: AtomicU64,
+    pub fallbacks: AtomicU64,
 }
 
 impl ScanCounters {
@@ -60,11 +63,16 @@ impl ScanCounters {
         c.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn get(&self) -> crate::api::ScanCounts {
+        let screened = self.screened.load(Ordering::Relaxed);
+        let int_tiled = self.int_tiled.load(Ordering::Relaxed);
         crate::api::ScanCounts {
-            first_pass: self.first_pass.load(Ordering::Relaxed),
+            first_pass: screened + int_tiled,
+            screened,
+            int_tiled,
             widened: self.widened.load(Ordering::Relaxed),
             f32_batch: self.f32_batch.load(Ordering::Relaxed),
             direct: self.direct.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
         }
     }
 }
