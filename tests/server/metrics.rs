@@ -881,13 +881,18 @@ async fn a_running_backup_shows_its_progress() {
     let labels = [("gallery", "g"), ("operation", "backup")];
     let seen = loop {
         let a = addr.clone();
-        let s = tokio::task::spawn_blocking(move || scrape(&a)).await.unwrap();
+        let s = tokio::task::spawn_blocking(move || scrape(&a))
+            .await
+            .unwrap();
         if let Some(done) = s.get("visage_operation_bytes_done", &labels)
             && done > 0.0
         {
             break s;
         }
-        assert!(!backing.is_finished(), "the backup ended before its progress was seen");
+        assert!(
+            !backing.is_finished(),
+            "the backup ended before its progress was seen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (done, total) = (
@@ -901,6 +906,8 @@ async fn a_running_backup_shows_its_progress() {
     }
     let rep = backing.await.unwrap().unwrap();
     assert_eq!(rep.bytes as f64, total, "the total was the backup's size");
-    let after = tokio::task::spawn_blocking(move || scrape(&addr)).await.unwrap();
+    let after = tokio::task::spawn_blocking(move || scrape(&addr))
+        .await
+        .unwrap();
     assert_eq!(after.get("visage_operation_bytes_done", &labels), None);
 }
