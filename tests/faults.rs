@@ -107,6 +107,42 @@ struct Shared {
     faults: Mutex<Vec<Fault>>,
     /// How many faults fired so far.
     fired: Mutex<usize>,
+    /// Creations held until released (see [`FaultyFs::hold`]).
+    holds: Mutex<Vec<Arc<Hold>>>,
+}
+
+/// A creation of a file whose path contains `pattern`, held (the creating
+/// thread waits) until [`Hold::release`]: a test sees an operation stopped
+/// at a known point, with no sleep.
+#[derive(Debug)]
+pub struct Hold {
+    pattern: String,
+    /// (reached, released)
+    state: Mutex<(bool, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Hold {
+    /// Wait until a creation reached the hold.
+    pub fn wait_reached(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.0 {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    /// Let the held creation (and every later one) go on.
+    pub fn release(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+    fn pass(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = true;
+        self.cv.notify_all();
+        while !st.1 {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl Shared {
@@ -183,6 +219,21 @@ impl FaultyFs {
     /// Disarm every fault.
     pub fn clear(&self) {
         self.shared.faults().clear();
+    }
+    /// Hold the next creations of files whose path contains `pattern`
+    /// until the returned hold is released.
+    pub fn hold(&self, pattern: &str) -> Arc<Hold> {
+        let h = Arc::new(Hold {
+            pattern: pattern.to_owned(),
+            state: Mutex::new((false, false)),
+            cv: std::sync::Condvar::new(),
+        });
+        self.shared
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h.clone());
+        h
     }
     /// How many faults have fired.
     pub fn fired(&self) -> usize {
@@ -269,6 +320,18 @@ impl FileSystem for FaultyFs {
         RealFs.read(path)
     }
     fn create(&self, path: &Path, how: Create) -> io::Result<Box<dyn WritableFile>> {
+        let text = path.to_string_lossy();
+        let hold = self
+            .shared
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|h| text.contains(&h.pattern))
+            .cloned();
+        if let Some(h) = hold {
+            h.pass();
+        }
         let inner = self
             .shared
             .run(Op::Create, path, || RealFs.create(path, how))?;

@@ -375,8 +375,7 @@ impl Engine {
                 // file system can. The WAL is appended to: always a copy.
                 let linked = f.name.starts_with("seg-") && fs.hard_link(&from, &to).is_ok();
                 if !linked {
-                    let bytes = fs.read(&from).map_err(|e| Error::io(&from, e))?;
-                    crate::gallery::write_synced(fs, &to, &bytes)?;
+                    crate::gallery::copy_synced(fs, &from, &to)?;
                 }
             }
             fsync_dir(fs, &staging)?;

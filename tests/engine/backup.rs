@@ -8,6 +8,7 @@
 use crate::support::{Model, assert_contents, opts};
 use std::path::{Path, PathBuf};
 use visage_engine::{BackupOptions, Embedding, Engine, EngineOptions, Error, ErrorKind};
+use visage_tests::faults::{Fault, FaultyFs, Op};
 use visage_tests::scan::{Windows, contains, le_bytes, read_tree};
 use visage_tests::{Rng, embedding};
 
@@ -288,8 +289,76 @@ fn damaged_backups_are_refused_naming_file_and_offset_and_nothing_is_installed()
     assert_contents(&v, &model, all_ids(&model), "the good backup");
 }
 
+/// An engine on the fault-injecting file system, which makes no hard links:
+/// every file of a backup is a copy.
+fn faulty_engine(dir: &Path) -> (std::sync::Arc<FaultyFs>, Engine) {
+    let fs = FaultyFs::new();
+    let mut o: EngineOptions = opts(false, 300);
+    o.gallery.backup_root = Some(dir.join("backups"));
+    let engine = Engine::open_with_fs(dir.join("data"), o, fs.clone()).unwrap();
+    (fs, engine)
+}
+
 #[test]
-fn backups_report_their_progress_and_compactions_theirs() {
+fn without_hard_links_a_backup_copies_and_a_failed_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, engine) = faulty_engine(dir.path());
+    let mut rng = Rng(16);
+    let model = filled(&engine, &mut rng);
+    // A backup whose copy fails (a sync of a backed-up segment) is removed
+    // whole, and the gallery goes on.
+    fs.inject(Fault::on(Op::Sync, "backups/broken/seg-"));
+    let e = engine
+        .backup("doors", "broken", &BackupOptions::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    assert!(!dir.path().join("backups/broken").exists());
+    let g = engine.gallery("doors").unwrap();
+    g.insert(&[embedding(&mut rng, 555_555, "after")]).unwrap();
+    g.delete(&[555_555], &[]).unwrap();
+    let r = engine
+        .backup("doors", "copied", &BackupOptions::default())
+        .unwrap();
+    assert_eq!(r.linked, 0, "{r:?}");
+    engine.restore("copied", "doors-copy").unwrap();
+    let copy = engine.gallery("doors-copy").unwrap();
+    assert_contents(&copy, &model, all_ids(&model), "restored from copies");
+}
+
+#[test]
+fn a_compaction_reports_its_progress_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, engine) = faulty_engine(dir.path());
+    let mut rng = Rng(17);
+    let model = filled(&engine, &mut rng);
+    let g = engine.gallery("doors").unwrap();
+    // Hold the compaction when it creates its first segment (the flush of
+    // the memtable): its totals are known, nothing is written yet.
+    let hold = fs.hold("seg-");
+    std::thread::scope(|s| {
+        let h = s.spawn(|| g.compact());
+        hold.wait_reached();
+        let p = g.progress();
+        assert_eq!(p.len(), 1, "{p:?}");
+        let p = &p[0];
+        assert_eq!(p.kind, "compaction");
+        let memtable = g.stats().memtable_rows;
+        assert!(memtable > 0);
+        assert_eq!(p.rows_total, memtable, "{p:?}");
+        assert_eq!(p.rows_done, 0, "{p:?}");
+        assert!(p.bytes_total > 0 && p.bytes_done == 0, "{p:?}");
+        hold.release();
+        h.join().unwrap().unwrap();
+    });
+    assert!(
+        g.progress().is_empty(),
+        "the finished compaction is no longer listed"
+    );
+    assert_contents(&g, &model, all_ids(&model), "after the compaction");
+}
+
+#[test]
+fn backups_report_their_progress() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _root) = engine_with_backups(dir.path());
     let mut rng = Rng(15);

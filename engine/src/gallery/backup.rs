@@ -315,7 +315,19 @@ impl Gallery {
         let fs = &*self.fs;
         let progress = self.start_progress("backup");
         fs.create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        fs.create_dir(dest).map_err(|e| Error::io(dest, e))?;
+        fs.create_dir(dest).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                // Another backup of that name began meanwhile.
+                Error::BackupRefused {
+                    name: dest
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    reason: format!("{} exists already", dest.display()),
+                }
+            } else {
+                Error::io(dest, e)
+            }
+        })?;
         let res = self.backup_files(dest, root, opts, &progress.cell);
         if res.is_err() {
             let _ = fs.remove_dir_all(dest);
@@ -507,7 +519,8 @@ impl Gallery {
             }
         }
         let mut erased = 0;
-        for chunk in doomed.chunks(MAX_DELETE_BATCH) {
+        // One WAL record a chunk (a delete's ids are logged in one record).
+        for chunk in doomed.chunks(format::MAX_DELETE_IDS.min(MAX_DELETE_BATCH)) {
             match self.submit(Op::Delete {
                 ids: chunk.to_vec(),
                 subjects: Vec::new(),
@@ -575,12 +588,28 @@ fn checksum_file(
     Ok(crcs)
 }
 
-/// Write `bytes` to a new file `path` and sync it.
-pub(crate) fn write_synced(
+/// Copy the file `from` to a new file `to`, synced, a block at a time.
+pub(crate) fn copy_synced(
     fs: &dyn crate::storage::io::FileSystem,
-    path: &Path,
-    bytes: &[u8],
+    from: &Path,
+    to: &Path,
 ) -> Result<()> {
+    let mut src = fs.open_read(from).map_err(|e| Error::io(from, e))?;
+    let io = |e| Error::io(to, e);
+    let mut out = fs.create(to, Create::New).map_err(io)?;
+    let mut buf = vec![0u8; format::BACKUP_BLOCK as usize];
+    loop {
+        let n = src.read(&mut buf).map_err(|e| Error::io(from, e))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io)?;
+    }
+    out.sync_all().map_err(io)
+}
+
+/// Write `bytes` to a new file `path` and sync it.
+fn write_synced(fs: &dyn crate::storage::io::FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |e| Error::io(path, e);
     let mut f = fs.create(path, Create::New).map_err(io)?;
     f.write_all(bytes).map_err(io)?;

@@ -40,7 +40,7 @@ mod recover;
 mod write;
 
 pub(crate) use backup::{
-    BACKUP, ERASURE_KEY, ERASURES_DIR, mirror_path, verify_backup_files, write_synced,
+    BACKUP, ERASURE_KEY, ERASURES_DIR, copy_synced, mirror_path, verify_backup_files,
 };
 pub use read::{Export, ExportBatch};
 pub(crate) use write::normalize;
