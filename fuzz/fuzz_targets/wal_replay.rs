@@ -73,9 +73,16 @@ fuzz_target!(|data: &[u8]| {
     let mut ids: Vec<u64> = r
         .ops
         .iter()
-        .flat_map(|op| match op {
-            format::WalOp::Insert(items) => items.iter().map(|e| e.id).collect::<Vec<_>>(),
-            format::WalOp::Delete(ids) => ids.clone(),
+        .flat_map(|op| {
+            let op = match op {
+                format::WalOp::At { op, .. } => op,
+                op => op,
+            };
+            match op {
+                format::WalOp::Insert(items) => items.iter().map(|e| e.id).collect::<Vec<_>>(),
+                format::WalOp::Delete(ids) => ids.clone(),
+                format::WalOp::At { .. } => unreachable!("no log position inside another"),
+            }
         })
         .collect();
     ids.sort_unstable();

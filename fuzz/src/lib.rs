@@ -604,6 +604,11 @@ pub fn maintain_and_reopen(engine: Engine, root: &Path, ids: &[u64], checks: Che
 /// Apply WAL operations to a model, as recovery should.
 pub fn apply_ops(model: &mut State, ops: &[WalOp]) {
     for op in ops {
+        // A batch applied from a log is its batch (the position aside).
+        let op = match op {
+            WalOp::At { op, .. } => op,
+            op => op,
+        };
         match op {
             WalOp::Insert(items) => {
                 for e in items {
@@ -621,6 +626,7 @@ pub fn apply_ops(model: &mut State, ops: &[WalOp]) {
                     model.remove(id);
                 }
             }
+            WalOp::At { .. } => unreachable!("the decoder refuses a log position inside another"),
         }
     }
 }
@@ -628,12 +634,20 @@ pub fn apply_ops(model: &mut State, ops: &[WalOp]) {
 /// Re-encode a decoded WAL operation as a record payload.
 pub fn encode_op(op: &WalOp) -> Vec<u8> {
     let mut out = Vec::new();
+    let op = match op {
+        WalOp::At { seq, op } => {
+            format::encode_at(*seq, &mut out);
+            &**op
+        }
+        op => op,
+    };
     match op {
         WalOp::Insert(items) => format::encode_insert(
             items.iter().map(|e| (e.id, e.subject.as_str(), &e.vector[..])),
             &mut out,
         ),
         WalOp::Delete(ids) => format::encode_delete(ids, &mut out),
+        WalOp::At { .. } => unreachable!("the decoder refuses a log position inside another"),
     }
     out
 }

@@ -20,6 +20,7 @@ mod model;
 mod outliers;
 mod poison;
 mod quantized;
+mod replica;
 mod screened;
 mod search;
 mod subjects;

@@ -524,11 +524,10 @@ impl Gallery {
             match self.submit(Op::Delete {
                 ids: chunk.to_vec(),
                 subjects: Vec::new(),
+                seq: None,
             })? {
                 super::write::Outcome::Delete(n) => erased += n,
-                super::write::Outcome::Insert(_) => {
-                    unreachable!("delete op yields a delete outcome")
-                }
+                _ => unreachable!("a delete without a log position yields a delete outcome"),
             }
         }
         Ok(erased)

@@ -157,6 +157,7 @@ impl Gallery {
                 st.wal = new_wal;
                 let frozen = std::mem::take(&mut st.active);
                 st.frozen = Some(frozen);
+                st.frozen_seq = st.applied_seq;
                 self.publish(&st);
             }
         }
@@ -218,8 +219,9 @@ impl Gallery {
                 });
             }
             let wal_start = st.wal.file_no();
-            let m = st.manifest(&segments, wal_start);
+            let m = st.manifest(&segments, wal_start, st.frozen_seq);
             self.write_manifest(&m, new_seg.as_deref())?;
+            st.segments_seq = st.frozen_seq;
             st.generation = m.generation;
             st.segments = segments;
             st.frozen = None;
@@ -365,7 +367,7 @@ impl Gallery {
                 tomb: Arc::new(tomb),
             });
         }
-        let m = st.manifest(&segments, st.wal_start);
+        let m = st.manifest(&segments, st.wal_start, st.segments_seq);
         self.write_manifest(&m, new_seg.as_deref())?;
         st.generation = m.generation;
         st.segments = segments;

@@ -33,6 +33,7 @@ impl Gallery {
             subjects: Some(0),
             spec: spec.clone(),
             highest_id: 0,
+            applied_seq: 0,
         };
         crate::storage::fs::atomic_write(fs, &dir.join(MANIFEST), &format::encode_manifest(&m))
             .map_err(|e| e.error)?;
@@ -164,6 +165,9 @@ impl Gallery {
             spec: manifest.spec.clone(),
             scans: Default::default(),
             ids: Arc::clone(&ids),
+            applied_seq: manifest.applied_seq,
+            segments_seq: manifest.applied_seq,
+            frozen_seq: manifest.applied_seq,
         };
         let mut writer = None;
         for (i, &n) in wals.iter().enumerate() {

@@ -50,6 +50,13 @@ pub(super) struct WriteState {
     /// [`Gallery`], which raises it as batches are validated), persisted with
     /// every manifest.
     pub(super) ids: Arc<IdCounter>,
+    /// For a replica of a replicated log: the log sequence of the last batch
+    /// applied (0: none), restored at open from the manifest and the WAL.
+    pub(super) applied_seq: u64,
+    /// The sequence of the last batch the segments hold (the manifest's).
+    pub(super) segments_seq: u64,
+    /// The sequence of the last batch in the frozen memtable.
+    pub(super) frozen_seq: u64,
 }
 
 impl WriteState {
@@ -206,6 +213,10 @@ impl WriteState {
             WalOp::Delete(ids) => {
                 self.apply_delete(ids);
             }
+            WalOp::At { seq, op } => {
+                self.apply_op(op);
+                self.applied_seq = self.applied_seq.max(*seq);
+            }
         }
     }
 
@@ -257,7 +268,12 @@ impl WriteState {
         }
     }
 
-    pub(super) fn manifest(&self, segments: &[SegState], wal_start: u64) -> ManifestData {
+    pub(super) fn manifest(
+        &self,
+        segments: &[SegState],
+        wal_start: u64,
+        applied_seq: u64,
+    ) -> ManifestData {
         ManifestData {
             // A count for people reading the file, compared with nothing: it
             // may wrap (only a damaged manifest brings it near u64::MAX).
@@ -275,6 +291,7 @@ impl WriteState {
             subjects: Some(self.subjects_in(segments)),
             spec: self.spec.clone(),
             highest_id: self.ids.highest(),
+            applied_seq,
         }
     }
 }
@@ -326,21 +343,35 @@ fn live_in_segments(segments: &[SegState], subject: &str) -> bool {
 
 /// A validated write waiting in the commit queue.
 pub(super) enum Op {
-    /// The rows (taken by the leader) and the WAL payload with its CRC state.
+    /// The rows (taken by the leader) and the WAL payload with its CRC state
+    /// (with `seq`, the payload starts with the log position, [`format::encode_at`]).
     Insert {
         chunk: Mutex<Option<Chunk>>,
         payload: Vec<u8>,
         crc: crc32fast::Hasher,
+        seq: Option<u64>,
     },
     Delete {
         ids: Vec<u64>,
         subjects: Vec<String>,
+        seq: Option<u64>,
     },
+}
+
+impl Op {
+    /// The log sequence of a batch applied from a replicated log.
+    fn seq(&self) -> Option<u64> {
+        match self {
+            Op::Insert { seq, .. } | Op::Delete { seq, .. } => *seq,
+        }
+    }
 }
 
 pub(super) enum Outcome {
     Insert(InsertOutcome),
     Delete(u64),
+    /// A batch from a log at or below the applied sequence: already applied.
+    Skipped,
 }
 
 pub(super) struct Pending {
@@ -526,7 +557,9 @@ impl Gallery {
         }
         let ids = batch.iter().map(|e| e.id).collect();
         let subjects = batch.iter().map(|e| e.subject.as_str());
-        self.commit_insert(ids, subjects, vectors)
+        Ok(self
+            .commit_insert(ids, subjects, vectors, None)?
+            .unwrap_or_default())
     }
 
     /// Insert (upsert) a batch in flat form: `vectors` holds one row of the
@@ -543,6 +576,59 @@ impl Gallery {
         subjects: &[S],
         vectors: &[f32],
     ) -> Result<(InsertOutcome, Vec<u64>)> {
+        let (out, ids) = self.insert_rows_seq(ids, subjects, vectors, None)?;
+        Ok((out.unwrap_or_default(), ids))
+    }
+
+    /// Apply an insert (upsert) batch of a replicated log at its sequence
+    /// number `seq` (a replica's write path): as [`Gallery::insert_rows`]
+    /// with the ids given, and the batch's WAL record carries `seq`, so
+    /// [`Gallery::applied_seq`] is restored with it after a crash. A batch
+    /// at or below the applied sequence was applied before and is skipped
+    /// (`None`); batches must come in the log's order. An empty batch only
+    /// records the position.
+    pub fn insert_at<S: AsRef<str>>(
+        &self,
+        seq: u64,
+        ids: &[u64],
+        subjects: &[S],
+        vectors: &[f32],
+    ) -> Result<Option<InsertOutcome>> {
+        Ok(self
+            .insert_rows_seq(Some(ids), subjects, vectors, Some(seq))?
+            .0)
+    }
+
+    /// Apply a delete of a replicated log at its sequence number `seq` (see
+    /// [`Gallery::insert_at`]): `None` if it was applied before. A replica
+    /// does not keep the erasure log of [`Gallery::delete`]: erasure in a
+    /// cluster is the log's and every replica's.
+    pub fn delete_at(&self, seq: u64, ids: &[u64], subjects: &[String]) -> Result<Option<u64>> {
+        self.check_delete(ids, subjects)?;
+        match self.submit(Op::Delete {
+            ids: ids.to_vec(),
+            subjects: subjects.to_vec(),
+            seq: Some(seq),
+        })? {
+            Outcome::Delete(n) => Ok(Some(n)),
+            Outcome::Skipped => Ok(None),
+            Outcome::Insert(_) => unreachable!("delete op yields a delete outcome"),
+        }
+    }
+
+    /// The log sequence of the last batch applied with [`Gallery::insert_at`]
+    /// or [`Gallery::delete_at`] (0: none), as recovered after a restart.
+    pub fn applied_seq(&self) -> u64 {
+        lock(&self.state).applied_seq
+    }
+
+    fn insert_rows_seq<S: AsRef<str>>(
+        &self,
+        ids: Option<&[u64]>,
+        subjects: &[S],
+        vectors: &[f32],
+        seq: Option<u64>,
+    ) -> Result<(Option<InsertOutcome>, Vec<u64>)> {
         let (n, dim) = (subjects.len(), self.spec.dim);
         if vectors.len() != n * dim {
             return Err(Error::BatchShape {
@@ -600,8 +686,12 @@ impl Gallery {
                 (0..n as u64).map(|i| first + i).collect()
             }
         };
-        let outcome =
-            self.commit_insert(ids.clone(), subjects.iter().map(AsRef::as_ref), checked)?;
+        let outcome = self.commit_insert(
+            ids.clone(),
+            subjects.iter().map(AsRef::as_ref),
+            checked,
+            seq,
+        )?;
         Ok((outcome, ids))
     }
 
@@ -625,16 +715,31 @@ impl Gallery {
         ids: Vec<u64>,
         subjects: impl ExactSizeIterator<Item = &'a str> + Clone,
         vectors: Vec<f32>,
-    ) -> Result<InsertOutcome> {
+        seq: Option<u64>,
+    ) -> Result<Option<InsertOutcome>> {
         if ids.is_empty() {
-            return Ok(InsertOutcome::default());
+            let Some(seq) = seq else {
+                return Ok(Some(InsertOutcome::default()));
+            };
+            // Nothing to insert: record the log position alone.
+            return match self.submit(Op::Delete {
+                ids: Vec::new(),
+                subjects: Vec::new(),
+                seq: Some(seq),
+            })? {
+                Outcome::Skipped => Ok(None),
+                _ => Ok(Some(InsertOutcome::default())),
+            };
         }
         self.check_backlog()?;
         if let Some(&top) = ids.iter().max() {
             self.ids.hold(top);
         }
         let dim = self.spec.dim;
-        let mut payload = Vec::with_capacity(5 + ids.len() * (10 + 4 * dim + 16));
+        let mut payload = Vec::with_capacity(14 + ids.len() * (10 + 4 * dim + 16));
+        if let Some(seq) = seq {
+            format::encode_at(seq, &mut payload);
+        }
         format::encode_insert(
             ids.iter()
                 .zip(subjects.clone())
@@ -650,16 +755,17 @@ impl Gallery {
             chunk: Mutex::new(Some(chunk)),
             payload,
             crc,
+            seq,
         };
         match self.submit(op)? {
-            Outcome::Insert(o) => Ok(o),
+            Outcome::Insert(o) => Ok(Some(o)),
+            Outcome::Skipped => Ok(None),
             Outcome::Delete(_) => unreachable!("insert op yields an insert outcome"),
         }
     }
 
-    /// Delete embeddings by id and every embedding of the given subjects.
-    /// Returns how many live embeddings were removed.
-    pub fn delete(&self, ids: &[u64], subjects: &[String]) -> Result<u64> {
+    /// Refuse a delete over its limits or with a bad subject.
+    fn check_delete(&self, ids: &[u64], subjects: &[String]) -> Result<()> {
         if ids.len() + subjects.len() > MAX_DELETE_BATCH {
             return Err(Error::TooLarge {
                 what: "ids and subjects",
@@ -670,6 +776,13 @@ impl Gallery {
         for (i, s) in subjects.iter().enumerate() {
             check_subject("subjects", i, s)?;
         }
+        Ok(())
+    }
+
+    /// Delete embeddings by id and every embedding of the given subjects.
+    /// Returns how many live embeddings were removed.
+    pub fn delete(&self, ids: &[u64], subjects: &[String]) -> Result<u64> {
+        self.check_delete(ids, subjects)?;
         if ids.is_empty() && subjects.is_empty() {
             return Ok(0);
         }
@@ -682,9 +795,12 @@ impl Gallery {
         match self.submit(Op::Delete {
             ids: ids.to_vec(),
             subjects: subjects.to_vec(),
+            seq: None,
         })? {
             Outcome::Delete(n) => Ok(n),
-            Outcome::Insert(_) => unreachable!("delete op yields a delete outcome"),
+            Outcome::Insert(_) | Outcome::Skipped => {
+                unreachable!("a delete without a log position yields a delete outcome")
+            }
         }
     }
 
@@ -766,6 +882,13 @@ impl Gallery {
         // after it) whole, leaving the state and the gallery as they were.
         let mut framed = 0u64;
         for (i, p) in group.iter().enumerate() {
+            if let Some(seq) = p.op.seq() {
+                if seq <= st.applied_seq {
+                    // Applied before (a redelivery): nothing to apply or log.
+                    outs.push(Ok(Outcome::Skipped));
+                    continue;
+                }
+            }
             match &p.op {
                 Op::Insert { chunk, payload, .. } => {
                     let bytes = Record::framed_len(payload.len());
@@ -777,7 +900,7 @@ impl Gallery {
                     let chunk = lock(chunk).take().unwrap_or_default();
                     outs.push(Ok(Outcome::Insert(st.apply_insert(chunk))));
                 }
-                Op::Delete { ids, subjects } => {
+                Op::Delete { ids, subjects, seq } => {
                     let resolved = st.resolve_delete(ids, subjects);
                     if resolved.len() > format::MAX_DELETE_IDS {
                         // One record could not hold it: refused whole, nothing applied.
@@ -788,8 +911,13 @@ impl Gallery {
                         }));
                         continue;
                     }
-                    if !resolved.is_empty() {
-                        let mut payload = Vec::with_capacity(5 + resolved.len() * 8);
+                    // A batch from a log is logged even when it deletes
+                    // nothing here: its record carries the log position.
+                    if !resolved.is_empty() || seq.is_some() {
+                        let mut payload = Vec::with_capacity(14 + resolved.len() * 8);
+                        if let Some(seq) = seq {
+                            format::encode_at(*seq, &mut payload);
+                        }
                         format::encode_delete(&resolved, &mut payload);
                         let bytes = Record::framed_len(payload.len());
                         if let Err(e) = self.reserve_wal(&mut st, framed, bytes) {
@@ -803,6 +931,11 @@ impl Gallery {
                     }
                     outs.push(Ok(Outcome::Delete(st.apply_delete(&resolved))));
                 }
+            }
+            if let Some(seq) = p.op.seq()
+                && outs.last().is_some_and(Result::is_ok)
+            {
+                st.applied_seq = seq;
             }
         }
         // Batches after one refused for space are refused too (they were not applied).
@@ -822,8 +955,8 @@ impl Gallery {
         let mut records = Vec::with_capacity(group.len());
         let mut deletes = deletes.iter().peekable();
         for (i, (p, out)) in group.iter().zip(&outs).enumerate() {
-            if out.is_err() {
-                // Refused (too large, or no space): not applied, nothing to log.
+            if out.is_err() || matches!(out, Ok(Outcome::Skipped)) {
+                // Refused (too large, or no space) or applied before: nothing to log.
                 continue;
             }
             match &p.op {

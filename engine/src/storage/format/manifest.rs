@@ -27,6 +27,10 @@
 //! assigned id is never assigned again, even after its row was deleted and
 //! compacted away. Opening takes the largest of it, the ids in the segments and
 //! the ids in the replayed WAL (a manifest before version 6: the last two).
+//! Then (version 7) the log sequence of the last batch the segments hold, u64:
+//! for a gallery that is a replica of a replicated log (0 otherwise). The
+//! WAL's records of batches applied from the log carry theirs (kind 3), so
+//! opening restores the sequence of the last batch applied.
 
 use super::{Cursor, FORMAT_VERSION, check_version, check_zero, get_u32, get_u64};
 use crate::api::GallerySpec;
@@ -55,6 +59,10 @@ pub struct ManifestData {
     pub spec: GallerySpec,
     /// The highest id the gallery has held or assigned (0 before version 6).
     pub highest_id: u64,
+    /// The sequence number, in the replicated log the gallery is a replica
+    /// of, of the last batch its segments hold (0: none, or not a replica;
+    /// always 0 before version 7).
+    pub applied_seq: u64,
 }
 
 /// One segment in the manifest.
@@ -101,6 +109,7 @@ pub fn encode_manifest(m: &ManifestData) -> Vec<u8> {
     }
     body.extend_from_slice(m.spec.model.as_bytes());
     body.extend_from_slice(&m.highest_id.to_le_bytes());
+    body.extend_from_slice(&m.applied_seq.to_le_bytes());
     let mut out = Vec::with_capacity(MANIFEST_PREFIX_LEN + body.len() + 4);
     out.extend_from_slice(&MANIFEST_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -232,6 +241,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         GallerySpec::default()
     };
     let highest_id = if version >= 6 { c.u64()? } else { 0 };
+    let applied_seq = if version >= 7 { c.u64()? } else { 0 };
     c.finish()?;
     let mut numbers: Vec<u64> = segments.iter().map(|s| s.file_no).collect();
     numbers.sort_unstable();
@@ -250,6 +260,7 @@ pub fn decode_manifest(path: &Path, b: &[u8]) -> Result<ManifestData> {
         subjects,
         spec,
         highest_id,
+        applied_seq,
     })
 }
 
@@ -283,6 +294,7 @@ mod tests {
                 normalize: true,
             },
             highest_id: 0x0123_4567_89ab_cdef,
+            applied_seq: 0x0fed_cba9_8765_4321,
         };
         let b = encode_manifest(&m);
         assert_eq!(decode_manifest(Path::new("m"), &b).unwrap(), m);
@@ -332,10 +344,19 @@ mod tests {
             subjects: Some(3),
             spec: GallerySpec::default(),
             highest_id: 0,
+            applied_seq: 0,
         };
-        let v6 = encode_manifest(&m);
-        assert_eq!(&v6[v6.len() - 12..v6.len() - 4], &[0; 8]);
-        let mut v4 = v6[..v6.len() - 12].to_vec();
+        let v7 = encode_manifest(&m);
+        // Versions 6 and 7 end with the highest id, then the applied sequence.
+        assert_eq!(&v7[v7.len() - 20..v7.len() - 4], &[0; 16]);
+        let mut v6 = v7[..v7.len() - 12].to_vec();
+        v6[8..12].copy_from_slice(&6u32.to_le_bytes());
+        let body = (v6.len() - MANIFEST_PREFIX_LEN) as u64;
+        v6[16..24].copy_from_slice(&body.to_le_bytes());
+        v6.extend_from_slice(&[0; 4]);
+        reseal(&mut v6);
+        assert_eq!(decode_manifest(Path::new("m"), &v6).unwrap(), m);
+        let mut v4 = v7[..v7.len() - 20].to_vec();
         v4[8..12].copy_from_slice(&5u32.to_le_bytes());
         let body = (v4.len() - MANIFEST_PREFIX_LEN) as u64;
         v4[16..24].copy_from_slice(&body.to_le_bytes());

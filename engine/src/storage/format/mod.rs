@@ -71,6 +71,11 @@
 //!   the counter of the ids it assigns to inserts that give none. Segments,
 //!   WAL and head file unchanged (version 6 in their headers, version 5's
 //!   layout).
+//! - 7: galleries can be replicas of a replicated log (cluster mode): a WAL
+//!   record of kind 3 carries a batch with the log sequence it was applied
+//!   at, and the manifest records the sequence of the last batch its
+//!   segments hold. Segments and head file unchanged (version 7 in their
+//!   headers, version 6's layout).
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -98,16 +103,17 @@ pub use segment::{
     SectionEntry, SegmentHeader, sections_in, sq8_params_bytes,
 };
 pub use wal::{
-    Frame, KIND_DELETE, KIND_INSERT, MAX_DELETE_IDS, MAX_RECORD_LEN, RECORD_FRAME_LEN,
-    WAL_HEADER_LEN, WAL_MAGIC, WalEmbedding, WalOp, decode_op, decode_wal_header, encode_delete,
-    encode_insert, encode_wal_header, frame_header, frame_record, read_frame, record_crc,
+    Frame, KIND_AT, KIND_DELETE, KIND_INSERT, MAX_DELETE_IDS, MAX_RECORD_LEN, RECORD_FRAME_LEN,
+    WAL_HEADER_LEN, WAL_MAGIC, WalEmbedding, WalOp, decode_op, decode_wal_header, encode_at,
+    encode_delete, encode_insert, encode_wal_header, frame_header, frame_record, read_frame,
+    record_crc,
 };
 
 use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Newest format version this build writes.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// Oldest format version this build reads.
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 

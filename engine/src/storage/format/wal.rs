@@ -21,7 +21,10 @@
 //!
 //! Kind 1, insert (upsert): count u32, then per embedding id u64, subject
 //! length u16, subject bytes, D × f32. Kind 2, delete: count u32, then count × id u64
-//! (deletes by subject are logged as the ids they resolved to).
+//! (deletes by subject are logged as the ids they resolved to). Kind 3
+//! (format 7), a batch applied from a replicated log: the log's sequence
+//! number u64, then a kind 1 or kind 2 payload; replay restores the
+//! gallery's applied sequence from it, in the same record as the batch.
 //!
 //! The salt means a stale record left in a reused or preallocated file can never
 //! validate. Recovery reads records until the end; a record that is cut short,
@@ -202,6 +205,10 @@ pub fn read_frame(salt: u32, buf: &[u8], at: usize) -> Frame<'_> {
 pub const KIND_INSERT: u8 = 1;
 /// WAL record kind: delete batch.
 pub const KIND_DELETE: u8 = 2;
+/// WAL record kind (format 7): a batch applied from a replicated log, with
+/// the log's sequence number: `3`, the sequence (u64), then the payload of an
+/// insert or a delete record.
+pub const KIND_AT: u8 = 3;
 
 /// One embedding as carried in a WAL record.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,6 +228,21 @@ pub enum WalOp {
     Insert(Vec<WalEmbedding>),
     /// Delete ids.
     Delete(Vec<u64>),
+    /// A batch (an insert or a delete, never another `At`) applied from a
+    /// replicated log at its sequence number `seq`.
+    At {
+        /// The log's sequence number of the batch.
+        seq: u64,
+        /// The batch.
+        op: Box<WalOp>,
+    },
+}
+
+/// Start the payload of a batch applied from a log at `seq` ([`KIND_AT`]):
+/// the insert's or delete's own payload follows.
+pub fn encode_at(seq: u64, out: &mut Vec<u8>) {
+    out.push(KIND_AT);
+    out.extend_from_slice(&seq.to_le_bytes());
 }
 
 /// Encode an insert payload.
@@ -276,6 +298,18 @@ pub fn decode_op(path: &Path, offset: u64, payload: &[u8], dim: usize) -> Result
         base: offset,
     };
     let kind = c.u8()?;
+    if kind == KIND_AT {
+        let seq = c.u64()?;
+        let inner = &payload[c.at..];
+        if inner.first() == Some(&KIND_AT) {
+            return Err(c.err("a log position record inside another".into()));
+        }
+        let op = decode_op(path, offset + c.at as u64, inner, dim)?;
+        return Ok(WalOp::At {
+            seq,
+            op: Box::new(op),
+        });
+    }
     let count = c.u32()? as usize;
     match kind {
         KIND_INSERT => {
