@@ -120,7 +120,14 @@ fn main() {
     );
     let mut delete = Vec::new();
     format::encode_delete(&[1, 5, 9], &mut delete);
-    for p in [&insert, &delete] {
+    // Format 7: the same batches applied from a log at a sequence.
+    let mut insert_at = Vec::new();
+    format::encode_at(41, &mut insert_at);
+    insert_at.extend_from_slice(&insert);
+    let mut delete_at = Vec::new();
+    format::encode_at(42, &mut delete_at);
+    delete_at.extend_from_slice(&delete);
+    for p in [&insert, &delete, &insert_at, &delete_at] {
         // `decode_op` on the whole input: no flag byte.
         std::fs::create_dir_all("fuzz/seeds/wal_record").expect("create");
         std::fs::write(
@@ -133,6 +140,10 @@ fn main() {
     format::frame_record(0x5a17, &insert, &mut wal);
     format::frame_record(0x5a17, &delete, &mut wal);
     seed("wal_replay", Some(8), &wal);
+    let mut wal = format::encode_wal_header(0x5a17, 9, DIM as u32).to_vec();
+    format::frame_record(0x5a17, &insert_at, &mut wal);
+    format::frame_record(0x5a17, &delete_at, &mut wal);
+    seed("wal_replay", Some(8), &wal);
     // A WAL of a 512-value gallery (format 4 records the dimension in its header).
     let wide: Vec<f32> = (0..512).map(|i| (i as f32 / 512.0).sin()).collect();
     let mut insert512 = Vec::new();
@@ -140,6 +151,10 @@ fn main() {
     let mut wal = format::encode_wal_header(0x5a17, 9, 512).to_vec();
     format::frame_record(0x5a17, &insert512, &mut wal);
     format::frame_record(0x5a17, &delete, &mut wal);
+    seed("wal_replay", Some(8), &wal);
+    let mut wal = format::encode_wal_header(0x5a17, 9, DIM as u32).to_vec();
+    format::frame_record(0x5a17, &insert_at, &mut wal);
+    format::frame_record(0x5a17, &delete_at, &mut wal);
     seed("wal_replay", Some(8), &wal);
 
     // Manifests: the template's (two segments, tombstones), the fixture's, one with more tombstones.

@@ -1,0 +1,49 @@
+//! visage's cluster mode (in progress): a gallery's subjects are split into
+//! shards by a hash of the subject, every write is one message of the
+//! gallery's NATS JetStream stream (its replicated, ordered write-ahead
+//! log), and each node applies the log in order to local galleries, one per
+//! shard it serves, recording the log position with each batch.
+//!
+//! - [`shard`]: which shard holds a subject, and the shard galleries' names;
+//! - [`batch`]: a logged batch (`LogBatch`) and its share for each shard;
+//! - [`log`]: the gallery's stream: created, published to with a message id
+//!   (a retried publish is stored once);
+//! - [`replica`]: a node's consumer of a gallery's stream, applying each batch
+//!   to its shard galleries exactly once (`Gallery::insert_at`/`delete_at`).
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod batch;
+pub mod log;
+pub mod replica;
+pub mod shard;
+
+/// Errors of the cluster layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] visage_engine::Error),
+    /// NATS or JetStream failed (connection, stream, publish, consumer).
+    #[error("nats: {0}")]
+    Nats(String),
+    /// A message of the log does not decode as a batch.
+    #[error("log message {seq} of stream {stream}: {reason}")]
+    BadMessage {
+        /// The stream.
+        stream: String,
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn nats(e: impl std::fmt::Display) -> Error {
+        Error::Nats(e.to_string())
+    }
+}
+
+/// Result alias of the cluster layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

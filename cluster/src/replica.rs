@@ -1,0 +1,170 @@
+//! A node's replica of some shards of a gallery: it follows the gallery's
+//! stream in order and applies each batch's share to the local gallery of
+//! each shard, exactly once.
+//!
+//! Each log message `s` is applied to a shard gallery as two local steps,
+//! the share's deletes at local sequence `2s` and its inserts at `2s + 1`
+//! (both always written, so the position is recorded even when a share is
+//! empty). The engine keeps each step's sequence in the step's own WAL
+//! record and skips a step at or below its applied sequence, so after a
+//! crash the replica resumes at the first message not wholly applied and
+//! nothing is applied twice or skipped.
+
+use crate::batch::LogBatch;
+use crate::log::{Log, stream_name};
+use crate::shard::shard_gallery;
+use crate::{Error, Result};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
+use prost::Message;
+use std::sync::Arc;
+use visage_engine::{Engine, Gallery, GallerySpec};
+
+/// The local sequence of the delete step of log message `seq`.
+fn delete_step(seq: u64) -> u64 {
+    seq.saturating_mul(2)
+}
+
+/// The first log message a shard gallery has not wholly applied, from its
+/// applied local sequence.
+fn next_message(local: u64) -> u64 {
+    (local / 2 + local % 2).max(1)
+}
+
+/// The shards of one gallery this node serves.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    gallery: String,
+    shards: u32,
+    local: Vec<(u32, Arc<Gallery>)>,
+}
+
+impl Replica {
+    /// Open (creating if missing) the local galleries of `served` shards of
+    /// `gallery` (of `shards` in all) in `engine`, the node's shard data
+    /// directory.
+    pub fn open(
+        engine: &Engine,
+        gallery: &str,
+        spec: &GallerySpec,
+        shards: u32,
+        served: &[u32],
+    ) -> Result<Replica> {
+        let mut local = Vec::new();
+        for &k in served {
+            let name = shard_gallery(gallery, k);
+            let g = match engine.gallery(&name) {
+                Ok(g) => g,
+                Err(_) => engine.create_gallery_with(&name, spec)?,
+            };
+            local.push((k, g));
+        }
+        Ok(Replica {
+            gallery: gallery.to_owned(),
+            shards,
+            local,
+        })
+    }
+
+    /// The local gallery of shard `k`, if served here.
+    pub fn shard(&self, k: u32) -> Option<&Arc<Gallery>> {
+        self.local.iter().find(|(s, _)| *s == k).map(|(_, g)| g)
+    }
+
+    /// The first log message not yet applied by every shard served here.
+    pub fn next_seq(&self) -> u64 {
+        self.local
+            .iter()
+            .map(|(_, g)| next_message(g.applied_seq()))
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// The last log message every shard served here has applied.
+    pub fn applied(&self) -> u64 {
+        self.next_seq() - 1
+    }
+
+    /// Apply log message `seq` to every shard served here (a shard that
+    /// applied it before skips it).
+    pub fn apply(&self, seq: u64, batch: &LogBatch) -> Result<()> {
+        if let Some(reason) = batch.problem() {
+            return Err(Error::BadMessage {
+                stream: stream_name(&self.gallery),
+                seq,
+                reason,
+            });
+        }
+        for (k, g) in &self.local {
+            let share = batch.share(*k, self.shards);
+            g.delete_at(delete_step(seq), &share.delete_ids, &share.delete_subjects)?;
+            g.insert_at(delete_step(seq) + 1, &share.ids, &share.subjects, &share.vectors)?;
+        }
+        Ok(())
+    }
+
+    /// Apply the gallery's log from [`Replica::next_seq`] on, in order,
+    /// until `stop` turns true or the log fails.
+    pub async fn follow(
+        self: Arc<Self>,
+        log: &Log,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<()> {
+        let stream = log.ensure_stream(&self.gallery).await?;
+        let start = self.next_seq();
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        let mut messages = consumer.messages().await.map_err(Error::nats)?;
+        let mut expected = start;
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            let Some(msg) = next else {
+                return Err(Error::Nats("the log's consumer ended".into()));
+            };
+            let msg = msg.map_err(Error::nats)?;
+            let seq = msg.info().map_err(Error::nats)?.stream_sequence;
+            if seq > expected {
+                // Messages below `seq` are gone from the stream (trimmed):
+                // this replica needs a copy of a peer's shards first.
+                return Err(Error::Nats(format!(
+                    "the log of {} starts at {seq}, this replica needs {expected}",
+                    self.gallery
+                )));
+            }
+            let batch = LogBatch::decode(msg.payload.as_ref()).map_err(|e| Error::BadMessage {
+                stream: stream_name(&self.gallery),
+                seq,
+                reason: e.to_string(),
+            })?;
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.apply(seq, &batch))
+                .await
+                .map_err(|e| Error::Nats(format!("apply task: {e}")))??;
+            expected = seq + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_resume_at_the_first_message_not_wholly_applied() {
+        assert_eq!(next_message(0), 1);
+        // Message 5: delete step 10, insert step 11.
+        assert_eq!(delete_step(5), 10);
+        assert_eq!(next_message(10), 5, "deletes done, inserts not: redo 5");
+        assert_eq!(next_message(11), 6, "5 done");
+    }
+}
