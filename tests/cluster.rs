@@ -318,11 +318,21 @@ impl NatsCluster {
 
     /// [`NatsCluster::start`] with options.
     pub fn start_with(dir: &Path, members: usize, opts: NatsOptions) -> NatsCluster {
+        NatsCluster::start_picking(dir, members, &opts, free_ports)
+    }
+
+    /// The start, with `pick(n)` choosing the `n` ports of each attempt.
+    fn start_picking(
+        dir: &Path,
+        members: usize,
+        opts: &NatsOptions,
+        mut pick: impl FnMut(usize) -> Vec<u16>,
+    ) -> NatsCluster {
         assert!(members > 0, "a cluster needs members");
         std::fs::create_dir_all(dir).expect("create cluster dir");
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let cluster = NatsCluster::spawn_all(dir, members, &opts);
+            let cluster = NatsCluster::spawn_all(dir, members, opts, pick(3 * members));
             let all: Vec<usize> = (0..members).collect();
             match wait_ready("NATS cluster start", &cluster.members, &all, || {
                 all.iter().all(|&i| cluster.meta_leader(i).is_some())
@@ -343,9 +353,9 @@ impl NatsCluster {
         panic!("NATS cluster did not start in {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn spawn_all(dir: &Path, n: usize, opts: &NatsOptions) -> NatsCluster {
+    fn spawn_all(dir: &Path, n: usize, opts: &NatsOptions, ports: Vec<u16>) -> NatsCluster {
         let name = unique("visage");
-        let ports: Vec<NatsPorts> = free_ports(3 * n)
+        let ports: Vec<NatsPorts> = ports
             .chunks(3)
             .map(|p| NatsPorts {
                 client: p[0],
@@ -546,11 +556,20 @@ impl EtcdCluster {
     /// Start `members` members in `dir` and wait until each answers
     /// `/health` with `"health":"true"`.
     pub fn start(dir: &Path, members: usize) -> EtcdCluster {
+        EtcdCluster::start_picking(dir, members, free_ports)
+    }
+
+    /// The start, with `pick(n)` choosing the `n` ports of each attempt.
+    fn start_picking(
+        dir: &Path,
+        members: usize,
+        mut pick: impl FnMut(usize) -> Vec<u16>,
+    ) -> EtcdCluster {
         assert!(members > 0, "a cluster needs members");
         std::fs::create_dir_all(dir).expect("create cluster dir");
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let cluster = EtcdCluster::spawn_all(dir, members);
+            let cluster = EtcdCluster::spawn_all(dir, members, pick(2 * members));
             let all: Vec<usize> = (0..members).collect();
             match wait_ready("etcd cluster start", &cluster.members, &all, || {
                 all.iter().all(|&i| cluster.healthy(i))
@@ -571,11 +590,11 @@ impl EtcdCluster {
         panic!("etcd cluster did not start in {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn spawn_all(dir: &Path, n: usize) -> EtcdCluster {
+    fn spawn_all(dir: &Path, n: usize, ports: Vec<u16>) -> EtcdCluster {
         // Unique per start: a member of an earlier cluster on a reused peer
         // port must never be taken for one of this cluster.
         let token = unique("visage-etcd");
-        let ports: Vec<EtcdPorts> = free_ports(2 * n)
+        let ports: Vec<EtcdPorts> = ports
             .chunks(2)
             .map(|p| EtcdPorts {
                 client: p[0],
@@ -753,5 +772,71 @@ impl EtcdCluster {
     /// The end of every member's log, for panic messages.
     pub fn logs(&self) -> String {
         all_logs(&self.members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A picker whose first attempt hands out, at `slot`, a port held by
+    /// `held`; later attempts get free ports.
+    fn one_taken(held: &TcpListener, slot: usize) -> impl FnMut(usize) -> Vec<u16> + use<> {
+        let taken = held.local_addr().expect("addr").port();
+        let mut first = true;
+        move |n| {
+            let mut ports = free_ports(n);
+            if std::mem::take(&mut first) {
+                ports[slot] = taken;
+            }
+            ports
+        }
+    }
+
+    fn first_attempt_log(dir: &Path, file: &str) -> String {
+        std::fs::read_to_string(dir.join(format!("{file}.attempt1"))).unwrap_or_default()
+    }
+
+    /// A member whose port was taken after picking exits; the start notices
+    /// and succeeds with new ports.
+    #[test]
+    fn nats_start_retries_a_taken_port() {
+        if !require_cluster_tools("nats_start_retries_a_taken_port") {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Member n2's route port.
+        let pick = one_taken(&held, 4);
+        let c = NatsCluster::start_picking(dir.path(), 3, &NatsOptions::default(), pick);
+        assert!(
+            first_attempt_log(dir.path(), "n2.log").contains("address already in use"),
+            "first attempt's n2 log:\n{}",
+            first_attempt_log(dir.path(), "n2.log")
+        );
+        assert!((0..3).all(|i| c.is_running(i) && c.meta_leader(i).is_some()));
+        drop(c);
+    }
+
+    #[test]
+    fn etcd_start_retries_a_taken_port() {
+        if !require_cluster_tools("etcd_start_retries_a_taken_port") {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Member e3's client port.
+        let pick = one_taken(&held, 4);
+        let c = EtcdCluster::start_picking(dir.path(), 3, pick);
+        assert!(
+            first_attempt_log(dir.path(), "e3.log").contains("address already in use"),
+            "first attempt's e3 log:\n{}",
+            first_attempt_log(dir.path(), "e3.log")
+        );
+        assert!((0..3).all(|i| c.healthy(i)));
+        assert!(!c.endpoints().contains(&format!(
+            "http://127.0.0.1:{}",
+            held.local_addr().expect("addr").port()
+        )));
     }
 }
