@@ -191,6 +191,14 @@ impl Member {
         }
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("member lock")
+            .as_ref()
+            .map(Child::id)
+    }
+
     /// The server's log file (if any) and then its stdout/stderr.
     fn log(&self) -> String {
         let mut s = String::new();
@@ -505,6 +513,11 @@ impl NatsCluster {
         self.members[i].is_running()
     }
 
+    /// Member `i`'s process id, if it was spawned and not killed.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].pid()
+    }
+
     /// SIGKILL member `i` and wait for it to exit.
     pub fn kill(&self, i: usize) {
         self.members[i].kill();
@@ -744,6 +757,11 @@ impl EtcdCluster {
     /// Whether member `i`'s process is running.
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].is_running()
+    }
+
+    /// Member `i`'s process id, if it was spawned and not killed.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].pid()
     }
 
     /// SIGKILL member `i` and wait for it to exit.

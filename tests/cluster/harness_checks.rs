@@ -7,6 +7,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use etcd_client::{Client as Etcd, ConnectOptions as EtcdOptions, GetOptions};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use visage_tests::cluster::{EtcdCluster, NatsCluster, NatsOptions, require_cluster_tools};
@@ -139,15 +140,16 @@ async fn nats_stream_survives_leader_kill() {
     let killed = Instant::now();
     let deadline = killed + FAILOVER;
     let mut failures = 0;
+    let mut duplicates = 0u32;
     let mut first_after = None;
     for id in before..total {
+        // A retry after a lost ack is acknowledged as a duplicate, with the
+        // stored message's sequence.
         let (seq, dup, f) = publish_acked(&js, id, deadline, &cluster).await;
         failures += f;
+        duplicates += u32::from(dup);
         first_after.get_or_insert_with(|| killed.elapsed());
-        // A retry after a lost ack is a duplicate of the stored message.
-        if !dup {
-            seqs.push(seq);
-        }
+        seqs.push(seq);
     }
     let stall = first_after.expect("published after the kill");
     let new_leader = cluster.stream_leader(STREAM);
@@ -211,7 +213,8 @@ async fn nats_stream_survives_leader_kill() {
 
     eprintln!(
         "nats: ready in {started:?}; leader n{} killed, publishes resumed after {stall:?} \
-         ({failures} failed attempts); restarted member current after {restarted:?}",
+         ({failures} failed attempts, {duplicates} acknowledged as duplicates); restarted \
+         member current after {restarted:?}",
         leader + 1
     );
 }
@@ -311,20 +314,19 @@ async fn etcd_survives_leader_kill() {
             .collect();
         got == want
     };
-    let mut all = None;
-    for _ in 0..100 {
+    let deadline = Instant::now() + FAILOVER;
+    let all = loop {
         match client
             .get("harness/", Some(GetOptions::new().with_prefix()))
             .await
         {
-            Ok(r) => {
-                all = Some(r);
-                break;
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "range read after the kill: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-    }
-    let all = all.expect("a range read after the kill");
+    };
     assert!(
         check(all.kvs()),
         "keys after the kill: {} of {total}",
@@ -440,4 +442,36 @@ async fn credentials() {
     // The harness's own checks need no credentials.
     assert!((0..3).all(|i| etcd.healthy(i)));
     assert!(etcd.leader().is_some());
+}
+
+/// A test that panics with clusters running leaves no process behind: the
+/// clusters' Drop kills and reaps every member while unwinding.
+#[test]
+fn panic_kills_every_member() {
+    if !require_cluster_tools("panic_kills_every_member") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = std::thread::spawn(move || {
+        let nats = NatsCluster::start(&path.join("nats"), 3);
+        let etcd = EtcdCluster::start(&path.join("etcd"), 3);
+        let pids: Vec<u32> = (0..3)
+            .flat_map(|i| [nats.pid(i), etcd.pid(i)])
+            .map(|p| p.expect("running member"))
+            .collect();
+        tx.send(pids).expect("send pids");
+        panic!("a failing test");
+    })
+    .join();
+    assert!(r.is_err(), "the thread panicked");
+    let pids = rx.recv().expect("pids");
+    assert_eq!(pids.len(), 6);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "member process {pid} outlived the panic"
+        );
+    }
 }
