@@ -5,6 +5,7 @@ use visage_engine::rng::splitmix64;
 use visage_engine::{DIM, Embedding};
 
 pub mod calibration;
+pub mod cluster;
 pub mod faults;
 pub mod scan;
 
