@@ -137,7 +137,10 @@ mod tests {
             for (i, id) in s.ids.iter().enumerate() {
                 let row = (id - 100) as usize;
                 assert_eq!(shard_of(&subjects[row], 4), k as u32);
-                assert_eq!(s.vectors[i * 16..(i + 1) * 16], vectors[row * 16..(row + 1) * 16]);
+                assert_eq!(
+                    s.vectors[i * 16..(i + 1) * 16],
+                    vectors[row * 16..(row + 1) * 16]
+                );
             }
             // The other shards' ids are deleted here if present (moved upserts).
             assert_eq!(s.ids.len() + s.delete_ids.len(), 40);
@@ -145,6 +148,13 @@ mod tests {
         let d = LogBatch::delete(vec![1, 2], subjects[..10].to_vec());
         let n: usize = (0..4).map(|k| d.share(k, 4).delete_subjects.len()).sum();
         assert_eq!(n, 10);
-        assert!(LogBatch { dim: 3, ..b.clone() }.problem().is_some());
+        assert!(
+            LogBatch {
+                dim: 3,
+                ..b.clone()
+            }
+            .problem()
+            .is_some()
+        );
     }
 }

@@ -27,6 +27,17 @@ pub enum Error {
     /// NATS or JetStream failed (connection, stream, publish, consumer).
     #[error("nats: {0}")]
     Nats(String),
+    /// The log no longer holds the messages this replica needs next (they
+    /// were trimmed): it must copy a peer's shards first.
+    #[error("the log {stream} starts at message {first}; this replica needs {needed}")]
+    Trimmed {
+        /// The stream.
+        stream: String,
+        /// The first message it holds.
+        first: u64,
+        /// The message the replica needs.
+        needed: u64,
+    },
     /// A message of the log does not decode as a batch.
     #[error("log message {seq} of stream {stream}: {reason}")]
     BadMessage {

@@ -37,7 +37,12 @@ impl Log {
         if let Some(t) = token {
             opts = opts.token(t.to_owned());
         }
-        let client = opts.connect(urls).await.map_err(Error::nats)?;
+        let addrs = urls
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Nats(format!("--nats {urls}: {e}")))?;
+        let client = opts.connect(addrs.as_slice()).await.map_err(Error::nats)?;
         Ok(Log {
             js: jetstream::new(client),
             replicas,

@@ -98,48 +98,102 @@ impl Replica {
         for (k, g) in &self.local {
             let share = batch.share(*k, self.shards);
             g.delete_at(delete_step(seq), &share.delete_ids, &share.delete_subjects)?;
-            g.insert_at(delete_step(seq) + 1, &share.ids, &share.subjects, &share.vectors)?;
+            g.insert_at(
+                delete_step(seq) + 1,
+                &share.ids,
+                &share.subjects,
+                &share.vectors,
+            )?;
         }
         Ok(())
     }
 
     /// Apply the gallery's log from [`Replica::next_seq`] on, in order,
-    /// until `stop` turns true or the log fails.
+    /// until `stop` turns true. A consumer that fails or stalls (its server
+    /// died, the stream is electing a leader) is made again from the first
+    /// message not applied, so a lost consumer never loses or repeats a
+    /// batch. Returns an error only for what retrying cannot mend: a batch
+    /// the engine refuses, a message that is not a batch, or a log trimmed
+    /// past this replica's position.
     pub async fn follow(
         self: Arc<Self>,
         log: &Log,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<()> {
-        let stream = log.ensure_stream(&self.gallery).await?;
-        let start = self.next_seq();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match self.clone().follow_once(log, &mut stop).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e @ (Error::Engine(_) | Error::BadMessage { .. } | Error::Trimmed { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(gallery = %self.gallery, error = %e, "log consumer failed; making it again");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One consumer's life: `Ok(true)` when stopped, `Ok(false)` when it
+    /// stalled behind the stream (to be made again).
+    async fn follow_once(
+        self: Arc<Self>,
+        log: &Log,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool> {
+        let mut stream = log.ensure_stream(&self.gallery).await?;
+        let mut expected = self.next_seq();
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
+                    start_sequence: expected,
                 },
                 ..Default::default()
             })
             .await
             .map_err(Error::nats)?;
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
-        let mut expected = start;
         loop {
             let next = tokio::select! {
-                m = messages.next() => m,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+                m = tokio::time::timeout(IDLE, messages.next()) => m,
+                _ = stop.wait_for(|s| *s) => return Ok(true),
             };
-            let Some(msg) = next else {
-                return Err(Error::Nats("the log's consumer ended".into()));
+            let msg = match next {
+                // Idle: fine if the stream has nothing more, a stall if it has.
+                Err(_) => {
+                    let last = stream
+                        .info()
+                        .await
+                        .map_err(Error::nats)?
+                        .state
+                        .last_sequence;
+                    if last >= expected {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Ok(None) => return Ok(false),
+                Ok(Some(m)) => m.map_err(Error::nats)?,
             };
-            let msg = msg.map_err(Error::nats)?;
             let seq = msg.info().map_err(Error::nats)?.stream_sequence;
+            if seq < expected {
+                continue;
+            }
             if seq > expected {
                 // Messages below `seq` are gone from the stream (trimmed):
                 // this replica needs a copy of a peer's shards first.
-                return Err(Error::Nats(format!(
-                    "the log of {} starts at {seq}, this replica needs {expected}",
-                    self.gallery
-                )));
+                return Err(Error::Trimmed {
+                    stream: stream_name(&self.gallery),
+                    first: seq,
+                    needed: expected,
+                });
             }
             let batch = LogBatch::decode(msg.payload.as_ref()).map_err(|e| Error::BadMessage {
                 stream: stream_name(&self.gallery),
@@ -154,6 +208,12 @@ impl Replica {
         }
     }
 }
+
+/// How long a consumer may deliver nothing before the stream is asked
+/// whether it has more (a consumer whose server died delivers nothing).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause before making a failed consumer again.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

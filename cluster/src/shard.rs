@@ -34,7 +34,10 @@ mod tests {
         for i in 0..4000 {
             counts[shard_of(&format!("person-{i}"), 4) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(shard_gallery("doors", 3), "doors-s3");
     }
 }

@@ -3,3 +3,4 @@
 //! and `etcd` on PATH they skip, unless `VISAGE_REQUIRE_CLUSTER=1` (CI).
 
 mod harness_checks;
+mod replica;

@@ -137,7 +137,7 @@ fn a_torn_last_record_gives_back_the_batch_with_its_sequence_or_neither() {
     // Cut the WAL at every length from the end of the first batch to the
     // end of the second (a sample of them, every 7th byte and both ends).
     let cuts: Vec<usize> = (good.len()..=full.len())
-        .filter(|n| (n - good.len()) % 7 == 0 || *n == full.len() || *n + 1 == full.len())
+        .filter(|n| (n - good.len()).is_multiple_of(7) || *n == full.len() || *n + 1 == full.len())
         .collect();
     for cut in cuts {
         std::fs::write(&wal, &full[..cut]).unwrap();

@@ -882,12 +882,12 @@ impl Gallery {
         // after it) whole, leaving the state and the gallery as they were.
         let mut framed = 0u64;
         for (i, p) in group.iter().enumerate() {
-            if let Some(seq) = p.op.seq() {
-                if seq <= st.applied_seq {
-                    // Applied before (a redelivery): nothing to apply or log.
-                    outs.push(Ok(Outcome::Skipped));
-                    continue;
-                }
+            if let Some(seq) = p.op.seq()
+                && seq <= st.applied_seq
+            {
+                // Applied before (a redelivery): nothing to apply or log.
+                outs.push(Ok(Outcome::Skipped));
+                continue;
             }
             match &p.op {
                 Op::Insert { chunk, payload, .. } => {
