@@ -64,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
         subjects: None,
         spec: visage_engine::GallerySpec::with_dim(h.dim as usize),
         highest_id: 0,
+        applied_seq: 0,
     };
     std::fs::write(dir.join("MANIFEST"), format::encode_manifest(&manifest)).expect("write");
     std::fs::write(

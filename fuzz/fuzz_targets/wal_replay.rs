@@ -98,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
         subjects: Some(0),
         spec: visage_engine::GallerySpec::with_dim(dim),
         highest_id: 0,
+        applied_seq: 0,
     };
     let mut files = Files::new();
     files.insert("MANIFEST".into(), format::encode_manifest(&manifest));
