@@ -8,6 +8,7 @@
 //! - [`batch`]: a logged batch (`LogBatch`) and its share for each shard;
 //! - [`log`]: the gallery's stream: created, published to with a message id
 //!   (a retried publish is stored once);
+//! - [`merge`]: exact answers from the shards' answers;
 //! - [`replica`]: a node's consumer of a gallery's stream, applying each batch
 //!   to its shard galleries exactly once (`Gallery::insert_at`/`delete_at`).
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@
 
 pub mod batch;
 pub mod log;
+pub mod merge;
 pub mod replica;
 pub mod shard;
 

@@ -192,4 +192,49 @@ async fn a_replica_applies_the_log_exactly_once_across_restarts_and_a_leader_kil
     let want = rows(&reference);
     assert!(want.len() > 200, "{} rows", want.len());
     assert_eq!(union, want);
+
+    // Searches and identifications fanned out to the shards and merged equal
+    // the single gallery's, ids and distance bits, for rows and for
+    // strangers' probes, k from 1 to past the rows of a shard.
+    let probes: Vec<Vec<f32>> = want
+        .values()
+        .take(10)
+        .map(|(_, v)| v.iter().map(|b| f32::from_bits(*b)).collect())
+        .chain((0..10).map(|_| (0..DIM).map(|_| rng.unit()).collect()))
+        .collect();
+    let key = |hits: &[Vec<visage_engine::Hit>]| -> Vec<Vec<(u64, String, u32)>> {
+        hits.iter()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.id, x.subject.clone(), x.distance.to_bits()))
+                    .collect()
+            })
+            .collect()
+    };
+    for k in [1, 5, 40, 500] {
+        let per_shard: Vec<_> = (0..SHARDS)
+            .map(|s| replica.shard(s).unwrap().search(&probes, k).unwrap())
+            .collect();
+        let merged = visage_cluster::merge::merge_hits(per_shard, k);
+        assert_eq!(
+            key(&merged),
+            key(&reference.search(&probes, k).unwrap()),
+            "search k={k}"
+        );
+        let per_shard: Vec<_> = (0..SHARDS)
+            .map(|s| {
+                replica
+                    .shard(s)
+                    .unwrap()
+                    .identify(&probes, k.min(30))
+                    .unwrap()
+            })
+            .collect();
+        let merged = visage_cluster::merge::merge_hits(per_shard, k.min(30));
+        assert_eq!(
+            key(&merged),
+            key(&reference.identify(&probes, k.min(30)).unwrap()),
+            "identify k={k}"
+        );
+    }
 }
