@@ -5,6 +5,7 @@
 //! shard it serves, recording the log position with each batch.
 //!
 //! - [`shard`]: which shard holds a subject, and the shard galleries' names;
+//! - [`catalog`]: galleries and live nodes in etcd;
 //! - [`batch`]: a logged batch (`LogBatch`) and its share for each shard;
 //! - [`log`]: the gallery's stream: created, published to with a message id
 //!   (a retried publish is stored once);
@@ -15,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod catalog;
 pub mod log;
 pub mod merge;
 pub mod replica;
@@ -26,6 +28,9 @@ pub enum Error {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(#[from] visage_engine::Error),
+    /// etcd failed (after retries), or holds what this build cannot read.
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// NATS or JetStream failed (connection, stream, publish, consumer).
     #[error("nats: {0}")]
     Nats(String),

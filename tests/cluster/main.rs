@@ -2,5 +2,6 @@
 //! loopback (the harness is `visage_tests::cluster`). Without `nats-server`
 //! and `etcd` on PATH they skip, unless `VISAGE_REQUIRE_CLUSTER=1` (CI).
 
+mod catalog;
 mod harness_checks;
 mod replica;

@@ -1,0 +1,234 @@
+//! The cluster's catalog in etcd: galleries (their spec and shard count)
+//! and the live nodes (each on a lease it keeps alive, so a dead node's key
+//! goes with its lease).
+//!
+//! Keys: `/visage/galleries/NAME` → [`GalleryEntry`] (JSON);
+//! `/visage/nodes/ID` → [`NodeEntry`] (JSON), on the node's lease.
+//!
+//! The etcd client keeps sending a share of requests to a member that is
+//! down (etcd-client issue #39): every call here is retried on errors
+//! until [`Catalog::deadline`] has passed.
+
+use crate::{Error, Result};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+const GALLERIES: &str = "/visage/galleries/";
+const NODES: &str = "/visage/nodes/";
+
+/// A gallery as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GalleryEntry {
+    /// Values a vector.
+    pub dim: usize,
+    /// The model recorded at creation (empty: none).
+    pub model: String,
+    /// Whether vectors are normalised.
+    pub normalize: bool,
+    /// Shards (subjects are split among them by `shard::shard_of`).
+    pub shards: u32,
+}
+
+/// A live node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// The address other nodes reach its gRPC at.
+    pub advertise: String,
+}
+
+/// The catalog client.
+#[derive(Clone)]
+pub struct Catalog {
+    client: Client,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+fn etcd(e: etcd_client::Error) -> Error {
+    Error::Etcd(e.to_string())
+}
+
+impl Catalog {
+    /// Connect to etcd `endpoints`, with a user and password when etcd's
+    /// authentication is on.
+    pub async fn connect(endpoints: &[String], user: Option<(&str, &str)>) -> Result<Catalog> {
+        let mut opts = etcd_client::ConnectOptions::new()
+            .with_timeout(Duration::from_secs(3))
+            .with_connect_timeout(Duration::from_secs(3));
+        if let Some((name, password)) = user {
+            opts = opts.with_user(name, password);
+        }
+        let client = Client::connect(endpoints, Some(opts)).await.map_err(etcd)?;
+        Ok(Catalog {
+            client,
+            deadline: Duration::from_secs(20),
+        })
+    }
+
+    /// How long a call retries before it gives up (default 20 s: an etcd
+    /// leader election takes about 1 s, a dead member's share of requests
+    /// times out in 3 s).
+    pub fn deadline(mut self, d: Duration) -> Catalog {
+        self.deadline = d;
+        self
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let until = Instant::now() + self.deadline;
+        loop {
+            match f(self.client.clone()).await {
+                Ok(x) => return Ok(x),
+                Err(e) if Instant::now() < until => {
+                    tracing::debug!(error = %e, "etcd {what} failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Error::Etcd(format!("{what}: {e}"))),
+            }
+        }
+    }
+
+    /// Record a new gallery; `false` if one of that name exists (nothing changed).
+    pub async fn create_gallery(&self, name: &str, entry: &GalleryEntry) -> Result<bool> {
+        let key = format!("{GALLERIES}{name}");
+        let value = serde_json::to_vec(entry).map_err(|e| Error::Etcd(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let r = self
+            .retry("create gallery", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(r.succeeded())
+    }
+
+    /// A gallery's entry, if it exists.
+    pub async fn gallery(&self, name: &str) -> Result<Option<GalleryEntry>> {
+        let key = format!("{GALLERIES}{name}");
+        let r = self
+            .retry("get gallery", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        r.kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value())
+                    .map_err(|e| Error::Etcd(format!("{key}: not a gallery entry: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Every gallery, by name.
+    pub async fn galleries(&self) -> Result<Vec<(String, GalleryEntry)>> {
+        self.list(GALLERIES).await
+    }
+
+    /// Every live node, by id.
+    pub async fn nodes(&self) -> Result<Vec<(String, NodeEntry)>> {
+        self.list(NODES).await
+    }
+
+    async fn list<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let r = self
+            .retry("list", |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let entry = serde_json::from_slice(kv.value())
+                    .map_err(|e| Error::Etcd(format!("{key}: {e}")))?;
+                Ok((key[prefix.len()..].to_owned(), entry))
+            })
+            .collect()
+    }
+
+    /// Register node `id` on a lease of `ttl` kept alive in the background
+    /// until the returned [`Registration`] is dropped (or the process dies):
+    /// then the key goes when the lease expires.
+    pub async fn register(
+        &self,
+        id: &str,
+        entry: &NodeEntry,
+        ttl: Duration,
+    ) -> Result<Registration> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = self
+            .retry("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?
+            .id();
+        let key = format!("{NODES}{id}");
+        let value = serde_json::to_vec(entry).map_err(|e| Error::Etcd(e.to_string()))?;
+        self.retry("register node", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        let client = self.client.clone();
+        let every = ttl / 3;
+        let task = tokio::spawn(async move {
+            loop {
+                // A fresh keeper each round: a member that died takes its stream with it.
+                let mut c = client.clone();
+                if let Ok((mut keeper, mut stream)) = c.lease_keep_alive(lease).await {
+                    loop {
+                        // An answer that does not come (its member died) ends
+                        // this keeper; a new one goes to another member.
+                        let answered = keeper.keep_alive().await.is_ok()
+                            && matches!(
+                                tokio::time::timeout(every, stream.message()).await,
+                                Ok(Ok(Some(_)))
+                            );
+                        if !answered {
+                            break;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Registration { task, lease })
+    }
+}
+
+/// A node's registration: its lease is kept alive while this lives.
+#[derive(Debug)]
+pub struct Registration {
+    task: tokio::task::JoinHandle<()>,
+    lease: i64,
+}
+
+impl Registration {
+    /// The lease id.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
