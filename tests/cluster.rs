@@ -5,7 +5,8 @@
 //! when a test panics).
 //!
 //! The binaries come from the Debian packages `nats-server` and
-//! `etcd-server` (see `/work/shared/CLUSTER.md`'s command lines). Tests call
+//! `etcd-server`, started with the flags their documentation gives for a
+//! cluster on one host (members routed to each other on loopback). Tests call
 //! [`require_cluster_tools`] first: without the binaries they skip, unless
 //! `VISAGE_REQUIRE_CLUSTER=1` (CI), where they fail.
 //!
