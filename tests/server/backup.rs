@@ -43,13 +43,19 @@ fn bits(e: &Embedding) -> (String, Vec<u32>) {
 
 const BATCH: u64 = 25;
 
+/// A server whose backups go to `backups/` beside its data, paced at 1 MiB/s.
+fn start_paced(t: &TempData) -> (Server, std::path::PathBuf) {
+    let root = t.data().parent().unwrap().join("backups");
+    let root_s = root.to_str().unwrap().to_owned();
+    let server = Server::start_with(&t.data(), &["--backup-root", &root_s, "--backup-rate", "1"]);
+    (server, root)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_under_load_holds_exactly_the_writes_acknowledged_before_its_cut() {
     let t = TempData::new();
-    let root = t.data().parent().unwrap().join("backups");
-    let root_s = root.to_str().unwrap().to_owned();
     // 1 MiB/s: the backup of about 2 MB takes seconds, writes go on meanwhile.
-    let server = Server::start_with(&t.data(), &["--backup-root", &root_s, "--backup-rate", "1"]);
+    let (server, _root) = start_paced(&t);
     let c = server.client().await;
     c.create_gallery("g").await.unwrap();
     let g = c.gallery("g");
@@ -188,9 +194,8 @@ async fn a_backup_under_load_holds_exactly_the_writes_acknowledged_before_its_cu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_a_backup_leaves_it_refused_and_the_gallery_intact() {
     let t = TempData::new();
-    let root = t.data().parent().unwrap().join("backups");
+    let (server, root) = start_paced(&t);
     let root_s = root.to_str().unwrap().to_owned();
-    let server = Server::start_with(&t.data(), &["--backup-root", &root_s, "--backup-rate", "1"]);
     let c = server.client().await;
     c.create_gallery("g").await.unwrap();
     let g = c.gallery("g");
