@@ -582,6 +582,8 @@ impl Client {
                 dim: spec.dim,
                 model: spec.model.clone(),
                 normalize: spec.normalize,
+                shards: 0,
+                replicas: 0,
             })
             .await?
             .into_inner())
@@ -1291,6 +1293,7 @@ impl Gallery {
             .get(proto::GetRequest {
                 gallery: self.name.clone(),
                 ids: ids.to_vec(),
+                min_seq: 0,
             })
             .await?
             .into_inner()
@@ -1342,6 +1345,7 @@ impl Gallery {
                     proto::ScanMode::Exact
                 } as i32,
                 model: self.model.clone(),
+                min_seq: 0,
             })
             .await?
             .into_inner();
@@ -1384,6 +1388,7 @@ impl Gallery {
                 min_probability: threshold.min_probability,
                 max_distance: threshold.max_distance,
                 model: self.model.clone(),
+                min_seq: 0,
             })
             .await?
             .into_inner()

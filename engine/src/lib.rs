@@ -55,7 +55,7 @@ pub use gallery::{
     HistogramCounts, Identification, IdentifyOptions, InsertOutcome, MAX_DELETE_BATCH,
     MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES, MAX_SUBJECTS_PAGE, MaintenanceCounts,
     MaintenanceReport, RankBy, ScanCounts, ScanMode, SearchOptions, Verdict, VerifyOptions,
-    VerifyPair, VerifyTarget,
+    VerifyPair, VerifyTarget, check_delete, check_rows,
 };
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use search::kernels;

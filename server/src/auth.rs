@@ -10,7 +10,10 @@
 //! file and line, never the key.
 //!
 //! Clients send `authorization: Bearer KEY` (or `x-api-key: KEY`). Roles nest:
-//! `read` ⊂ `write` ⊂ `admin`. Which role a method needs is [`visage_role`], a
+//! `read` ⊂ `write` ⊂ `admin` ⊂ `node`. The `node` role is the cluster's:
+//! nodes present a key of it to each other, and only it may address one
+//! shard of a gallery directly (a request with the [`SHARD_HEADER`]
+//! metadata, which a node sends when it fans a read out). Which role a method needs is [`visage_role`], a
 //! `match` over every method of `visage.v1.Visage` (a unit test checks it
 //! against the proto file); a method it does not know is refused. The health
 //! service is open to all (load balancers probe it without a key); reflection
@@ -41,7 +44,14 @@ pub enum Role {
     Write,
     /// Everything: creating and dropping galleries, deleting, compacting, training heads.
     Admin,
+    /// Everything, and the calls cluster nodes make to each other (reads of
+    /// one shard, copies of a shard): the cluster key's role.
+    Node,
 }
+
+/// The metadata key of a request addressed to one shard of a gallery (its
+/// value is the shard's number): only the `node` role may send it.
+pub const SHARD_HEADER: &str = "visage-shard";
 
 impl Role {
     /// The role's name in key files and messages.
@@ -50,6 +60,7 @@ impl Role {
             Role::Read => "read",
             Role::Write => "write",
             Role::Admin => "admin",
+            Role::Node => "node",
         }
     }
 
@@ -58,6 +69,7 @@ impl Role {
             "read" => Some(Role::Read),
             "write" => Some(Role::Write),
             "admin" => Some(Role::Admin),
+            "node" => Some(Role::Node),
             _ => None,
         }
     }
@@ -77,7 +89,7 @@ pub fn visage_role(method: &str) -> Option<Role> {
         | "Verify" | "GetHead" => Role::Read,
         "Insert" | "InsertStream" | "Flush" => Role::Write,
         "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export"
-        | "Backup" | "Restore" => Role::Admin,
+        | "Backup" | "Restore" | "ClusterStatus" => Role::Admin,
         _ => return None,
     })
 }
@@ -149,6 +161,7 @@ impl fmt::Debug for ApiKeys {
             .field("read", &count(Role::Read))
             .field("write", &count(Role::Write))
             .field("admin", &count(Role::Admin))
+            .field("node", &count(Role::Node))
             .finish()
     }
 }
@@ -175,7 +188,8 @@ impl ApiKeys {
             let role = fields.next().unwrap_or_default();
             let Some(key) = fields.next() else {
                 return Err(at(
-                    "expected `ROLE KEY` (ROLE is read, write or admin), found one field".into(),
+                    "expected `ROLE KEY` (ROLE is read, write, admin or node), found one field"
+                        .into(),
                 ));
             };
             if let Some(extra) = fields.next()
@@ -189,7 +203,8 @@ impl ApiKeys {
             let Some(role) = Role::parse(role) else {
                 // The first field may be a key written without its role: do not echo it.
                 return Err(at(
-                    "unknown role (expected `read`, `write` or `admin` before the key)".into(),
+                    "unknown role (expected `read`, `write`, `admin` or `node` before the key)"
+                        .into(),
                 ));
             };
             if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
@@ -212,7 +227,7 @@ impl ApiKeys {
         }
         if keys.is_empty() {
             return Err(KeyFileError(format!(
-                "{source}: no keys (each line is `ROLE KEY`, ROLE one of read, write, admin)"
+                "{source}: no keys (each line is `ROLE KEY`, ROLE one of read, write, admin, node)"
             )));
         }
         Ok(ApiKeys { keys })
@@ -264,6 +279,13 @@ impl ApiKeys {
         }
         let role = self.role_for(headers)?;
         let method = path.strip_prefix('/').unwrap_or(path);
+        if headers.contains_key(SHARD_HEADER) {
+            require(
+                role,
+                Role::Node,
+                &format!("{method} of one shard ({SHARD_HEADER})"),
+            )?;
+        }
         match need {
             Access::Open | Access::AnyKey => Ok(()),
             Access::Role(needed) => require(role, needed, method),
@@ -471,7 +493,7 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 19, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 20, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }

@@ -295,6 +295,8 @@ pub fn info_out(g: &Gallery) -> pb::GalleryInfo {
                 elapsed_seconds: p.elapsed.as_secs_f64(),
             })
             .collect(),
+        shards: 1,
+        replicas: 1,
     }
 }
 

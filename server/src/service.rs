@@ -294,6 +294,13 @@ impl Visage for VisageService {
     ) -> Result<Response<pb::GalleryInfo>, Status> {
         let req = request.into_inner();
         let spec = convert::spec_in(&req);
+        for (field, n) in [("shards", req.shards), ("replicas", req.replicas)] {
+            if n > 1 {
+                return Err(Status::failed_precondition(format!(
+                    "{field}: {n} needs cluster mode (start the server with --nats and --etcd); a single node holds one shard"
+                )));
+            }
+        }
         let name = req.name;
         let info = self
             .blocking(move |engine| {
@@ -413,6 +420,7 @@ impl Visage for VisageService {
             batches: 1,
             ids,
             conflicts,
+            seq: 0,
         }))
     }
 
@@ -487,6 +495,7 @@ impl Visage for VisageService {
             batches: progress.batches,
             ids: assigned,
             conflicts,
+            seq: 0,
         }))
     }
 
@@ -501,7 +510,7 @@ impl Visage for VisageService {
                 Ok(g.delete(&req.ids, &req.subjects)?)
             })
             .await?;
-        Ok(Response::new(pb::DeleteResponse { deleted }))
+        Ok(Response::new(pb::DeleteResponse { deleted, seq: 0 }))
     }
 
     type ExportStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ExportBatch, Status>>;
@@ -813,6 +822,15 @@ impl Visage for VisageService {
             erasures_applied: rep.erasures_applied,
             rows_erased: rep.rows_erased,
         }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this server is a single node (cluster mode needs --nats and --etcd)",
+        ))
     }
 
     async fn flush(

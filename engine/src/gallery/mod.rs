@@ -44,6 +44,7 @@ pub(crate) use backup::{
 };
 pub use read::{Export, ExportBatch};
 pub(crate) use write::normalize;
+pub use write::{check_delete, check_rows};
 
 pub use crate::api::*;
 use crate::compaction::CompactionPolicy;

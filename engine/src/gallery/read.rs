@@ -254,12 +254,24 @@ impl Gallery {
         probes: &[P],
         opts: &IdentifyOptions,
     ) -> Result<Vec<Identification>> {
+        self.identify_open_sized(probes, opts, None)
+    }
+
+    /// [`Gallery::identify_open`] as one shard of a larger gallery: the
+    /// decision uses the open-set thresholds for `gallery_subjects` subjects
+    /// (the whole gallery's count) when given, instead of this gallery's.
+    pub fn identify_open_sized<P: AsRef<[f32]>>(
+        &self,
+        probes: &[P],
+        opts: &IdentifyOptions,
+        gallery_subjects: Option<u64>,
+    ) -> Result<Vec<Identification>> {
         let probes = check_probes(&self.spec, probes, opts.k, MAX_IDENTIFY_K)?;
         let snap = self.snapshot();
         let decision = self.decision_for(
             opts.min_probability,
             opts.max_distance,
-            Some(snap.subjects()),
+            Some(gallery_subjects.unwrap_or_else(|| snap.subjects())),
         )?;
         let head = self.head();
         let w = head

@@ -427,6 +427,85 @@ pub(super) fn check_vector(
     Ok(())
 }
 
+/// Check an insert batch in flat form against a gallery's spec, as an
+/// insert does before it changes anything: the shape (one row of `dim`
+/// values and, when given, one id per subject), the batch limit, every
+/// vector (dimension, finite values, not zero where the gallery
+/// normalises), every subject, and no id twice. Returns the rows as the
+/// gallery keeps them (normalised where it normalises). A cluster node
+/// checks a batch with it before logging it, so a batch the replicas would
+/// refuse is refused before anything is logged.
+pub fn check_rows<S: AsRef<str>>(
+    spec: &GallerySpec,
+    ids: Option<&[u64]>,
+    subjects: &[S],
+    vectors: &[f32],
+) -> Result<Vec<f32>> {
+    let (n, dim) = (subjects.len(), spec.dim);
+    if vectors.len() != n * dim {
+        return Err(Error::BatchShape {
+            what: "vectors",
+            reason: format!(
+                "{} values are not one row of {dim} per subject ({n} subjects: {} values)",
+                vectors.len(),
+                n * dim
+            ),
+        });
+    }
+    if let Some(ids) = ids
+        && ids.len() != n
+    {
+        return Err(Error::BatchShape {
+            what: "ids",
+            reason: format!("{} ids for {n} rows (one per row, or none)", ids.len()),
+        });
+    }
+    let limit = Limits::for_dim(dim).insert_batch;
+    if n > limit {
+        return Err(Error::TooLarge {
+            what: "embeddings",
+            got: n,
+            limit,
+        });
+    }
+    let mut checked = Vec::with_capacity(n * dim);
+    for (i, (v, s)) in vectors.chunks_exact(dim).zip(subjects).enumerate() {
+        check_vector(spec, "embeddings", i, v, &mut checked)?;
+        check_subject("embeddings", i, s.as_ref())?;
+    }
+    if let Some(ids) = ids {
+        let mut seen =
+            crate::snapshot::memtable::IdMap::with_capacity_and_hasher(n, Default::default());
+        for (i, &id) in ids.iter().enumerate() {
+            if let Some(first) = seen.insert(id, i) {
+                return Err(Error::DuplicateId {
+                    what: "ids",
+                    id,
+                    first,
+                    second: i,
+                });
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Check a delete batch as a delete does before it changes anything (its
+/// size and its subjects); a cluster node checks one before logging it.
+pub fn check_delete(ids: &[u64], subjects: &[String]) -> Result<()> {
+    if ids.len() + subjects.len() > MAX_DELETE_BATCH {
+        return Err(Error::TooLarge {
+            what: "ids and subjects",
+            got: ids.len() + subjects.len(),
+            limit: MAX_DELETE_BATCH,
+        });
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        check_subject("subjects", i, s)?;
+    }
+    Ok(())
+}
+
 /// [`check_vector`] of one vector, returned on its own.
 pub(super) fn checked_vector(
     spec: &GallerySpec,
@@ -622,6 +701,13 @@ impl Gallery {
         lock(&self.state).applied_seq
     }
 
+    /// The log sequence up to which every applied batch is in the gallery's
+    /// segments (flushed and synced, named by the manifest): batches at or
+    /// below it are never needed from the log again by this gallery.
+    pub fn flushed_seq(&self) -> u64 {
+        lock(&self.state).segments_seq
+    }
+
     fn insert_rows_seq<S: AsRef<str>>(
         &self,
         ids: Option<&[u64]>,
@@ -629,49 +715,10 @@ impl Gallery {
         vectors: &[f32],
         seq: Option<u64>,
     ) -> Result<(Option<InsertOutcome>, Vec<u64>)> {
-        let (n, dim) = (subjects.len(), self.spec.dim);
-        if vectors.len() != n * dim {
-            return Err(Error::BatchShape {
-                what: "vectors",
-                reason: format!(
-                    "{} values are not one row of {dim} per subject ({n} subjects: {} values)",
-                    vectors.len(),
-                    n * dim
-                ),
-            });
-        }
-        if let Some(ids) = ids
-            && ids.len() != n
-        {
-            return Err(Error::BatchShape {
-                what: "ids",
-                reason: format!("{} ids for {n} rows (one per row, or none)", ids.len()),
-            });
-        }
-        self.check_batch_len(n)?;
-        let mut checked = Vec::with_capacity(n * dim);
-        for (i, (v, s)) in vectors.chunks_exact(dim).zip(subjects).enumerate() {
-            check_vector(&self.spec, "embeddings", i, v, &mut checked)?;
-            check_subject("embeddings", i, s.as_ref())?;
-        }
+        let n = subjects.len();
+        let checked = check_rows(&self.spec, ids, subjects, vectors)?;
         let ids = match ids {
-            Some(ids) => {
-                let mut seen = crate::snapshot::memtable::IdMap::with_capacity_and_hasher(
-                    n,
-                    Default::default(),
-                );
-                for (i, &id) in ids.iter().enumerate() {
-                    if let Some(first) = seen.insert(id, i) {
-                        return Err(Error::DuplicateId {
-                            what: "ids",
-                            id,
-                            first,
-                            second: i,
-                        });
-                    }
-                }
-                ids.to_vec()
-            }
+            Some(ids) => ids.to_vec(),
             None if n == 0 => Vec::new(),
             None => {
                 let first = self
@@ -766,17 +813,7 @@ impl Gallery {
 
     /// Refuse a delete over its limits or with a bad subject.
     fn check_delete(&self, ids: &[u64], subjects: &[String]) -> Result<()> {
-        if ids.len() + subjects.len() > MAX_DELETE_BATCH {
-            return Err(Error::TooLarge {
-                what: "ids and subjects",
-                got: ids.len() + subjects.len(),
-                limit: MAX_DELETE_BATCH,
-            });
-        }
-        for (i, s) in subjects.iter().enumerate() {
-            check_subject("subjects", i, s)?;
-        }
-        Ok(())
+        check_delete(ids, subjects)
     }
 
     /// Delete embeddings by id and every embedding of the given subjects.

@@ -271,6 +271,7 @@ fn main() {
                 dim: 512,
                 model: "arcface-r100@insightface-0.7.3".into(),
                 normalize: true,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -311,6 +312,7 @@ fn main() {
             pb::GetRequest {
                 gallery: g(),
                 ids: vec![known.id, 1, 105],
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

@@ -73,16 +73,20 @@ class Embedding(_message.Message):
     def __init__(self, id: _Optional[int] = ..., subject: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CreateGalleryRequest(_message.Message):
-    __slots__ = ("name", "dim", "model", "normalize")
+    __slots__ = ("name", "dim", "model", "normalize", "shards", "replicas")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     model: str
     normalize: bool
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    shards: int
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class DropGalleryRequest(_message.Message):
     __slots__ = ("name",)
@@ -139,7 +143,7 @@ class ListGalleriesResponse(_message.Message):
     def __init__(self, galleries: _Optional[_Iterable[_Union[GalleryInfo, _Mapping]]] = ...) -> None: ...
 
 class GalleryInfo(_message.Message):
-    __slots__ = ("name", "dim", "live", "deleted", "subjects", "segments", "bytes_on_disk", "head_trained", "memtable_rows", "open_logit_threshold", "open_distance_threshold", "open_trusted", "model", "normalize", "exception_rows", "outdated_segments", "scans", "segment_details", "operations")
+    __slots__ = ("name", "dim", "live", "deleted", "subjects", "segments", "bytes_on_disk", "head_trained", "memtable_rows", "open_logit_threshold", "open_distance_threshold", "open_trusted", "model", "normalize", "exception_rows", "outdated_segments", "scans", "segment_details", "operations", "shards", "replicas")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +163,8 @@ class GalleryInfo(_message.Message):
     SCANS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_DETAILS_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     live: int
@@ -178,7 +184,9 @@ class GalleryInfo(_message.Message):
     scans: ScanCounts
     segment_details: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
     operations: _containers.RepeatedCompositeFieldContainer[OperationProgress]
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., live: _Optional[int] = ..., deleted: _Optional[int] = ..., subjects: _Optional[int] = ..., segments: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., head_trained: _Optional[bool] = ..., memtable_rows: _Optional[int] = ..., open_logit_threshold: _Optional[float] = ..., open_distance_threshold: _Optional[float] = ..., open_trusted: _Optional[bool] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ..., exception_rows: _Optional[int] = ..., outdated_segments: _Optional[int] = ..., scans: _Optional[_Union[ScanCounts, _Mapping]] = ..., segment_details: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationProgress, _Mapping]]] = ...) -> None: ...
+    shards: int
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., live: _Optional[int] = ..., deleted: _Optional[int] = ..., subjects: _Optional[int] = ..., segments: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., head_trained: _Optional[bool] = ..., memtable_rows: _Optional[int] = ..., open_logit_threshold: _Optional[float] = ..., open_distance_threshold: _Optional[float] = ..., open_trusted: _Optional[bool] = ..., model: _Optional[str] = ..., normalize: _Optional[bool] = ..., exception_rows: _Optional[int] = ..., outdated_segments: _Optional[int] = ..., scans: _Optional[_Union[ScanCounts, _Mapping]] = ..., segment_details: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationProgress, _Mapping]]] = ..., shards: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class OperationProgress(_message.Message):
     __slots__ = ("kind", "rows_done", "rows_total", "bytes_done", "bytes_total", "elapsed_seconds")
@@ -307,18 +315,20 @@ class Conflict(_message.Message):
     def __init__(self, position: _Optional[int] = ..., subject: _Optional[str] = ..., other_subject: _Optional[str] = ..., other_id: _Optional[int] = ..., other_position: _Optional[int] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class InsertResponse(_message.Message):
-    __slots__ = ("inserted", "replaced", "batches", "ids", "conflicts")
+    __slots__ = ("inserted", "replaced", "batches", "ids", "conflicts", "seq")
     INSERTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     inserted: int
     replaced: int
     batches: int
     ids: _containers.RepeatedScalarFieldContainer[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
-    def __init__(self, inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., batches: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ..., conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
+    seq: int
+    def __init__(self, inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., batches: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ..., conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("gallery", "ids", "subjects")
@@ -331,18 +341,22 @@ class DeleteRequest(_message.Message):
     def __init__(self, gallery: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "seq")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     deleted: int
-    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, deleted: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("gallery", "ids")
+    __slots__ = ("gallery", "ids", "min_seq")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, gallery: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    min_seq: int
+    def __init__(self, gallery: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., min_seq: _Optional[int] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
     __slots__ = ("gallery", "batch_rows")
@@ -369,7 +383,7 @@ class GetResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("gallery", "queries", "k", "rank_by", "max_distance", "mode", "model", "matrix", "with_subjects")
+    __slots__ = ("gallery", "queries", "k", "rank_by", "max_distance", "mode", "model", "matrix", "with_subjects", "min_seq")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +393,7 @@ class SearchRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     WITH_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     queries: _containers.RepeatedCompositeFieldContainer[Vector]
     k: int
@@ -388,7 +403,8 @@ class SearchRequest(_message.Message):
     model: str
     matrix: Matrix
     with_subjects: bool
-    def __init__(self, gallery: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., rank_by: _Optional[_Union[RankBy, str]] = ..., max_distance: _Optional[float] = ..., mode: _Optional[_Union[ScanMode, str]] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., with_subjects: _Optional[bool] = ...) -> None: ...
+    min_seq: int
+    def __init__(self, gallery: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., rank_by: _Optional[_Union[RankBy, str]] = ..., max_distance: _Optional[float] = ..., mode: _Optional[_Union[ScanMode, str]] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., with_subjects: _Optional[bool] = ..., min_seq: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "k", "counts", "ids", "distances", "subjects", "probabilities", "similarities")
@@ -431,7 +447,7 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., subject: _Optional[str] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("gallery", "probes", "k", "min_probability", "max_distance", "model", "matrix")
+    __slots__ = ("gallery", "probes", "k", "min_probability", "max_distance", "model", "matrix", "min_seq")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +455,7 @@ class IdentifyRequest(_message.Message):
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MATRIX_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     probes: _containers.RepeatedCompositeFieldContainer[Vector]
     k: int
@@ -446,7 +463,8 @@ class IdentifyRequest(_message.Message):
     max_distance: float
     model: str
     matrix: Matrix
-    def __init__(self, gallery: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., min_probability: _Optional[float] = ..., max_distance: _Optional[float] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+    min_seq: int
+    def __init__(self, gallery: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., min_probability: _Optional[float] = ..., max_distance: _Optional[float] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., min_seq: _Optional[int] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
     __slots__ = ("results",)
@@ -479,7 +497,7 @@ class Candidate(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., id: _Optional[int] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("gallery", "pairs", "max_distance", "min_probability", "model", "matrix", "b_matrix", "b_ids", "b_subjects")
+    __slots__ = ("gallery", "pairs", "max_distance", "min_probability", "model", "matrix", "b_matrix", "b_ids", "b_subjects", "min_seq")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -489,6 +507,7 @@ class VerifyRequest(_message.Message):
     B_MATRIX_FIELD_NUMBER: _ClassVar[int]
     B_IDS_FIELD_NUMBER: _ClassVar[int]
     B_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     pairs: _containers.RepeatedCompositeFieldContainer[VerifyPair]
     max_distance: float
@@ -498,7 +517,8 @@ class VerifyRequest(_message.Message):
     b_matrix: Matrix
     b_ids: _containers.RepeatedScalarFieldContainer[int]
     b_subjects: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gallery: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[VerifyPair, _Mapping]]] = ..., max_distance: _Optional[float] = ..., min_probability: _Optional[float] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., b_matrix: _Optional[_Union[Matrix, _Mapping]] = ..., b_ids: _Optional[_Iterable[int]] = ..., b_subjects: _Optional[_Iterable[str]] = ...) -> None: ...
+    min_seq: int
+    def __init__(self, gallery: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[VerifyPair, _Mapping]]] = ..., max_distance: _Optional[float] = ..., min_probability: _Optional[float] = ..., model: _Optional[str] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ..., b_matrix: _Optional[_Union[Matrix, _Mapping]] = ..., b_ids: _Optional[_Iterable[int]] = ..., b_subjects: _Optional[_Iterable[str]] = ..., min_seq: _Optional[int] = ...) -> None: ...
 
 class VerifyPair(_message.Message):
     __slots__ = ("a", "vector", "id", "subject")
@@ -721,3 +741,55 @@ class FlushResponse(_message.Message):
     before: GalleryStats
     after: GalleryStats
     def __init__(self, before: _Optional[_Union[GalleryStats, _Mapping]] = ..., after: _Optional[_Union[GalleryStats, _Mapping]] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatusResponse(_message.Message):
+    __slots__ = ("node_id", "nodes", "galleries")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    GALLERIES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[ClusterNode]
+    galleries: _containers.RepeatedCompositeFieldContainer[ClusterGallery]
+    def __init__(self, node_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ..., galleries: _Optional[_Iterable[_Union[ClusterGallery, _Mapping]]] = ...) -> None: ...
+
+class ClusterNode(_message.Message):
+    __slots__ = ("id", "advertise")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    advertise: str
+    def __init__(self, id: _Optional[str] = ..., advertise: _Optional[str] = ...) -> None: ...
+
+class ClusterGallery(_message.Message):
+    __slots__ = ("name", "shards", "log_first_seq", "log_last_seq", "replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LOG_LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shards: int
+    log_first_seq: int
+    log_last_seq: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ShardReplica]
+    def __init__(self, name: _Optional[str] = ..., shards: _Optional[int] = ..., log_first_seq: _Optional[int] = ..., log_last_seq: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ShardReplica, _Mapping]]] = ...) -> None: ...
+
+class ShardReplica(_message.Message):
+    __slots__ = ("shard", "node_id", "live", "applied_seq", "flushed_seq", "lag")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FLUSHED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    node_id: str
+    live: bool
+    applied_seq: int
+    flushed_seq: int
+    lag: int
+    def __init__(self, shard: _Optional[int] = ..., node_id: _Optional[str] = ..., live: _Optional[bool] = ..., applied_seq: _Optional[int] = ..., flushed_seq: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...

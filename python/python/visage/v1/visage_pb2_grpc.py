@@ -129,6 +129,11 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.ClusterStatus = channel.unary_unary(
+                '/visage.v1.Visage/ClusterStatus',
+                request_serializer=visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.FromString,
+                _registered_method=True)
 
 
 class VisageServicer:
@@ -301,6 +306,15 @@ class VisageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClusterStatus(self, request, context):
+        """Cluster mode only (FAILED_PRECONDITION on a single node): the live
+        nodes, and for each gallery its log and each shard's replicas with the
+        log position each has applied and flushed, and its lag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -398,6 +412,11 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.SerializeToString,
+            ),
+            'ClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClusterStatus,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -913,6 +932,33 @@ class Visage:
             '/visage.v1.Visage/Restore',
             visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visage.v1.Visage/ClusterStatus',
+            visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
