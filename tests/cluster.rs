@@ -137,7 +137,7 @@ fn tail(s: &str, n: usize) -> &str {
 /// A member's command line, its log files, and its process while running.
 struct Member {
     name: String,
-    program: &'static str,
+    program: String,
     args: Vec<String>,
     /// stdout and stderr, appended to across restarts.
     output: PathBuf,
@@ -156,7 +156,7 @@ impl Member {
             .open(&self.output)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.output.display()));
         let err = out.try_clone().expect("clone log file handle");
-        let spawned = Command::new(self.program)
+        let spawned = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -411,7 +411,7 @@ impl NatsCluster {
                     output: dir.join(format!("{id}.out")),
                     log_file: Some(log_file),
                     name: id,
-                    program: "nats-server",
+                    program: "nats-server".into(),
                     args,
                     child: Mutex::new(None),
                 }
@@ -653,7 +653,7 @@ impl EtcdCluster {
                     output: dir.join(format!("{id}.log")),
                     log_file: None,
                     name: id,
-                    program: "etcd",
+                    program: "etcd".into(),
                     args,
                     child: Mutex::new(None),
                 }
@@ -791,6 +791,131 @@ impl EtcdCluster {
     /// The end of every member's log, for panic messages.
     pub fn logs(&self) -> String {
         all_logs(&self.members)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// visage nodes
+
+/// The `visage-server` binary built beside the test executable
+/// (`target/<profile>/deps/cluster-HASH` → `target/<profile>/visage-server`),
+/// which must have cluster mode (`--features cluster`; `cargo test
+/// --workspace` builds it so).
+pub fn visage_server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory")
+        .join("visage-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p visage-server --features cluster`)",
+        path.display()
+    );
+    path
+}
+
+/// One visage node in cluster mode: its own data directory, a fixed port
+/// (so a restart keeps the address the others know), its output in
+/// `DIR/ID.log`; killed with SIGKILL when dropped.
+pub struct VisageNode {
+    /// The node's id.
+    pub id: String,
+    /// `127.0.0.1:PORT`, its gRPC address.
+    pub addr: String,
+    member: Member,
+}
+
+impl VisageNode {
+    /// Start node `id` with its data in `DIR/ID`, joined to `nats` (URLs,
+    /// comma-separated) and `etcd` (endpoints, comma-separated), with extra
+    /// flags; returns once it prints its address (it joins the cluster
+    /// right after: wait for it with a call).
+    pub fn start(dir: &Path, id: &str, nats: &str, etcd: &str, extra: &[String]) -> VisageNode {
+        for attempt in 0..START_ATTEMPTS {
+            let port = free_ports(1)[0];
+            let addr = format!("127.0.0.1:{port}");
+            let mut args: Vec<String> = vec![
+                "--data-dir".into(),
+                dir.join(id).display().to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--backup-root".into(),
+                dir.join(format!("{id}-backups")).display().to_string(),
+                "--nats".into(),
+                nats.into(),
+                "--etcd".into(),
+                etcd.into(),
+                "--node-id".into(),
+                id.into(),
+            ];
+            args.extend(extra.iter().cloned());
+            let member = Member {
+                name: id.to_owned(),
+                program: visage_server_binary().display().to_string(),
+                args,
+                output: dir.join(format!("{id}.log")),
+                log_file: None,
+                child: Mutex::new(None),
+            };
+            member.spawn();
+            let node = VisageNode {
+                id: id.to_owned(),
+                addr,
+                member,
+            };
+            match node.wait_listening() {
+                Ok(()) => return node,
+                Err(Attempt::PortTaken(_)) => node.member.retire_logs(attempt),
+            }
+        }
+        panic!("node {id}: no free port after {START_ATTEMPTS} attempts");
+    }
+
+    fn wait_listening(&self) -> Result<(), Attempt> {
+        let members = std::slice::from_ref(&self.member);
+        wait_ready(&format!("node {}", self.id), members, &[0], || {
+            std::fs::read_to_string(&self.member.output)
+                .is_ok_and(|l| l.contains("visage-server listening on"))
+        })
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&self) {
+        self.member.kill();
+    }
+
+    /// Start again on the same port and data directory.
+    pub fn restart(&self) {
+        assert!(!self.member.is_running(), "node {} is running", self.id);
+        // The old output says "listening" already: wait for a new line.
+        let before = std::fs::read_to_string(&self.member.output)
+            .map(|l| l.matches("visage-server listening on").count())
+            .unwrap_or(0);
+        self.member.spawn();
+        let members = std::slice::from_ref(&self.member);
+        let ready = wait_ready(&format!("node {} restart", self.id), members, &[0], || {
+            std::fs::read_to_string(&self.member.output)
+                .is_ok_and(|l| l.matches("visage-server listening on").count() > before)
+        });
+        if ready.is_err() {
+            panic!(
+                "node {} could not bind its port again; log:\n{}",
+                self.id,
+                self.log()
+            );
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.member.is_running()
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        self.member.log()
     }
 }
 

@@ -3,7 +3,10 @@
 //! goes with its lease).
 //!
 //! Keys: `/visage/galleries/NAME` → [`GalleryEntry`] (JSON);
-//! `/visage/nodes/ID` → [`NodeEntry`] (JSON), on the node's lease.
+//! `/visage/nodes/ID` → [`NodeEntry`] (JSON), on the node's lease;
+//! `/visage/progress/NAME/ID` → [`Progress`] (JSON), on the node's lease:
+//! the log positions node ID's replicas of gallery NAME have applied and
+//! flushed; `/visage/ids/NAME` → the next id the cluster assigns in NAME.
 //!
 //! The etcd client keeps sending a share of requests to a member that is
 //! down (etcd-client issue #39): every call here is retried on errors
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 
 const GALLERIES: &str = "/visage/galleries/";
 const NODES: &str = "/visage/nodes/";
+const PROGRESS: &str = "/visage/progress/";
+const IDS: &str = "/visage/ids/";
 
 /// A gallery as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +34,47 @@ pub struct GalleryEntry {
     pub normalize: bool,
     /// Shards (subjects are split among them by `shard::shard_of`).
     pub shards: u32,
+    /// The nodes that hold each shard (`replicas[k]`: node ids of shard
+    /// `k`), chosen at creation.
+    #[serde(default)]
+    pub replicas: Vec<Vec<String>>,
+}
+
+impl GalleryEntry {
+    /// The nodes assigned shard `k` (none for a shard out of range).
+    pub fn nodes_of(&self, k: u32) -> &[String] {
+        self.replicas.get(k as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The shards assigned to node `id`, ascending.
+    pub fn shards_of(&self, id: &str) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|&k| self.nodes_of(k).iter().any(|n| n == id))
+            .collect()
+    }
+}
+
+/// Spread `shards` shards over `nodes` (sorted ids), `replicas` copies
+/// each: shard `k` goes to the `replicas` nodes from position `k` on,
+/// round the ring, so every node holds about `shards × replicas / nodes`
+/// shards and no shard two copies on one node.
+pub fn assign(nodes: &[String], shards: u32, replicas: usize) -> Vec<Vec<String>> {
+    let n = nodes.len();
+    (0..shards as usize)
+        .map(|k| {
+            (0..replicas.min(n))
+                .map(|j| nodes[(k + j) % n].clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// What a node's replicas of one gallery have reached in its log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Per shard served (ascending): `(shard, applied, flushed)`, the last
+    /// log message applied and the last one held by synced segments.
+    pub shards: Vec<(u32, u64, u64)>,
 }
 
 /// A live node.
@@ -135,6 +181,105 @@ impl Catalog {
     /// Every gallery, by name.
     pub async fn galleries(&self) -> Result<Vec<(String, GalleryEntry)>> {
         self.list(GALLERIES).await
+    }
+
+    /// Remove a gallery from the catalog, with its id counter and its
+    /// nodes' progress; `false` if it was not there.
+    pub async fn delete_gallery(&self, name: &str) -> Result<bool> {
+        let key = format!("{GALLERIES}{name}");
+        let progress = format!("{PROGRESS}{name}/");
+        let ids = format!("{IDS}{name}");
+        let r = self
+            .retry("delete gallery", |mut c| {
+                let txn = Txn::new().and_then([
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(
+                        progress.clone(),
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    ),
+                    TxnOp::delete(ids.clone(), None),
+                ]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(r.op_responses().first().is_some_and(
+            |op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0),
+        ))
+    }
+
+    /// Reserve `n` ids of gallery `name` for this node: returns the first of
+    /// `n` consecutive ids no other reservation gets (ids start at 1).
+    pub async fn reserve_ids(&self, name: &str, n: u64) -> Result<u64> {
+        let key = format!("{IDS}{name}");
+        let until = Instant::now() + self.deadline;
+        loop {
+            let got = self
+                .retry("read id counter", |mut c| {
+                    let key = key.clone();
+                    async move { c.get(key, None).await }
+                })
+                .await?;
+            let (first, revision) = match got.kvs().first() {
+                Some(kv) => {
+                    let text = String::from_utf8_lossy(kv.value()).into_owned();
+                    let next = text
+                        .parse::<u64>()
+                        .map_err(|e| Error::Etcd(format!("{key}: {text:?}: {e}")))?;
+                    (next, kv.mod_revision())
+                }
+                None => (1, 0),
+            };
+            let next = first
+                .checked_add(n)
+                .ok_or_else(|| Error::Etcd(format!("{key}: ids exhausted")))?;
+            let cmp = if revision == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision)
+            };
+            let txn =
+                Txn::new()
+                    .when([cmp])
+                    .and_then([TxnOp::put(key.clone(), next.to_string(), None)]);
+            let r = self
+                .retry("reserve ids", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if r.succeeded() {
+                return Ok(first);
+            }
+            if Instant::now() > until {
+                return Err(Error::Etcd(format!("{key}: reservation kept losing races")));
+            }
+        }
+    }
+
+    /// Record node `id`'s progress in gallery `name`, on its lease.
+    pub async fn put_progress(
+        &self,
+        name: &str,
+        id: &str,
+        progress: &Progress,
+        lease: i64,
+    ) -> Result<()> {
+        let key = format!("{PROGRESS}{name}/{id}");
+        let value = serde_json::to_vec(progress).map_err(|e| Error::Etcd(e.to_string()))?;
+        self.retry("put progress", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The progress of every live node in gallery `name`, by node id.
+    pub async fn progress(&self, name: &str) -> Result<Vec<(String, Progress)>> {
+        self.list(&format!("{PROGRESS}{name}/")).await
     }
 
     /// Every live node, by id.

@@ -19,6 +19,7 @@ pub mod batch;
 pub mod catalog;
 pub mod log;
 pub mod merge;
+pub mod node;
 pub mod replica;
 pub mod shard;
 

@@ -13,6 +13,7 @@ use prost::Message;
 /// The JetStream side of the cluster.
 #[derive(Clone, Debug)]
 pub struct Log {
+    client: async_nats::Client,
     js: jetstream::Context,
     replicas: usize,
 }
@@ -42,11 +43,50 @@ impl Log {
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Nats(format!("--nats {urls}: {e}")))?;
-        let client = opts.connect(addrs.as_slice()).await.map_err(Error::nats)?;
+        let client = opts
+            .connect(addrs.as_slice())
+            .await
+            .map_err(|e| Error::Nats(format!("cannot connect to {urls}: {e}")))?;
         Ok(Log {
-            js: jetstream::new(client),
+            js: jetstream::new(client.clone()),
+            client,
             replicas,
         })
+    }
+
+    /// A round trip to the server, so a refused connection shows now.
+    pub async fn check(&self) -> Result<()> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.client.flush())
+            .await
+            .map_err(|_| Error::Nats("the NATS server did not answer within 10 s".into()))?
+            .map_err(Error::nats)
+    }
+
+    /// The largest message the servers take, in bytes (a batch must fit).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Delete the stream of `gallery` (its whole log); `false` if it did not
+    /// exist.
+    pub async fn delete_stream(&self, gallery: &str) -> Result<bool> {
+        match self.js.delete_stream(stream_name(gallery)).await {
+            Ok(r) => Ok(r.success),
+            Err(e) if e.to_string().contains("not found") => Ok(false),
+            Err(e) => Err(Error::nats(e)),
+        }
+    }
+
+    /// The first and last message the stream of `gallery` holds (`(0, 0)`
+    /// when it has none, `first > last` once it was emptied).
+    pub async fn bounds(&self, gallery: &str) -> Result<(u64, u64)> {
+        let mut s = self
+            .js
+            .get_stream(stream_name(gallery))
+            .await
+            .map_err(Error::nats)?;
+        let info = s.info().await.map_err(Error::nats)?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
     }
 
     /// The JetStream context.

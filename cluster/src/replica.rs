@@ -31,12 +31,21 @@ fn next_message(local: u64) -> u64 {
     (local / 2 + local % 2).max(1)
 }
 
+/// The last log message wholly applied, from a shard gallery's applied
+/// (or flushed) local sequence.
+pub fn message_applied(local: u64) -> u64 {
+    next_message(local) - 1
+}
+
 /// The shards of one gallery this node serves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Replica {
     gallery: String,
     shards: u32,
     local: Vec<(u32, Arc<Gallery>)>,
+    /// The last log message every shard here has applied, for readers
+    /// waiting to read their writes.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replica {
@@ -59,11 +68,34 @@ impl Replica {
             };
             local.push((k, g));
         }
-        Ok(Replica {
+        let mut r = Replica {
             gallery: gallery.to_owned(),
             shards,
             local,
-        })
+            applied: tokio::sync::watch::channel(0).0,
+        };
+        r.applied = tokio::sync::watch::channel(r.applied()).0;
+        Ok(r)
+    }
+
+    /// The gallery.
+    pub fn gallery(&self) -> &str {
+        &self.gallery
+    }
+
+    /// The shards served here, with their local galleries.
+    pub fn shards(&self) -> &[(u32, Arc<Gallery>)] {
+        &self.local
+    }
+
+    /// Wait until every shard here has applied log message `seq`; `false`
+    /// if `timeout` passed first.
+    pub async fn wait_applied(&self, seq: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|&a| a >= seq)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The local gallery of shard `k`, if served here.
@@ -105,6 +137,7 @@ impl Replica {
                 &share.vectors,
             )?;
         }
+        self.applied.send_replace(self.applied());
         Ok(())
     }
 
@@ -226,5 +259,8 @@ mod tests {
         assert_eq!(delete_step(5), 10);
         assert_eq!(next_message(10), 5, "deletes done, inserts not: redo 5");
         assert_eq!(next_message(11), 6, "5 done");
+        assert_eq!(message_applied(0), 0);
+        assert_eq!(message_applied(10), 4);
+        assert_eq!(message_applied(11), 5);
     }
 }

@@ -15,6 +15,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod convert;
 pub mod metrics;
 pub mod net;
@@ -84,6 +86,10 @@ pub struct ServerOptions {
     pub stream_idle_timeout: Duration,
     /// Largest rate of a backup's copying, bytes a second (`None`: no limit).
     pub backup_bytes_per_sec: Option<u64>,
+    /// Cluster mode: the node (joined to NATS and etcd) and how it reaches
+    /// the others (`None`: a single node).
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<(Arc<visage_cluster::node::Node>, cluster::PeerOptions)>,
 }
 
 impl Default for ServerOptions {
@@ -97,6 +103,8 @@ impl Default for ServerOptions {
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             stream_idle_timeout: service::DEFAULT_STREAM_IDLE_TIMEOUT,
             backup_bytes_per_sec: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -214,12 +222,28 @@ where
         .build_v1alpha()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let visage = VisageServer::new(
-        VisageService::new(engine.clone(), stop_rx.clone())
-            .with_stream_idle_timeout(opts.stream_idle_timeout)
-            .with_backup_rate(opts.backup_bytes_per_sec),
-    )
-    .max_decoding_message_size(opts.max_message_bytes);
+    let single = VisageService::new(engine.clone(), stop_rx.clone())
+        .with_stream_idle_timeout(opts.stream_idle_timeout)
+        .with_backup_rate(opts.backup_bytes_per_sec);
+    #[cfg(feature = "cluster")]
+    let (single, clustered) = match &opts.cluster {
+        None => (Some(single), None),
+        Some((node, peers)) => {
+            let front =
+                cluster::Front::new(node.clone(), single, peers.clone(), opts.max_message_bytes);
+            (
+                None,
+                Some(
+                    VisageServer::new(cluster::ClusterService(Arc::new(front)))
+                        .max_decoding_message_size(opts.max_message_bytes),
+                ),
+            )
+        }
+    };
+    #[cfg(not(feature = "cluster"))]
+    let single = Some(single);
+    let visage =
+        single.map(|s| VisageServer::new(s).max_decoding_message_size(opts.max_message_bytes));
 
     tracing::info!("tls: {}", if opts.tls.is_some() { "on" } else { "off" });
     match &opts.api_keys {
@@ -254,7 +278,9 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(visage);
+        .add_optional_service(visage);
+    #[cfg(feature = "cluster")]
+    let router = router.add_optional_service(clustered);
     let incoming = net::incoming(
         listener,
         net::ConnectionLimits {
@@ -286,6 +312,8 @@ where
         }
     }
     tracing::info!("shutting down: no new connections; finishing calls in flight");
+    #[cfg(feature = "cluster")]
+    let leaving = opts.cluster.as_ref().map(|(node, _)| node.clone());
     health
         .set_not_serving::<VisageServer<VisageService>>()
         .await;
@@ -309,6 +337,11 @@ where
             Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
             Err(_) => abort.abort(),
         }
+    }
+    #[cfg(feature = "cluster")]
+    if let Some(node) = leaving {
+        // No more log messages are applied; what was applied is flushed below.
+        node.stop().await;
     }
     let flushed = tokio::task::spawn_blocking(move || {
         let mut errors = Vec::new();

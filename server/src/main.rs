@@ -118,6 +118,56 @@ struct Args {
     /// scrape needs a key of the read role or higher.
     #[arg(long, env = "VISAGE_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Cluster mode: the NATS servers of the galleries' logs
+    /// (nats://HOST:PORT, comma-separated; JetStream on). Needs --etcd and
+    /// --node-id, and a build with `--features cluster`.
+    #[arg(long, env = "VISAGE_NATS", value_name = "URLS")]
+    nats: Option<String>,
+    /// The NATS token, when the NATS servers require one.
+    #[arg(
+        long,
+        env = "VISAGE_NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    nats_token: Option<String>,
+    /// Cluster mode: the etcd endpoints of the catalog (http://HOST:PORT,
+    /// comma-separated).
+    #[arg(long, env = "VISAGE_ETCD", value_name = "URLS")]
+    etcd: Option<String>,
+    /// The etcd user, when etcd's authentication is on (the password comes
+    /// from --etcd-password or VISAGE_ETCD_PASSWORD).
+    #[arg(long, env = "VISAGE_ETCD_USER", value_name = "USER")]
+    etcd_user: Option<String>,
+    /// The etcd user's password.
+    #[arg(
+        long,
+        env = "VISAGE_ETCD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    etcd_password: Option<String>,
+    /// Cluster mode: this node's id (stable across restarts: shards are
+    /// assigned to ids).
+    #[arg(long, env = "VISAGE_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Cluster mode: the HOST:PORT other nodes reach this node's gRPC at
+    /// (default: the address it listens on).
+    #[arg(long, env = "VISAGE_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Cluster mode: a file holding the cluster key this node presents to
+    /// the others (a key of the `node` role in their --api-keys).
+    #[arg(long, env = "VISAGE_CLUSTER_KEY_FILE", value_name = "PATH")]
+    cluster_key_file: Option<PathBuf>,
+    /// Cluster mode: the CA certificate (PEM) the other nodes' TLS
+    /// certificates are checked against, when the nodes serve TLS.
+    #[arg(long, env = "VISAGE_CLUSTER_CA", value_name = "PATH")]
+    cluster_ca: Option<PathBuf>,
+    /// Cluster mode: copies of each gallery's log kept by JetStream (3
+    /// survives the loss of any one NATS server).
+    #[arg(long, env = "VISAGE_LOG_REPLICAS", default_value_t = 3,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..=5), |n| n as usize))]
+    log_replicas: usize,
 }
 
 /// The arguments, with the `--config` file's settings under the flags and
@@ -252,12 +302,30 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         }
     }
 
+    let clustered = match (&args.nats, &args.etcd) {
+        (None, None) => false,
+        (Some(_), Some(_)) => true,
+        _ => return Err("cluster mode needs both --nats and --etcd".into()),
+    };
+    #[cfg(not(feature = "cluster"))]
+    if clustered {
+        return Err("this build has no cluster mode: build visage-server with `--features cluster` (it needs protoc)".into());
+    }
+    if clustered && args.node_id.is_none() {
+        return Err("cluster mode needs --node-id (a stable id for this node)".into());
+    }
+
     let mut opts = EngineOptions::default();
     opts.gallery.backup_root = Some(args.backup_root.clone());
     opts.gallery.durability = match args.durability {
         DurabilityArg::PowerLoss => Durability::PowerLoss,
         DurabilityArg::ProcessCrash => Durability::ProcessCrash,
     };
+    if clustered {
+        // The replicated log is the durable copy of every write; a replica
+        // that loses its unflushed tail applies it again from the log.
+        opts.gallery.durability = Durability::ProcessCrash;
+    }
     let dir = args.data_dir.clone();
     tracing::info!(data_dir = %dir.display(), durability = ?args.durability, "opening data directory");
     let engine = tokio::task::spawn_blocking(move || Engine::open(&dir, opts))
@@ -305,6 +373,12 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     };
+    #[cfg(feature = "cluster")]
+    let cluster = if clustered {
+        Some(join_cluster(&args, addr, engine.clone()).await?)
+    } else {
+        None
+    };
     let server_opts = ServerOptions {
         max_message_bytes: args.max_message_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
@@ -315,6 +389,70 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout),
         backup_bytes_per_sec: (args.backup_rate > 0)
             .then_some(args.backup_rate.saturating_mul(1 << 20)),
+        #[cfg(feature = "cluster")]
+        cluster,
     };
     visage_server::serve_with_metrics(engine, listener, metrics, server_opts, shutdown).await
+}
+
+/// Join the cluster: connect to NATS and etcd, register, start the replicas.
+#[cfg(feature = "cluster")]
+async fn join_cluster(
+    args: &Args,
+    addr: std::net::SocketAddr,
+    engine: Arc<Engine>,
+) -> Result<
+    (
+        Arc<visage_cluster::node::Node>,
+        visage_server::cluster::PeerOptions,
+    ),
+    visage_server::BoxError,
+> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+    };
+    let key = match &args.cluster_key_file {
+        Some(p) => Some(read("--cluster-key-file", p)?.trim().to_owned()),
+        None => None,
+    };
+    if key.is_none() && args.api_keys.is_some() {
+        return Err("cluster mode with --api-keys needs --cluster-key-file (the key, of the node role, this node presents to the others)".into());
+    }
+    let tls = match &args.cluster_ca {
+        Some(p) => Some(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read("--cluster-ca", p)?),
+        )),
+        None if args.tls_cert.is_some() => {
+            return Err("cluster mode with TLS needs --cluster-ca (the CA the nodes' certificates are checked against)".into());
+        }
+        None => None,
+    };
+    let etcd_user = match (&args.etcd_user, &args.etcd_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        _ => return Err("--etcd-user and --etcd-password go together".into()),
+    };
+    let cfg = visage_cluster::node::NodeConfig {
+        id: args.node_id.clone().unwrap_or_default(),
+        advertise: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        nats: args.nats.clone().unwrap_or_default(),
+        nats_token: args.nats_token.clone(),
+        etcd: args
+            .etcd
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        etcd_user,
+        log_replicas: args.log_replicas,
+        lease: Duration::from_secs(5),
+    };
+    tracing::info!(?cfg, "joining the cluster");
+    let node = visage_cluster::node::Node::start(cfg, engine)
+        .await
+        .map_err(|e| format!("cannot join the cluster: {e}"))?;
+    tracing::info!(node = node.id(), "joined the cluster");
+    Ok((node, visage_server::cluster::PeerOptions { key, tls }))
 }

@@ -227,7 +227,7 @@ fn conflict_check<S: AsRef<str>>(
 const EXPORT_BATCH_BYTES: usize = 4 << 20;
 
 /// Subjects a ListSubjects page holds when the request leaves `page_size` 0.
-const DEFAULT_SUBJECTS_PAGE: usize = 1000;
+pub const DEFAULT_SUBJECTS_PAGE: usize = 1000;
 
 /// `probes × k` bounded so one request cannot ask for unbounded results.
 /// Skipped when `k` itself is out of range: the engine reports that.

@@ -28,6 +28,7 @@ async fn galleries_and_nodes_live_in_etcd_through_a_leader_kill() {
         model: "arcface-r100".into(),
         normalize: true,
         shards: 4,
+        replicas: Vec::new(),
     };
     assert!(cat.create_gallery("doors", &doors).await.unwrap());
     let other = GalleryEntry {

@@ -4,4 +4,5 @@
 
 mod catalog;
 mod harness_checks;
+mod nodes;
 mod replica;

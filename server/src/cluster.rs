@@ -1,0 +1,1580 @@
+//! Cluster mode (`--nats`, `--etcd`): the `visage.v1.Visage` service of a
+//! node whose galleries are sharded and replicated (see `visage-cluster`).
+//!
+//! - Writes: any node checks an Insert or Delete as a single node would,
+//!   publishes it as one message of the gallery's log and answers once the
+//!   log holds it (a quorum of its servers), with the message's sequence.
+//!   A rejected batch publishes nothing.
+//! - Reads: any node fans Search, Identify, Verify and Get out to one live
+//!   replica of each shard involved (its own first), each call with its own
+//!   deadline, another replica when one fails or is slow, and merges the
+//!   answers exactly. A read may name `min_seq`: only replicas that applied
+//!   the log that far answer (read your own writes).
+//! - Shard calls: a node addresses one shard of a gallery on another node
+//!   with the same RPCs and the metadata [`SHARD_HEADER`] (the `node` role
+//!   only), [`MIN_SEQ_HEADER`]; the node answers from its local gallery of
+//!   that shard with the single-node handlers.
+
+use crate::auth::SHARD_HEADER;
+use crate::packed;
+use crate::service::VisageService;
+use crate::status::{ApiError, invalid};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Response, Status, Streaming};
+use visage_cluster::batch::LogBatch;
+use visage_cluster::catalog::{GalleryEntry, assign};
+use visage_cluster::node::{GalleryView, Node};
+use visage_cluster::shard::{shard_gallery, shard_of};
+use visage_engine::{GallerySpec, check_delete, check_rows};
+use visage_proto::v1 as pb;
+use visage_proto::v1::visage_client::VisageClient;
+use visage_proto::v1::visage_server::Visage;
+
+/// The metadata of a shard call: the log position the replica must have
+/// applied before it answers.
+pub const MIN_SEQ_HEADER: &str = "visage-min-seq";
+
+/// How long a read or write may take in all when the client sets no
+/// deadline (`grpc-timeout`).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one shard call may take before another replica is asked.
+pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one publish may wait for the log's acknowledgement before it is
+/// sent again (with the same message id: it is stored once).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a node reaches the others.
+#[derive(Clone, Default)]
+pub struct PeerOptions {
+    /// The cluster key, sent to other nodes as `authorization: Bearer KEY`
+    /// (a key of the `node` role in their `--api-keys`).
+    pub key: Option<String>,
+    /// TLS for calls to other nodes (their servers' CA), when the nodes
+    /// serve TLS.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl std::fmt::Debug for PeerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerOptions")
+            .field("key", &self.key.as_ref().map(|_| "…"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The cluster-mode service state of one node.
+pub struct Front {
+    node: Arc<Node>,
+    local: VisageService,
+    peers: PeerOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+    rotation: AtomicU64,
+    messages: AtomicU64,
+    max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("node", &self.node.id())
+            .finish_non_exhaustive()
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send>>;
+
+/// Where a shard call goes.
+enum Target {
+    Local,
+    Remote(VisageClient<Channel>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether another replica may answer where this one failed.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Internal
+    )
+}
+
+/// The deadline a request carries (`grpc-timeout`), else [`DEFAULT_DEADLINE`].
+fn deadline_of<T>(req: &Request<T>) -> Instant {
+    let t = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(DEFAULT_DEADLINE);
+    Instant::now() + t
+}
+
+/// A `grpc-timeout` value: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn header<T>(req: &Request<T>, name: &str) -> Result<Option<u64>, Status> {
+    match req.metadata().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument(format!("metadata {name}: not a number"))),
+    }
+}
+
+/// Requests that name a gallery: a shard call renames it to the shard's
+/// local gallery.
+trait Galleried {
+    fn gallery_mut(&mut self) -> &mut String;
+}
+
+macro_rules! galleried {
+    ($($t:ty => $f:ident),* $(,)?) => {
+        $(impl Galleried for $t {
+            fn gallery_mut(&mut self) -> &mut String {
+                &mut self.$f
+            }
+        })*
+    };
+}
+
+galleried!(
+    pb::SearchRequest => gallery,
+    pb::IdentifyRequest => gallery,
+    pb::VerifyRequest => gallery,
+    pb::GetRequest => gallery,
+    pb::GetGalleryRequest => name,
+    pb::ListSubjectsRequest => gallery,
+    pb::CompactRequest => gallery,
+    pb::FlushRequest => gallery,
+);
+
+fn not_found(name: &str) -> Status {
+    Status::not_found(format!("no gallery {name:?} in the cluster"))
+}
+
+fn not_in_cluster(what: &str) -> Status {
+    Status::failed_precondition(format!(
+        "{what} is not available in cluster mode yet (it is on a single node)"
+    ))
+}
+
+/// Hits per query in the flat form of a Search response.
+fn unflatten(r: pb::SearchResponse) -> Vec<Vec<pb::Hit>> {
+    let k = r.k as usize;
+    r.counts
+        .iter()
+        .enumerate()
+        .map(|(q, &n)| {
+            (0..n as usize)
+                .map(|i| {
+                    let at = q * k + i;
+                    pb::Hit {
+                        id: r.ids[at],
+                        subject: r.subjects.get(at).cloned().unwrap_or_default(),
+                        distance: r.distances[at],
+                        probability: r.probabilities.get(at).copied(),
+                        similarity: r.similarities.get(at).copied(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The flat form of merged hits (as `packed::search_response`).
+fn flatten(results: Vec<Vec<pb::Hit>>, k: usize, with_subjects: bool) -> pb::SearchResponse {
+    let probabilities = results.iter().flatten().any(|h| h.probability.is_some());
+    let similarities = results.iter().flatten().any(|h| h.similarity.is_some());
+    let mut r = pb::SearchResponse {
+        k: k as u32,
+        ..pb::SearchResponse::default()
+    };
+    for hits in results {
+        r.counts.push(hits.len() as u32);
+        let pad = k - hits.len();
+        for h in hits {
+            r.ids.push(h.id);
+            r.distances.push(h.distance);
+            if with_subjects {
+                r.subjects.push(h.subject);
+            }
+            if probabilities {
+                r.probabilities.push(h.probability.unwrap_or(f32::NAN));
+            }
+            if similarities {
+                r.similarities.push(h.similarity.unwrap_or(f32::NAN));
+            }
+        }
+        r.ids.extend(std::iter::repeat_n(0, pad));
+        r.distances.extend(std::iter::repeat_n(f32::INFINITY, pad));
+        if with_subjects {
+            r.subjects.extend(std::iter::repeat_n(String::new(), pad));
+        }
+        if probabilities {
+            r.probabilities.extend(std::iter::repeat_n(f32::NAN, pad));
+        }
+        if similarities {
+            r.similarities.extend(std::iter::repeat_n(f32::NAN, pad));
+        }
+    }
+    r
+}
+
+/// Merge the shards' lists for each query by (distance, id), keeping `k`:
+/// the order a single gallery ranks by. Exact, because a shard's `k` best
+/// include every one of the gallery's `k` best that it holds.
+fn merge<T>(shards: Vec<Vec<Vec<T>>>, k: usize, key: impl Fn(&T) -> (f32, u64)) -> Vec<Vec<T>> {
+    let queries = shards.first().map_or(0, Vec::len);
+    let mut out: Vec<Vec<T>> = (0..queries).map(|_| Vec::new()).collect();
+    for shard in shards {
+        for (q, hits) in shard.into_iter().enumerate() {
+            if let Some(o) = out.get_mut(q) {
+                o.extend(hits);
+            }
+        }
+    }
+    for hits in &mut out {
+        hits.sort_by(|a, b| {
+            let (da, ia) = key(a);
+            let (db, ib) = key(b);
+            da.total_cmp(&db).then(ia.cmp(&ib))
+        });
+        hits.truncate(k);
+    }
+    out
+}
+
+fn spec_of(e: &GalleryEntry) -> GallerySpec {
+    GallerySpec {
+        dim: e.dim,
+        model: e.model.clone(),
+        normalize: e.normalize,
+    }
+}
+
+/// A gallery name a cluster gallery may not take: its shards' local
+/// galleries are named `NAME-sK`.
+fn shard_like(name: &str) -> bool {
+    name.rsplit_once("-s")
+        .is_some_and(|(_, k)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Front {
+    /// The service of `node`, answering shard calls from its engine.
+    pub fn new(
+        node: Arc<Node>,
+        local: VisageService,
+        peers: PeerOptions,
+        max_message_bytes: usize,
+    ) -> Front {
+        Front {
+            node,
+            local,
+            peers,
+            channels: Mutex::new(HashMap::new()),
+            rotation: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            max_message_bytes,
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn view(&self, name: &str) -> Result<GalleryView, Status> {
+        self.node.gallery(name).ok_or_else(|| not_found(name))
+    }
+
+    fn check_model(view: &GalleryView, name: &str, model: &str) -> Result<(), Status> {
+        if model.is_empty() || model == view.entry.model {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "gallery {name:?} holds vectors of model {:?}; the request names {model:?}",
+            view.entry.model
+        )))
+    }
+
+    fn client(&self, addr: &str) -> Result<VisageClient<Channel>, Status> {
+        let mut channels = lock(&self.channels);
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let scheme = if self.peers.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(|e| Status::internal(format!("node address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                if let Some(tls) = &self.peers.tls {
+                    e = e
+                        .tls_config(tls.clone())
+                        .map_err(|e| Status::internal(format!("TLS to {addr}: {e}")))?;
+                }
+                let c = e.connect_lazy();
+                channels.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(VisageClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes.max(64 << 20))
+            .max_encoding_message_size(self.max_message_bytes.max(64 << 20)))
+    }
+
+    /// The replicas to ask for shard `k`, in order: this node's own first
+    /// (when it serves the shard), then the other live ones, rotated so
+    /// the load spreads.
+    fn targets(&self, view: &GalleryView, k: u32) -> Vec<(String, Option<String>)> {
+        let nodes = self.node.nodes();
+        let me = self.node.id();
+        let mut out = Vec::new();
+        if view.replica.as_ref().is_some_and(|r| r.shard(k).is_some()) {
+            out.push((me.to_owned(), None));
+        }
+        let mut others: Vec<(String, Option<String>)> = view
+            .entry
+            .nodes_of(k)
+            .iter()
+            .filter(|n| *n != me)
+            .filter_map(|n| nodes.get(n).map(|e| (n.clone(), Some(e.advertise.clone()))))
+            .collect();
+        if !others.is_empty() {
+            let r = self.rotation.fetch_add(1, Ordering::Relaxed) as usize % others.len();
+            others.rotate_left(r);
+        }
+        out.extend(others);
+        out
+    }
+
+    /// Call shard `k` of `gallery` with `req` on one replica after another
+    /// until one answers (or the deadline passes).
+    async fn call_shard<Req, Resp, F>(
+        self: &Arc<Self>,
+        view: &GalleryView,
+        k: u32,
+        req: Req,
+        min_seq: u64,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(Arc<Front>, Target, Request<Req>) -> Boxed<Resp>,
+    {
+        let mut failures: Vec<String> = Vec::new();
+        loop {
+            let targets = self.targets(view, k);
+            for (node, addr) in targets {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let timeout = left.min(SHARD_CALL_TIMEOUT);
+                let mut r = Request::new(req.clone());
+                r.set_timeout(timeout);
+                let md = r.metadata_mut();
+                md.insert(SHARD_HEADER, MetadataValue::from(k));
+                md.insert(MIN_SEQ_HEADER, MetadataValue::from(min_seq));
+                let target = match &addr {
+                    None => Target::Local,
+                    Some(a) => {
+                        if let Some(key) = &self.peers.key
+                            && let Ok(v) = format!("Bearer {key}").parse()
+                        {
+                            r.metadata_mut().insert("authorization", v);
+                        }
+                        Target::Remote(self.client(a)?)
+                    }
+                };
+                match tokio::time::timeout(timeout, call(self.clone(), target, r)).await {
+                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Err(s)) if retryable(&s) => {
+                        failures.push(format!("{node}: {}", s.message()));
+                    }
+                    Ok(Err(s)) => return Err(s),
+                    Err(_) => failures.push(format!("{node}: no answer within {timeout:?}")),
+                }
+            }
+            if Instant::now() + Duration::from_millis(100) >= deadline {
+                failures.dedup();
+                let tail = failures.len().saturating_sub(4);
+                return Err(Status::unavailable(format!(
+                    "shard {k} of gallery {:?}: no replica answered before the deadline ({})",
+                    view_name(view),
+                    failures[tail..].join("; ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`Front::call_shard`] for each of `shards` at once.
+    async fn fan<Req, Resp, F>(
+        self: &Arc<Self>,
+        view: &GalleryView,
+        shards: Vec<(u32, Req)>,
+        min_seq: u64,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Vec<(u32, Resp)>, Status>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(Arc<Front>, Target, Request<Req>) -> Boxed<Resp> + Clone + Send + Sync + 'static,
+    {
+        let mut tasks = Vec::with_capacity(shards.len());
+        for (k, req) in shards {
+            let (me, view, call) = (self.clone(), view.clone(), call.clone());
+            tasks.push(tokio::spawn(async move {
+                me.call_shard(&view, k, req, min_seq, deadline, call)
+                    .await
+                    .map(|r| (k, r))
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(
+                t.await
+                    .map_err(|e| Status::internal(format!("shard task: {e}")))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Ready this node's replica of a shard call's shard: the local
+    /// gallery's name, once it has applied the call's `min_seq`.
+    async fn local_shard<T: Galleried>(&self, req: &mut Request<T>) -> Result<(), Status> {
+        let k = header(req, SHARD_HEADER)?.unwrap_or(0);
+        let k = u32::try_from(k)
+            .map_err(|_| Status::invalid_argument(format!("{SHARD_HEADER}: {k}")))?;
+        let min_seq = header(req, MIN_SEQ_HEADER)?.unwrap_or(0);
+        let deadline = deadline_of(req);
+        let gallery = req.get_mut().gallery_mut().clone();
+        let view = self.view(&gallery)?;
+        let Some(replica) = view.replica.filter(|r| r.shard(k).is_some()) else {
+            return Err(Status::unavailable(format!(
+                "node {} holds no replica of shard {k} of {gallery:?}{}",
+                self.node.id(),
+                view.failure
+                    .map(|f| format!(" (it stopped: {f})"))
+                    .unwrap_or_default()
+            )));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !replica.wait_applied(min_seq, left).await {
+            return Err(Status::unavailable(format!(
+                "node {}: shard {k} of {gallery:?} has applied the log to {}, not yet {min_seq}",
+                self.node.id(),
+                replica.applied()
+            )));
+        }
+        *req.get_mut().gallery_mut() = shard_gallery(&gallery, k);
+        Ok(())
+    }
+
+    fn is_shard_call<T>(req: &Request<T>) -> bool {
+        req.metadata().contains_key(SHARD_HEADER)
+    }
+
+    fn next_message_id(&self) -> String {
+        let n = self.messages.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{t:x}-{n}", self.node.id())
+    }
+
+    /// Publish a checked batch, retrying (same message id) until the log
+    /// acknowledges it or the deadline passes.
+    async fn publish(
+        &self,
+        gallery: &str,
+        batch: &LogBatch,
+        deadline: Instant,
+    ) -> Result<u64, Status> {
+        let size = prost::Message::encoded_len(batch);
+        let max = self.node.log().max_payload();
+        if size > max {
+            return Err(Status::resource_exhausted(format!(
+                "the batch is {size} bytes; the cluster's log takes at most {max} bytes a message (a batch is one message, so it stays atomic): send fewer rows a batch"
+            )));
+        }
+        let id = self.next_message_id();
+        let mut last = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::unavailable(format!(
+                    "the log of {gallery:?} did not acknowledge the batch before the deadline ({last}); it may or may not be stored: retry it (an upsert with the same ids and a delete are idempotent)"
+                )));
+            }
+            match tokio::time::timeout(
+                left.min(PUBLISH_TIMEOUT),
+                self.node.log().publish(gallery, batch, &id),
+            )
+            .await
+            {
+                Ok(Ok(seq)) => return Ok(seq),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no acknowledgement within 5 s".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Check one Insert message and publish it: (rows, assigned ids, seq).
+    async fn insert_batch(
+        &self,
+        req: pb::InsertRequest,
+        deadline: Instant,
+    ) -> Result<(u64, Vec<u64>, u64), Status> {
+        let name = req.gallery.clone();
+        let view = self.view(&name)?;
+        Front::check_model(&view, &name, &req.model)?;
+        packed::exclusive("embeddings", req.embeddings.len(), req.matrix.as_ref())?;
+        if req.conflict_check != pb::ConflictCheck::Off as i32 {
+            return Err(not_in_cluster("conflict_check"));
+        }
+        let spec = spec_of(&view.entry);
+        let (ids, subjects, vectors, assign) = match &req.matrix {
+            None => {
+                packed::no_packed_parts(&req.ids, &req.subjects)?;
+                let dim = spec.dim;
+                let mut vectors = Vec::with_capacity(req.embeddings.len() * dim);
+                for (i, e) in req.embeddings.iter().enumerate() {
+                    if e.vector.len() != dim {
+                        return Err(invalid(
+                            &format!("embeddings[{i}]"),
+                            format_args!(
+                                "expected {dim} values (the gallery's dimension), got {}",
+                                e.vector.len()
+                            ),
+                        )
+                        .into());
+                    }
+                    vectors.extend_from_slice(&e.vector);
+                }
+                let ids: Vec<u64> = req.embeddings.iter().map(|e| e.id).collect();
+                let subjects: Vec<String> = req.embeddings.into_iter().map(|e| e.subject).collect();
+                check_rows(&spec, Some(&ids), &subjects, &vectors).map_err(ApiError::from)?;
+                (ids, subjects, vectors, false)
+            }
+            Some(m) => {
+                let b = packed::InsertBatch::new(m, req.ids.clone(), req.subjects.clone())?;
+                packed::check_dim("matrix", m, spec.dim)?;
+                check_rows(&spec, b.ids.as_deref(), &b.subjects, &b.values)
+                    .map_err(packed::insert_error)?;
+                let assign = b.ids.is_none();
+                let ids = match b.ids {
+                    Some(ids) => ids,
+                    None => self
+                        .node
+                        .assign_ids(&name, b.subjects.len() as u64)
+                        .await
+                        .map_err(|e| Status::unavailable(format!("assigning ids: {e}")))?,
+                };
+                (ids, b.subjects, b.values.into_owned(), assign)
+            }
+        };
+        let rows = ids.len() as u64;
+        let batch = LogBatch::insert(ids.clone(), subjects, &vectors, spec.dim);
+        let seq = self.publish(&name, &batch, deadline).await?;
+        Ok((rows, if assign { ids } else { Vec::new() }, seq))
+    }
+
+    /// The gallery's statistics, summed over one replica of each shard.
+    async fn info(
+        self: &Arc<Self>,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<pb::GalleryInfo, Status> {
+        let view = self.view(name)?;
+        let shards = (0..view.entry.shards)
+            .map(|k| {
+                (
+                    k,
+                    pb::GetGalleryRequest {
+                        name: name.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        let parts = self
+            .fan(&view, shards, 0, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.get_gallery_shard(r).await,
+                        Target::Remote(mut c) => c.get_gallery(r).await,
+                    }
+                })
+            })
+            .await?;
+        let e = &view.entry;
+        let mut info = pb::GalleryInfo {
+            name: name.to_owned(),
+            dim: e.dim as u32,
+            model: e.model.clone(),
+            normalize: e.normalize,
+            shards: e.shards,
+            replicas: e.replicas.first().map_or(0, |r| r.len() as u32),
+            ..pb::GalleryInfo::default()
+        };
+        for (_, p) in parts {
+            info.live += p.live;
+            info.deleted += p.deleted;
+            info.subjects += p.subjects;
+            info.segments += p.segments;
+            info.bytes_on_disk += p.bytes_on_disk;
+            info.memtable_rows += p.memtable_rows;
+            info.exception_rows += p.exception_rows;
+            info.outdated_segments += p.outdated_segments;
+        }
+        Ok(info)
+    }
+
+    async fn get_gallery_shard(
+        self: Arc<Self>,
+        mut r: Request<pb::GetGalleryRequest>,
+    ) -> Result<Response<pb::GalleryInfo>, Status> {
+        self.local_shard(&mut r).await?;
+        self.local.get_gallery(r).await
+    }
+
+    /// Wait until every live node assigned a shard of `name` reports its
+    /// replica (so reads right after CreateGallery find them).
+    async fn wait_replicas(&self, name: &str, entry: &GalleryEntry, deadline: Instant) {
+        let wanted: std::collections::BTreeSet<&String> = entry.replicas.iter().flatten().collect();
+        while Instant::now() < deadline {
+            let live = self.node.nodes();
+            let reported: Vec<String> = match self.node.catalog().progress(name).await {
+                Ok(p) => p.into_iter().map(|(n, _)| n).collect(),
+                Err(_) => Vec::new(),
+            };
+            if wanted
+                .iter()
+                .all(|n| !live.contains_key(*n) || reported.contains(n))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn view_name(view: &GalleryView) -> String {
+    view.replica
+        .as_ref()
+        .map(|r| r.gallery().to_owned())
+        .unwrap_or_default()
+}
+
+macro_rules! shard_handler {
+    ($name:ident, $method:ident, $req:ty, $resp:ty) => {
+        impl Front {
+            async fn $name(
+                self: Arc<Self>,
+                mut r: Request<$req>,
+            ) -> Result<Response<$resp>, Status> {
+                self.local_shard(&mut r).await?;
+                self.local.$method(r).await
+            }
+        }
+    };
+}
+
+shard_handler!(search_shard, search, pb::SearchRequest, pb::SearchResponse);
+shard_handler!(
+    identify_shard,
+    identify,
+    pb::IdentifyRequest,
+    pb::IdentifyResponse
+);
+shard_handler!(verify_shard, verify, pb::VerifyRequest, pb::VerifyResponse);
+shard_handler!(get_shard, get, pb::GetRequest, pb::GetResponse);
+shard_handler!(
+    subjects_shard,
+    list_subjects,
+    pb::ListSubjectsRequest,
+    pb::ListSubjectsResponse
+);
+shard_handler!(
+    compact_shard,
+    compact,
+    pb::CompactRequest,
+    pb::CompactResponse
+);
+shard_handler!(flush_shard, flush, pb::FlushRequest, pb::FlushResponse);
+
+/// The cluster-mode service: [`Front`] behind the gRPC trait.
+#[derive(Debug, Clone)]
+pub struct ClusterService(pub Arc<Front>);
+
+#[tonic::async_trait]
+impl Visage for ClusterService {
+    async fn create_gallery(
+        &self,
+        request: Request<pb::CreateGalleryRequest>,
+    ) -> Result<Response<pb::GalleryInfo>, Status> {
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let f = &self.0;
+        visage_engine::check_gallery_name(&req.name)
+            .map_err(|e| crate::status::at("name", e))?;
+        if shard_like(&req.name) {
+            return Err(invalid(
+                "name",
+                format_args!(
+                    "{:?} ends like a shard's local gallery (-sN); choose another name",
+                    req.name
+                ),
+            )
+            .into());
+        }
+        let spec = crate::convert::spec_in(&req);
+        if let Some(reason) = spec.problem() {
+            return Err(ApiError::from(visage_engine::Error::InvalidSpec { reason }).into());
+        }
+        let shards = req.shards.max(1);
+        if shards > 1024 {
+            return Err(invalid("shards", format_args!("{shards}: at most 1,024")).into());
+        }
+        let live: Vec<String> = f.node.nodes().into_keys().collect();
+        let replicas = match req.replicas {
+            0 => live.len().min(2),
+            r => r as usize,
+        };
+        if replicas > live.len() {
+            return Err(Status::failed_precondition(format!(
+                "replicas: {replicas} copies of each shard need {replicas} live nodes; {} are live ({})",
+                live.len(),
+                live.join(", ")
+            )));
+        }
+        let entry = GalleryEntry {
+            dim: spec.dim,
+            model: spec.model.clone(),
+            normalize: spec.normalize,
+            shards,
+            replicas: assign(&live, shards, replicas),
+        };
+        f.node
+            .log()
+            .ensure_stream(&req.name)
+            .await
+            .map_err(|e| Status::unavailable(format!("creating the gallery's log: {e}")))?;
+        let created = f
+            .node
+            .catalog()
+            .create_gallery(&req.name, &entry)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !created {
+            return Err(Status::already_exists(format!(
+                "gallery {:?} exists in the cluster",
+                req.name
+            )));
+        }
+        tracing::info!(gallery = %req.name, shards, replicas, "cluster gallery created");
+        f.node
+            .sync()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        f.wait_replicas(&req.name, &entry, deadline).await;
+        Ok(Response::new(pb::GalleryInfo {
+            name: req.name,
+            dim: entry.dim as u32,
+            model: entry.model,
+            normalize: entry.normalize,
+            shards,
+            replicas: replicas as u32,
+            ..pb::GalleryInfo::default()
+        }))
+    }
+
+    async fn drop_gallery(
+        &self,
+        request: Request<pb::DropGalleryRequest>,
+    ) -> Result<Response<pb::DropGalleryResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let name = request.into_inner().name;
+        let f = &self.0;
+        let before = f.info(&name, deadline).await.ok();
+        let removed = f
+            .node
+            .catalog()
+            .delete_gallery(&name)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !removed {
+            return Err(not_found(&name));
+        }
+        f.node
+            .log()
+            .delete_stream(&name)
+            .await
+            .map_err(|e| Status::unavailable(format!("deleting the gallery's log: {e}")))?;
+        f.node
+            .sync()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(gallery = %name, "cluster gallery dropped");
+        Ok(Response::new(pb::DropGalleryResponse { dropped: before }))
+    }
+
+    async fn list_galleries(
+        &self,
+        request: Request<pb::ListGalleriesRequest>,
+    ) -> Result<Response<pb::ListGalleriesResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let mut galleries = Vec::new();
+        for name in self.0.node.galleries().into_keys() {
+            galleries.push(self.0.info(&name, deadline).await?);
+        }
+        Ok(Response::new(pb::ListGalleriesResponse { galleries }))
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.subjects_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        let size = if req.page_size == 0 {
+            crate::service::DEFAULT_SUBJECTS_PAGE
+        } else {
+            req.page_size as usize
+        };
+        let shards = (0..view.entry.shards).map(|k| (k, req.clone())).collect();
+        let parts = f
+            .fan(&view, shards, 0, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.subjects_shard(r).await,
+                        Target::Remote(mut c) => c.list_subjects(r).await,
+                    }
+                })
+            })
+            .await?;
+        let mut all: Vec<pb::SubjectCount> =
+            parts.into_iter().flat_map(|(_, p)| p.subjects).collect();
+        all.sort_by(|a, b| a.subject.as_bytes().cmp(b.subject.as_bytes()));
+        all.truncate(size);
+        let next_page_token = match all.last() {
+            Some(s) if all.len() == size => packed::page_token(&s.subject),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSubjectsResponse {
+            subjects: all,
+            next_page_token,
+        }))
+    }
+
+    async fn get_gallery(
+        &self,
+        request: Request<pb::GetGalleryRequest>,
+    ) -> Result<Response<pb::GalleryInfo>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.get_gallery_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let name = request.into_inner().name;
+        Ok(Response::new(f.info(&name, deadline).await?))
+    }
+
+    async fn insert(
+        &self,
+        request: Request<pb::InsertRequest>,
+    ) -> Result<Response<pb::InsertResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let (rows, ids, seq) = self.0.insert_batch(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::InsertResponse {
+            inserted: rows,
+            batches: 1,
+            ids,
+            seq,
+            ..pb::InsertResponse::default()
+        }))
+    }
+
+    async fn insert_stream(
+        &self,
+        request: Request<Streaming<pb::InsertRequest>>,
+    ) -> Result<Response<pb::InsertResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut out = pb::InsertResponse::default();
+        let mut gallery: Option<String> = None;
+        while let Some(msg) = stream.message().await? {
+            let mut msg = msg;
+            match &gallery {
+                None => gallery = Some(msg.gallery.clone()),
+                Some(g) if msg.gallery.is_empty() => msg.gallery = g.clone(),
+                Some(g) if *g != msg.gallery => {
+                    return Err(invalid(
+                        "gallery",
+                        format_args!(
+                            "message {} names {:?}; the stream is for {g:?} ({} batches committed)",
+                            out.batches, msg.gallery, out.batches
+                        ),
+                    )
+                    .into());
+                }
+                Some(_) => {}
+            }
+            let deadline = Instant::now() + DEFAULT_DEADLINE;
+            let index = out.batches;
+            let (rows, ids, seq) = self.0.insert_batch(msg, deadline).await.map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!(
+                        "message {index}: {} ({index} earlier batches were committed)",
+                        s.message()
+                    ),
+                )
+            })?;
+            out.batches += 1;
+            out.inserted += rows;
+            out.ids.extend(ids);
+            out.seq = seq;
+        }
+        if gallery.is_none() {
+            return Err(invalid("gallery", "the stream sent no message").into());
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        self.0.view(&req.gallery)?;
+        check_delete(&req.ids, &req.subjects).map_err(ApiError::from)?;
+        let batch = LogBatch::delete(req.ids, req.subjects);
+        let seq = self.0.publish(&req.gallery, &batch, deadline).await?;
+        Ok(Response::new(pb::DeleteResponse { deleted: 0, seq }))
+    }
+
+    type ExportStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ExportBatch, Status>>;
+
+    async fn export(
+        &self,
+        _request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        Err(not_in_cluster("Export"))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.get_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        let found = f.get_ids(&view, &req, deadline).await?;
+        let embeddings = req
+            .ids
+            .iter()
+            .filter_map(|id| found.get(id).cloned())
+            .collect();
+        Ok(Response::new(pb::GetResponse { embeddings }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.search_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        Front::check_model(&view, &req.gallery, &req.model)?;
+        if req.rank_by == pb::RankBy::Head as i32 {
+            return Err(not_in_cluster("rank_by HEAD (the cluster's head)"));
+        }
+        let k = req.k as usize;
+        let packed_form = req.matrix.is_some();
+        let with_subjects = req.with_subjects;
+        let min_seq = req.min_seq;
+        let shards = (0..view.entry.shards).map(|s| (s, req.clone())).collect();
+        let parts = f
+            .fan(&view, shards, min_seq, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.search_shard(r).await,
+                        Target::Remote(mut c) => c.search(r).await,
+                    }
+                })
+            })
+            .await?;
+        if packed_form {
+            let lists: Vec<Vec<Vec<pb::Hit>>> =
+                parts.into_iter().map(|(_, r)| unflatten(r)).collect();
+            let merged = merge(lists, k, |h| (h.distance, h.id));
+            return Ok(Response::new(flatten(merged, k, with_subjects)));
+        }
+        let lists: Vec<Vec<Vec<pb::Hit>>> = parts
+            .into_iter()
+            .map(|(_, r)| r.results.into_iter().map(|x| x.hits).collect())
+            .collect();
+        let merged = merge(lists, k, |h| (h.distance, h.id));
+        Ok(Response::new(pb::SearchResponse {
+            results: merged
+                .into_iter()
+                .map(|hits| pb::SearchResult { hits })
+                .collect(),
+            ..pb::SearchResponse::default()
+        }))
+    }
+
+    async fn identify(
+        &self,
+        request: Request<pb::IdentifyRequest>,
+    ) -> Result<Response<pb::IdentifyResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.identify_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        Front::check_model(&view, &req.gallery, &req.model)?;
+        if req.min_probability.is_some() {
+            return Err(not_in_cluster("min_probability (the cluster's head)"));
+        }
+        if req.max_distance.is_none() {
+            return Err(Status::failed_precondition(
+                "cluster mode: pass max_distance (the gallery-wide calibrated threshold comes with the cluster's head, not available in cluster mode yet)",
+            ));
+        }
+        let k = req.k as usize;
+        let min_seq = req.min_seq;
+        let shards = (0..view.entry.shards).map(|s| (s, req.clone())).collect();
+        let parts = f
+            .fan(&view, shards, min_seq, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.identify_shard(r).await,
+                        Target::Remote(mut c) => c.identify(r).await,
+                    }
+                })
+            })
+            .await?;
+        // Each candidate keeps whether its shard found it known (the
+        // threshold is the request's, the same on every shard).
+        let lists: Vec<Vec<Vec<(pb::Candidate, bool)>>> = parts
+            .into_iter()
+            .map(|(_, r)| {
+                r.results
+                    .into_iter()
+                    .map(|i| {
+                        let known = i.known;
+                        i.candidates
+                            .into_iter()
+                            .enumerate()
+                            .map(|(j, c)| (c, known && j == 0))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let merged = merge(lists, k, |(c, _)| (c.distance, c.id));
+        Ok(Response::new(pb::IdentifyResponse {
+            results: merged
+                .into_iter()
+                .map(|cs| {
+                    let known = cs.first().is_some_and(|(_, known)| *known);
+                    pb::Identification {
+                        known,
+                        subject: if known {
+                            cs[0].0.subject.clone()
+                        } else {
+                            String::new()
+                        },
+                        candidates: cs.into_iter().map(|(c, _)| c).collect(),
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.verify_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let mut req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        Front::check_model(&view, &req.gallery, &req.model)?;
+        if req.min_probability.is_some() {
+            return Err(not_in_cluster("min_probability (the cluster's head)"));
+        }
+        if req.max_distance.is_none() {
+            return Err(Status::failed_precondition(
+                "cluster mode: pass max_distance (the gallery-wide calibrated thresholds come with the cluster's head, not available in cluster mode yet)",
+            ));
+        }
+        let pairs = f.verify_pairs_in(&mut req, view.entry.dim)?;
+        // Route each pair: a subject to its shard, an id to the shard that
+        // holds it, a vector to shard 0 (no gallery data is involved).
+        let id_pairs: Vec<u64> = pairs
+            .iter()
+            .filter_map(|p| match p.b {
+                Some(pb::verify_pair::B::Id(id)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let holders = if id_pairs.is_empty() {
+            HashMap::new()
+        } else {
+            let get = pb::GetRequest {
+                gallery: req.gallery.clone(),
+                ids: id_pairs,
+                min_seq: req.min_seq,
+            };
+            f.get_ids(&view, &get, deadline)
+                .await?
+                .into_iter()
+                .map(|(id, e)| (id, shard_of(&e.subject, view.entry.shards)))
+                .collect()
+        };
+        let mut routed: HashMap<u32, Vec<(usize, pb::VerifyPair)>> = HashMap::new();
+        for (i, p) in pairs.into_iter().enumerate() {
+            let k = match &p.b {
+                Some(pb::verify_pair::B::Subject(s)) => shard_of(s, view.entry.shards),
+                Some(pb::verify_pair::B::Id(id)) => match holders.get(id) {
+                    Some(k) => *k,
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "pairs[{i}]: gallery {:?} has no embedding with id {id}",
+                            req.gallery
+                        )));
+                    }
+                },
+                _ => 0,
+            };
+            routed.entry(k).or_default().push((i, p));
+        }
+        let n: usize = routed.values().map(Vec::len).sum();
+        let positions: HashMap<u32, Vec<usize>> = routed
+            .iter()
+            .map(|(k, v)| (*k, v.iter().map(|(i, _)| *i).collect()))
+            .collect();
+        let shards = routed
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    pb::VerifyRequest {
+                        gallery: req.gallery.clone(),
+                        pairs: v.into_iter().map(|(_, p)| p).collect(),
+                        max_distance: req.max_distance,
+                        min_seq: req.min_seq,
+                        ..pb::VerifyRequest::default()
+                    },
+                )
+            })
+            .collect();
+        let parts = f
+            .fan(&view, shards, req.min_seq, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.verify_shard(r).await,
+                        Target::Remote(mut c) => c.verify(r).await,
+                    }
+                })
+            })
+            .await?;
+        let mut verdicts: Vec<Option<pb::Verdict>> = (0..n).map(|_| None).collect();
+        for (k, r) in parts {
+            for (pos, v) in positions[&k].iter().zip(r.verdicts) {
+                verdicts[*pos] = Some(v);
+            }
+        }
+        Ok(Response::new(pb::VerifyResponse {
+            verdicts: verdicts
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
+        }))
+    }
+
+    async fn train_head(
+        &self,
+        _request: Request<pb::TrainHeadRequest>,
+    ) -> Result<Response<pb::HeadInfo>, Status> {
+        Err(not_in_cluster("TrainHead (a head trained across shards)"))
+    }
+
+    async fn get_head(
+        &self,
+        _request: Request<pb::GetHeadRequest>,
+    ) -> Result<Response<pb::HeadInfo>, Status> {
+        Err(not_in_cluster("GetHead (a head trained across shards)"))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.compact_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let (before, after) = f
+            .every_replica(
+                &req.gallery,
+                deadline,
+                |_| req.clone(),
+                |f, t, r| {
+                    Box::pin(async move {
+                        match t {
+                            Target::Local => f.compact_shard(r).await,
+                            Target::Remote(mut c) => c.compact(r).await,
+                        }
+                    })
+                },
+                |r: &pb::CompactResponse| (r.before, r.after),
+            )
+            .await?;
+        Ok(Response::new(pb::CompactResponse {
+            before: Some(before),
+            after: Some(after),
+        }))
+    }
+
+    async fn flush(
+        &self,
+        request: Request<pb::FlushRequest>,
+    ) -> Result<Response<pb::FlushResponse>, Status> {
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            return f.flush_shard(request).await;
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let (before, after) = f
+            .every_replica(
+                &req.gallery,
+                deadline,
+                |_| req.clone(),
+                |f, t, r| {
+                    Box::pin(async move {
+                        match t {
+                            Target::Local => f.flush_shard(r).await,
+                            Target::Remote(mut c) => c.flush(r).await,
+                        }
+                    })
+                },
+                |r: &pb::FlushResponse| (r.before, r.after),
+            )
+            .await?;
+        Ok(Response::new(pb::FlushResponse {
+            before: Some(before),
+            after: Some(after),
+        }))
+    }
+
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        Err(Status::failed_precondition(
+            "Backup is not available in cluster mode (the log and the replicas are the cluster's copies; back up single-node galleries)",
+        ))
+    }
+
+    async fn restore(
+        &self,
+        _request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        Err(Status::failed_precondition(
+            "Restore is not available in cluster mode (restore into a single-node server)",
+        ))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let f = &self.0;
+        let nodes = f.node.nodes();
+        let mut galleries = Vec::new();
+        for (name, view) in f.node.galleries() {
+            let (first, last) = f.node.log().bounds(&name).await.unwrap_or((0, 0));
+            let progress: HashMap<String, Vec<(u32, u64, u64)>> = f
+                .node
+                .catalog()
+                .progress(&name)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .into_iter()
+                .map(|(n, p)| (n, p.shards))
+                .collect();
+            let mut replicas = Vec::new();
+            for k in 0..view.entry.shards {
+                for n in view.entry.nodes_of(k) {
+                    let (applied, flushed) = progress
+                        .get(n)
+                        .and_then(|p| p.iter().find(|(s, _, _)| *s == k))
+                        .map_or((0, 0), |(_, a, fl)| (*a, *fl));
+                    replicas.push(pb::ShardReplica {
+                        shard: k,
+                        node_id: n.clone(),
+                        live: nodes.contains_key(n),
+                        applied_seq: applied,
+                        flushed_seq: flushed,
+                        lag: last.saturating_sub(applied),
+                    });
+                }
+            }
+            galleries.push(pb::ClusterGallery {
+                name,
+                shards: view.entry.shards,
+                log_first_seq: first,
+                log_last_seq: last,
+                replicas,
+            });
+        }
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: f.node.id().to_owned(),
+            nodes: nodes
+                .into_iter()
+                .map(|(id, e)| pb::ClusterNode {
+                    id,
+                    advertise: e.advertise,
+                })
+                .collect(),
+            galleries,
+        }))
+    }
+}
+
+impl Front {
+    /// The embeddings of `req.ids` held by any shard, by id.
+    async fn get_ids(
+        self: &Arc<Self>,
+        view: &GalleryView,
+        req: &pb::GetRequest,
+        deadline: Instant,
+    ) -> Result<HashMap<u64, pb::Embedding>, Status> {
+        let shards = (0..view.entry.shards).map(|k| (k, req.clone())).collect();
+        let parts = self
+            .fan(view, shards, req.min_seq, deadline, |f, t, r| {
+                Box::pin(async move {
+                    match t {
+                        Target::Local => f.get_shard(r).await,
+                        Target::Remote(mut c) => c.get(r).await,
+                    }
+                })
+            })
+            .await?;
+        Ok(parts
+            .into_iter()
+            .flat_map(|(_, r)| r.embeddings)
+            .map(|e| (e.id, e))
+            .collect())
+    }
+
+    /// The pairs of a Verify request, the packed form unpacked.
+    fn verify_pairs_in(
+        &self,
+        req: &mut pb::VerifyRequest,
+        dim: usize,
+    ) -> Result<Vec<pb::VerifyPair>, Status> {
+        packed::exclusive("pairs", req.pairs.len(), req.matrix.as_ref())?;
+        let Some(pairs) = packed::verify_pairs(req, dim)? else {
+            return Ok(std::mem::take(&mut req.pairs));
+        };
+        Ok(pairs
+            .into_iter()
+            .map(|p| pb::VerifyPair {
+                a: Some(pb::Vector { values: p.a }),
+                b: Some(match p.b {
+                    visage_engine::VerifyTarget::Vector(v) => {
+                        pb::verify_pair::B::Vector(pb::Vector { values: v })
+                    }
+                    visage_engine::VerifyTarget::Id(id) => pb::verify_pair::B::Id(id),
+                    visage_engine::VerifyTarget::Subject(s) => pb::verify_pair::B::Subject(s),
+                }),
+            })
+            .collect())
+    }
+
+    /// Run a maintenance call on every live replica of every shard of
+    /// `name` (each copy compacts or flushes its own files); the statistics
+    /// before and after are summed over one replica of each shard.
+    async fn every_replica<Req, Resp, F>(
+        self: &Arc<Self>,
+        name: &str,
+        deadline: Instant,
+        make: impl Fn(u32) -> Req,
+        call: F,
+        stats: impl Fn(&Resp) -> (Option<pb::GalleryStats>, Option<pb::GalleryStats>),
+    ) -> Result<(pb::GalleryStats, pb::GalleryStats), Status>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(Arc<Front>, Target, Request<Req>) -> Boxed<Resp> + Clone + Send + Sync + 'static,
+    {
+        let view = self.view(name)?;
+        let nodes = self.node.nodes();
+        let me = self.node.id().to_owned();
+        let mut tasks = Vec::new();
+        for k in 0..view.entry.shards {
+            for n in view.entry.nodes_of(k) {
+                let addr = if *n == me {
+                    None
+                } else if let Some(e) = nodes.get(n) {
+                    Some(e.advertise.clone())
+                } else {
+                    continue;
+                };
+                let req = make(k);
+                let mut r = Request::new(req);
+                r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                r.metadata_mut()
+                    .insert(SHARD_HEADER, MetadataValue::from(k));
+                let target = match addr {
+                    None => Target::Local,
+                    Some(a) => {
+                        if let Some(key) = &self.peers.key
+                            && let Ok(v) = format!("Bearer {key}").parse()
+                        {
+                            r.metadata_mut().insert("authorization", v);
+                        }
+                        let c = self.client(&a)?;
+                        Target::Remote(c)
+                    }
+                };
+                let fut = call(self.clone(), target, r);
+                tasks.push((k, n.clone(), tokio::spawn(fut)));
+            }
+        }
+        let mut before = pb::GalleryStats::default();
+        let mut after = pb::GalleryStats::default();
+        let mut counted = std::collections::HashSet::new();
+        for (k, n, t) in tasks {
+            let r = t
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?
+                .map_err(|s| {
+                    Status::new(s.code(), format!("node {n}, shard {k}: {}", s.message()))
+                })?
+                .into_inner();
+            if counted.insert(k) {
+                let (b, a) = stats(&r);
+                for (sum, x) in [(&mut before, b), (&mut after, a)] {
+                    if let Some(x) = x {
+                        sum.live += x.live;
+                        sum.deleted += x.deleted;
+                        sum.subjects += x.subjects;
+                        sum.segments += x.segments;
+                        sum.memtable_rows += x.memtable_rows;
+                        sum.bytes_on_disk += x.bytes_on_disk;
+                    }
+                }
+            }
+        }
+        Ok((before, after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn shard_names_are_reserved() {
+        assert!(shard_like("doors-s3"));
+        assert!(shard_like("a-s12"));
+        assert!(!shard_like("doors-s"));
+        assert!(!shard_like("doors-sx"));
+        assert!(!shard_like("doors"));
+    }
+
+    #[test]
+    fn merges_keep_the_k_best_by_distance_then_id() {
+        let hit = |id: u64, d: f32| pb::Hit {
+            id,
+            distance: d,
+            ..pb::Hit::default()
+        };
+        let a = vec![vec![hit(4, 0.5), hit(9, 1.0)], vec![hit(1, 0.1)]];
+        let b = vec![vec![hit(2, 0.5), hit(3, 0.7)], vec![]];
+        let m = merge(vec![a, b], 3, |h| (h.distance, h.id));
+        let ids: Vec<Vec<u64>> = m.iter().map(|h| h.iter().map(|x| x.id).collect()).collect();
+        assert_eq!(ids, vec![vec![2, 4, 3], vec![1]]);
+        let flat = flatten(m.clone(), 3, true);
+        assert_eq!(flat.counts, vec![3, 1]);
+        assert_eq!(flat.ids, vec![2, 4, 3, 1, 0, 0]);
+        assert_eq!(unflatten(flat), m);
+    }
+}
