@@ -757,8 +757,7 @@ impl Visage for ClusterService {
         let deadline = deadline_of(&request);
         let req = request.into_inner();
         let f = &self.0;
-        visage_engine::check_gallery_name(&req.name)
-            .map_err(|e| crate::status::at("name", e))?;
+        visage_engine::check_gallery_name(&req.name).map_err(|e| crate::status::at("name", e))?;
         if shard_like(&req.name) {
             return Err(invalid(
                 "name",

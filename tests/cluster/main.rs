@@ -6,3 +6,4 @@ mod catalog;
 mod harness_checks;
 mod nodes;
 mod replica;
+mod security;
