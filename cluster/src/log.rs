@@ -77,6 +77,17 @@ impl Log {
         }
     }
 
+    /// Remove the messages of `gallery`'s log up to `upto` (inclusive).
+    pub async fn trim(&self, gallery: &str, upto: u64) -> Result<()> {
+        let s = self
+            .js
+            .get_stream(stream_name(gallery))
+            .await
+            .map_err(Error::nats)?;
+        s.purge().sequence(upto + 1).await.map_err(Error::nats)?;
+        Ok(())
+    }
+
     /// The first and last message the stream of `gallery` holds (`(0, 0)`
     /// when it has none, `first > last` once it was emptied).
     pub async fn bounds(&self, gallery: &str) -> Result<(u64, u64)> {

@@ -4,6 +4,15 @@
 //! reports each replica's progress (applied and flushed log positions) in
 //! the catalog, and hands out the cluster's ids.
 //!
+//! **Trimming.** The live node of smallest id trims each gallery's log below
+//! the smallest position that every reporting replica has flushed into its
+//! segments (each shard needs one reporting replica at least), so the log
+//! holds what some live replica might still need. A node that was down
+//! meanwhile finds its position trimmed ([`Error::Trimmed`]) and starts the
+//! shards concerned again from a live peer's copy ([`ShardSource`]: a
+//! consistent copy as of a log position, the files of a backup of the peer's
+//! shard), then follows the log from the copy's position.
+//!
 //! The view is refreshed from etcd every [`SYNC`] (polling rather than a
 //! watch: a poll also survives the loss of the etcd member it was talking
 //! to, and the catalog changes rarely).
@@ -58,6 +67,21 @@ impl std::fmt::Debug for NodeConfig {
     }
 }
 
+/// How a node fetches a live peer's copy of a shard: the files of a backup
+/// of the peer's shard gallery, written under this node's backup root as
+/// backup `into` (and the erasure-log mirror beside it). The server does it
+/// over gRPC (`CopyShard`).
+pub trait ShardSource: Send + Sync {
+    /// Fetch shard `shard` of `gallery` from the node at `addr`.
+    fn fetch(
+        &self,
+        addr: String,
+        gallery: String,
+        shard: u32,
+        into: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+}
+
 /// A gallery as this node sees it.
 #[derive(Debug, Clone)]
 pub struct GalleryView {
@@ -92,6 +116,8 @@ pub struct Node {
     ids: Mutex<HashMap<String, (u64, u64)>>,
     registration: Registration,
     stop: watch::Sender<bool>,
+    source: std::sync::OnceLock<Arc<dyn ShardSource>>,
+    trimmed: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -142,6 +168,8 @@ impl Node {
             ids: Mutex::new(HashMap::new()),
             registration,
             stop: watch::channel(false).0,
+            source: std::sync::OnceLock::new(),
+            trimmed: Mutex::new(HashMap::new()),
         });
         node.sync().await?;
         let me = node.clone();
@@ -158,6 +186,12 @@ impl Node {
             }
         });
         Ok(node)
+    }
+
+    /// Where shards come from when this node's log position was trimmed
+    /// (set once, by the server, before it serves).
+    pub fn set_shard_source(&self, source: Arc<dyn ShardSource>) {
+        let _ = self.source.set(source);
     }
 
     /// The node's id.
@@ -287,6 +321,7 @@ impl Node {
             self.start_gallery(&name, entry).await;
         }
         self.report().await;
+        self.trim().await;
         Ok(())
     }
 
@@ -326,9 +361,13 @@ impl Node {
                         let r = replica.follow(&me.log, stop).await;
                         if let Err(e) = r {
                             tracing::error!(gallery = %gallery, error = %e, "replica stopped");
+                            let trimmed = matches!(e, Error::Trimmed { .. });
                             if let Some(run) = me.write().galleries.get_mut(&gallery) {
                                 run.view.replica = None;
                                 run.view.failure = Some(e.to_string());
+                            }
+                            if trimmed {
+                                tokio::spawn(async move { me.rejoin(gallery).await });
                             }
                         }
                     }));
@@ -341,6 +380,139 @@ impl Node {
             }
         }
         self.write().galleries.insert(name.to_owned(), running);
+    }
+
+    /// Start the shards of `name` whose log position was trimmed again from
+    /// live peers' copies, then follow the log again; retried until it
+    /// works or the node stops.
+    async fn rejoin(self: Arc<Self>, name: String) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            match self.copy_trimmed_shards(&name).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(gallery = %name, error = %e, "could not copy shards from a peer; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+        // The next sync starts the replica again, following the log from
+        // the copies' positions.
+        self.write().galleries.remove(&name);
+    }
+
+    async fn copy_trimmed_shards(self: &Arc<Self>, name: &str) -> Result<()> {
+        let source = self
+            .source
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Nats("no shard source is set".into()))?;
+        let entry = self
+            .gallery(name)
+            .map(|v| v.entry)
+            .ok_or_else(|| Error::Etcd(format!("gallery {name} is no longer in the catalog")))?;
+        let (first, _) = self.log.bounds(name).await?;
+        let progress: HashMap<String, Progress> =
+            self.catalog.progress(name).await?.into_iter().collect();
+        let nodes = self.nodes();
+        for k in entry.shards_of(&self.cfg.id) {
+            let local = shard_gallery(name, k);
+            let engine = self.engine.clone();
+            let applied = engine
+                .gallery(&local)
+                .map_or(0, |g| message_applied(g.applied_seq()));
+            if applied + 1 >= first {
+                continue;
+            }
+            // A live peer whose copy reaches the log's first message.
+            let peer = entry
+                .nodes_of(k)
+                .iter()
+                .filter(|n| **n != self.cfg.id)
+                .filter_map(|n| {
+                    let done = progress
+                        .get(n)?
+                        .shards
+                        .iter()
+                        .find(|(s, _, _)| *s == k)
+                        .map(|(_, a, _)| *a)?;
+                    let addr = nodes.get(n)?.advertise.clone();
+                    (done + 1 >= first).then_some((n.clone(), addr))
+                })
+                .next()
+                .ok_or_else(|| {
+                    Error::Nats(format!(
+                        "shard {k} of {name}: the log starts at {first}, this replica is at {applied}, and no live peer holds a copy at or past {}",
+                        first - 1
+                    ))
+                })?;
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let into = format!("copy-{local}-{stamp}");
+            tracing::info!(gallery = %name, shard = k, from = %peer.0, applied, first, "copying a trimmed shard from a peer");
+            let started = std::time::Instant::now();
+            source
+                .fetch(peer.1.clone(), name.to_owned(), k, into.clone())
+                .await?;
+            let report =
+                tokio::task::spawn_blocking(move || -> Result<visage_engine::RestoreReport> {
+                    if engine.gallery(&local).is_ok() {
+                        engine.drop_gallery(&local)?;
+                    }
+                    let r = engine.restore(&into, &local);
+                    let _ = engine.remove_backup(&into);
+                    Ok(r?)
+                })
+                .await
+                .map_err(|e| Error::Nats(format!("restore task: {e}")))??;
+            tracing::info!(gallery = %name, shard = k, from = %peer.0, rows = report.stats.live, seconds = started.elapsed().as_secs_f64(), "shard copied from a peer");
+        }
+        Ok(())
+    }
+
+    /// Trim each gallery's log below what every reporting replica has
+    /// flushed (the live node of smallest id does it).
+    async fn trim(&self) {
+        if self.nodes().keys().next().map(String::as_str) != Some(self.cfg.id.as_str()) {
+            return;
+        }
+        for (name, view) in self.galleries() {
+            let Ok(progress) = self.catalog.progress(&name).await else {
+                continue;
+            };
+            let mut point = u64::MAX;
+            for k in 0..view.entry.shards {
+                let flushed: Vec<u64> = progress
+                    .iter()
+                    .filter(|(n, _)| view.entry.nodes_of(k).contains(n))
+                    .filter_map(|(_, p)| p.shards.iter().find(|(s, _, _)| *s == k))
+                    .map(|(_, _, f)| *f)
+                    .collect();
+                match flushed.iter().min() {
+                    Some(f) => point = point.min(*f),
+                    // A shard no live replica reports: keep everything.
+                    None => point = 0,
+                }
+            }
+            if point == 0 || point == u64::MAX {
+                continue;
+            }
+            let done = lock(&self.trimmed).get(&name).copied().unwrap_or(0);
+            if point <= done {
+                continue;
+            }
+            match self.log.trim(&name, point).await {
+                Ok(()) => {
+                    lock(&self.trimmed).insert(name.clone(), point);
+                    tracing::info!(gallery = %name, below = point + 1, "log trimmed");
+                }
+                Err(e) => tracing::warn!(gallery = %name, error = %e, "could not trim the log"),
+            }
+        }
     }
 
     /// Report each replica's progress in the catalog.

@@ -201,12 +201,16 @@ impl Replica {
             let msg = match next {
                 // Idle: fine if the stream has nothing more, a stall if it has.
                 Err(_) => {
-                    let last = stream
-                        .info()
-                        .await
-                        .map_err(Error::nats)?
-                        .state
-                        .last_sequence;
+                    let info = stream.info().await.map_err(Error::nats)?;
+                    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+                    if first > expected {
+                        // Trimmed past this replica, and nothing newer yet.
+                        return Err(Error::Trimmed {
+                            stream: stream_name(&self.gallery),
+                            first,
+                            needed: expected,
+                        });
+                    }
                     if last >= expected {
                         return Ok(false);
                     }

@@ -415,6 +415,35 @@ impl Engine {
         })
     }
 
+    /// The files of complete backup `name`, as paths relative to the
+    /// backup root, in an order that recreates it safely elsewhere: its
+    /// files, the gallery's erasure-log mirror, and the backup manifest
+    /// last (a copy without it is refused as incomplete). A cluster node
+    /// sends these to a node that starts a shard from a copy.
+    pub fn backup_files(&self, name: &str) -> Result<Vec<String>> {
+        let m = self.verify_backup(name)?;
+        let mut out: Vec<String> = m
+            .files
+            .iter()
+            .map(|f| format!("{name}/{}", f.name))
+            .collect();
+        let mirror = crate::gallery::mirror_path(Path::new(""), &m.lineage);
+        out.push(mirror.to_string_lossy().into_owned());
+        out.push(format!("{name}/{BACKUP}"));
+        Ok(out)
+    }
+
+    /// Remove backup `name` (its directory; the erasure-log mirror stays,
+    /// other backups of the gallery may need it). Nothing if it is absent.
+    pub fn remove_backup(&self, name: &str) -> Result<()> {
+        let dir = self.backup_dir(name)?;
+        match self.fs.remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&dir, e)),
+        }
+    }
+
     fn lock_restoring(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
         self.restoring.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -90,6 +90,7 @@ pub fn visage_role(method: &str) -> Option<Role> {
         "Insert" | "InsertStream" | "Flush" => Role::Write,
         "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export"
         | "Backup" | "Restore" | "ClusterStatus" => Role::Admin,
+        "CopyShard" => Role::Node,
         _ => return None,
     })
 }
@@ -493,7 +494,7 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 20, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 21, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }

@@ -1350,6 +1350,93 @@ impl Visage for ClusterService {
         ))
     }
 
+    type CopyShardStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ShardFileChunk, Status>>;
+
+    async fn copy_shard(
+        &self,
+        request: Request<pb::CopyShardRequest>,
+    ) -> Result<Response<Self::CopyShardStream>, Status> {
+        let req = request.into_inner();
+        let f = &self.0;
+        let view = f.view(&req.gallery)?;
+        let k = req.shard;
+        if view.replica.as_ref().is_none_or(|r| r.shard(k).is_none()) {
+            return Err(Status::unavailable(format!(
+                "node {} holds no live replica of shard {k} of {:?}",
+                f.node.id(),
+                req.gallery
+            )));
+        }
+        let local = shard_gallery(&req.gallery, k);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("send-{local}-{stamp}");
+        let engine = f.node.engine().clone();
+        let (files, root) = {
+            let (engine, name) = (engine.clone(), name.clone());
+            tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                let opts = visage_engine::BackupOptions::default();
+                engine.backup(&local, &name, &opts)?;
+                let files = engine.backup_files(&name)?;
+                let root = engine
+                    .backup_root()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                Ok((files, root))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("copy task: {e}")))??
+        };
+        tracing::info!(gallery = %req.gallery, shard = k, files = files.len(), "sending a copy of a shard");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let send = || -> Result<(), Status> {
+                for path in &files {
+                    let full = root.join(path);
+                    let mut file = std::fs::File::open(&full)
+                        .map_err(|e| Status::internal(format!("{}: {e}", full.display())))?;
+                    let mut offset = 0u64;
+                    loop {
+                        let mut data = vec![0u8; 1 << 20];
+                        let n = file
+                            .read(&mut data)
+                            .map_err(|e| Status::internal(format!("{}: {e}", full.display())))?;
+                        // An empty file is sent as one empty chunk.
+                        if n == 0 && offset > 0 {
+                            break;
+                        }
+                        data.truncate(n);
+                        let chunk = pb::ShardFileChunk {
+                            path: path.clone(),
+                            offset,
+                            data,
+                        };
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return Ok(());
+                        }
+                        offset += n as u64;
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            if let Err(s) = send() {
+                let _ = tx.blocking_send(Err(s));
+            }
+            if let Err(e) = engine.remove_backup(&name) {
+                tracing::warn!(backup = %name, error = %e, "could not remove a shard copy's backup");
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
@@ -1537,6 +1624,121 @@ impl Front {
     }
 }
 
+/// Fetches peers' copies of shards over gRPC (`CopyShard`), for a node
+/// whose log position was trimmed.
+pub struct PeerCopies {
+    front: std::sync::Weak<Front>,
+}
+
+impl PeerCopies {
+    /// Copies fetched with `front`'s channels and cluster key.
+    pub fn new(front: &Arc<Front>) -> PeerCopies {
+        PeerCopies {
+            front: Arc::downgrade(front),
+        }
+    }
+}
+
+/// Where chunk path `path` (relative to a backup root, as the sender's
+/// `Engine::backup_files` names it) goes under this node's backup `into`:
+/// `NAME/FILE` → `into/FILE`, `erasures/FILE` stays. Anything else (more
+/// levels, `..`, odd names) is refused.
+fn copy_target(path: &str, into: &str) -> Option<String> {
+    let (dir, file) = path.split_once('/')?;
+    if !visage_engine::format::plain_file_name(file) || file.contains('/') {
+        return None;
+    }
+    if dir == "erasures" {
+        Some(format!("erasures/{file}"))
+    } else if visage_engine::format::plain_file_name(dir) {
+        Some(format!("{into}/{file}"))
+    } else {
+        None
+    }
+}
+
+impl visage_cluster::node::ShardSource for PeerCopies {
+    fn fetch(
+        &self,
+        addr: String,
+        gallery: String,
+        shard: u32,
+        into: String,
+    ) -> Pin<Box<dyn Future<Output = visage_cluster::Result<()>> + Send>> {
+        let front = self.front.clone();
+        Box::pin(async move {
+            let err = |e: String| visage_cluster::Error::Nats(format!("copy from {addr}: {e}"));
+            let front = front
+                .upgrade()
+                .ok_or_else(|| err("the server stopped".into()))?;
+            let root = front
+                .node
+                .engine()
+                .backup_root()
+                .map(std::path::Path::to_path_buf)
+                .ok_or_else(|| err("no backup root is set".into()))?;
+            let mut c = front
+                .client(&addr)
+                .map_err(|s| err(s.message().to_owned()))?;
+            let mut r = Request::new(pb::CopyShardRequest { gallery, shard });
+            if let Some(key) = &front.peers.key
+                && let Ok(v) = format!("Bearer {key}").parse()
+            {
+                r.metadata_mut().insert("authorization", v);
+            }
+            let mut stream = c
+                .copy_shard(r)
+                .await
+                .map_err(|s| err(s.message().to_owned()))?
+                .into_inner();
+            let mut open: Option<(String, tokio::fs::File, u64)> = None;
+            tokio::fs::create_dir_all(root.join(&into))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            tokio::fs::create_dir_all(root.join("erasures"))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| err(s.message().to_owned()))?
+            {
+                let target = copy_target(&chunk.path, &into)
+                    .ok_or_else(|| err(format!("refused file name {:?}", chunk.path)))?;
+                if open.as_ref().is_none_or(|(p, _, _)| *p != target) {
+                    if let Some((_, f, _)) = open.take() {
+                        f.sync_all().await.map_err(|e| err(e.to_string()))?;
+                    }
+                    if chunk.offset != 0 {
+                        return Err(err(format!("{} does not start at 0", chunk.path)));
+                    }
+                    let f = tokio::fs::File::create(root.join(&target))
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    open = Some((target.clone(), f, 0));
+                }
+                if let Some((_, f, at)) = open.as_mut() {
+                    if chunk.offset != *at {
+                        return Err(err(format!(
+                            "{}: a chunk at {} where {} was due",
+                            chunk.path, chunk.offset, at
+                        )));
+                    }
+                    f.write_all(&chunk.data)
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    *at += chunk.data.len() as u64;
+                }
+            }
+            if let Some((_, f, _)) = open.take() {
+                f.sync_all().await.map_err(|e| err(e.to_string()))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1548,6 +1750,28 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn copied_files_stay_in_their_backup() {
+        assert_eq!(
+            copy_target("send-doors-s1-5/seg-000001.vseg", "copy-x"),
+            Some("copy-x/seg-000001.vseg".into())
+        );
+        assert_eq!(
+            copy_target("erasures/ab12.log", "copy-x"),
+            Some("erasures/ab12.log".into())
+        );
+        for bad in [
+            "../x",
+            "a/../b",
+            "a/b/c",
+            "/etc/passwd",
+            "a/.hidden",
+            "noslash",
+        ] {
+            assert_eq!(copy_target(bad, "copy-x"), None, "{bad}");
+        }
     }
 
     #[test]

@@ -229,12 +229,17 @@ where
     let (single, clustered) = match &opts.cluster {
         None => (Some(single), None),
         Some((node, peers)) => {
-            let front =
-                cluster::Front::new(node.clone(), single, peers.clone(), opts.max_message_bytes);
+            let front = Arc::new(cluster::Front::new(
+                node.clone(),
+                single,
+                peers.clone(),
+                opts.max_message_bytes,
+            ));
+            node.set_shard_source(Arc::new(cluster::PeerCopies::new(&front)));
             (
                 None,
                 Some(
-                    VisageServer::new(cluster::ClusterService(Arc::new(front)))
+                    VisageServer::new(cluster::ClusterService(front))
                         .max_decoding_message_size(opts.max_message_bytes),
                 ),
             )

@@ -833,6 +833,18 @@ impl Visage for VisageService {
         ))
     }
 
+    type CopyShardStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ShardFileChunk, Status>>;
+
+    async fn copy_shard(
+        &self,
+        _request: Request<pb::CopyShardRequest>,
+    ) -> Result<Response<Self::CopyShardStream>, Status> {
+        Err(Status::failed_precondition(
+            "this server is a single node (cluster mode needs --nats and --etcd)",
+        ))
+    }
+
     async fn flush(
         &self,
         request: Request<pb::FlushRequest>,

@@ -922,3 +922,149 @@ async fn a_killed_etcd_leader_stops_nothing() {
     let c = Cluster::start(3);
     under_load(&c, 1, Kill::CatalogLeader).await;
 }
+
+/// Every row of shard `k` as node `addr` holds it (a shard call).
+async fn shard_rows(
+    addr: &str,
+    k: u32,
+    ids: &[u64],
+    seq: u64,
+) -> BTreeMap<u64, (String, Vec<u32>)> {
+    let mut r = with_timeout(
+        proto::GetRequest {
+            gallery: GALLERY.into(),
+            ids: ids.to_vec(),
+            min_seq: seq,
+        },
+        Duration::from_secs(30),
+    );
+    r.metadata_mut()
+        .insert("visage-shard", k.to_string().parse().unwrap());
+    r.metadata_mut()
+        .insert("visage-min-seq", seq.to_string().parse().unwrap());
+    client(addr)
+        .await
+        .get(r)
+        .await
+        .unwrap_or_else(|e| panic!("shard {k} on {addr}: {e}"))
+        .into_inner()
+        .embeddings
+        .into_iter()
+        .map(|e| {
+            (
+                e.id,
+                (e.subject, e.vector.iter().map(|x| x.to_bits()).collect()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_while_the_log_is_trimmed_rejoins_from_a_peers_copy() {
+    if !require_cluster_tools("a_node_down_while_the_log_is_trimmed_rejoins_from_a_peers_copy") {
+        return;
+    }
+    let c = Cluster::start(3);
+    for n in &c.nodes {
+        until_nodes(&n.addr, 3, &c).await;
+    }
+    create(&c.nodes[0].addr).await;
+    let r = Reference::new();
+    let mut rng = Rng(4242);
+    let mut next_id = 0u64;
+    let mut seq = 0;
+    let mut write = async |rng: &mut Rng, next_id: &mut u64, n: usize, nodes: &[usize]| {
+        for i in 0..n {
+            let w = random_write(rng, next_id, 200);
+            seq = send(&c.nodes[nodes[i % nodes.len()]].addr, &w)
+                .await
+                .unwrap();
+            apply(&r, &w);
+        }
+        seq
+    };
+    write(&mut rng, &mut next_id, 40, &[0, 1, 2]).await;
+    let down_at = write(&mut rng, &mut next_id, 1, &[0]).await;
+    until_applied(&c.nodes[0].addr, down_at, &c).await;
+    c.nodes[2].kill();
+    until_nodes(&c.nodes[0].addr, 2, &c).await;
+    let flushed_at = write(&mut rng, &mut next_id, 40, &[0, 1]).await;
+    // Every live copy flushes: the log can be trimmed past node 2.
+    client(&c.nodes[0].addr)
+        .await
+        .flush(with_timeout(
+            proto::FlushRequest {
+                gallery: GALLERY.into(),
+            },
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (first, _) = c_log_bounds(&c).await;
+        if first > down_at + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was not trimmed past {down_at} within 60 s (first {first}, flushed at {flushed_at}){}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.nodes[2].restart();
+    let last = write(&mut rng, &mut next_id, 10, &[0, 1, 2]).await;
+    until_applied(&c.nodes[0].addr, last, &c).await;
+    assert!(
+        c.nodes[2].log().contains("shard copied from a peer"),
+        "node 2 started from copies{}",
+        c.logs()
+    );
+    // Node 2's shards hold exactly what their other copy holds, and what
+    // the reference holds in those shards, bit for bit.
+    let all = r.g.export().next_batch(1_000_000).unwrap();
+    let status = client(&c.nodes[0].addr)
+        .await
+        .cluster_status(proto::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let g = &status.galleries[0];
+    for k in 0..SHARDS {
+        let holders: Vec<&str> = g
+            .replicas
+            .iter()
+            .filter(|x| x.shard == k)
+            .map(|x| x.node_id.as_str())
+            .collect();
+        if !holders.contains(&"node2") {
+            continue;
+        }
+        let want: BTreeMap<u64, (String, Vec<u32>)> = all
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| visage_cluster::shard::shard_of(&all.subjects[*i], SHARDS) == k)
+            .map(|(i, id)| {
+                (
+                    *id,
+                    (
+                        all.subjects[i].clone(),
+                        all.vectors[i * DIM..(i + 1) * DIM]
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect(),
+                    ),
+                )
+            })
+            .collect();
+        for h in holders {
+            let addr = &c.nodes[h[4..].parse::<usize>().unwrap()].addr;
+            let got = shard_rows(addr, k, &all.ids, last).await;
+            assert_eq!(got, want, "shard {k} on {h}");
+        }
+    }
+    let mut rng = Rng(8);
+    check_reads(&c.nodes[2].addr, last, &r, &mut rng, "after the rejoin").await;
+}

@@ -793,3 +793,21 @@ class ShardReplica(_message.Message):
     flushed_seq: int
     lag: int
     def __init__(self, shard: _Optional[int] = ..., node_id: _Optional[str] = ..., live: _Optional[bool] = ..., applied_seq: _Optional[int] = ..., flushed_seq: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
+
+class CopyShardRequest(_message.Message):
+    __slots__ = ("gallery", "shard")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    shard: int
+    def __init__(self, gallery: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class ShardFileChunk(_message.Message):
+    __slots__ = ("path", "offset", "data")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    offset: int
+    data: bytes
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

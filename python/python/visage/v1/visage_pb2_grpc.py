@@ -134,6 +134,11 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.CopyShard = channel.unary_stream(
+                '/visage.v1.Visage/CopyShard',
+                request_serializer=visage_dot_v1_dot_visage__pb2.CopyShardRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.ShardFileChunk.FromString,
+                _registered_method=True)
 
 
 class VisageServicer:
@@ -315,6 +320,16 @@ class VisageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CopyShard(self, request, context):
+        """Cluster mode, between nodes only (the node role): a consistent copy of
+        this node's replica of one shard, as of one log position, as the files
+        of a backup (a node whose position was trimmed from the log starts
+        again from it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -417,6 +432,11 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'CopyShard': grpc.unary_stream_rpc_method_handler(
+                    servicer.CopyShard,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.CopyShardRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.ShardFileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -959,6 +979,33 @@ class Visage:
             '/visage.v1.Visage/ClusterStatus',
             visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/visage.v1.Visage/CopyShard',
+            visage_dot_v1_dot_visage__pb2.CopyShardRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.ShardFileChunk.FromString,
             options,
             channel_credentials,
             insecure,
