@@ -430,7 +430,30 @@ mod tests {
         assert_eq!(k.role_of(b""), None);
         // Debug shows counts, not keys or digests.
         let dbg = format!("{k:?}");
-        assert_eq!(dbg, "ApiKeys { read: 1, write: 1, admin: 1 }");
+        assert_eq!(dbg, "ApiKeys { read: 1, write: 1, admin: 1, node: 0 }");
+    }
+
+    #[test]
+    fn only_the_node_role_addresses_one_shard() {
+        let node_key = "node-key-0123456789abcdef";
+        let k = ApiKeys::parse(&format!("admin {A}\nnode {node_key}\n"), "keys").unwrap();
+        assert_eq!(k.role_of(node_key.as_bytes()), Some(Role::Node));
+        let path = "/visage.v1.Visage/Search";
+        let mut h = bearer(A);
+        assert!(k.check(path, &h).is_ok());
+        h.insert(SHARD_HEADER, http::HeaderValue::from_static("2"));
+        let e = k.check(path, &h).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("node role"), "{e}");
+        let mut h = bearer(node_key);
+        h.insert(SHARD_HEADER, http::HeaderValue::from_static("2"));
+        assert!(k.check(path, &h).is_ok());
+        assert_eq!(
+            access("/visage.v1.Visage/CopyShard"),
+            Access::Role(Role::Node)
+        );
+        let e = k.check("/visage.v1.Visage/CopyShard", &bearer(A)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     }
 
     #[test]
