@@ -269,14 +269,20 @@ impl fmt::Display for Error {
                 offset,
                 len,
                 committed,
+                seq,
                 status,
-                ..
-            } => write!(
-                f,
-                "batch embeddings[{offset}..{}] rejected: {}; {committed} embeddings of other batches were committed",
-                offset + len,
-                status_line(status)
-            ),
+            } => {
+                write!(
+                    f,
+                    "batch embeddings[{offset}..{}] rejected: {}; {committed} embeddings of other batches were committed",
+                    offset + len,
+                    status_line(status)
+                )?;
+                if *seq > 0 {
+                    write!(f, " (up to log seq {seq})")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -1670,6 +1676,27 @@ mod tests {
         assert_eq!(normalise_url("http://h:2", false), "http://h:2");
         assert_eq!(normalise_url("localhost:1", true), "https://localhost:1");
         assert_eq!(normalise_url("http://h:2", true), "http://h:2");
+    }
+
+    #[test]
+    fn a_partial_insert_names_the_log_seq_of_what_was_committed() {
+        let failed = |seq| Error::Insert {
+            offset: 10,
+            len: 5,
+            committed: 10,
+            seq,
+            status: Status::invalid_argument("embeddings[12]: bad"),
+        };
+        let single = failed(0).to_string();
+        assert!(
+            single.ends_with("10 embeddings of other batches were committed"),
+            "{single}"
+        );
+        let cluster = failed(77).to_string();
+        assert!(
+            cluster.ends_with("were committed (up to log seq 77)"),
+            "{cluster}"
+        );
     }
 
     #[test]
