@@ -11,6 +11,9 @@
 //! visage calibration-report staff --probes probes.npy --truth truth.txt
 //! visage delete staff --subjects emp-00123
 //! visage compact staff
+//! visage gallery create big --shards 8 --replicas 3   # cluster mode
+//! visage search big --probes probe.npy --min-seq 4711  # read your writes
+//! visage cluster status
 //! ```
 //! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
 //! Vector files are checked against the gallery's dimension before anything
@@ -18,12 +21,16 @@
 //! of the vectors, and the server refuses them if the gallery's differs.
 //! `--tls-ca` (or `VISAGE_TLS_CA`) trusts a CA for an `https://` server;
 //! `VISAGE_API_KEY` (or `--api-key-file`) sends an API key with every call.
+//! In cluster mode, insert and delete print the write's position in the
+//! gallery's log (`seq`), and `--min-seq SEQ` on get, search, identify and
+//! verify reads from replicas that have applied it.
 //! Errors are printed as one line on stderr and the exit code is 1.
 //!
 //! Two commands need no server: `visage synth` writes the engine's synthetic
 //! face-like data as files the others read, and `visage demo` runs the whole
 //! story on an embedded engine.
 
+mod cluster;
 mod demo;
 mod output;
 mod plot;
@@ -41,8 +48,8 @@ use std::time::Instant;
 use visage_client::npy::{self, Matrix};
 use visage_client::proto::{ClaimScore, DetPoint, OpenSetModel};
 use visage_client::{
-    Against, Client, ConnectOptions, Gallery, GalleryInfo, GallerySpec, GalleryStats, HeadInfo,
-    InsertOutcome, Maintenance, Rows, SearchOptions, Threshold, TrainHead,
+    Against, Client, ConnectOptions, DeleteOutcome, Gallery, GalleryInfo, GallerySpec,
+    GalleryStats, HeadInfo, InsertOutcome, Maintenance, Rows, SearchOptions, Threshold, TrainHead,
 };
 use visage_engine::Limits;
 
@@ -137,6 +144,9 @@ enum Command {
     Head(HeadCommand),
     /// Whether the server is serving (exit code 0 if so).
     Health,
+    /// Cluster mode: the nodes, and each gallery's log and shard replicas.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Write synthetic face-like embeddings and probes as .npy and text files
     /// (no server needed).
     Synth(synth::SynthArgs),
@@ -144,6 +154,15 @@ enum Command {
     /// identify probes, delete a person and compact, with a report (no server
     /// needed; --server is not used).
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The live nodes, and for each gallery its shards, its log's first and
+    /// last position, and each shard's replicas: node, live or dead, the log
+    /// position applied and flushed, and the lag behind the log (admin role;
+    /// a single-node server refuses it).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +229,15 @@ enum GalleryCommand {
         /// cosine); results then show the cosine similarity.
         #[arg(long)]
         normalize: bool,
+        /// Cluster mode only: split the subjects among N shards, by a hash
+        /// of the subject (all images of a person in one shard); fixed for
+        /// the gallery's life. Default: 1 shard.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: Option<u32>,
+        /// Cluster mode only: keep R copies of each shard, on R of the live
+        /// nodes. Default: the server's (2, or 1 in a one-node cluster).
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+        replicas: Option<u32>,
     },
     /// Drop a gallery and delete all its data.
     Drop {
@@ -317,6 +345,8 @@ struct SearchArgs {
     probes: PathBuf,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    min_seq: MinSeqArg,
     /// Hits per probe.
     #[arg(short, long, default_value_t = 10)]
     k: u32,
@@ -340,6 +370,8 @@ struct IdentifyArgs {
     probes: PathBuf,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    min_seq: MinSeqArg,
     /// Candidate subjects per probe.
     #[arg(short, long, default_value_t = 5)]
     k: u32,
@@ -363,6 +395,8 @@ struct VerifyArgs {
     a: PathBuf,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    min_seq: MinSeqArg,
     /// Second vector of every pair: .npy float32 [N, D].
     #[arg(long, value_name = "FILE.npy", group = "other")]
     b: Option<PathBuf>,
@@ -380,6 +414,16 @@ struct VerifyArgs {
     /// the gallery's prior) is at least this.
     #[arg(long)]
     min_probability: Option<f32>,
+}
+
+/// `--min-seq`: read your writes in cluster mode.
+#[derive(Debug, Args)]
+pub(crate) struct MinSeqArg {
+    /// Cluster mode: answer only from replicas that have applied the
+    /// gallery's log up to SEQ (printed by insert and delete), waiting for
+    /// them. Ignored by a single node.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    min_seq: u64,
 }
 
 /// `--model`: the model that made a command's vectors.
@@ -429,6 +473,8 @@ struct GetArgs {
     /// normalising gallery, the stored unit vectors).
     #[arg(long, value_name = "FILE.npy")]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    min_seq: MinSeqArg,
 }
 
 #[derive(Debug, Args)]
@@ -659,6 +705,14 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             }
         }
         Command::CalibrationReport(a) => report::run(&client, a, json).await?,
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = client.cluster_status().await?;
+            if json {
+                print_json(&cluster::status_json(&status))?;
+            } else {
+                print!("{}", cluster::status_text(&status));
+            }
+        }
         Command::Synth(_) | Command::Demo(_) => unreachable!("run without a server"),
         Command::Health => {
             let serving = client.serving().await?;
@@ -678,6 +732,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
 fn info_json(g: &GalleryInfo) -> Value {
     json!({
         "name": g.name, "dim": g.dim, "model": g.model, "normalize": g.normalize,
+        "shards": g.shards, "replicas": g.replicas,
         "live": g.live, "deleted": g.deleted,
         "subjects": g.subjects, "segments": g.segments, "memtable_rows": g.memtable_rows,
         "bytes_on_disk": g.bytes_on_disk, "head_trained": g.head_trained,
@@ -737,6 +792,18 @@ fn info_text(g: &GalleryInfo) -> String {
         ),
     ] {
         t.row(vec![k.to_string(), v]);
+    }
+    if clustered(g) {
+        t.row(vec![
+            "cluster".to_string(),
+            format!(
+                "{} {}, {} {} each",
+                g.shards,
+                plural(g.shards, "shard", "shards"),
+                g.replicas,
+                plural(g.replicas, "replica", "replicas")
+            ),
+        ]);
     }
     let open = match (g.open_logit_threshold, g.open_distance_threshold) {
         (Some(l), _) => Some(format!("logit >= {l:.4}")),
@@ -816,11 +883,15 @@ async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
             dim,
             model,
             normalize,
+            shards,
+            replicas,
         } => {
             let spec = GallerySpec {
                 dim,
                 model,
                 normalize,
+                shards: shards.unwrap_or(0),
+                replicas: replicas.unwrap_or(0),
             };
             let g = client.create_gallery_with(&name, &spec).await?;
             if json {
@@ -853,25 +924,29 @@ async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
             } else if all.is_empty() {
                 println!("no galleries (create one with: visage gallery create NAME)");
             } else {
-                let mut t = Table::new(
-                    &[
-                        "NAME",
-                        "LIVE",
-                        "DELETED",
-                        "SUBJECTS",
-                        "SEGMENTS",
-                        "ON DISK",
-                        "HEAD",
-                        "DIM",
-                        "NORMALISED",
-                        "MODEL",
-                    ],
-                    &[
-                        false, true, true, true, true, true, false, true, false, false,
-                    ],
-                );
+                // Cluster mode: the shards and replicas too, before MODEL.
+                let cluster = all.iter().any(clustered);
+                let mut headers = vec![
+                    "NAME",
+                    "LIVE",
+                    "DELETED",
+                    "SUBJECTS",
+                    "SEGMENTS",
+                    "ON DISK",
+                    "HEAD",
+                    "DIM",
+                    "NORMALISED",
+                ];
+                let mut right = vec![false, true, true, true, true, true, false, true, false];
+                if cluster {
+                    headers.extend(["SHARDS", "REPLICAS"]);
+                    right.extend([true, true]);
+                }
+                headers.push("MODEL");
+                right.push(false);
+                let mut t = Table::new(&headers, &right);
                 for g in &all {
-                    t.row(vec![
+                    let mut row = vec![
                         g.name.clone(),
                         count(g.live),
                         count(g.deleted),
@@ -881,12 +956,16 @@ async fn gallery(client: &Client, cmd: GalleryCommand, json: bool) -> Res {
                         if g.head_trained { "trained" } else { "none" }.into(),
                         g.dim.to_string(),
                         if g.normalize { "yes" } else { "no" }.into(),
-                        if g.model.is_empty() {
-                            "-".into()
-                        } else {
-                            g.model.clone()
-                        },
-                    ]);
+                    ];
+                    if cluster {
+                        row.extend([g.shards.to_string(), g.replicas.to_string()]);
+                    }
+                    row.push(if g.model.is_empty() {
+                        "-".into()
+                    } else {
+                        g.model.clone()
+                    });
+                    t.row(row);
                 }
                 print!("{}", t.render());
             }
@@ -958,11 +1037,30 @@ fn spec_text(g: &GalleryInfo) -> String {
     if g.normalize {
         parts.push("normalising: cosine similarity".into());
     }
+    if clustered(g) {
+        parts.push(format!(
+            "{} {} of {} {}",
+            g.shards,
+            plural(g.shards, "shard", "shards"),
+            g.replicas,
+            plural(g.replicas, "replica", "replicas")
+        ));
+    }
     if parts.is_empty() {
         String::new()
     } else {
         format!(" ({})", parts.join(", "))
     }
+}
+
+/// Whether `g` is a cluster gallery of more than one shard or copy (a
+/// single node reports 1 and 1, or 0 and 0 before it knew of them).
+fn clustered(g: &GalleryInfo) -> bool {
+    g.shards > 1 || g.replicas > 1
+}
+
+fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
 }
 
 /// Vectors from an .npy file for gallery `g`, as many values a vector as its
@@ -1157,18 +1255,10 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
         print_json(&json!({
             "gallery": a.gallery, "inserted": out.inserted, "replaced": out.replaced,
             "batches": out.batches, "seconds": secs, "per_second": rate,
-            "conflicts": found,
+            "seq": out.seq, "conflicts": found,
         }))?;
     } else {
-        println!(
-            "inserted {} embeddings into {} ({} new, {} replaced) in {:.2} s ({}/s)",
-            count(out.total()),
-            a.gallery,
-            count(out.inserted),
-            count(out.replaced),
-            secs,
-            count(rate as u64)
-        );
+        println!("{}", insert_text(&a.gallery, &out, secs, rate));
         if check.is_some() {
             println!(
                 "{} possible double enrolments{}",
@@ -1207,6 +1297,26 @@ async fn insert(client: &Client, a: InsertArgs, json: bool) -> Res {
     Ok(())
 }
 
+/// What `visage insert` prints. In cluster mode (a non-zero `seq`) the rows
+/// are acknowledged once logged, so new and replaced are not known: the log
+/// position is printed instead.
+fn insert_text(gallery: &str, out: &InsertOutcome, secs: f64, rate: f64) -> String {
+    let head = format!("inserted {} embeddings into {gallery}", count(out.total()));
+    let speed = format!("in {secs:.2} s ({}/s)", count(rate as u64));
+    if out.seq == 0 {
+        format!(
+            "{head} ({} new, {} replaced) {speed}",
+            count(out.inserted),
+            count(out.replaced)
+        )
+    } else {
+        format!(
+            "{head} {speed}, up to log seq {seq} (read them with --min-seq {seq})",
+            seq = out.seq
+        )
+    }
+}
+
 async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
     let g = a.model.gallery(client, &a.gallery);
     let info = g.stats().await?;
@@ -1217,6 +1327,7 @@ async fn search(client: &Client, a: SearchArgs, json: bool) -> Res {
         rank_by_head: matches!(a.rank_by, Rank::Head),
         max_distance: a.max_distance,
         quantized: a.quantized,
+        min_seq: a.min_seq.min_seq,
     };
     let results = g.search_with(&rows, &opts).await?;
     if json {
@@ -1271,7 +1382,10 @@ fn dashes(n: usize) -> impl Iterator<Item = String> {
 }
 
 async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
-    let g = a.model.gallery(client, &a.gallery);
+    let g = a
+        .model
+        .gallery(client, &a.gallery)
+        .with_min_seq(a.min_seq.min_seq);
     let info = g.stats().await?;
     let probes = read_vectors(&a.probes, &info)?;
     let rows: Vec<&[f32]> = probes.rows().collect();
@@ -1339,7 +1453,10 @@ async fn identify(client: &Client, a: IdentifyArgs, json: bool) -> Res {
 }
 
 async fn verify(client: &Client, a: VerifyArgs, json: bool) -> Res {
-    let g = a.model.gallery(client, &a.gallery);
+    let g = a
+        .model
+        .gallery(client, &a.gallery)
+        .with_min_seq(a.min_seq.min_seq);
     let info = g.stats().await?;
     let left = read_vectors(&a.a, &info)?;
     let others: Vec<Against> = match (&a.b, &a.b_ids, &a.b_subjects) {
@@ -1461,7 +1578,7 @@ async fn subjects(client: &Client, a: SubjectsArgs, json: bool) -> Res {
 }
 
 async fn get(client: &Client, a: GetArgs, json: bool) -> Res {
-    let g = client.gallery(&a.gallery);
+    let g = client.gallery(&a.gallery).with_min_seq(a.min_seq.min_seq);
     let found = g.get(&a.ids).await?;
     if let Some(out) = &a.out {
         // The gallery's dimension, also when no id was found.
@@ -1508,13 +1625,30 @@ async fn delete(client: &Client, a: DeleteArgs, json: bool) -> Res {
     if let Some(p) = &a.subjects_file {
         subjects.extend(read_lines(p, "subject")?);
     }
-    let n = client.gallery(&a.gallery).delete(&a.ids, &subjects).await?;
+    let d = client
+        .gallery(&a.gallery)
+        .delete_outcome(&a.ids, &subjects)
+        .await?;
     if json {
-        print_json(&json!({"gallery": a.gallery, "deleted": n}))?;
+        print_json(&json!({"gallery": a.gallery, "deleted": d.deleted, "seq": d.seq}))?;
     } else {
-        println!("deleted {} embeddings from {}", count(n), a.gallery);
+        println!("{}", delete_text(&a.gallery, &d));
     }
     Ok(())
+}
+
+/// What `visage delete` prints: on a single node the embeddings removed; in
+/// cluster mode (a non-zero `seq`) the delete's log position, since the
+/// replicas remove the rows only as they apply it.
+fn delete_text(gallery: &str, d: &DeleteOutcome) -> String {
+    if d.seq == 0 {
+        format!("deleted {} embeddings from {gallery}", count(d.deleted))
+    } else {
+        format!(
+            "deleted from {gallery} at log seq {seq} (reads with --min-seq {seq} no longer see them)",
+            seq = d.seq
+        )
+    }
 }
 
 fn maintenance(verb: &str, gallery: &str, r: Maintenance, t: Instant, json: bool) -> Res {
@@ -1813,4 +1947,170 @@ fn head(gallery: &str, h: &HeadInfo, json: bool) -> Res {
     );
     print!("{}", head_text(h));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("visage").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn create_takes_shards_and_replicas() {
+        let cli = parse(&["gallery", "create", "g", "--shards", "8", "--replicas", "3"]).unwrap();
+        let Command::Gallery(GalleryCommand::Create {
+            shards, replicas, ..
+        }) = cli.command
+        else {
+            panic!("not gallery create: {cli:?}");
+        };
+        assert_eq!((shards, replicas), (Some(8), Some(3)));
+        // Not given: the server's defaults (sent as 0).
+        let cli = parse(&["gallery", "create", "g"]).unwrap();
+        let Command::Gallery(GalleryCommand::Create {
+            shards, replicas, ..
+        }) = cli.command
+        else {
+            panic!("not gallery create: {cli:?}");
+        };
+        assert_eq!((shards, replicas), (None, None));
+        // 0 is not a count of shards or copies.
+        assert!(parse(&["gallery", "create", "g", "--shards", "0"]).is_err());
+        assert!(parse(&["gallery", "create", "g", "--replicas", "0"]).is_err());
+    }
+
+    #[test]
+    fn reads_take_min_seq() {
+        let seq = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Search(a) => a.min_seq.min_seq,
+            Command::Identify(a) => a.min_seq.min_seq,
+            Command::Verify(a) => a.min_seq.min_seq,
+            Command::Get(a) => a.min_seq.min_seq,
+            c => panic!("not a read: {c:?}"),
+        };
+        assert_eq!(
+            seq(&["search", "g", "--probes", "p.npy", "--min-seq", "42"]),
+            42
+        );
+        assert_eq!(seq(&["search", "g", "--probes", "p.npy"]), 0);
+        assert_eq!(
+            seq(&["identify", "g", "--probes", "p.npy", "--min-seq", "7"]),
+            7
+        );
+        assert_eq!(
+            seq(&[
+                "verify",
+                "g",
+                "--a",
+                "a.npy",
+                "--b-ids",
+                "b.txt",
+                "--min-seq",
+                "9"
+            ]),
+            9
+        );
+        assert_eq!(
+            seq(&[
+                "get",
+                "g",
+                "--ids",
+                "1,2",
+                "--min-seq",
+                "18446744073709551615"
+            ]),
+            u64::MAX
+        );
+        assert!(parse(&["get", "g", "--ids", "1", "--min-seq", "-1"]).is_err());
+    }
+
+    #[test]
+    fn cluster_status_parses_with_json() {
+        let cli = parse(&["cluster", "status", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Status)
+        ));
+    }
+
+    #[test]
+    fn writes_print_their_log_seq_in_cluster_mode() {
+        let single = InsertOutcome {
+            inserted: 1500,
+            replaced: 2,
+            batches: 4,
+            seq: 0,
+        };
+        assert_eq!(
+            insert_text("staff", &single, 0.5, 3004.0),
+            "inserted 1,502 embeddings into staff (1,500 new, 2 replaced) in 0.50 s (3,004/s)"
+        );
+        let logged = InsertOutcome {
+            inserted: 1500,
+            replaced: 0,
+            batches: 4,
+            seq: 4711,
+        };
+        assert_eq!(
+            insert_text("staff", &logged, 0.5, 3000.0),
+            "inserted 1,500 embeddings into staff in 0.50 s (3,000/s), up to log seq 4711 \
+             (read them with --min-seq 4711)"
+        );
+        assert_eq!(
+            delete_text(
+                "staff",
+                &DeleteOutcome {
+                    deleted: 12,
+                    seq: 0
+                }
+            ),
+            "deleted 12 embeddings from staff"
+        );
+        assert_eq!(
+            delete_text(
+                "staff",
+                &DeleteOutcome {
+                    deleted: 0,
+                    seq: 99
+                }
+            ),
+            "deleted from staff at log seq 99 (reads with --min-seq 99 no longer see them)"
+        );
+    }
+
+    #[test]
+    fn gallery_text_shows_shards_only_in_cluster_mode() {
+        let single = GalleryInfo {
+            name: "staff".into(),
+            dim: 128,
+            shards: 1,
+            replicas: 1,
+            ..GalleryInfo::default()
+        };
+        assert_eq!(spec_text(&single), "");
+        assert!(!info_text(&single).contains("cluster"));
+        let old = GalleryInfo {
+            shards: 0,
+            replicas: 0,
+            ..single.clone()
+        };
+        assert_eq!(spec_text(&old), "");
+        let big = GalleryInfo {
+            dim: 512,
+            shards: 8,
+            replicas: 1,
+            ..single.clone()
+        };
+        assert_eq!(spec_text(&big), " (512-d, 8 shards of 1 replica)");
+        assert!(
+            info_text(&big).contains("8 shards, 1 replica each"),
+            "{}",
+            info_text(&big)
+        );
+        assert_eq!(info_json(&big)["shards"], 8);
+        assert_eq!(info_json(&big)["replicas"], 1);
+    }
 }

@@ -24,6 +24,7 @@ fn help_lists_the_subcommands() {
         "head-info",
         "head",
         "health",
+        "cluster",
         "synth",
         "demo",
         "--server",

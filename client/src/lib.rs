@@ -44,7 +44,7 @@
 //!
 //! let client = Client::connect("http://127.0.0.1:50051").await?;
 //! let model = "arcface-r100@insightface-0.7.3";
-//! let spec = GallerySpec { dim: 512, model: model.into(), normalize: true };
+//! let spec = GallerySpec { dim: 512, model: model.into(), normalize: true, ..GallerySpec::default() };
 //! client.create_gallery_with("staff512", &spec).await?;
 //! // Every request through this handle names the model: vectors of another
 //! // model are refused (FAILED_PRECONDITION), not mixed in.
@@ -54,8 +54,41 @@
 //! # Ok(()) }
 //! ```
 //!
+//! In cluster mode, a gallery is created split into shards, each held by
+//! some replicas ([`GallerySpec::shards`], [`GallerySpec::replicas`]). A
+//! write is acknowledged once the gallery's replicated log holds it, and
+//! reports its position there ([`InsertOutcome::seq`],
+//! [`DeleteOutcome::seq`]); reads through a handle given that position
+//! ([`Gallery::with_min_seq`], or [`SearchOptions::min_seq`]) are answered
+//! only by replicas that have applied it, so they see the write.
+//! [`Client::cluster_status`] shows the nodes and each replica's progress.
+//! A single node reports `seq` 0 and ignores `min_seq`, so the same code
+//! runs against both:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), visage_client::Error> {
+//! use visage_client::{Client, Embedding, GallerySpec};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let spec = GallerySpec { shards: 4, replicas: 2, ..GallerySpec::default() };
+//! client.create_gallery_with("staff", &spec).await?;
+//! let staff = client.gallery("staff");
+//! let e = Embedding { id: 1, subject: "emp-00123".into(), vector: vec![0.1; 128] };
+//! let written = staff.insert(&[e]).await?;
+//! // Read your write: wait for replicas that applied the log up to it.
+//! let found = staff.clone().with_min_seq(written.seq).get(&[1]).await?;
+//! let removed = staff.delete_outcome(&[1], &[]).await?;
+//! let gone = staff.with_min_seq(removed.seq).get(&[1]).await?; // empty
+//! for g in client.cluster_status().await?.galleries {
+//!     for r in &g.replicas {
+//!         println!("{} shard {} on {}: lag {}", g.name, r.shard, r.node_id, r.lag);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Results are the wire messages of [`proto`] (plain structs: [`Hit`],
-//! [`Identification`], [`Verdict`], [`GalleryInfo`] ...). Errors from the
+//! [`Identification`], [`Verdict`], [`GalleryInfo`], [`ClusterStatus`] ...). Errors from the
 //! server keep their gRPC status ([`Error::code`]) and print as one line,
 //! `NOT_FOUND: gallery "x" does not exist`.
 #![warn(missing_docs)]
@@ -75,8 +108,12 @@ use visage_proto::error_chain;
 use visage_proto::v1::visage_client::VisageClient;
 
 pub use proto::{
-    Candidate, Embedding, GalleryInfo, GalleryStats, HeadInfo, Hit, Identification, Verdict,
+    Candidate, ClusterGallery, ClusterNode, Embedding, GalleryInfo, GalleryStats, HeadInfo, Hit,
+    Identification, ShardReplica, Verdict,
 };
+/// What [`Client::cluster_status`] returns: the answering node, the live
+/// nodes, and each gallery's log and shard replicas.
+pub type ClusterStatus = proto::ClusterStatusResponse;
 /// The wire messages of `visage.v1`.
 pub use visage_proto::v1 as proto;
 
@@ -120,6 +157,10 @@ pub enum Error {
         len: usize,
         /// Embeddings of other batches acknowledged before the failure was seen.
         committed: u64,
+        /// Cluster mode: the highest log position of those acknowledged
+        /// batches (pass it as `min_seq` to read them); 0 on a single node
+        /// or when none was acknowledged.
+        seq: u64,
         /// The server's answer, with positions made relative to the caller's input.
         status: Status,
     },
@@ -228,13 +269,20 @@ impl fmt::Display for Error {
                 offset,
                 len,
                 committed,
+                seq,
                 status,
-            } => write!(
-                f,
-                "batch embeddings[{offset}..{}] rejected: {}; {committed} embeddings of other batches were committed",
-                offset + len,
-                status_line(status)
-            ),
+            } => {
+                write!(
+                    f,
+                    "batch embeddings[{offset}..{}] rejected: {}; {committed} embeddings of other batches were committed",
+                    offset + len,
+                    status_line(status)
+                )?;
+                if *seq > 0 {
+                    write!(f, " (up to log seq {seq})")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -259,6 +307,13 @@ pub struct InsertOutcome {
     pub replaced: u64,
     /// Batches (requests or stream messages) committed.
     pub batches: u64,
+    /// Cluster mode: the log position of the last of the batches, the
+    /// highest of their `seq`s (batches sent concurrently may be logged in
+    /// any order). Reads through [`Gallery::with_min_seq`]`(seq)` (or with
+    /// [`SearchOptions::min_seq`]) see every batch of this insert. 0 on a
+    /// single node. In cluster mode the batches are acknowledged once the
+    /// log holds them, so `inserted` counts the rows and `replaced` is 0.
+    pub seq: u64,
 }
 
 impl InsertOutcome {
@@ -271,7 +326,21 @@ impl InsertOutcome {
         self.inserted += r.inserted;
         self.replaced += r.replaced;
         self.batches += r.batches;
+        self.seq = self.seq.max(r.seq);
     }
+}
+
+/// What [`Gallery::delete_outcome`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// Live embeddings removed (ids that did not exist count nothing). 0 in
+    /// cluster mode: the delete is acknowledged once the gallery's log holds
+    /// it, and the replicas remove the rows as they apply it.
+    pub deleted: u64,
+    /// Cluster mode: the delete's position in the gallery's log; reads
+    /// through [`Gallery::with_min_seq`]`(seq)` no longer see the rows. 0 on
+    /// a single node.
+    pub seq: u64,
 }
 
 /// Statistics before and after a flush or compaction.
@@ -320,6 +389,12 @@ pub struct SearchOptions {
     pub max_distance: Option<f32>,
     /// Scan the 8-bit codes first, then re-rank exactly (distance ranking only).
     pub quantized: bool,
+    /// Cluster mode: answer only from replicas that have applied the
+    /// gallery's log up to this position (a write's `seq`), waiting for them
+    /// within the call's deadline: read your own writes. 0: any replica.
+    /// The handle's [`Gallery::with_min_seq`] applies too (the higher of the
+    /// two counts). Ignored on a single node.
+    pub min_seq: u64,
 }
 
 impl Default for SearchOptions {
@@ -329,6 +404,7 @@ impl Default for SearchOptions {
             rank_by_head: false,
             max_distance: None,
             quantized: false,
+            min_seq: 0,
         }
     }
 }
@@ -359,6 +435,14 @@ pub struct GallerySpec {
     /// Store unit vectors and normalise probes (for models compared by
     /// cosine); hits, candidates and verdicts then carry `similarity`.
     pub normalize: bool,
+    /// Cluster mode: the shards the subjects are split among, by a hash of
+    /// the subject (all images of a person in one shard). 0: the server's
+    /// default, 1. Must be 0 or 1 on a single node.
+    pub shards: u32,
+    /// Cluster mode: the nodes that hold a copy of each shard, chosen among
+    /// the live nodes at creation. 0: the server's default (two, or one in a
+    /// one-node cluster). Must be 0 or 1 on a single node.
+    pub replicas: u32,
 }
 
 /// How [`Gallery::insert_with`] splits and sends a large input (by default
@@ -572,8 +656,10 @@ impl Client {
     }
 
     /// Create an empty gallery of dimension `spec.dim` for vectors of
-    /// `spec.model`, normalising if `spec.normalize` (INVALID_ARGUMENT for a
-    /// dimension or model the server cannot take).
+    /// `spec.model`, normalising if `spec.normalize`, in cluster mode split
+    /// into `spec.shards` shards of `spec.replicas` copies each
+    /// (INVALID_ARGUMENT for a dimension or model the server cannot take, or
+    /// for shards or replicas above 1 on a single node).
     pub async fn create_gallery_with(&self, name: &str, spec: &GallerySpec) -> Result<GalleryInfo> {
         Ok(self
             .rpc()
@@ -582,8 +668,8 @@ impl Client {
                 dim: spec.dim,
                 model: spec.model.clone(),
                 normalize: spec.normalize,
-                shards: 0,
-                replicas: 0,
+                shards: spec.shards,
+                replicas: spec.replicas,
             })
             .await?
             .into_inner())
@@ -636,13 +722,27 @@ impl Client {
             .into_inner())
     }
 
+    /// Cluster mode (admin role): the node that answered, the live nodes,
+    /// and for each gallery its log's first and last position and each
+    /// shard's replicas with the log position each has applied and flushed,
+    /// and its lag. FAILED_PRECONDITION from a single-node server.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        Ok(self
+            .rpc()
+            .cluster_status(proto::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// A handle on gallery `name` (no request is made). Its requests name
-    /// no model; see [`Gallery::with_model`].
+    /// no model ([`Gallery::with_model`]) and read from any replica
+    /// ([`Gallery::with_min_seq`]).
     pub fn gallery(&self, name: &str) -> Gallery {
         Gallery {
             rpc: self.rpc.clone(),
             name: name.to_owned(),
             model: String::new(),
+            min_seq: 0,
         }
     }
 }
@@ -654,6 +754,8 @@ pub struct Gallery {
     name: String,
     /// Sent as `model` with every Insert, Search, Identify and Verify.
     model: String,
+    /// Sent as `min_seq` with every Get, Search, Identify and Verify.
+    min_seq: u64,
 }
 
 /// Rewrite the positions of a batch's rows in a server message
@@ -940,6 +1042,31 @@ impl Gallery {
         &self.model
     }
 
+    /// This handle, reading your writes in cluster mode: its Get, Search,
+    /// Identify and Verify are answered only by replicas that have applied
+    /// the gallery's log up to `seq` (the `seq` of an [`InsertOutcome`] or
+    /// [`DeleteOutcome`]), and wait for one within the call's deadline. 0:
+    /// any replica. A single node ignores it (its writes are visible when
+    /// acknowledged).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: visage_client::Client, e: Vec<visage_client::Embedding>)
+    /// # -> Result<(), visage_client::Error> {
+    /// let staff = client.gallery("staff");
+    /// let written = staff.insert(&e).await?;
+    /// let hits = staff.with_min_seq(written.seq).search(&[vec![0.1f32; 128]], 10).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_min_seq(mut self, seq: u64) -> Gallery {
+        self.min_seq = seq;
+        self
+    }
+
+    /// The log position this handle's reads wait for (0: none).
+    pub fn min_seq(&self) -> u64 {
+        self.min_seq
+    }
+
     /// Current statistics.
     pub async fn stats(&self) -> Result<GalleryInfo> {
         Ok(self
@@ -1149,6 +1276,7 @@ impl Gallery {
                 offset,
                 len,
                 committed: total.total(),
+                seq: total.seq,
                 status: Status::with_metadata(
                     s.code(),
                     shift_positions(s.message(), offset),
@@ -1202,9 +1330,16 @@ impl Gallery {
     }
 
     /// Delete embeddings by id and every embedding of `subjects`; returns how
-    /// many live embeddings were removed.
+    /// many live embeddings were removed (0 in cluster mode: see
+    /// [`Gallery::delete_outcome`]).
     pub async fn delete(&self, ids: &[u64], subjects: &[String]) -> Result<u64> {
-        Ok(self
+        Ok(self.delete_outcome(ids, subjects).await?.deleted)
+    }
+
+    /// [`Gallery::delete`], also returning the delete's position in the
+    /// gallery's log in cluster mode ([`DeleteOutcome::seq`]).
+    pub async fn delete_outcome(&self, ids: &[u64], subjects: &[String]) -> Result<DeleteOutcome> {
+        let r = self
             .rpc
             .clone()
             .delete(proto::DeleteRequest {
@@ -1213,8 +1348,11 @@ impl Gallery {
                 subjects: subjects.to_vec(),
             })
             .await?
-            .into_inner()
-            .deleted)
+            .into_inner();
+        Ok(DeleteOutcome {
+            deleted: r.deleted,
+            seq: r.seq,
+        })
     }
 
     /// One page of the gallery's subjects (in byte order, with their live
@@ -1293,7 +1431,7 @@ impl Gallery {
             .get(proto::GetRequest {
                 gallery: self.name.clone(),
                 ids: ids.to_vec(),
-                min_seq: 0,
+                min_seq: self.min_seq,
             })
             .await?
             .into_inner()
@@ -1345,7 +1483,7 @@ impl Gallery {
                     proto::ScanMode::Exact
                 } as i32,
                 model: self.model.clone(),
-                min_seq: 0,
+                min_seq: self.min_seq.max(opts.min_seq),
             })
             .await?
             .into_inner();
@@ -1388,7 +1526,7 @@ impl Gallery {
                 min_probability: threshold.min_probability,
                 max_distance: threshold.max_distance,
                 model: self.model.clone(),
-                min_seq: 0,
+                min_seq: self.min_seq,
             })
             .await?
             .into_inner()
@@ -1411,6 +1549,7 @@ impl Gallery {
             max_distance: threshold.max_distance,
             min_probability: threshold.min_probability,
             model: self.model.clone(),
+            min_seq: self.min_seq,
             ..proto::VerifyRequest::default()
         };
         let req = match verify_packed(pairs) {
@@ -1540,6 +1679,27 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_insert_names_the_log_seq_of_what_was_committed() {
+        let failed = |seq| Error::Insert {
+            offset: 10,
+            len: 5,
+            committed: 10,
+            seq,
+            status: Status::invalid_argument("embeddings[12]: bad"),
+        };
+        let single = failed(0).to_string();
+        assert!(
+            single.ends_with("10 embeddings of other batches were committed"),
+            "{single}"
+        );
+        let cluster = failed(77).to_string();
+        assert!(
+            cluster.ends_with("were committed (up to log seq 77)"),
+            "{cluster}"
+        );
+    }
+
+    #[test]
     fn only_transport_failures_hint_at_tls() {
         // Statuses the server sent, of every code a failed connection may
         // also show, get no hint.
@@ -1566,6 +1726,43 @@ mod tests {
         assert!(closed.contains("https://"), "{closed}");
         let refused = connect("tcp connect error: Connection refused (os error 111)");
         assert!(!refused.to_string().contains("https://"), "{refused}");
+    }
+
+    #[test]
+    fn an_insert_reports_the_highest_seq_of_its_batches() {
+        let mut out = InsertOutcome::default();
+        // Concurrent batches may be acknowledged out of log order.
+        for (inserted, seq) in [(3, 17), (2, 12), (4, 15)] {
+            out.add(&proto::InsertResponse {
+                inserted,
+                batches: 1,
+                seq,
+                ..proto::InsertResponse::default()
+            });
+        }
+        assert_eq!((out.inserted, out.batches, out.seq), (9, 3, 17));
+        // A single node logs nothing: 0 stays 0.
+        let mut single = InsertOutcome::default();
+        single.add(&proto::InsertResponse {
+            inserted: 1,
+            ..proto::InsertResponse::default()
+        });
+        assert_eq!(single.seq, 0);
+    }
+
+    #[tokio::test]
+    async fn handles_carry_their_min_seq() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = Client::from_channel(channel);
+        let g = client.gallery("g");
+        assert_eq!(g.min_seq(), 0);
+        let at = g.clone().with_model("m").with_min_seq(42);
+        assert_eq!((at.min_seq(), at.model(), at.name()), (42, "m", "g"));
+        // The original handle is unchanged.
+        assert_eq!(g.min_seq(), 0);
+        assert_eq!(SearchOptions::default().min_seq, 0);
+        assert_eq!(GallerySpec::default().shards, 0);
+        assert_eq!(GallerySpec::default().replicas, 0);
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub(crate) fn spec(dim: u32) -> GallerySpec {
         dim,
         model: ARCFACE.into(),
         normalize: true,
+        ..GallerySpec::default()
     }
 }
 
@@ -669,6 +670,7 @@ async fn bad_specs_are_refused_and_defaults_are_128_d() {
         dim,
         model: model.into(),
         normalize,
+        ..GallerySpec::default()
     };
     for (s, fragments) in [
         (
