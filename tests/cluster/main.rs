@@ -3,5 +3,6 @@
 //! and `etcd` on PATH they skip, unless `VISAGE_REQUIRE_CLUSTER=1` (CI).
 
 mod catalog;
+mod erase;
 mod harness_checks;
 mod replica;
