@@ -12,7 +12,10 @@
 //! member snapshots the stream and compacts that log: on a 2-3 minute timer,
 //! or at once past 8 MiB of log ([`Log::compact_raft`]). A member that was
 //! down catches up from a snapshot, which deletes without overwriting, so it
-//! must be rebuilt ([`Log::resync_replica`]).
+//! must be rebuilt ([`Log::resync_replica`]). A purge to just past a
+//! message leaves its bytes in the block when later messages share the
+//! block, and never touches the raft log; no other file (`*.idx`,
+//! `meta.inf`, `peers.idx`, `tav.idx`, raft snapshots) held them.
 
 use crate::batch::LogBatch;
 use crate::{Error, Result};
