@@ -4,11 +4,24 @@
 //! quorum of its servers, with the stream sequence that orders it among all
 //! of the gallery's writes. The message id makes a retried publish (after a
 //! timeout or a leader change) land once.
+//!
+//! Erasure ([`Log::erase`]): a deleted message's bytes stay in two places
+//! on each member (nats-server 2.9): the stream's block file, which a
+//! delete with `no_erase: false` overwrites, and the stream's raft log
+//! (`jetstream/$SYS/_js_/S-R3F-*/msgs/*.blk`), which goes only when the
+//! member snapshots the stream and compacts that log: on a 2-3 minute timer,
+//! or at once past 8 MiB of log ([`Log::compact_raft`]). A member that was
+//! down catches up from a snapshot, which deletes without overwriting, so it
+//! must be rebuilt ([`Log::resync_replica`]). A purge to just past a
+//! message leaves its bytes in the block when later messages share the
+//! block, and never touches the raft log; no other file (`*.idx`,
+//! `meta.inf`, `peers.idx`, `tav.idx`, raft snapshots) held them.
 
 use crate::batch::LogBatch;
 use crate::{Error, Result};
 use async_nats::jetstream::{self, stream};
 use prost::Message;
+use std::time::{Duration, Instant};
 
 /// The JetStream side of the cluster.
 #[derive(Clone, Debug)]
@@ -133,5 +146,254 @@ impl Log {
             .await
             .map_err(Error::nats)?;
         Ok(ack.sequence)
+    }
+}
+
+/// JetStream's error codes for a message that is not there (already deleted
+/// or erased, or never stored): "no message found" (10057, with that
+/// description) and "sequence not found" (10043).
+fn already_gone(err: &serde_json::Value) -> bool {
+    let code = err.get("err_code").and_then(serde_json::Value::as_u64);
+    let description = err
+        .get("description")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    code == Some(10043) || (code == Some(10057) && description.contains("no message found"))
+}
+
+impl Log {
+    /// Securely delete the messages `seqs` of `gallery`'s stream: each is
+    /// deleted through the stream's raft group with `no_erase: false`, so
+    /// every member that applies the delete overwrites the message's record
+    /// in its stream files with random bytes. A message already gone counts
+    /// as erased (a retried erasure succeeds).
+    ///
+    /// This does not reach the copies of the messages in the members' raft
+    /// logs, see [`Log::compact_raft`]. The whole message goes, with any
+    /// other subjects' rows it carried: erase only messages every replica
+    /// has applied (and that no replica will need to replay).
+    pub async fn erase_messages(&self, gallery: &str, seqs: &[u64]) -> Result<()> {
+        self.delete_messages(gallery, seqs, false).await
+    }
+
+    /// Delete the messages `seqs` of `gallery`'s stream, overwriting their
+    /// stored bytes unless `no_erase`; a message already gone counts as
+    /// deleted.
+    async fn delete_messages(&self, gallery: &str, seqs: &[u64], no_erase: bool) -> Result<()> {
+        let api = format!("STREAM.MSG.DELETE.{}", stream_name(gallery));
+        for &seq in seqs {
+            let request = serde_json::json!({ "seq": seq, "no_erase": no_erase });
+            let reply: serde_json::Value = self
+                .js
+                .request(api.clone(), &request)
+                .await
+                .map_err(|e| Error::Nats(format!("delete message {seq}: {e}")))?;
+            if let Some(err) = reply.get("error") {
+                if !already_gone(err) {
+                    return Err(Error::Nats(format!("delete message {seq}: {err}")));
+                }
+            } else if reply.get("success").and_then(serde_json::Value::as_bool) != Some(true) {
+                return Err(Error::Nats(format!("delete message {seq}: {reply}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JetStream 2.9 snapshots a stream's state on each member, and drops the
+/// member's raft log entries up to the snapshot, once the entries applied
+/// since the member's last snapshot hold more than 8 MiB (`compactSizeMin`
+/// in nats-server's `monitorStream`); otherwise only on a timer of two to
+/// three minutes. [`Log::compact_raft`] publishes this much padding, with a
+/// margin, to trigger that compaction at once.
+const RAFT_COMPACT_BYTES: usize = 8 * 1024 * 1024 + 1024 * 1024;
+
+/// The size of one padding message (below the 1 MiB `max_payload`).
+const PAD_MESSAGE_BYTES: usize = 512 * 1024;
+
+/// The protobuf field number of the padding: not a field of [`LogBatch`], so
+/// a padding message decodes as an empty batch, which replicas apply as a
+/// no-op.
+const PAD_FIELD: u32 = 15;
+
+/// A padding message: field [`PAD_FIELD`] (length-delimited) of `len` zero
+/// bytes.
+fn pad_message(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    prost::encoding::encode_key(
+        PAD_FIELD,
+        prost::encoding::WireType::LengthDelimited,
+        &mut out,
+    );
+    prost::encoding::encode_varint(len as u64, &mut out);
+    out.resize(out.len() + len, 0);
+    out
+}
+
+impl Log {
+    /// Make every running member of `gallery`'s stream snapshot its state
+    /// and drop its raft log up to the snapshot, which removes from its
+    /// files the raft log's copies of messages deleted earlier: publish
+    /// padding messages (empty batches to a replica) past JetStream's
+    /// compaction threshold, then delete them. Each member compacts when it
+    /// applies the padding, so on return the leader has, and the other
+    /// members follow as they apply it (measured: every running member's files
+    /// were clean 0.3 s after the call began). A member that is down keeps its raft log until it restarts
+    /// and catches up. A member that is sending a catch-up to a peer at
+    /// that moment cannot snapshot; it retries at each entry it applies
+    /// after, and its 2-3 minute timer remains.
+    pub async fn compact_raft(&self, gallery: &str) -> Result<()> {
+        let pad = bytes::Bytes::from(pad_message(PAD_MESSAGE_BYTES));
+        let mut seqs = Vec::new();
+        for _ in 0..RAFT_COMPACT_BYTES.div_ceil(PAD_MESSAGE_BYTES) {
+            let ack = self
+                .js
+                .publish(subject(gallery), pad.clone())
+                .await
+                .map_err(Error::nats)?
+                .await
+                .map_err(Error::nats)?;
+            seqs.push(ack.sequence);
+        }
+        self.delete_messages(gallery, &seqs, true).await
+    }
+}
+
+/// How long [`Log::erase`] waits for every member to apply the erasure
+/// before it names the ones that did not.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// How long [`Log::resync_replica`] waits for each change of the stream's
+/// members.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Between two looks at the stream's state.
+const POLL: Duration = Duration::from_millis(100);
+
+impl Log {
+    /// Erase the messages `seqs` of `gallery`'s stream from every member's
+    /// files: securely delete them ([`Log::erase_messages`]), make the
+    /// members drop their raft logs' copies ([`Log::compact_raft`]), and
+    /// wait (up to 10 s) for every member to be current. Returns the
+    /// servers that were not (down or lagging): they may still hold the
+    /// bytes, and a member that comes back after its peers compacted their
+    /// raft logs catches up from a snapshot, which deletes the messages
+    /// from its stream files without overwriting them (nats-server 2.9).
+    /// Each of them needs [`Log::resync_replica`] once it is back. Same
+    /// precondition as [`Log::erase_messages`].
+    pub async fn erase(&self, gallery: &str, seqs: &[u64]) -> Result<Vec<String>> {
+        self.erase_messages(gallery, seqs).await?;
+        self.compact_raft(gallery).await?;
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let behind = self.members_behind(gallery).await?;
+            if behind.is_empty() || Instant::now() >= deadline {
+                return Ok(behind);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The stream's servers (by name) and those of them that are not
+    /// current (offline, or behind the leader).
+    async fn members(&self, gallery: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let mut stream = self
+            .js
+            .get_stream(stream_name(gallery))
+            .await
+            .map_err(Error::nats)?;
+        let info = stream.info().await.map_err(Error::nats)?;
+        let cluster = info.cluster.clone().unwrap_or_default();
+        let mut all: Vec<String> = cluster.leader.clone().into_iter().collect();
+        let mut behind = Vec::new();
+        for peer in &cluster.replicas {
+            all.push(peer.name.clone());
+            if peer.offline || !peer.current || peer.lag.unwrap_or(0) > 0 {
+                behind.push(peer.name.clone());
+            }
+        }
+        Ok((all, behind))
+    }
+
+    /// The stream's servers that are not current.
+    async fn members_behind(&self, gallery: &str) -> Result<Vec<String>> {
+        Ok(self.members(gallery).await?.1)
+    }
+
+    /// Rebuild `server`'s copy of `gallery`'s stream from the leader's: if
+    /// `server` leads the stream, it steps down first; then the stream is
+    /// scaled down to its leader alone (the other members delete their
+    /// stream and raft files) and back up (they copy the messages the
+    /// stream still holds). For a server that missed an erasure
+    /// ([`Log::erase`]). The stream keeps one copy while this runs (seconds
+    /// for a small stream; longer for a large one), and its other followers
+    /// are rebuilt too. (Removing only `server` is refused by nats-server
+    /// 2.9 when no other server can take its place: "peer remap failed".)
+    pub async fn resync_replica(&self, gallery: &str, server: &str) -> Result<()> {
+        let name = stream_name(gallery);
+        let deadline = Instant::now() + RESYNC;
+        loop {
+            let leader = self.leader(gallery).await;
+            match leader.as_deref() {
+                Some(l) if l != server => break,
+                Some(_) => {
+                    let _: serde_json::Value = self
+                        .js
+                        .request(
+                            format!("STREAM.LEADER.STEPDOWN.{name}"),
+                            &serde_json::json!({}),
+                        )
+                        .await
+                        .map_err(|e| Error::Nats(format!("step down {name}: {e}")))?;
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Nats(format!("{server} still leads {name}")));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let stream = self.js.get_stream(&name).await.map_err(Error::nats)?;
+        let mut config = stream.cached_info().config.clone();
+        config.num_replicas = 1;
+        self.js.update_stream(&config).await.map_err(Error::nats)?;
+        self.wait_members(gallery, |all, _| all.len() == 1).await?;
+        config.num_replicas = self.replicas;
+        self.js.update_stream(&config).await.map_err(Error::nats)?;
+        let replicas = self.replicas;
+        self.wait_members(gallery, |all, behind| {
+            all.len() == replicas && behind.is_empty()
+        })
+        .await
+    }
+
+    /// The stream's leader, if it has one and answers.
+    async fn leader(&self, gallery: &str) -> Option<String> {
+        let mut stream = self.js.get_stream(stream_name(gallery)).await.ok()?;
+        stream.info().await.ok()?.cluster.clone()?.leader
+    }
+
+    /// Wait (up to a minute) until `ok(members, behind)`.
+    async fn wait_members(
+        &self,
+        gallery: &str,
+        ok: impl Fn(&[String], &[String]) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + RESYNC;
+        loop {
+            // The stream may be briefly leaderless while its members change.
+            if let Ok((all, behind)) = self.members(gallery).await
+                && ok(&all, &behind)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Nats(format!(
+                    "the members of {} did not settle in {RESYNC:?}",
+                    stream_name(gallery)
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! and `etcd` on PATH they skip, unless `VISAGE_REQUIRE_CLUSTER=1` (CI).
 
 mod catalog;
+mod erase;
 mod harness_checks;
 mod nodes;
 mod replica;
