@@ -97,9 +97,69 @@ fn log_text(g: &ClusterGallery) -> String {
     }
 }
 
+/// The erasures of every gallery (or `only`), as JSON.
+pub fn erasures_json(s: &ClusterStatus, only: Option<&str>) -> Value {
+    json!(
+        s.galleries
+            .iter()
+            .filter(|g| only.is_none_or(|o| o == g.name))
+            .map(|g| json!({
+                "gallery": g.name,
+                "erasures": g.erasures.iter().map(|e| json!({
+                    "seq": e.seq, "subjects": e.subjects, "ids": e.ids, "state": e.state,
+                    "waiting_for": e.waiting_for, "messages_erased": e.messages_erased,
+                })).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The erasures of every gallery (or `only`): one line each, with what it
+/// waits for.
+pub fn erasures_text(s: &ClusterStatus, only: Option<&str>) -> String {
+    let mut out = String::new();
+    for g in s
+        .galleries
+        .iter()
+        .filter(|g| only.is_none_or(|o| o == g.name))
+    {
+        if g.erasures.is_empty() {
+            out.push_str(&format!("gallery {}: no erasures\n", g.name));
+            continue;
+        }
+        out.push_str(&format!("gallery {}:\n", g.name));
+        for e in &g.erasures {
+            let what = match e.state.as_str() {
+                "done" => format!(
+                    "done: no replica and no log member holds them ({} log messages erased)",
+                    e.messages_erased
+                ),
+                "log" => format!(
+                    "{} log messages erased; log members to rebuild once back: {}",
+                    e.messages_erased,
+                    e.waiting_for.join(", ")
+                ),
+                _ => format!(
+                    "waiting for the replicas to apply, flush and compact (run compact): {}",
+                    e.waiting_for.join(", ")
+                ),
+            };
+            out.push_str(&format!(
+                "  delete at {} ({} subjects, {} ids): {what}\n",
+                e.seq, e.subjects, e.ids
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no such gallery\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use visage_client::proto::ErasureStatus;
     use visage_client::{ClusterNode, ShardReplica};
 
     fn replica(shard: u32, node: &str, live: bool, applied: u64, flushed: u64) -> ShardReplica {
@@ -137,6 +197,24 @@ mod tests {
                         replica(0, "node-c", false, 0, 0),
                         replica(1, "node-b", true, 1000, 1000),
                     ],
+                    erasures: vec![
+                        ErasureStatus {
+                            seq: 900,
+                            subjects: 1,
+                            ids: 0,
+                            state: "replicas".into(),
+                            waiting_for: vec!["shard 0 on node node-c".into()],
+                            messages_erased: 0,
+                        },
+                        ErasureStatus {
+                            seq: 700,
+                            subjects: 2,
+                            ids: 3,
+                            state: "done".into(),
+                            waiting_for: Vec::new(),
+                            messages_erased: 4,
+                        },
+                    ],
                 },
                 ClusterGallery {
                     name: "visitors".into(),
@@ -153,6 +231,7 @@ mod tests {
                             ..replica(1, "node-c", false, 0, 0)
                         },
                     ],
+                    erasures: Vec::new(),
                 },
             ],
         }
@@ -205,6 +284,7 @@ gallery visitors: 3 shards, log empty
                 lag: 0,
                 ..replica(0, "n1", true, 10, 10)
             }],
+            erasures: Vec::new(),
         };
         assert_eq!(
             gallery_text(&trimmed).lines().next(),
@@ -234,5 +314,23 @@ gallery visitors: 3 shards, log empty
             v["galleries"][1]["replicas"].as_array().map(Vec::len),
             Some(2)
         );
+    }
+
+    #[test]
+    fn erasure_status_says_what_each_waits_for() {
+        let s = status();
+        let text = erasures_text(&s, Some("staff"));
+        assert_eq!(
+            text,
+            "gallery staff:\n  delete at 900 (1 subjects, 0 ids): waiting for the replicas to apply, flush and compact (run compact): shard 0 on node node-c\n  delete at 700 (2 subjects, 3 ids): done: no replica and no log member holds them (4 log messages erased)\n"
+        );
+        assert_eq!(
+            erasures_text(&s, Some("visitors")),
+            "gallery visitors: no erasures\n"
+        );
+        assert_eq!(erasures_text(&s, Some("nope")), "no such gallery\n");
+        let j = erasures_json(&s, None);
+        assert_eq!(j[0]["erasures"][1]["state"], "done");
+        assert_eq!(j[1]["erasures"].as_array().map(Vec::len), Some(0));
     }
 }

@@ -14,6 +14,7 @@
 //! visage gallery create big --shards 8 --replicas 3   # cluster mode
 //! visage search big --probes probe.npy --min-seq 4711  # read your writes
 //! visage cluster status
+//! visage cluster erasure-status doors
 //! ```
 //! `--server` (or `VISAGE_SERVER`) picks the server; `--json` prints JSON.
 //! Vector files are checked against the gallery's dimension before anything
@@ -163,6 +164,14 @@ enum ClusterCommand {
     /// position applied and flushed, and the lag behind the log (admin role;
     /// a single-node server refuses it).
     Status,
+    /// For each gallery (or GALLERY), each delete by subject or id and where
+    /// its erasure stands: waiting for replicas to compact (Compact), the
+    /// log's messages erased and log members to rebuild, or done (no
+    /// replica and no log member holds the rows). Admin role.
+    ErasureStatus {
+        /// Only this gallery.
+        gallery: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -711,6 +720,14 @@ async fn run(cli: Cli) -> Res<ExitCode> {
                 print_json(&cluster::status_json(&status))?;
             } else {
                 print!("{}", cluster::status_text(&status));
+            }
+        }
+        Command::Cluster(ClusterCommand::ErasureStatus { gallery }) => {
+            let status = client.cluster_status().await?;
+            if json {
+                print_json(&cluster::erasures_json(&status, gallery.as_deref()))?;
+            } else {
+                print!("{}", cluster::erasures_text(&status, gallery.as_deref()));
             }
         }
         Command::Synth(_) | Command::Demo(_) => unreachable!("run without a server"),

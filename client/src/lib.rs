@@ -108,8 +108,8 @@ use visage_proto::error_chain;
 use visage_proto::v1::visage_client::VisageClient;
 
 pub use proto::{
-    Candidate, ClusterGallery, ClusterNode, Embedding, GalleryInfo, GalleryStats, HeadInfo, Hit,
-    Identification, ShardReplica, Verdict,
+    Candidate, ClusterGallery, ClusterNode, Embedding, ErasureStatus, GalleryInfo, GalleryStats,
+    HeadInfo, Hit, Identification, ShardReplica, Verdict,
 };
 /// What [`Client::cluster_status`] returns: the answering node, the live
 /// nodes, and each gallery's log and shard replicas.

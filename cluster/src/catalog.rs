@@ -6,7 +6,9 @@
 //! `/visage/nodes/ID` → [`NodeEntry`] (JSON), on the node's lease;
 //! `/visage/progress/NAME/ID` → [`Progress`] (JSON), on the node's lease:
 //! the log positions node ID's replicas of gallery NAME have applied and
-//! flushed; `/visage/ids/NAME` → the next id the cluster assigns in NAME.
+//! flushed; `/visage/ids/NAME` → the next id the cluster assigns in NAME;
+//! `/visage/erasures/NAME/SEQ` → [`Erasure`] (JSON): a delete at log
+//! position SEQ whose people must leave every replica and the log.
 //!
 //! The etcd client keeps sending a share of requests to a member that is
 //! down (etcd-client issue #39): every call here is retried on errors
@@ -22,6 +24,7 @@ const GALLERIES: &str = "/visage/galleries/";
 const NODES: &str = "/visage/nodes/";
 const PROGRESS: &str = "/visage/progress/";
 const IDS: &str = "/visage/ids/";
+const ERASURES: &str = "/visage/erasures/";
 
 /// A gallery as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,9 +75,64 @@ pub fn assign(nodes: &[String], shards: u32, replicas: usize) -> Vec<Vec<String>
 /// What a node's replicas of one gallery have reached in its log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Per shard served (ascending): `(shard, applied, flushed)`, the last
-    /// log message applied and the last one held by synced segments.
-    pub shards: Vec<(u32, u64, u64)>,
+    /// Per shard served, ascending.
+    pub shards: Vec<ShardProgress>,
+}
+
+/// One replica's positions in its gallery's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    /// The shard.
+    pub shard: u32,
+    /// The last log message applied.
+    pub applied: u64,
+    /// The last log message held by synced segments.
+    pub flushed: u64,
+    /// The last log message up to which the replica's files hold no row
+    /// deleted or replaced by then (flushed, and compacted since).
+    pub clean: u64,
+}
+
+impl Progress {
+    /// Shard `k`'s positions, if reported.
+    pub fn of(&self, k: u32) -> Option<&ShardProgress> {
+        self.shards.iter().find(|s| s.shard == k)
+    }
+}
+
+/// A delete whose people must leave every replica's files and the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    /// The delete's log position.
+    pub seq: u64,
+    /// SHA-256 (hex) of each deleted subject (not the names), until done.
+    pub subject_hashes: Vec<String>,
+    /// The deleted ids, until done.
+    pub ids: Vec<u64>,
+    /// Subjects and ids deleted (kept when done).
+    pub subjects_count: u64,
+    /// See `subjects_count`.
+    pub ids_count: u64,
+    /// Log messages erased.
+    pub messages_erased: u64,
+    /// Where it stands.
+    pub state: ErasureState,
+    /// Log members (NATS servers) that were down or behind when the
+    /// messages were erased: their files are rebuilt once they are back.
+    pub lagging: Vec<String>,
+}
+
+/// Where an erasure stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErasureState {
+    /// Waiting for every replica to apply the delete, flush and compact.
+    #[default]
+    Replicas,
+    /// The replicas are clean; the log messages are erased, and log members
+    /// that missed it wait to be rebuilt.
+    LogMembers,
+    /// No replica and no log member holds the rows.
+    Done,
 }
 
 /// A live node.
@@ -189,6 +247,7 @@ impl Catalog {
         let key = format!("{GALLERIES}{name}");
         let progress = format!("{PROGRESS}{name}/");
         let ids = format!("{IDS}{name}");
+        let erasures = format!("{ERASURES}{name}/");
         let r = self
             .retry("delete gallery", |mut c| {
                 let txn = Txn::new().and_then([
@@ -198,6 +257,10 @@ impl Catalog {
                         Some(etcd_client::DeleteOptions::new().with_prefix()),
                     ),
                     TxnOp::delete(ids.clone(), None),
+                    TxnOp::delete(
+                        erasures.clone(),
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    ),
                 ]);
                 async move { c.txn(txn).await }
             })
@@ -275,6 +338,44 @@ impl Catalog {
         })
         .await?;
         Ok(())
+    }
+
+    /// Record an erasure unless one at its position is recorded (every
+    /// node applying the delete records it: the first wins).
+    pub async fn add_erasure(&self, name: &str, e: &Erasure) -> Result<()> {
+        let key = format!("{ERASURES}{name}/{:020}", e.seq);
+        let value = serde_json::to_vec(e).map_err(|x| Error::Etcd(x.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.retry("add erasure", |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Replace an erasure's record (the node that trims does).
+    pub async fn put_erasure(&self, name: &str, e: &Erasure) -> Result<()> {
+        let key = format!("{ERASURES}{name}/{:020}", e.seq);
+        let value = serde_json::to_vec(e).map_err(|x| Error::Etcd(x.to_string()))?;
+        self.retry("put erasure", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Gallery `name`'s erasures, oldest first.
+    pub async fn erasures(&self, name: &str) -> Result<Vec<Erasure>> {
+        Ok(self
+            .list::<Erasure>(&format!("{ERASURES}{name}/"))
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
     }
 
     /// The progress of every live node in gallery `name`, by node id.

@@ -90,15 +90,21 @@ impl Log {
         }
     }
 
-    /// Remove the messages of `gallery`'s log up to `upto` (inclusive).
-    pub async fn trim(&self, gallery: &str, upto: u64) -> Result<()> {
-        let s = self
-            .js
-            .get_stream(stream_name(gallery))
-            .await
-            .map_err(Error::nats)?;
-        s.purge().sequence(upto + 1).await.map_err(Error::nats)?;
-        Ok(())
+    /// Remove the messages of `gallery`'s log up to `upto` (inclusive), at
+    /// most `max` of them (the oldest), each securely deleted (its bytes
+    /// overwritten in every member's stream files; a purge would leave them
+    /// in a block that later messages share). Returns how many went.
+    pub async fn trim(&self, gallery: &str, upto: u64, max: u64) -> Result<u64> {
+        let (first, last) = self.bounds(gallery).await?;
+        let end = upto
+            .min(last)
+            .min(first.saturating_add(max.saturating_sub(1)));
+        if first == 0 || end < first {
+            return Ok(0);
+        }
+        let seqs: Vec<u64> = (first..=end).collect();
+        self.erase_messages(gallery, &seqs).await?;
+        Ok(seqs.len() as u64)
     }
 
     /// The first and last message the stream of `gallery` holds (`(0, 0)`
@@ -315,8 +321,53 @@ impl Log {
         Ok((all, behind))
     }
 
+    /// The messages of `gallery`'s log up to `upto` (inclusive) that carry
+    /// a row of a subject whose hash is in `subject_hashes` or of an id in
+    /// `ids`, or delete one of them (so the names go too): the messages an
+    /// erasure removes.
+    pub async fn messages_carrying(
+        &self,
+        gallery: &str,
+        upto: u64,
+        subject_hashes: &[String],
+        ids: &[u64],
+    ) -> Result<Vec<u64>> {
+        use prost::Message;
+        let hashes: std::collections::HashSet<&str> =
+            subject_hashes.iter().map(String::as_str).collect();
+        let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        let (first, _) = self.bounds(gallery).await?;
+        let stream = self
+            .js
+            .get_stream(stream_name(gallery))
+            .await
+            .map_err(Error::nats)?;
+        let mut out = Vec::new();
+        for seq in first.max(1)..=upto {
+            let msg = match stream.get_raw_message(seq).await {
+                Ok(m) => m,
+                // Deleted or erased already.
+                Err(e) if e.to_string().contains("no message found") => continue,
+                Err(e) => return Err(Error::Nats(format!("read message {seq}: {e}"))),
+            };
+            let Ok(b) = LogBatch::decode(msg.payload.as_ref()) else {
+                continue;
+            };
+            let hit = b
+                .subjects
+                .iter()
+                .chain(&b.delete_subjects)
+                .any(|s| hashes.contains(crate::node::subject_hash(s).as_str()))
+                || b.ids.iter().chain(&b.delete_ids).any(|i| ids.contains(i));
+            if hit {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
     /// The stream's servers that are not current.
-    async fn members_behind(&self, gallery: &str) -> Result<Vec<String>> {
+    pub async fn members_behind(&self, gallery: &str) -> Result<Vec<String>> {
         Ok(self.members(gallery).await?.1)
     }
 

@@ -7,7 +7,9 @@
 //! **Trimming.** The live node of smallest id trims each gallery's log below
 //! the smallest position that every reporting replica has flushed into its
 //! segments (each shard needs one reporting replica at least), so the log
-//! holds what some live replica might still need. A node that was down
+//! holds what some live replica might still need. Trimmed messages are
+//! securely deleted (overwritten in every member's stream files), not
+//! purged, so no erased person's rows linger in a shared block. A node that was down
 //! meanwhile finds its position trimmed ([`Error::Trimmed`]) and starts the
 //! shards concerned again from a live peer's copy ([`ShardSource`]: a
 //! consistent copy as of a log position, the files of a backup of the peer's
@@ -17,7 +19,10 @@
 //! watch: a poll also survives the loss of the etcd member it was talking
 //! to, and the catalog changes rarely).
 
-use crate::catalog::{Catalog, GalleryEntry, NodeEntry, Progress, Registration};
+use crate::batch::LogBatch;
+use crate::catalog::{
+    Catalog, Erasure, ErasureState, GalleryEntry, NodeEntry, Progress, Registration, ShardProgress,
+};
 use crate::log::Log;
 use crate::replica::{Replica, message_applied};
 use crate::shard::shard_gallery;
@@ -118,6 +123,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     source: std::sync::OnceLock<Arc<dyn ShardSource>>,
     trimmed: Mutex<HashMap<String, u64>>,
+    clean: Mutex<HashMap<(String, u32), u64>>,
+    resynced: Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,6 +134,9 @@ impl std::fmt::Debug for Node {
             .finish_non_exhaustive()
     }
 }
+
+/// Messages a trim removes at most in one round (each is one request).
+const TRIM_BATCH: u64 = 2000;
 
 /// Ids a node reserves at a time from the catalog's counter.
 const ID_BLOCK: u64 = 1 << 16;
@@ -170,6 +180,8 @@ impl Node {
             stop: watch::channel(false).0,
             source: std::sync::OnceLock::new(),
             trimmed: Mutex::new(HashMap::new()),
+            clean: Mutex::new(HashMap::new()),
+            resynced: Mutex::new(std::time::Instant::now()),
         });
         node.sync().await?;
         let me = node.clone();
@@ -322,6 +334,94 @@ impl Node {
         }
         self.report().await;
         self.trim().await;
+        self.erase().await;
+        Ok(())
+    }
+
+    /// Carry each gallery's erasures on (the live node of smallest id does
+    /// it): once every assigned replica is clean past an erasure's delete,
+    /// erase the log messages up to the delete that carried its people
+    /// (with the delete itself), and rebuild the log members that missed it
+    /// once they are back.
+    async fn erase(&self) {
+        if self.nodes().keys().next().map(String::as_str) != Some(self.cfg.id.as_str()) {
+            return;
+        }
+        for (name, view) in self.galleries() {
+            let Ok(erasures) = self.catalog.erasures(&name).await else {
+                continue;
+            };
+            for mut e in erasures {
+                let before = e.clone();
+                if let Err(x) = self.advance_erasure(&name, &view.entry, &mut e).await {
+                    tracing::warn!(gallery = %name, seq = e.seq, error = %x, "erasure not advanced");
+                }
+                if e != before
+                    && let Err(x) = self.catalog.put_erasure(&name, &e).await
+                {
+                    tracing::warn!(gallery = %name, seq = e.seq, error = %x, "could not record an erasure's state");
+                }
+            }
+        }
+    }
+
+    async fn advance_erasure(
+        &self,
+        name: &str,
+        entry: &GalleryEntry,
+        e: &mut Erasure,
+    ) -> Result<()> {
+        if e.state == ErasureState::Replicas {
+            let progress: HashMap<String, Progress> =
+                self.catalog.progress(name).await?.into_iter().collect();
+            let clean = (0..entry.shards).all(|k| {
+                entry.nodes_of(k).iter().all(|n| {
+                    progress
+                        .get(n)
+                        .and_then(|p| p.of(k))
+                        .is_some_and(|p| p.clean >= e.seq)
+                })
+            });
+            if !clean {
+                return Ok(());
+            }
+            let seqs = self
+                .log
+                .messages_carrying(name, e.seq, &e.subject_hashes, &e.ids)
+                .await?;
+            let lagging = self.log.erase(name, &seqs).await?;
+            tracing::info!(gallery = %name, seq = e.seq, messages = seqs.len(), ?lagging, "log messages erased");
+            e.messages_erased = seqs.len() as u64;
+            e.lagging = lagging;
+            e.state = ErasureState::LogMembers;
+        }
+        if e.state == ErasureState::LogMembers {
+            if !e.lagging.is_empty() {
+                // A rebuild at most every 5 s, of a member that is back.
+                let due = lock(&self.resynced).elapsed() > Duration::from_secs(5);
+                if !due {
+                    return Ok(());
+                }
+                *lock(&self.resynced) = std::time::Instant::now();
+                let behind = self.log.members_behind(name).await?;
+                let back: Vec<String> = e
+                    .lagging
+                    .iter()
+                    .filter(|m| !behind.contains(m))
+                    .cloned()
+                    .collect();
+                for m in back {
+                    self.log.resync_replica(name, &m).await?;
+                    tracing::info!(gallery = %name, member = %m, "log member rebuilt after an erasure");
+                    e.lagging.retain(|x| *x != m);
+                }
+            }
+            if e.lagging.is_empty() {
+                e.state = ErasureState::Done;
+                e.subject_hashes.clear();
+                e.ids.clear();
+            }
+        }
         Ok(())
     }
 
@@ -353,7 +453,17 @@ impl Node {
             .and_then(|r| r);
             match opened {
                 Ok(replica) => {
-                    let replica = Arc::new(replica);
+                    let (catalog, gallery) = (self.catalog.clone(), name.to_owned());
+                    let hook = Arc::new(move |seq: u64, batch: &LogBatch| {
+                        let e = erasure_of(seq, batch);
+                        let (catalog, gallery) = (catalog.clone(), gallery.clone());
+                        tokio::spawn(async move {
+                            if let Err(x) = catalog.add_erasure(&gallery, &e).await {
+                                tracing::warn!(gallery = %gallery, seq, error = %x, "could not record an erasure");
+                            }
+                        });
+                    });
+                    let replica = Arc::new(replica.on_delete(hook));
                     running.view.replica = Some(replica.clone());
                     let (me, gallery) = (self.clone(), name.to_owned());
                     let stop = running.stop.subscribe();
@@ -433,12 +543,7 @@ impl Node {
                 .iter()
                 .filter(|n| **n != self.cfg.id)
                 .filter_map(|n| {
-                    let done = progress
-                        .get(n)?
-                        .shards
-                        .iter()
-                        .find(|(s, _, _)| *s == k)
-                        .map(|(_, a, _)| *a)?;
+                    let done = progress.get(n)?.of(k)?.applied;
                     let addr = nodes.get(n)?.advertise.clone();
                     (done + 1 >= first).then_some((n.clone(), addr))
                 })
@@ -489,8 +594,8 @@ impl Node {
                 let flushed: Vec<u64> = progress
                     .iter()
                     .filter(|(n, _)| view.entry.nodes_of(k).contains(n))
-                    .filter_map(|(_, p)| p.shards.iter().find(|(s, _, _)| *s == k))
-                    .map(|(_, _, f)| *f)
+                    .filter_map(|(_, p)| p.of(k))
+                    .map(|p| p.flushed)
                     .collect();
                 match flushed.iter().min() {
                     Some(f) => point = point.min(*f),
@@ -505,10 +610,12 @@ impl Node {
             if point <= done {
                 continue;
             }
-            match self.log.trim(&name, point).await {
-                Ok(()) => {
-                    lock(&self.trimmed).insert(name.clone(), point);
-                    tracing::info!(gallery = %name, below = point + 1, "log trimmed");
+            match self.log.trim(&name, point, TRIM_BATCH).await {
+                Ok(n) => {
+                    if n < TRIM_BATCH {
+                        lock(&self.trimmed).insert(name.clone(), point);
+                    }
+                    tracing::info!(gallery = %name, messages = n, upto = point, "log trimmed");
                 }
                 Err(e) => tracing::warn!(gallery = %name, error = %e, "could not trim the log"),
             }
@@ -522,18 +629,30 @@ impl Node {
             let Some(replica) = &view.replica else {
                 continue;
             };
-            let progress = Progress {
-                shards: replica
-                    .shards()
-                    .iter()
-                    .map(|(k, g)| {
-                        (
-                            *k,
-                            message_applied(g.applied_seq()),
-                            message_applied(g.flushed_seq()),
-                        )
-                    })
-                    .collect(),
+            let progress = {
+                let mut clean = lock(&self.clean);
+                Progress {
+                    shards: replica
+                        .shards()
+                        .iter()
+                        .map(|(k, g)| {
+                            let flushed = message_applied(g.flushed_seq());
+                            let c = clean.entry((name.clone(), *k)).or_insert(0);
+                            // No deleted or replaced row left in its files, and
+                            // nothing after `flushed` only in the WAL.
+                            let stats = g.stats();
+                            if stats.deleted == 0 {
+                                *c = (*c).max(flushed);
+                            }
+                            ShardProgress {
+                                shard: *k,
+                                applied: message_applied(g.applied_seq()),
+                                flushed,
+                                clean: *c,
+                            }
+                        })
+                        .collect(),
+                }
             };
             if let Err(e) = self
                 .catalog
@@ -562,5 +681,30 @@ impl Node {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// SHA-256 (hex) of a subject, as erasures record it.
+pub fn subject_hash(subject: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, subject.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The erasure a delete message at `seq` asks for.
+fn erasure_of(seq: u64, batch: &LogBatch) -> Erasure {
+    Erasure {
+        seq,
+        subject_hashes: batch
+            .delete_subjects
+            .iter()
+            .map(|s| subject_hash(s))
+            .collect(),
+        ids: batch.delete_ids.clone(),
+        subjects_count: batch.delete_subjects.len() as u64,
+        ids_count: batch.delete_ids.len() as u64,
+        ..Erasure::default()
     }
 }

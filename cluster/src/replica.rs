@@ -38,7 +38,6 @@ pub fn message_applied(local: u64) -> u64 {
 }
 
 /// The shards of one gallery this node serves.
-#[derive(Debug)]
 pub struct Replica {
     gallery: String,
     shards: u32,
@@ -46,6 +45,20 @@ pub struct Replica {
     /// The last log message every shard here has applied, for readers
     /// waiting to read their writes.
     applied: tokio::sync::watch::Sender<u64>,
+    on_delete: Option<DeleteHook>,
+}
+
+/// Called with each delete message's position and batch once applied.
+pub type DeleteHook = Arc<dyn Fn(u64, &LogBatch) + Send + Sync>;
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("gallery", &self.gallery)
+            .field("shards", &self.shards)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replica {
@@ -73,9 +86,17 @@ impl Replica {
             shards,
             local,
             applied: tokio::sync::watch::channel(0).0,
+            on_delete: None,
         };
         r.applied = tokio::sync::watch::channel(r.applied()).0;
         Ok(r)
+    }
+
+    /// Call `hook` after each delete message is applied (the node records
+    /// erasures with it).
+    pub fn on_delete(mut self, hook: DeleteHook) -> Replica {
+        self.on_delete = Some(hook);
+        self
     }
 
     /// The gallery.
@@ -238,9 +259,14 @@ impl Replica {
                 reason: e.to_string(),
             })?;
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.apply(seq, &batch))
+            let batch = tokio::task::spawn_blocking(move || me.apply(seq, &batch).map(|()| batch))
                 .await
                 .map_err(|e| Error::Nats(format!("apply task: {e}")))??;
+            if let Some(hook) = &self.on_delete
+                && !(batch.delete_ids.is_empty() && batch.delete_subjects.is_empty())
+            {
+                hook(seq, &batch);
+            }
             expected = seq + 1;
         }
     }

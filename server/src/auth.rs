@@ -452,7 +452,9 @@ mod tests {
             access("/visage.v1.Visage/CopyShard"),
             Access::Role(Role::Node)
         );
-        let e = k.check("/visage.v1.Visage/CopyShard", &bearer(A)).unwrap_err();
+        let e = k
+            .check("/visage.v1.Visage/CopyShard", &bearer(A))
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     }
 

@@ -1446,22 +1446,21 @@ impl Visage for ClusterService {
         let mut galleries = Vec::new();
         for (name, view) in f.node.galleries() {
             let (first, last) = f.node.log().bounds(&name).await.unwrap_or((0, 0));
-            let progress: HashMap<String, Vec<(u32, u64, u64)>> = f
+            let progress: HashMap<String, visage_cluster::catalog::Progress> = f
                 .node
                 .catalog()
                 .progress(&name)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?
                 .into_iter()
-                .map(|(n, p)| (n, p.shards))
                 .collect();
             let mut replicas = Vec::new();
             for k in 0..view.entry.shards {
                 for n in view.entry.nodes_of(k) {
                     let (applied, flushed) = progress
                         .get(n)
-                        .and_then(|p| p.iter().find(|(s, _, _)| *s == k))
-                        .map_or((0, 0), |(_, a, fl)| (*a, *fl));
+                        .and_then(|p| p.of(k))
+                        .map_or((0, 0), |p| (p.applied, p.flushed));
                     replicas.push(pb::ShardReplica {
                         shard: k,
                         node_id: n.clone(),
@@ -1472,12 +1471,51 @@ impl Visage for ClusterService {
                     });
                 }
             }
+            let erasures = f
+                .node
+                .catalog()
+                .erasures(&name)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .into_iter()
+                .map(|e| {
+                    use visage_cluster::catalog::ErasureState;
+                    let progress = &progress;
+                    let (state, waiting_for) = match e.state {
+                        ErasureState::Replicas => (
+                            "replicas",
+                            (0..view.entry.shards)
+                                .flat_map(|k| {
+                                    view.entry.nodes_of(k).iter().filter_map(move |n| {
+                                        let clean = progress
+                                            .get(n)
+                                            .and_then(|p| p.of(k))
+                                            .is_some_and(|p| p.clean >= e.seq);
+                                        (!clean).then(|| format!("shard {k} on node {n}"))
+                                    })
+                                })
+                                .collect(),
+                        ),
+                        ErasureState::LogMembers => ("log", e.lagging.clone()),
+                        ErasureState::Done => ("done", Vec::new()),
+                    };
+                    pb::ErasureStatus {
+                        seq: e.seq,
+                        subjects: e.subjects_count,
+                        ids: e.ids_count,
+                        state: state.into(),
+                        waiting_for,
+                        messages_erased: e.messages_erased,
+                    }
+                })
+                .collect();
             galleries.push(pb::ClusterGallery {
                 name,
                 shards: view.entry.shards,
                 log_first_seq: first,
                 log_last_seq: last,
                 replicas,
+                erasures,
             });
         }
         Ok(Response::new(pb::ClusterStatusResponse {

@@ -1068,3 +1068,167 @@ async fn a_node_down_while_the_log_is_trimmed_rejoins_from_a_peers_copy() {
     let mut rng = Rng(8);
     check_reads(&c.nodes[2].addr, last, &r, &mut rng, "after the rejoin").await;
 }
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erased_person_leaves_every_replica_and_every_log_member() {
+    if !require_cluster_tools("an_erased_person_leaves_every_replica_and_every_log_member") {
+        return;
+    }
+    let c = Cluster::start(3);
+    for n in &c.nodes {
+        until_nodes(&n.addr, 3, &c).await;
+    }
+    create(&c.nodes[0].addr).await;
+    let mut rng = Rng(31337);
+    let mut next_id = 0u64;
+    let marked: Vec<Vec<f32>> = (0..3).map(|_| rng.vector_of(DIM)).collect();
+    let kept: Vec<Vec<f32>> = (0..3).map(|_| rng.vector_of(DIM)).collect();
+    let mut seq = 0;
+    for i in 0..30 {
+        let w = match i % 10 {
+            // The person to erase and one to keep, each batch beside others.
+            3 | 7 => {
+                let Write::Insert(mut ids, mut subjects, mut vectors) =
+                    random_write(&mut Rng(i as u64 + 1), &mut next_id, 100)
+                else {
+                    continue;
+                };
+                for (who, v) in [("erase-me", &marked[i / 10]), ("keep-me", &kept[i / 10])] {
+                    next_id += 1;
+                    ids.push(next_id);
+                    subjects.push(who.to_owned());
+                    vectors.extend_from_slice(v);
+                }
+                Write::Insert(ids, subjects, vectors)
+            }
+            _ => random_write(&mut rng, &mut next_id, 100),
+        };
+        seq = send(&c.nodes[i % 3].addr, &w).await.unwrap();
+    }
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    // Before: the scan finds the person in replicas' files and the log's.
+    until_applied(&c.nodes[0].addr, seq, &c).await;
+    for v in &marked[..3 - 1] {
+        let held = files_holding(c.dir.path(), &bytes(v));
+        assert!(
+            held.iter()
+                .any(|p| p.starts_with(c.dir.path().join("nats"))),
+            "the log holds the vector before the erasure: {held:?}"
+        );
+    }
+    let erased_at = send(
+        &c.nodes[1].addr,
+        &Write::Delete(Vec::new(), vec!["erase-me".into()]),
+    )
+    .await
+    .unwrap();
+    let erasure = async || {
+        let s = client(&c.nodes[2].addr)
+            .await
+            .cluster_status(proto::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        s.galleries[0]
+            .erasures
+            .iter()
+            .find(|e| e.seq == erased_at)
+            .cloned()
+    };
+    // Recorded, and waiting for the replicas to compact.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pending = loop {
+        if let Some(e) = erasure().await {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no erasure recorded{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((pending.subjects, pending.ids), (1, 0));
+    until_applied(&c.nodes[0].addr, erased_at, &c).await;
+    client(&c.nodes[0].addr)
+        .await
+        .compact(with_timeout(
+            proto::CompactRequest {
+                gallery: GALLERY.into(),
+            },
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let e = erasure().await.unwrap();
+        if e.state == "done" {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "erasure not done within 120 s: {e:?}{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The messages that carried the person are gone: erased by the
+    // erasure, or by trimming (which erases too) before it looked.
+    let (first, _) = c_log_bounds(&c).await;
+    assert!(
+        done.messages_erased >= 3 || first > erased_at,
+        "{done:?}, log from {first}"
+    );
+    // After: no file of any node, of any log member or of etcd holds the
+    // person's vectors; the kept person's are still found (the scan works).
+    for v in &marked {
+        let held = files_holding(c.dir.path(), &bytes(v));
+        assert!(held.is_empty(), "an erased vector is still in {held:?}");
+    }
+    for v in &kept {
+        let held = files_holding(c.dir.path(), &bytes(v));
+        assert!(
+            held.iter()
+                .any(|p| p.starts_with(c.dir.path().join("node0"))
+                    || p.starts_with(c.dir.path().join("node1"))
+                    || p.starts_with(c.dir.path().join("node2"))),
+            "a kept vector is in a replica's files: {held:?}"
+        );
+    }
+    let held = files_holding(c.dir.path(), b"erase-me");
+    assert!(held.is_empty(), "the erased name is still in {held:?}");
+    // The gallery answers without the person.
+    let got = client(&c.nodes[0].addr)
+        .await
+        .search(proto::SearchRequest {
+            gallery: GALLERY.into(),
+            queries: vec![proto::Vector {
+                values: marked[0].clone(),
+            }],
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.results[0].hits.iter().all(|h| h.subject != "erase-me"));
+}

@@ -765,18 +765,36 @@ class ClusterNode(_message.Message):
     def __init__(self, id: _Optional[str] = ..., advertise: _Optional[str] = ...) -> None: ...
 
 class ClusterGallery(_message.Message):
-    __slots__ = ("name", "shards", "log_first_seq", "log_last_seq", "replicas")
+    __slots__ = ("name", "shards", "log_first_seq", "log_last_seq", "replicas", "erasures")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     LOG_FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     LOG_LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ERASURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     shards: int
     log_first_seq: int
     log_last_seq: int
     replicas: _containers.RepeatedCompositeFieldContainer[ShardReplica]
-    def __init__(self, name: _Optional[str] = ..., shards: _Optional[int] = ..., log_first_seq: _Optional[int] = ..., log_last_seq: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ShardReplica, _Mapping]]] = ...) -> None: ...
+    erasures: _containers.RepeatedCompositeFieldContainer[ErasureStatus]
+    def __init__(self, name: _Optional[str] = ..., shards: _Optional[int] = ..., log_first_seq: _Optional[int] = ..., log_last_seq: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ShardReplica, _Mapping]]] = ..., erasures: _Optional[_Iterable[_Union[ErasureStatus, _Mapping]]] = ...) -> None: ...
+
+class ErasureStatus(_message.Message):
+    __slots__ = ("seq", "subjects", "ids", "state", "waiting_for", "messages_erased")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_ERASED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    subjects: int
+    ids: int
+    state: str
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    messages_erased: int
+    def __init__(self, seq: _Optional[int] = ..., subjects: _Optional[int] = ..., ids: _Optional[int] = ..., state: _Optional[str] = ..., waiting_for: _Optional[_Iterable[str]] = ..., messages_erased: _Optional[int] = ...) -> None: ...
 
 class ShardReplica(_message.Message):
     __slots__ = ("shard", "node_id", "live", "applied_seq", "flushed_seq", "lag")
