@@ -8,7 +8,9 @@
 //! the log positions node ID's replicas of gallery NAME have applied and
 //! flushed; `/visage/ids/NAME` → the next id the cluster assigns in NAME;
 //! `/visage/erasures/NAME/SEQ` → [`Erasure`] (JSON): a delete at log
-//! position SEQ whose people must leave every replica and the log.
+//! position SEQ whose people must leave every replica and the log;
+//! `/visage/heads/NAME` → the gallery's scoring head (the bytes of a `HEAD`
+//! file), trained across its shards; every node installs it.
 //!
 //! The etcd client keeps sending a share of requests to a member that is
 //! down (etcd-client issue #39): every call here is retried on errors
@@ -25,6 +27,7 @@ const NODES: &str = "/visage/nodes/";
 const PROGRESS: &str = "/visage/progress/";
 const IDS: &str = "/visage/ids/";
 const ERASURES: &str = "/visage/erasures/";
+const HEADS: &str = "/visage/heads/";
 
 /// A gallery as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +94,13 @@ pub struct ShardProgress {
     /// The last log message up to which the replica's files hold no row
     /// deleted or replaced by then (flushed, and compacted since).
     pub clean: u64,
+    /// Subjects in the replica.
+    #[serde(default)]
+    pub subjects: u64,
+    /// The catalog revision of the gallery's head the replica has
+    /// installed (0: none).
+    #[serde(default)]
+    pub head: i64,
 }
 
 impl Progress {
@@ -248,6 +258,7 @@ impl Catalog {
         let progress = format!("{PROGRESS}{name}/");
         let ids = format!("{IDS}{name}");
         let erasures = format!("{ERASURES}{name}/");
+        let head = format!("{HEADS}{name}");
         let r = self
             .retry("delete gallery", |mut c| {
                 let txn = Txn::new().and_then([
@@ -257,6 +268,7 @@ impl Catalog {
                         Some(etcd_client::DeleteOptions::new().with_prefix()),
                     ),
                     TxnOp::delete(ids.clone(), None),
+                    TxnOp::delete(head.clone(), None),
                     TxnOp::delete(
                         erasures.clone(),
                         Some(etcd_client::DeleteOptions::new().with_prefix()),
@@ -366,6 +378,33 @@ impl Catalog {
         })
         .await?;
         Ok(())
+    }
+
+    /// Store gallery `name`'s head (the bytes of a `HEAD` file); returns its
+    /// revision, which grows with each head stored.
+    pub async fn put_head(&self, name: &str, head: &[u8]) -> Result<i64> {
+        let key = format!("{HEADS}{name}");
+        let r = self
+            .retry("put head", |mut c| {
+                let (key, value) = (key.clone(), head.to_vec());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        Ok(r.header().map_or(0, etcd_client::ResponseHeader::revision))
+    }
+
+    /// Gallery `name`'s head and its revision, if one was stored.
+    pub async fn head(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>> {
+        let key = format!("{HEADS}{name}");
+        let r = self
+            .retry("get head", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| (kv.mod_revision(), kv.value().to_vec())))
     }
 
     /// Gallery `name`'s erasures, oldest first.

@@ -36,6 +36,7 @@ mod tests {
             distance,
             probability: None,
             similarity: None,
+            rank_key: None,
         }
     }
 

@@ -97,6 +97,10 @@ pub struct GalleryView {
     pub replica: Option<Arc<Replica>>,
     /// Why this node's replica stopped, if it did.
     pub failure: Option<String>,
+    /// Subjects in the whole gallery, as its replicas last reported them.
+    pub subjects: u64,
+    /// The catalog revision of the gallery's head (0: none).
+    pub head_rev: i64,
 }
 
 struct Running {
@@ -124,6 +128,7 @@ pub struct Node {
     source: std::sync::OnceLock<Arc<dyn ShardSource>>,
     trimmed: Mutex<HashMap<String, u64>>,
     clean: Mutex<HashMap<(String, u32), u64>>,
+    heads: Mutex<HashMap<String, i64>>,
     resynced: Mutex<std::time::Instant>,
 }
 
@@ -181,6 +186,7 @@ impl Node {
             source: std::sync::OnceLock::new(),
             trimmed: Mutex::new(HashMap::new()),
             clean: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             resynced: Mutex::new(std::time::Instant::now()),
         });
         node.sync().await?;
@@ -204,6 +210,12 @@ impl Node {
     /// (set once, by the server, before it serves).
     pub fn set_shard_source(&self, source: Arc<dyn ShardSource>) {
         let _ = self.source.set(source);
+    }
+
+    /// The catalog revision of gallery `name`'s head installed in this
+    /// node's replicas (0: none).
+    pub fn head_installed(&self, name: &str) -> i64 {
+        lock(&self.heads).get(name).copied().unwrap_or(0)
     }
 
     /// The node's id.
@@ -332,6 +344,7 @@ impl Node {
         for (name, entry) in start {
             self.start_gallery(&name, entry).await;
         }
+        self.heads_and_counts().await;
         self.report().await;
         self.trim().await;
         self.erase().await;
@@ -426,6 +439,9 @@ impl Node {
     }
 
     async fn start_gallery(self: &Arc<Self>, name: &str, entry: GalleryEntry) {
+        // Replicas opened afresh (a restart, a copy from a peer) get the
+        // catalog's head installed again.
+        lock(&self.heads).remove(name);
         let served = entry.shards_of(&self.cfg.id);
         let (stop, _) = watch::channel(false);
         let mut running = Running {
@@ -433,6 +449,8 @@ impl Node {
                 entry: entry.clone(),
                 replica: None,
                 failure: None,
+                subjects: 0,
+                head_rev: 0,
             },
             stop,
             task: None,
@@ -622,6 +640,60 @@ impl Node {
         }
     }
 
+    /// Install each gallery's head from the catalog into this node's
+    /// replicas when it is newer than the one installed, and refresh the
+    /// galleries' subject counts from the replicas' reports.
+    async fn heads_and_counts(&self) {
+        for (name, view) in self.galleries() {
+            if let Ok(progress) = self.catalog.progress(&name).await {
+                let mut total = 0;
+                for k in 0..view.entry.shards {
+                    // The most advanced replica's count.
+                    total += progress
+                        .iter()
+                        .filter_map(|(_, p)| p.of(k))
+                        .max_by_key(|p| p.applied)
+                        .map_or(0, |p| p.subjects);
+                }
+                if let Some(run) = self.write().galleries.get_mut(&name) {
+                    run.view.subjects = total;
+                }
+            }
+            let Ok(Some((rev, bytes))) = self.catalog.head(&name).await else {
+                continue;
+            };
+            if let Some(run) = self.write().galleries.get_mut(&name) {
+                run.view.head_rev = rev;
+            }
+            let Some(replica) = view.replica.clone() else {
+                continue;
+            };
+            let installed = lock(&self.heads).get(&name).copied().unwrap_or(0);
+            if rev <= installed {
+                continue;
+            }
+            let key = format!("/visage/heads/{name}");
+            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+                let head = visage_engine::HeadInfo::decode(std::path::Path::new(&key), &bytes)?;
+                for (_, g) in replica.shards() {
+                    g.install_head(&head)?;
+                }
+                Ok(())
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {
+                    lock(&self.heads).insert(name.clone(), rev);
+                    tracing::info!(gallery = %name, revision = rev, "head installed");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(gallery = %name, error = %e, "could not install the head");
+                }
+                Err(e) => tracing::error!(gallery = %name, error = %e, "head task failed"),
+            }
+        }
+    }
+
     /// Report each replica's progress in the catalog.
     async fn report(&self) {
         let views = self.galleries();
@@ -629,6 +701,7 @@ impl Node {
             let Some(replica) = &view.replica else {
                 continue;
             };
+            let head = lock(&self.heads).get(&name).copied().unwrap_or(0);
             let progress = {
                 let mut clean = lock(&self.clean);
                 Progress {
@@ -649,6 +722,8 @@ impl Node {
                                 applied: message_applied(g.applied_seq()),
                                 flushed,
                                 clean: *c,
+                                subjects: stats.subjects,
+                                head,
                             }
                         })
                         .collect(),

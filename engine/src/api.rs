@@ -131,6 +131,10 @@ pub struct Hit {
     pub probability: Option<f32>,
     /// Cosine similarity `1 − d/2` (in a normalising gallery).
     pub similarity: Option<f32>,
+    /// When ranked by a trained head: the key the scan ranked by, smaller
+    /// first (−(Σ w_k·|q_k − x_k| + w_d·‖q − x‖²), the head's score without
+    /// its bias), ties broken by id. A cluster merges shards' lists by it.
+    pub rank_key: Option<f32>,
 }
 
 /// Largest insert batch (embeddings per call).

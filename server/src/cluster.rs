@@ -46,6 +46,8 @@ pub const MIN_SEQ_HEADER: &str = "visage-min-seq";
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one shard call may take before another replica is asked.
 pub const SHARD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most rows a cluster gathers on one node to train its head.
+pub const MAX_TRAIN_ROWS: u64 = 5_000_000;
 /// How long one publish may wait for the log's acknowledgement before it is
 /// sent again (with the same message id: it is stored once).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,6 +179,7 @@ galleried!(
     pb::ListSubjectsRequest => gallery,
     pb::CompactRequest => gallery,
     pb::FlushRequest => gallery,
+    pb::ExportRequest => gallery,
 );
 
 fn not_found(name: &str) -> Status {
@@ -316,6 +319,23 @@ impl Front {
 
     fn view(&self, name: &str) -> Result<GalleryView, Status> {
         self.node.gallery(name).ok_or_else(|| not_found(name))
+    }
+
+    /// A decision every shard takes alike: the request's `max_distance`,
+    /// or the cluster's head (its probabilities and calibrated thresholds,
+    /// the same on every shard). Without a head, a shard's own calibrated
+    /// distance thresholds would differ from shard to shard: refused.
+    fn check_decision(
+        view: &GalleryView,
+        min_probability: Option<f32>,
+        max_distance: Option<f32>,
+    ) -> Result<(), Status> {
+        if view.head_rev > 0 || (min_probability.is_none() && max_distance.is_some()) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(
+            "the gallery has no head yet in the cluster: pass max_distance, or train a head (TrainHead) for calibrated thresholds and min_probability",
+        ))
     }
 
     fn check_model(view: &GalleryView, name: &str, model: &str) -> Result<(), Status> {
@@ -499,6 +519,12 @@ impl Front {
                     .unwrap_or_default()
             )));
         };
+        if self.node.head_installed(&gallery) < view.head_rev {
+            return Err(Status::unavailable(format!(
+                "node {}: the gallery's new head is not installed here yet",
+                self.node.id()
+            )));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if !replica.wait_applied(min_seq, left).await {
             return Err(Status::unavailable(format!(
@@ -656,6 +682,7 @@ impl Front {
             normalize: e.normalize,
             shards: e.shards,
             replicas: e.replicas.first().map_or(0, |r| r.len() as u32),
+            head_trained: view.head_rev > 0,
             ..pb::GalleryInfo::default()
         };
         for (_, p) in parts {
@@ -1003,9 +1030,19 @@ impl Visage for ClusterService {
 
     async fn export(
         &self,
-        _request: Request<pb::ExportRequest>,
+        request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        Err(not_in_cluster("Export"))
+        let f = self.0.clone();
+        if Front::is_shard_call(&request) {
+            let mut r = request;
+            f.local_shard(&mut r).await?;
+            return f.local.export(r).await;
+        }
+        let req = request.into_inner();
+        let view = f.view(&req.gallery)?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            f.export_rows(view, req),
+        )))
     }
 
     async fn get(
@@ -1090,19 +1127,18 @@ impl Visage for ClusterService {
         let req = request.into_inner();
         let view = f.view(&req.gallery)?;
         Front::check_model(&view, &req.gallery, &req.model)?;
-        if req.min_probability.is_some() {
-            return Err(not_in_cluster("min_probability (the cluster's head)"));
-        }
-        if req.max_distance.is_none() {
-            return Err(Status::failed_precondition(
-                "cluster mode: pass max_distance (the gallery-wide calibrated threshold comes with the cluster's head, not available in cluster mode yet)",
-            ));
-        }
+        Front::check_decision(&view, req.min_probability, req.max_distance)?;
         let k = req.k as usize;
         let min_seq = req.min_seq;
         let shards = (0..view.entry.shards).map(|s| (s, req.clone())).collect();
+        // The open-set decision is for the whole gallery's subjects.
+        let subjects = view.subjects;
         let parts = f
-            .fan(&view, shards, min_seq, deadline, |f, t, r| {
+            .fan(&view, shards, min_seq, deadline, move |f, t, mut r| {
+                r.metadata_mut().insert(
+                    crate::service::GALLERY_SUBJECTS_HEADER,
+                    MetadataValue::from(subjects),
+                );
                 Box::pin(async move {
                     match t {
                         Target::Local => f.identify_shard(r).await,
@@ -1129,7 +1165,7 @@ impl Visage for ClusterService {
                     .collect()
             })
             .collect();
-        let merged = merge(lists, k, |(c, _)| (c.distance, c.id));
+        let merged = merge(lists, k, |(c, _)| (c.rank_key.unwrap_or(c.distance), c.id));
         Ok(Response::new(pb::IdentifyResponse {
             results: merged
                 .into_iter()
@@ -1161,14 +1197,7 @@ impl Visage for ClusterService {
         let mut req = request.into_inner();
         let view = f.view(&req.gallery)?;
         Front::check_model(&view, &req.gallery, &req.model)?;
-        if req.min_probability.is_some() {
-            return Err(not_in_cluster("min_probability (the cluster's head)"));
-        }
-        if req.max_distance.is_none() {
-            return Err(Status::failed_precondition(
-                "cluster mode: pass max_distance (the gallery-wide calibrated thresholds come with the cluster's head, not available in cluster mode yet)",
-            ));
-        }
+        Front::check_decision(&view, req.min_probability, req.max_distance)?;
         let pairs = f.verify_pairs_in(&mut req, view.entry.dim)?;
         // Route each pair: a subject to its shard, an id to the shard that
         // holds it, a vector to shard 0 (no gallery data is involved).
@@ -1224,6 +1253,7 @@ impl Visage for ClusterService {
                         gallery: req.gallery.clone(),
                         pairs: v.into_iter().map(|(_, p)| p).collect(),
                         max_distance: req.max_distance,
+                        min_probability: req.min_probability,
                         min_seq: req.min_seq,
                         ..pb::VerifyRequest::default()
                     },
@@ -1256,16 +1286,50 @@ impl Visage for ClusterService {
 
     async fn train_head(
         &self,
-        _request: Request<pb::TrainHeadRequest>,
+        request: Request<pb::TrainHeadRequest>,
     ) -> Result<Response<pb::HeadInfo>, Status> {
-        Err(not_in_cluster("TrainHead (a head trained across shards)"))
+        let deadline = deadline_of(&request).max(Instant::now() + Duration::from_secs(600));
+        let req = request.into_inner();
+        let f = self.0.clone();
+        let view = f.view(&req.gallery)?;
+        let head = f.train_across_shards(&view, &req).await?;
+        let rev = f
+            .node
+            .catalog()
+            .put_head(&req.gallery, &head.encode())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(gallery = %req.gallery, revision = rev, auc = head.auc, "cluster head trained");
+        f.wait_head(&req.gallery, &view, rev, deadline).await?;
+        let subjects = f.view(&req.gallery).map_or(0, |v| v.subjects);
+        Ok(Response::new(crate::convert::head_out(
+            Some(&head),
+            subjects,
+        )))
     }
 
     async fn get_head(
         &self,
-        _request: Request<pb::GetHeadRequest>,
+        request: Request<pb::GetHeadRequest>,
     ) -> Result<Response<pb::HeadInfo>, Status> {
-        Err(not_in_cluster("GetHead (a head trained across shards)"))
+        let name = request.into_inner().gallery;
+        let f = &self.0;
+        let view = f.view(&name)?;
+        let head = f
+            .node
+            .catalog()
+            .head(&name)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map(|(_, bytes)| {
+                visage_engine::HeadInfo::decode(std::path::Path::new("catalog head"), &bytes)
+            })
+            .transpose()
+            .map_err(ApiError::from)?;
+        Ok(Response::new(crate::convert::head_out(
+            head.as_ref(),
+            view.subjects,
+        )))
     }
 
     async fn compact(
@@ -1556,6 +1620,209 @@ impl Front {
             .flat_map(|(_, r)| r.embeddings)
             .map(|e| (e.id, e))
             .collect())
+    }
+
+    /// Every live row of the gallery, one shard after another, each from
+    /// one live replica (one snapshot a shard), in batches; an error ends
+    /// the stream.
+    fn export_rows(
+        self: &Arc<Self>,
+        view: GalleryView,
+        req: pb::ExportRequest,
+    ) -> tokio::sync::mpsc::Receiver<Result<pb::ExportBatch, Status>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let me = self.clone();
+        tokio::spawn(async move {
+            for k in 0..view.entry.shards {
+                let mut last = String::from("no live replica");
+                let mut done = false;
+                for (node, addr) in me.targets(&view, k) {
+                    let mut r = Request::new(req.clone());
+                    r.metadata_mut()
+                        .insert(SHARD_HEADER, MetadataValue::from(k));
+                    let stream = match &addr {
+                        None => {
+                            let f = me.clone();
+                            match f.local_shard(&mut r).await {
+                                Ok(()) => f.local.export(r).await.map(Response::into_inner),
+                                Err(s) => Err(s),
+                            }
+                            .map(|s| {
+                                Box::pin(s)
+                                    as Pin<
+                                        Box<
+                                            dyn tokio_stream::Stream<
+                                                    Item = Result<pb::ExportBatch, Status>,
+                                                > + Send,
+                                        >,
+                                    >
+                            })
+                        }
+                        Some(a) => {
+                            if let Some(key) = &me.peers.key
+                                && let Ok(v) = format!("Bearer {key}").parse()
+                            {
+                                r.metadata_mut().insert("authorization", v);
+                            }
+                            match me.client(a) {
+                                Ok(mut c) => c.export(r).await.map(|s| {
+                                    Box::pin(s.into_inner())
+                                        as Pin<
+                                            Box<
+                                                dyn tokio_stream::Stream<
+                                                        Item = Result<pb::ExportBatch, Status>,
+                                                    > + Send,
+                                            >,
+                                        >
+                                }),
+                                Err(s) => Err(s),
+                            }
+                        }
+                    };
+                    let mut stream = match stream {
+                        Ok(s) => s,
+                        Err(s) => {
+                            last = format!("{node}: {}", s.message());
+                            continue;
+                        }
+                    };
+                    use tokio_stream::StreamExt;
+                    while let Some(b) = stream.next().await {
+                        let failed = b.is_err();
+                        if tx.send(b).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    done = true;
+                    break;
+                }
+                if !done {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "shard {k}: no replica could export it ({last})"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Train a head on every row of the gallery: the shards' rows are
+    /// gathered into a scratch gallery on this node, trained as a single
+    /// node trains (pairs drawn by its search), and the scratch gallery is
+    /// dropped.
+    async fn train_across_shards(
+        self: &Arc<Self>,
+        view: &GalleryView,
+        req: &pb::TrainHeadRequest,
+    ) -> Result<visage_engine::HeadInfo, Status> {
+        let rows: u64 = self
+            .info(&req.gallery, Instant::now() + DEFAULT_DEADLINE)
+            .await?
+            .live;
+        if rows > MAX_TRAIN_ROWS {
+            return Err(Status::failed_precondition(format!(
+                "gallery {:?} has {rows} rows; training a cluster's head gathers them on one node, at most {MAX_TRAIN_ROWS} for now",
+                req.gallery
+            )));
+        }
+        let engine = self.node.engine().clone();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let scratch = format!("headtrain-{stamp}");
+        let spec = spec_of(&view.entry);
+        let g = {
+            let (engine, scratch) = (engine.clone(), scratch.clone());
+            tokio::task::spawn_blocking(move || engine.create_gallery_with(&scratch, &spec))
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?
+                .map_err(ApiError::from)?
+        };
+        let result = async {
+            let mut rx = self.export_rows(
+                view.clone(),
+                pb::ExportRequest {
+                    gallery: req.gallery.clone(),
+                    batch_rows: 0,
+                },
+            );
+            while let Some(b) = rx.recv().await {
+                let b = b?;
+                let values: Vec<f32> = b
+                    .matrix
+                    .as_ref()
+                    .map(|m| packed::values("matrix", m).map(|v| v.into_owned()))
+                    .transpose()?
+                    .unwrap_or_default();
+                let g = g.clone();
+                tokio::task::spawn_blocking(move || {
+                    g.insert_rows(Some(&b.ids), &b.subjects, &values)
+                })
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?
+                .map_err(ApiError::from)?;
+            }
+            let opts = crate::convert::train_options_in(req);
+            let g = g.clone();
+            tokio::task::spawn_blocking(move || g.train_head(&opts))
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?
+                .map_err(|e| Status::from(ApiError::from(e)))
+        }
+        .await;
+        let cleanup = tokio::task::spawn_blocking(move || engine.drop_gallery(&scratch)).await;
+        if let Ok(Err(e)) = cleanup {
+            tracing::warn!(error = %e, "could not drop the head's scratch gallery");
+        }
+        result
+    }
+
+    /// Wait until every live node assigned a shard of `name` has installed
+    /// head revision `rev`.
+    async fn wait_head(
+        &self,
+        name: &str,
+        view: &GalleryView,
+        rev: i64,
+        deadline: Instant,
+    ) -> Result<(), Status> {
+        loop {
+            let live = self.node.nodes();
+            let progress: HashMap<String, visage_cluster::catalog::Progress> = self
+                .node
+                .catalog()
+                .progress(name)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .into_iter()
+                .collect();
+            let missing: Vec<String> = view
+                .entry
+                .replicas
+                .iter()
+                .flatten()
+                .filter(|n| live.contains_key(*n))
+                .filter(|n| {
+                    !progress
+                        .get(*n)
+                        .is_some_and(|p| p.shards.iter().all(|s| s.head >= rev))
+                })
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(format!(
+                    "the head is stored, but nodes {} have not installed it yet",
+                    missing.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The pairs of a Verify request, the packed form unpacked.

@@ -65,6 +65,7 @@ pub fn candidate_out(h: Hit) -> pb::Candidate {
         distance: h.distance,
         probability: h.probability,
         similarity: h.similarity,
+        rank_key: h.rank_key,
     }
 }
 

@@ -425,6 +425,7 @@ mod tests {
             distance: d,
             probability: None,
             similarity: None,
+            rank_key: None,
         };
         let r = search_response(vec![vec![hit(3, 0.5), hit(1, 0.7)], vec![]], 3, true);
         assert_eq!(r.k, 3);

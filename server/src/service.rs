@@ -36,6 +36,10 @@ pub struct VisageService {
     backup_rate: Option<u64>,
 }
 
+/// The metadata of a cluster node's identify call to one shard: the whole
+/// gallery's number of subjects, for the open-set decision.
+pub const GALLERY_SUBJECTS_HEADER: &str = "visage-gallery-subjects";
+
 /// Default longest wait for the next message of a streaming insert.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -653,6 +657,18 @@ impl Visage for VisageService {
         &self,
         request: Request<pb::IdentifyRequest>,
     ) -> Result<Response<pb::IdentifyResponse>, Status> {
+        // A cluster node asking one shard: the open-set decision is for the
+        // whole gallery's number of subjects (only the node role may send
+        // the shard header, so only nodes may set it).
+        let gallery_subjects = if request.metadata().contains_key(crate::auth::SHARD_HEADER) {
+            request
+                .metadata()
+                .get(GALLERY_SUBJECTS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        } else {
+            None
+        };
         let req = request.into_inner();
         let opts = IdentifyOptions {
             k: req.k as usize,
@@ -679,10 +695,14 @@ impl Visage for VisageService {
                     Some(m) => {
                         let values = packed::values("matrix", &m)?;
                         packed::check_dim("matrix", &m, g.dim())?;
-                        g.identify_open(&packed::rows(&values, m.dim), &opts)
-                            .map_err(|e| in_field(e, "matrix").into())
+                        g.identify_open_sized(
+                            &packed::rows(&values, m.dim),
+                            &opts,
+                            gallery_subjects,
+                        )
+                        .map_err(|e| in_field(e, "matrix").into())
                     }
-                    None => Ok(g.identify_open(&probes, &opts)?),
+                    None => Ok(g.identify_open_sized(&probes, &opts, gallery_subjects)?),
                 }
             })
             .await?;

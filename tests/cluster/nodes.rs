@@ -1232,3 +1232,212 @@ async fn an_erased_person_leaves_every_replica_and_every_log_member() {
         .into_inner();
     assert!(got.results[0].hits.iter().all(|h| h.subject != "erase-me"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_trained_across_shards_decides_like_one_gallery() {
+    if !require_cluster_tools("a_head_trained_across_shards_decides_like_one_gallery") {
+        return;
+    }
+    let c = Cluster::start(3);
+    for n in &c.nodes {
+        until_nodes(&n.addr, 3, &c).await;
+    }
+    create(&c.nodes[0].addr).await;
+    let r = Reference::new();
+    let mut rng = Rng(555);
+    let mut next_id = 0u64;
+    let mut seq = 0;
+    for i in 0..90 {
+        let w = random_write(&mut rng, &mut next_id, 120);
+        seq = send(&c.nodes[i % 3].addr, &w).await.unwrap();
+        apply(&r, &w);
+    }
+    until_applied(&c.nodes[0].addr, seq, &c).await;
+    // Without a head, only a request's own threshold is the same on every
+    // shard.
+    let probes: Vec<Vec<f32>> = (0..16)
+        .map(|i| {
+            if i % 2 == 0 {
+                rng.vector_of(DIM)
+            } else {
+                centre(&format!("person-{i}"))
+            }
+        })
+        .collect();
+    let identify = |min_probability: Option<f32>| proto::IdentifyRequest {
+        gallery: GALLERY.into(),
+        probes: probes
+            .iter()
+            .map(|p| proto::Vector { values: p.clone() })
+            .collect(),
+        k: 5,
+        min_probability,
+        min_seq: seq,
+        ..Default::default()
+    };
+    let e = client(&c.nodes[0].addr)
+        .await
+        .identify(identify(None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    let trained = client(&c.nodes[1].addr)
+        .await
+        .train_head(with_timeout(
+            proto::TrainHeadRequest {
+                gallery: GALLERY.into(),
+                seed: Some(7),
+                ..Default::default()
+            },
+            Duration::from_secs(300),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("train: {e}{}", c.logs()))
+        .into_inner();
+    assert!(trained.trained && trained.auc > 0.5, "{trained:?}");
+    // The reference gets the cluster's head, from the catalog.
+    let cat = visage_cluster::catalog::Catalog::connect(&c.etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let (_, bytes) = cat.head(GALLERY).await.unwrap().unwrap();
+    let head = visage_engine::HeadInfo::decode(std::path::Path::new("catalog"), &bytes).unwrap();
+    assert_eq!(head.auc as f32, trained.auc);
+    r.g.install_head(&head).unwrap();
+    let got_head = client(&c.nodes[2].addr)
+        .await
+        .get_head(proto::GetHeadRequest {
+            gallery: GALLERY.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got_head.trained);
+    assert_eq!(got_head.current_subjects, r.g.stats().subjects);
+    for n in &c.nodes {
+        for min_probability in [None, Some(0.5)] {
+            let got = client(&n.addr)
+                .await
+                .identify(with_timeout(
+                    identify(min_probability),
+                    Duration::from_secs(30),
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("identify on {}: {e}", n.id))
+                .into_inner();
+            let want =
+                r.g.identify_open(
+                    &probes,
+                    &IdentifyOptions {
+                        k: 5,
+                        min_probability,
+                        max_distance: None,
+                    },
+                )
+                .unwrap();
+            let mut known = 0;
+            for (q, (g, w)) in got.results.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    (g.known, g.subject.as_str()),
+                    (w.known, w.subject.as_deref().unwrap_or_default()),
+                    "probe {q} on {}",
+                    n.id
+                );
+                known += usize::from(w.known);
+                let gc: Vec<(String, u64, u32, Option<u32>)> = g
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.subject.clone(),
+                            c.id,
+                            c.distance.to_bits(),
+                            c.probability.map(f32::to_bits),
+                        )
+                    })
+                    .collect();
+                let wc: Vec<(String, u64, u32, Option<u32>)> = w
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.subject.clone(),
+                            c.id,
+                            c.distance.to_bits(),
+                            c.probability.map(f32::to_bits),
+                        )
+                    })
+                    .collect();
+                assert_eq!(gc, wc, "probe {q} on {}", n.id);
+            }
+            assert!(
+                known > 0 && known < probes.len(),
+                "both decisions exercised: {known}"
+            );
+        }
+    }
+    // Verification by the head's calibrated thresholds (pair and claim).
+    let live = r.g.export().next_batch(1_000_000).unwrap();
+    let mut pairs = Vec::new();
+    let mut want_pairs = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let row = (i * 104_729) % live.ids.len();
+        let (b, eb) = match i % 3 {
+            0 => (
+                proto::verify_pair::B::Subject(live.subjects[row].clone()),
+                visage_engine::VerifyTarget::Subject(live.subjects[row].clone()),
+            ),
+            1 => (
+                proto::verify_pair::B::Id(live.ids[row]),
+                visage_engine::VerifyTarget::Id(live.ids[row]),
+            ),
+            _ => (
+                proto::verify_pair::B::Vector(proto::Vector {
+                    values: live.vectors[row * DIM..(row + 1) * DIM].to_vec(),
+                }),
+                visage_engine::VerifyTarget::Vector(
+                    live.vectors[row * DIM..(row + 1) * DIM].to_vec(),
+                ),
+            ),
+        };
+        pairs.push(proto::VerifyPair {
+            a: Some(proto::Vector { values: p.clone() }),
+            b: Some(b),
+        });
+        want_pairs.push(visage_engine::VerifyPair {
+            a: p.clone(),
+            b: eb,
+        });
+    }
+    let got = client(&c.nodes[0].addr)
+        .await
+        .verify(proto::VerifyRequest {
+            gallery: GALLERY.into(),
+            pairs,
+            min_seq: seq,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let want =
+        r.g.verify(&want_pairs, &visage_engine::VerifyOptions::default())
+            .unwrap();
+    for (i, (g, w)) in got.verdicts.iter().zip(&want).enumerate() {
+        assert_eq!(
+            (
+                g.same,
+                g.distance.to_bits(),
+                g.probability.map(f32::to_bits),
+                g.matched_id
+            ),
+            (
+                w.same,
+                w.distance.to_bits(),
+                w.probability.map(f32::to_bits),
+                w.matched_id
+            ),
+            "verify {i}"
+        );
+        assert_eq!(g.threshold.to_bits(), w.threshold.to_bits(), "verify {i}");
+    }
+}

@@ -403,6 +403,7 @@ mod checker_rejects {
                 distance: l2sq_f64(&probe, &e.vector) as f32,
                 probability: None,
                 similarity: None,
+                rank_key: None,
             })
             .collect();
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
@@ -441,6 +442,7 @@ mod checker_rejects {
             distance: l2sq_f64(&probe, &far.vector) as f32 + 1e9,
             probability: None,
             similarity: None,
+            rank_key: None,
         };
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         check_search(&hits, &model, &probe, 10, false, "wrong row");

@@ -44,12 +44,26 @@ impl Gallery {
         ))
     }
 
-    pub(super) fn train_or_calibrate(&self, opts: &TrainOptions, fit: bool) -> Result<HeadInfo> {
+    /// Install `head` (trained elsewhere, e.g. across a cluster's shards)
+    /// as this gallery's, persisted as if trained here (replacing any
+    /// previous head atomically). Refused when its weights are not of the
+    /// gallery's dimension.
+    pub fn install_head(&self, head: &HeadInfo) -> Result<()> {
+        let dim = self.spec.dim;
+        if head.trained && head.weights.len() != dim {
+            return Err(crate::Error::InvalidSpec {
+                reason: format!(
+                    "a head of {} weights for a gallery of {dim} values a vector",
+                    head.weights.len()
+                ),
+            });
+        }
         let _h = lock(&self.head_lock);
         self.check_writable()?;
-        let snap = self.snapshot();
-        let previous = self.head();
-        let info = head::train(&snap, opts, fit, previous.as_deref())?;
+        self.persist_head(head)
+    }
+
+    fn persist_head(&self, info: &HeadInfo) -> Result<()> {
         let path = self.dir.join(HEAD);
         match crate::storage::fs::atomic_write(
             &*self.fs,
@@ -63,6 +77,16 @@ impl Gallery {
             Err(e) => return Err(e.error),
         }
         *self.head.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(info.clone()));
+        Ok(())
+    }
+
+    pub(super) fn train_or_calibrate(&self, opts: &TrainOptions, fit: bool) -> Result<HeadInfo> {
+        let _h = lock(&self.head_lock);
+        self.check_writable()?;
+        let snap = self.snapshot();
+        let previous = self.head();
+        let info = head::train(&snap, opts, fit, previous.as_deref())?;
+        self.persist_head(&info)?;
         Ok(info)
     }
 }

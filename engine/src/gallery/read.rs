@@ -67,6 +67,7 @@ fn hit(
             .filter(|h| h.trained)
             .map(|h| h.probability(h.logit(probe, v))),
         similarity: spec.similarity(distance),
+        rank_key: (!metric_is_l2).then_some(c.dist),
     }
 }
 

@@ -318,6 +318,20 @@ impl HeadInfo {
         }
     }
 
+    /// The head as the bytes of a `HEAD` file (checksummed): a cluster
+    /// keeps its gallery's head so in its catalog.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::storage::format::encode_head(&self.to_data())
+    }
+
+    /// A head from [`HeadInfo::encode`]'s bytes; `what` names their source
+    /// in errors (DATA_LOSS-kind when they are damaged).
+    pub fn decode(what: &std::path::Path, bytes: &[u8]) -> crate::Result<HeadInfo> {
+        Ok(HeadInfo::from_data(&crate::storage::format::decode_head(
+            what, bytes,
+        )?))
+    }
+
     pub(crate) fn to_data(&self) -> HeadData {
         HeadData {
             flags: if self.trained { 3 } else { 2 } | if self.open_probes > 0 { 4 } else { 0 },

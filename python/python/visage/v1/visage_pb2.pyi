@@ -483,18 +483,20 @@ class Identification(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., subject: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("subject", "id", "distance", "probability", "similarity")
+    __slots__ = ("subject", "id", "distance", "probability", "similarity", "rank_key")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    RANK_KEY_FIELD_NUMBER: _ClassVar[int]
     subject: str
     id: int
     distance: float
     probability: float
     similarity: float
-    def __init__(self, subject: _Optional[str] = ..., id: _Optional[int] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
+    rank_key: float
+    def __init__(self, subject: _Optional[str] = ..., id: _Optional[int] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ..., rank_key: _Optional[float] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("gallery", "pairs", "max_distance", "min_probability", "model", "matrix", "b_matrix", "b_ids", "b_subjects", "min_seq")
