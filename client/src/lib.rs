@@ -1015,6 +1015,7 @@ fn flat_hits(r: proto::SearchResponse) -> Vec<Vec<Hit>> {
                 distance: r.distances.get(slot).copied().unwrap_or(f32::INFINITY),
                 probability: r.probabilities.get(slot).copied(),
                 similarity: r.similarities.get(slot).copied(),
+                rank_key: None,
             });
         }
         out.push(hits);

@@ -208,6 +208,7 @@ fn unflatten(r: pb::SearchResponse) -> Vec<Vec<pb::Hit>> {
                         distance: r.distances[at],
                         probability: r.probabilities.get(at).copied(),
                         similarity: r.similarities.get(at).copied(),
+                        rank_key: None,
                     }
                 })
                 .collect()
@@ -1077,8 +1078,11 @@ impl Visage for ClusterService {
         let req = request.into_inner();
         let view = f.view(&req.gallery)?;
         Front::check_model(&view, &req.gallery, &req.model)?;
-        if req.rank_by == pb::RankBy::Head as i32 {
-            return Err(not_in_cluster("rank_by HEAD (the cluster's head)"));
+        let by_head = req.rank_by == pb::RankBy::Head as i32;
+        if by_head && req.matrix.is_some() {
+            return Err(not_in_cluster(
+                "rank_by HEAD with a packed matrix (send `queries`)",
+            ));
         }
         let k = req.k as usize;
         let packed_form = req.matrix.is_some();
@@ -1105,7 +1109,7 @@ impl Visage for ClusterService {
             .into_iter()
             .map(|(_, r)| r.results.into_iter().map(|x| x.hits).collect())
             .collect();
-        let merged = merge(lists, k, |h| (h.distance, h.id));
+        let merged = merge(lists, k, |h| (h.rank_key.unwrap_or(h.distance), h.id));
         Ok(Response::new(pb::SearchResponse {
             results: merged
                 .into_iter()

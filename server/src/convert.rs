@@ -54,6 +54,7 @@ pub fn hit_out(h: Hit) -> pb::Hit {
         distance: h.distance,
         probability: h.probability,
         similarity: h.similarity,
+        rank_key: h.rank_key,
     }
 }
 

@@ -1375,6 +1375,44 @@ async fn a_head_trained_across_shards_decides_like_one_gallery() {
             );
         }
     }
+    // Search ranked by the head.
+    for n in &c.nodes {
+        let got = client(&n.addr)
+            .await
+            .search(proto::SearchRequest {
+                gallery: GALLERY.into(),
+                queries: probes
+                    .iter()
+                    .map(|p| proto::Vector { values: p.clone() })
+                    .collect(),
+                k: 8,
+                rank_by: proto::RankBy::Head as i32,
+                min_seq: seq,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("search by head on {}: {e}", n.id))
+            .into_inner();
+        let want =
+            r.g.search_with(
+                &probes,
+                &visage_engine::SearchOptions {
+                    k: 8,
+                    rank_by: visage_engine::RankBy::Head,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        for (q, (g, w)) in got.results.iter().zip(&want).enumerate() {
+            let g: Vec<(u64, u32)> = g
+                .hits
+                .iter()
+                .map(|h| (h.id, h.distance.to_bits()))
+                .collect();
+            let w: Vec<(u64, u32)> = w.iter().map(|h| (h.id, h.distance.to_bits())).collect();
+            assert_eq!(g, w, "search by head, query {q} on {}", n.id);
+        }
+    }
     // Verification by the head's calibrated thresholds (pair and claim).
     let live = r.g.export().next_batch(1_000_000).unwrap();
     let mut pairs = Vec::new();

@@ -433,18 +433,20 @@ class SearchResult(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "subject", "distance", "probability", "similarity")
+    __slots__ = ("id", "subject", "distance", "probability", "similarity", "rank_key")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    RANK_KEY_FIELD_NUMBER: _ClassVar[int]
     id: int
     subject: str
     distance: float
     probability: float
     similarity: float
-    def __init__(self, id: _Optional[int] = ..., subject: _Optional[str] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
+    rank_key: float
+    def __init__(self, id: _Optional[int] = ..., subject: _Optional[str] = ..., distance: _Optional[float] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ..., rank_key: _Optional[float] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
     __slots__ = ("gallery", "probes", "k", "min_probability", "max_distance", "model", "matrix", "min_seq")
