@@ -314,6 +314,15 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
     if clustered && args.node_id.is_none() {
         return Err("cluster mode needs --node-id (a stable id for this node)".into());
     }
+    if clustered && args.api_keys.is_some() && args.cluster_key_file.is_none() {
+        return Err("cluster mode with --api-keys needs --cluster-key-file (the key, of the node role, this node presents to the others)".into());
+    }
+    if clustered && args.tls_cert.is_some() && args.cluster_ca.is_none() {
+        return Err("cluster mode with TLS needs --cluster-ca (the CA the nodes' certificates are checked against)".into());
+    }
+    if args.etcd_user.is_some() != args.etcd_password.is_some() {
+        return Err("--etcd-user and --etcd-password go together".into());
+    }
 
     let mut opts = EngineOptions::default();
     opts.gallery.backup_root = Some(args.backup_root.clone());

@@ -236,3 +236,155 @@ async fn credentials_are_checked_everywhere() {
         "one shard holds part of the gallery ({hits} of 30)"
     );
 }
+
+/// A self-signed CA, and a certificate it signs for 127.0.0.1: the CA's PEM,
+/// written with the certificate and key into `dir`.
+fn pki(dir: &std::path::Path) -> Vec<u8> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "visage cluster test CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("node-key.pem"), key.serialize_pem()).unwrap();
+    ca.pem().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_call_each_other_over_tls() {
+    if !require_cluster_tools("nodes_call_each_other_over_tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let nats = NatsCluster::start(&dir.path().join("nats"), 3);
+    let etcd = EtcdCluster::start(&dir.path().join("etcd"), 3);
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("admin {ADMIN}\nnode {NODE}\n")).unwrap();
+    let node_key = dir.path().join("node.key");
+    std::fs::write(&node_key, NODE).unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls = |with_ca: bool| -> Vec<String> {
+        let mut f = vec![
+            "--tls-cert".to_owned(),
+            p("node.pem"),
+            "--tls-key".to_owned(),
+            p("node-key.pem"),
+            "--api-keys".to_owned(),
+            keys.display().to_string(),
+            "--cluster-key-file".to_owned(),
+            node_key.display().to_string(),
+        ];
+        if with_ca {
+            f.extend(["--cluster-ca".to_owned(), p("ca.pem")]);
+        }
+        f
+    };
+    let (urls, endpoints) = (nats.url_list(), etcd.endpoints().join(","));
+    // TLS without the CA to check the other nodes with: refused at start.
+    let out = std::process::Command::new(visage_tests::cluster::visage_server_binary())
+        .args(["--data-dir", &p("no-ca"), "--listen", "127.0.0.1:0"])
+        .args(["--nats", &urls, "--etcd", &endpoints, "--node-id", "no-ca"])
+        .args(tls(false))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--cluster-ca"), "{err}");
+    let nodes = ["a", "b"].map(|id| VisageNode::start(dir.path(), id, &urls, &endpoints, &tls(true)));
+    let tls_client = |addr: String| {
+        let ca = ca.clone();
+        async move {
+            VisageClient::new(
+                Channel::from_shared(format!("https://{addr}"))
+                    .unwrap()
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                    )
+                    .unwrap()
+                    .connect_lazy(),
+            )
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = tls_client(nodes[0].addr.clone())
+            .await
+            .cluster_status(authed(proto::ClusterStatusRequest {}, ADMIN))
+            .await;
+        if r.is_ok_and(|r| r.get_ref().nodes.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "2 nodes within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut a = tls_client(nodes[0].addr.clone()).await;
+    // One shard on each node: every read crosses to the other node.
+    a.create_gallery(authed(
+        proto::CreateGalleryRequest {
+            name: "doors".into(),
+            dim: 16,
+            shards: 2,
+            replicas: 1,
+            ..Default::default()
+        },
+        ADMIN,
+    ))
+    .await
+    .unwrap();
+    let seq = a
+        .insert(authed(
+            proto::InsertRequest {
+                gallery: "doors".into(),
+                embeddings: (1..=20)
+                    .map(|i| proto::Embedding {
+                        id: i,
+                        subject: format!("p{i}"),
+                        vector: (0..16).map(|j| (i * 16 + j) as f32 * 0.01).collect(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    for n in &nodes {
+        let r = tls_client(n.addr.clone())
+            .await
+            .search(authed(
+                proto::SearchRequest {
+                    gallery: "doors".into(),
+                    queries: vec![proto::Vector {
+                        values: vec![0.1; 16],
+                    }],
+                    k: 20,
+                    min_seq: seq,
+                    ..Default::default()
+                },
+                ADMIN,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", n.id))
+            .into_inner();
+        assert_eq!(r.results[0].hits.len(), 20, "both shards answered over TLS");
+    }
+}
