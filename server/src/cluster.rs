@@ -526,13 +526,32 @@ impl Front {
                 self.node.id()
             )));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !replica.wait_applied(min_seq, left).await {
-            return Err(Status::unavailable(format!(
-                "node {}: shard {k} of {gallery:?} has applied the log to {}, not yet {min_seq}",
-                self.node.id(),
-                replica.applied()
-            )));
+        // Wait for `min_seq`, looking again at the node's replica now and
+        // then: a replica started again from a peer's copy replaces it.
+        let mut replica = replica;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if replica
+                .wait_applied(min_seq, left.min(Duration::from_millis(200)))
+                .await
+            {
+                break;
+            }
+            if left <= Duration::from_millis(200) {
+                return Err(Status::unavailable(format!(
+                    "node {}: shard {k} of {gallery:?} has applied the log to {}, not yet {min_seq}",
+                    self.node.id(),
+                    replica.applied()
+                )));
+            }
+            if let Some(r) = self
+                .node
+                .gallery(&gallery)
+                .and_then(|v| v.replica)
+                .filter(|r| r.shard(k).is_some())
+            {
+                replica = r;
+            }
         }
         *req.get_mut().gallery_mut() = shard_gallery(&gallery, k);
         Ok(())
@@ -1907,14 +1926,27 @@ impl Front {
         let mut before = pb::GalleryStats::default();
         let mut after = pb::GalleryStats::default();
         let mut counted = std::collections::HashSet::new();
+        let mut unreachable = Vec::new();
         for (k, n, t) in tasks {
-            let r = t
+            let r = match t
                 .await
                 .map_err(|e| Status::internal(format!("task: {e}")))?
-                .map_err(|s| {
-                    Status::new(s.code(), format!("node {n}, shard {k}: {}", s.message()))
-                })?
-                .into_inner();
+            {
+                Ok(r) => r.into_inner(),
+                // A node that just died (its lease not yet expired): its
+                // copy is brought up to date when it comes back.
+                Err(s) if s.code() == Code::Unavailable => {
+                    tracing::warn!(node = %n, shard = k, error = %s.message(), "a replica did not answer a maintenance call");
+                    unreachable.push(format!("node {n}, shard {k}: {}", s.message()));
+                    continue;
+                }
+                Err(s) => {
+                    return Err(Status::new(
+                        s.code(),
+                        format!("node {n}, shard {k}: {}", s.message()),
+                    ));
+                }
+            };
             if counted.insert(k) {
                 let (b, a) = stats(&r);
                 for (sum, x) in [(&mut before, b), (&mut after, a)] {
@@ -1928,6 +1960,12 @@ impl Front {
                     }
                 }
             }
+        }
+        if let Some(k) = (0..view.entry.shards).find(|k| !counted.contains(k)) {
+            return Err(Status::unavailable(format!(
+                "no replica of shard {k} answered ({})",
+                unreachable.join("; ")
+            )));
         }
         Ok((before, after))
     }

@@ -305,8 +305,12 @@ async fn nodes_call_each_other_over_tls() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--cluster-ca"), "{err}");
-    let nodes = ["a", "b"].map(|id| VisageNode::start(dir.path(), id, &urls, &endpoints, &tls(true)));
+    assert!(
+        !out.status.success() && err.contains("--cluster-ca"),
+        "{err}"
+    );
+    let nodes =
+        ["a", "b"].map(|id| VisageNode::start(dir.path(), id, &urls, &endpoints, &tls(true)));
     let tls_client = |addr: String| {
         let ca = ca.clone();
         async move {
