@@ -802,8 +802,11 @@ async fn under_load(c: &Cluster, rounds: usize, kill: Kill) {
                 // Down while writes and reads go on through the others.
                 more_acks(&acked, 15, c, &format!("{} down", c.nodes[i].id)).await;
                 c.nodes[i].restart();
-                *down.lock().unwrap() = None;
+                // Back once it serves (it joins the cluster after it
+                // listens) and the others see it.
+                until_nodes(&c.nodes[i].addr, 3, c).await;
                 until_nodes(&c.nodes[(i + 1) % 3].addr, 3, c).await;
+                *down.lock().unwrap() = None;
             }
             Kill::LogMember => {
                 let leader = c.nats.stream_leader(&format!("VISAGE_{GALLERY}"));
@@ -827,8 +830,12 @@ async fn under_load(c: &Cluster, rounds: usize, kill: Kill) {
                 until_nodes(other, 2, c).await;
                 more_acks(&acked, 10, c, "a node down with an etcd member").await;
                 c.nodes[j].restart();
-                *down.lock().unwrap() = None;
+                // Joining takes longer while an etcd member is down (the
+                // client sends a share of its calls to it until they time
+                // out): back once it serves and the others see it.
+                until_nodes(&c.nodes[j].addr, 3, c).await;
                 until_nodes(other, 3, c).await;
+                *down.lock().unwrap() = None;
                 c.etcd.restart(i);
             }
         }
