@@ -90,6 +90,8 @@ pub trait ShardSource: Send + Sync {
 /// A gallery as this node sees it.
 #[derive(Debug, Clone)]
 pub struct GalleryView {
+    /// The gallery's name.
+    pub name: String,
     /// The catalog's entry.
     pub entry: GalleryEntry,
     /// The shards this node serves, when it serves any and its replica is
@@ -446,6 +448,7 @@ impl Node {
         let (stop, _) = watch::channel(false);
         let mut running = Running {
             view: GalleryView {
+                name: name.to_owned(),
                 entry: entry.clone(),
                 replica: None,
                 failure: None,

@@ -460,7 +460,7 @@ impl Front {
                 let tail = failures.len().saturating_sub(4);
                 return Err(Status::unavailable(format!(
                     "shard {k} of gallery {:?}: no replica answered before the deadline ({})",
-                    view_name(view),
+                    view.name,
                     failures[tail..].join("; ")
                 )));
             }
@@ -745,13 +745,6 @@ impl Front {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn view_name(view: &GalleryView) -> String {
-    view.replica
-        .as_ref()
-        .map(|r| r.gallery().to_owned())
-        .unwrap_or_default()
 }
 
 macro_rules! shard_handler {

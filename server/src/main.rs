@@ -13,6 +13,9 @@
 //! (see `visage_server::metrics`) and prints a second line,
 //! `visage-server metrics on ADDR`, after the first.
 //!
+//! `--nats URLS --etcd URLS --node-id ID` (a build with `--features
+//! cluster`) runs the node in cluster mode (see `visage_server::cluster`).
+//!
 //! Settings come from, strongest first: flags, environment variables
 //! (`VISAGE_*`), the TOML file of `--config` (keys are the long flags with
 //! `_` or `-`, see `server/visage-server.sample.toml`), the defaults. clap

@@ -442,23 +442,28 @@ async fn check_reads(addr: &str, seq: u64, r: &Reference, rng: &mut Rng, what: &
             );
             assert_eq!(g.matched_id, w.matched_id, "{what}: verify {i}");
         }
-        // Every live row, by Get, and the counts.
+        // Every live row, by Get (within its limit of ids a call), and the
+        // counts.
         let ids: Vec<u64> = b.ids.clone();
-        let got = c
-            .get(with_timeout(
-                proto::GetRequest {
-                    gallery: GALLERY.into(),
-                    ids: ids.clone(),
-                    min_seq: seq,
-                },
-                t,
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: get on {addr}: {e}"))
-            .into_inner();
-        assert_eq!(got.embeddings.len(), ids.len(), "{what}: every live row");
-        let by_id: BTreeMap<u64, &proto::Embedding> =
-            got.embeddings.iter().map(|e| (e.id, e)).collect();
+        let mut got = Vec::new();
+        for part in ids.chunks(50_000) {
+            got.extend(
+                c.get(with_timeout(
+                    proto::GetRequest {
+                        gallery: GALLERY.into(),
+                        ids: part.to_vec(),
+                        min_seq: seq,
+                    },
+                    t,
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: get on {addr}: {e}"))
+                .into_inner()
+                .embeddings,
+            );
+        }
+        assert_eq!(got.len(), ids.len(), "{what}: every live row");
+        let by_id: BTreeMap<u64, &proto::Embedding> = got.iter().map(|e| (e.id, e)).collect();
         for (i, id) in b.ids.iter().enumerate() {
             let e = by_id[id];
             assert_eq!(e.subject, b.subjects[i], "{what}: subject of {id}");
@@ -723,6 +728,8 @@ async fn under_load(c: &Cluster, rounds: usize, kill: Kill) {
                         Ok(seq) => {
                             acked.lock().unwrap().push((seq, w.clone()));
                             times.lock().unwrap().push(Instant::now());
+                            // A steady load, not all the CPU the machine has.
+                            tokio::time::sleep(Duration::from_millis(3)).await;
                             break;
                         }
                         Err(_) => {
