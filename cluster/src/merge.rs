@@ -9,8 +9,19 @@ use visage_engine::Hit;
 /// Merge per-shard answers (`shards[s][q]`: shard `s`'s hits for query `q`,
 /// each list in ascending (distance, id)) into the `k` best for each query.
 pub fn merge_hits(shards: Vec<Vec<Vec<Hit>>>, k: usize) -> Vec<Vec<Hit>> {
+    merge_by(shards, k, |h| (h.distance, h.id))
+}
+
+/// Merge per-shard lists (`shards[s][q]`: shard `s`'s list for query `q`)
+/// by `key` (ascending: the ranking key a single gallery sorts by, then the
+/// id), keeping the `k` first of each query.
+pub fn merge_by<T>(
+    shards: Vec<Vec<Vec<T>>>,
+    k: usize,
+    key: impl Fn(&T) -> (f32, u64),
+) -> Vec<Vec<T>> {
     let queries = shards.first().map_or(0, Vec::len);
-    let mut out: Vec<Vec<Hit>> = (0..queries).map(|_| Vec::new()).collect();
+    let mut out: Vec<Vec<T>> = (0..queries).map(|_| Vec::new()).collect();
     for shard in shards {
         for (q, hits) in shard.into_iter().enumerate() {
             if let Some(o) = out.get_mut(q) {
@@ -19,7 +30,11 @@ pub fn merge_hits(shards: Vec<Vec<Vec<Hit>>>, k: usize) -> Vec<Vec<Hit>> {
         }
     }
     for hits in &mut out {
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        hits.sort_by(|a, b| {
+            let (da, ia) = key(a);
+            let (db, ib) = key(b);
+            da.total_cmp(&db).then(ia.cmp(&ib))
+        });
         hits.truncate(k);
     }
     out

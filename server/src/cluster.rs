@@ -30,6 +30,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 use visage_cluster::batch::LogBatch;
 use visage_cluster::catalog::{GalleryEntry, assign};
+use visage_cluster::merge::merge_by as merge;
 use visage_cluster::node::{GalleryView, Node};
 use visage_cluster::shard::{shard_gallery, shard_of};
 use visage_engine::{GallerySpec, check_delete, check_rows};
@@ -216,67 +217,24 @@ fn unflatten(r: pb::SearchResponse) -> Vec<Vec<pb::Hit>> {
         .collect()
 }
 
-/// The flat form of merged hits (as `packed::search_response`).
+/// The flat form of merged hits ([`packed::search_response`]).
 fn flatten(results: Vec<Vec<pb::Hit>>, k: usize, with_subjects: bool) -> pb::SearchResponse {
-    let probabilities = results.iter().flatten().any(|h| h.probability.is_some());
-    let similarities = results.iter().flatten().any(|h| h.similarity.is_some());
-    let mut r = pb::SearchResponse {
-        k: k as u32,
-        ..pb::SearchResponse::default()
-    };
-    for hits in results {
-        r.counts.push(hits.len() as u32);
-        let pad = k - hits.len();
-        for h in hits {
-            r.ids.push(h.id);
-            r.distances.push(h.distance);
-            if with_subjects {
-                r.subjects.push(h.subject);
-            }
-            if probabilities {
-                r.probabilities.push(h.probability.unwrap_or(f32::NAN));
-            }
-            if similarities {
-                r.similarities.push(h.similarity.unwrap_or(f32::NAN));
-            }
-        }
-        r.ids.extend(std::iter::repeat_n(0, pad));
-        r.distances.extend(std::iter::repeat_n(f32::INFINITY, pad));
-        if with_subjects {
-            r.subjects.extend(std::iter::repeat_n(String::new(), pad));
-        }
-        if probabilities {
-            r.probabilities.extend(std::iter::repeat_n(f32::NAN, pad));
-        }
-        if similarities {
-            r.similarities.extend(std::iter::repeat_n(f32::NAN, pad));
-        }
-    }
-    r
-}
-
-/// Merge the shards' lists for each query by (distance, id), keeping `k`:
-/// the order a single gallery ranks by. Exact, because a shard's `k` best
-/// include every one of the gallery's `k` best that it holds.
-fn merge<T>(shards: Vec<Vec<Vec<T>>>, k: usize, key: impl Fn(&T) -> (f32, u64)) -> Vec<Vec<T>> {
-    let queries = shards.first().map_or(0, Vec::len);
-    let mut out: Vec<Vec<T>> = (0..queries).map(|_| Vec::new()).collect();
-    for shard in shards {
-        for (q, hits) in shard.into_iter().enumerate() {
-            if let Some(o) = out.get_mut(q) {
-                o.extend(hits);
-            }
-        }
-    }
-    for hits in &mut out {
-        hits.sort_by(|a, b| {
-            let (da, ia) = key(a);
-            let (db, ib) = key(b);
-            da.total_cmp(&db).then(ia.cmp(&ib))
-        });
-        hits.truncate(k);
-    }
-    out
+    let results = results
+        .into_iter()
+        .map(|hits| {
+            hits.into_iter()
+                .map(|h| visage_engine::Hit {
+                    id: h.id,
+                    subject: h.subject,
+                    distance: h.distance,
+                    probability: h.probability,
+                    similarity: h.similarity,
+                    rank_key: h.rank_key,
+                })
+                .collect()
+        })
+        .collect();
+    packed::search_response(results, k, with_subjects)
 }
 
 fn spec_of(e: &GalleryEntry) -> GallerySpec {
@@ -380,6 +338,17 @@ impl Front {
             .max_encoding_message_size(self.max_message_bytes.max(64 << 20)))
     }
 
+    /// A client of the node at `addr`, with `r` carrying the cluster key.
+    fn remote<T>(&self, addr: &str, r: &mut Request<T>) -> Result<VisageClient<Channel>, Status> {
+        if let Some(key) = &self.peers.key {
+            let v = format!("Bearer {key}")
+                .parse()
+                .map_err(|_| Status::internal("the cluster key is not a valid header value"))?;
+            r.metadata_mut().insert("authorization", v);
+        }
+        self.client(addr)
+    }
+
     /// The replicas to ask for shard `k`, in order: this node's own first
     /// (when it serves the shard), then the other live ones, rotated so
     /// the load spreads.
@@ -437,14 +406,7 @@ impl Front {
                 md.insert(MIN_SEQ_HEADER, MetadataValue::from(min_seq));
                 let target = match &addr {
                     None => Target::Local,
-                    Some(a) => {
-                        if let Some(key) = &self.peers.key
-                            && let Ok(v) = format!("Bearer {key}").parse()
-                        {
-                            r.metadata_mut().insert("authorization", v);
-                        }
-                        Target::Remote(self.client(a)?)
-                    }
+                    Some(a) => Target::Remote(self.remote(a, &mut r)?),
                 };
                 match tokio::time::timeout(timeout, call(self.clone(), target, r)).await {
                     Ok(Ok(resp)) => return Ok(resp.into_inner()),
@@ -1362,7 +1324,7 @@ impl Visage for ClusterService {
             .every_replica(
                 &req.gallery,
                 deadline,
-                |_| req.clone(),
+                req.clone(),
                 |f, t, r| {
                     Box::pin(async move {
                         match t {
@@ -1394,7 +1356,7 @@ impl Visage for ClusterService {
             .every_replica(
                 &req.gallery,
                 deadline,
-                |_| req.clone(),
+                req.clone(),
                 |f, t, r| {
                     Box::pin(async move {
                         match t {
@@ -1674,26 +1636,19 @@ impl Front {
                                     >
                             })
                         }
-                        Some(a) => {
-                            if let Some(key) = &me.peers.key
-                                && let Ok(v) = format!("Bearer {key}").parse()
-                            {
-                                r.metadata_mut().insert("authorization", v);
-                            }
-                            match me.client(a) {
-                                Ok(mut c) => c.export(r).await.map(|s| {
-                                    Box::pin(s.into_inner())
-                                        as Pin<
-                                            Box<
-                                                dyn tokio_stream::Stream<
-                                                        Item = Result<pb::ExportBatch, Status>,
-                                                    > + Send,
-                                            >,
-                                        >
-                                }),
-                                Err(s) => Err(s),
-                            }
-                        }
+                        Some(a) => match me.remote(a, &mut r) {
+                            Ok(mut c) => c.export(r).await.map(|s| {
+                                Box::pin(s.into_inner())
+                                    as Pin<
+                                        Box<
+                                            dyn tokio_stream::Stream<
+                                                    Item = Result<pb::ExportBatch, Status>,
+                                                > + Send,
+                                        >,
+                                    >
+                            }),
+                            Err(s) => Err(s),
+                        },
                     };
                     let mut stream = match stream {
                         Ok(s) => s,
@@ -1873,7 +1828,7 @@ impl Front {
         self: &Arc<Self>,
         name: &str,
         deadline: Instant,
-        make: impl Fn(u32) -> Req,
+        req: Req,
         call: F,
         stats: impl Fn(&Resp) -> (Option<pb::GalleryStats>, Option<pb::GalleryStats>),
     ) -> Result<(pb::GalleryStats, pb::GalleryStats), Status>
@@ -1895,22 +1850,13 @@ impl Front {
                 } else {
                     continue;
                 };
-                let req = make(k);
-                let mut r = Request::new(req);
+                let mut r = Request::new(req.clone());
                 r.set_timeout(deadline.saturating_duration_since(Instant::now()));
                 r.metadata_mut()
                     .insert(SHARD_HEADER, MetadataValue::from(k));
                 let target = match addr {
                     None => Target::Local,
-                    Some(a) => {
-                        if let Some(key) = &self.peers.key
-                            && let Ok(v) = format!("Bearer {key}").parse()
-                        {
-                            r.metadata_mut().insert("authorization", v);
-                        }
-                        let c = self.client(&a)?;
-                        Target::Remote(c)
-                    }
+                    Some(a) => Target::Remote(self.remote(&a, &mut r)?),
                 };
                 let fut = call(self.clone(), target, r);
                 tasks.push((k, n.clone(), tokio::spawn(fut)));
@@ -2017,15 +1963,10 @@ impl visage_cluster::node::ShardSource for PeerCopies {
                 .backup_root()
                 .map(std::path::Path::to_path_buf)
                 .ok_or_else(|| err("no backup root is set".into()))?;
-            let mut c = front
-                .client(&addr)
-                .map_err(|s| err(s.message().to_owned()))?;
             let mut r = Request::new(pb::CopyShardRequest { gallery, shard });
-            if let Some(key) = &front.peers.key
-                && let Ok(v) = format!("Bearer {key}").parse()
-            {
-                r.metadata_mut().insert("authorization", v);
-            }
+            let mut c = front
+                .remote(&addr, &mut r)
+                .map_err(|s| err(s.message().to_owned()))?;
             let mut stream = c
                 .copy_shard(r)
                 .await
