@@ -262,6 +262,8 @@ pub struct GalleryCounters {
     pub flush: MaintenanceCounts,
     /// Compactions: each merge of segments into one.
     pub compaction: MaintenanceCounts,
+    /// Bulk imports (each run, and the segment bytes it wrote).
+    pub import: MaintenanceCounts,
 }
 
 /// One segment, as `Gallery::segments` reports it.

@@ -35,6 +35,11 @@ pub struct CompactionPolicy {
     pub min_small_to_merge: usize,
     /// No merge produces a segment with more live rows than this.
     pub max_segment_rows: u64,
+    /// No merge or import writes a segment larger than this, about (its
+    /// rows are capped at this over the bytes of a row at the gallery's
+    /// dimension): compaction rewrites one segment at a time, so it needs
+    /// free space for one segment, never for the whole gallery.
+    pub max_segment_bytes: u64,
 }
 
 impl Default for CompactionPolicy {
@@ -44,6 +49,7 @@ impl Default for CompactionPolicy {
             small_segment_rows: 1 << 18,
             min_small_to_merge: 4,
             max_segment_rows: 1 << 22,
+            max_segment_bytes: 2 << 30,
         }
     }
 }

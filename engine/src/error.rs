@@ -316,6 +316,20 @@ pub enum Error {
         /// The highest id the gallery has held or assigned.
         highest: u64,
     },
+    /// Caller error: an import names ids the gallery holds (and was not
+    /// asked to replace them).
+    #[error(
+        "ids: id {id} (row {row}) is already in the gallery{}; nothing was imported (replace them with --replace)",
+        if *count > 1 { format!(", and {} more ids of the import are", count - 1) } else { String::new() }
+    )]
+    IdsExist {
+        /// The first such id.
+        id: u64,
+        /// Its row in the source.
+        row: usize,
+        /// How many ids of the import the gallery holds.
+        count: u64,
+    },
     /// Caller error: the parts of a flat batch disagree (vectors, subjects
     /// and ids of different lengths).
     #[error("{what}: {reason}")]
@@ -395,7 +409,7 @@ impl Error {
             | Error::ModelMismatch { .. }
             | Error::BackupRefused { .. }
             | Error::Locked { .. } => ErrorKind::FailedPrecondition,
-            Error::GalleryExists(_) => ErrorKind::AlreadyExists,
+            Error::GalleryExists(_) | Error::IdsExist { .. } => ErrorKind::AlreadyExists,
             Error::ChecksumMismatch { .. }
             | Error::Corruption { .. }
             | Error::UnsupportedVersion { .. } => ErrorKind::DataLoss,

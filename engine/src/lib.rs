@@ -52,7 +52,8 @@ pub use engine::{Engine, EngineOptions, check_backup_name, check_gallery_name};
 pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
     Durability, Export, ExportBatch, Gallery, GalleryCounters, GalleryOptions, GalleryStats,
-    HistogramCounts, Identification, IdentifyOptions, InsertOutcome, MAX_DELETE_BATCH,
+    HistogramCounts, Identification, IdentifyOptions, ImportOptions, ImportReport, ImportSource,
+    InsertOutcome, MAX_DELETE_BATCH,
     MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES, MAX_SUBJECTS_PAGE, MaintenanceCounts,
     MaintenanceReport, RankBy, ScanCounts, ScanMode, SearchOptions, Verdict, VerifyOptions,
     VerifyPair, VerifyTarget, check_delete, check_rows,

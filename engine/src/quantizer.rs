@@ -37,45 +37,80 @@ const QUANTILE_TAIL: f64 = 0.01;
 /// and the rows become the segment's exceptions ([`coded_within`]), scanned
 /// exactly. A dimension with a non-finite minimum or maximum (no rows) gets
 /// minimum 0 and step 0; a step that overflows (values near ±f32::MAX) is 0.
+#[cfg(test)]
 pub(crate) fn sq8_params(rows: &[&[f32]], dim: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut lo = vec![f32::INFINITY; dim];
-    let mut hi = vec![f32::NEG_INFINITY; dim];
+    let mut range = Sq8Range::new(dim);
     for v in rows {
-        for d in 0..dim {
-            lo[d] = lo[d].min(v[d]);
-            hi[d] = hi[d].max(v[d]);
-        }
+        range.add(v);
     }
-    let stride = rows.len().div_ceil(QUANTILE_SAMPLE).max(1);
+    let stride = sample_stride(rows.len());
     let sample: Vec<&[f32]> = rows.iter().step_by(stride).copied().collect();
-    let m = sample.len();
-    let mut col: Vec<f32> = Vec::with_capacity(m);
-    let mut step = vec![0f32; dim];
-    for d in 0..dim {
-        if !lo[d].is_finite() || !hi[d].is_finite() {
-            lo[d] = 0.0;
-            continue;
+    range.params(&sample)
+}
+
+/// Every `sample_stride(n)`-th row of `n` (from the first) is the sample
+/// [`Sq8Range::params`] takes its quantiles from.
+pub(crate) fn sample_stride(n: usize) -> usize {
+    n.div_ceil(QUANTILE_SAMPLE).max(1)
+}
+
+/// The minimum and maximum of each dimension over rows seen one at a time:
+/// [`sq8_params`] for a writer that streams its rows (a bulk import) and
+/// keeps only the sample.
+pub(crate) struct Sq8Range {
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
+impl Sq8Range {
+    pub(crate) fn new(dim: usize) -> Sq8Range {
+        Sq8Range {
+            lo: vec![f32::INFINITY; dim],
+            hi: vec![f32::NEG_INFINITY; dim],
         }
-        col.clear();
-        col.extend(sample.iter().map(|v| v[d]));
-        let last = (m - 1) as f64;
-        let (i1, i99) = (
-            (last * QUANTILE_TAIL).floor() as usize,
-            (last * (1.0 - QUANTILE_TAIL)).ceil() as usize,
-        );
-        let q1 = *col.select_nth_unstable_by(i1, f32::total_cmp).1;
-        let q99 = *col.select_nth_unstable_by(i99, f32::total_cmp).1;
-        let reach = q99 - q1;
-        let (a, b) = ((q1 - reach).max(lo[d]), (q99 + reach).min(hi[d]));
-        if a.is_finite() && b.is_finite() && a <= b {
-            (lo[d], hi[d]) = (a, b);
-        }
-        let s = (hi[d] - lo[d]) / 255.0;
-        // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
-        // give a poor estimate, which the exact re-rank or the exact mode corrects.
-        step[d] = if s.is_finite() { s } else { 0.0 };
     }
-    (lo, step)
+
+    pub(crate) fn add(&mut self, v: &[f32]) {
+        for ((lo, hi), &x) in self.lo.iter_mut().zip(&mut self.hi).zip(v) {
+            *lo = lo.min(x);
+            *hi = hi.max(x);
+        }
+    }
+
+    /// The quantiser's minimum and step, from the range and the sample of rows
+    /// (every [`sample_stride`]-th).
+    pub(crate) fn params(self, sample: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
+        let Sq8Range { mut lo, mut hi } = self;
+        let dim = lo.len();
+        let m = sample.len();
+        let mut col: Vec<f32> = Vec::with_capacity(m);
+        let mut step = vec![0f32; dim];
+        for d in 0..dim {
+            if !lo[d].is_finite() || !hi[d].is_finite() {
+                lo[d] = 0.0;
+                continue;
+            }
+            col.clear();
+            col.extend(sample.iter().map(|v| v[d]));
+            let last = (m - 1) as f64;
+            let (i1, i99) = (
+                (last * QUANTILE_TAIL).floor() as usize,
+                (last * (1.0 - QUANTILE_TAIL)).ceil() as usize,
+            );
+            let q1 = *col.select_nth_unstable_by(i1, f32::total_cmp).1;
+            let q99 = *col.select_nth_unstable_by(i99, f32::total_cmp).1;
+            let reach = q99 - q1;
+            let (a, b) = ((q1 - reach).max(lo[d]), (q99 + reach).min(hi[d]));
+            if a.is_finite() && b.is_finite() && a <= b {
+                (lo[d], hi[d]) = (a, b);
+            }
+            let s = (hi[d] - lo[d]) / 255.0;
+            // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
+            // give a poor estimate, which the exact re-rank or the exact mode corrects.
+            step[d] = if s.is_finite() { s } else { 0.0 };
+        }
+        (lo, step)
+    }
 }
 
 /// Whether a row's codes are within half a step (and the rounding slack

@@ -94,6 +94,7 @@ impl Maintenance {
 pub(super) enum Job {
     Flush,
     Compaction,
+    Import,
 }
 
 impl Job {
@@ -102,6 +103,7 @@ impl Job {
         match self {
             Job::Flush => "flush",
             Job::Compaction => "compaction",
+            Job::Import => "import",
         }
     }
 }
@@ -114,6 +116,7 @@ pub(super) struct Counters {
     fsync: Histogram,
     flush: Maintenance,
     compaction: Maintenance,
+    import: Maintenance,
 }
 
 impl Default for Counters {
@@ -124,6 +127,7 @@ impl Default for Counters {
             fsync: Histogram::new(FSYNC_SECONDS, 1e-9),
             flush: Maintenance::new(),
             compaction: Maintenance::new(),
+            import: Maintenance::new(),
         }
     }
 }
@@ -147,6 +151,7 @@ impl Counters {
         match job {
             Job::Flush => &self.flush,
             Job::Compaction => &self.compaction,
+            Job::Import => &self.import,
         }
     }
 
@@ -169,6 +174,7 @@ impl Counters {
             wal_fsync_seconds: self.fsync.get(),
             flush: self.flush.get(),
             compaction: self.compaction.get(),
+            import: self.import.get(),
         }
     }
 }

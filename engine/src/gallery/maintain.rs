@@ -6,12 +6,12 @@ use super::backup::ProgressCell;
 use super::counters::Job;
 use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
 use crate::api::*;
-use crate::compaction::{self, SegmentStat};
+use crate::compaction::{self, CompactionPolicy, SegmentStat};
 use crate::error::Result;
 use crate::snapshot::SegState;
 use crate::snapshot::tombstones::Tombstones;
 use crate::storage::format::{self, ManifestData};
-use crate::storage::segment::{self, RowRef, Segment, VerifyChecksums};
+use crate::storage::segment::{self, RowRef, Segment, SegmentRows, VerifyChecksums};
 use crate::storage::wal::WalWriter;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -91,7 +91,7 @@ impl Gallery {
         let progress = self.start_progress("compaction");
         self.flush_locked(&progress.cell)?;
         let stats = self.segment_stats();
-        let plan = compaction::plan(&stats, &self.opts.compaction, true);
+        let plan = compaction::plan(&stats, &self.policy(), true);
         planned(&progress.cell, &stats, &plan, self.spec.dim);
         for group in plan {
             self.merge_locked(&group, &progress.cell)?;
@@ -100,6 +100,14 @@ impl Gallery {
             before,
             after: self.stats(),
         })
+    }
+
+    /// The compaction policy, its row limit lowered to the byte limit at
+    /// this gallery's dimension.
+    pub(super) fn policy(&self) -> CompactionPolicy {
+        let mut p = self.opts.compaction.clone();
+        p.max_segment_rows = self.segment_row_limit() as u64;
+        p
     }
 
     pub(super) fn segment_stats(&self) -> Vec<SegmentStat> {
@@ -119,7 +127,7 @@ impl Gallery {
     /// manifest cannot be written, the segment is removed; if it was renamed
     /// into place but the directory sync failed, the gallery is poisoned and
     /// the segment kept: the new manifest may be the one a reopen finds.
-    fn write_manifest(&self, m: &ManifestData, new_seg: Option<&Segment>) -> Result<()> {
+    pub(super) fn write_manifest(&self, m: &ManifestData, new_seg: Option<&Segment>) -> Result<()> {
         match crate::storage::fs::atomic_write(
             &*self.fs,
             &self.dir.join(MANIFEST),
@@ -186,9 +194,9 @@ impl Gallery {
                 }
             }
         }
-        let estimate = segment_estimate(&rows, dim);
+        let estimate = segment_estimate(rows.as_slice(), dim);
         progress.add_total(rows.len() as u64, estimate);
-        let new_seg = self.write_new_segment(Job::Flush, file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Flush, file_no, rows.as_slice())?;
         progress.add_done(rows.len() as u64, estimate);
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
         let old_wal_start;
@@ -266,11 +274,11 @@ impl Gallery {
     /// Write `rows` as segment `file_no`, sync it and the directory, and open it.
     /// Refuses with [`Error::NoSpace`] before writing anything when the disk
     /// has not room for the segment (an estimate from the rows, with slack).
-    pub(super) fn write_new_segment(
+    pub(super) fn write_new_segment<R: SegmentRows + ?Sized>(
         &self,
         job: Job,
         file_no: u64,
-        rows: &[RowRef<'_>],
+        rows: &R,
     ) -> Result<Option<Arc<Segment>>> {
         if rows.is_empty() {
             return Ok(None);
@@ -329,7 +337,7 @@ impl Gallery {
                 }
             }
         }
-        let new_seg = self.write_new_segment(Job::Compaction, file_no, &rows)?;
+        let new_seg = self.write_new_segment(Job::Compaction, file_no, rows.as_slice())?;
         progress.add_done(rows.len() as u64, (rows.len() * (5 * dim + 48)) as u64);
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
@@ -398,7 +406,7 @@ impl Gallery {
             self.flush_locked(&progress.cell)?;
         }
         let stats = self.segment_stats();
-        let plan = compaction::plan(&stats, &self.opts.compaction, false);
+        let plan = compaction::plan(&stats, &self.policy(), false);
         if !plan.is_empty() {
             let progress = self.start_progress("compaction");
             planned(&progress.cell, &stats, &plan, self.spec.dim);
@@ -412,10 +420,14 @@ impl Gallery {
 
 /// Bytes a segment of `rows` takes, about: per row the vector, its 8-bit
 /// code, id, norm, subject index and offsets, plus the subject strings.
-fn segment_estimate(rows: &[RowRef<'_>], dim: usize) -> u64 {
-    let per_row = (4 * dim + dim + 32) as u64;
-    let strings: u64 = rows.iter().map(|r| r.subject.len() as u64).sum();
-    rows.len() as u64 * per_row + strings
+fn segment_estimate<R: SegmentRows + ?Sized>(rows: &R, dim: usize) -> u64 {
+    let strings: u64 = (0..rows.len()).map(|i| rows.subject(i).len() as u64).sum();
+    rows.len() as u64 * rows_segment_estimate(dim, 0) + strings
+}
+
+/// Bytes of one row in a segment, about, with a subject of `subject_len` bytes.
+pub(super) fn rows_segment_estimate(dim: usize, subject_len: usize) -> u64 {
+    (4 * dim + dim + 32 + subject_len) as u64
 }
 
 /// Raise `progress`'s totals by the live rows of the merges `plan` will

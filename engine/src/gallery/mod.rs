@@ -34,6 +34,7 @@
 mod backup;
 mod counters;
 mod head;
+mod import;
 mod maintain;
 mod read;
 mod recover;
@@ -42,6 +43,7 @@ mod write;
 pub(crate) use backup::{
     BACKUP, ERASURE_KEY, ERASURES_DIR, copy_synced, mirror_path, verify_backup_files,
 };
+pub use import::{ImportOptions, ImportReport, ImportSource};
 pub use read::{Export, ExportBatch};
 pub(crate) use write::normalize;
 pub use write::{check_delete, check_rows};

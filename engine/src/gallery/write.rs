@@ -332,7 +332,7 @@ impl IdCounter {
 }
 
 /// Whether `subject` has a live row in `segments`.
-fn live_in_segments(segments: &[SegState], subject: &str) -> bool {
+pub(super) fn live_in_segments(segments: &[SegState], subject: &str) -> bool {
     segments.iter().any(|ss| {
         ss.seg
             .subject_rows(subject)

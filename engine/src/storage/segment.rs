@@ -8,7 +8,7 @@
 use super::io::{Create, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{CodeStats, coded_within, sq8_encode, sq8_params};
+use crate::quantizer::{CodeStats, Sq8Range, coded_within, sample_stride, sq8_encode};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -37,18 +37,52 @@ pub(crate) struct RowRef<'a> {
     pub vector: &'a [f32],
 }
 
+/// The rows a segment is written from, by row number: rows in memory or in
+/// other segments ([`RowRef`]s), or a bulk import's source, read twice (the
+/// vectors, then their codes) without being held in memory.
+pub(crate) trait SegmentRows {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn id(&self, i: usize) -> u64;
+    fn subject(&self, i: usize) -> &str;
+    /// Row `i`'s vector of `dim` values: borrowed where the rows hold it, or
+    /// written into `buf`. An error (a bad row of an import's source) stops
+    /// the write; the caller removes the file.
+    fn vector<'a>(&'a self, i: usize, buf: &'a mut [f32]) -> Result<&'a [f32]>;
+}
+
+impl SegmentRows for [RowRef<'_>] {
+    fn len(&self) -> usize {
+        <[RowRef<'_>]>::len(self)
+    }
+    fn id(&self, i: usize) -> u64 {
+        self[i].id
+    }
+    fn subject(&self, i: usize) -> &str {
+        self[i].subject
+    }
+    fn vector<'a>(&'a self, i: usize, _buf: &'a mut [f32]) -> Result<&'a [f32]> {
+        Ok(self[i].vector)
+    }
+}
+
 /// Write `rows` (ids unique, vectors of `dim` values) as segment file
 /// `file_no` at `path`, fsynced. The caller fsyncs the directory and records
-/// the file in the manifest.
-pub(crate) fn write_segment(
+/// the file in the manifest. Returns the file's length.
+///
+/// Memory: the per-row metadata (ids, subject ordinals, norms, postings:
+/// about 40 bytes a row, and the subjects' strings) and a sample of at most
+/// 65,536 rows for the quantiser; the vectors stream from `rows` twice.
+pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     fs: &dyn FileSystem,
     path: &Path,
     file_no: u64,
-    rows: &[RowRef<'_>],
+    rows: &R,
     dim: usize,
 ) -> Result<u64> {
     let n = rows.len();
-    debug_assert!(rows.iter().all(|r| r.vector.len() == dim));
     let dim32 = u32::try_from(dim).map_err(|_| Error::InvalidSpec {
         reason: format!("dimension {dim}"),
     })?;
@@ -62,18 +96,17 @@ pub(crate) fn write_segment(
         });
     };
     // Subject table: sorted distinct subjects; ordinal per row; postings.
-    let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject).collect();
+    let mut subjects: Vec<&str> = (0..n).map(|i| rows.subject(i)).collect();
     subjects.sort_unstable();
     subjects.dedup();
     #[allow(
         clippy::cast_possible_truncation,
         reason = "a subject's index is below `n`, which fits in u32 (checked above)"
     )]
-    let ords: Vec<u32> = rows
-        .iter()
-        .map(|r| {
+    let ords: Vec<u32> = (0..n)
+        .map(|i| {
             subjects
-                .binary_search(&r.subject)
+                .binary_search(&rows.subject(i))
                 .map(|i| i as u32)
                 .unwrap_or(0)
         })
@@ -91,6 +124,7 @@ pub(crate) fn write_segment(
         posting_rows[fill[o as usize] as usize] = row;
         fill[o as usize] += 1;
     }
+    drop(fill);
     let mut subject_offsets = Vec::with_capacity(subjects.len() + 1);
     let mut subject_bytes = Vec::new();
     for s in &subjects {
@@ -98,20 +132,23 @@ pub(crate) fn write_segment(
         subject_bytes.extend_from_slice(s.as_bytes());
     }
     subject_offsets.push(subject_bytes.len() as u64);
-    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    let subject_count = subjects.len();
+    drop(subjects);
+    let ids: Vec<u64> = (0..n).map(|i| rows.id(i)).collect();
     let mut order: Vec<u32> = (0..n32).collect();
     order.sort_unstable_by_key(|&r| ids[r as usize]);
     let sorted_ids: Vec<u64> = order.iter().map(|&r| ids[r as usize]).collect();
-    let norms: Vec<f32> = rows
-        .iter()
-        .map(|r| r.vector.iter().map(|x| x * x).sum())
-        .collect();
 
-    let vectors: Vec<&[f32]> = rows.iter().map(|r| r.vector).collect();
-    let (sq_min, sq_step) = sq8_params(&vectors, dim);
-    drop(vectors);
+    // Filled by the pass over the vectors: each row's norm, each dimension's
+    // range and the quantiser's sample (every `stride`-th row).
+    let mut norms: Vec<f32> = Vec::with_capacity(n);
+    let mut range = Sq8Range::new(dim);
+    let stride = sample_stride(n);
+    let mut sample: Vec<f32> = Vec::new();
+    let mut sq: Option<(Vec<f32>, Vec<f32>)> = None;
     // Rows with a value clamped to the quantiser's range, found while coding.
     let mut exceptions: Vec<u32> = Vec::new();
+    let mut buf = vec![0f32; dim];
 
     let file = fs
         .create(path, Create::New)
@@ -139,8 +176,15 @@ pub(crate) fn write_segment(
         };
         match sec {
             Section::Vectors => {
-                for r in rows {
-                    put(&mut w, bytemuck::cast_slice(r.vector))?;
+                for i in 0..n {
+                    let v = rows.vector(i, &mut buf)?;
+                    debug_assert_eq!(v.len(), dim);
+                    put(&mut w, bytemuck::cast_slice(v))?;
+                    norms.push(v.iter().map(|x| x * x).sum());
+                    range.add(v);
+                    if i % stride == 0 {
+                        sample.extend_from_slice(v);
+                    }
                 }
             }
             Section::Ids => put(&mut w, &le_u64s(&ids))?,
@@ -153,14 +197,20 @@ pub(crate) fn write_segment(
             Section::PostingOffsets => put(&mut w, &le_u32s(&posting_offsets))?,
             Section::PostingRows => put(&mut w, &le_u32s(&posting_rows))?,
             Section::Sq8Params => {
+                let refs: Vec<&[f32]> = sample.chunks_exact(dim.max(1)).collect();
+                let range = std::mem::replace(&mut range, Sq8Range::new(0));
+                let (sq_min, sq_step) = range.params(&refs);
                 put(&mut w, &le_f32s(&sq_min))?;
                 put(&mut w, &le_f32s(&sq_step))?;
+                sq = Some((sq_min, sq_step));
             }
             Section::Sq8Codes => {
+                let (sq_min, sq_step) = sq.as_ref().expect("params come before codes");
                 let mut code = vec![0u8; dim];
-                for (i, r) in (0..n32).zip(rows) {
-                    sq8_encode(r.vector, &sq_min, &sq_step, &mut code);
-                    if !coded_within(r.vector, &sq_min, &sq_step, &code) {
+                for i in 0..n32 {
+                    let v = rows.vector(i as usize, &mut buf)?;
+                    sq8_encode(v, sq_min, sq_step, &mut code);
+                    if !coded_within(v, sq_min, sq_step, &code) {
                         exceptions.push(i);
                     }
                     put(&mut w, &code)?;
@@ -179,7 +229,7 @@ pub(crate) fn write_segment(
         version: format::FORMAT_VERSION,
         dim: dim32,
         rows: n as u64,
-        subjects: subjects.len() as u64,
+        subjects: subject_count as u64,
         file_no,
         sections,
     };
