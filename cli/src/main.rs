@@ -125,6 +125,12 @@ enum Command {
     /// root (admin role; a progress bar with ETA on a terminal). The backup
     /// holds biometric data: see README, Operations.
     Backup(BackupArgs),
+    /// Bulk-import a gallery's rows from files the server reads (admin role):
+    /// written straight into segments, far faster than inserting, and shown
+    /// all at once when done; a progress bar with ETA on a terminal. Paths are
+    /// made absolute here; the server must see the same files (same machine
+    /// or a shared file system; its --import-root may restrict where).
+    Import(ImportArgs),
     /// Restore backup NAME as a new gallery (admin role): every checksum is
     /// verified first, and people erased since the backup stay erased.
     Restore(RestoreArgs),
@@ -277,6 +283,26 @@ struct BackupArgs {
     gallery: String,
     /// Name of the backup (letters, digits, '_' and '-').
     name: String,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// Gallery to import into (it must exist: `visage gallery create`).
+    gallery: String,
+    /// Vectors: .npy of shape (N, D), float32 or float64, C order.
+    #[arg(long)]
+    vectors: PathBuf,
+    /// Subjects: a text file of N lines, one subject a row.
+    #[arg(long)]
+    subjects: PathBuf,
+    /// Ids: .npy of N integers (none negative, none twice). Without it the
+    /// gallery assigns consecutive fresh ids in row order.
+    #[arg(long)]
+    ids: Option<PathBuf>,
+    /// Replace the rows of ids the gallery already holds (without it, an
+    /// import naming any of them is refused whole).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -632,6 +658,46 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             let g = client.gallery(&a.gallery);
             let r = with_progress(&g, "compaction", json, g.compact()).await?;
             maintenance("compacted", &a.gallery, r, t, json)?;
+        }
+        Command::Import(a) => {
+            let t = Instant::now();
+            let abs = |p: &Path| -> Res<String> {
+                Ok(std::path::absolute(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?
+                    .to_string_lossy()
+                    .into_owned())
+            };
+            let (vectors, subjects) = (abs(&a.vectors)?, abs(&a.subjects)?);
+            let ids = a.ids.as_deref().map(abs).transpose()?;
+            let g = client.gallery(&a.gallery);
+            let call = client.import(&a.gallery, &vectors, &subjects, ids.as_deref(), a.replace);
+            let r = with_progress(&g, "import", json, call).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if json {
+                print_json(&json!({
+                    "gallery": a.gallery, "seconds": secs, "embeddings": r.rows,
+                    "replaced": r.replaced, "segments": r.segments, "bytes": r.bytes,
+                    "first_id": (r.first_id > 0 || ids.is_none()).then_some(r.first_id),
+                    "subjects": r.subjects,
+                }))?;
+            } else {
+                let assigned = if ids.is_none() {
+                    format!(", ids {}..={}", r.first_id, r.first_id + r.rows - 1)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "imported {} embeddings into {} in {secs:.2} s ({}/s): {} segments, {}{assigned}; \
+                     {} replaced; the gallery has {} subjects",
+                    count(r.rows),
+                    a.gallery,
+                    count((r.rows as f64 / secs.max(1e-9)) as u64),
+                    r.segments,
+                    bytes(r.bytes),
+                    count(r.replaced),
+                    count(r.subjects),
+                );
+            }
         }
         Command::Backup(a) => {
             let t = Instant::now();

@@ -709,6 +709,32 @@ impl Client {
             .into_inner())
     }
 
+    /// Bulk-import files the server reads (admin role; see the Import RPC):
+    /// `vectors` (`.npy`, (N, D) float32/float64), `subjects` (text, N
+    /// lines), `ids` (`.npy` of N integers; `None`: the gallery assigns
+    /// them). The rows appear all at once; with `replace`, rows of ids the
+    /// gallery holds are replaced, else such an import is refused whole.
+    pub async fn import(
+        &self,
+        gallery: &str,
+        vectors: &str,
+        subjects: &str,
+        ids: Option<&str>,
+        replace: bool,
+    ) -> Result<proto::ImportResponse> {
+        Ok(self
+            .rpc()
+            .import(proto::ImportRequest {
+                gallery: gallery.to_owned(),
+                vectors_path: vectors.to_owned(),
+                subjects_path: subjects.to_owned(),
+                ids_path: ids.unwrap_or_default().to_owned(),
+                replace,
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Restore backup `name` as the new gallery `gallery` (admin role),
     /// re-applying the erasures made since the backup.
     pub async fn restore(&self, name: &str, gallery: &str) -> Result<proto::RestoreResponse> {

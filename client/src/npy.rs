@@ -81,7 +81,7 @@ impl Dtype {
     }
 
     /// NumPy's name of the type.
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "float32",
             Dtype::F64 => "float64",
@@ -397,7 +397,7 @@ fn read_data<T>(
 /// Open a file and read its header. A regular file's length is checked
 /// against the header at once (before any data is read); the data of other
 /// files (pipes) is checked as it is read.
-fn open(path: &Path) -> Result<(BufReader<std::fs::File>, Header), NpyError> {
+fn open(path: &Path) -> Result<(BufReader<std::fs::File>, Header, usize), NpyError> {
     let f = std::fs::File::open(path).map_err(|e| err(path, format!("cannot open: {e}")))?;
     let meta = f
         .metadata()
@@ -428,7 +428,16 @@ fn open(path: &Path) -> Result<(BufReader<std::fs::File>, Header), NpyError> {
             ));
         }
     }
-    Ok((r, h))
+    Ok((r, h, offset))
+}
+
+/// The header of the `.npy` file at `path` and the offset of its data, the
+/// file's length checked against the header: for a reader that maps the
+/// data instead of reading it (a bulk import on the server).
+pub fn layout(path: impl AsRef<Path>) -> Result<(Header, usize), NpyError> {
+    let path = path.as_ref();
+    let (_, h, offset) = open(path)?;
+    Ok((h, offset))
 }
 
 /// A row-major 2-D array.
@@ -491,7 +500,7 @@ pub fn read_vectors(path: impl AsRef<Path>, dim: usize, gallery: &str) -> Result
     reason = "NumPy files may hold big-endian data ('>f4')"
 )]
 fn read_matrix_with_shape(path: &Path) -> Result<(Matrix, Vec<usize>), NpyError> {
-    let (mut r, h) = open(path)?;
+    let (mut r, h, _) = open(path)?;
     let (rows, cols) = match h.shape[..] {
         [n, d] => (n, d),
         [d] => (1, d),
@@ -557,7 +566,7 @@ fn read_exact_2d<T>(
     dtype: Dtype,
     decode: impl FnMut(&[u8], bool) -> T,
 ) -> Result<Array2<T>, NpyError> {
-    let (mut r, h) = open(path)?;
+    let (mut r, h, _) = open(path)?;
     if h.dtype != dtype || h.big_endian {
         let order = if h.big_endian { "big-endian " } else { "" };
         return Err(err(
@@ -616,7 +625,7 @@ pub fn read_i64(path: impl AsRef<Path>) -> Result<Array2<i64>, NpyError> {
 )]
 pub fn read_ids(path: impl AsRef<Path>) -> Result<Vec<u64>, NpyError> {
     let path = path.as_ref();
-    let (mut r, h) = open(path)?;
+    let (mut r, h, _) = open(path)?;
     let ([n] | [n, 1]) = h.shape[..] else {
         return Err(err(
             path,

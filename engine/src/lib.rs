@@ -53,10 +53,9 @@ pub use error::{Error, ErrorKind, Result, shown};
 pub use gallery::{
     Durability, Export, ExportBatch, Gallery, GalleryCounters, GalleryOptions, GalleryStats,
     HistogramCounts, Identification, IdentifyOptions, ImportOptions, ImportReport, ImportSource,
-    InsertOutcome, MAX_DELETE_BATCH,
-    MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES, MAX_SUBJECTS_PAGE, MaintenanceCounts,
-    MaintenanceReport, RankBy, ScanCounts, ScanMode, SearchOptions, Verdict, VerifyOptions,
-    VerifyPair, VerifyTarget, check_delete, check_rows,
+    InsertOutcome, MAX_DELETE_BATCH, MAX_IDENTIFY_K, MAX_INSERT_BATCH, MAX_K, MAX_PROBES,
+    MAX_SUBJECTS_PAGE, MaintenanceCounts, MaintenanceReport, RankBy, ScanCounts, ScanMode,
+    SearchOptions, Verdict, VerifyOptions, VerifyPair, VerifyTarget, check_delete, check_rows,
 };
 pub use head::{HeadInfo, MAX_TRAIN_PAIRS, TrainOptions};
 pub use search::kernels;

@@ -89,7 +89,7 @@ pub fn visage_role(method: &str) -> Option<Role> {
         | "Verify" | "GetHead" => Role::Read,
         "Insert" | "InsertStream" | "Flush" => Role::Write,
         "CreateGallery" | "DropGallery" | "Delete" | "Compact" | "TrainHead" | "Export"
-        | "Backup" | "Restore" | "ClusterStatus" => Role::Admin,
+        | "Backup" | "Restore" | "Import" | "ClusterStatus" => Role::Admin,
         "CopyShard" => Role::Node,
         _ => return None,
     })
@@ -519,7 +519,7 @@ mod tests {
                 methods.push(name.trim().to_owned());
             }
         }
-        assert_eq!(methods.len(), 21, "methods found in the proto: {methods:?}");
+        assert_eq!(methods.len(), 22, "methods found in the proto: {methods:?}");
         for m in &methods {
             assert!(visage_role(m).is_some(), "{m} has no role in visage_role");
         }
@@ -534,6 +534,7 @@ mod tests {
             "TrainHead",
             "Backup",
             "Restore",
+            "Import",
         ] {
             assert_eq!(visage_role(admin), Some(Role::Admin), "{admin}");
         }

@@ -1383,6 +1383,15 @@ impl Visage for ClusterService {
         ))
     }
 
+    async fn import(
+        &self,
+        _request: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        Err(Status::failed_precondition(
+            "Import is not available in cluster mode (every row must pass through the gallery's log; insert in batches)",
+        ))
+    }
+
     async fn restore(
         &self,
         _request: Request<pb::RestoreRequest>,

@@ -18,6 +18,7 @@ pub mod auth;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod convert;
+pub mod import;
 pub mod metrics;
 pub mod net;
 pub mod packed;
@@ -86,6 +87,8 @@ pub struct ServerOptions {
     pub stream_idle_timeout: Duration,
     /// Largest rate of a backup's copying, bytes a second (`None`: no limit).
     pub backup_bytes_per_sec: Option<u64>,
+    /// Import only files under this directory (`None`: any the server can read).
+    pub import_root: Option<std::path::PathBuf>,
     /// Cluster mode: the node (joined to NATS and etcd) and how it reaches
     /// the others (`None`: a single node).
     #[cfg(feature = "cluster")]
@@ -103,6 +106,7 @@ impl Default for ServerOptions {
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
             stream_idle_timeout: service::DEFAULT_STREAM_IDLE_TIMEOUT,
             backup_bytes_per_sec: None,
+            import_root: None,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -224,7 +228,8 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let single = VisageService::new(engine.clone(), stop_rx.clone())
         .with_stream_idle_timeout(opts.stream_idle_timeout)
-        .with_backup_rate(opts.backup_bytes_per_sec);
+        .with_backup_rate(opts.backup_bytes_per_sec)
+        .with_import_root(opts.import_root.clone());
     #[cfg(feature = "cluster")]
     let (single, clustered) = match &opts.cluster {
         None => (Some(single), None),

@@ -107,6 +107,11 @@ struct Args {
     /// re-apply. Holds biometric data: keep it as private as the data directory.
     #[arg(long, env = "VISAGE_BACKUP_ROOT", default_value = "./visage-backups")]
     backup_root: PathBuf,
+    /// Bulk imports (the Import RPC, `visage import`) read only files under
+    /// this directory. Unset: any file the server's user can read (imports
+    /// need the admin role either way).
+    #[arg(long, env = "VISAGE_IMPORT_ROOT")]
+    import_root: Option<PathBuf>,
     /// Largest rate a backup reads and writes, in MiB a second (0: no limit),
     /// so a backup does not starve searches of disk bandwidth.
     #[arg(long, env = "VISAGE_BACKUP_RATE", default_value_t = 0)]
@@ -401,6 +406,7 @@ async fn run(args: Args) -> Result<(), visage_server::BoxError> {
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout),
         backup_bytes_per_sec: (args.backup_rate > 0)
             .then_some(args.backup_rate.saturating_mul(1 << 20)),
+        import_root: args.import_root.clone(),
         #[cfg(feature = "cluster")]
         cluster,
     };

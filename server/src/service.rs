@@ -34,6 +34,7 @@ pub struct VisageService {
     shutdown: watch::Receiver<bool>,
     stream_idle: std::time::Duration,
     backup_rate: Option<u64>,
+    import_root: Option<std::path::PathBuf>,
 }
 
 /// The metadata of a cluster node's identify call to one shard: the whole
@@ -52,7 +53,42 @@ impl VisageService {
             shutdown,
             stream_idle: DEFAULT_STREAM_IDLE_TIMEOUT,
             backup_rate: None,
+            import_root: None,
         }
+    }
+
+    /// Import only files under `root` (`None`: any file the server can read).
+    pub fn with_import_root(mut self, root: Option<std::path::PathBuf>) -> Self {
+        self.import_root = root;
+        self
+    }
+
+    /// `path` made absolute and, with an import root, checked to lie under it
+    /// (after resolving links, so no link leads out).
+    fn import_path(&self, field: &str, path: &str) -> Result<std::path::PathBuf, Status> {
+        if path.is_empty() {
+            return Err(Status::invalid_argument(format!("{field}: no path given")));
+        }
+        let p = std::path::Path::new(path);
+        let Some(root) = &self.import_root else {
+            return Ok(p.to_owned());
+        };
+        let resolved = p
+            .canonicalize()
+            .map_err(|e| Status::invalid_argument(format!("{field}: {path}: cannot open: {e}")))?;
+        let root = root.canonicalize().map_err(|e| {
+            Status::failed_precondition(format!(
+                "the server's import root {} cannot be opened: {e}",
+                root.display()
+            ))
+        })?;
+        if !resolved.starts_with(&root) {
+            return Err(Status::permission_denied(format!(
+                "{field}: {path} is not under the server's import root {}",
+                root.display()
+            )));
+        }
+        Ok(resolved)
     }
 
     /// Copy backups at most this many bytes a second (`None`: no limit).
@@ -819,6 +855,39 @@ impl Visage for VisageService {
             bytes: rep.bytes,
             wal_file: rep.wal_file_no,
             wal_offset: rep.wal_offset,
+        }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        let r = request.into_inner();
+        let vectors = self.import_path("vectors_path", &r.vectors_path)?;
+        let subjects = self.import_path("subjects_path", &r.subjects_path)?;
+        let ids = match r.ids_path.as_str() {
+            "" => None,
+            p => Some(self.import_path("ids_path", p)?),
+        };
+        let gallery = r.gallery.clone();
+        let opts = visage_engine::ImportOptions { replace: r.replace };
+        let rep = self
+            .blocking(move |engine| {
+                let g = engine.gallery(&r.gallery)?;
+                let src = crate::import::FileSource::open(&vectors, &subjects, ids.as_deref())?;
+                Ok(g.import(&src, opts)?)
+            })
+            .await?;
+        tracing::info!(gallery = %gallery, rows = rep.rows, replaced = rep.replaced,
+            segments = rep.segments, seconds = rep.seconds, "import done");
+        Ok(Response::new(pb::ImportResponse {
+            rows: rep.rows,
+            replaced: rep.replaced,
+            segments: rep.segments,
+            bytes: rep.bytes,
+            first_id: rep.first_assigned_id.unwrap_or(0),
+            subjects: rep.subjects,
+            seconds: rep.seconds,
         }))
     }
 

@@ -167,11 +167,15 @@ impl Gallery {
                 }
                 None
             }
-            None => Some(self.ids.assign(n as u64).ok_or_else(|| Error::IdsExhausted {
-                gallery: self.name.clone(),
-                wanted: n as u64,
-                highest: self.ids.highest(),
-            })?),
+            None => Some(
+                self.ids
+                    .assign(n as u64)
+                    .ok_or_else(|| Error::IdsExhausted {
+                        gallery: self.name.clone(),
+                        wanted: n as u64,
+                        highest: self.ids.highest(),
+                    })?,
+            ),
         };
         let id_of = |row: usize| match (&given, first_assigned_id) {
             (Some(ids), _) => ids[row],
@@ -312,15 +316,14 @@ impl Gallery {
         if !replace {
             let mut offset = 0;
             for seg in imported {
-                refuse_held(seg.ids(), |id| st.find_live(id).is_some())
-                    .map_err(|e| match e {
-                        Error::IdsExist { id, row, count } => Error::IdsExist {
-                            id,
-                            row: row + offset,
-                            count,
-                        },
-                        e => e,
-                    })?;
+                refuse_held(seg.ids(), |id| st.find_live(id).is_some()).map_err(|e| match e {
+                    Error::IdsExist { id, row, count } => Error::IdsExist {
+                        id,
+                        row: row + offset,
+                        count,
+                    },
+                    e => e,
+                })?;
                 offset += seg.rows();
             }
         }

@@ -325,6 +325,7 @@ impl Gallery {
         let mut map = Vec::new();
         let mut rows = Vec::new();
         for (i, ss) in captured.iter().enumerate() {
+            ss.seg.advise_sequential();
             let (ids, vecs) = (ss.seg.ids(), ss.seg.vectors());
             for r in 0..ss.seg.rows() {
                 if !ss.tomb.get(r) {

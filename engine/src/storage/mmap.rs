@@ -38,9 +38,49 @@ impl MappedFile {
         })
     }
 
+    /// Map a file a caller gives to read, such as a bulk import's input:
+    /// the caller promises not to change it while it is mapped (the import's
+    /// documentation says so; a changed input reads as garbage values, which
+    /// the import's checks see as bad rows, or as a fault).
+    pub fn open_input(path: &Path) -> std::io::Result<MappedFile> {
+        let file = File::open(path)?;
+        // SAFETY: a read-only private mapping; the file is not written through
+        // it, and the caller promises nobody truncates or rewrites it while
+        // mapped (see above).
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }?;
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(MappedFile {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
     /// The mapped bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Tell the kernel that `range` of the file is read at random (no
+    /// read-ahead around each fault): the vectors of a segment larger than
+    /// memory, of which a search reads only its candidates' rows. Advice only:
+    /// a failure changes nothing but speed.
+    pub(crate) fn advise_random(&self, range: std::ops::Range<usize>) {
+        self.advise(memmap2::Advice::Random, range);
+    }
+
+    /// Tell the kernel that `range` is about to be read in order (a merge
+    /// reading a segment's rows): read ahead again.
+    pub(crate) fn advise_sequential(&self, range: std::ops::Range<usize>) {
+        self.advise(memmap2::Advice::Sequential, range);
+    }
+
+    fn advise(&self, advice: memmap2::Advice, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start / PAGE * PAGE;
+        let end = range.end.min(self.map.len());
+        if start < end {
+            let _ = self.map.advise_range(advice, start, end - start);
+        }
     }
 
     /// The file's path.

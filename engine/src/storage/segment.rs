@@ -619,6 +619,12 @@ impl Segment {
         Ok(())
     }
 
+    /// About to read every row in order (a merge): read ahead.
+    pub(crate) fn advise_sequential(&self) {
+        self.map
+            .advise_sequential(self.ranges[Section::Vectors as usize].clone());
+    }
+
     fn section(&self, s: Section) -> &[u8] {
         &self.map.bytes()[self.ranges[s as usize].clone()]
     }
@@ -713,6 +719,12 @@ impl Segment {
             ),
             None => CodeStats::default(),
         };
+        // The pass above was the last to read every vector: from now on
+        // searches read only candidates' rows (and compactions, sequentially,
+        // a segment at a time), so read-ahead around each would fill memory
+        // with neighbours nobody asked for when the vectors exceed it.
+        self.map
+            .advise_random(self.ranges[Section::Vectors as usize].clone());
         self.code_stats.get_or_init(|| c)
     }
 

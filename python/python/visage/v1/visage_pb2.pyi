@@ -232,6 +232,38 @@ class BackupResponse(_message.Message):
     wal_offset: int
     def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., subjects: _Optional[int] = ..., files: _Optional[int] = ..., linked_files: _Optional[int] = ..., bytes: _Optional[int] = ..., wal_file: _Optional[int] = ..., wal_offset: _Optional[int] = ...) -> None: ...
 
+class ImportRequest(_message.Message):
+    __slots__ = ("gallery", "vectors_path", "subjects_path", "ids_path", "replace")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_PATH_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_PATH_FIELD_NUMBER: _ClassVar[int]
+    IDS_PATH_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    vectors_path: str
+    subjects_path: str
+    ids_path: str
+    replace: bool
+    def __init__(self, gallery: _Optional[str] = ..., vectors_path: _Optional[str] = ..., subjects_path: _Optional[str] = ..., ids_path: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ImportResponse(_message.Message):
+    __slots__ = ("rows", "replaced", "segments", "bytes", "first_id", "subjects", "seconds")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    replaced: int
+    segments: int
+    bytes: int
+    first_id: int
+    subjects: int
+    seconds: float
+    def __init__(self, rows: _Optional[int] = ..., replaced: _Optional[int] = ..., segments: _Optional[int] = ..., bytes: _Optional[int] = ..., first_id: _Optional[int] = ..., subjects: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class RestoreRequest(_message.Message):
     __slots__ = ("name", "gallery")
     NAME_FIELD_NUMBER: _ClassVar[int]

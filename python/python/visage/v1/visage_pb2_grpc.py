@@ -129,6 +129,11 @@ class VisageStub:
                 request_serializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/visage.v1.Visage/Import',
+                request_serializer=visage_dot_v1_dot_visage__pb2.ImportRequest.SerializeToString,
+                response_deserializer=visage_dot_v1_dot_visage__pb2.ImportResponse.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/visage.v1.Visage/ClusterStatus',
                 request_serializer=visage_dot_v1_dot_visage__pb2.ClusterStatusRequest.SerializeToString,
@@ -311,6 +316,20 @@ class VisageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Import(self, request, context):
+        """Bulk import from files the server reads (admin role): rows go straight
+        into segment files (no write log), checked as they are read, and appear
+        all at once when the import returns. A bad row, ids given twice, or ids
+        the gallery holds (unless `replace`) refuse it whole (INVALID_ARGUMENT,
+        ALREADY_EXISTS) and nothing changes; so does a crash before it returns.
+        Progress shows in GetGallery's `operations` ("import"). Single node only
+        (FAILED_PRECONDITION in cluster mode). With the server's --import-root,
+        paths must lie under it (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ClusterStatus(self, request, context):
         """Cluster mode only (FAILED_PRECONDITION on a single node): the live
         nodes, and for each gallery its log and each shard's replicas with the
@@ -427,6 +446,11 @@ def add_VisageServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=visage_dot_v1_dot_visage__pb2.RestoreRequest.FromString,
                     response_serializer=visage_dot_v1_dot_visage__pb2.RestoreResponse.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=visage_dot_v1_dot_visage__pb2.ImportRequest.FromString,
+                    response_serializer=visage_dot_v1_dot_visage__pb2.ImportResponse.SerializeToString,
             ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
@@ -952,6 +976,33 @@ class Visage:
             '/visage.v1.Visage/Restore',
             visage_dot_v1_dot_visage__pb2.RestoreRequest.SerializeToString,
             visage_dot_v1_dot_visage__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visage.v1.Visage/Import',
+            visage_dot_v1_dot_visage__pb2.ImportRequest.SerializeToString,
+            visage_dot_v1_dot_visage__pb2.ImportResponse.FromString,
             options,
             channel_credentials,
             insecure,
