@@ -14,6 +14,7 @@ mod faults;
 mod fuzzed;
 mod head;
 mod ids;
+mod import;
 mod layers;
 mod lock;
 mod model;
