@@ -23,6 +23,7 @@ mod full_disk;
 mod harness;
 mod health;
 mod hostile;
+mod import;
 mod listing;
 mod metrics;
 mod packed;
