@@ -376,9 +376,9 @@ impl Gallery {
         let mut replaced = 0u64;
         let mut lost_subjects: Vec<String> = Vec::new();
         for ss in &mut segments {
-            let (lo, hi) = match (ss.seg.ids().iter().min(), ss.seg.ids().iter().max()) {
-                (Some(&lo), Some(&hi)) => (lo, hi),
-                _ => continue,
+            let (Some(&lo), Some(&hi)) = (ss.seg.ids().iter().min(), ss.seg.ids().iter().max())
+            else {
+                continue;
             };
             let mut tomb: Option<Tombstones> = None;
             for seg in imported {

@@ -861,7 +861,7 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 42, &rows, dim).unwrap();
+        write_segment(&RealFs, &path, 42, rows.as_slice(), dim).unwrap();
         for verify in [VerifyChecksums::Metadata, VerifyChecksums::Full] {
             let seg = Segment::open(&RealFs, &path, 42, verify, dim).unwrap();
             assert_eq!(seg.rows(), 50);
@@ -906,7 +906,7 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 1, &rows, 128).unwrap();
+        write_segment(&RealFs, &path, 1, rows.as_slice(), 128).unwrap();
         let good = std::fs::read(&path).unwrap();
         let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, 128)
             .unwrap()
