@@ -44,34 +44,40 @@ fn insert(c: &mut Criterion) {
             });
         });
     }
-    // The foreground write path alone: WAL write (no fsync) and memtable, with no
-    // flush running (a fresh gallery every 100 batches, not timed).
-    g.bench_function(BenchmarkId::new("not_durable_no_flush", BATCH), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0u64;
-            while done < iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let mut opts = quiet_options(Durability::ProcessCrash);
-                opts.gallery.memtable_rows = usize::MAX;
-                let engine = Engine::open(dir.path(), opts).expect("open");
-                let gal = engine.create_gallery("bench").expect("create");
-                let n = (iters - done).min(100);
-                for k in 0..n {
-                    let batch = &batches[(k % 64) as usize];
-                    let mut batch = batch.clone();
-                    for (j, e) in batch.iter_mut().enumerate() {
-                        e.id = k * BATCH as u64 + j as u64;
+    // The foreground write path alone: WAL write (with and without fdatasync)
+    // and memtable, with no flush running (a fresh gallery every 100 batches,
+    // not timed).
+    for (label, durability) in [
+        ("durable_no_flush", Durability::PowerLoss),
+        ("not_durable_no_flush", Durability::ProcessCrash),
+    ] {
+        g.bench_function(BenchmarkId::new(label, BATCH), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let mut opts = quiet_options(durability);
+                    opts.gallery.memtable_rows = usize::MAX;
+                    let engine = Engine::open(dir.path(), opts).expect("open");
+                    let gal = engine.create_gallery("bench").expect("create");
+                    let n = (iters - done).min(100);
+                    for k in 0..n {
+                        let batch = &batches[(k % 64) as usize];
+                        let mut batch = batch.clone();
+                        for (j, e) in batch.iter_mut().enumerate() {
+                            e.id = k * BATCH as u64 + j as u64;
+                        }
+                        let t = Instant::now();
+                        std::hint::black_box(gal.insert(&batch).expect("insert"));
+                        total += t.elapsed();
                     }
-                    let t = Instant::now();
-                    std::hint::black_box(gal.insert(&batch).expect("insert"));
-                    total += t.elapsed();
+                    done += n;
                 }
-                done += n;
-            }
-            total
+                total
+            });
         });
-    });
+    }
     // The bound: the same number of bytes (one WAL record of 1,000 embeddings), written and fdatasync'ed.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
