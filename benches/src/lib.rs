@@ -3,6 +3,7 @@
 //! [`visage_client::npy`].
 
 pub mod bounds;
+pub mod measure;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
+use visage_bench::measure::{ProcMemory, millis, percentile, reset_hwm, segment_bytes};
 use visage_bench::{bounds, quiet_options};
 use visage_client::npy;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
@@ -478,51 +479,6 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-/// `VmRSS` and `VmHWM` of this process, in bytes (Linux).
-fn rss() -> (Option<u64>, Option<u64>) {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
-        return (None, None);
-    };
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Reset `VmHWM` to the current RSS (Linux ≥ 4.0); false where that is not possible.
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Sum of the sizes of the gallery's segment files (what search maps).
-fn segment_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "vseg"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Whether `dir` holds a complete build of `key` with `rows` embeddings.
 fn cached(dir: &Path, key: &Value, rows: Option<u64>) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join(MARKER)) else {
@@ -755,7 +711,11 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     let batch_median = sorted_runs[sorted_runs.len() / 2];
     let throughput = n_batch as f64 / batch_median.as_secs_f64();
 
-    let (vm_rss, vm_hwm) = rss();
+    let ProcMemory {
+        rss: vm_rss,
+        hwm: vm_hwm,
+        ..
+    } = ProcMemory::now();
     let mapped = segment_bytes(g.dir());
     let vectors_bytes = stats.live * (dim as u64) * 4;
 
