@@ -4,6 +4,7 @@
 
 pub mod bounds;
 pub mod measure;
+pub mod scale;
 pub mod server;
 
 use std::path::{Path, PathBuf};
