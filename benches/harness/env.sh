@@ -32,5 +32,5 @@ bench_setup() {
 # they slow faiss's BLAS path, so the harnesses' Python (and only it) runs
 # without them. The reports name the BLAS kernel faiss then used (threadpoolctl).
 bench_python() {
-    exec env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" "$@"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" "$@"
 }

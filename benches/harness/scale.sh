@@ -15,8 +15,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bench_setup
 
+# A run takes hours: it measures with its own copy of the binary, so that a
+# build in the same target directory meanwhile cannot swap it mid-run.
+bin=$(mktemp "$target/visage-bench-scale.XXXXXX")
+trap 'rm -f "$bin"' EXIT
+cp "$bench" "$bin" && chmod u+x "$bin"
+
 bench_python "$root/benches/harness/scale.py" \
-    --bench "$bench" \
+    --bench "$bin" \
     --work "$target/scale" \
     --out "$target/scale.md" \
     "$@"
