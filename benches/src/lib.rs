@@ -3,6 +3,8 @@
 //! [`visage_client::npy`].
 
 pub mod bounds;
+pub mod measure;
+pub mod scale;
 pub mod server;
 
 use std::path::{Path, PathBuf};

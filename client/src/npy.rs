@@ -21,7 +21,9 @@
 //!
 //! [`read_ids`] reads ids as signed or unsigned 32- or 64-bit integers, shape
 //! `(N,)` or `(N, 1)`. Writers write little-endian `float32`, `int64` and
-//! `uint64` arrays, version 1.0 (2.0 if the header needs it).
+//! `uint64` arrays, version 1.0 (2.0 if the header needs it); [`F32Writer`]
+//! writes a `float32` array a block of rows at a time, for arrays larger than
+//! memory.
 //!
 //! Every error names the file and says what is wrong with it.
 
@@ -743,6 +745,94 @@ fn write_values<const W: usize>(
     w.flush().map_err(io)
 }
 
+/// A little-endian `float32` C-order array of shape `(rows, cols)` written a
+/// block of rows at a time, so an array larger than memory never has to be
+/// held: the header first, then the rows as they come. [`F32Writer::finish`]
+/// checks that exactly `rows` rows were written.
+pub struct F32Writer {
+    path: PathBuf,
+    w: BufWriter<std::fs::File>,
+    cols: usize,
+    expected: usize,
+    written: usize,
+    bytes: Vec<u8>,
+}
+
+impl F32Writer {
+    /// Create `path` (truncating it) for `rows` rows of `cols` values.
+    pub fn create(path: impl AsRef<Path>, rows: usize, cols: usize) -> Result<F32Writer, NpyError> {
+        let path = path.as_ref();
+        let expected = rows
+            .checked_mul(cols)
+            .ok_or_else(|| err(path, format!("shape ({rows}, {cols}) is too large")))?;
+        let f =
+            std::fs::File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
+        let mut w = BufWriter::with_capacity(1 << 22, f);
+        w.write_all(&header_bytes(Dtype::F32.descr(), &[rows, cols]))
+            .map_err(|e| err(path, format!("write failed: {e}")))?;
+        Ok(F32Writer {
+            path: path.to_owned(),
+            w,
+            cols,
+            expected,
+            written: 0,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Append whole rows (`values.len()` a multiple of the row length).
+    pub fn write_rows(&mut self, values: &[f32]) -> Result<(), NpyError> {
+        if !values.len().is_multiple_of(self.cols.max(1)) {
+            return Err(err(
+                &self.path,
+                format!(
+                    "{} values are not whole rows of {}",
+                    values.len(),
+                    self.cols
+                ),
+            ));
+        }
+        if self.written + values.len() > self.expected {
+            return Err(err(
+                &self.path,
+                format!(
+                    "more values than the shape holds ({} after {} of {})",
+                    values.len(),
+                    self.written,
+                    self.expected
+                ),
+            ));
+        }
+        // Element by element into a buffer the compiler turns into a copy
+        // on little-endian machines.
+        self.bytes.resize(values.len() * 4, 0);
+        for (b, v) in self.bytes.chunks_exact_mut(4).zip(values) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        self.w
+            .write_all(&self.bytes)
+            .map_err(|e| err(&self.path, format!("write failed: {e}")))?;
+        self.written += values.len();
+        Ok(())
+    }
+
+    /// Flush, checking that every row of the shape was written.
+    pub fn finish(mut self) -> Result<(), NpyError> {
+        if self.written != self.expected {
+            return Err(err(
+                &self.path,
+                format!(
+                    "{} values written, the shape holds {}",
+                    self.written, self.expected
+                ),
+            ));
+        }
+        self.w
+            .flush()
+            .map_err(|e| err(&self.path, format!("write failed: {e}")))
+    }
+}
+
 /// Write a little-endian `float32` C-order array of `shape`.
 pub fn write_f32(path: impl AsRef<Path>, data: &[f32], shape: &[usize]) -> Result<(), NpyError> {
     let values = data.iter().map(|v| v.to_le_bytes());
@@ -922,6 +1012,24 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, b).unwrap();
         p
+    }
+
+    #[test]
+    fn streams_f32_rows_in_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.npy");
+        let data: Vec<f32> = (0..5 * 16).map(|i| i as f32 * 0.5).collect();
+        let mut w = F32Writer::create(&p, 5, 16).unwrap();
+        w.write_rows(&data[..32]).unwrap();
+        w.write_rows(&data[32..]).unwrap();
+        w.finish().unwrap();
+        let m = read_f32(&p).unwrap();
+        assert_eq!((m.rows, m.cols), (5, 16));
+        assert_eq!(m.data, data);
+        let mut w = F32Writer::create(&p, 5, 16).unwrap();
+        assert!(w.write_rows(&data[..7]).is_err());
+        w.write_rows(&data[..16]).unwrap();
+        assert!(w.finish().is_err());
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic] [--dim D]
 //! visage-bench bounds [--bytes B] [--json]
 //! visage-bench conflicts [--subjects N] [--batch B] [--runs R] [--json]
+//! visage-bench scale-gen    --rows N [--start S --count C] --out X.npy [--subjects S.txt] [--seed S]
+//! visage-bench scale-gen    --rows N --probes P --out P.npy [--seed S]
+//! visage-bench scale-build  --data-dir D --rows N [--vectors X.npy --subjects S.txt] [--seed S]
+//! visage-bench scale-search --data-dir D --probes P.npy [--k 10] [--single 200] [--batch 1000]
+//!                           [--identify 1000] [--out-ids IDS.npy] [--json]
+//! visage-bench scale-truth  --rows N --probes P.npy [--sample 20] [--k 10] --out T.npy [--seed S]
 //! ```
 //!
 //! `search` loads BASE (float32 `[N, D]`, D the gallery's dimension, row `i` gets id `i`) into a data
@@ -13,13 +19,19 @@
 //! canonical path, size and modification time), or reopens the one built
 //! before, then measures single-probe latency, batch throughput and resident
 //! memory. See `benches/harness/README.md`.
+//!
+//! The `scale-*` commands are the scale benchmark's steps (`benches/harness/scale.sh`),
+//! over the generated gallery of `visage_bench::scale`: any rows of it written
+//! as `.npy`, a gallery imported from it, measured, and its exact answers
+//! computed independently.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
-use visage_bench::{bounds, quiet_options};
+use visage_bench::measure::{ProcMemory, millis, percentile, reset_hwm, segment_bytes};
+use visage_bench::{bounds, quiet_options, scale};
 use visage_client::npy;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
 use visage_engine::{
@@ -58,6 +70,139 @@ enum Cmd {
     /// conflicts it reports on strangers (false) and on new photos of
     /// enrolled people under new names (caught).
     Conflicts(ConflictsArgs),
+    /// Scale benchmark: write rows of the generated face-like gallery (or
+    /// its probes) as .npy, streamed.
+    ScaleGen(ScaleGenArgs),
+    /// Scale benchmark: create (or replace) the gallery `scale` and import
+    /// the generated rows into it, from the generator or from files.
+    ScaleBuild(ScaleBuildArgs),
+    /// Scale benchmark: open the gallery `scale` and measure the open,
+    /// single probes, a batch, an identification batch, memory and disk.
+    ScaleSearch(ScaleSearchArgs),
+    /// Scale benchmark: the exact top-k of the first probes by brute force
+    /// over the regenerated rows, in f64 (the independent reference).
+    ScaleTruth(ScaleTruthArgs),
+}
+
+/// The generated gallery of the scale benchmark (see `visage_bench::scale`).
+#[derive(clap::Args)]
+struct ScaleData {
+    /// Rows of the gallery (ten images a subject).
+    #[arg(long)]
+    rows: usize,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Values per vector.
+    #[arg(long, default_value_t = DIM)]
+    dim: usize,
+}
+
+impl ScaleData {
+    fn generator(&self) -> Res<scale::Generator> {
+        if let Some(why) = GallerySpec::with_dim(self.dim).problem() {
+            return Err(format!("--dim: {why}"));
+        }
+        if self.rows == 0 {
+            return Err("--rows must be at least 1".into());
+        }
+        Ok(scale::Generator {
+            rows: self.rows,
+            dim: self.dim,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct ScaleGenArgs {
+    #[command(flatten)]
+    data: ScaleData,
+    /// First row to write.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+    /// Rows to write (default: from --start to the end).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Write this many probes instead of rows (even ones new images of
+    /// enrolled subjects, odd ones strangers).
+    #[arg(long)]
+    probes: Option<usize>,
+    /// The float32 .npy to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the rows' subjects here, one a line.
+    #[arg(long)]
+    subjects: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ScaleBuildArgs {
+    #[command(flatten)]
+    data: ScaleData,
+    /// The engine's data directory (created if needed; only the gallery
+    /// `scale` in it is replaced).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Import from this .npy (written by scale-gen with the same --rows and
+    /// --seed) instead of the generator; needs --subjects.
+    #[arg(long, requires = "subjects")]
+    vectors: Option<PathBuf>,
+    /// The subjects of --vectors, one a line.
+    #[arg(long, requires = "vectors")]
+    subjects: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ScaleSearchArgs {
+    /// The data directory scale-build built.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Probes: float32 .npy [P, D] (scale-gen --probes).
+    #[arg(long)]
+    probes: PathBuf,
+    /// Results per probe.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Untimed single probes before timing.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Single probes timed (p50 and p99).
+    #[arg(long, default_value_t = 200)]
+    single: usize,
+    /// Probes in the batch call (its ids go to --out-ids).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Probes in the identification call (subject-level top k).
+    #[arg(long, default_value_t = 1000)]
+    identify: usize,
+    /// A batch or identification taking less than this is timed 3 times (median).
+    #[arg(long, default_value_t = 60.0)]
+    repeat_under: f64,
+    /// Write the batch's top-k row numbers as int64 .npy [batch, k] (-1 where fewer).
+    #[arg(long)]
+    out_ids: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ScaleTruthArgs {
+    #[command(flatten)]
+    data: ScaleData,
+    /// Probes: float32 .npy [P, D]; the first --sample are answered.
+    #[arg(long)]
+    probes: PathBuf,
+    /// Probes answered.
+    #[arg(long, default_value_t = 20)]
+    sample: usize,
+    /// Results per probe.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Write the top-k row numbers as int64 .npy [sample, k].
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -434,6 +579,10 @@ fn main() -> ExitCode {
         Cmd::Calibration(a) => calibration_cmd(a),
         Cmd::Robust(a) => robust_cmd(a),
         Cmd::Conflicts(a) => conflicts_cmd(a),
+        Cmd::ScaleGen(a) => scale_gen(a),
+        Cmd::ScaleBuild(a) => scale_build(a),
+        Cmd::ScaleSearch(a) => scale_search(a),
+        Cmd::ScaleTruth(a) => scale_truth(a),
     };
     match r {
         Ok(code) => code,
@@ -476,51 +625,6 @@ fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-/// `VmRSS` and `VmHWM` of this process, in bytes (Linux).
-fn rss() -> (Option<u64>, Option<u64>) {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
-        return (None, None);
-    };
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Reset `VmHWM` to the current RSS (Linux ≥ 4.0); false where that is not possible.
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Sum of the sizes of the gallery's segment files (what search maps).
-fn segment_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "vseg"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Whether `dir` holds a complete build of `key` with `rows` embeddings.
@@ -755,7 +859,11 @@ fn search(a: SearchArgs) -> Res<ExitCode> {
     let batch_median = sorted_runs[sorted_runs.len() / 2];
     let throughput = n_batch as f64 / batch_median.as_secs_f64();
 
-    let (vm_rss, vm_hwm) = rss();
+    let ProcMemory {
+        rss: vm_rss,
+        hwm: vm_hwm,
+        ..
+    } = ProcMemory::now();
     let mapped = segment_bytes(g.dir());
     let vectors_bytes = stats.live * (dim as u64) * 4;
 
@@ -1173,4 +1281,166 @@ fn robust_cmd(a: RobustArgs) -> Res<ExitCode> {
         eprintln!("visage-bench: some answers differ from the direct scan");
         ExitCode::FAILURE
     })
+}
+
+// ---------------------------------------------------------------- scale
+
+fn scale_gen(a: ScaleGenArgs) -> Res<ExitCode> {
+    let g = a.data.generator()?;
+    let t = Instant::now();
+    let (what, rows) = if let Some(p) = a.probes {
+        if a.subjects.is_some() {
+            return Err("--subjects goes with rows, not --probes".into());
+        }
+        let v = g.probes(p);
+        npy::write_f32(&a.out, &v, &[p, g.dim]).map_err(|e| e.to_string())?;
+        ("probes", p)
+    } else {
+        let count = a.count.unwrap_or(g.rows.saturating_sub(a.start));
+        let end = a
+            .start
+            .checked_add(count)
+            .filter(|&e| e <= g.rows && count > 0)
+            .ok_or_else(|| {
+                format!(
+                    "rows {}..{}+{count} are not within the {} rows",
+                    a.start, a.start, g.rows
+                )
+            })?;
+        g.write(a.start..end, &a.out, a.subjects.as_deref())?;
+        ("rows", count)
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&a.out).map_or(0, |m| m.len());
+    println!(
+        "{}",
+        json!({
+            "wrote": what, "rows": rows, "dim": g.dim, "out": a.out.display().to_string(),
+            "bytes": bytes, "seconds": secs, "rows_per_sec": rows as f64 / secs,
+            "threads": rayon::current_num_threads(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scale_build(a: ScaleBuildArgs) -> Res<ExitCode> {
+    let g = a.data.generator()?;
+    let source = match (&a.vectors, &a.subjects) {
+        (Some(vectors), Some(subjects)) => scale::BuildSource::Files {
+            generator: g,
+            vectors,
+            subjects,
+        },
+        _ => scale::BuildSource::Generator(g),
+    };
+    let report = scale::build(&a.data_dir, &source)?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scale_search(a: ScaleSearchArgs) -> Res<ExitCode> {
+    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    let limit = Limits::for_dim(probes.cols).probes;
+    if a.batch == 0 || a.batch > limit || a.identify > limit {
+        return Err(format!(
+            "--batch must be 1 to {limit}, --identify at most {limit}"
+        ));
+    }
+    let plan = scale::SearchPlan {
+        data_dir: &a.data_dir,
+        probes: &probes,
+        k: a.k,
+        warmup: a.warmup,
+        single: a.single,
+        batch: a.batch,
+        identify: a.identify,
+        repeat_under_secs: a.repeat_under,
+    };
+    let (report, ids) = scale::search(&plan)?;
+    if let Some(p) = &a.out_ids {
+        npy::write_i64(p, &ids, &[a.batch, a.k]).map_err(|e| e.to_string())?;
+    }
+    if a.json {
+        println!("{report}");
+    } else {
+        let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let mib = |v: &Value| {
+            v.as_f64()
+                .map_or("?".into(), |b| format!("{:.0} MiB", b / 1_048_576.0))
+        };
+        let m = &report["memory"]["after_batch"];
+        println!(
+            "visage exact, k = {}, {} rows in {} segments",
+            a.k, report["rows"], report["segments"]
+        );
+        println!(
+            "  open             {:.3} s, first search {:.3} s",
+            f(&report["open"]["open_secs"]),
+            f(&report["open"]["first_search_secs"])
+        );
+        println!(
+            "  single probe     p50 {:.2} ms, p99 {:.2} ms over {}",
+            f(&report["single"]["p50_ms"]),
+            f(&report["single"]["p99_ms"]),
+            report["single"]["probes"]
+        );
+        println!(
+            "  batch            {:.0} probes/s; identify {:.0} probes/s",
+            f(&report["batch"]["probes_per_sec"]),
+            f(&report["identify"]["probes_per_sec"])
+        );
+        println!(
+            "  memory           anon {}, file {}, peak {}; disk {}",
+            mib(&m["rss_anon_bytes"]),
+            mib(&m["rss_file_bytes"]),
+            mib(&m["vm_hwm_bytes"]),
+            mib(&report["disk"]["bytes_on_disk"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scale_truth(a: ScaleTruthArgs) -> Res<ExitCode> {
+    let g = a.data.generator()?;
+    let probes = npy::read_f32(&a.probes).map_err(|e| e.to_string())?;
+    if probes.cols != g.dim {
+        return Err(format!(
+            "{}: probes of {} values, the gallery has {}",
+            a.probes.display(),
+            probes.cols,
+            g.dim
+        ));
+    }
+    let sample = a.sample.min(probes.rows);
+    if sample == 0 || a.k == 0 || a.k >= g.rows {
+        return Err("need at least one probe, and 0 < k < rows".into());
+    }
+    let t = Instant::now();
+    // One more than k: the gap between the k-th and the next says whether
+    // the top k is a set distances decide (no tie at its edge).
+    let top = g.exact_top_k(&probes.data[..sample * g.dim], a.k + 1);
+    let secs = t.elapsed().as_secs_f64();
+    let mut ids = Vec::with_capacity(sample * a.k);
+    let mut min_gap = f64::INFINITY;
+    let mut kth = Vec::new();
+    for t in &top {
+        ids.extend(
+            t[..a.k]
+                .iter()
+                .map(|c| i64::try_from(c.1).expect("row numbers fit i64")),
+        );
+        min_gap = min_gap.min(t[a.k].0 - t[a.k - 1].0);
+        kth.push(t[a.k - 1].0);
+    }
+    npy::write_i64(&a.out, &ids, &[sample, a.k]).map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        json!({
+            "rows": g.rows, "probes": sample, "k": a.k, "seconds": secs,
+            "rows_per_sec": g.rows as f64 / secs, "threads": rayon::current_num_threads(),
+            "kth_distance": kth, "min_gap_kth_to_next": min_gap,
+            "out": a.out.display().to_string(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
 }
