@@ -77,6 +77,13 @@ impl Sq8Range {
         }
     }
 
+    /// The range of the rows of both.
+    pub(crate) fn merge(mut self, other: &Sq8Range) -> Sq8Range {
+        self.add(&other.lo);
+        self.add(&other.hi);
+        self
+    }
+
     /// The quantiser's minimum and step, from the range and the sample of rows
     /// (every [`sample_stride`]-th).
     pub(crate) fn params(self, sample: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
@@ -117,8 +124,16 @@ impl Sq8Range {
 /// [`ScreenBound`] allows) of its values in every dimension, so that the
 /// segment's `ρ` bounds `‖x − x̂‖`. A row that is not (a value clamped to the
 /// quantiser's range) is one of the segment's exceptions, scanned exactly.
+///
+/// A code strictly between 0 and 255 was not clamped, so it is the rounding
+/// of `(x − min)/step` (within half a step, plus the f32 division's relative
+/// rounding, far below the slack): only values coded 0 or 255 (and dimensions
+/// of step 0, coded 0) need the check in f64.
 pub(crate) fn coded_within(v: &[f32], min: &[f32], step: &[f32], c: &[u8]) -> bool {
     (0..v.len()).all(|d| {
+        if c[d] != 0 && c[d] != 255 {
+            return true;
+        }
         let xh = f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]);
         (f64::from(v[d]) - xh).abs() <= HALF_STEP * f64::from(step[d]) + ZERO_STEP_SLACK
     })
@@ -138,11 +153,25 @@ pub(crate) fn decoded_norm(min: &[f32], step: &[f32], c: &[u8]) -> f32 {
     x2 as f32
 }
 
+/// `x.round().clamp(0.0, 255.0) as u8` (half away from zero; NaN gives 0),
+/// without a call to `roundf`: below 0 (or NaN) is 0; at or above 0, the
+/// integer part plus one where the fraction is at least a half (exact: the
+/// fraction of an f32 below 2^23 is exact).
+#[inline]
+fn round_code(x: f32) -> u8 {
+    // Not `clamp`: it keeps NaN, where `max` gives 0.
+    #[allow(clippy::manual_clamp, reason = "NaN must become 0")]
+    let x = x.max(0.0).min(256.0);
+    let t = x.trunc();
+    let r = if x - t >= 0.5 { t + 1.0 } else { t };
+    r.min(255.0) as u8
+}
+
 /// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
 pub(crate) fn sq8_encode(v: &[f32], min: &[f32], step: &[f32], out: &mut [u8]) {
     for d in 0..out.len() {
         out[d] = if step[d] > 0.0 {
-            ((v[d] - min[d]) / step[d]).round().clamp(0.0, 255.0) as u8
+            round_code((v[d] - min[d]) / step[d])
         } else {
             0
         };
@@ -431,6 +460,37 @@ pub(crate) fn int_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_code_is_round_then_clamp() {
+        let reference = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+        let mut xs = vec![
+            f32::NAN,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            -0.5,
+            -0.0,
+            0.0,
+            0.499_999_97,
+            0.5,
+            1.5,
+            2.5,
+            254.499_98,
+            254.5,
+            255.499_98,
+            255.5,
+            256.0,
+            1e9,
+            -1e9,
+        ];
+        let mut rng = crate::rng::Rng::new(5);
+        for _ in 0..200_000 {
+            xs.push((rng.uniform() as f32) * 300.0 - 20.0);
+        }
+        for x in xs {
+            assert_eq!(round_code(x), reference(x), "{x}");
+        }
+    }
 
     /// Roughly normal values (a sum of four uniforms), seeded: this module
     /// is a leaf and imports no other.

@@ -102,7 +102,7 @@ impl SegmentRows for Part<'_> {
     fn subject(&self, i: usize) -> &str {
         &self.subjects[i]
     }
-    fn vector<'a>(&'a self, i: usize, buf: &'a mut [f32]) -> Result<&'a [f32]> {
+    fn vector(&self, i: usize, buf: &mut [f32]) -> Result<()> {
         let row = self.start + i;
         self.src.vector(row, buf);
         if let Some(position) = buf.iter().position(|x| !x.is_finite()) {
@@ -119,7 +119,7 @@ impl SegmentRows for Part<'_> {
                 index: row,
             });
         }
-        Ok(buf)
+        Ok(())
     }
 }
 
@@ -188,50 +188,74 @@ impl Gallery {
         progress
             .cell
             .add_total(n as u64, n as u64 * rows_segment_estimate(dim, 16));
-        let mut written: Vec<Arc<Segment>> = Vec::new();
         let remove_written = |written: &[Arc<Segment>]| {
             for seg in written {
                 let _ = self.fs.remove_file(seg.path());
             }
         };
-        let mut bytes = 0u64;
-        let mut start = 0;
-        while start < n {
-            let end = n.min(start + per_segment);
-            let part = match self.import_part(src, start..end, &id_of) {
-                Ok(p) => p,
-                Err(e) => {
-                    remove_written(&written);
-                    return Err(e);
+        // Two segments in flight: one is synced (its tail written back to the
+        // disk) while the next is read and coded. Subjects are read in order.
+        let mut written: Vec<Arc<Segment>> = Vec::new();
+        let mut failure: Option<Error> = None;
+        std::thread::scope(|scope| {
+            let mut inflight = std::collections::VecDeque::new();
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<Option<Arc<Segment>>>>,
+                        rows: usize,
+                        written: &mut Vec<Arc<Segment>>,
+                        failure: &mut Option<Error>| {
+                match h.join() {
+                    Ok(Ok(Some(seg))) => written.push(seg),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        failure.get_or_insert(Error::Poisoned {
+                            gallery: self.name.clone(),
+                            reason: "an import's segment writer panicked".into(),
+                            disk_full: false,
+                        });
+                    }
                 }
+                progress
+                    .cell
+                    .add_done(rows as u64, rows as u64 * rows_segment_estimate(dim, 16));
             };
-            let file_no = match self.check_writable().and_then(|()| {
-                let mut st = lock(&self.state);
-                st.alloc_file_no(&self.dir)
-            }) {
-                Ok(f) => f,
-                Err(e) => {
-                    remove_written(&written);
-                    return Err(e);
+            let mut start = 0;
+            while start < n && failure.is_none() {
+                let end = n.min(start + per_segment);
+                let part = self.import_part(src, start..end, &id_of).and_then(|p| {
+                    self.check_writable()?;
+                    let file_no = lock(&self.state).alloc_file_no(&self.dir)?;
+                    Ok((p, file_no))
+                });
+                let (part, file_no) = match part {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                if inflight.len() == 2 {
+                    let (h, rows) = inflight.pop_front().expect("two in flight");
+                    join(h, rows, &mut written, &mut failure);
                 }
-            };
-            match self.write_new_segment(Job::Import, file_no, &part) {
-                Ok(Some(seg)) => {
-                    bytes += std::fs::metadata(seg.path()).map_or(0, |m| m.len());
-                    written.push(seg);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    remove_written(&written);
-                    return Err(e);
-                }
+                let h = scope.spawn(move || self.write_new_segment(Job::Import, file_no, &part));
+                inflight.push_back((h, end - start));
+                start = end;
             }
-            progress.cell.add_done(
-                (end - start) as u64,
-                (end - start) as u64 * rows_segment_estimate(dim, 16),
-            );
-            start = end;
+            for (h, rows) in inflight {
+                join(h, rows, &mut written, &mut failure);
+            }
+        });
+        if let Some(e) = failure {
+            remove_written(&written);
+            return Err(e);
         }
+        let bytes: u64 = written
+            .iter()
+            .map(|seg| std::fs::metadata(seg.path()).map_or(0, |m| m.len()))
+            .sum();
         let (replaced, subjects) = match self.install_import(&written, opts.replace, started) {
             Ok(r) => r,
             Err(e) => {

@@ -12,6 +12,7 @@ use crate::quantizer::{CodeStats, Sq8Range, coded_within, sample_stride, sq8_enc
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
+use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
@@ -40,17 +41,16 @@ pub(crate) struct RowRef<'a> {
 /// The rows a segment is written from, by row number: rows in memory or in
 /// other segments ([`RowRef`]s), or a bulk import's source, read twice (the
 /// vectors, then their codes) without being held in memory.
-pub(crate) trait SegmentRows {
+pub(crate) trait SegmentRows: Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
     fn id(&self, i: usize) -> u64;
     fn subject(&self, i: usize) -> &str;
-    /// Row `i`'s vector of `dim` values: borrowed where the rows hold it, or
-    /// written into `buf`. An error (a bad row of an import's source) stops
-    /// the write; the caller removes the file.
-    fn vector<'a>(&'a self, i: usize, buf: &'a mut [f32]) -> Result<&'a [f32]>;
+    /// Write row `i`'s vector (`dim` values) into `out`. An error (a bad row
+    /// of an import's source) stops the write; the caller removes the file.
+    fn vector(&self, i: usize, out: &mut [f32]) -> Result<()>;
 }
 
 impl SegmentRows for [RowRef<'_>] {
@@ -63,8 +63,9 @@ impl SegmentRows for [RowRef<'_>] {
     fn subject(&self, i: usize) -> &str {
         self[i].subject
     }
-    fn vector<'a>(&'a self, i: usize, _buf: &'a mut [f32]) -> Result<&'a [f32]> {
-        Ok(self[i].vector)
+    fn vector(&self, i: usize, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(self[i].vector);
+        Ok(())
     }
 }
 
@@ -96,21 +97,25 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         });
     };
     // Subject table: sorted distinct subjects; ordinal per row; postings.
-    let mut subjects: Vec<&str> = (0..n).map(|i| rows.subject(i)).collect();
-    subjects.sort_unstable();
-    subjects.dedup();
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "a subject's index is below `n`, which fits in u32 (checked above)"
-    )]
-    let ords: Vec<u32> = (0..n)
-        .map(|i| {
-            subjects
-                .binary_search(&rows.subject(i))
-                .map(|i| i as u32)
-                .unwrap_or(0)
-        })
-        .collect();
+    // The rows sorted by subject give both the table and each row's ordinal.
+    let mut by_subject: Vec<u32> = (0..n32).collect();
+    by_subject
+        .par_sort_unstable_by(|&a, &b| rows.subject(a as usize).cmp(rows.subject(b as usize)));
+    let mut subjects: Vec<&str> = Vec::new();
+    let mut ords = vec![0u32; n];
+    for &r in &by_subject {
+        let s = rows.subject(r as usize);
+        if subjects.last() != Some(&s) {
+            subjects.push(s);
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a subject's index is below `n`, which fits in u32 (checked above)"
+        )]
+        let ord = (subjects.len() - 1) as u32;
+        ords[r as usize] = ord;
+    }
+    drop(by_subject);
     let mut posting_offsets = vec![0u32; subjects.len() + 1];
     for &o in &ords {
         posting_offsets[o as usize + 1] += 1;
@@ -136,7 +141,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     drop(subjects);
     let ids: Vec<u64> = (0..n).map(|i| rows.id(i)).collect();
     let mut order: Vec<u32> = (0..n32).collect();
-    order.sort_unstable_by_key(|&r| ids[r as usize]);
+    order.par_sort_unstable_by_key(|&r| ids[r as usize]);
     let sorted_ids: Vec<u64> = order.iter().map(|&r| ids[r as usize]).collect();
 
     // Filled by the pass over the vectors: each row's norm, each dimension's
@@ -148,7 +153,9 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     let mut sq: Option<(Vec<f32>, Vec<f32>)> = None;
     // Rows with a value clamped to the quantiser's range, found while coding.
     let mut exceptions: Vec<u32> = Vec::new();
-    let mut buf = vec![0f32; dim];
+    // Rows are read and coded in blocks, in parallel, and written in order.
+    let mut block = vec![0f32; WRITE_BLOCK * dim];
+    let mut codes = vec![0u8; WRITE_BLOCK * dim];
 
     let file = fs
         .create(path, Create::New)
@@ -176,14 +183,27 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         };
         match sec {
             Section::Vectors => {
-                for i in 0..n {
-                    let v = rows.vector(i, &mut buf)?;
-                    debug_assert_eq!(v.len(), dim);
-                    put(&mut w, bytemuck::cast_slice(v))?;
-                    norms.push(v.iter().map(|x| x * x).sum());
-                    range.add(v);
-                    if i % stride == 0 {
-                        sample.extend_from_slice(v);
+                for start in (0..n).step_by(WRITE_BLOCK) {
+                    let blk = read_block(rows, start, n, dim, &mut block)?;
+                    put(&mut w, bytemuck::cast_slice(blk))?;
+                    norms.par_extend(
+                        blk.par_chunks_exact(dim)
+                            .map(|v| v.iter().map(|x| x * x).sum::<f32>()),
+                    );
+                    let r = blk
+                        .par_chunks(dim * 1024)
+                        .map(|c| {
+                            let mut r = Sq8Range::new(dim);
+                            for v in c.chunks_exact(dim) {
+                                r.add(v);
+                            }
+                            r
+                        })
+                        .reduce(|| Sq8Range::new(dim), |a, b| a.merge(&b));
+                    range = range.merge(&r);
+                    let first = start.div_ceil(stride) * stride;
+                    for i in (first..start + blk.len() / dim).step_by(stride) {
+                        sample.extend_from_slice(&blk[(i - start) * dim..(i - start + 1) * dim]);
                     }
                 }
             }
@@ -206,14 +226,27 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
             }
             Section::Sq8Codes => {
                 let (sq_min, sq_step) = sq.as_ref().expect("params come before codes");
-                let mut code = vec![0u8; dim];
-                for i in 0..n32 {
-                    let v = rows.vector(i as usize, &mut buf)?;
-                    sq8_encode(v, sq_min, sq_step, &mut code);
-                    if !coded_within(v, sq_min, sq_step, &code) {
-                        exceptions.push(i);
-                    }
-                    put(&mut w, &code)?;
+                for start in (0..n).step_by(WRITE_BLOCK) {
+                    let blk = read_block(rows, start, n, dim, &mut block)?;
+                    let m = blk.len() / dim;
+                    let out = &mut codes[..m * dim];
+                    let mut outside: Vec<u32> = out
+                        .par_chunks_exact_mut(dim)
+                        .zip(blk.par_chunks_exact(dim))
+                        .enumerate()
+                        .filter_map(|(j, (code, v))| {
+                            sq8_encode(v, sq_min, sq_step, code);
+                            #[allow(
+                                clippy::cast_possible_truncation,
+                                reason = "a row number is below `n`, which fits in u32 (checked above)"
+                            )]
+                            let row = (start + j) as u32;
+                            (!coded_within(v, sq_min, sq_step, code)).then_some(row)
+                        })
+                        .collect();
+                    outside.sort_unstable();
+                    exceptions.extend(outside);
+                    put(&mut w, out)?;
                 }
             }
             Section::Sq8Exceptions => put(&mut w, &le_u32s(&exceptions))?,
@@ -239,6 +272,32 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     file.write_all_at(&header.encode(), 0).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(pos)
+}
+
+/// Rows a segment writer reads, codes and writes at a time.
+const WRITE_BLOCK: usize = 8192;
+
+/// Rows `start..` (up to [`WRITE_BLOCK`], and `n`) of `rows` into `block`,
+/// read in parallel; the first bad row's error (the lowest row number, so
+/// the same whatever the threads did).
+fn read_block<'b, R: SegmentRows + ?Sized>(
+    rows: &R,
+    start: usize,
+    n: usize,
+    dim: usize,
+    block: &'b mut [f32],
+) -> Result<&'b [f32]> {
+    let m = (n - start).min(WRITE_BLOCK);
+    let blk = &mut block[..m * dim];
+    let first_bad = blk
+        .par_chunks_exact_mut(dim)
+        .enumerate()
+        .filter_map(|(j, out)| rows.vector(start + j, out).err().map(|e| (j, e)))
+        .min_by_key(|(j, _)| *j);
+    match first_bad {
+        Some((_, e)) => Err(e),
+        None => Ok(blk),
+    }
 }
 
 // Vectors are written with `cast_slice` (native order) which is little-endian on
