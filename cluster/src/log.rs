@@ -125,17 +125,43 @@ impl Log {
     }
 
     /// Create the stream of `gallery` if it does not exist.
+    ///
+    /// A JetStream cluster that has just started (or just lost its meta
+    /// leader) answers nothing, or that it has not the peers, until its
+    /// members have elected one: such answers are retried for up to
+    /// [`STREAM_READY_WAIT`] (creating is idempotent); any other is returned.
     pub async fn ensure_stream(&self, gallery: &str) -> Result<stream::Stream> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: stream_name(gallery),
-                subjects: vec![subject(gallery)],
-                num_replicas: self.replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::nats)
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        let deadline = tokio::time::Instant::now() + STREAM_READY_WAIT;
+        loop {
+            let r = self
+                .js
+                .get_or_create_stream(stream::Config {
+                    name: stream_name(gallery),
+                    subjects: vec![subject(gallery)],
+                    num_replicas: self.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await;
+            let e = match r {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            let transient = match e.kind() {
+                Kind::TimedOut | Kind::JetStreamUnavailable => true,
+                Kind::JetStream(j) => {
+                    let text = j.to_string();
+                    text.contains("no suitable peers") || text.contains("insufficient resources")
+                }
+                _ => false,
+            };
+            if !transient || tokio::time::Instant::now() >= deadline {
+                return Err(Error::nats(e));
+            }
+            tracing::debug!(gallery, error = %e, "the JetStream cluster is not ready; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// Publish `batch` to `gallery`'s log with message id `id`, and wait for
@@ -154,6 +180,9 @@ impl Log {
         Ok(ack.sequence)
     }
 }
+
+/// How long [`Log::ensure_stream`] waits for a JetStream cluster to be ready.
+pub const STREAM_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// JetStream's error codes for a message that is not there (already deleted
 /// or erased, or never stored): "no message found" (10057, with that

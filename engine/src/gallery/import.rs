@@ -148,6 +148,10 @@ impl Gallery {
                 reason: "the source has no rows".into(),
             });
         }
+        // The whole import's segments must fit (with subjects of 16 bytes on
+        // average), said before anything is written.
+        let needed = n as u64 * rows_segment_estimate(dim, 16) + (1 << 20);
+        crate::storage::fs::check_space(&*self.fs, &self.dir, "import", needed)?;
         let given = src.ids()?;
         let first_assigned_id = match &given {
             Some(ids) => {
