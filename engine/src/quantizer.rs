@@ -483,9 +483,14 @@ mod tests {
             1e9,
             -1e9,
         ];
-        let mut rng = crate::rng::Rng::new(5);
-        for _ in 0..200_000 {
-            xs.push((rng.uniform() as f32) * 300.0 - 20.0);
+        // A sweep from -20 to 280 in steps of 1/1024, and each half-integer
+        // and its neighbours.
+        for i in 0..307_200 {
+            xs.push(-20.0 + i as f32 / 1024.0);
+        }
+        for i in 0..300 {
+            let h = i as f32 - 19.5;
+            xs.extend([h, h.next_down(), h.next_up()]);
         }
         for x in xs {
             assert_eq!(round_code(x), reference(x), "{x}");
