@@ -32,7 +32,6 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Mutex;
 use visage_client::npy::F32Writer;
 use visage_engine::ImportSource;
 use visage_engine::rng::{Rng, splitmix64};
@@ -339,24 +338,27 @@ fn push_top(top: &mut Vec<(f64, u64)>, c: (f64, u64), k: usize) {
     top.truncate(k);
 }
 
-/// The generated gallery as an import source: rows from a [`Generator`],
-/// generated a chunk ([`CHUNK`] rows, on every core) at a time as the import
-/// reads them in order; one chunk is held. Ids are left to the gallery
-/// ([`ImportSource::ids`] is `None`): a fresh gallery gives row `r` the id
-/// `first + r`, `first` being the import's `first_assigned_id`.
+/// The generated gallery as an import source: each row generated when the
+/// import reads it (on whichever thread reads it; the import reads blocks of
+/// rows in parallel, twice), each thread keeping the centre of the subject it
+/// generated last, so the ten images of a subject share one. Ids are left to
+/// the gallery ([`ImportSource::ids`] is `None`): a fresh gallery gives row
+/// `r` the id `first + r`, `first` being the import's `first_assigned_id`.
 pub struct GenSource {
     generator: Generator,
-    chunk: Mutex<(usize, Vec<f32>)>,
 }
 
 impl GenSource {
     /// The rows of `generator`.
     pub fn new(generator: Generator) -> GenSource {
-        GenSource {
-            generator,
-            chunk: Mutex::new((0, Vec::new())),
-        }
+        GenSource { generator }
     }
+}
+
+thread_local! {
+    /// The last centre this thread generated: (seed, dimension, subject) and its values.
+    static LAST_CENTRE: std::cell::RefCell<((u64, usize, u64), Vec<f32>)> =
+        const { std::cell::RefCell::new(((0, 0, u64::MAX), Vec::new())) };
 }
 
 impl ImportSource for GenSource {
@@ -369,17 +371,16 @@ impl ImportSource for GenSource {
     }
 
     fn vector(&self, row: usize, out: &mut [f32]) {
-        let dim = self.generator.dim;
-        let mut c = self.chunk.lock().unwrap_or_else(|e| e.into_inner());
-        let (start, data) = &mut *c;
-        if row < *start || row >= *start + data.len() / dim {
-            *start = row / CHUNK * CHUNK;
-            let end = self.generator.rows.min(*start + CHUNK);
-            data.resize((end - *start) * dim, 0.0);
-            self.generator.rows_into(*start..end, data);
-        }
-        let i = row - *start;
-        out.copy_from_slice(&data[i * dim..(i + 1) * dim]);
+        let g = &self.generator;
+        let key = (g.seed, g.dim, (row / IMAGES_PER_SUBJECT) as u64);
+        LAST_CENTRE.with_borrow_mut(|(k, centre)| {
+            if *k != key {
+                centre.resize(g.dim, 0.0);
+                g.centre(key.2, centre);
+                *k = key;
+            }
+            g.image(centre, row as u64, out);
+        });
     }
 
     fn subjects(&self, range: Range<usize>) -> visage_engine::Result<Vec<String>> {
