@@ -46,7 +46,7 @@ pub const STRANGERS_FROM: u64 = 1 << 40;
 /// Rows generated together (one task, one subject's centre computed once for
 /// its ten images); a multiple of [`IMAGES_PER_SUBJECT`].
 const BLOCK: usize = 2000;
-/// Rows a [`GenSource`] keeps generated, and `scale-gen` writes at a time.
+/// Rows `scale-gen` writes at a time.
 pub const CHUNK: usize = 1 << 16;
 
 /// Kinds of stream, mixed into their seeds so that no two kinds share one.
