@@ -221,18 +221,7 @@ fn unflatten(r: pb::SearchResponse) -> Vec<Vec<pb::Hit>> {
 fn flatten(results: Vec<Vec<pb::Hit>>, k: usize, with_subjects: bool) -> pb::SearchResponse {
     let results = results
         .into_iter()
-        .map(|hits| {
-            hits.into_iter()
-                .map(|h| visage_engine::Hit {
-                    id: h.id,
-                    subject: h.subject,
-                    distance: h.distance,
-                    probability: h.probability,
-                    similarity: h.similarity,
-                    rank_key: h.rank_key,
-                })
-                .collect()
-        })
+        .map(|hits| hits.into_iter().map(crate::convert::hit_in).collect())
         .collect();
     packed::search_response(results, k, with_subjects)
 }

@@ -46,6 +46,18 @@ pub fn vectors_in(vs: Vec<pb::Vector>) -> Vec<Vec<f32>> {
     vs.into_iter().map(|v| v.values).collect()
 }
 
+/// A search hit from the wire (a shard's answer, merged by a cluster node).
+pub fn hit_in(h: pb::Hit) -> Hit {
+    Hit {
+        id: h.id,
+        subject: h.subject,
+        distance: h.distance,
+        probability: h.probability,
+        similarity: h.similarity,
+        rank_key: h.rank_key,
+    }
+}
+
 /// A search hit.
 pub fn hit_out(h: Hit) -> pb::Hit {
     pb::Hit {

@@ -24,7 +24,7 @@
 
 use super::counters::Job;
 use super::maintain::rows_segment_estimate;
-use super::write::{check_subject, live_in_segments};
+use super::write::{check_subject, check_values, live_in_segments};
 use super::{Gallery, lock};
 use crate::error::{Error, Result};
 use crate::snapshot::SegState;
@@ -89,6 +89,7 @@ struct Part<'a> {
     start: usize,
     ids: Vec<u64>,
     subjects: Vec<String>,
+    /// The gallery normalises its vectors.
     normalize: bool,
 }
 
@@ -105,21 +106,7 @@ impl SegmentRows for Part<'_> {
     fn vector(&self, i: usize, buf: &mut [f32]) -> Result<()> {
         let row = self.start + i;
         self.src.vector(row, buf);
-        if let Some(position) = buf.iter().position(|x| !x.is_finite()) {
-            return Err(Error::NonFiniteValue {
-                what: "vectors",
-                index: row,
-                position,
-                value: buf[position],
-            });
-        }
-        if self.normalize && super::write::normalize(buf).is_none() {
-            return Err(Error::ZeroVector {
-                what: "vectors",
-                index: row,
-            });
-        }
-        Ok(())
+        check_values(self.normalize, "vectors", row, buf)
     }
 }
 
@@ -256,10 +243,7 @@ impl Gallery {
             remove_written(&written);
             return Err(e);
         }
-        let bytes: u64 = written
-            .iter()
-            .map(|seg| std::fs::metadata(seg.path()).map_or(0, |m| m.len()))
-            .sum();
+        let bytes: u64 = written.iter().map(|seg| seg.file_len()).sum();
         let (replaced, subjects) = match self.install_import(&written, opts.replace, started) {
             Ok(r) => r,
             Err(e) => {
@@ -404,8 +388,7 @@ impl Gallery {
         let mut replaced = 0u64;
         let mut lost_subjects: Vec<String> = Vec::new();
         for ss in &mut segments {
-            let (Some(&lo), Some(&hi)) = (ss.seg.ids().iter().min(), ss.seg.ids().iter().max())
-            else {
+            let (Some(lo), Some(hi)) = (ss.seg.min_id(), ss.seg.max_id()) else {
                 continue;
             };
             let mut tomb: Option<Tombstones> = None;

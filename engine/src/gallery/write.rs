@@ -410,6 +410,21 @@ pub(super) fn check_vector(
             got: v.len(),
         });
     }
+    let start = out.len();
+    out.extend_from_slice(v);
+    check_values(spec.normalize, what, index, &mut out[start..])
+        .inspect_err(|_| out.truncate(start))
+}
+
+/// Check a vector's values in place (finite; not zero where the gallery
+/// normalises, `normalize`) and scale it to unit length where it normalises:
+/// [`check_vector`] without the dimension, for a bulk import's rows.
+pub(super) fn check_values(
+    normalize_it: bool,
+    what: &'static str,
+    index: usize,
+    v: &mut [f32],
+) -> Result<()> {
     if let Some(position) = v.iter().position(|x| !x.is_finite()) {
         return Err(Error::NonFiniteValue {
             what,
@@ -418,10 +433,7 @@ pub(super) fn check_vector(
             value: v[position],
         });
     }
-    let start = out.len();
-    out.extend_from_slice(v);
-    if spec.normalize && normalize(&mut out[start..]).is_none() {
-        out.truncate(start);
+    if normalize_it && normalize(v).is_none() {
         return Err(Error::ZeroVector { what, index });
     }
     Ok(())

@@ -853,6 +853,14 @@ impl Segment {
     pub(crate) fn max_id(&self) -> Option<u64> {
         self.u64s(Section::SortedIds).ok()?.last().copied()
     }
+    /// Smallest id stored.
+    pub(crate) fn min_id(&self) -> Option<u64> {
+        self.u64s(Section::SortedIds).ok()?.first().copied()
+    }
+    /// The file's length in bytes.
+    pub(crate) fn file_len(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
     /// Row holding `id`, if any.
     pub(crate) fn find_id(&self, id: u64) -> Option<usize> {
         let sorted = self.u64s(Section::SortedIds).ok()?;
