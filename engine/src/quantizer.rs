@@ -87,37 +87,72 @@ impl Sq8Range {
     /// The quantiser's minimum and step, from the range and the sample of rows
     /// (every [`sample_stride`]-th).
     pub(crate) fn params(self, sample: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
-        let Sq8Range { mut lo, mut hi } = self;
+        use rayon::prelude::*;
+        let Sq8Range { mut lo, hi } = self;
         let dim = lo.len();
         let m = sample.len();
-        let mut col: Vec<f32> = Vec::with_capacity(m);
         let mut step = vec![0f32; dim];
-        for d in 0..dim {
-            if !lo[d].is_finite() || !hi[d].is_finite() {
-                lo[d] = 0.0;
-                continue;
+        // Columns of `GROUP` dimensions at a time, copied out of the rows in
+        // tiles (each row's values are read once, not once a dimension),
+        // then each column's quantiles on its own thread.
+        const GROUP: usize = 32;
+        const TILE: usize = 64;
+        let mut cols = vec![0f32; GROUP.min(dim) * m];
+        for d0 in (0..dim).step_by(GROUP) {
+            let g = GROUP.min(dim - d0);
+            for (t, tile) in sample.chunks(TILE).enumerate() {
+                for k in 0..g {
+                    let col = &mut cols[k * m + t * TILE..k * m + t * TILE + tile.len()];
+                    for (c, row) in col.iter_mut().zip(tile) {
+                        *c = row[d0 + k];
+                    }
+                }
             }
-            col.clear();
-            col.extend(sample.iter().map(|v| v[d]));
-            let last = (m - 1) as f64;
-            let (i1, i99) = (
-                (last * QUANTILE_TAIL).floor() as usize,
-                (last * (1.0 - QUANTILE_TAIL)).ceil() as usize,
-            );
-            let q1 = *col.select_nth_unstable_by(i1, f32::total_cmp).1;
-            let q99 = *col.select_nth_unstable_by(i99, f32::total_cmp).1;
-            let reach = q99 - q1;
-            let (a, b) = ((q1 - reach).max(lo[d]), (q99 + reach).min(hi[d]));
-            if a.is_finite() && b.is_finite() && a <= b {
-                (lo[d], hi[d]) = (a, b);
-            }
-            let s = (hi[d] - lo[d]) / 255.0;
-            // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
-            // give a poor estimate, which the exact re-rank or the exact mode corrects.
-            step[d] = if s.is_finite() { s } else { 0.0 };
+            let groups = cols.par_chunks_mut(m.max(1)).take(g);
+            groups
+                .zip(&mut lo[d0..d0 + g])
+                .zip(&hi[d0..d0 + g])
+                .zip(&mut step[d0..d0 + g])
+                .for_each(|(((col, lo), &hi), step)| {
+                    (*lo, *step) = column_params(col, *lo, hi);
+                });
         }
         (lo, step)
     }
+}
+
+/// One dimension's minimum and step from its range `lo..=hi` and its
+/// sample `col` (reordered): the range narrowed to the sample's 1%–99%
+/// quantiles widened by their distance on each side (robust to outliers,
+/// whose rows become exceptions).
+fn column_params(col: &mut [f32], mut lo: f32, mut hi: f32) -> (f32, f32) {
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 0.0);
+    }
+    if let Some(last) = col.len().checked_sub(1) {
+        let last = last as f64;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "indices within the sample"
+        )]
+        let (i1, i99) = (
+            (last * QUANTILE_TAIL).floor() as usize,
+            (last * (1.0 - QUANTILE_TAIL)).ceil() as usize,
+        );
+        let q1 = *col.select_nth_unstable_by(i1, f32::total_cmp).1;
+        // Everything at or above i1 is now past it: the upper quantile is there.
+        let q99 = *col[i1..].select_nth_unstable_by(i99 - i1, f32::total_cmp).1;
+        let reach = q99 - q1;
+        let (a, b) = ((q1 - reach).max(lo), (q99 + reach).min(hi));
+        if a.is_finite() && b.is_finite() && a <= b {
+            (lo, hi) = (a, b);
+        }
+    }
+    let s = (hi - lo) / 255.0;
+    // A step that overflows (values near ±f32::MAX) cannot code; codes 0 then
+    // give a poor estimate, which the exact re-rank or the exact mode corrects.
+    (lo, if s.is_finite() { s } else { 0.0 })
 }
 
 /// Whether a row's codes are within half a step (and the rounding slack
@@ -130,6 +165,14 @@ impl Sq8Range {
 /// rounding, far below the slack): only values coded 0 or 255 (and dimensions
 /// of step 0, coded 0) need the check in f64.
 pub(crate) fn coded_within(v: &[f32], min: &[f32], step: &[f32], c: &[u8]) -> bool {
+    // Most rows have no code at either end: a byte test over the row (which
+    // vectorises) settles them.
+    if !c
+        .iter()
+        .fold(false, |any, &x| any | (x.wrapping_sub(1) >= 254))
+    {
+        return true;
+    }
     (0..v.len()).all(|d| {
         if c[d] != 0 && c[d] != 255 {
             return true;
@@ -154,27 +197,36 @@ pub(crate) fn decoded_norm(min: &[f32], step: &[f32], c: &[u8]) -> f32 {
 }
 
 /// `x.round().clamp(0.0, 255.0) as u8` (half away from zero; NaN gives 0),
-/// without a call to `roundf`: below 0 (or NaN) is 0; at or above 0, the
-/// integer part plus one where the fraction is at least a half (exact: the
-/// fraction of an f32 below 2^23 is exact).
+/// without a call to `roundf` or `truncf` (the baseline x86-64 target has no
+/// rounding instruction, so each is a library call and the loop over a
+/// vector stays scalar): below 0 (or NaN) is 0; at or above 0, the integer
+/// part (a conversion, exact below 2^23) plus one where the fraction is at
+/// least a half (exact too). Branch-free, so [`sq8_encode`] vectorises.
 #[inline]
 fn round_code(x: f32) -> u8 {
     // Not `clamp`: it keeps NaN, where `max` gives 0.
     #[allow(clippy::manual_clamp, reason = "NaN must become 0")]
     let x = x.max(0.0).min(256.0);
-    let t = x.trunc();
-    let r = if x - t >= 0.5 { t + 1.0 } else { t };
-    r.min(255.0) as u8
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "x is in 0..=256: its integer part fits, and is exact"
+    )]
+    let t = x as u32;
+    let up = u32::from(x - t as f32 >= 0.5);
+    #[allow(clippy::cast_possible_truncation, reason = "clamped to 255 first")]
+    let code = (t + up).min(255) as u8;
+    code
 }
 
-/// Code one vector: `round((x − min) / step)`, clamped to 0..=255.
+/// Code one vector: `round((x − min) / step)`, clamped to 0..=255 (0 where
+/// the step is 0).
 pub(crate) fn sq8_encode(v: &[f32], min: &[f32], step: &[f32], out: &mut [u8]) {
-    for d in 0..out.len() {
-        out[d] = if step[d] > 0.0 {
-            round_code((v[d] - min[d]) / step[d])
-        } else {
-            0
-        };
+    let n = out.len();
+    let (v, min, step) = (&v[..n], &min[..n], &step[..n]);
+    for d in 0..n {
+        let c = round_code((v[d] - min[d]) / step[d]);
+        out[d] = if step[d] > 0.0 { c } else { 0 };
     }
 }
 
@@ -274,8 +326,35 @@ impl CodeStats {
         dim: usize,
     ) -> CodeStats {
         use rayon::prelude::*;
+        if vectors.len() != codes.len() {
+            return CodeStats::default();
+        }
+        // The exceptions are scanned exactly: the bound is the other rows'.
+        let exception = |r: usize| exceptions.binary_search(&(r as u32)).is_ok();
+        let rho = codes
+            .par_chunks_exact(dim.max(1))
+            .zip(vectors.par_chunks_exact(dim.max(1)))
+            .enumerate()
+            .with_min_len(4096)
+            .filter(|(r, _)| exceptions.is_empty() || !exception(*r))
+            .map(|(_, (c, x))| coding_error(min, step, c, x))
+            .reduce(|| 0.0, f64::max);
+        CodeStats::with_rho(min, step, codes, dim, rho)
+    }
+
+    /// The statistics of a segment's codes whose `rho` is known (its writer
+    /// computed it while coding, with [`coding_error`] over the same rows):
+    /// from the codes alone, without reading the vectors.
+    pub(crate) fn with_rho(
+        min: &[f32],
+        step: &[f32],
+        codes: &[u8],
+        dim: usize,
+        rho: f64,
+    ) -> CodeStats {
+        use rayon::prelude::*;
         let rows = codes.len() / dim.max(1);
-        if rows == 0 || vectors.len() != codes.len() {
+        if rows == 0 {
             return CodeStats::default();
         }
         let sums = codes
@@ -310,16 +389,6 @@ impl CodeStats {
             .with_min_len(4096)
             .map(|c| (decoded_norm(min, step, c), code_spread(c, &centre)))
             .unzip();
-        // The exceptions are scanned exactly: the bound is the other rows'.
-        let exception = |r: usize| exceptions.binary_search(&(r as u32)).is_ok();
-        let rho = codes
-            .par_chunks_exact(dim)
-            .zip(vectors.par_chunks_exact(dim))
-            .enumerate()
-            .with_min_len(4096)
-            .filter(|(r, _)| exceptions.is_empty() || !exception(*r))
-            .map(|(_, (c, x))| coding_error(min, step, c, x))
-            .reduce(|| 0.0, f64::max);
         CodeStats {
             norms,
             centre,
@@ -333,7 +402,7 @@ impl CodeStats {
 /// coordinate of `x̂` is off by at most 2^-53 of itself, and the sum and the
 /// root by a relative 2^-50 at 2,048 terms, far inside the margins added.
 /// Infinite where `x` is not finite.
-fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f64 {
+pub(crate) fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f64 {
     let (mut e2, mut n2) = (0f64, 0f64);
     for d in 0..c.len() {
         let xh = f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]);

@@ -35,7 +35,19 @@ pub trait WritableFile: Write + Send + Sync + Debug {
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Truncate or extend the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Whether the file bypasses the page cache (opened by
+    /// [`FileSystem::create_direct`] on a file system that allows it): then
+    /// every write must start at a multiple of [`DIRECT_ALIGN`], from memory
+    /// aligned to it, and cover a multiple of it.
+    fn direct(&self) -> bool {
+        false
+    }
 }
+
+/// The alignment of offsets, lengths and memory that writes to a
+/// [`WritableFile::direct`] file keep (the largest logical block size of
+/// common devices).
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// How [`FileSystem::create`] treats an existing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +85,15 @@ pub trait FileSystem: Send + Sync + Debug {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Create a file for writing.
     fn create(&self, path: &Path, how: Create) -> io::Result<Box<dyn WritableFile>>;
+    /// Create a new file (failing if it exists) for writing once,
+    /// sequentially, in large aligned pieces, bypassing the page cache where
+    /// the file system allows it (`O_DIRECT`; see [`WritableFile::direct`]).
+    /// Segments are written so: the bytes go to the disk without a copy into
+    /// memory the kernel must then write back, and without evicting the
+    /// pages searches use. Elsewhere, a file like [`FileSystem::create`]'s.
+    fn create_direct(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.create(path, Create::New)
+    }
     /// Open an existing file for appending.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Rename `from` to `to`, replacing `to` (atomic on POSIX file systems).
@@ -104,7 +125,7 @@ pub trait FileSystem: Send + Sync + Debug {
 pub struct RealFs;
 
 #[derive(Debug)]
-struct RealFile(std::fs::File);
+struct RealFile(std::fs::File, bool);
 
 impl Write for RealFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -139,6 +160,9 @@ impl WritableFile for RealFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn direct(&self) -> bool {
+        self.1
     }
 }
 
@@ -178,11 +202,39 @@ impl FileSystem for RealFs {
             Create::New => o.create_new(true),
             Create::Truncate => o.create(true).truncate(true),
         };
-        Ok(Box::new(RealFile(o.open(path)?)))
+        Ok(Box::new(RealFile(o.open(path)?, false)))
+    }
+    fn create_direct(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        #[allow(
+            clippy::cast_possible_wrap,
+            reason = "open(2)'s flags are a C int; O_DIRECT is a small bit"
+        )]
+        let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(direct)
+            .open(path);
+        match opened {
+            Ok(f) => Ok(Box::new(RealFile(f, true))),
+            // A file system without direct I/O refuses the flag, possibly
+            // after creating the file (an existing one gives EEXIST first):
+            // open it without.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)?;
+                Ok(Box::new(RealFile(f, false)))
+            }
+            Err(e) => Err(e),
+        }
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let f = std::fs::OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(RealFile(f, false)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)

@@ -5,15 +5,16 @@
 //! segment (flush, compaction) belongs to the gallery; this module only turns
 //! rows into a file and a file back into typed views.
 
-use super::io::{Create, FileSystem, WritableFile};
+use super::io::{DIRECT_ALIGN, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{CodeStats, Sq8Range, coded_within, sample_stride, sq8_encode};
+use crate::quantizer::{
+    CodeStats, Sq8Range, coded_within, coding_error, sample_stride, sq8_encode,
+};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
 use rayon::prelude::*;
-use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
 
@@ -71,7 +72,8 @@ impl SegmentRows for [RowRef<'_>] {
 
 /// Write `rows` (ids unique, vectors of `dim` values) as segment file
 /// `file_no` at `path`, fsynced. The caller fsyncs the directory and records
-/// the file in the manifest. Returns the file's length.
+/// the file in the manifest. Returns the file's length and the largest
+/// coding error of its rows (see [`Written`]).
 ///
 /// Memory: the per-row metadata (ids, subject ordinals, norms, postings:
 /// about 40 bytes a row, and the subjects' strings) and a sample of at most
@@ -82,7 +84,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     file_no: u64,
     rows: &R,
     dim: usize,
-) -> Result<u64> {
+) -> Result<Written> {
     let n = rows.len();
     let dim32 = u32::try_from(dim).map_err(|_| Error::InvalidSpec {
         reason: format!("dimension {dim}"),
@@ -151,16 +153,16 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     let stride = sample_stride(n);
     let mut sample: Vec<f32> = Vec::new();
     let mut sq: Option<(Vec<f32>, Vec<f32>)> = None;
-    // Rows with a value clamped to the quantiser's range, found while coding.
+    // Rows with a value clamped to the quantiser's range, found while coding,
+    // and the largest coding error of the others.
     let mut exceptions: Vec<u32> = Vec::new();
+    let mut rho = 0f64;
     // Rows are read and coded in blocks, in parallel, and written in order.
     let mut block = vec![0f32; WRITE_BLOCK * dim];
     let mut codes = vec![0u8; WRITE_BLOCK * dim];
 
-    let file = fs
-        .create(path, Create::New)
-        .map_err(|e| Error::io(path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let file = fs.create_direct(path).map_err(|e| Error::io(path, e))?;
+    let mut w = Sink::new(file);
     let io = |e| Error::io(path, e);
     w.write_all(&[0u8; SEGMENT_HEADER_LEN]).map_err(io)?;
     let mut pos = SEGMENT_HEADER_LEN as u64;
@@ -176,7 +178,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         pos = aligned;
         let mut h = crc32fast::Hasher::new();
         let mut len = 0u64;
-        let mut put = |w: &mut BufWriter<Box<dyn WritableFile>>, b: &[u8]| -> Result<()> {
+        let mut put = |w: &mut Sink, b: &[u8]| -> Result<()> {
             h.update(b);
             len += b.len() as u64;
             w.write_all(b).map_err(io)
@@ -230,20 +232,41 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
                     let blk = read_block(rows, start, n, dim, &mut block)?;
                     let m = blk.len() / dim;
                     let out = &mut codes[..m * dim];
-                    let mut outside: Vec<u32> = out
+                    // Each row coded, then either an exception or a term of
+                    // the coding error's maximum (as `CodeStats::of` takes it
+                    // from the file, without reading the vectors back).
+                    let (mut outside, block_rho) = out
                         .par_chunks_exact_mut(dim)
                         .zip(blk.par_chunks_exact(dim))
                         .enumerate()
-                        .filter_map(|(j, (code, v))| {
+                        .map(|(j, (code, v))| {
                             sq8_encode(v, sq_min, sq_step, code);
                             #[allow(
                                 clippy::cast_possible_truncation,
                                 reason = "a row number is below `n`, which fits in u32 (checked above)"
                             )]
                             let row = (start + j) as u32;
-                            (!coded_within(v, sq_min, sq_step, code)).then_some(row)
+                            if coded_within(v, sq_min, sq_step, code) {
+                                (None, coding_error(sq_min, sq_step, code, v))
+                            } else {
+                                (Some(row), 0.0)
+                            }
                         })
-                        .collect();
+                        .fold(
+                            || (Vec::new(), 0f64),
+                            |(mut rows, rho), (row, e)| {
+                                rows.extend(row);
+                                (rows, rho.max(e))
+                            },
+                        )
+                        .reduce(
+                            || (Vec::new(), 0f64),
+                            |(mut a, ra), (b, rb)| {
+                                a.extend(b);
+                                (a, ra.max(rb))
+                            },
+                        );
+                    rho = rho.max(block_rho);
                     outside.sort_unstable();
                     exceptions.extend(outside);
                     put(&mut w, out)?;
@@ -266,12 +289,114 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         file_no,
         sections,
     };
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    file.write_all_at(&header.encode(), 0).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(pos)
+    w.finish(&header.encode()).map_err(io)?;
+    Ok(Written { len: pos, rho })
+}
+
+/// What [`write_segment`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Written {
+    /// The file's length.
+    pub len: u64,
+    /// The largest coding error `‖x − x̂‖` of the rows that are not
+    /// exceptions, as [`CodeStats::of`] computes it: given to
+    /// [`Segment::know_rho`], the segment's code statistics need not read
+    /// the vectors back.
+    pub rho: f64,
+}
+
+/// Where a segment's bytes go: staged in a buffer aligned to
+/// [`DIRECT_ALIGN`] and written in whole buffers at aligned offsets, as a
+/// file that bypasses the page cache needs (and any other takes).
+struct Sink {
+    file: Box<dyn WritableFile>,
+    /// The staging buffer is `raw[off..off + SINK_BUF]` (aligned).
+    raw: Vec<u8>,
+    off: usize,
+    /// Bytes staged.
+    len: usize,
+    /// Bytes written to the file before the staged ones.
+    written: u64,
+    /// The file's first block once written out: the header is patched into
+    /// it at the end.
+    first: Vec<u8>,
+}
+
+/// Bytes [`Sink`] stages between writes (a multiple of [`DIRECT_ALIGN`]).
+const SINK_BUF: usize = 4 << 20;
+
+impl Sink {
+    fn new(file: Box<dyn WritableFile>) -> Sink {
+        let raw = vec![0u8; SINK_BUF + DIRECT_ALIGN];
+        let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        Sink {
+            file,
+            raw,
+            off,
+            len: 0,
+            written: 0,
+            first: Vec::new(),
+        }
+    }
+
+    fn write_all(&mut self, mut b: &[u8]) -> std::io::Result<()> {
+        while !b.is_empty() {
+            let k = (SINK_BUF - self.len).min(b.len());
+            let at = self.off + self.len;
+            self.raw[at..at + k].copy_from_slice(&b[..k]);
+            self.len += k;
+            b = &b[k..];
+            if self.len == SINK_BUF {
+                self.spill()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the staged bytes (`len`, a multiple of the alignment unless
+    /// the file is buffered or they were padded).
+    fn spill(&mut self) -> std::io::Result<()> {
+        let buf = &self.raw[self.off..self.off + self.len];
+        if self.written == 0 {
+            self.first = buf[..DIRECT_ALIGN.min(buf.len())].to_vec();
+        }
+        self.file.write_all_at(buf, self.written)?;
+        self.written += self.len as u64;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Write the rest, then `header` over the file's first bytes; make it
+    /// all durable (`fsync`).
+    fn finish(mut self, header: &[u8]) -> std::io::Result<()> {
+        let total = self.written + self.len as u64;
+        let direct = self.file.direct();
+        if self.written == 0 {
+            // All of it is staged: the header goes in before the one write.
+            self.raw[self.off..self.off + header.len()].copy_from_slice(header);
+        }
+        let pad = if direct {
+            self.len.next_multiple_of(DIRECT_ALIGN) - self.len
+        } else {
+            0
+        };
+        self.raw[self.off + self.len..self.off + self.len + pad].fill(0);
+        self.len += pad;
+        let header_written = self.written == 0;
+        self.spill()?;
+        if !header_written {
+            // The first block again, with the header: whole, from aligned memory.
+            let first = std::mem::take(&mut self.first);
+            self.raw[self.off..self.off + first.len()].copy_from_slice(&first);
+            self.raw[self.off..self.off + header.len()].copy_from_slice(header);
+            self.file
+                .write_all_at(&self.raw[self.off..self.off + first.len()], 0)?;
+        }
+        if pad > 0 {
+            self.file.set_len(total)?;
+        }
+        self.file.sync_all()
+    }
 }
 
 /// Rows a segment writer reads, codes and writes at a time.
@@ -331,6 +456,8 @@ pub(crate) struct Segment {
     ranges: [Range<usize>; SECTION_COUNT],
     /// The codes' statistics for the integer scans, computed on first use.
     code_stats: std::sync::OnceLock<CodeStats>,
+    /// The coding error bound, when the writer gave it ([`Segment::know_rho`]).
+    known_rho: std::sync::OnceLock<f64>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -425,6 +552,7 @@ impl Segment {
             subjects,
             ranges,
             code_stats: std::sync::OnceLock::new(),
+            known_rho: std::sync::OnceLock::new(),
         };
         seg.check_structure()?;
         if verify == VerifyChecksums::Full {
@@ -767,8 +895,11 @@ impl Segment {
         if let Some(c) = self.code_stats.get() {
             return c;
         }
-        let c = match self.sq8() {
-            Some((min, step, codes)) => CodeStats::of(
+        let c = match (self.sq8(), self.known_rho.get()) {
+            (Some((min, step, codes)), Some(&rho)) => {
+                CodeStats::with_rho(min, step, codes, self.dim, rho)
+            }
+            (Some((min, step, codes)), None) => CodeStats::of(
                 min,
                 step,
                 codes,
@@ -776,7 +907,7 @@ impl Segment {
                 self.exceptions(),
                 self.dim,
             ),
-            None => CodeStats::default(),
+            (None, _) => CodeStats::default(),
         };
         // The pass above was the last to read every vector: from now on
         // searches read only candidates' rows (and compactions, sequentially,
@@ -785,6 +916,12 @@ impl Segment {
         self.map
             .advise_random(self.ranges[Section::Vectors as usize].clone());
         self.code_stats.get_or_init(|| c)
+    }
+
+    /// Take the coding error bound its writer computed ([`Written::rho`]):
+    /// [`Segment::code_stats`] then reads only the codes. Before any search.
+    pub(crate) fn know_rho(&self, rho: f64) {
+        let _ = self.known_rho.set(rho);
     }
 
     /// Compute [`Segment::code_stats`] on the rayon pool, in the background.
@@ -907,6 +1044,83 @@ mod tests {
 
     fn vec_of(x: f32, dim: usize) -> Vec<f32> {
         (0..dim).map(|i| x + i as f32 * 0.01).collect()
+    }
+
+    #[test]
+    fn sink_writes_the_same_bytes_to_a_direct_file_and_a_buffered_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = [0xABu8; SEGMENT_HEADER_LEN];
+        for len in [
+            SEGMENT_HEADER_LEN,
+            1000,
+            DIRECT_ALIGN,
+            5000,
+            SINK_BUF,
+            SINK_BUF + DIRECT_ALIGN + 1,
+            2 * SINK_BUF + 7,
+        ] {
+            let data: Vec<u8> = (0..len)
+                .map(|i| u8::try_from((i * 7 + i / 4093) % 251).unwrap())
+                .collect();
+            let mut want = data.clone();
+            want[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
+            for direct in [false, true] {
+                let path = dir.path().join(format!("{len}-{direct}"));
+                let file = if direct {
+                    RealFs.create_direct(&path)
+                } else {
+                    RealFs.create(&path, crate::storage::io::Create::New)
+                }
+                .unwrap();
+                let mut sink = Sink::new(file);
+                // Pieces of odd sizes, as the sections come.
+                for piece in data.chunks(1000 + 3) {
+                    sink.write_all(piece).unwrap();
+                }
+                sink.finish(&header).unwrap();
+                let got = std::fs::read(&path).unwrap();
+                assert!(got == want, "{len} bytes, direct {direct}: file differs");
+            }
+        }
+    }
+
+    #[test]
+    fn the_writers_coding_error_is_the_one_code_stats_computes() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 64;
+        let mut rng = 12345u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let n = 9000;
+        let mut vs: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        // Outliers past the quantiser's robust range: exceptions.
+        for r in [5, 777, 8999] {
+            vs[r][3] = 40.0;
+        }
+        let rows: Vec<RowRef> = (0..n)
+            .map(|i| RowRef {
+                id: i as u64,
+                subject: "s",
+                vector: &vs[i],
+            })
+            .collect();
+        let path = dir.path().join("seg.vseg");
+        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim).unwrap();
+        assert_eq!(w.len, std::fs::metadata(&path).unwrap().len());
+        let read = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, dim).unwrap();
+        let told = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, dim).unwrap();
+        told.know_rho(w.rho);
+        assert_eq!(read.exceptions(), &[5, 777, 8999]);
+        let (a, b) = (read.code_stats(), told.code_stats());
+        assert!(a.rho > 0.0 && a.rho.is_finite());
+        assert_eq!(a.rho.to_bits(), b.rho.to_bits());
+        assert_eq!(a.norms, b.norms);
+        assert_eq!(a.centre, b.centre);
+        assert_eq!(a.spread, b.spread);
     }
 
     #[test]
