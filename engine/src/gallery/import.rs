@@ -10,7 +10,7 @@
 //!    gallery normalises) and subject as it goes. Nothing names these files
 //!    yet: a crash leaves orphans that opening removes, and an error removes
 //!    them at once. The gallery serves and takes writes meanwhile.
-//! 3. **Install**, under the maintenance lock: flush the memtable, then under
+//! 3. **Install**, under the compaction and flush locks: flush the memtable, then under
 //!    the state lock write the few rows that arrived since as one more segment,
 //!    rotate the WAL, tombstone the rows the import replaces, and write one
 //!    manifest naming everything with the new WAL as its start. The WAL then
@@ -311,7 +311,8 @@ impl Gallery {
         replace: bool,
         started: Instant,
     ) -> Result<(u64, u64)> {
-        let _m = lock(&self.maintenance);
+        let _c = lock(&self.compacting);
+        let _f = lock(&self.flushing);
         let progress = self.start_progress("flush");
         self.flush_locked(&progress.cell)?;
         drop(progress);

@@ -4,7 +4,7 @@
 
 use super::backup::ProgressCell;
 use super::counters::Job;
-use super::{Failure, Gallery, MANIFEST, Signal, lock, parse_file_no, seg_name};
+use super::{Failure, Gallery, MANIFEST, lock, parse_file_no, seg_name};
 use crate::api::*;
 use crate::compaction::{self, CompactionPolicy, SegmentStat};
 use crate::error::Result;
@@ -71,7 +71,7 @@ impl Gallery {
 
     /// Write the memtable to a segment and drop the WAL it came from.
     pub fn flush(&self) -> Result<MaintenanceReport> {
-        let _m = lock(&self.maintenance);
+        let _f = lock(&self.flushing);
         self.check_writable()?;
         let before = self.stats();
         let progress = self.start_progress("flush");
@@ -85,11 +85,14 @@ impl Gallery {
     /// Flush, then rewrite every segment holding deleted rows and merge small
     /// segments. Afterwards no file of the gallery holds a deleted vector.
     pub fn compact(&self) -> Result<MaintenanceReport> {
-        let _m = lock(&self.maintenance);
+        let _c = lock(&self.compacting);
         self.check_writable()?;
         let before = self.stats();
         let progress = self.start_progress("compaction");
-        self.flush_locked(&progress.cell)?;
+        {
+            let _f = lock(&self.flushing);
+            self.flush_locked(&progress.cell)?;
+        }
         let stats = self.segment_stats();
         let plan = compaction::plan(&stats, &self.policy(), true);
         planned(&progress.cell, &stats, &plan, self.spec.dim);
@@ -146,7 +149,7 @@ impl Gallery {
         }
     }
 
-    /// Caller holds the maintenance lock; `progress` counts the rows written.
+    /// Caller holds the flush lock; `progress` counts the rows written.
     pub(super) fn flush_locked(&self, progress: &ProgressCell) -> Result<()> {
         let started = Instant::now();
         // 1. Freeze: rotate the WAL so the frozen memtable's records are exactly the older files.
@@ -310,8 +313,10 @@ impl Gallery {
     }
 
     /// Rewrite the segments `inputs` into one without their deleted rows.
-    /// Caller holds the maintenance lock; `progress` counts the rows written
-    /// (its totals were raised by [`planned`]).
+    /// Caller holds the compaction lock (flushes may run meanwhile: they
+    /// only add segments, and the install below starts from the segments
+    /// current then); `progress` counts the rows written (its totals were
+    /// raised by [`planned`]).
     pub(super) fn merge_locked(&self, inputs: &[u64], progress: &ProgressCell) -> Result<()> {
         let started = Instant::now();
         let (captured, file_no) = {
@@ -395,19 +400,29 @@ impl Gallery {
             .map(|()| self.counters.finished(Job::Compaction, started))
     }
 
-    /// One round of background work: flush a full memtable, then apply the policy.
-    pub(super) fn maintain(&self) -> Result<()> {
-        let _m = lock(&self.maintenance);
+    /// The background flusher's round: flush a full memtable. Whether it
+    /// wrote one.
+    fn maintain_flush(&self) -> Result<bool> {
+        let _f = lock(&self.flushing);
         if self.check_writable().is_err() {
-            return Ok(());
+            return Ok(false);
         }
         let need_flush = {
             let st = lock(&self.state);
-            st.frozen.is_some() || st.active.rows() >= self.opts.memtable_rows
+            st.frozen.is_some() || st.active.rows() >= self.memtable_limit()
         };
         if need_flush {
             let progress = self.start_progress("flush");
             self.flush_locked(&progress.cell)?;
+        }
+        Ok(need_flush)
+    }
+
+    /// The background compactor's round: apply the policy.
+    fn maintain_compaction(&self) -> Result<()> {
+        let _c = lock(&self.compacting);
+        if self.check_writable().is_err() {
+            return Ok(());
         }
         let stats = self.segment_stats();
         let plan = compaction::plan(&stats, &self.policy(), false);
@@ -447,33 +462,62 @@ fn planned(progress: &ProgressCell, stats: &[SegmentStat], plan: &[Vec<u64>], di
     progress.add_total(rows, rows * (5 * dim + 48) as u64);
 }
 
-pub(super) fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
+/// The two background threads of a gallery: one flushes, the other merges
+/// segments, so that a merge never holds up the flushes inserts wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Background {
+    Flush,
+    Compaction,
+}
+
+impl Background {
+    /// The thread's name, without the gallery's.
+    pub(super) fn thread(self) -> &'static str {
+        match self {
+            Background::Flush => "flush",
+            Background::Compaction => "compact",
+        }
+    }
+}
+
+pub(super) fn maintenance_loop(gallery: Weak<Gallery>, job: Background) {
     // A failure that persists (a full disk) is retried every second but
     // logged again only when it changes or once a minute.
     let mut last_failure: Option<(String, std::time::Instant)> = None;
+    let signal = match gallery.upgrade() {
+        Some(g) => match job {
+            Background::Flush => g.flush_signal.clone(),
+            Background::Compaction => g.compaction_signal.clone(),
+        },
+        None => return,
+    };
     loop {
-        {
-            let f = lock(&signal.flag);
-            let (mut f, _) = signal
-                .cv
-                .wait_timeout_while(f, Duration::from_secs(1), |f| !*f)
-                .unwrap_or_else(|e| e.into_inner());
-            *f = false;
-        }
+        signal.wait(Duration::from_secs(1));
         let Some(g) = gallery.upgrade() else { return };
         if g.closed.load(Ordering::Acquire) {
             return;
         }
-        match g.maintain() {
+        let (result, failure) = match job {
+            Background::Flush => (
+                g.maintain_flush().map(|flushed| {
+                    if flushed {
+                        g.compaction_signal.raise();
+                    }
+                }),
+                &g.flush_failure,
+            ),
+            Background::Compaction => (g.maintain_compaction(), &g.compaction_failure),
+        };
+        match result {
             Ok(()) => {
-                *lock(&g.maintenance_failure) = None;
+                *lock(failure) = None;
                 if last_failure.take().is_some() {
-                    tracing::info!(gallery = %g.name, "background maintenance works again");
+                    tracing::info!(gallery = %g.name, job = job.thread(), "background maintenance works again");
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                *lock(&g.maintenance_failure) = Some(Failure {
+                *lock(failure) = Some(Failure {
                     reason: msg.clone(),
                     disk_full: e.is_no_space(),
                 });
@@ -481,7 +525,7 @@ pub(super) fn maintenance_loop(gallery: Weak<Gallery>, signal: Arc<Signal>) {
                     .as_ref()
                     .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));
                 if !repeat {
-                    tracing::error!(gallery = %g.name, error = %msg, "background maintenance failed; retrying every second");
+                    tracing::error!(gallery = %g.name, job = job.thread(), error = %msg, "background maintenance failed; retrying every second");
                     last_failure = Some((msg, std::time::Instant::now()));
                 }
             }

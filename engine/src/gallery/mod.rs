@@ -24,7 +24,7 @@
 //! - `write.rs`: validation of writes, the write state and group commit;
 //! - `read.rs`: search, identification, verification and their decisions;
 //! - `head.rs`: training and calibrating the scoring head, the `HEAD` file;
-//! - `maintain.rs`: statistics, flush, compaction runs, the maintenance thread;
+//! - `maintain.rs`: statistics, flush, compaction runs, the background flusher and compactor;
 //! - `counters.rs`: counts of group commits, WAL syncs, flushes and compactions.
 //!
 //! Segment layout is `storage::segment`'s, WAL framing `storage::wal`'s,
@@ -84,6 +84,12 @@ pub struct GalleryOptions {
     pub durability: Durability,
     /// Memtable rows that trigger a flush to a segment.
     pub memtable_rows: usize,
+    /// Bytes of memtable vectors that trigger a flush, whichever of this and
+    /// `memtable_rows` comes first: 262,144 rows at 128 values, 65,536 at
+    /// 512 by default. At 128 values the flushed segments are then not
+    /// small for the compaction policy, so inserted rows are written to a
+    /// segment once, not flushed and then merged.
+    pub memtable_bytes: usize,
     /// Run flushes and compaction policy in a background thread.
     pub background: bool,
     /// How much of each segment to verify at open.
@@ -104,7 +110,8 @@ impl Default for GalleryOptions {
     fn default() -> Self {
         GalleryOptions {
             durability: Durability::PowerLoss,
-            memtable_rows: 1 << 17,
+            memtable_rows: 1 << 18,
+            memtable_bytes: 128 << 20,
             background: true,
             verify: VerifyChecksums::Metadata,
             compaction: CompactionPolicy::default(),
@@ -146,11 +153,29 @@ impl Failure {
     }
 }
 
-/// Wakes the maintenance thread.
+/// Wakes a background thread (the flusher or the compactor).
 #[derive(Default)]
 struct Signal {
     flag: Mutex<bool>,
     cv: Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        let mut f = lock(&self.flag);
+        *f = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait until raised (then lower it) or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let f = lock(&self.flag);
+        let (mut f, _) = self
+            .cv
+            .wait_timeout_while(f, timeout, |f| !*f)
+            .unwrap_or_else(|e| e.into_inner());
+        *f = false;
+    }
 }
 
 /// A named collection of enrolled embeddings with its own directory.
@@ -168,12 +193,23 @@ pub struct Gallery {
     published: RwLock<Arc<Snapshot>>,
     queue: Mutex<VecDeque<Arc<Pending>>>,
     queue_cv: Condvar,
-    maintenance: Mutex<()>,
+    /// Held by whoever flushes (the background flusher, `flush`, an import's
+    /// install). Taken after `compacting` by whoever holds both.
+    flushing: Mutex<()>,
+    /// Held by whoever merges segments (the background compactor,
+    /// `compact`), so that flushes go on while a merge runs: a merge takes
+    /// seconds, and inserts would stall behind it once the memtables fill.
+    compacting: Mutex<()>,
     poison: Mutex<Option<Failure>>,
     closed: AtomicBool,
-    signal: Arc<Signal>,
-    /// The last background maintenance failure, until maintenance works again.
-    maintenance_failure: Mutex<Option<Failure>>,
+    /// Wakes the background flusher.
+    flush_signal: Arc<Signal>,
+    /// Wakes the background compactor.
+    compaction_signal: Arc<Signal>,
+    /// The last background flush failure, until a flush works again.
+    flush_failure: Mutex<Option<Failure>>,
+    /// The last background compaction failure, until compaction works again.
+    compaction_failure: Mutex<Option<Failure>>,
     head: RwLock<Option<Arc<HeadInfo>>>,
     head_lock: Mutex<()>,
     /// The erasure log (loaded at the first delete or backup); held from a
@@ -291,16 +327,23 @@ impl Gallery {
     }
 
     pub(crate) fn close(&self) {
-        let _m = lock(&self.maintenance);
+        let _c = lock(&self.compacting);
+        let _f = lock(&self.flushing);
         self.closed.store(true, Ordering::Release);
-        let mut f = lock(&self.signal.flag);
-        *f = true;
-        self.signal.cv.notify_all();
+        self.flush_signal.raise();
+        self.compaction_signal.raise();
+    }
+
+    /// Rows at which the active memtable is flushed (see
+    /// [`GalleryOptions::memtable_bytes`]).
+    fn memtable_limit(&self) -> usize {
+        let row_bytes = 4 * self.spec.dim.max(1);
+        self.opts
+            .memtable_rows
+            .min((self.opts.memtable_bytes / row_bytes).max(1))
     }
 
     fn wake_maintenance(&self) {
-        let mut f = lock(&self.signal.flag);
-        *f = true;
-        self.signal.cv.notify_all();
+        self.flush_signal.raise();
     }
 }

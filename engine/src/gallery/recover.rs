@@ -2,7 +2,7 @@
 //! segments, remove what interrupted flushes and compactions left, replay the
 //! WAL (truncating a torn tail, refusing corruption), load the head.
 
-use super::maintain::maintenance_loop;
+use super::maintain::{Background, maintenance_loop};
 use super::write::{IdCounter, WriteState};
 use super::{Gallery, GalleryOptions, HEAD, MANIFEST, Signal, parse_file_no, seg_name};
 use crate::api::GallerySpec;
@@ -229,11 +229,14 @@ impl Gallery {
             published: RwLock::new(snapshot),
             queue: Mutex::new(VecDeque::new()),
             queue_cv: Condvar::new(),
-            maintenance: Mutex::new(()),
+            flushing: Mutex::new(()),
+            compacting: Mutex::new(()),
             poison: Mutex::new(None),
             closed: AtomicBool::new(false),
-            signal: Arc::new(Signal::default()),
-            maintenance_failure: Mutex::new(None),
+            flush_signal: Arc::new(Signal::default()),
+            compaction_signal: Arc::new(Signal::default()),
+            flush_failure: Mutex::new(None),
+            compaction_failure: Mutex::new(None),
             head: RwLock::new(head_info.map(Arc::new)),
             head_lock: Mutex::new(()),
             erasure: Mutex::new(None),
@@ -241,12 +244,13 @@ impl Gallery {
             counters: Default::default(),
         });
         if gallery.opts.background {
-            let weak = Arc::downgrade(&gallery);
-            let signal = gallery.signal.clone();
-            std::thread::Builder::new()
-                .name(format!("visage-maint-{name}"))
-                .spawn(move || maintenance_loop(weak, signal))
-                .map_err(|e| Error::io(dir, e))?;
+            for job in [Background::Flush, Background::Compaction] {
+                let weak = Arc::downgrade(&gallery);
+                std::thread::Builder::new()
+                    .name(format!("visage-{}-{name}", job.thread()))
+                    .spawn(move || maintenance_loop(weak, job))
+                    .map_err(|e| Error::io(dir, e))?;
+            }
         }
         Ok(gallery)
     }

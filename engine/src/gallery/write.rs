@@ -592,7 +592,9 @@ impl Gallery {
                 return Ok(());
             }
             self.wake_maintenance();
-            let failure = lock(&self.maintenance_failure).clone();
+            let failure = lock(&self.flush_failure)
+                .clone()
+                .or_else(|| lock(&self.compaction_failure).clone());
             if failure.is_some() || start.elapsed() > BACKLOG_STALL {
                 return Err(Error::Backlogged {
                     gallery: self.name.clone(),
@@ -1036,7 +1038,7 @@ impl Gallery {
         }
         self.counters.group_commit(group.len(), records.len());
         self.publish(&st);
-        let need_flush = st.active.rows() >= self.opts.memtable_rows;
+        let need_flush = st.active.rows() >= self.memtable_limit();
         drop(st);
         if need_flush && self.opts.background {
             self.wake_maintenance();

@@ -162,7 +162,8 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     let mut codes = vec![0u8; WRITE_BLOCK * dim];
 
     let file = fs.create_direct(path).map_err(|e| Error::io(path, e))?;
-    let mut w = Sink::new(file);
+    let direct = file.direct();
+    let mut w = Sink::new(file).map_err(|e| Error::io(path, e))?;
     let io = |e| Error::io(path, e);
     w.write_all(&[0u8; SEGMENT_HEADER_LEN]).map_err(io)?;
     let mut pos = SEGMENT_HEADER_LEN as u64;
@@ -289,7 +290,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         file_no,
         sections,
     };
-    w.finish(&header.encode()).map_err(io)?;
+    w.finish(&header.encode(), direct).map_err(io)?;
     Ok(Written { len: pos, rho })
 }
 
@@ -307,43 +308,83 @@ pub(crate) struct Written {
 
 /// Where a segment's bytes go: staged in a buffer aligned to
 /// [`DIRECT_ALIGN`] and written in whole buffers at aligned offsets, as a
-/// file that bypasses the page cache needs (and any other takes).
+/// file that bypasses the page cache needs (and any other takes). The writes
+/// happen on a thread of their own, one buffer at a time while the writer
+/// fills the next: a direct write returns only once the device has the
+/// bytes, and the coding need not wait for it.
 struct Sink {
-    file: Box<dyn WritableFile>,
-    /// The staging buffer is `raw[off..off + SINK_BUF]` (aligned).
-    raw: Vec<u8>,
-    off: usize,
-    /// Bytes staged.
+    /// The buffer being filled.
+    buf: Aligned,
+    /// Bytes staged in `buf`.
     len: usize,
-    /// Bytes written to the file before the staged ones.
+    /// Bytes handed to the writing thread before the staged ones.
     written: u64,
-    /// The file's first block once written out: the header is patched into
+    /// The file's first block once handed over: the header is patched into
     /// it at the end.
     first: Vec<u8>,
+    /// Full buffers (with their length and offset) to the writing thread.
+    full: Option<std::sync::mpsc::SyncSender<(Aligned, usize, u64)>>,
+    /// Written buffers back from it, for reuse.
+    free: std::sync::mpsc::Receiver<Aligned>,
+    /// The writing thread; it gives the file back, or the first error.
+    thread: Option<std::thread::JoinHandle<std::io::Result<Box<dyn WritableFile>>>>,
 }
 
 /// Bytes [`Sink`] stages between writes (a multiple of [`DIRECT_ALIGN`]).
 const SINK_BUF: usize = 4 << 20;
 
-impl Sink {
-    fn new(file: Box<dyn WritableFile>) -> Sink {
+/// `SINK_BUF` bytes aligned to [`DIRECT_ALIGN`]: the aligned window of a
+/// larger allocation.
+struct Aligned {
+    raw: Vec<u8>,
+    off: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
         let raw = vec![0u8; SINK_BUF + DIRECT_ALIGN];
         let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        Sink {
-            file,
-            raw,
-            off,
+        Aligned { raw, off }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.off..self.off + SINK_BUF]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + SINK_BUF]
+    }
+}
+
+impl Sink {
+    fn new(file: Box<dyn WritableFile>) -> std::io::Result<Sink> {
+        let (full, todo) = std::sync::mpsc::sync_channel::<(Aligned, usize, u64)>(1);
+        let (done, free) = std::sync::mpsc::channel();
+        // The second buffer: one is filled while the other is written.
+        let _ = done.send(Aligned::new());
+        let thread = std::thread::Builder::new()
+            .name("visage-segment-write".into())
+            .spawn(move || {
+                for (buf, len, at) in todo {
+                    file.write_all_at(&buf.bytes()[..len], at)?;
+                    // The writer may have stopped waiting (it failed): no matter.
+                    let _ = done.send(buf);
+                }
+                Ok(file)
+            })?;
+        Ok(Sink {
+            buf: Aligned::new(),
             len: 0,
             written: 0,
             first: Vec::new(),
-        }
+            full: Some(full),
+            free,
+            thread: Some(thread),
+        })
     }
 
     fn write_all(&mut self, mut b: &[u8]) -> std::io::Result<()> {
         while !b.is_empty() {
             let k = (SINK_BUF - self.len).min(b.len());
-            let at = self.off + self.len;
-            self.raw[at..at + k].copy_from_slice(&b[..k]);
+            self.buf.bytes_mut()[self.len..self.len + k].copy_from_slice(&b[..k]);
             self.len += k;
             b = &b[k..];
             if self.len == SINK_BUF {
@@ -353,49 +394,86 @@ impl Sink {
         Ok(())
     }
 
-    /// Write the staged bytes (`len`, a multiple of the alignment unless
-    /// the file is buffered or they were padded).
+    /// Hand the staged bytes (`len`, a multiple of the alignment unless the
+    /// file is buffered or they were padded) to the writing thread, and take
+    /// a written buffer back.
     fn spill(&mut self) -> std::io::Result<()> {
-        let buf = &self.raw[self.off..self.off + self.len];
         if self.written == 0 {
-            self.first = buf[..DIRECT_ALIGN.min(buf.len())].to_vec();
+            self.first = self.buf.bytes()[..DIRECT_ALIGN.min(self.len)].to_vec();
         }
-        self.file.write_all_at(buf, self.written)?;
+        let sent = match &self.full {
+            Some(tx) => match self.free.recv() {
+                Ok(next) => {
+                    let buf = std::mem::replace(&mut self.buf, next);
+                    tx.send((buf, self.len, self.written)).is_ok()
+                }
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            // The thread stopped: its error says why.
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the segment writing thread stopped")));
+        }
         self.written += self.len as u64;
         self.len = 0;
         Ok(())
     }
 
+    /// Wait for the writing thread to finish what it was given.
+    fn join(&mut self) -> std::io::Result<Box<dyn WritableFile>> {
+        self.full = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the segment writing thread panicked")),
+            None => Err(std::io::Error::other("the segment writing thread stopped")),
+        }
+    }
+
     /// Write the rest, then `header` over the file's first bytes; make it
     /// all durable (`fsync`).
-    fn finish(mut self, header: &[u8]) -> std::io::Result<()> {
+    fn finish(mut self, header: &[u8], direct: bool) -> std::io::Result<()> {
         let total = self.written + self.len as u64;
-        let direct = self.file.direct();
-        if self.written == 0 {
+        let header_staged = self.written == 0;
+        if header_staged {
             // All of it is staged: the header goes in before the one write.
-            self.raw[self.off..self.off + header.len()].copy_from_slice(header);
+            self.buf.bytes_mut()[..header.len()].copy_from_slice(header);
         }
         let pad = if direct {
             self.len.next_multiple_of(DIRECT_ALIGN) - self.len
         } else {
             0
         };
-        self.raw[self.off + self.len..self.off + self.len + pad].fill(0);
+        let len = self.len;
+        self.buf.bytes_mut()[len..len + pad].fill(0);
         self.len += pad;
-        let header_written = self.written == 0;
         self.spill()?;
-        if !header_written {
+        let file = self.join()?;
+        if !header_staged {
             // The first block again, with the header: whole, from aligned memory.
             let first = std::mem::take(&mut self.first);
-            self.raw[self.off..self.off + first.len()].copy_from_slice(&first);
-            self.raw[self.off..self.off + header.len()].copy_from_slice(header);
-            self.file
-                .write_all_at(&self.raw[self.off..self.off + first.len()], 0)?;
+            let block = &mut self.buf.bytes_mut()[..first.len()];
+            block.copy_from_slice(&first);
+            block[..header.len()].copy_from_slice(header);
+            file.write_all_at(block, 0)?;
         }
         if pad > 0 {
-            self.file.set_len(total)?;
+            file.set_len(total)?;
         }
-        self.file.sync_all()
+        file.sync_all()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // An error path: let the thread finish (or fail) before the caller
+        // removes the file.
+        if self.thread.is_some() {
+            let _ = self.join();
+        }
     }
 }
 
@@ -1072,12 +1150,13 @@ mod tests {
                     RealFs.create(&path, crate::storage::io::Create::New)
                 }
                 .unwrap();
-                let mut sink = Sink::new(file);
+                let is_direct = file.direct();
+                let mut sink = Sink::new(file).unwrap();
                 // Pieces of odd sizes, as the sections come.
                 for piece in data.chunks(1000 + 3) {
                     sink.write_all(piece).unwrap();
                 }
-                sink.finish(&header).unwrap();
+                sink.finish(&header, is_direct).unwrap();
                 let got = std::fs::read(&path).unwrap();
                 assert!(got == want, "{len} bytes, direct {direct}: file differs");
             }
