@@ -411,10 +411,24 @@ pub(crate) fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f6
     let (mut e4, mut n4) = ([0f64; 4], [0f64; 4]);
     let n = c.len();
     let (min, step, x) = (&min[..n], &step[..n], &x[..n]);
-    for d in 0..n {
-        let xh = f64::from(min[d]) + f64::from(step[d]) * f64::from(c[d]);
-        e4[d % 4] += (f64::from(x[d]) - xh).powi(2);
-        n4[d % 4] += xh * xh;
+    let mut lane = |k: usize, m: f32, s: f32, c: u8, x: f32| {
+        let xh = f64::from(m) + f64::from(s) * f64::from(c);
+        e4[k] += (f64::from(x) - xh).powi(2);
+        n4[k] += xh * xh;
+    };
+    let body = n - n % 4;
+    for (((m, s), c), x) in min[..body]
+        .chunks_exact(4)
+        .zip(step[..body].chunks_exact(4))
+        .zip(c[..body].chunks_exact(4))
+        .zip(x[..body].chunks_exact(4))
+    {
+        for k in 0..4 {
+            lane(k, m[k], s[k], c[k], x[k]);
+        }
+    }
+    for d in body..n {
+        lane(d % 4, min[d], step[d], c[d], x[d]);
     }
     let e2 = (e4[0] + e4[1]) + (e4[2] + e4[3]);
     let n2 = (n4[0] + n4[1]) + (n4[2] + n4[3]);

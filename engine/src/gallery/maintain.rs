@@ -202,7 +202,7 @@ impl Gallery {
         let new_seg = self.write_new_segment(Job::Flush, file_no, rows.as_slice())?;
         progress.add_done(rows.len() as u64, estimate);
         // 3. Install: carry over deletes that happened meanwhile, write the manifest, publish.
-        let old_wal_start;
+        let (old_wal_start, wal_start);
         {
             let mut st = lock(&self.state);
             // A write that failed while the segment was written poisoned the
@@ -229,7 +229,7 @@ impl Gallery {
                     tomb: Arc::new(tomb),
                 });
             }
-            let wal_start = st.wal.file_no();
+            wal_start = st.wal.file_no();
             let m = st.manifest(&segments, wal_start, st.frozen_seq);
             self.write_manifest(&m, new_seg.as_deref())?;
             st.segments_seq = st.frozen_seq;
@@ -239,20 +239,23 @@ impl Gallery {
             old_wal_start = st.wal_start;
             st.wal_start = wal_start;
             self.publish(&st);
-            // 4. The old WAL files are covered by the manifest now. They are
-            // found by listing the directory, not by trying every number from
-            // the old start: file numbers need not be dense (a counter far
-            // ahead made that loop run for ever).
-            for (n, p) in self.wal_files() {
-                if !(old_wal_start..wal_start).contains(&n) {
-                    continue;
-                }
-                match self.fs.remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(file = %p.display(), error = %e, "could not remove covered WAL file");
-                    }
+        }
+        // 4. The old WAL files are covered by the manifest now. They are
+        // removed without the state lock (unlinking a large file takes tens
+        // of milliseconds, which writers would wait): nothing reads a WAL
+        // file below `wal_start` (a backup copies from it up), and the next
+        // flush waits for this one. They are found by listing the directory,
+        // not by trying every number from the old start: file numbers need
+        // not be dense (a counter far ahead made that loop run for ever).
+        for (n, p) in self.wal_files() {
+            if !(old_wal_start..wal_start).contains(&n) {
+                continue;
+            }
+            match self.fs.remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "could not remove covered WAL file");
                 }
             }
         }
