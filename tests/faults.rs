@@ -109,6 +109,9 @@ struct Shared {
     fired: Mutex<usize>,
     /// Creations held until released (see [`FaultyFs::hold`]).
     holds: Mutex<Vec<Arc<Hold>>>,
+    /// Free space to report instead of the real file system's (see
+    /// [`FaultyFs::set_available`]).
+    available: Mutex<Option<u64>>,
 }
 
 /// A creation of a file whose path contains `pattern`, held (the creating
@@ -235,6 +238,14 @@ impl FaultyFs {
             .push(h.clone());
         h
     }
+    /// Report `bytes` free on every directory (`None`: the real figure).
+    pub fn set_available(&self, bytes: Option<u64>) {
+        *self
+            .shared
+            .available
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bytes;
+    }
     /// How many faults have fired.
     pub fn fired(&self) -> usize {
         *self.shared.fired.lock().unwrap_or_else(|e| e.into_inner())
@@ -359,7 +370,12 @@ impl FileSystem for FaultyFs {
         self.shared.run(Op::SyncDir, dir, || RealFs.sync_dir(dir))
     }
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
-        RealFs.available_space(dir)
+        let set = *self
+            .shared
+            .available
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.map_or_else(|| RealFs.available_space(dir), Ok)
     }
     fn map(&self, path: &Path) -> io::Result<MappedFile> {
         RealFs.map(path)

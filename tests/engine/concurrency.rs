@@ -11,11 +11,15 @@
 //! the search ended (distance checked against that version), with its subject.
 //! At the end the gallery equals the model exactly, also after reopening.
 
-use crate::support::{Model, assert_contents, check_identify, check_search, mix, opts};
+use crate::support::{
+    Model, assert_contents, check_identify, check_search, create, files_like, gallery_dir, mix,
+    opts,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use visage_engine::{Embedding, Engine, Gallery, Hit};
+use visage_tests::faults::FaultyFs;
 use visage_tests::{Rng, l2sq_f64};
 
 const WRITERS: u64 = 3;
@@ -262,4 +266,78 @@ fn writers_searchers_and_maintenance_together_end_in_the_model_state() {
     let engine = Engine::open(tmp.path(), options()).unwrap();
     let g = engine.gallery("g").unwrap();
     check_final(&g, &model, &all_ids, "reopened");
+}
+
+/// A merge in progress does not hold up a flush: the compactor and the
+/// flusher take locks of their own. (With one lock, a merge of several
+/// seconds made inserts stall once the memtables filled behind the flush
+/// waiting for it.) The merge is held when it creates its segment; a flush
+/// of newer rows must finish meanwhile, and the gallery then holds every row,
+/// also after reopening.
+#[test]
+fn a_flush_completes_while_a_merge_is_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let fs = FaultyFs::new();
+    let engine = Engine::open_with_fs(&root, opts(false, 1 << 20), fs.clone()).unwrap();
+    let g = create(&engine, "g", 128);
+    let mut rng = Rng(23);
+    let mut model = Model::new();
+    let mut insert = |first: u64, model: &mut Model| {
+        let batch: Vec<Embedding> = (first..first + 100)
+            .map(|id| Embedding {
+                id,
+                subject: format!("s{}", id / 4),
+                vector: rng.vector(),
+            })
+            .collect();
+        g.insert(&batch).unwrap();
+        model.extend(batch.into_iter().map(|e| (e.id, e)));
+    };
+    // Two small segments, which a compaction merges.
+    for k in 0..2 {
+        insert(k * 100, &mut model);
+        g.flush().unwrap();
+    }
+    // The merge's segment takes the next file number: after the highest of
+    // the WAL files and segments (the memtable is empty, so the compaction's
+    // own flush writes nothing).
+    let gdir = gallery_dir(&root, "g");
+    let number = |p: &std::path::Path| {
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        u64::from_str_radix(name.split('-').nth(1).unwrap(), 16).unwrap()
+    };
+    let highest = files_like(&gdir, "wal-", ".log")
+        .iter()
+        .chain(&files_like(&gdir, "seg-", ".vseg"))
+        .map(|p| number(p))
+        .max()
+        .unwrap();
+    let hold = fs.hold(&format!("seg-{:016x}.vseg", highest + 1));
+    std::thread::scope(|s| {
+        let merging = s.spawn(|| g.compact());
+        hold.wait_reached();
+        insert(200, &mut model);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flushing = &g;
+        s.spawn(move || tx.send(flushing.flush().map(|r| r.after.segments)));
+        let flushed = rx.recv_timeout(std::time::Duration::from_secs(120));
+        // Released before asserting: a failure must not leave the merge held.
+        hold.release();
+        let segments = flushed.expect("the flush waited for the merge").unwrap();
+        assert_eq!(segments, 3, "the two being merged and the flushed one");
+        merging.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        g.stats().segments,
+        2,
+        "the merged segment and the flushed one"
+    );
+    let ids: Vec<u64> = model.keys().copied().collect();
+    assert_contents(&g, &model, ids.clone(), "after the merge and the flush");
+    drop(g);
+    drop(engine);
+    let engine = Engine::open_with_fs(&root, opts(false, 1 << 20), fs).unwrap();
+    let g = engine.gallery("g").unwrap();
+    assert_contents(&g, &model, ids, "reopened");
 }

@@ -20,6 +20,7 @@ use visage_engine::{
     Embedding, Engine, EngineOptions, Error, Gallery, ImportOptions, ImportSource, Result,
 };
 use visage_tests::Rng;
+use visage_tests::faults::FaultyFs;
 
 /// Rows in memory, as an import source.
 struct Mem {
@@ -514,4 +515,54 @@ fn a_killed_import_leaves_the_gallery_before_or_after() {
         outcomes.0,
         outcomes.1 - 1
     );
+}
+
+/// An import the disk has no room for is refused before anything is
+/// written, saying how many bytes it needs and how many are free; with room
+/// again, the same import goes in.
+#[test]
+fn an_import_without_room_on_the_disk_is_refused_whole_before_writing() {
+    const DIM: usize = 128;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let engine = Engine::open_with_fs(dir.path(), small_segments(10_000, DIM), fs.clone()).unwrap();
+    let g = create(&engine, "g", DIM);
+    insert_all(&g, &Mem::of(1, 0..500, 50, DIM).embeddings());
+    g.flush().unwrap();
+    let ps = probes(5, 8, DIM);
+    let before = fingerprint(dir.path(), &g, &ps);
+    // 30,000 rows of 128 values take about 20 MB as segments; 5 MB are free.
+    let src = Mem::of(3, 10_000..40_000, 1000, DIM);
+    fs.set_available(Some(5 << 20));
+    let e = g.import(&src, ImportOptions::default()).unwrap_err();
+    match &e {
+        Error::NoSpace {
+            what,
+            needed,
+            available,
+            ..
+        } => {
+            assert_eq!(*what, "import");
+            assert_eq!(*available, 5 << 20);
+            assert!(
+                (30_000 * 5 * DIM as u64..40_000 * 5 * DIM as u64).contains(needed),
+                "needs {needed} bytes"
+            );
+        }
+        other => panic!("not NoSpace: {other:?}"),
+    }
+    assert!(e.is_no_space());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not enough free disk space for import") && msg.contains("needs about"),
+        "{msg}"
+    );
+    assert_eq!(
+        fingerprint(dir.path(), &g, &ps),
+        before,
+        "the refused import changed files or answers"
+    );
+    fs.set_available(None);
+    let rep = g.import(&src, ImportOptions::default()).unwrap();
+    assert_eq!((rep.rows, g.stats().live), (30_000, 30_500));
 }
