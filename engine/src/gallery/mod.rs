@@ -90,7 +90,8 @@ pub struct GalleryOptions {
     /// small for the compaction policy, so inserted rows are written to a
     /// segment once, not flushed and then merged.
     pub memtable_bytes: usize,
-    /// Run flushes and compaction policy in a background thread.
+    /// Run flushes and the compaction policy in background threads (a
+    /// flusher and a compactor).
     pub background: bool,
     /// How much of each segment to verify at open.
     pub verify: VerifyChecksums,
