@@ -406,10 +406,6 @@ impl Gallery {
     /// The background flusher's round: flush a full memtable. Whether it
     /// wrote one.
     fn maintain_flush(&self) -> Result<bool> {
-        in_background(|| self.flush_if_full())
-    }
-
-    fn flush_if_full(&self) -> Result<bool> {
         let _f = lock(&self.flushing);
         if self.check_writable().is_err() {
             return Ok(false);
@@ -427,10 +423,6 @@ impl Gallery {
 
     /// The background compactor's round: apply the policy.
     fn maintain_compaction(&self) -> Result<()> {
-        in_background(|| self.apply_policy())
-    }
-
-    fn apply_policy(&self) -> Result<()> {
         let _c = lock(&self.compacting);
         if self.check_writable().is_err() {
             return Ok(());
@@ -473,43 +465,6 @@ fn planned(progress: &ProgressCell, stats: &[SegmentStat], plan: &[Vec<u64>], di
     progress.add_total(rows, rows * (5 * dim + 48) as u64);
 }
 
-/// CPU priority (nice) of background maintenance: below writers and searches.
-const BACKGROUND_NICE: i32 = 10;
-
-/// Lower the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux
-/// sets it per thread). Not being able to is no reason to stop.
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
-        tracing::debug!(error = %e, "could not lower a maintenance thread's priority");
-    }
-}
-
-/// The threads background flushes and merges run on: as many as the global
-/// pool's, at a lower CPU priority ([`BACKGROUND_NICE`]), so that writers
-/// and searches get the cores first and maintenance the time they leave (a
-/// writer waiting for its fdatasync, the pauses between searches). When it
-/// falls behind, inserts stall at `max_unflushed_rows` and the cores are its.
-/// Runs `f` there.
-fn in_background<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
-            .thread_name(|i| format!("visage-maint-{i}"))
-            .start_handler(|_| lower_priority())
-            .build()
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "no maintenance thread pool: maintenance shares the global one");
-            })
-            .ok()
-    });
-    match pool {
-        Some(p) => p.install(f),
-        None => f(),
-    }
-}
-
 /// The two background threads of a gallery: one flushes, the other merges
 /// segments, so that a merge never holds up the flushes inserts wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,7 +484,6 @@ impl Background {
 }
 
 pub(super) fn maintenance_loop(gallery: Weak<Gallery>, job: Background) {
-    lower_priority();
     // A failure that persists (a full disk) is retried every second but
     // logged again only when it changes or once a minute.
     let mut last_failure: Option<(String, std::time::Instant)> = None;
