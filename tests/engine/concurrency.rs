@@ -41,7 +41,16 @@ struct Shared {
     /// Highest version of each id ever submitted.
     versions: Mutex<HashMap<u64, u64>>,
     done: AtomicBool,
+    /// Explicit flush+compact rounds and searches finished so far: writers
+    /// wait halfway until enough of both ran beside them (a condition, not
+    /// a timing: on a loaded machine the maintainer may be slow).
+    rounds: AtomicUsize,
+    searches: AtomicUsize,
 }
+
+/// Rounds and searches that must have run before writers go past halfway.
+const MIN_ROUNDS: usize = 6;
+const MIN_SEARCHES: usize = 21;
 
 fn writer(t: u64, g: Arc<Gallery>, sh: Arc<Shared>) -> Model {
     let mut rng = Rng(mix(0xC0C0, t));
@@ -54,7 +63,21 @@ fn writer(t: u64, g: Arc<Gallery>, sh: Arc<Shared>) -> Model {
             v.insert(id, version);
         }
     };
-    for _ in 0..BATCHES {
+    for b in 0..BATCHES {
+        if b == BATCHES / 2 {
+            // Bounded, so that a maintainer or searcher that died fails the
+            // test instead of hanging it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while sh.rounds.load(Ordering::Acquire) < MIN_ROUNDS
+                || sh.searches.load(Ordering::Acquire) < MIN_SEARCHES
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "maintenance or searches stopped before enough ran"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let live: Vec<u64> = model.keys().copied().collect();
         let pick = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize];
         let r = if live.len() < 8 { 0 } else { rng.below(10) };
@@ -190,6 +213,7 @@ fn searcher(s: u64, g: Arc<Gallery>, sh: Arc<Shared>, searches: Arc<AtomicUsize>
         let sample: Vec<u64> = dead_before.iter().take(50).copied().collect();
         assert!(g.get(&sample).is_empty(), "{ctx}: get returns a deleted id");
         searches.fetch_add(1, Ordering::Relaxed);
+        sh.searches.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -231,6 +255,7 @@ fn writers_searchers_and_maintenance_together_end_in_the_model_state() {
                 g.flush().unwrap();
                 g.compact().unwrap();
                 n.fetch_add(1, Ordering::Relaxed);
+                sh.rounds.fetch_add(1, Ordering::Release);
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         })
@@ -259,7 +284,10 @@ fn writers_searchers_and_maintenance_together_end_in_the_model_state() {
         maint_rounds.load(Ordering::Relaxed),
         g.stats().segments
     );
-    assert!(searches.load(Ordering::Relaxed) > 20 && maint_rounds.load(Ordering::Relaxed) > 5);
+    assert!(
+        searches.load(Ordering::Relaxed) >= MIN_SEARCHES
+            && maint_rounds.load(Ordering::Relaxed) >= MIN_ROUNDS
+    );
     check_final(&g, &model, &all_ids, "after the run");
     drop(g);
     drop(engine);

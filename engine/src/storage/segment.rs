@@ -163,7 +163,13 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
 
     let file = fs.create_direct(path).map_err(|e| Error::io(path, e))?;
     let direct = file.direct();
-    let mut w = Sink::new(file).map_err(|e| Error::io(path, e))?;
+    // Buffers no larger than the segment, about: a flush of a few rows
+    // allocates a few pages, not 8 MiB.
+    let estimate = SEGMENT_HEADER_LEN + n * (5 * dim + 64);
+    let cap = estimate
+        .next_multiple_of(DIRECT_ALIGN)
+        .clamp(DIRECT_ALIGN, SINK_BUF);
+    let mut w = Sink::new(file, cap).map_err(|e| Error::io(path, e))?;
     let io = |e| Error::io(path, e);
     w.write_all(&[0u8; SEGMENT_HEADER_LEN]).map_err(io)?;
     let mut pos = SEGMENT_HEADER_LEN as u64;
@@ -313,6 +319,8 @@ pub(crate) struct Written {
 /// fills the next: a direct write returns only once the device has the
 /// bytes, and the coding need not wait for it.
 struct Sink {
+    /// Bytes of each buffer (a multiple of [`DIRECT_ALIGN`], at most [`SINK_BUF`]).
+    cap: usize,
     /// The buffer being filled.
     buf: Aligned,
     /// Bytes staged in `buf`.
@@ -330,36 +338,37 @@ struct Sink {
     thread: Option<std::thread::JoinHandle<std::io::Result<Box<dyn WritableFile>>>>,
 }
 
-/// Bytes [`Sink`] stages between writes (a multiple of [`DIRECT_ALIGN`]).
+/// The most bytes [`Sink`] stages between writes (a multiple of [`DIRECT_ALIGN`]).
 const SINK_BUF: usize = 4 << 20;
 
-/// `SINK_BUF` bytes aligned to [`DIRECT_ALIGN`]: the aligned window of a
+/// `cap` bytes aligned to [`DIRECT_ALIGN`]: the aligned window of a
 /// larger allocation.
 struct Aligned {
     raw: Vec<u8>,
     off: usize,
+    cap: usize,
 }
 
 impl Aligned {
-    fn new() -> Aligned {
-        let raw = vec![0u8; SINK_BUF + DIRECT_ALIGN];
+    fn new(cap: usize) -> Aligned {
+        let raw = vec![0u8; cap + DIRECT_ALIGN];
         let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        Aligned { raw, off }
+        Aligned { raw, off, cap }
     }
     fn bytes(&self) -> &[u8] {
-        &self.raw[self.off..self.off + SINK_BUF]
+        &self.raw[self.off..self.off + self.cap]
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + SINK_BUF]
+        &mut self.raw[self.off..self.off + self.cap]
     }
 }
 
 impl Sink {
-    fn new(file: Box<dyn WritableFile>) -> std::io::Result<Sink> {
+    fn new(file: Box<dyn WritableFile>, cap: usize) -> std::io::Result<Sink> {
         let (full, todo) = std::sync::mpsc::sync_channel::<(Aligned, usize, u64)>(1);
         let (done, free) = std::sync::mpsc::channel();
         // The second buffer: one is filled while the other is written.
-        let _ = done.send(Aligned::new());
+        let _ = done.send(Aligned::new(cap));
         let thread = std::thread::Builder::new()
             .name("visage-segment-write".into())
             .spawn(move || {
@@ -371,7 +380,8 @@ impl Sink {
                 Ok(file)
             })?;
         Ok(Sink {
-            buf: Aligned::new(),
+            cap,
+            buf: Aligned::new(cap),
             len: 0,
             written: 0,
             first: Vec::new(),
@@ -383,11 +393,11 @@ impl Sink {
 
     fn write_all(&mut self, mut b: &[u8]) -> std::io::Result<()> {
         while !b.is_empty() {
-            let k = (SINK_BUF - self.len).min(b.len());
+            let k = (self.cap - self.len).min(b.len());
             self.buf.bytes_mut()[self.len..self.len + k].copy_from_slice(&b[..k]);
             self.len += k;
             b = &b[k..];
-            if self.len == SINK_BUF {
+            if self.len == self.cap {
                 self.spill()?;
             }
         }
@@ -1142,8 +1152,8 @@ mod tests {
                 .collect();
             let mut want = data.clone();
             want[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
-            for direct in [false, true] {
-                let path = dir.path().join(format!("{len}-{direct}"));
+            for (direct, cap) in [(false, SINK_BUF), (true, SINK_BUF), (true, DIRECT_ALIGN)] {
+                let path = dir.path().join(format!("{len}-{direct}-{cap}"));
                 let file = if direct {
                     RealFs.create_direct(&path)
                 } else {
@@ -1151,14 +1161,17 @@ mod tests {
                 }
                 .unwrap();
                 let is_direct = file.direct();
-                let mut sink = Sink::new(file).unwrap();
+                let mut sink = Sink::new(file, cap).unwrap();
                 // Pieces of odd sizes, as the sections come.
                 for piece in data.chunks(1000 + 3) {
                     sink.write_all(piece).unwrap();
                 }
                 sink.finish(&header, is_direct).unwrap();
                 let got = std::fs::read(&path).unwrap();
-                assert!(got == want, "{len} bytes, direct {direct}: file differs");
+                assert!(
+                    got == want,
+                    "{len} bytes, direct {direct}, buffers of {cap}: file differs"
+                );
             }
         }
     }
