@@ -6,6 +6,7 @@
 //! visage-bench gen    --n N --probes P --out DIR [--seed S] [--isotropic] [--dim D]
 //! visage-bench bounds [--bytes B] [--json]
 //! visage-bench conflicts [--subjects N] [--batch B] [--runs R] [--json]
+//! visage-bench insert-bound [--rounds R] [--seconds S] [--batch B] [--json]
 //! visage-bench scale-gen    --rows N [--start S --count C] --out X.npy [--subjects S.txt] [--seed S]
 //! visage-bench scale-gen    --rows N --probes P --out P.npy [--seed S]
 //! visage-bench scale-build  --data-dir D --rows N [--vectors X.npy --subjects S.txt] [--seed S]
@@ -70,6 +71,11 @@ enum Cmd {
     /// conflicts it reports on strangers (false) and on new photos of
     /// enrolled people under new names (caught).
     Conflicts(ConflictsArgs),
+    /// Sustained durable insert (background flushes on) and its bound, the
+    /// write + fdatasync of the same bytes, timed in turns on the same disk
+    /// (a cloud disk's speed changes with what was written before: two
+    /// measurements minutes apart are not comparable).
+    InsertBound(InsertBoundArgs),
     /// Scale benchmark: write rows of the generated face-like gallery (or
     /// its probes) as .npy, streamed.
     ScaleGen(ScaleGenArgs),
@@ -229,6 +235,22 @@ struct ConflictsArgs {
 }
 
 #[derive(clap::Args)]
+struct InsertBoundArgs {
+    /// Rounds; each times the bound and the insert once, in alternating order.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
+    /// Seconds of each turn.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Rows a batch (one insert call, one WAL record, one fdatasync).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct RobustArgs {
     /// The data (the batch is the first 1,000 probes).
     #[command(flatten)]
@@ -265,6 +287,137 @@ struct CalibrationArgs {
     /// anisotropic noise, where some images lie near many people).
     #[arg(long)]
     isotropic: bool,
+}
+
+/// See [`Cmd::InsertBound`]. Each round runs a bound turn and an insert
+/// turn (bound first in even rounds, insert first in odd ones, so a drift of
+/// the disk's speed falls on both alike), and prints each pair's ratio.
+///
+/// The insert turn times the `insert` calls only (the batches are made
+/// outside the timing, as the bound's record is), and at its end it waits
+/// for the flush its rows started to finish, inside its time: the bound's
+/// turn that follows gets a quiet disk, and every flush the insert caused is
+/// paid by it. The gallery grows from round to round, as a real one does.
+fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
+    use std::io::Write;
+    if a.rounds == 0 || a.batch == 0 || a.seconds <= 0.0 {
+        return Err("--rounds, --seconds and --batch must be positive".into());
+    }
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = tempfile::tempdir_in(visage_bench::target_dir()).map_err(|x| e(&x))?;
+    let mut opts = quiet_options(Durability::PowerLoss);
+    opts.gallery.background = true;
+    let memtable_rows = opts.gallery.memtable_rows as u64;
+    let engine = Engine::open(root.path().join("engine"), opts).map_err(|x| e(&x))?;
+    let gal = engine.create_gallery("bench").map_err(|x| e(&x))?;
+    let mut rng = visage_bench::Rng(1);
+    let batches: Vec<Vec<Embedding>> = (0..64)
+        .map(|i| visage_bench::embeddings(&mut rng, i * a.batch as u64, a.batch))
+        .collect();
+    // The bytes of one WAL record of a batch: a frame of 13 bytes, then a row
+    // after row: id (8), subject length (2) and bytes (16, "subject-00000000"),
+    // the vector (4 a value).
+    let subject_len = batches[0][0].subject.len();
+    let record = vec![0x5Au8; a.batch * (8 + 2 + subject_len + 4 * DIM) + 13];
+    let turn = Duration::from_secs_f64(a.seconds);
+    let mut next = 0u64;
+    let bound_turn = || -> Res<f64> {
+        let path = root.path().join("raw");
+        let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
+        let (t0, mut n) = (Instant::now(), 0u64);
+        while t0.elapsed() < turn {
+            f.write_all(&record).map_err(|x| e(&x))?;
+            f.sync_data().map_err(|x| e(&x))?;
+            n += 1;
+        }
+        let rate = (n * a.batch as u64) as f64 / t0.elapsed().as_secs_f64();
+        drop(f);
+        std::fs::remove_file(&path).map_err(|x| e(&x))?;
+        Ok(rate)
+    };
+    let mut insert_turn = || -> Res<f64> {
+        let (t0, mut busy, mut rows) = (Instant::now(), Duration::ZERO, 0u64);
+        while t0.elapsed() < turn {
+            let mut batch = batches[(next % 64) as usize].clone();
+            for (j, r) in batch.iter_mut().enumerate() {
+                r.id = next * a.batch as u64 + j as u64;
+            }
+            next += 1;
+            let t = Instant::now();
+            gal.insert(&batch).map_err(|x| e(&x))?;
+            busy += t.elapsed();
+            rows += batch.len() as u64;
+        }
+        // The flush these rows started (a full memtable, frozen or being
+        // written) finishes inside the insert's time.
+        let t = Instant::now();
+        while !gal.progress().is_empty() || gal.stats().memtable_rows >= memtable_rows {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        busy += t.elapsed();
+        Ok(rows as f64 / busy.as_secs_f64())
+    };
+    let mut table = Vec::new();
+    for r in 0..a.rounds {
+        let (bound, insert) = if r % 2 == 0 {
+            let b = bound_turn()?;
+            (b, insert_turn()?)
+        } else {
+            let i = insert_turn()?;
+            (bound_turn()?, i)
+        };
+        if !a.json {
+            println!(
+                "round {}: bound {:>9.0} rows/s, durable insert {:>9.0} rows/s: {:.0}%",
+                r + 1,
+                bound,
+                insert,
+                100.0 * insert / bound
+            );
+        }
+        table.push((bound, insert));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    };
+    let bound = median(table.iter().map(|t| t.0).collect());
+    let insert = median(table.iter().map(|t| t.1).collect());
+    let ratio = median(table.iter().map(|t| t.1 / t.0).collect());
+    let stats = gal.stats();
+    if a.json {
+        let rounds: Vec<Value> = table
+            .iter()
+            .map(|&(b, i)| json!({"bound_rows_per_s": b, "insert_rows_per_s": i}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "batch": a.batch,
+                "seconds_per_turn": a.seconds,
+                "rounds": rounds,
+                "median_bound_rows_per_s": bound,
+                "median_insert_rows_per_s": insert,
+                "median_ratio": ratio,
+                "rows_at_end": stats.live,
+                "segments_at_end": stats.segments,
+            })
+        );
+    } else {
+        println!(
+            "median: bound {bound:.0} rows/s, durable insert {insert:.0} rows/s; median of the rounds' ratios {:.0}% \
+             ({} rows in {} segments at the end)",
+            100.0 * ratio,
+            stats.live,
+            stats.segments
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn conflicts_cmd(a: ConflictsArgs) -> Res<ExitCode> {
@@ -579,6 +732,7 @@ fn main() -> ExitCode {
         Cmd::Calibration(a) => calibration_cmd(a),
         Cmd::Robust(a) => robust_cmd(a),
         Cmd::Conflicts(a) => conflicts_cmd(a),
+        Cmd::InsertBound(a) => insert_bound_cmd(a),
         Cmd::ScaleGen(a) => scale_gen(a),
         Cmd::ScaleBuild(a) => scale_build(a),
         Cmd::ScaleSearch(a) => scale_search(a),
