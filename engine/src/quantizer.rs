@@ -164,6 +164,7 @@ fn column_params(col: &mut [f32], mut lo: f32, mut hi: f32) -> (f32, f32) {
 /// of `(x − min)/step` (within half a step, plus the f32 division's relative
 /// rounding, far below the slack): only values coded 0 or 255 (and dimensions
 /// of step 0, coded 0) need the check in f64.
+#[inline(always)]
 pub(crate) fn coded_within(v: &[f32], min: &[f32], step: &[f32], c: &[u8]) -> bool {
     // Most rows have no code at either end: a byte test over the row (which
     // vectorises) settles them.
@@ -202,7 +203,7 @@ pub(crate) fn decoded_norm(min: &[f32], step: &[f32], c: &[u8]) -> f32 {
 /// vector stays scalar): below 0 (or NaN) is 0; at or above 0, the integer
 /// part (a conversion, exact below 2^23) plus one where the fraction is at
 /// least a half (exact too). Branch-free, so [`sq8_encode`] vectorises.
-#[inline]
+#[inline(always)]
 fn round_code(x: f32) -> u8 {
     // Not `clamp`: it keeps NaN, where `max` gives 0.
     #[allow(clippy::manual_clamp, reason = "NaN must become 0")]
@@ -224,6 +225,7 @@ fn round_code(x: f32) -> u8 {
 
 /// Code one vector: `round((x − min) / step)`, clamped to 0..=255 (0 where
 /// the step is 0).
+#[inline(always)]
 pub(crate) fn sq8_encode(v: &[f32], min: &[f32], step: &[f32], out: &mut [u8]) {
     let n = out.len();
     let (v, min, step) = (&v[..n], &min[..n], &step[..n]);
@@ -405,6 +407,7 @@ impl CodeStats {
 /// coordinate of `x̂` is off by at most 2^-53 of itself, and the sum and the
 /// root by a relative 2^-50 at 2,048 terms, far inside the margins added.
 /// Infinite where `x` is not finite.
+#[inline(always)]
 pub(crate) fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f64 {
     // Four partial sums (the same error bound as one running sum, and
     // independent additions the processor overlaps).
@@ -434,6 +437,18 @@ pub(crate) fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f6
     let n2 = (n4[0] + n4[1]) + (n4[2] + n4[3]);
     let e = e2.sqrt() * (1.0 + 1e-9) + 1e-14 * n2.sqrt();
     if e.is_finite() { e } else { f64::INFINITY }
+}
+
+/// Code one row (`code` ← [`sq8_encode`]) and say what it adds to its
+/// segment: `None` if it is an exception (a value clamped to the
+/// quantiser's range, see [`coded_within`]), else its coding error
+/// [`coding_error`]. The reference of the kernels' `code_row` (which compile
+/// this same function with wider vector instructions enabled: IEEE
+/// arithmetic, no contraction, so their results are this one's, bit for bit).
+#[inline(always)]
+pub(crate) fn code_row(v: &[f32], min: &[f32], step: &[f32], code: &mut [u8]) -> Option<f64> {
+    sq8_encode(v, min, step, code);
+    coded_within(v, min, step, code).then(|| coding_error(min, step, code, v))
 }
 
 /// `‖c − μ‖` of one row's codes, rounded up to f32 (the sum of squares is an

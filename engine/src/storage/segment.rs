@@ -8,9 +8,7 @@
 use super::io::{DIRECT_ALIGN, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{
-    CodeStats, Sq8Range, coded_within, coding_error, sample_stride, sq8_encode,
-};
+use crate::quantizer::{CodeStats, Sq8Range, coded_within, sample_stride, sq8_encode};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -235,6 +233,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
             }
             Section::Sq8Codes => {
                 let (sq_min, sq_step) = sq.as_ref().expect("params come before codes");
+                let kernels = crate::search::kernels::selected();
                 for start in (0..n).step_by(WRITE_BLOCK) {
                     let blk = read_block(rows, start, n, dim, &mut block)?;
                     let m = blk.len() / dim;
@@ -247,16 +246,14 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
                         .zip(blk.par_chunks_exact(dim))
                         .enumerate()
                         .map(|(j, (code, v))| {
-                            sq8_encode(v, sq_min, sq_step, code);
                             #[allow(
                                 clippy::cast_possible_truncation,
                                 reason = "a row number is below `n`, which fits in u32 (checked above)"
                             )]
                             let row = (start + j) as u32;
-                            if coded_within(v, sq_min, sq_step, code) {
-                                (None, coding_error(sq_min, sq_step, code, v))
-                            } else {
-                                (Some(row), 0.0)
+                            match kernels.code_row(v, sq_min, sq_step, code) {
+                                Some(e) => (None, e),
+                                None => (Some(row), 0.0),
                             }
                         })
                         .fold(

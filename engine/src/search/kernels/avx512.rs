@@ -472,3 +472,11 @@ pub(super) fn est_u8_rows<const D: usize>(
         store_n(o, lower16(form, load16(&xv, 0), load16(&sv, 0), dots));
     }
 }
+
+/// `crate::quantizer::code_row` compiled with AVX-512F enabled (the
+/// compiler vectorises its loops wider; the arithmetic is the same IEEE
+/// operations in the same order, so the result is the reference's).
+#[target_feature(enable = "avx512f")]
+pub(super) fn code_row(v: &[f32], min: &[f32], step: &[f32], code: &mut [u8]) -> Option<f64> {
+    crate::quantizer::code_row(v, min, step, code)
+}

@@ -325,6 +325,7 @@ pub struct Kernels {
         ) -> [u16; TILE_PROBES],
     >,
     est_u8_rows: ByDim<fn(&IntProbe, &TileForm, &[f32], &[f32], &[u8], &mut [f32])>,
+    code_row: fn(&[f32], &[f32], &[f32], &mut [u8]) -> Option<f64>,
 }
 
 /// The portable reference, on every CPU (one version for every dimension).
@@ -340,6 +341,7 @@ const SCALAR: Kernels = Kernels {
     dots_u8_tile: [scalar::dots_u8_tile; 3],
     est_u8_tile: [scalar::est_u8_tile; 3],
     est_u8_rows: [scalar::est_u8_rows; 3],
+    code_row: crate::quantizer::code_row,
 };
 
 // The SIMD tables below are private and reached only through
@@ -360,6 +362,8 @@ const AVX2_FMA: Kernels = Kernels {
     wl1_many: by_dim!(avx2::wl1_many(w, q, rows, out)),
     dots_tile: by_dim!(avx2::dots_tile(qs, packed, out)),
     sq8_l2_many: by_dim!(avx2::sq8_l2_many(qm, step, codes, out)),
+    // SAFETY: reached only through `Kernel::kernels`, after AVX2 and FMA were detected.
+    code_row: |v, min, step, code| unsafe { avx2::code_row(v, min, step, code) },
     ..SCALAR
 };
 
@@ -376,6 +380,8 @@ const AVX512F: Kernels = Kernels {
     wl1_many: by_dim!(avx512::wl1_many(w, q, rows, out)),
     dots_tile: by_dim!(avx512::dots_tile(qs, packed, out)),
     sq8_l2_many: by_dim!(avx512::sq8_l2_many(qm, step, codes, out)),
+    // SAFETY: reached only through `Kernel::kernels`, after AVX-512F was detected.
+    code_row: |v, min, step, code| unsafe { avx512::code_row(v, min, step, code) },
     ..SCALAR
 };
 
@@ -487,6 +493,22 @@ impl Kernels {
         assert_eq!(qm.len(), step.len(), "probe and steps of different lengths");
         let n = rows_of(codes.len(), qm.len());
         (self.sq8_l2_many[class(qm.len())])(qm, step, codes, &mut out[..n]);
+    }
+
+    /// Code one row with the quantiser `min`, `step` into `code`, and say
+    /// whether it is an exception (`None`) or else its coding error: exactly
+    /// `crate::quantizer::code_row`, the same code compiled with this
+    /// implementation's vector instructions (a segment writer's inner loop).
+    ///
+    /// # Panics
+    /// If the lengths disagree.
+    #[inline]
+    pub fn code_row(&self, v: &[f32], min: &[f32], step: &[f32], code: &mut [u8]) -> Option<f64> {
+        assert!(
+            v.len() == code.len() && min.len() == code.len() && step.len() == code.len(),
+            "row, quantiser and codes of different lengths"
+        );
+        (self.code_row)(v, min, step, code)
     }
 
     /// Integer dot products of a tile of probes with one packed group of
@@ -677,6 +699,41 @@ mod tests {
             for k in Kernels::available() {
                 let got = k.l2sq(&a, &b);
                 prop_assert!(close(got, want), "{}: {got} vs {want} (len {})", k.name(), a.len());
+            }
+        }
+
+        /// The segment writer's coding: codes and the verdict (exception, or
+        /// the coding error) the reference's bit for bit, on rows with
+        /// values outside the quantiser's range, zero steps, and a NaN or
+        /// an infinity planted.
+        #[test]
+        fn every_code_row_kernel_matches_the_quantiser_bit_for_bit(
+            (u, min, step, plant) in (0usize..300).prop_flat_map(|n| (
+                prop::collection::vec(0.0f32..1.0, n),
+                prop::collection::vec(-2.0f32..0.0, n),
+                prop::collection::vec(prop_oneof![Just(0.0f32), 0.001f32..0.05], n),
+                (0usize..5, any::<prop::sample::Index>()),
+            ))
+        ) {
+            // Within the quantiser's range (a coding error), but for the
+            // value planted: NaN, infinity, or out of range (an exception).
+            let mut v: Vec<f32> = (0..u.len()).map(|d| min[d] + step[d] * 255.0 * u[d]).collect();
+            if !v.is_empty() {
+                let at = plant.1.index(v.len());
+                match plant.0 {
+                    0 => v[at] = f32::NAN,
+                    1 => v[at] = f32::INFINITY,
+                    2 => v[at] = min[at] - 1.0,
+                    _ => {}
+                }
+            }
+            let mut want_codes = vec![0u8; v.len()];
+            let want = crate::quantizer::code_row(&v, &min, &step, &mut want_codes);
+            for k in Kernels::available() {
+                let mut codes = vec![0u8; v.len()];
+                let got = k.code_row(&v, &min, &step, &mut codes);
+                prop_assert_eq!(&codes, &want_codes, "{}", k.name());
+                prop_assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "{}", k.name());
             }
         }
 
