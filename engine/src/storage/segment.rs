@@ -8,7 +8,9 @@
 use super::io::{DIRECT_ALIGN, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
-use crate::quantizer::{CodeStats, Sq8Range, coded_within, sample_stride, sq8_encode};
+use crate::quantizer::{
+    CodeStats, Sq8Range, coded_within, coding_error, sample_stride, sq8_encode,
+};
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
 };
@@ -277,6 +279,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
                 }
             }
             Section::Sq8Exceptions => put(&mut w, &le_u32s(&exceptions))?,
+            Section::Sq8Rho => put(&mut w, &rho.to_le_bytes())?,
         }
         sections[sec as usize] = SectionEntry {
             offset: pos,
@@ -640,10 +643,37 @@ impl Segment {
             known_rho: std::sync::OnceLock::new(),
         };
         seg.check_structure()?;
+        if let Some(rho) = seg.stored_rho()? {
+            seg.know_rho(rho);
+        }
         if verify == VerifyChecksums::Full {
             seg.check_rows()?;
         }
         Ok(seg)
+    }
+
+    /// The coding error bound the segment stores (version 8 on), checked to
+    /// be a bound at all: finite and not negative (a zero is a segment whose
+    /// rows are coded exactly, or are all exceptions).
+    fn stored_rho(&self) -> Result<Option<f64>> {
+        if self.header.version < format::STORED_RHO_VERSION {
+            return Ok(None);
+        }
+        let at = self.header.sections[Section::Sq8Rho as usize].offset;
+        let bytes = &self.map.bytes()[self.ranges[Section::Sq8Rho as usize].clone()];
+        let rho = f64::from_le_bytes(
+            bytes
+                .try_into()
+                .map_err(|_| Error::corrupt(self.path(), at, "section sq8_rho is not one f64"))?,
+        );
+        if !rho.is_finite() || rho < 0.0 {
+            return Err(Error::corrupt(
+                self.path(),
+                at,
+                format!("section sq8_rho: {rho} is not a coding error bound"),
+            ));
+        }
+        Ok(Some(rho))
     }
 
     /// With the vectors read anyway ([`VerifyChecksums::Full`]): every value is
@@ -657,6 +687,8 @@ impl Segment {
         let dim = self.dim;
         let exceptions = self.exceptions();
         let mut want = vec![0u8; dim];
+        // The coding error bound of the rows, as `CodeStats::of` takes it.
+        let mut rho = 0f64;
         for (i, (v, &n)) in self
             .vectors_checked()?
             .chunks_exact(dim)
@@ -702,6 +734,9 @@ impl Segment {
                         format!("section sq8 exceptions: row {i} {what}"),
                     ));
                 }
+                if !listed {
+                    rho = rho.max(coding_error(min, step, row, v));
+                }
             }
             let want: f32 = v.iter().map(|x| x * x).sum();
             if want.to_bits() != n {
@@ -715,6 +750,20 @@ impl Segment {
                     ),
                 ));
             }
+        }
+        // The stored bound is the rows' own, bit for bit: a smaller one would
+        // let the screened scans drop rows that belong in the answer.
+        if let Some(stored) = self.stored_rho()?
+            && stored.to_bits() != rho.to_bits()
+        {
+            let e = self.header.sections[Section::Sq8Rho as usize];
+            return Err(Error::corrupt(
+                self.path(),
+                e.offset,
+                format!(
+                    "section sq8_rho: the stored coding error bound is {stored}, the rows' largest coding error {rho}"
+                ),
+            ));
         }
         Ok(())
     }
@@ -1200,16 +1249,95 @@ mod tests {
         let path = dir.path().join("seg.vseg");
         let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim).unwrap();
         assert_eq!(w.len, std::fs::metadata(&path).unwrap().len());
-        let read = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, dim).unwrap();
-        let told = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, dim).unwrap();
-        told.know_rho(w.rho);
-        assert_eq!(read.exceptions(), &[5, 777, 8999]);
-        let (a, b) = (read.code_stats(), told.code_stats());
-        assert!(a.rho > 0.0 && a.rho.is_finite());
-        assert_eq!(a.rho.to_bits(), b.rho.to_bits());
-        assert_eq!(a.norms, b.norms);
-        assert_eq!(a.centre, b.centre);
-        assert_eq!(a.spread, b.spread);
+        // Opening takes the stored bound (no vector read); the statistics
+        // computed from the vectors, as for a segment older than version 8,
+        // are the same, bit for bit.
+        let seg = Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata, dim).unwrap();
+        assert_eq!(seg.exceptions(), &[5, 777, 8999]);
+        assert_eq!(
+            seg.stored_rho().unwrap().map(f64::to_bits),
+            Some(w.rho.to_bits())
+        );
+        let (min, step, codes) = seg.sq8().unwrap();
+        let from_vectors = CodeStats::of(min, step, codes, seg.vectors(), seg.exceptions(), dim);
+        let stored = seg.code_stats();
+        assert!(from_vectors.rho > 0.0 && from_vectors.rho.is_finite());
+        assert_eq!(from_vectors.rho.to_bits(), stored.rho.to_bits());
+        assert_eq!(from_vectors.norms, stored.norms);
+        assert_eq!(from_vectors.centre, stored.centre);
+        assert_eq!(from_vectors.spread, stored.spread);
+        // And a full check agrees with it.
+        Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, dim).unwrap();
+    }
+
+    /// A stored bound that is not the rows' own is refused: with a bad
+    /// checksum at every open; with a good checksum (a writer's bug) by the
+    /// full check, which recomputes it; and, whatever the checksum, when it
+    /// is no bound at all (NaN, infinite, negative).
+    #[test]
+    fn a_stored_coding_error_bound_that_is_not_the_rows_own_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 32;
+        let vs: Vec<Vec<f32>> = (0..200)
+            .map(|i| {
+                (0..dim)
+                    .map(|d| ((i * 7 + d * 13) % 29) as f32 * 0.0137 - 0.2)
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<RowRef> = (0..200)
+            .map(|i| RowRef {
+                id: i as u64,
+                subject: "s",
+                vector: &vs[i],
+            })
+            .collect();
+        let path = dir.path().join("seg.vseg");
+        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim).unwrap();
+        assert!(w.rho > 0.0);
+        let good = std::fs::read(&path).unwrap();
+        let header = SegmentHeader::decode(&path, &good, good.len() as u64).unwrap();
+        let e = header.sections[Section::Sq8Rho as usize];
+        let at = usize::try_from(e.offset).unwrap();
+        // Write `rho` into the section, its CRC and the header's resealed.
+        let with = |rho: f64| {
+            let mut b = good.clone();
+            b[at..at + 8].copy_from_slice(&rho.to_le_bytes());
+            let mut h = header.clone();
+            h.sections[Section::Sq8Rho as usize].crc = crc32fast::hash(&b[at..at + 8]);
+            b[..SEGMENT_HEADER_LEN].copy_from_slice(&h.encode());
+            b
+        };
+        let open = |b: &[u8], verify| {
+            std::fs::write(&path, b).unwrap();
+            Segment::open(&RealFs, &path, 1, verify, dim).map(|s| s.code_stats().rho)
+        };
+        // The resealed original opens, with its bound.
+        assert_eq!(open(&with(w.rho), VerifyChecksums::Full).unwrap(), w.rho);
+        // A flipped bit without a new checksum.
+        let mut flipped = good.clone();
+        flipped[at] ^= 1;
+        let err = open(&flipped, VerifyChecksums::Metadata).unwrap_err();
+        assert!(err.to_string().contains("sq8_rho"), "{err}");
+        // A smaller bound with a good checksum: taken as stored by a
+        // metadata check, refused by the full one.
+        let smaller = with(w.rho / 2.0);
+        assert_eq!(
+            open(&smaller, VerifyChecksums::Metadata).unwrap(),
+            w.rho / 2.0
+        );
+        let err = open(&smaller, VerifyChecksums::Full).unwrap_err();
+        assert!(
+            err.to_string().contains("sq8_rho") && err.to_string().contains("largest coding error"),
+            "{err}"
+        );
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let err = open(&with(bad), VerifyChecksums::Metadata).unwrap_err();
+            assert!(
+                err.to_string().contains("not a coding error bound"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

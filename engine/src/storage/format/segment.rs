@@ -10,7 +10,7 @@
 //! | 16 | 8 | u64 | rows |
 //! | 24 | 8 | u64 | distinct subjects |
 //! | 32 | 8 | u64 | segment file number |
-//! | 40 | 4 | u32 | number of used section slots (10 in version 1, 12 in versions 2 to 4, 13 from version 5) |
+//! | 40 | 4 | u32 | number of used section slots (10 in version 1, 12 in versions 2 to 4, 13 in versions 5 to 7, 14 from version 8) |
 //! | 44 | 4 | u32 | reserved, 0 |
 //! | 48 | 16 × 24 | section table | per slot: offset u64, length u64, crc32 u32, reserved u32 |
 //! | 432 | 76 | | reserved, 0 |
@@ -34,6 +34,7 @@
 //! | 10 | sq8_params | 8·D | version 2: f32 minimum of each dimension, then f32 step of each dimension |
 //! | 11 | sq8_codes | rows × D | version 2: u8 code per value, `x ≈ min + step·code` (round to nearest, clamped) |
 //! | 12 | sq8_exceptions | 4 × E | version 5: u32 rows, strictly ascending, whose codes are not within half a step of their values in some dimension (clamped to the quantiser's range: outliers); the scans score them exactly |
+//! | 13 | sq8_rho | 8 | version 8: f64 ρ, the largest coding error `‖x − x̂‖` of the rows that are not exceptions (`crate::quantizer::coding_error`, rounded up), finite and ≥ 0; 0 without such rows |
 //!
 //! From version 5 the quantiser's range of a dimension is robust to outliers
 //! (the 1% and 99% quantiles reached out by their distance on each side, within
@@ -41,8 +42,8 @@
 //! with a value outside it is listed in `sq8_exceptions`. Up to version 4 the
 //! range was the minimum and maximum, so no row was an exception.
 //!
-//! A segment holds each id at most once. Sections 1–9 are verified against their
-//! CRC at every open (they are small); the vector section on request
+//! A segment holds each id at most once. Sections 1–10, 12 and 13 are verified
+//! against their CRC at every open (they are small); the vector section on request
 //! ([`crate::VerifyChecksums::Full`]), because reading 512 MB per million rows
 //! would make open O(n).
 
@@ -108,6 +109,8 @@ pub enum Section {
     Sq8Codes,
     /// Rows whose codes the quantiser's bound does not cover (version 5).
     Sq8Exceptions,
+    /// The largest coding error of the other rows (version 8).
+    Sq8Rho,
 }
 
 /// The first segment version whose quantiser is robust to outliers and lists
@@ -116,13 +119,18 @@ pub enum Section {
 /// another file kind must not make every segment outdated.)
 pub const ROBUST_CODES_VERSION: u32 = 5;
 
+/// The first segment version that stores its coding error bound ρ
+/// ([`Section::Sq8Rho`]); older ones compute it from their vectors.
+pub const STORED_RHO_VERSION: u32 = 8;
+
 /// Number of sections in a segment of the newest version.
-pub const SECTION_COUNT: usize = 13;
+pub const SECTION_COUNT: usize = 14;
 
 /// Number of sections in a segment of `version`.
 pub fn sections_in(version: u32) -> usize {
     match version {
-        5.. => 13,
+        8.. => 14,
+        5..=7 => 13,
         2..=4 => 12,
         _ => 10,
     }
@@ -150,6 +158,7 @@ impl Section {
         Section::Sq8Params,
         Section::Sq8Codes,
         Section::Sq8Exceptions,
+        Section::Sq8Rho,
     ];
 
     /// Name used in error messages.
@@ -168,6 +177,7 @@ impl Section {
             Section::Sq8Params => "sq8_params",
             Section::Sq8Codes => "sq8_codes",
             Section::Sq8Exceptions => "sq8_exceptions",
+            Section::Sq8Rho => "sq8_rho",
         }
     }
 
@@ -186,6 +196,7 @@ impl Section {
             Section::SubjectBytes | Section::Sq8Exceptions => return None,
             Section::Sq8Params => sq8_params_bytes(dim),
             Section::Sq8Codes => rows.checked_mul(dim)?,
+            Section::Sq8Rho => 8,
         })
     }
 }
@@ -231,7 +242,7 @@ impl SegmentHeader {
         let n = sections_in(self.version);
         #[allow(
             clippy::cast_possible_truncation,
-            reason = "at most SECTION_COUNT (13)"
+            reason = "at most SECTION_COUNT (14)"
         )]
         put_u32(&mut b, SEG_SECTION_COUNT_OFF, n as u32);
         for (i, s) in self.sections.iter().take(n).enumerate() {
