@@ -439,6 +439,10 @@ pub(crate) fn coding_error(min: &[f32], step: &[f32], c: &[u8], x: &[f32]) -> f6
     if e.is_finite() { e } else { f64::INFINITY }
 }
 
+/// A function that codes a row as [`code_row`] does (it, or one of the
+/// kernels' versions of it, which the segment writer's caller chooses).
+pub(crate) type RowCoder = fn(&[f32], &[f32], &[f32], &mut [u8]) -> Option<f64>;
+
 /// Code one row (`code` ← [`sq8_encode`]) and say what it adds to its
 /// segment: `None` if it is an exception (a value clamped to the
 /// quantiser's range, see [`coded_within`]), else its coding error

@@ -295,13 +295,15 @@ impl Gallery {
         let needed = segment_estimate(rows, dim) + (1 << 20);
         crate::storage::fs::check_space(&*self.fs, &self.dir, job.name(), needed)?;
         let path = self.dir.join(seg_name(file_no));
-        let res = segment::write_segment(&*self.fs, &path, file_no, rows, dim).and_then(|w| {
-            self.counters.wrote(job, w.len);
-            crate::storage::fs::fsync_dir(&*self.fs, &self.dir)?;
-            let seg = Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim)?;
-            seg.know_rho(w.rho);
-            Ok(seg)
-        });
+        let coder = crate::search::kernels::selected().row_coder();
+        let res =
+            segment::write_segment(&*self.fs, &path, file_no, rows, dim, coder).and_then(|w| {
+                self.counters.wrote(job, w.len);
+                crate::storage::fs::fsync_dir(&*self.fs, &self.dir)?;
+                let seg = Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim)?;
+                seg.know_rho(w.rho);
+                Ok(seg)
+            });
         match res {
             Ok(seg) => {
                 let seg = Arc::new(seg);

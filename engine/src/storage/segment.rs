@@ -9,7 +9,7 @@ use super::io::{DIRECT_ALIGN, FileSystem, WritableFile};
 use super::mmap::{self, MappedFile};
 use crate::error::{Error, Result};
 use crate::quantizer::{
-    CodeStats, Sq8Range, coded_within, coding_error, sample_stride, sq8_encode,
+    CodeStats, RowCoder, Sq8Range, coded_within, coding_error, sample_stride, sq8_encode,
 };
 use crate::storage::format::{
     self, SECTION_COUNT, SEGMENT_HEADER_LEN, Section, SectionEntry, SegmentHeader,
@@ -73,7 +73,10 @@ impl SegmentRows for [RowRef<'_>] {
 /// Write `rows` (ids unique, vectors of `dim` values) as segment file
 /// `file_no` at `path`, fsynced. The caller fsyncs the directory and records
 /// the file in the manifest. Returns the file's length and the largest
-/// coding error of its rows (see [`Written`]).
+/// coding error of its rows (see [`Written`]). Rows are coded with
+/// `code_row`: `crate::quantizer::code_row` or a kernel's version of it,
+/// which gives the same codes and errors, bit for bit (the caller picks the
+/// one for this CPU: this layer does not reach the kernels).
 ///
 /// Memory: the per-row metadata (ids, subject ordinals, norms, postings:
 /// about 40 bytes a row, and the subjects' strings) and a sample of at most
@@ -84,6 +87,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     file_no: u64,
     rows: &R,
     dim: usize,
+    code_row: RowCoder,
 ) -> Result<Written> {
     let n = rows.len();
     let dim32 = u32::try_from(dim).map_err(|_| Error::InvalidSpec {
@@ -235,7 +239,6 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
             }
             Section::Sq8Codes => {
                 let (sq_min, sq_step) = sq.as_ref().expect("params come before codes");
-                let kernels = crate::search::kernels::selected();
                 for start in (0..n).step_by(WRITE_BLOCK) {
                     let blk = read_block(rows, start, n, dim, &mut block)?;
                     let m = blk.len() / dim;
@@ -253,7 +256,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
                                 reason = "a row number is below `n`, which fits in u32 (checked above)"
                             )]
                             let row = (start + j) as u32;
-                            match kernels.code_row(v, sq_min, sq_step, code) {
+                            match code_row(v, sq_min, sq_step, code) {
                                 Some(e) => (None, e),
                                 None => (Some(row), 0.0),
                             }
@@ -1174,6 +1177,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quantizer::code_row;
     use crate::storage::io::RealFs;
 
     fn vec_of(x: f32, dim: usize) -> Vec<f32> {
@@ -1247,7 +1251,7 @@ mod tests {
             })
             .collect();
         let path = dir.path().join("seg.vseg");
-        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim).unwrap();
+        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim, code_row).unwrap();
         assert_eq!(w.len, std::fs::metadata(&path).unwrap().len());
         // Opening takes the stored bound (no vector read); the statistics
         // computed from the vectors, as for a segment older than version 8,
@@ -1293,7 +1297,7 @@ mod tests {
             })
             .collect();
         let path = dir.path().join("seg.vseg");
-        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim).unwrap();
+        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim, code_row).unwrap();
         assert!(w.rho > 0.0);
         let good = std::fs::read(&path).unwrap();
         let header = SegmentHeader::decode(&path, &good, good.len() as u64).unwrap();
@@ -1359,7 +1363,7 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 42, rows.as_slice(), dim).unwrap();
+        write_segment(&RealFs, &path, 42, rows.as_slice(), dim, code_row).unwrap();
         for verify in [VerifyChecksums::Metadata, VerifyChecksums::Full] {
             let seg = Segment::open(&RealFs, &path, 42, verify, dim).unwrap();
             assert_eq!(seg.rows(), 50);
@@ -1404,7 +1408,7 @@ mod tests {
                 vector: &vs[i],
             })
             .collect();
-        write_segment(&RealFs, &path, 1, rows.as_slice(), 128).unwrap();
+        write_segment(&RealFs, &path, 1, rows.as_slice(), 128, code_row).unwrap();
         let good = std::fs::read(&path).unwrap();
         let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, 128)
             .unwrap()

@@ -325,7 +325,7 @@ pub struct Kernels {
         ) -> [u16; TILE_PROBES],
     >,
     est_u8_rows: ByDim<fn(&IntProbe, &TileForm, &[f32], &[f32], &[u8], &mut [f32])>,
-    code_row: fn(&[f32], &[f32], &[f32], &mut [u8]) -> Option<f64>,
+    code_row: crate::quantizer::RowCoder,
 }
 
 /// The portable reference, on every CPU (one version for every dimension).
@@ -509,6 +509,14 @@ impl Kernels {
             "row, quantiser and codes of different lengths"
         );
         (self.code_row)(v, min, step, code)
+    }
+
+    /// This implementation's `code_row` as a plain function, for the
+    /// segment writer (which, below this module, takes it from its caller).
+    /// It does not check lengths: the writer passes rows, quantiser and
+    /// codes of one dimension.
+    pub(crate) fn row_coder(&self) -> crate::quantizer::RowCoder {
+        self.code_row
     }
 
     /// Integer dot products of a tile of probes with one packed group of
