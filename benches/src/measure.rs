@@ -82,3 +82,50 @@ pub fn segment_bytes(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// What this process has used so far, from `/proc/self/stat` and
+/// `/proc/self/io` (Linux; `None` elsewhere): differences of two readings
+/// measure what happened between them, on every thread of the process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcUsage {
+    /// CPU time, user and system, of every thread (in the kernel's
+    /// `USER_HZ` ticks of 10 ms).
+    pub cpu: Option<Duration>,
+    /// Bytes the process sent, or caused to be sent, to the storage layer
+    /// (`write_bytes`: page-cache writes as they are made, direct writes).
+    pub written: Option<u64>,
+}
+
+impl ProcUsage {
+    /// Read it now.
+    pub fn now() -> ProcUsage {
+        // Fields 14 and 15 of /proc/self/stat, counted after the command
+        // name's closing parenthesis (the name may hold spaces).
+        let cpu = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                // USER_HZ is 100 on every Linux architecture's ABI.
+                Some(Duration::from_millis(ticks * 10))
+            });
+        let written = std::fs::read_to_string("/proc/self/io").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        ProcUsage { cpu, written }
+    }
+
+    /// What was used since `before` (`None` where either reading lacks it).
+    pub fn since(&self, before: &ProcUsage) -> ProcUsage {
+        ProcUsage {
+            cpu: self.cpu.zip(before.cpu).map(|(a, b)| a.saturating_sub(b)),
+            written: self
+                .written
+                .zip(before.written)
+                .map(|(a, b)| a.saturating_sub(b)),
+        }
+    }
+}

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
-use visage_bench::measure::{ProcMemory, millis, percentile, reset_hwm, segment_bytes};
+use visage_bench::measure::{ProcMemory, ProcUsage, millis, percentile, reset_hwm, segment_bytes};
 use visage_bench::{bounds, quiet_options, scale};
 use visage_client::npy;
 use visage_engine::synth::{Nuisance, SynthConfig, SynthGallery};
@@ -335,7 +335,9 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         std::fs::remove_file(&path).map_err(|x| e(&x))?;
         Ok(rate)
     };
-    let mut insert_turn = || -> Res<f64> {
+    // Rate, then CPU (every thread) and bytes written to storage a row.
+    let mut insert_turn = || -> Res<(f64, Option<f64>, Option<f64>)> {
+        let before = ProcUsage::now();
         let (t0, mut busy, mut rows) = (Instant::now(), Duration::ZERO, 0u64);
         while t0.elapsed() < turn {
             let mut batch = batches[(next % 64) as usize].clone();
@@ -355,11 +357,18 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             std::thread::sleep(Duration::from_millis(1));
         }
         busy += t.elapsed();
-        Ok(rows as f64 / busy.as_secs_f64())
+        let used = ProcUsage::now().since(&before);
+        let per_row = |x: f64| x / rows as f64;
+        Ok((
+            rows as f64 / busy.as_secs_f64(),
+            used.cpu.map(|c| per_row(c.as_secs_f64() * 1e6)),
+            used.written.map(|w| per_row(w as f64)),
+        ))
     };
     let mut table = Vec::new();
+    let mut usage = Vec::new();
     for r in 0..a.rounds {
-        let (bound, insert) = if r % 2 == 0 {
+        let (bound, (insert, cpu, written)) = if r % 2 == 0 {
             let b = bound_turn()?;
             (b, insert_turn()?)
         } else {
@@ -367,15 +376,21 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             (bound_turn()?, i)
         };
         if !a.json {
+            let show =
+                |x: Option<f64>, unit: &str| x.map_or("n/a".into(), |x| format!("{x:.2}{unit}"));
             println!(
-                "round {}: bound {:>9.0} rows/s, durable insert {:>9.0} rows/s: {:.0}%",
+                "round {}: bound {:>9.0} rows/s, durable insert {:>9.0} rows/s: {:.0}% \
+                 (the insert: {} of CPU and {} written to storage a row)",
                 r + 1,
                 bound,
                 insert,
-                100.0 * insert / bound
+                100.0 * insert / bound,
+                show(cpu, " µs"),
+                show(written.map(f64::round), " bytes"),
             );
         }
         table.push((bound, insert));
+        usage.push((cpu, written));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -389,6 +404,10 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     let bound = median(table.iter().map(|t| t.0).collect());
     let insert = median(table.iter().map(|t| t.1).collect());
     let ratio = median(table.iter().map(|t| t.1 / t.0).collect());
+    let cpu: Option<Vec<f64>> = usage.iter().map(|u| u.0).collect();
+    let cpu = cpu.map(median);
+    let written: Option<Vec<f64>> = usage.iter().map(|u| u.1).collect();
+    let written = written.map(median);
     let stats = gal.stats();
     if a.json {
         let rounds: Vec<Value> = table
@@ -404,6 +423,8 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 "median_bound_rows_per_s": bound,
                 "median_insert_rows_per_s": insert,
                 "median_ratio": ratio,
+                "median_insert_cpu_us_per_row": cpu,
+                "median_insert_bytes_written_per_row": written,
                 "rows_at_end": stats.live,
                 "segments_at_end": stats.segments,
             })
@@ -416,6 +437,16 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             stats.live,
             stats.segments
         );
+        if let (Some(cpu), Some(written)) = (cpu, written) {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "the insert, medians: {cpu:.2} µs of CPU and {written:.0} bytes written to storage a row; \
+                 {cores} cores give at most {:.0} rows/s at that CPU, and 80% of the median bound \
+                 needs {:.2} GB/s of writes",
+                cores as f64 / cpu * 1e6,
+                0.8 * bound * written / 1e9
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
