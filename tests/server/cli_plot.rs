@@ -75,7 +75,7 @@ fn check_plot(path: &Path, head: &Value) -> Vec<String> {
     texts
 }
 
-/// Rewrite a version-4 to -7 `HEAD` file (the same layout) of a 128-value
+/// Rewrite a version-4 to -8 `HEAD` file (the same layout) of a 128-value
 /// gallery as the version-2 file an older release wrote: its first 664 bytes
 /// (the fixed fields) with version 2 and the 128 weights at byte 16 (version
 /// 4 keeps them, after their count, right before the CRC), and their CRC.
@@ -83,7 +83,7 @@ fn downgrade_head(path: &Path) {
     let b = std::fs::read(path).expect("HEAD");
     assert_eq!(&b[..8], b"\x89VHD\r\n\x1a\n");
     let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-    assert!((4..=7).contains(&version), "HEAD version {version}");
+    assert!((4..=8).contains(&version), "HEAD version {version}");
     let n = b.len();
     let weights = &b[n - 4 - 512..n - 4];
     let count = u32::from_le_bytes(b[n - 8 - 512..n - 4 - 512].try_into().unwrap());
