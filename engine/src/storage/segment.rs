@@ -1184,6 +1184,21 @@ mod tests {
         (0..dim).map(|i| x + i as f32 * 0.01).collect()
     }
 
+    /// Write `vs` as segment file 1 at `path`: row `i` with id `i`, every
+    /// row of subject "s".
+    fn write_plain(path: &Path, vs: &[Vec<f32>], dim: usize) -> Written {
+        let rows: Vec<RowRef> = vs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RowRef {
+                id: i as u64,
+                subject: "s",
+                vector: v,
+            })
+            .collect();
+        write_segment(&RealFs, path, 1, rows.as_slice(), dim, code_row).unwrap()
+    }
+
     #[test]
     fn sink_writes_the_same_bytes_to_a_direct_file_and_a_buffered_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -1243,15 +1258,8 @@ mod tests {
         for r in [5, 777, 8999] {
             vs[r][3] = 40.0;
         }
-        let rows: Vec<RowRef> = (0..n)
-            .map(|i| RowRef {
-                id: i as u64,
-                subject: "s",
-                vector: &vs[i],
-            })
-            .collect();
         let path = dir.path().join("seg.vseg");
-        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim, code_row).unwrap();
+        let w = write_plain(&path, &vs, dim);
         assert_eq!(w.len, std::fs::metadata(&path).unwrap().len());
         // Opening takes the stored bound (no vector read); the statistics
         // computed from the vectors, as for a segment older than version 8,
@@ -1289,15 +1297,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let rows: Vec<RowRef> = (0..200)
-            .map(|i| RowRef {
-                id: i as u64,
-                subject: "s",
-                vector: &vs[i],
-            })
-            .collect();
         let path = dir.path().join("seg.vseg");
-        let w = write_segment(&RealFs, &path, 1, rows.as_slice(), dim, code_row).unwrap();
+        let w = write_plain(&path, &vs, dim);
         assert!(w.rho > 0.0);
         let good = std::fs::read(&path).unwrap();
         let header = SegmentHeader::decode(&path, &good, good.len() as u64).unwrap();
@@ -1401,14 +1402,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg.vseg");
         let vs: Vec<Vec<f32>> = (0..3).map(|i| vec_of(i as f32, 128)).collect();
-        let rows: Vec<RowRef> = (0..3)
-            .map(|i| RowRef {
-                id: i as u64,
-                subject: "s",
-                vector: &vs[i],
-            })
-            .collect();
-        write_segment(&RealFs, &path, 1, rows.as_slice(), 128, code_row).unwrap();
+        write_plain(&path, &vs, 128);
         let good = std::fs::read(&path).unwrap();
         let ranges = Segment::open(&RealFs, &path, 1, VerifyChecksums::Full, 128)
             .unwrap()
