@@ -354,6 +354,9 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         // written) finishes inside the insert's time.
         let t = Instant::now();
         while !gal.progress().is_empty() || gal.stats().memtable_rows >= memtable_rows {
+            if t.elapsed() > Duration::from_secs(300) {
+                return Err("the flush of the insert's rows did not finish in 300 s".into());
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
         busy += t.elapsed();
@@ -376,8 +379,9 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             (bound_turn()?, i)
         };
         if !a.json {
-            let show =
-                |x: Option<f64>, unit: &str| x.map_or("n/a".into(), |x| format!("{x:.2}{unit}"));
+            let show = |x: Option<f64>, decimals: usize, unit: &str| {
+                x.map_or("n/a".into(), |x| format!("{x:.decimals$}{unit}"))
+            };
             println!(
                 "round {}: bound {:>9.0} rows/s, durable insert {:>9.0} rows/s: {:.0}% \
                  (the insert: {} of CPU and {} written to storage a row)",
@@ -385,8 +389,8 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 bound,
                 insert,
                 100.0 * insert / bound,
-                show(cpu, " µs"),
-                show(written.map(f64::round), " bytes"),
+                show(cpu, 2, " µs"),
+                show(written, 0, " bytes"),
             );
         }
         table.push((bound, insert));
