@@ -8,7 +8,7 @@
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::io::Write;
 use std::time::{Duration, Instant};
-use visage_bench::{Rng, cached_gallery, embeddings, memory_read_time, quiet_options};
+use visage_bench::{Rng, cached_gallery, embeddings, memory_read_time, quiet_options, wal_record};
 use visage_engine::{Durability, Engine, ScanMode, SearchOptions, VerifyChecksums};
 
 const BATCH: usize = 1000;
@@ -83,10 +83,10 @@ fn insert(c: &mut Criterion) {
             });
         });
     }
-    // The bound: the same number of bytes (one WAL record of 1,000 embeddings), written and fdatasync'ed.
+    // The bound: the same bytes (one WAL record of 1,000 embeddings), written and fdatasync'ed.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
-    let record = vec![0x5Au8; BATCH * (8 + 2 + 16 + 512) + 13];
+    let record = wal_record(&batches[0]);
     g.bench_function(BenchmarkId::new("bound_write_fdatasync", BATCH), |b| {
         b.iter(|| {
             f.write_all(&record).expect("write");

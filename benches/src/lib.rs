@@ -25,6 +25,22 @@ pub fn embeddings(rng: &mut Rng, first: u64, n: usize) -> Vec<Embedding> {
         .collect()
 }
 
+/// The bytes the engine's write-ahead log appends for `batch`: one framed
+/// insert record (the bound a durable insert is measured against writes
+/// and syncs these).
+pub fn wal_record(batch: &[Embedding]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    visage_engine::format::encode_insert(
+        batch
+            .iter()
+            .map(|e| (e.id, e.subject.as_str(), e.vector.as_slice())),
+        &mut payload,
+    );
+    let mut record = Vec::with_capacity(payload.len() + visage_engine::format::RECORD_FRAME_LEN);
+    visage_engine::format::frame_record(0, &payload, &mut record);
+    record
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR` when set).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -314,11 +314,7 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     let batches: Vec<Vec<Embedding>> = (0..64)
         .map(|i| visage_bench::embeddings(&mut rng, i * a.batch as u64, a.batch))
         .collect();
-    // The bytes of one WAL record of a batch: a frame of 13 bytes, then a row
-    // after row: id (8), subject length (2) and bytes (16, "subject-00000000"),
-    // the vector (4 a value).
-    let subject_len = batches[0][0].subject.len();
-    let record = vec![0x5Au8; a.batch * (8 + 2 + subject_len + 4 * DIM) + 13];
+    let record = visage_bench::wal_record(&batches[0]);
     let turn = Duration::from_secs_f64(a.seconds);
     let mut next = 0u64;
     let bound_turn = || -> Res<f64> {

@@ -23,12 +23,12 @@
 //! interrupted one starts over.
 
 use super::counters::Job;
-use super::maintain::rows_segment_estimate;
 use super::write::{check_subject, check_values, live_in_segments};
 use super::{Gallery, lock};
 use crate::error::{Error, Result};
 use crate::snapshot::SegState;
 use crate::snapshot::tombstones::Tombstones;
+use crate::storage::segment::row_bytes_estimate;
 use crate::storage::segment::{RowRef, Segment, SegmentRows};
 use crate::storage::wal::WalWriter;
 use std::borrow::Cow;
@@ -137,7 +137,7 @@ impl Gallery {
         }
         // The whole import's segments must fit (with subjects of 16 bytes on
         // average), said before anything is written.
-        let needed = n as u64 * rows_segment_estimate(dim, 16) + (1 << 20);
+        let needed = n as u64 * row_bytes_estimate(dim, 16) + (1 << 20);
         crate::storage::fs::check_space(&*self.fs, &self.dir, "import", needed)?;
         let given = src.ids()?;
         let first_assigned_id = match &given {
@@ -178,7 +178,7 @@ impl Gallery {
         let progress = self.start_progress("import");
         progress
             .cell
-            .add_total(n as u64, n as u64 * rows_segment_estimate(dim, 16));
+            .add_total(n as u64, n as u64 * row_bytes_estimate(dim, 16));
         let remove_written = |written: &[Arc<Segment>]| {
             for seg in written {
                 let _ = self.fs.remove_file(seg.path());
@@ -210,7 +210,7 @@ impl Gallery {
                 }
                 progress
                     .cell
-                    .add_done(rows as u64, rows as u64 * rows_segment_estimate(dim, 16));
+                    .add_done(rows as u64, rows as u64 * row_bytes_estimate(dim, 16));
             };
             let mut start = 0;
             while start < n && failure.is_none() {
@@ -296,7 +296,7 @@ impl Gallery {
     /// Rows in one segment written by an import or a merge: the policy's
     /// row limit, and its byte limit at this gallery's dimension.
     pub(super) fn segment_row_limit(&self) -> usize {
-        let per_row = rows_segment_estimate(self.spec.dim, 16).max(1);
+        let per_row = row_bytes_estimate(self.spec.dim, 16).max(1);
         let p = &self.opts.compaction;
         let rows = p.max_segment_rows.min(p.max_segment_bytes / per_row).max(1);
         usize::try_from(rows).unwrap_or(usize::MAX)

@@ -11,7 +11,9 @@ use crate::error::Result;
 use crate::snapshot::SegState;
 use crate::snapshot::tombstones::Tombstones;
 use crate::storage::format::{self, ManifestData};
-use crate::storage::segment::{self, RowRef, Segment, SegmentRows, VerifyChecksums};
+use crate::storage::segment::{
+    self, RowRef, Segment, SegmentRows, VerifyChecksums, row_bytes_estimate,
+};
 use crate::storage::wal::WalWriter;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -297,12 +299,10 @@ impl Gallery {
         let path = self.dir.join(seg_name(file_no));
         let coder = crate::search::kernels::selected().row_coder();
         let res =
-            segment::write_segment(&*self.fs, &path, file_no, rows, dim, coder).and_then(|w| {
-                self.counters.wrote(job, w.len);
+            segment::write_segment(&*self.fs, &path, file_no, rows, dim, coder).and_then(|len| {
+                self.counters.wrote(job, len);
                 crate::storage::fs::fsync_dir(&*self.fs, &self.dir)?;
-                let seg = Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim)?;
-                seg.know_rho(w.rho);
-                Ok(seg)
+                Segment::open(&*self.fs, &path, file_no, VerifyChecksums::Metadata, dim)
             });
         match res {
             Ok(seg) => {
@@ -352,7 +352,10 @@ impl Gallery {
             }
         }
         let new_seg = self.write_new_segment(Job::Compaction, file_no, rows.as_slice())?;
-        progress.add_done(rows.len() as u64, (rows.len() * (5 * dim + 48)) as u64);
+        progress.add_done(
+            rows.len() as u64,
+            rows.len() as u64 * row_bytes_estimate(dim, 16),
+        );
         let mut st = lock(&self.state);
         // As in `flush_locked`: never install over the state a failed write left.
         if let Err(e) = self.check_writable() {
@@ -446,12 +449,7 @@ impl Gallery {
 /// code, id, norm, subject index and offsets, plus the subject strings.
 fn segment_estimate<R: SegmentRows + ?Sized>(rows: &R, dim: usize) -> u64 {
     let strings: u64 = (0..rows.len()).map(|i| rows.subject(i).len() as u64).sum();
-    rows.len() as u64 * rows_segment_estimate(dim, 0) + strings
-}
-
-/// Bytes of one row in a segment, about, with a subject of `subject_len` bytes.
-pub(super) fn rows_segment_estimate(dim: usize, subject_len: usize) -> u64 {
-    (4 * dim + dim + 32 + subject_len) as u64
+    rows.len() as u64 * row_bytes_estimate(dim, 0) + strings
 }
 
 /// Raise `progress`'s totals by the live rows of the merges `plan` will
@@ -464,7 +462,7 @@ fn planned(progress: &ProgressCell, stats: &[SegmentStat], plan: &[Vec<u64>], di
         .filter_map(|n| stats.iter().find(|s| s.file_no == *n))
         .map(|s| s.rows - s.deleted)
         .sum();
-    progress.add_total(rows, rows * (5 * dim + 48) as u64);
+    progress.add_total(rows, rows * row_bytes_estimate(dim, 16));
 }
 
 /// The two background threads of a gallery: one flushes, the other merges

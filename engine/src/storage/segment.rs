@@ -72,8 +72,7 @@ impl SegmentRows for [RowRef<'_>] {
 
 /// Write `rows` (ids unique, vectors of `dim` values) as segment file
 /// `file_no` at `path`, fsynced. The caller fsyncs the directory and records
-/// the file in the manifest. Returns the file's length and the largest
-/// coding error of its rows (see [`Written`]). Rows are coded with
+/// the file in the manifest. Returns the file's length. Rows are coded with
 /// `code_row`: `crate::quantizer::code_row` or a kernel's version of it,
 /// which gives the same codes and errors, bit for bit (the caller picks the
 /// one for this CPU: this layer does not reach the kernels).
@@ -88,7 +87,7 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     rows: &R,
     dim: usize,
     code_row: RowCoder,
-) -> Result<Written> {
+) -> Result<u64> {
     let n = rows.len();
     let dim32 = u32::try_from(dim).map_err(|_| Error::InvalidSpec {
         reason: format!("dimension {dim}"),
@@ -169,8 +168,9 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
     let direct = file.direct();
     // Buffers no larger than the segment, about: a flush of a few rows
     // allocates a few pages, not 8 MiB.
-    let estimate = SEGMENT_HEADER_LEN + n * (5 * dim + 64);
-    let cap = estimate
+    let estimate = SEGMENT_HEADER_LEN as u64 + n as u64 * row_bytes_estimate(dim, 32);
+    let cap = usize::try_from(estimate)
+        .unwrap_or(SINK_BUF)
         .next_multiple_of(DIRECT_ALIGN)
         .clamp(DIRECT_ALIGN, SINK_BUF);
     let mut w = Sink::new(file, cap).map_err(|e| Error::io(path, e))?;
@@ -300,19 +300,14 @@ pub(crate) fn write_segment<R: SegmentRows + ?Sized>(
         sections,
     };
     w.finish(&header.encode(), direct).map_err(io)?;
-    Ok(Written { len: pos, rho })
+    Ok(pos)
 }
 
-/// What [`write_segment`] wrote.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Written {
-    /// The file's length.
-    pub len: u64,
-    /// The largest coding error `‖x − x̂‖` of the rows that are not
-    /// exceptions, as [`CodeStats::of`] computes it: given to
-    /// [`Segment::know_rho`], the segment's code statistics need not read
-    /// the vectors back.
-    pub rho: f64,
+/// Bytes of one row in a segment, about: its vector and 8-bit code, id,
+/// norm, subject ordinal, sorted-id and posting entries (32 bytes), and a
+/// subject of `subject_len` bytes.
+pub(crate) fn row_bytes_estimate(dim: usize, subject_len: usize) -> u64 {
+    (4 * dim + dim + 32 + subject_len) as u64
 }
 
 /// Where a segment's bytes go: staged in a buffer aligned to
@@ -322,9 +317,8 @@ pub(crate) struct Written {
 /// fills the next: a direct write returns only once the device has the
 /// bytes, and the coding need not wait for it.
 struct Sink {
-    /// Bytes of each buffer (a multiple of [`DIRECT_ALIGN`], at most [`SINK_BUF`]).
-    cap: usize,
-    /// The buffer being filled.
+    /// The buffer being filled (each of the two holds the same number of
+    /// bytes, a multiple of [`DIRECT_ALIGN`], at most [`SINK_BUF`]).
     buf: Aligned,
     /// Bytes staged in `buf`.
     len: usize,
@@ -383,7 +377,6 @@ impl Sink {
                 Ok(file)
             })?;
         Ok(Sink {
-            cap,
             buf: Aligned::new(cap),
             len: 0,
             written: 0,
@@ -396,11 +389,11 @@ impl Sink {
 
     fn write_all(&mut self, mut b: &[u8]) -> std::io::Result<()> {
         while !b.is_empty() {
-            let k = (self.cap - self.len).min(b.len());
+            let k = (self.buf.cap - self.len).min(b.len());
             self.buf.bytes_mut()[self.len..self.len + k].copy_from_slice(&b[..k]);
             self.len += k;
             b = &b[k..];
-            if self.len == self.cap {
+            if self.len == self.buf.cap {
                 self.spill()?;
             }
         }
@@ -547,8 +540,9 @@ pub(crate) struct Segment {
     ranges: [Range<usize>; SECTION_COUNT],
     /// The codes' statistics for the integer scans, computed on first use.
     code_stats: std::sync::OnceLock<CodeStats>,
-    /// The coding error bound, when the writer gave it ([`Segment::know_rho`]).
-    known_rho: std::sync::OnceLock<f64>,
+    /// The coding error bound the segment stores (version 8 on, see
+    /// [`Segment::read_stored_rho`]): the code statistics then read only the codes.
+    stored_rho: Option<f64>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -634,7 +628,7 @@ impl Segment {
                 });
             }
         }
-        let seg = Segment {
+        let mut seg = Segment {
             file_no,
             map,
             header,
@@ -643,12 +637,10 @@ impl Segment {
             subjects,
             ranges,
             code_stats: std::sync::OnceLock::new(),
-            known_rho: std::sync::OnceLock::new(),
+            stored_rho: None,
         };
         seg.check_structure()?;
-        if let Some(rho) = seg.stored_rho()? {
-            seg.know_rho(rho);
-        }
+        seg.stored_rho = seg.read_stored_rho()?;
         if verify == VerifyChecksums::Full {
             seg.check_rows()?;
         }
@@ -658,7 +650,7 @@ impl Segment {
     /// The coding error bound the segment stores (version 8 on), checked to
     /// be a bound at all: finite and not negative (a zero is a segment whose
     /// rows are coded exactly, or are all exceptions).
-    fn stored_rho(&self) -> Result<Option<f64>> {
+    fn read_stored_rho(&self) -> Result<Option<f64>> {
         if self.header.version < format::STORED_RHO_VERSION {
             return Ok(None);
         }
@@ -756,7 +748,7 @@ impl Segment {
         }
         // The stored bound is the rows' own, bit for bit: a smaller one would
         // let the screened scans drop rows that belong in the answer.
-        if let Some(stored) = self.stored_rho()?
+        if let Some(stored) = self.stored_rho
             && stored.to_bits() != rho.to_bits()
         {
             let e = self.header.sections[Section::Sq8Rho as usize];
@@ -1032,8 +1024,8 @@ impl Segment {
         if let Some(c) = self.code_stats.get() {
             return c;
         }
-        let c = match (self.sq8(), self.known_rho.get()) {
-            (Some((min, step, codes)), Some(&rho)) => {
+        let c = match (self.sq8(), self.stored_rho) {
+            (Some((min, step, codes)), Some(rho)) => {
                 CodeStats::with_rho(min, step, codes, self.dim, rho)
             }
             (Some((min, step, codes)), None) => CodeStats::of(
@@ -1053,12 +1045,6 @@ impl Segment {
         self.map
             .advise_random(self.ranges[Section::Vectors as usize].clone());
         self.code_stats.get_or_init(|| c)
-    }
-
-    /// Take the coding error bound its writer computed ([`Written::rho`]):
-    /// [`Segment::code_stats`] then reads only the codes. Before any search.
-    pub(crate) fn know_rho(&self, rho: f64) {
-        let _ = self.known_rho.set(rho);
     }
 
     /// Compute [`Segment::code_stats`] on the rayon pool, in the background.
@@ -1186,7 +1172,7 @@ mod tests {
 
     /// Write `vs` as segment file 1 at `path`: row `i` with id `i`, every
     /// row of subject "s".
-    fn write_plain(path: &Path, vs: &[Vec<f32>], dim: usize) -> Written {
+    fn write_plain(path: &Path, vs: &[Vec<f32>], dim: usize) -> u64 {
         let rows: Vec<RowRef> = vs
             .iter()
             .enumerate()
@@ -1259,16 +1245,16 @@ mod tests {
             vs[r][3] = 40.0;
         }
         let path = dir.path().join("seg.vseg");
-        let w = write_plain(&path, &vs, dim);
-        assert_eq!(w.len, std::fs::metadata(&path).unwrap().len());
+        let len = write_plain(&path, &vs, dim);
+        assert_eq!(len, std::fs::metadata(&path).unwrap().len());
         // Opening takes the stored bound (no vector read); the statistics
         // computed from the vectors, as for a segment older than version 8,
         // are the same, bit for bit.
         let seg = Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata, dim).unwrap();
         assert_eq!(seg.exceptions(), &[5, 777, 8999]);
-        assert_eq!(
-            seg.stored_rho().unwrap().map(f64::to_bits),
-            Some(w.rho.to_bits())
+        assert!(
+            seg.stored_rho.is_some(),
+            "a version-8 segment stores its bound"
         );
         let (min, step, codes) = seg.sq8().unwrap();
         let from_vectors = CodeStats::of(min, step, codes, seg.vectors(), seg.exceptions(), dim);
@@ -1298,8 +1284,12 @@ mod tests {
             })
             .collect();
         let path = dir.path().join("seg.vseg");
-        let w = write_plain(&path, &vs, dim);
-        assert!(w.rho > 0.0);
+        write_plain(&path, &vs, dim);
+        let rho = Segment::open(&RealFs, &path, 1, VerifyChecksums::Metadata, dim)
+            .unwrap()
+            .stored_rho
+            .unwrap();
+        assert!(rho > 0.0);
         let good = std::fs::read(&path).unwrap();
         let header = SegmentHeader::decode(&path, &good, good.len() as u64).unwrap();
         let e = header.sections[Section::Sq8Rho as usize];
@@ -1318,7 +1308,7 @@ mod tests {
             Segment::open(&RealFs, &path, 1, verify, dim).map(|s| s.code_stats().rho)
         };
         // The resealed original opens, with its bound.
-        assert_eq!(open(&with(w.rho), VerifyChecksums::Full).unwrap(), w.rho);
+        assert_eq!(open(&with(rho), VerifyChecksums::Full).unwrap(), rho);
         // A flipped bit without a new checksum.
         let mut flipped = good.clone();
         flipped[at] ^= 1;
@@ -1326,10 +1316,10 @@ mod tests {
         assert!(err.to_string().contains("sq8_rho"), "{err}");
         // A smaller bound with a good checksum: taken as stored by a
         // metadata check, refused by the full one.
-        let smaller = with(w.rho / 2.0);
+        let smaller = with(rho / 2.0);
         assert_eq!(
             open(&smaller, VerifyChecksums::Metadata).unwrap(),
-            w.rho / 2.0
+            rho / 2.0
         );
         let err = open(&smaller, VerifyChecksums::Full).unwrap_err();
         assert!(

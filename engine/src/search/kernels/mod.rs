@@ -495,26 +495,11 @@ impl Kernels {
         (self.sq8_l2_many[class(qm.len())])(qm, step, codes, &mut out[..n]);
     }
 
-    /// Code one row with the quantiser `min`, `step` into `code`, and say
-    /// whether it is an exception (`None`) or else its coding error: exactly
-    /// `crate::quantizer::code_row`, the same code compiled with this
-    /// implementation's vector instructions (a segment writer's inner loop).
-    ///
-    /// # Panics
-    /// If the lengths disagree.
-    #[inline]
-    pub fn code_row(&self, v: &[f32], min: &[f32], step: &[f32], code: &mut [u8]) -> Option<f64> {
-        assert!(
-            v.len() == code.len() && min.len() == code.len() && step.len() == code.len(),
-            "row, quantiser and codes of different lengths"
-        );
-        (self.code_row)(v, min, step, code)
-    }
-
-    /// This implementation's `code_row` as a plain function, for the
-    /// segment writer (which, below this module, takes it from its caller).
-    /// It does not check lengths: the writer passes rows, quantiser and
-    /// codes of one dimension.
+    /// This implementation's version of `crate::quantizer::code_row` (code
+    /// one row, and say whether it is an exception or else its coding error):
+    /// the same code compiled with this implementation's vector
+    /// instructions, so the same result, bit for bit. For the segment writer
+    /// (which, below this module, takes it from its caller).
     pub(crate) fn row_coder(&self) -> crate::quantizer::RowCoder {
         self.code_row
     }
@@ -739,7 +724,7 @@ mod tests {
             let want = crate::quantizer::code_row(&v, &min, &step, &mut want_codes);
             for k in Kernels::available() {
                 let mut codes = vec![0u8; v.len()];
-                let got = k.code_row(&v, &min, &step, &mut codes);
+                let got = (k.row_coder())(&v, &min, &step, &mut codes);
                 prop_assert_eq!(&codes, &want_codes, "{}", k.name());
                 prop_assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "{}", k.name());
             }
