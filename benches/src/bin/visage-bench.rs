@@ -245,6 +245,9 @@ struct InsertBoundArgs {
     /// Rows a batch (one insert call, one WAL record, one fdatasync).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Memtable rows that start a flush (default: the engine's).
+    #[arg(long)]
+    memtable_rows: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -289,6 +292,21 @@ struct CalibrationArgs {
     isotropic: bool,
 }
 
+/// One insert turn of `insert-bound`.
+struct InsertTurn {
+    /// Rows a second, the wait for the turn's flush included.
+    rate: f64,
+    /// Rows a second over the insert calls alone (the rows acknowledged
+    /// while the flush ran beside them).
+    acknowledged: f64,
+    /// The mean WAL fdatasync of a group commit, in µs.
+    fsync_us: f64,
+    /// CPU time (every thread) a row, in µs.
+    cpu_us: Option<f64>,
+    /// Bytes written to storage a row.
+    written: Option<f64>,
+}
+
 /// See [`Cmd::InsertBound`]. Each round runs a bound turn and an insert
 /// turn (bound first in even rounds, insert first in odd ones, so a drift of
 /// the disk's speed falls on both alike), and prints each pair's ratio.
@@ -307,6 +325,11 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     let root = tempfile::tempdir_in(visage_bench::target_dir()).map_err(|x| e(&x))?;
     let mut opts = quiet_options(Durability::PowerLoss);
     opts.gallery.background = true;
+    if let Some(m) = a.memtable_rows {
+        opts.gallery.memtable_rows = m;
+        opts.gallery.memtable_bytes = opts.gallery.memtable_bytes.max(m * 128 * 4);
+        opts.gallery.max_unflushed_rows = opts.gallery.max_unflushed_rows.max(2 * m);
+    }
     let memtable_rows = opts.gallery.memtable_rows as u64;
     let engine = Engine::open(root.path().join("engine"), opts).map_err(|x| e(&x))?;
     let gal = engine.create_gallery("bench").map_err(|x| e(&x))?;
@@ -331,9 +354,9 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         std::fs::remove_file(&path).map_err(|x| e(&x))?;
         Ok(rate)
     };
-    // Rate, then CPU (every thread) and bytes written to storage a row.
-    let mut insert_turn = || -> Res<(f64, Option<f64>, Option<f64>)> {
+    let mut insert_turn = || -> Res<InsertTurn> {
         let before = ProcUsage::now();
+        let synced = gal.counters().wal_fsync_seconds;
         let (t0, mut busy, mut rows) = (Instant::now(), Duration::ZERO, 0u64);
         while t0.elapsed() < turn {
             let mut batch = batches[(next % 64) as usize].clone();
@@ -346,6 +369,7 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             busy += t.elapsed();
             rows += batch.len() as u64;
         }
+        let acknowledging = busy;
         // The flush these rows started (a full memtable, frozen or being
         // written) finishes inside the insert's time.
         let t = Instant::now();
@@ -357,17 +381,21 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         }
         busy += t.elapsed();
         let used = ProcUsage::now().since(&before);
+        let fsync = gal.counters().wal_fsync_seconds;
         let per_row = |x: f64| x / rows as f64;
-        Ok((
-            rows as f64 / busy.as_secs_f64(),
-            used.cpu.map(|c| per_row(c.as_secs_f64() * 1e6)),
-            used.written.map(|w| per_row(w as f64)),
-        ))
+        Ok(InsertTurn {
+            rate: rows as f64 / busy.as_secs_f64(),
+            acknowledged: rows as f64 / acknowledging.as_secs_f64(),
+            fsync_us: 1e6 * (fsync.sum - synced.sum)
+                / (fsync.counts.iter().sum::<u64>() - synced.counts.iter().sum::<u64>()).max(1)
+                    as f64,
+            cpu_us: used.cpu.map(|c| per_row(c.as_secs_f64() * 1e6)),
+            written: used.written.map(|w| per_row(w as f64)),
+        })
     };
-    let mut table = Vec::new();
-    let mut usage = Vec::new();
+    let mut table: Vec<(f64, InsertTurn)> = Vec::new();
     for r in 0..a.rounds {
-        let (bound, (insert, cpu, written)) = if r % 2 == 0 {
+        let (bound, insert) = if r % 2 == 0 {
             let b = bound_turn()?;
             (b, insert_turn()?)
         } else {
@@ -380,17 +408,21 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             };
             println!(
                 "round {}: bound {:>9.0} rows/s, durable insert {:>9.0} rows/s: {:.0}% \
-                 (the insert: {} of CPU and {} written to storage a row)",
+                 (acknowledged at {:.0} rows/s: {:.0}%; a batch's WAL fdatasync {:.0} µs against \
+                 the bound's {:.0} µs for write and fdatasync; {} of CPU and {} written to storage a row)",
                 r + 1,
                 bound,
-                insert,
-                100.0 * insert / bound,
-                show(cpu, 2, " µs"),
-                show(written, 0, " bytes"),
+                insert.rate,
+                100.0 * insert.rate / bound,
+                insert.acknowledged,
+                100.0 * insert.acknowledged / bound,
+                insert.fsync_us,
+                1e6 * a.batch as f64 / bound,
+                show(insert.cpu_us, 2, " µs"),
+                show(insert.written, 0, " bytes"),
             );
         }
         table.push((bound, insert));
-        usage.push((cpu, written));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -402,8 +434,12 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         }
     };
     let bound = median(table.iter().map(|t| t.0).collect());
-    let insert = median(table.iter().map(|t| t.1).collect());
-    let ratio = median(table.iter().map(|t| t.1 / t.0).collect());
+    let insert = median(table.iter().map(|t| t.1.rate).collect());
+    let ratio = median(table.iter().map(|t| t.1.rate / t.0).collect());
+    let acknowledged = median(table.iter().map(|t| t.1.acknowledged / t.0).collect());
+    let fsync_us = median(table.iter().map(|t| t.1.fsync_us).collect());
+    let usage: Vec<(Option<f64>, Option<f64>)> =
+        table.iter().map(|t| (t.1.cpu_us, t.1.written)).collect();
     let cpu: Option<Vec<f64>> = usage.iter().map(|u| u.0).collect();
     let cpu = cpu.map(median);
     let written: Option<Vec<f64>> = usage.iter().map(|u| u.1).collect();
@@ -412,7 +448,14 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     if a.json {
         let rounds: Vec<Value> = table
             .iter()
-            .map(|&(b, i)| json!({"bound_rows_per_s": b, "insert_rows_per_s": i}))
+            .map(|(b, i)| {
+                json!({
+                    "bound_rows_per_s": b,
+                    "insert_rows_per_s": i.rate,
+                    "acknowledged_rows_per_s": i.acknowledged,
+                    "insert_wal_fsync_us": i.fsync_us,
+                })
+            })
             .collect();
         println!(
             "{}",
@@ -423,6 +466,8 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 "median_bound_rows_per_s": bound,
                 "median_insert_rows_per_s": insert,
                 "median_ratio": ratio,
+                "median_acknowledged_ratio": acknowledged,
+                "median_insert_wal_fsync_us": fsync_us,
                 "median_insert_cpu_us_per_row": cpu,
                 "median_insert_bytes_written_per_row": written,
                 "rows_at_end": stats.live,
@@ -432,8 +477,11 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     } else {
         println!(
             "median: bound {bound:.0} rows/s, durable insert {insert:.0} rows/s; median of the rounds' ratios {:.0}% \
-             ({} rows in {} segments at the end)",
+             (acknowledged: {:.0}%); a batch's WAL fdatasync {fsync_us:.0} µs against the bound's {:.0} µs \
+             for write and fdatasync ({} rows in {} segments at the end)",
             100.0 * ratio,
+            100.0 * acknowledged,
+            1e6 * a.batch as f64 / bound,
             stats.live,
             stats.segments
         );

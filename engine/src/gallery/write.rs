@@ -8,7 +8,7 @@ use super::{BACKLOG_STALL, Durability, Failure, Gallery, MANIFEST, lock};
 use crate::Embedding;
 use crate::api::*;
 use crate::error::{Error, Result};
-use crate::snapshot::memtable::{Chunk, MemLoc, Memtable};
+use crate::snapshot::memtable::{Chunk, IdHashBuilder, MemLoc, Memtable};
 use crate::snapshot::{ScanCounters, SegState, Snapshot};
 use crate::storage::format::{self, ManifestData, ManifestSegment, WalOp};
 use crate::storage::wal::{Record, WalWriter};
@@ -73,6 +73,14 @@ impl WriteState {
             )
         })?;
         Ok(n)
+    }
+
+    /// The highest id any row here has had (live or deleted, in memory or
+    /// in a segment): no id above it is live.
+    fn max_id(&self) -> Option<u64> {
+        let segments = self.segments.iter().filter_map(|ss| ss.seg.max_id());
+        let frozen = self.frozen.as_ref().and_then(Memtable::max_id);
+        segments.chain(frozen).chain(self.active.max_id()).max()
     }
 
     pub(super) fn find_live(&self, id: u64) -> Option<Loc> {
@@ -144,15 +152,25 @@ impl WriteState {
 
     /// Upsert the rows of `chunk` (ids unique within it).
     pub(super) fn apply_insert(&mut self, chunk: Chunk) -> InsertOutcome {
-        let mut added: HashSet<Arc<str>> = HashSet::new();
-        for s in &chunk.subjects {
-            if !added.contains(s) && !self.has_live(s) {
-                added.insert(s.clone());
+        // Each distinct subject is looked up once (a batch's rows of one
+        // person usually come together: a repeat of the previous row's
+        // subject is not even hashed).
+        let mut seen: HashSet<&str, IdHashBuilder> = HashSet::default();
+        let mut added = 0u64;
+        let mut previous: Option<&str> = None;
+        for s in chunk.subjects.iter().map(|s| &**s) {
+            if previous != Some(s) && seen.insert(s) && !self.has_live(s) {
+                added += 1;
             }
+            previous = Some(s);
         }
         let mut replaced = 0;
         let mut touched: HashSet<Arc<str>> = HashSet::new();
-        for &id in &chunk.ids {
+        // Ids above every id a row here has had cannot be live: a batch of
+        // new ids (the common case) skips the lookups.
+        let lowest = chunk.sorted.first().map(|&(id, _)| id);
+        let fresh = lowest.is_some_and(|lo| self.max_id().is_none_or(|top| lo > top));
+        for &id in chunk.ids.iter().filter(|_| !fresh) {
             if let Some(loc) = self.find_live(id) {
                 touched.insert(self.subject_at(loc));
                 self.delete_loc(loc);
@@ -161,7 +179,7 @@ impl WriteState {
         }
         let n = chunk.len() as u64;
         self.active.append(chunk);
-        self.subjects += added.len() as u64;
+        self.subjects += added;
         self.forget_emptied(touched);
         InsertOutcome {
             inserted: n - replaced,

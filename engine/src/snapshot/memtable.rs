@@ -139,6 +139,8 @@ pub(crate) struct Memtable {
     index: IdMap<MemLoc>,
     by_subject: HashMap<Arc<str>, Vec<u64>, IdHashBuilder>,
     rows: usize,
+    /// The highest id appended (deleted rows included).
+    max_id: Option<u64>,
 }
 
 impl Memtable {
@@ -150,6 +152,11 @@ impl Memtable {
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         self.index.len()
+    }
+    /// The highest id any row appended here has had (deleted or not): no
+    /// id above it is live here.
+    pub(crate) fn max_id(&self) -> Option<u64> {
+        self.max_id
     }
     /// Location of live `id`.
     pub(crate) fn find(&self, id: u64) -> Option<MemLoc> {
@@ -175,6 +182,8 @@ impl Memtable {
         if n == 0 {
             return;
         }
+        let top = new.sorted.last().map(|&(id, _)| id);
+        self.max_id = self.max_id.max(top);
         let merge = n < MERGE_BELOW
             && self
                 .chunks
