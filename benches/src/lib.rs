@@ -104,10 +104,19 @@ pub fn cached_gallery(n: usize) -> (Engine, PathBuf) {
 /// Time to read `bytes` of memory once with every core (the floor of an exact
 /// single-probe scan, which must read every vector once): median of `reps`.
 pub fn memory_read_time(bytes: usize, reps: usize) -> Duration {
+    memory_reads(&memory_buffer(bytes), reps)
+}
+
+/// A buffer of `bytes` (rounded down to 8) for [`memory_reads`], every page written.
+pub fn memory_buffer(bytes: usize) -> Vec<u64> {
+    (0..bytes / 8).map(|i| i as u64).collect()
+}
+
+/// Time to read `buf` once with every core: median of `reps` reads.
+pub fn memory_reads(buf: &[u64], reps: usize) -> Duration {
     use rayon::prelude::*;
-    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
     let mut times = Vec::new();
-    for _ in 0..reps {
+    for _ in 0..reps.max(1) {
         let t = Instant::now();
         let x = buf
             .par_chunks(1 << 16)

@@ -578,6 +578,13 @@ fn scan_diff(a: visage_engine::ScanCounts, b: visage_engine::ScanCounts) -> serd
     })
 }
 
+/// Rounds the single probes are timed in, each after its own measure of
+/// the memory read speed.
+const SINGLE_ROUNDS: usize = 5;
+/// Bytes read with every core to measure the memory read speed beside each
+/// round (far above any cache; small beside the page cache at 50M).
+const SINGLE_BOUND_BYTES: usize = 256 << 20;
+
 /// Open the gallery `scale-build` built and measure: the open (engine and
 /// gallery, then the first search), single-probe latency, one batch, one
 /// identification batch, the resident memory after each phase, the disk
@@ -638,13 +645,40 @@ pub fn search(plan: &SearchPlan<'_>) -> Result<(serde_json::Value, Vec<i64>), St
     for i in 0..plan.warmup {
         g.search_with(&[row(i)], &opts).map_err(err)?;
     }
+    // Timed in rounds, each after a read of memory with every core: the
+    // bound (the codes' read time) is measured beside the probes it is
+    // compared with, as the machine's memory speed moves by the minute.
     let s0 = g.stats().scans;
+    let codes_bytes = (stats.live as usize * g.dim()) as f64;
+    let buf = crate::memory_buffer(SINGLE_BOUND_BYTES);
     let mut lat = Vec::with_capacity(plan.single);
-    for i in 0..plan.single {
-        let t = Instant::now();
-        std::hint::black_box(g.search_with(&[row(i)], &opts).map_err(err)?);
-        lat.push(t.elapsed());
+    let mut rounds = Vec::new();
+    let per_round = plan.single.div_ceil(SINGLE_ROUNDS).max(1);
+    let mut i = 0;
+    while i < plan.single {
+        let read = crate::memory_reads(&buf, 3);
+        let bytes_per_sec = (buf.len() * 8) as f64 / read.as_secs_f64();
+        let codes_read = Duration::from_secs_f64(codes_bytes / bytes_per_sec);
+        let mut round = Vec::with_capacity(per_round);
+        for _ in 0..per_round.min(plan.single - i) {
+            let t = Instant::now();
+            std::hint::black_box(g.search_with(&[row(i)], &opts).map_err(err)?);
+            round.push(t.elapsed());
+            i += 1;
+        }
+        lat.extend_from_slice(&round);
+        round.sort();
+        let p50 = percentile(&round, 0.50);
+        rounds.push(serde_json::json!({
+            "probes": round.len(),
+            "p50_ms": millis(p50),
+            "memory_read_bytes_per_sec": bytes_per_sec,
+            "codes_read_ms": millis(codes_read),
+            "ratio": p50.as_secs_f64() / codes_read.as_secs_f64(),
+        }));
     }
+    drop(buf);
+    let ratios: Vec<f64> = rounds.iter().filter_map(|r| r["ratio"].as_f64()).collect();
     let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
     lat.sort();
     let s1 = g.stats().scans;
@@ -701,6 +735,12 @@ pub fn search(plan: &SearchPlan<'_>) -> Result<(serde_json::Value, Vec<i64>), St
             "mean_ms": millis(mean),
             "max_ms": millis(lat.last().copied().unwrap_or_default()),
             "scans": scan_diff(s0, s1),
+            "rounds": rounds,
+            "ratio_to_codes_read": {
+                "median": if ratios.is_empty() { f64::NAN } else { median(&ratios) },
+                "min": ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                "max": ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            },
         },
         "batch": {
             "probes": plan.batch,

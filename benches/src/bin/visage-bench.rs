@@ -1611,11 +1611,16 @@ fn scale_search(a: ScaleSearchArgs) -> Res<ExitCode> {
             f(&report["open"]["open_secs"]),
             f(&report["open"]["first_search_secs"])
         );
+        let ratio = &report["single"]["ratio_to_codes_read"];
         println!(
-            "  single probe     p50 {:.2} ms, p99 {:.2} ms over {}",
+            "  single probe     p50 {:.2} ms, p99 {:.2} ms over {}; against the codes' read \
+             time measured beside each round: {:.2}× (median of the rounds; {:.2}–{:.2}×)",
             f(&report["single"]["p50_ms"]),
             f(&report["single"]["p99_ms"]),
-            report["single"]["probes"]
+            report["single"]["probes"],
+            f(&ratio["median"]),
+            f(&ratio["min"]),
+            f(&ratio["max"]),
         );
         println!(
             "  batch            {:.0} probes/s; identify {:.0} probes/s",
