@@ -377,6 +377,31 @@ fn continuous_data_search_and_identify_equal_brute_force_at_96() {
     continuous_data(96, &[0x00ab_cdef]);
 }
 
+/// The same comparisons with the re-ranked rows asked for ahead
+/// (`VISAGE_PREFETCH=always`, in a child process: the engine reads the
+/// variable once a process). Galleries this small never take that path on
+/// their own: it starts when the vectors exceed half the machine's memory.
+#[test]
+fn search_and_identify_equal_brute_force_with_rows_prefetched() {
+    if std::env::var("VISAGE_PREFETCH").as_deref() == Ok("always") {
+        exact_data(128, &[1]);
+        continuous_data(128, &[7]);
+        return;
+    }
+    let out = crate::support::rerun_self(
+        "search::search_and_identify_equal_brute_force_with_rows_prefetched",
+    )
+    .env("VISAGE_PREFETCH", "always")
+    .output()
+    .expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "the child failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The comparison itself must reject wrong answers, or the suites above prove nothing.
 mod checker_rejects {
     use crate::support::{Model, check_identify, check_search, dyadic_vector};

@@ -107,8 +107,9 @@ pub(super) fn approximate(
         .map(|s| snap.sq8(s).is_some())
         .collect();
     let forms = int_forms(kern, snap, probes, bounds);
-    scan_codes(kern, snap, probes, keep, &coded, &forms)
-        .into_iter()
+    let mut tops = scan_codes(kern, snap, probes, keep, &coded, &forms);
+    prefetch(snap, &mut tops);
+    tops.into_iter()
         .zip(probes.chunks_exact(snap.dim))
         .map(|(top, q)| rerank(kern, snap, q, top, k).0)
         .collect()
@@ -184,6 +185,23 @@ fn scan_codes(
         |(), ()| {},
     );
     tops
+}
+
+/// Ask the kernel to read, all at once, the segment rows the re-rank of
+/// `tops` is about to read, when the vectors exceed memory
+/// ([`Snapshot::prefetch_rows`]). Those rows come from the disk then,
+/// and faulted in one at a time each costs the device a round trip; advised
+/// together, they are read with the device's whole queue (measured at 50M
+/// rows, 25.6 GB of vectors on a 25 GB machine: batch +15%, identify +60%,
+/// single-probe p99 −12%).
+pub(super) fn prefetch(snap: &Snapshot, tops: &mut [TopK]) {
+    if !snap.prefetch_rows() {
+        return;
+    }
+    let mut rows: Vec<(usize, usize)> = tops.iter_mut().flat_map(TopK::kept_rows).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    snap.will_need(&rows);
 }
 
 /// Replace the estimates of `top`'s candidates by exact distances (the same
@@ -286,11 +304,9 @@ pub(super) fn screened(
         let qs = gather(probes, dim, &pending);
         let forms = int_forms(kern, snap, &qs, bounds);
         let mut next = Vec::new();
-        for (j, (top, q)) in scan_codes(kern, snap, &qs, keep, &coded, &forms)
-            .into_iter()
-            .zip(qs.chunks_exact(dim))
-            .enumerate()
-        {
+        let mut tops = scan_codes(kern, snap, &qs, keep, &coded, &forms);
+        prefetch(snap, &mut tops);
+        for (j, (top, q)) in tops.into_iter().zip(qs.chunks_exact(dim)).enumerate() {
             let i = pending[j];
             let (cands, worst, kept) = rerank(kern, snap, q, top, k);
             // Rows without codes entered with exact distances (`w` itself

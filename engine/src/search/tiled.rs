@@ -9,7 +9,7 @@
 
 use super::Cand;
 use super::kernels::{IntTile, Kernels, LANES, TILE_PROBES, TileForm};
-use super::screen::{first_keep, int_forms, proven, rerank, tile_form};
+use super::screen::{first_keep, int_forms, prefetch, proven, rerank, tile_form};
 use super::topk::{
     Source, few_folds, fold_units, offer, offer_exceptions, offer_group, work_units,
 };
@@ -290,6 +290,8 @@ fn scan_round(
     // |estimate − exact| ≤ 4·D·u·(‖q‖ + ‖x‖)² (512·u at 128 values: generous
     // for D-term sums, whose rounding is within about D·u of the magnitudes).
     let slack = 4.0 * dim as f64 * U;
+    let mut tops = tops;
+    prefetch(snap, &mut tops);
     tops.into_iter()
         .enumerate()
         .map(|(i, top)| {

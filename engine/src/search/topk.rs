@@ -85,6 +85,11 @@ impl TopK {
             self.push(c);
         }
     }
+    /// The kept candidates' (source, row), once cut to the best `k`.
+    pub(super) fn kept_rows(&mut self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.compact();
+        self.buf.iter().map(|c| (c.src as usize, c.row as usize))
+    }
     /// The kept candidates, ascending, with the worst of them (infinite if none).
     pub(super) fn into_sorted(mut self) -> (Vec<Cand>, f32) {
         self.compact();

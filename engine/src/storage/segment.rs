@@ -1047,6 +1047,17 @@ impl Segment {
         self.code_stats.get_or_init(|| c)
     }
 
+    /// Ask the kernel to read the vectors of `rows` (ascending) ahead of a
+    /// re-rank that reads them (see [`MappedFile::advise_will_need`]).
+    pub(crate) fn will_need_rows(&self, rows: impl IntoIterator<Item = usize>) {
+        let base = self.ranges[Section::Vectors as usize].start;
+        let row_bytes = self.dim * 4;
+        self.map.advise_will_need(
+            rows.into_iter()
+                .map(|r| base + r * row_bytes..base + (r + 1) * row_bytes),
+        );
+    }
+
     /// Compute [`Segment::code_stats`] on the rayon pool, in the background.
     pub(crate) fn warm(seg: &std::sync::Arc<Segment>) {
         if seg.code_stats.get().is_none() && seg.sq8().is_some() {
