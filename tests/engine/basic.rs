@@ -122,93 +122,61 @@ fn second_open_of_a_locked_directory_is_refused() {
 #[test]
 fn upserts_replace_wherever_the_old_row_is_and_new_ids_are_new() {
     use crate::support::{Model, assert_contents};
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(11);
-    let mut model = Model::new();
-    let mut engine = Engine::open(dir.path(), opts()).unwrap();
-    engine.create_gallery("g").unwrap();
-    let mut insert = |engine: &Engine, model: &mut Model, ids: &[u64], what: &str| {
-        let batch: Vec<_> = ids
-            .iter()
-            .map(|&id| embedding(&mut rng, id, &format!("p{}", id % 13)))
-            .collect();
-        let replaced = ids.iter().filter(|id| model.contains_key(id)).count() as u64;
-        let out = engine.gallery("g").unwrap().insert(&batch).unwrap();
-        assert_eq!(
-            (out.inserted, out.replaced),
-            (ids.len() as u64 - replaced, replaced),
-            "{what}"
-        );
-        for e in batch {
-            model.insert(e.id, e);
+    struct Run {
+        engine: Engine,
+        model: Model,
+        rng: Rng,
+    }
+    impl Run {
+        fn put(&mut self, ids: impl IntoIterator<Item = u64>, what: &str) {
+            let batch: Vec<_> = ids
+                .into_iter()
+                .map(|id| embedding(&mut self.rng, id, &format!("p{}", id % 13)))
+                .collect();
+            let replaced = batch
+                .iter()
+                .filter(|e| self.model.contains_key(&e.id))
+                .count() as u64;
+            let g = self.engine.gallery("g").unwrap();
+            let out = g.insert(&batch).unwrap();
+            let expected = (batch.len() as u64 - replaced, replaced);
+            assert_eq!((out.inserted, out.replaced), expected, "{what}");
+            for e in batch {
+                self.model.insert(e.id, e);
+            }
+            assert_contents(&g, &self.model, 0..400, what);
         }
-        assert_contents(&engine.gallery("g").unwrap(), model, 0..400, what);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), opts()).unwrap();
+    engine.create_gallery("g").unwrap();
+    let mut run = Run {
+        engine,
+        model: Model::new(),
+        rng: Rng(11),
     };
-    insert(
-        &engine,
-        &mut model,
-        &(1..=100).collect::<Vec<_>>(),
-        "new gallery",
+    run.put(1..=100, "new gallery");
+    run.engine.gallery("g").unwrap().flush().unwrap();
+    run.put([100], "the segment's top id, the memtable empty");
+    run.put(101..=200, "above the segment");
+    run.put(200..=250, "straddling the memtable's top");
+    run.put([100, 300], "a segment's top id and a new one");
+    assert_eq!(
+        run.engine
+            .gallery("g")
+            .unwrap()
+            .delete(&[300], &[])
+            .unwrap(),
+        1
     );
-    engine.gallery("g").unwrap().flush().unwrap();
-    insert(
-        &engine,
-        &mut model,
-        &[100],
-        "the segment's top id, the memtable empty",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &(101..=200).collect::<Vec<_>>(),
-        "above the segment",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &(200..=250).collect::<Vec<_>>(),
-        "straddling the memtable's top",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &[100, 300],
-        "a segment's top id and a new one",
-    );
-    let g = engine.gallery("g").unwrap();
-    assert_eq!(g.delete(&[300], &[]).unwrap(), 1);
-    model.remove(&300);
-    insert(
-        &engine,
-        &mut model,
-        &(300..=310).collect::<Vec<_>>(),
-        "at a deleted top id",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &(311..=320).collect::<Vec<_>>(),
-        "above a deleted top id",
-    );
-    drop(g);
+    run.model.remove(&300);
+    run.put(300..=310, "at a deleted top id");
+    run.put(311..=320, "above a deleted top id");
+    let Run { engine, model, rng } = run;
     drop(engine);
-    engine = Engine::open(dir.path(), opts()).unwrap();
-    insert(
-        &engine,
-        &mut model,
-        &[320],
-        "after a reopen: the replayed top id",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &[5, 319, 321],
-        "after a reopen: replayed and segment rows",
-    );
-    insert(
-        &engine,
-        &mut model,
-        &(322..=330).collect::<Vec<_>>(),
-        "after a reopen: new ids",
-    );
+    let engine = Engine::open(dir.path(), opts()).unwrap();
+    let mut run = Run { engine, model, rng };
+    run.put([320], "after a reopen: the replayed top id");
+    run.put([5, 319, 321], "after a reopen: replayed and segment rows");
+    run.put(322..=330, "after a reopen: new ids");
 }

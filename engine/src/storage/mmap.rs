@@ -164,7 +164,10 @@ mod tests {
         }
         assert!(page_runs([]).is_empty());
         // One byte at the end of a page, one at the start of the next: touching.
-        assert_eq!(page_runs([PAGE - 1..PAGE, PAGE..PAGE + 1]), vec![0..2 * PAGE]);
+        assert_eq!(
+            page_runs([PAGE - 1..PAGE, PAGE..PAGE + 1]),
+            vec![0..2 * PAGE]
+        );
         // Two pages apart: separate.
         assert_eq!(
             page_runs([0..1, 2 * PAGE..2 * PAGE + 1]),
