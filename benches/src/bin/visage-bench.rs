@@ -327,7 +327,7 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     opts.gallery.background = true;
     if let Some(m) = a.memtable_rows {
         opts.gallery.memtable_rows = m;
-        opts.gallery.memtable_bytes = opts.gallery.memtable_bytes.max(m * 128 * 4);
+        opts.gallery.memtable_bytes = opts.gallery.memtable_bytes.max(m * DIM * 4);
         opts.gallery.max_unflushed_rows = opts.gallery.max_unflushed_rows.max(2 * m);
     }
     let memtable_rows = opts.gallery.memtable_rows as u64;
@@ -438,12 +438,17 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     let ratio = median(table.iter().map(|t| t.1.rate / t.0).collect());
     let acknowledged = median(table.iter().map(|t| t.1.acknowledged / t.0).collect());
     let fsync_us = median(table.iter().map(|t| t.1.fsync_us).collect());
-    let usage: Vec<(Option<f64>, Option<f64>)> =
-        table.iter().map(|t| (t.1.cpu_us, t.1.written)).collect();
-    let cpu: Option<Vec<f64>> = usage.iter().map(|u| u.0).collect();
-    let cpu = cpu.map(median);
-    let written: Option<Vec<f64>> = usage.iter().map(|u| u.1).collect();
-    let written = written.map(median);
+    // Medians of the columns every round could measure (`None` if one could not).
+    let cpu = table
+        .iter()
+        .map(|t| t.1.cpu_us)
+        .collect::<Option<Vec<f64>>>()
+        .map(median);
+    let written = table
+        .iter()
+        .map(|t| t.1.written)
+        .collect::<Option<Vec<f64>>>()
+        .map(median);
     let stats = gal.stats();
     if a.json {
         let rounds: Vec<Value> = table
