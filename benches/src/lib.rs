@@ -41,6 +41,38 @@ pub fn wal_record(batch: &[Embedding]) -> Vec<u8> {
     record
 }
 
+/// Write as a flush writes a segment, once for each byte count received
+/// until `sizes` closes: a new file in `dir`, written with direct writes of
+/// 4 MiB (the engine's segment writer's piece; the last one padded to the
+/// block size), one in flight, then `fdatasync`; the file is removed after.
+/// The bytes are not a segment's: only their number and the way they go to
+/// the disk are. The first error ends it.
+pub fn flush_like_writes(
+    dir: &Path,
+    sizes: &std::sync::mpsc::Receiver<u64>,
+) -> std::io::Result<()> {
+    use visage_engine::io::{DIRECT_ALIGN, FileSystem, RealFs};
+    const PIECE: usize = 4 << 20;
+    // A window of `PIECE` bytes aligned to `DIRECT_ALIGN`, as direct writes need.
+    let raw = vec![0x5au8; PIECE + DIRECT_ALIGN];
+    let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let piece = &raw[skip..skip + PIECE];
+    for (n, bytes) in sizes.iter().enumerate() {
+        let path = dir.join(format!("flush-like-{n}"));
+        let file = RealFs.create_direct(&path)?;
+        let mut at = 0u64;
+        while at < bytes {
+            let len = (bytes - at).min(PIECE as u64) as usize;
+            file.write_all_at(&piece[..len.next_multiple_of(DIRECT_ALIGN)], at)?;
+            at += len as u64;
+        }
+        file.sync_data()?;
+        drop(file);
+        std::fs::remove_file(&path)?;
+    }
+    Ok(())
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR` when set).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -74,7 +74,8 @@ enum Cmd {
     /// Sustained durable insert (background flushes on) and its bound, the
     /// write + fdatasync of the same bytes, timed in turns on the same disk
     /// (a cloud disk's speed changes with what was written before: two
-    /// measurements minutes apart are not comparable).
+    /// measurements minutes apart are not comparable); and the bound beside
+    /// the flushes' writes, the most an insert costing no CPU could reach.
     InsertBound(InsertBoundArgs),
     /// Scale benchmark: write rows of the generated face-like gallery (or
     /// its probes) as .npy, streamed.
@@ -307,9 +308,11 @@ struct InsertTurn {
     written: Option<f64>,
 }
 
-/// See [`Cmd::InsertBound`]. Each round runs a bound turn and an insert
-/// turn (bound first in even rounds, insert first in odd ones, so a drift of
-/// the disk's speed falls on both alike), and prints each pair's ratio.
+/// See [`Cmd::InsertBound`]. Each round runs four turns, in an order that
+/// turns with the rounds so a drift of the disk's speed falls on all alike:
+/// the bound, the insert, and two ceilings, the bound beside the writes of
+/// the flushes its rows would cause (with this format's bytes a row in a
+/// segment, and without the vectors' bytes). It prints each round's ratios.
 ///
 /// The insert turn times the `insert` calls only (the batches are made
 /// outside the timing, as the bound's record is), and at its end it waits
@@ -340,6 +343,25 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     let record = visage_bench::wal_record(&batches[0]);
     let turn = Duration::from_secs_f64(a.seconds);
     let mut next = 0u64;
+    // Warm-up, untimed: insert until the first flush has written its
+    // segment. It tells how many rows a flush writes and how many bytes a
+    // row takes in a segment, which the ceiling turns write beside the bound.
+    let mut warm = 0usize;
+    while gal.segments().is_empty() || !gal.progress().is_empty() {
+        if warm > 64 * memtable_rows as usize {
+            return Err("the warm-up's rows started no flush".into());
+        }
+        let mut batch = batches[(next % 64) as usize].clone();
+        for (j, r) in batch.iter_mut().enumerate() {
+            r.id = next * a.batch as u64 + j as u64;
+        }
+        next += 1;
+        warm += batch.len();
+        gal.insert(&batch).map_err(|x| e(&x))?;
+    }
+    let flush_rows = gal.segments()[0].rows;
+    let segment_row_bytes = segment_bytes(gal.dir()) as f64 / flush_rows as f64;
+    let vector_bytes = (DIM * 4) as f64;
     let bound_turn = || -> Res<f64> {
         let path = root.path().join("raw");
         let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
@@ -349,6 +371,41 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
             f.sync_data().map_err(|x| e(&x))?;
             n += 1;
         }
+        let rate = (n * a.batch as u64) as f64 / t0.elapsed().as_secs_f64();
+        drop(f);
+        std::fs::remove_file(&path).map_err(|x| e(&x))?;
+        Ok(rate)
+    };
+    // The bound again, with a flush's writes beside it: every `flush_rows`
+    // rows the loop has written, another thread writes `row_bytes` a row to
+    // a new file as a flush writes a segment (direct writes of 4 MiB, one in
+    // flight, then fdatasync), and the turn waits for the last one. With the
+    // segment's own bytes a row this is what an insert costing no CPU could
+    // reach with the present format; without the vectors' bytes, with a
+    // format whose segments keep the vectors where the WAL wrote them.
+    let beside_flush_turn = |row_bytes: f64| -> Res<f64> {
+        let path = root.path().join("raw");
+        let dir = root.path().to_owned();
+        let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let flusher = std::thread::spawn(move || visage_bench::flush_like_writes(&dir, &rx));
+        let (t0, mut n, mut unflushed) = (Instant::now(), 0u64, 0u64);
+        while t0.elapsed() < turn {
+            f.write_all(&record).map_err(|x| e(&x))?;
+            f.sync_data().map_err(|x| e(&x))?;
+            n += 1;
+            unflushed += a.batch as u64;
+            if unflushed >= flush_rows {
+                // A closed channel means the writer failed: its join says why.
+                let _ = tx.send((flush_rows as f64 * row_bytes) as u64);
+                unflushed -= flush_rows;
+            }
+        }
+        drop(tx);
+        flusher
+            .join()
+            .map_err(|_| "the flush-like writer panicked".to_string())?
+            .map_err(|x| e(&x))?;
         let rate = (n * a.batch as u64) as f64 / t0.elapsed().as_secs_f64();
         drop(f);
         std::fs::remove_file(&path).map_err(|x| e(&x))?;
@@ -394,14 +451,22 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         })
     };
     let mut table: Vec<(f64, InsertTurn)> = Vec::new();
+    // The bound beside a flush of the present format's bytes a row, and of
+    // those bytes without the vectors.
+    let mut ceilings: Vec<(f64, f64)> = Vec::new();
     for r in 0..a.rounds {
-        let (bound, insert) = if r % 2 == 0 {
-            let b = bound_turn()?;
-            (b, insert_turn()?)
-        } else {
-            let i = insert_turn()?;
-            (bound_turn()?, i)
-        };
+        // The four turns in an order that turns with the rounds, so a drift
+        // of the disk's speed falls on each alike.
+        let (mut bound, mut insert, mut present, mut once) = (0.0, None, 0.0, 0.0);
+        for k in 0..4 {
+            match (k + r) % 4 {
+                0 => bound = bound_turn()?,
+                1 => insert = Some(insert_turn()?),
+                2 => present = beside_flush_turn(segment_row_bytes)?,
+                _ => once = beside_flush_turn(segment_row_bytes - vector_bytes)?,
+            }
+        }
+        let insert = insert.ok_or("no insert turn ran")?;
         if !a.json {
             let show = |x: Option<f64>, decimals: usize, unit: &str| {
                 x.map_or("n/a".into(), |x| format!("{x:.decimals$}{unit}"))
@@ -421,8 +486,17 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 show(insert.cpu_us, 2, " µs"),
                 show(insert.written, 0, " bytes"),
             );
+            println!(
+                "         ceilings, the bound beside a flush's writes: of {segment_row_bytes:.0} bytes a row \
+                 (this format) {present:>9.0} rows/s: {:.0}%; of {:.0} bytes a row (vectors written once) \
+                 {once:>9.0} rows/s: {:.0}%",
+                100.0 * present / bound,
+                segment_row_bytes - vector_bytes,
+                100.0 * once / bound,
+            );
         }
         table.push((bound, insert));
+        ceilings.push((present, once));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -449,6 +523,22 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         .map(|t| t.1.written)
         .collect::<Option<Vec<f64>>>()
         .map(median);
+    let present = median(ceilings.iter().map(|c| c.0).collect());
+    let present_ratio = median(
+        table
+            .iter()
+            .zip(&ceilings)
+            .map(|(t, c)| c.0 / t.0)
+            .collect(),
+    );
+    let once = median(ceilings.iter().map(|c| c.1).collect());
+    let once_ratio = median(
+        table
+            .iter()
+            .zip(&ceilings)
+            .map(|(t, c)| c.1 / t.0)
+            .collect(),
+    );
     let stats = gal.stats();
     if a.json {
         let rounds: Vec<Value> = table
@@ -460,6 +550,12 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                     "acknowledged_rows_per_s": i.acknowledged,
                     "insert_wal_fsync_us": i.fsync_us,
                 })
+            })
+            .zip(&ceilings)
+            .map(|(mut v, c)| {
+                v["ceiling_present_format_rows_per_s"] = json!(c.0);
+                v["ceiling_vectors_once_rows_per_s"] = json!(c.1);
+                v
             })
             .collect();
         println!(
@@ -475,6 +571,12 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 "median_insert_wal_fsync_us": fsync_us,
                 "median_insert_cpu_us_per_row": cpu,
                 "median_insert_bytes_written_per_row": written,
+                "flush_rows": flush_rows,
+                "segment_bytes_per_row": segment_row_bytes,
+                "median_ceiling_present_format_rows_per_s": present,
+                "median_ceiling_present_format_ratio": present_ratio,
+                "median_ceiling_vectors_once_rows_per_s": once,
+                "median_ceiling_vectors_once_ratio": once_ratio,
                 "rows_at_end": stats.live,
                 "segments_at_end": stats.segments,
             })
@@ -500,6 +602,13 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
                 0.8 * bound * written / 1e9
             );
         }
+        println!(
+            "ceilings, medians (a flush writes {flush_rows} rows): the bound beside a flush of this \
+             format's {segment_row_bytes:.0} bytes a row {present:.0} rows/s ({:.0}% of the bound); beside \
+             a flush without the vectors' {vector_bytes:.0} bytes {once:.0} rows/s ({:.0}%)",
+            100.0 * present_ratio,
+            100.0 * once_ratio,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
