@@ -41,29 +41,46 @@ pub fn wal_record(batch: &[Embedding]) -> Vec<u8> {
     record
 }
 
+/// How [`flush_like_writes`] writes.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushLike {
+    /// Bytes a write (a multiple of 4,096; the engine's segment writer writes 4 MiB).
+    pub piece: usize,
+    /// Bytes a second to keep to, waiting before a write that would run
+    /// ahead of it (`None`: as fast as the disk takes them, as the engine's).
+    pub pace: Option<f64>,
+}
+
 /// Write as a flush writes a segment, once for each byte count received
 /// until `sizes` closes: a new file in `dir`, written with direct writes of
-/// 4 MiB (the engine's segment writer's piece; the last one padded to the
-/// block size), one in flight, then `fdatasync`; the file is removed after.
-/// The bytes are not a segment's: only their number and the way they go to
-/// the disk are. The first error ends it.
+/// `how.piece` bytes (the last one padded to the block size), one in flight,
+/// then `fdatasync`; the file is removed after. The bytes are not a
+/// segment's: only their number and the way they go to the disk are. The
+/// first error ends it.
 pub fn flush_like_writes(
     dir: &Path,
     sizes: &std::sync::mpsc::Receiver<u64>,
+    how: FlushLike,
 ) -> std::io::Result<()> {
     use visage_engine::io::{DIRECT_ALIGN, FileSystem, RealFs};
-    const PIECE: usize = 4 << 20;
-    // A window of `PIECE` bytes aligned to `DIRECT_ALIGN`, as direct writes need.
-    let raw = vec![0x5au8; PIECE + DIRECT_ALIGN];
+    let piece = how.piece.next_multiple_of(DIRECT_ALIGN).max(DIRECT_ALIGN);
+    // A window of `piece` bytes aligned to `DIRECT_ALIGN`, as direct writes need.
+    let raw = vec![0x5au8; piece + DIRECT_ALIGN];
     let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
-    let piece = &raw[skip..skip + PIECE];
+    let buf = &raw[skip..skip + piece];
     for (n, bytes) in sizes.iter().enumerate() {
         let path = dir.join(format!("flush-like-{n}"));
         let file = RealFs.create_direct(&path)?;
-        let mut at = 0u64;
+        let (t0, mut at) = (Instant::now(), 0u64);
         while at < bytes {
-            let len = (bytes - at).min(PIECE as u64) as usize;
-            file.write_all_at(&piece[..len.next_multiple_of(DIRECT_ALIGN)], at)?;
+            if let Some(pace) = how.pace {
+                let due = Duration::from_secs_f64(at as f64 / pace);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let len = (bytes - at).min(piece as u64) as usize;
+            file.write_all_at(&buf[..len.next_multiple_of(DIRECT_ALIGN)], at)?;
             at += len as u64;
         }
         file.sync_data()?;

@@ -249,6 +249,14 @@ struct InsertBoundArgs {
     /// Memtable rows that start a flush (default: the engine's).
     #[arg(long)]
     memtable_rows: Option<usize>,
+    /// Bytes a write of the ceilings' flush-like writer (the engine's segment
+    /// writer writes 4 MiB).
+    #[arg(long, default_value_t = 4 << 20)]
+    ceiling_piece: usize,
+    /// Keep the ceilings' flush-like writer to this many MB a second
+    /// (default: as fast as the disk takes its writes, as the engine's).
+    #[arg(long)]
+    ceiling_pace_mb: Option<f64>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -321,8 +329,11 @@ struct InsertTurn {
 /// paid by it. The gallery grows from round to round, as a real one does.
 fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
     use std::io::Write;
-    if a.rounds == 0 || a.batch == 0 || a.seconds <= 0.0 {
-        return Err("--rounds, --seconds and --batch must be positive".into());
+    if a.rounds == 0 || a.batch == 0 || a.seconds <= 0.0 || a.ceiling_piece == 0 {
+        return Err("--rounds, --seconds, --batch and --ceiling-piece must be positive".into());
+    }
+    if a.ceiling_pace_mb.is_some_and(|p| p.is_nan() || p <= 0.0) {
+        return Err("--ceiling-pace-mb must be positive".into());
     }
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let root = tempfile::tempdir_in(visage_bench::target_dir()).map_err(|x| e(&x))?;
@@ -388,7 +399,11 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         let dir = root.path().to_owned();
         let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
         let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let flusher = std::thread::spawn(move || visage_bench::flush_like_writes(&dir, &rx));
+        let how = visage_bench::FlushLike {
+            piece: a.ceiling_piece,
+            pace: a.ceiling_pace_mb.map(|mb| mb * 1e6),
+        };
+        let flusher = std::thread::spawn(move || visage_bench::flush_like_writes(&dir, &rx, how));
         let (t0, mut n, mut unflushed) = (Instant::now(), 0u64, 0u64);
         while t0.elapsed() < turn {
             f.write_all(&record).map_err(|x| e(&x))?;
