@@ -7,7 +7,8 @@
 //! The batch at the head of the queue leads: it takes every queued batch (group
 //! commit), and under the state lock frames each as one WAL record, applies it
 //! to the in-memory state, appends all records with one `write`, syncs once
-//! (in [`Durability::PowerLoss`] mode), and only then publishes a new snapshot
+//! (in [`Durability::PowerLoss`] mode; a group of inserts alone is applied
+//! after the `write`, while the disk writes it back), and only then publishes a new snapshot
 //! and acknowledges every batch of the group. A reader therefore never sees a
 //! write that is not yet durable. If the append or sync fails the gallery is
 //! poisoned: it refuses writes until reopened, and nothing of the failed group

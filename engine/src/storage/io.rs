@@ -35,6 +35,14 @@ pub trait WritableFile: Write + Send + Sync + Debug {
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Truncate or extend the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Start writing back the `len` bytes written from `offset`, without
+    /// waiting for them (`posix_fadvise(POSIX_FADV_DONTNEED)`: Linux starts
+    /// the write-back of the range's dirty pages, and drops only its pages
+    /// already clean). A hint: it makes nothing durable and loses nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Whether the file bypasses the page cache (opened by
     /// [`FileSystem::create_direct`] on a file system that allows it): then
     /// every write must start at a multiple of [`DIRECT_ALIGN`], from memory
@@ -160,6 +168,13 @@ impl WritableFile for RealFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed)?;
+        Ok(())
     }
     fn direct(&self) -> bool {
         self.1
