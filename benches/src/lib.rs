@@ -44,7 +44,8 @@ pub fn wal_record(batch: &[Embedding]) -> Vec<u8> {
 /// How [`flush_like_writes`] writes.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushLike {
-    /// Bytes a write (a multiple of 4,096; the engine's segment writer writes 4 MiB).
+    /// Bytes a write, rounded up to a multiple of 4,096 (the engine's
+    /// segment writer writes 4 MiB).
     pub piece: usize,
     /// Bytes a second to keep to, waiting before a write that would run
     /// ahead of it (`None`: as fast as the disk takes them, as the engine's).
