@@ -538,22 +538,16 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         .map(|t| t.1.written)
         .collect::<Option<Vec<f64>>>()
         .map(median);
-    let present = median(ceilings.iter().map(|c| c.0).collect());
-    let present_ratio = median(
-        table
-            .iter()
-            .zip(&ceilings)
-            .map(|(t, c)| c.0 / t.0)
-            .collect(),
-    );
-    let once = median(ceilings.iter().map(|c| c.1).collect());
-    let once_ratio = median(
-        table
-            .iter()
-            .zip(&ceilings)
-            .map(|(t, c)| c.1 / t.0)
-            .collect(),
-    );
+    // A ceiling's median rate and the median of its ratios to the rounds' bounds.
+    let ceiling = |pick: fn(&(f64, f64)) -> f64| {
+        let ratios = table.iter().zip(&ceilings).map(|(t, c)| pick(c) / t.0);
+        (
+            median(ceilings.iter().map(pick).collect()),
+            median(ratios.collect()),
+        )
+    };
+    let (present, present_ratio) = ceiling(|c| c.0);
+    let (once, once_ratio) = ceiling(|c| c.1);
     let stats = gal.stats();
     if a.json {
         let rounds: Vec<Value> = table

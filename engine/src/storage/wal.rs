@@ -339,19 +339,24 @@ mod tests {
     use crate::storage::format::encode_delete;
     use crate::storage::io::RealFs;
 
+    /// Append one delete record of `ids`.
+    fn append_delete(w: &mut WalWriter, ids: &[u64]) {
+        let mut p = Vec::new();
+        encode_delete(ids, &mut p);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&p);
+        w.append_group(&[Record {
+            payload: &p,
+            crc: &crc,
+        }])
+        .unwrap();
+    }
+
     fn write_records(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
         let mut w = WalWriter::create(&RealFs, dir, 5, 128).unwrap();
         let mut ends = vec![];
         for i in 0..n {
-            let mut p = Vec::new();
-            encode_delete(&[i as u64], &mut p);
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&p);
-            w.append_group(&[Record {
-                payload: &p,
-                crc: &crc,
-            }])
-            .unwrap();
+            append_delete(&mut w, &[i as u64]);
             ends.push(w.len());
         }
         w.sync().unwrap();
@@ -408,17 +413,9 @@ mod tests {
         let mut written = vec![];
         for i in 0..40u64 {
             let from = w.len();
-            let mut p = Vec::new();
-            // Deletes of up to 999 ids: records of 5 to 8 KB, across pages.
-            let ids: Vec<u64> = (0..(i * 25) % 1000).map(|j| i << 20 | j).collect();
-            encode_delete(&ids, &mut p);
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&p);
-            w.append_group(&[Record {
-                payload: &p,
-                crc: &crc,
-            }])
-            .unwrap();
+            // Deletes of 0 to 975 ids: records of 5 bytes to 7.8 KB, across pages.
+            let ids: Vec<u64> = (0..i * 25).map(|j| i << 20 | j).collect();
+            append_delete(&mut w, &ids);
             w.start_writeback(from);
             // Past the end: nothing to ask for.
             w.start_writeback(w.len());
