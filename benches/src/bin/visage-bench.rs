@@ -353,7 +353,16 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         .collect();
     let record = visage_bench::wal_record(&batches[0]);
     let turn = Duration::from_secs_f64(a.seconds);
+    // The next batch to insert: one of the 64, with fresh ids.
     let mut next = 0u64;
+    let next_batch = |next: &mut u64| {
+        let mut batch = batches[(*next % 64) as usize].clone();
+        for (j, r) in batch.iter_mut().enumerate() {
+            r.id = *next * a.batch as u64 + j as u64;
+        }
+        *next += 1;
+        batch
+    };
     // Warm-up, untimed: insert until the first flush has written its
     // segment. It tells how many rows a flush writes and how many bytes a
     // row takes in a segment, which the ceiling turns write beside the bound.
@@ -362,65 +371,57 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         if warm > 64 * memtable_rows as usize {
             return Err("the warm-up's rows started no flush".into());
         }
-        let mut batch = batches[(next % 64) as usize].clone();
-        for (j, r) in batch.iter_mut().enumerate() {
-            r.id = next * a.batch as u64 + j as u64;
-        }
-        next += 1;
+        let batch = next_batch(&mut next);
         warm += batch.len();
         gal.insert(&batch).map_err(|x| e(&x))?;
     }
     let flush_rows = gal.segments()[0].rows;
     let segment_row_bytes = segment_bytes(gal.dir()) as f64 / flush_rows as f64;
     let vector_bytes = (DIM * 4) as f64;
-    let bound_turn = || -> Res<f64> {
+    // The bound: the insert's WAL record written and fdatasync'ed in a loop.
+    // With `beside` bytes a row, the same with a flush's writes beside it:
+    // every `flush_rows` rows the loop has written, another thread writes
+    // `beside` bytes a row to a new file as a flush writes a segment (direct
+    // writes of 4 MiB, one in flight, then fdatasync), and the turn waits for
+    // the last one. With the segment's own bytes a row this is what an insert
+    // costing no CPU could reach with the present format; without the
+    // vectors' bytes, with a format whose segments keep the vectors where the
+    // WAL wrote them.
+    let bound_turn = |beside: Option<f64>| -> Res<f64> {
         let path = root.path().join("raw");
         let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
-        let (t0, mut n) = (Instant::now(), 0u64);
-        while t0.elapsed() < turn {
-            f.write_all(&record).map_err(|x| e(&x))?;
-            f.sync_data().map_err(|x| e(&x))?;
-            n += 1;
-        }
-        let rate = (n * a.batch as u64) as f64 / t0.elapsed().as_secs_f64();
-        drop(f);
-        std::fs::remove_file(&path).map_err(|x| e(&x))?;
-        Ok(rate)
-    };
-    // The bound again, with a flush's writes beside it: every `flush_rows`
-    // rows the loop has written, another thread writes `row_bytes` a row to
-    // a new file as a flush writes a segment (direct writes of 4 MiB, one in
-    // flight, then fdatasync), and the turn waits for the last one. With the
-    // segment's own bytes a row this is what an insert costing no CPU could
-    // reach with the present format; without the vectors' bytes, with a
-    // format whose segments keep the vectors where the WAL wrote them.
-    let beside_flush_turn = |row_bytes: f64| -> Res<f64> {
-        let path = root.path().join("raw");
-        let dir = root.path().to_owned();
-        let mut f = std::fs::File::create(&path).map_err(|x| e(&x))?;
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let how = visage_bench::FlushLike {
-            piece: a.ceiling_piece,
-            pace: a.ceiling_pace_mb.map(|mb| mb * 1e6),
-        };
-        let flusher = std::thread::spawn(move || visage_bench::flush_like_writes(&dir, &rx, how));
+        let flusher = beside.map(|row_bytes| {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            let dir = root.path().to_owned();
+            let how = visage_bench::FlushLike {
+                piece: a.ceiling_piece,
+                pace: a.ceiling_pace_mb.map(|mb| mb * 1e6),
+            };
+            let writer =
+                std::thread::spawn(move || visage_bench::flush_like_writes(&dir, &rx, how));
+            (tx, writer, (flush_rows as f64 * row_bytes) as u64)
+        });
         let (t0, mut n, mut unflushed) = (Instant::now(), 0u64, 0u64);
         while t0.elapsed() < turn {
             f.write_all(&record).map_err(|x| e(&x))?;
             f.sync_data().map_err(|x| e(&x))?;
             n += 1;
             unflushed += a.batch as u64;
-            if unflushed >= flush_rows {
+            if let Some((tx, _, bytes)) = &flusher
+                && unflushed >= flush_rows
+            {
                 // A closed channel means the writer failed: its join says why.
-                let _ = tx.send((flush_rows as f64 * row_bytes) as u64);
+                let _ = tx.send(*bytes);
                 unflushed -= flush_rows;
             }
         }
-        drop(tx);
-        flusher
-            .join()
-            .map_err(|_| "the flush-like writer panicked".to_string())?
-            .map_err(|x| e(&x))?;
+        if let Some((tx, writer, _)) = flusher {
+            drop(tx);
+            writer
+                .join()
+                .map_err(|_| "the flush-like writer panicked".to_string())?
+                .map_err(|x| e(&x))?;
+        }
         let rate = (n * a.batch as u64) as f64 / t0.elapsed().as_secs_f64();
         drop(f);
         std::fs::remove_file(&path).map_err(|x| e(&x))?;
@@ -431,11 +432,7 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         let synced = gal.counters().wal_fsync_seconds;
         let (t0, mut busy, mut rows) = (Instant::now(), Duration::ZERO, 0u64);
         while t0.elapsed() < turn {
-            let mut batch = batches[(next % 64) as usize].clone();
-            for (j, r) in batch.iter_mut().enumerate() {
-                r.id = next * a.batch as u64 + j as u64;
-            }
-            next += 1;
+            let batch = next_batch(&mut next);
             let t = Instant::now();
             gal.insert(&batch).map_err(|x| e(&x))?;
             busy += t.elapsed();
@@ -475,10 +472,10 @@ fn insert_bound_cmd(a: InsertBoundArgs) -> Res<ExitCode> {
         let (mut bound, mut insert, mut present, mut once) = (0.0, None, 0.0, 0.0);
         for k in 0..4 {
             match (k + r) % 4 {
-                0 => bound = bound_turn()?,
+                0 => bound = bound_turn(None)?,
                 1 => insert = Some(insert_turn()?),
-                2 => present = beside_flush_turn(segment_row_bytes)?,
-                _ => once = beside_flush_turn(segment_row_bytes - vector_bytes)?,
+                2 => present = bound_turn(Some(segment_row_bytes))?,
+                _ => once = bound_turn(Some(segment_row_bytes - vector_bytes))?,
             }
         }
         let insert = insert.ok_or("no insert turn ran")?;

@@ -187,7 +187,7 @@ fn scan_round(
         .map(|q| q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32)
         .collect();
     let units = work_units(snap, (TILED_UNIT_VALUES / dim).max(LANES));
-    let (tops, scratch) = fold_units(
+    let (mut tops, scratch) = fold_units(
         &units,
         few_folds(&units),
         n_probes,
@@ -290,7 +290,6 @@ fn scan_round(
     // |estimate − exact| ≤ 4·D·u·(‖q‖ + ‖x‖)² (512·u at 128 values: generous
     // for D-term sums, whose rounding is within about D·u of the magnitudes).
     let slack = 4.0 * dim as f64 * U;
-    let mut tops = tops;
     prefetch(snap, &mut tops);
     tops.into_iter()
         .enumerate()
